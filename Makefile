@@ -1,0 +1,46 @@
+# trustfleet — every target sets itself up from the project's own files.
+#   make test   every test (CPython, MicroPython VM, real openssl)
+#   make demo   the main job: the offline flow, keys -> bundle -> verify -> install
+#   make bench  the benchmarks, printing tables
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+
+.PHONY: all test demo bench lint fuzz clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+.PHONY: setup
+setup: $(STAMP) $(NODE_STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check device server tests benchmarks tools
+
+test: setup lint
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/trustfleet demo --out demo-out
+
+bench: setup
+	$(PY) benchmarks/bench_p256.py
+	$(PY) benchmarks/bench_bundle.py
+
+fuzz: setup
+	$(PY) tools/fuzz_decoders.py --seconds 60
+
+clean:
+	rm -rf $(VENV) node_modules demo-out .pytest_cache .ruff_cache .hypothesis
