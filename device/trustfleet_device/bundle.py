@@ -1,0 +1,389 @@
+"""Turn verified payloads into plain objects: Root, Bundle, Timestamp.
+
+Only call these on payload bytes whose signatures policy has already
+checked. They still trust nothing about the shape: every field is
+type-checked and bounded, unknown fields are refused by name, and every
+failure is a DecodeError (or LimitError) whose message names the field.
+The schema is docs/format.md (CDDL); keep the two in step.
+"""
+
+import hashlib
+
+from trustfleet_device import cbor
+from trustfleet_device.errors import DecodeError, LimitError
+from trustfleet_device.limits import DEFAULT
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+SPEC = const(1)
+MAX_FLEET_ID = const(64)
+MAX_DOMAIN = const(253)
+MAX_LABEL = const(128)
+MAX_REPORT_URIS = const(4)
+MAX_URI = const(512)
+
+ROLES = ("root", "bundle", "timestamp")
+MODES = ("enforce", "report")
+
+ROOT_FIELDS = ("type", "spec", "fleet", "version", "expires", "keys", "roles")
+BUNDLE_FIELDS = ("type", "spec", "fleet", "version", "issued_at", "expires_at",
+                 "anchors", "pinsets", "distrust", "policy")
+PINSET_FIELDS = ("domain", "subdomains", "pins", "expires", "mode", "report_to",
+                 "allow_single_pin")
+POLICY_FIELDS = ("user_anchors", "max_timestamp_age")
+TIMESTAMP_FIELDS = ("type", "spec", "fleet", "time", "bundle_version", "bundle_sha256")
+
+
+class Fields:
+    """Reads one CBOR map field by field; done() refuses leftovers by name."""
+
+    def __init__(self, value, where, known):
+        if type(value) is not dict:
+            raise DecodeError("%s: expected a map" % where)
+        self.value = value
+        self.where = where
+        self.known = known
+        self.seen = 0
+
+    def _get(self, key, optional):
+        if key not in self.value:
+            if optional:
+                return None
+            raise DecodeError("%s: missing field %r" % (self.where, key))
+        self.seen += 1
+        return self.value[key]
+
+    def _fail(self, key, expected):
+        raise DecodeError("%s.%s: expected %s" % (self.where, key, expected))
+
+    def uint(self, key, optional=False):
+        v = self._get(key, optional)
+        if v is None and optional:
+            return None
+        if type(v) is not int or v < 0:
+            self._fail(key, "an unsigned integer")
+        return v
+
+    def text(self, key, max_len, optional=False):
+        v = self._get(key, optional)
+        if v is None and optional:
+            return None
+        if type(v) is not str:
+            self._fail(key, "a text string")
+        if len(v) > max_len:
+            raise LimitError("%s.%s: %d characters, limit is %d" % (self.where, key, len(v), max_len))
+        return v
+
+    def boolean(self, key, optional=False):
+        v = self._get(key, optional)
+        if v is None and optional:
+            return None
+        if v is not True and v is not False:
+            self._fail(key, "true or false")
+        return v
+
+    def array(self, key, max_len, optional=False):
+        v = self._get(key, optional)
+        if v is None and optional:
+            return None
+        if type(v) is not list:
+            self._fail(key, "an array")
+        if len(v) > max_len:
+            raise LimitError("%s.%s: %d entries, limit is %d" % (self.where, key, len(v), max_len))
+        return v
+
+    def raw(self, key):
+        return self._get(key, False)
+
+    def done(self):
+        """Refuse any field the schema does not name. Raises: DecodeError."""
+        if self.seen == len(self.value):
+            return
+        for key in self.value:
+            if key not in self.known:
+                raise DecodeError("%s: unknown field %r" % (self.where, key))
+
+
+def _digest32(v, where):
+    if type(v) is not bytes or len(v) != 32:
+        raise DecodeError("%s: expected a 32-byte SHA-256 value" % where)
+    return v
+
+
+def _header(f, kind, fleet):
+    doc_type = f.text("type", 16)
+    if doc_type != kind:
+        raise DecodeError("%s: document type is %r, expected %r" % (f.where, doc_type, kind))
+    spec = f.uint("spec")
+    if spec != SPEC:
+        raise DecodeError("%s: format version %d is not supported (this agent reads %d)"
+                          % (f.where, spec, SPEC))
+    got = f.text("fleet", MAX_FLEET_ID)
+    if fleet is not None and got != fleet:
+        raise DecodeError("%s: fleet is %r, this device belongs to %r" % (f.where, got, fleet))
+    return got
+
+
+def _payload_map(payload, limits, where, known):
+    return Fields(cbor.decode(payload, limits), where, known)
+
+
+# ------------------------------------------------------------------- root
+
+
+class Role:
+    """Key ids allowed to sign one role, and how many must."""
+
+    def __init__(self, kids, threshold):
+        self.kids = kids
+        self.threshold = threshold
+
+
+class Root:
+    """Keys and thresholds for every role. `keys` maps kid to a 65-byte P-256 point."""
+
+    def __init__(self, fleet, version, expires, keys, roles, spki):
+        self.fleet = fleet
+        self.version = version
+        self.expires = expires
+        self.keys = keys
+        self.roles = roles
+        self.spki = spki
+
+
+def parse_root(payload, limits=DEFAULT, fleet=None):
+    """Parse a verified root payload. Raises: DecodeError."""
+    from trustfleet_device import p256
+
+    f = _payload_map(payload, limits, "root", ROOT_FIELDS)
+    fleet = _header(f, "root", fleet)
+    version = f.uint("version")
+    if version < 1:
+        raise DecodeError("root.version: must be at least 1")
+    expires = f.uint("expires")
+    spkis = f.array("keys", limits.max_keys)
+    if not spkis:
+        raise DecodeError("root.keys: expected at least one SPKI")
+    keys = {}
+    spki = {}
+    for der in spkis:
+        if type(der) is not bytes:
+            raise DecodeError("root.keys: SPKI is not a byte string")
+        kid = hashlib.sha256(der).digest()
+        if kid in keys:
+            raise DecodeError("root.keys: key %s listed twice" % _short(kid))
+        keys[kid] = p256.spki_to_point(der)
+        spki[kid] = der
+    roles_map = Fields(f.raw("roles"), "root.roles", ROLES)
+    roles = {}
+    for name in ROLES:
+        roles[name] = _parse_role(roles_map.raw(name), "root.roles." + name, keys, limits)
+    roles_map.done()
+    f.done()
+    return Root(fleet, version, expires, keys, roles, spki)
+
+
+def _parse_role(value, where, keys, limits):
+    f = Fields(value, where, ("keys", "threshold"))
+    kids = f.array("keys", limits.max_keys)
+    threshold = f.uint("threshold")
+    f.done()
+    seen = []
+    for kid in kids:
+        _digest32(kid, where + ".keys")
+        if kid not in keys:
+            raise DecodeError("%s.keys: key %s is not in root.keys" % (where, _short(kid)))
+        if kid in seen:
+            raise DecodeError("%s.keys: key %s listed twice" % (where, _short(kid)))
+        seen.append(kid)
+    if threshold < 1 or threshold > len(kids):
+        raise DecodeError("%s.threshold: %d cannot be met by %d keys (need 1..%d)"
+                          % (where, threshold, len(kids), len(kids)))
+    return Role(seen, threshold)
+
+
+def _short(kid):
+    return "".join("%02x" % b for b in kid[:4])
+
+
+# ----------------------------------------------------------------- bundle
+
+
+class Anchor:
+    """A trust anchor: a whole certificate (`der`) or the compact fields.
+
+    For a compact anchor `der` is None. For a full one, name/spki/not_after
+    are filled in lazily by the certificate parser when a check needs them.
+    """
+
+    def __init__(self, der, name, spki, not_after, label):
+        self.der = der
+        self.name = name
+        self.spki = spki
+        self.not_after = not_after
+        self.label = label
+
+
+class PinSet:
+    """Pins for one domain pattern, enforced until `expires`."""
+
+    def __init__(self, domain, subdomains, pins, expires, mode, report_to, allow_single_pin):
+        self.domain = domain
+        self.subdomains = subdomains
+        self.pins = pins
+        self.expires = expires
+        self.mode = mode
+        self.report_to = report_to
+        self.allow_single_pin = allow_single_pin
+
+
+class Policy:
+    """Bundle-wide switches."""
+
+    def __init__(self, user_anchors, max_timestamp_age):
+        self.user_anchors = user_anchors
+        self.max_timestamp_age = max_timestamp_age
+
+
+class Bundle:
+    """The trust content the device installs."""
+
+    def __init__(self, fleet, version, issued_at, expires_at, anchors, pinsets, distrust, policy):
+        self.fleet = fleet
+        self.version = version
+        self.issued_at = issued_at
+        self.expires_at = expires_at
+        self.anchors = anchors
+        self.pinsets = pinsets
+        self.distrust = distrust
+        self.policy = policy
+
+
+def parse_anchor(value, limits=DEFAULT, index=0):
+    """Parse one anchor entry (certificate DER or compact array). Raises: DecodeError."""
+    where = "bundle.anchors[%d]" % index
+    if type(value) is bytes:
+        if len(value) < 16 or value[0] != 0x30:
+            raise DecodeError("%s: certificate is not DER" % where)
+        return Anchor(value, None, None, None, None)
+    if type(value) is not list or len(value) != 4:
+        raise DecodeError("%s: expected certificate DER or [name, spki, not_after, label]" % where)
+    name, spki, not_after, label = value
+    if type(name) is not bytes or not name or name[0] != 0x30:
+        raise DecodeError("%s: subject name is not a DER sequence" % where)
+    if type(spki) is not bytes or not spki or spki[0] != 0x30:
+        raise DecodeError("%s: SPKI is not a DER sequence" % where)
+    if type(not_after) is not int or not_after < 0:
+        raise DecodeError("%s: not_after is not an unsigned integer" % where)
+    if type(label) is not str or len(label) > MAX_LABEL:
+        raise DecodeError("%s: label is not a text string of at most %d characters" % (where, MAX_LABEL))
+    return Anchor(None, name, spki, not_after, label)
+
+
+def parse_pinset(value, limits=DEFAULT, index=0):
+    """Parse one pin-set map. Raises: DecodeError."""
+    where = "bundle.pinsets[%d]" % index
+    f = Fields(value, where, PINSET_FIELDS)
+    domain = f.text("domain", MAX_DOMAIN)
+    check_domain_pattern(domain, where + ".domain")
+    subdomains = f.boolean("subdomains")
+    pins = f.array("pins", limits.max_pins)
+    for i in range(len(pins)):
+        _digest32(pins[i], "%s.pins[%d]" % (where, i))
+    expires = f.uint("expires")
+    mode = f.text("mode", 16)
+    if mode not in MODES:
+        raise DecodeError("%s.mode: %r is not 'enforce' or 'report'" % (where, mode))
+    report_to = f.array("report_to", MAX_REPORT_URIS)
+    for uri in report_to:
+        if type(uri) is not str or len(uri) > MAX_URI:
+            raise DecodeError("%s.report_to: expected URIs of at most %d characters" % (where, MAX_URI))
+    single = f.boolean("allow_single_pin", True)
+    f.done()
+    # The rule of two: a backup pin from another key, unless the operator
+    # overrode it in the signed document itself, where everyone can see it.
+    if not pins or (len(pins) < 2 and single is not True):
+        raise DecodeError("%s.pins: %d pin(s); at least 2 are required (primary and backup)"
+                          % (where, len(pins)))
+    return PinSet(domain, subdomains, pins, expires, mode, report_to, single is True)
+
+
+def check_domain_pattern(domain, where):
+    """Refuse anything but a lower-case DNS name (no wildcards: use subdomains). Raises: DecodeError."""
+    if not domain or domain[0] == "." or domain[-1] == "." or ".." in domain:
+        raise DecodeError("%s: %r is not a DNS name" % (where, domain))
+    for ch in domain:
+        if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-" or ch == "."):
+            raise DecodeError("%s: %r is not a lower-case DNS name" % (where, domain))
+
+
+def parse_policy(value):
+    """Parse the policy map. Raises: DecodeError."""
+    f = Fields(value, "bundle.policy", POLICY_FIELDS)
+    user = f.boolean("user_anchors")
+    age = f.uint("max_timestamp_age")
+    f.done()
+    return Policy(user, age)
+
+
+def parse_bundle(payload, limits=DEFAULT, fleet=None):
+    """Parse a verified bundle payload. Raises: DecodeError."""
+    f = _payload_map(payload, limits, "bundle", BUNDLE_FIELDS)
+    fleet = _header(f, "bundle", fleet)
+    version = f.uint("version")
+    if version < 1:
+        raise DecodeError("bundle.version: must be at least 1")
+    issued_at = f.uint("issued_at")
+    expires_at = f.uint("expires_at")
+    if expires_at <= issued_at:
+        raise DecodeError("bundle.expires_at: %d is not after issued_at %d" % (expires_at, issued_at))
+    raw_anchors = f.array("anchors", limits.max_anchors)
+    anchors = []
+    for i in range(len(raw_anchors)):
+        anchors.append(parse_anchor(raw_anchors[i], limits, i))
+    raw_pinsets = f.array("pinsets", limits.max_pinsets)
+    pinsets = []
+    for i in range(len(raw_pinsets)):
+        pinsets.append(parse_pinset(raw_pinsets[i], limits, i))
+    distrust = f.array("distrust", limits.max_distrust)
+    for i in range(len(distrust)):
+        _digest32(distrust[i], "bundle.distrust[%d]" % i)
+    policy = parse_policy(f.raw("policy"))
+    f.done()
+    return Bundle(fleet, version, issued_at, expires_at, anchors, pinsets, distrust, policy)
+
+
+# -------------------------------------------------------------- timestamp
+
+
+class Timestamp:
+    """Signed heartbeat: the time, and the latest bundle's version and digest."""
+
+    def __init__(self, fleet, time, bundle_version, bundle_sha256):
+        self.fleet = fleet
+        self.time = time
+        self.bundle_version = bundle_version
+        self.bundle_sha256 = bundle_sha256
+
+
+def parse_timestamp(payload, limits=DEFAULT, fleet=None):
+    """Parse a verified timestamp payload. Raises: DecodeError."""
+    f = _payload_map(payload, limits, "timestamp", TIMESTAMP_FIELDS)
+    fleet = _header(f, "timestamp", fleet)
+    time = f.uint("time")
+    version = f.uint("bundle_version")
+    digest = _digest32(f.raw("bundle_sha256"), "timestamp.bundle_sha256")
+    f.done()
+    return Timestamp(fleet, time, version, digest)
+
+
+def document_type(payload, limits=DEFAULT):
+    """Peek at an unverified payload's "type" to route it. The answer is a hint only. Raises: DecodeError."""
+    value = cbor.decode(payload, limits)
+    if type(value) is not dict or type(value.get("type")) is not str:
+        raise DecodeError("payload has no document type")
+    return value["type"]

@@ -1,0 +1,226 @@
+"""COSE_Sign (tag 98) and COSE_Sign1 (tag 18) parsing and ES256 checks (RFC 9052).
+
+Trusts nothing: the envelope is decoded strictly (see cbor), every header
+map is checked, and signatures are checked over the Sig_structure built
+from the protected-header bytes exactly as received (RFC 9052 section 4.4),
+never over a re-encoding of the decoded headers.
+
+Order of work:
+1. parse(): decode the envelope, check its shape, decode the protected
+   headers. Problems with the message as a whole (wrong tag, bad shape,
+   unknown critical header in the body) raise DecodeError. Problems with
+   one signer (unsupported algorithm, its own unknown critical header,
+   malformed kid) are recorded on that Signer as `problem`, so one bad
+   signer cannot veto a threshold that the others meet.
+2. verify_signer(): ECDSA P-256 over SHA-256(Sig_structure).
+
+Deciding which signers count, and how many are needed, is policy's job.
+"""
+
+import hashlib
+
+from trustfleet_device import cbor, p256
+from trustfleet_device.errors import DecodeError
+from trustfleet_device.limits import DEFAULT
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+TAG_SIGN = const(98)
+TAG_SIGN1 = const(18)
+
+ALG_ES256 = const(-7)
+
+HDR_ALG = const(1)
+HDR_CRIT = const(2)
+HDR_CONTENT_TYPE = const(3)
+HDR_KID = const(4)
+
+# Labels whose meaning we implement; a `crit` naming anything else is refused.
+UNDERSTOOD = (HDR_ALG, HDR_CRIT, HDR_CONTENT_TYPE, HDR_KID)
+
+
+class Signer:
+    """One signature with its headers. `problem` is None or why it cannot count."""
+
+    def __init__(self, protected_raw, protected, unprotected, signature):
+        self.protected_raw = protected_raw
+        self.protected = protected
+        self.unprotected = unprotected
+        self.signature = signature
+        self.alg = None
+        self.kid = None
+        self.problem = None
+
+
+class Message:
+    """A parsed COSE_Sign or COSE_Sign1. `payload` is still unverified."""
+
+    def __init__(self, tag, protected_raw, protected, unprotected, payload, signers):
+        self.tag = tag
+        self.protected_raw = protected_raw
+        self.protected = protected
+        self.unprotected = unprotected
+        self.unverified_payload = payload
+        self.signers = signers
+
+
+def _header_map(raw, limits, where):
+    # RFC 9052 section 3: an empty protected bucket is the zero-length string,
+    # and a non-empty one must hold a map.
+    if len(raw) == 0:
+        return {}
+    value = cbor.decode(raw, limits)
+    if type(value) is not dict:
+        raise DecodeError("%s protected header is not a map" % where)
+    return value
+
+
+def _check_buckets(protected, unprotected, where):
+    if type(unprotected) is not dict:
+        raise DecodeError("%s unprotected header is not a map" % where)
+    for label in unprotected:
+        if label in protected:
+            raise DecodeError("%s header label %r is in both buckets" % (where, label))
+    if HDR_CRIT in unprotected:
+        raise DecodeError("%s crit header must be protected" % where)
+
+
+def _crit_problem(protected):
+    """Return why the crit header is unacceptable, or None (RFC 9052 section 3.1)."""
+    if HDR_CRIT not in protected:
+        return None
+    crit = protected[HDR_CRIT]
+    if type(crit) is not list or not crit:
+        return "crit header is not a non-empty array"
+    for label in crit:
+        if label not in UNDERSTOOD:
+            return "unknown critical header %r" % (label,)
+        if label not in protected:
+            return "critical header %r is not in the protected bucket" % (label,)
+    return None
+
+
+def _signer_headers(signer, require_protected_alg):
+    """Fill signer.alg/kid or set signer.problem."""
+    problem = _crit_problem(signer.protected)
+    if problem:
+        signer.problem = problem
+        return
+    alg = signer.protected.get(HDR_ALG)
+    if alg is None and not require_protected_alg:
+        alg = signer.unprotected.get(HDR_ALG)
+    if alg is None:
+        signer.problem = "no protected alg header"
+        return
+    signer.alg = alg
+    if alg != ALG_ES256 or type(alg) is not int:
+        signer.problem = "unsupported algorithm %r (only ES256, -7)" % (alg,)
+        return
+    kid = signer.protected.get(HDR_KID, signer.unprotected.get(HDR_KID))
+    if kid is not None and type(kid) is not bytes:
+        signer.problem = "kid is not a byte string"
+        return
+    signer.kid = kid
+    if type(signer.signature) is not bytes or len(signer.signature) != 64:
+        signer.problem = "ES256 signature is not 64 bytes"
+
+
+def _expect_array(value, n, where):
+    if type(value) is not list or len(value) != n:
+        raise DecodeError("%s is not an array of %d items" % (where, n))
+    return value
+
+
+def parse(raw, limits=DEFAULT, untagged=None, require_protected_alg=True):
+    """Parse a COSE_Sign or COSE_Sign1 message. Raises: DecodeError.
+
+    untagged: None to require the tag (trustfleet documents), or TAG_SIGN /
+    TAG_SIGN1 to accept that structure without its tag (RFC 9052 section 2
+    leaves tagging to the application; the COSE WG examples use both).
+    """
+    value = cbor.decode(raw, limits.envelope(), (TAG_SIGN, TAG_SIGN1))
+    if isinstance(value, cbor.Tag):
+        tag = value.number
+        value = value.value
+    elif untagged is not None:
+        tag = untagged
+    else:
+        raise DecodeError("not a tagged COSE_Sign (98) or COSE_Sign1 (18) message")
+    where = "COSE_Sign" if tag == TAG_SIGN else "COSE_Sign1"
+    _expect_array(value, 4, where)
+    protected_raw, unprotected, payload, last = value
+    if type(protected_raw) is not bytes:
+        raise DecodeError("%s protected header is not a byte string" % where)
+    if type(payload) is not bytes:
+        # nil would be a detached payload, which trustfleet never uses.
+        raise DecodeError("%s payload is not an attached byte string" % where)
+    protected = _header_map(protected_raw, limits, where)
+    _check_buckets(protected, unprotected, where)
+    if tag == TAG_SIGN1:
+        signer = Signer(protected_raw, protected, unprotected, last)
+        _signer_headers(signer, require_protected_alg)
+        signers = [signer]
+    else:
+        problem = _crit_problem(protected)
+        if problem:
+            raise DecodeError("COSE_Sign body: " + problem)
+        signers = _parse_signers(last, limits, require_protected_alg)
+    return Message(tag, protected_raw, protected, unprotected, payload, signers)
+
+
+def _parse_signers(value, limits, require_protected_alg):
+    if type(value) is not list or not value:
+        raise DecodeError("COSE_Sign signatures is not a non-empty array")
+    if len(value) > limits.max_signatures:
+        raise DecodeError("%d signatures, limit is %d" % (len(value), limits.max_signatures))
+    signers = []
+    for entry in value:
+        _expect_array(entry, 3, "COSE_Signature")
+        protected_raw, unprotected, signature = entry
+        if type(protected_raw) is not bytes:
+            raise DecodeError("COSE_Signature protected header is not a byte string")
+        protected = _header_map(protected_raw, limits, "COSE_Signature")
+        _check_buckets(protected, unprotected, "COSE_Signature")
+        signer = Signer(protected_raw, protected, unprotected, signature)
+        _signer_headers(signer, require_protected_alg)
+        signers.append(signer)
+    return signers
+
+
+def tbs_prefix(msg, signer, external_aad=b""):
+    """Return the Sig_structure bytes up to and including the payload's string head.
+
+    The payload comes last in both Sig_structures, so a device can hash this
+    prefix and then stream the payload from flash without holding it in RAM.
+    """
+    parts = []
+    if msg.tag == TAG_SIGN:
+        parts.append(cbor.head(4, 5))
+        parts.append(cbor.encode("Signature"))
+        parts.append(cbor.encode(msg.protected_raw))
+        parts.append(cbor.encode(signer.protected_raw))
+    else:
+        parts.append(cbor.head(4, 4))
+        parts.append(cbor.encode("Signature1"))
+        parts.append(cbor.encode(msg.protected_raw))
+    parts.append(cbor.encode(external_aad))
+    parts.append(cbor.head(2, len(msg.unverified_payload)))
+    return b"".join(parts)
+
+
+def tbs_digest(msg, signer, external_aad=b""):
+    """SHA-256 of the Sig_structure for `signer` (RFC 9052 section 4.4)."""
+    h = hashlib.sha256(tbs_prefix(msg, signer, external_aad))
+    h.update(msg.unverified_payload)
+    return h.digest()
+
+
+def verify_signer(msg, signer, point, external_aad=b""):
+    """True when signer's ES256 signature is valid under the 65-byte P-256 point. Raises: DecodeError (bad key)."""
+    if signer.problem is not None:
+        return False
+    return p256.verify_digest(point, tbs_digest(msg, signer, external_aad), signer.signature)
