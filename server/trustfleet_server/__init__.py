@@ -1,0 +1,1 @@
+"""trustfleet operator side: keys, build and sign documents, publish, fleet state."""

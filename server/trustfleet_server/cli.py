@@ -1,0 +1,61 @@
+"""The `trustfleet` operator command line.
+
+Each command group lives in its own module exposing ``register(subparsers)``;
+this file only wires them together and turns typed errors into one-line
+messages and exit codes:
+
+    0  success
+    1  the input was refused (bad document, failed verification, lint error)
+    2  usage error (argparse) or a missing/unreadable file
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trustfleet_device.errors import TrustfleetError
+
+from . import cmd_bundle, cmd_keys, cmd_root
+from .errors import CommandError
+
+GROUPS = (cmd_keys, cmd_root, cmd_bundle)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trustfleet",
+        description=(
+            "Build, sign and verify trustfleet documents (root, bundle, timestamp).\n"
+            "Typical flow: key generate -> root create -> bundle build -> "
+            "bundle sign (once per key) -> bundle verify."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f"trustfleet: error: {exc}", file=sys.stderr)
+        return 2
+    except TrustfleetError as exc:
+        print(f"trustfleet: refused: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        name = exc.filename or ""
+        print(f"trustfleet: error: {name}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""`trustfleet key generate|show` and `trustfleet pin`: key files and SPKI pins.
+
+Handlers only parse arguments, call `keys` / `x509util` and print. stdout
+carries the result alone (a kid, a pin, or JSON) so it can be piped or
+diffed; notes for the operator go to stderr. Passphrases come from
+--passphrase-file, --ask-passphrase or $TRUSTFLEET_PASSPHRASE and are never
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import keys, x509util
+from .errors import CommandError
+
+GENERATE_DESCRIPTION = """\
+Generate an ECDSA P-256 signing key.
+
+Writes the private key as PKCS#8 PEM with mode 0600 (encrypted when a
+passphrase is given) and the public key as SubjectPublicKeyInfo PEM with
+mode 0644, then prints the key id (kid): SHA-256 of the public key's DER
+SubjectPublicKeyInfo, in hex. Existing files are never overwritten without
+--force.
+"""
+
+GENERATE_EPILOG = """\
+examples:
+  trustfleet key generate --out keys/root-1.pem --ask-passphrase
+      writes keys/root-1.pem (encrypted) and keys/root-1.pub.pem
+  trustfleet key generate --out k.pem --passphrase-file /run/secrets/k --json
+      {"kid": "…", "private_key": "k.pem", "public_key": "k.pub.pem"}
+"""
+
+SHOW_DESCRIPTION = """\
+Show what a key file holds: its kid, curve, and whether it is a private
+key (and if so whether it is encrypted), a public key or a certificate.
+An encrypted private key shows its kid only when given the passphrase.
+"""
+
+PIN_DESCRIPTION = """\
+Print the SPKI SHA-256 pin (base64) of a certificate, chain, public key or
+private key, in PEM or DER.
+
+For a single certificate or key the output is exactly the pin and a newline,
+the same bytes as:
+  openssl x509 -in CERT -pubkey -noout | openssl pkey -pubin -outform der \\
+    | openssl dgst -sha256 -binary | openssl enc -base64
+For a chain (or a directory of certificates) each line is "<pin>  <subject>".
+"""
+
+PIN_EPILOG = """\
+examples:
+  trustfleet pin server.crt
+  trustfleet pin fullchain.pem --json
+"""
+
+
+def register(sub: Any) -> None:
+    """Add the `key` group and the `pin` command to the top-level subparsers."""
+    _register_key(sub)
+    _register_pin(sub)
+
+
+def add_passphrase_arguments(parser: argparse.ArgumentParser, *, purpose: str) -> None:
+    """Add the mutually exclusive --passphrase-file / --ask-passphrase options.
+
+    Args:
+        parser: the subcommand parser.
+        purpose: finishes "the passphrase ..." in the help, e.g. "to encrypt the new key".
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help=(
+            f"read the passphrase {purpose} from the first line of FILE "
+            f"(default: ${keys.PASSPHRASE_ENV} when set)"
+        ),
+    )
+    group.add_argument(
+        "--ask-passphrase",
+        action="store_true",
+        help=f"prompt on the terminal for the passphrase {purpose}",
+    )
+
+
+def passphrase_from_args(args: argparse.Namespace, *, confirm: bool = False) -> bytes | None:
+    """Return the passphrase selected by `add_passphrase_arguments` options, or None.
+
+    Raises:
+        KeyFileError: the passphrase file is unreadable or empty.
+        CommandError: prompted passphrases are empty or do not match.
+    """
+    return keys.read_passphrase(args.passphrase_file, confirm=confirm, ask=args.ask_passphrase)
+
+
+# --------------------------------------------------------------------------- key
+
+
+def _register_key(sub: Any) -> None:
+    key_parser = sub.add_parser(
+        "key",
+        help="generate and inspect ECDSA P-256 signing keys",
+        description="Generate and inspect ECDSA P-256 signing keys.",
+    )
+    key_sub = key_parser.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+    _register_generate(key_sub)
+    _register_show(key_sub)
+
+
+def _register_generate(key_sub: Any) -> None:
+    parser = key_sub.add_parser(
+        "generate",
+        help="generate a P-256 key pair and print its kid",
+        description=GENERATE_DESCRIPTION,
+        epilog=GENERATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, metavar="PATH", help="private key file to create")
+    parser.add_argument(
+        "--public-out",
+        metavar="PATH",
+        help="public key file (default: PATH with .pem replaced by .pub.pem)",
+    )
+    add_passphrase_arguments(parser, purpose="to encrypt the new key")
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing key files (atomically)"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    parser.set_defaults(func=cmd_key_generate)
+
+
+def _register_show(key_sub: Any) -> None:
+    parser = key_sub.add_parser(
+        "show",
+        help="print a key file's kid, curve and kind",
+        description=SHOW_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", metavar="PATH", help="private key, public key or certificate")
+    add_passphrase_arguments(parser, purpose="of an encrypted key")
+    parser.add_argument("--json", action="store_true", help="print a JSON object instead")
+    parser.set_defaults(func=cmd_key_show)
+
+
+def default_public_path(private_path: str) -> str:
+    """Return where `key generate` puts the public key by default: x.pem -> x.pub.pem."""
+    stem = private_path.removesuffix(".pem")
+    return f"{stem}.pub.pem"
+
+
+def _check_outputs(private_path: str, public_path: str, force: bool) -> None:
+    if os.path.abspath(private_path) == os.path.abspath(public_path):
+        raise CommandError(f"{public_path}: the public key cannot go to the private key's file")
+    if force:
+        return
+    # Checked up front so nothing is written (or prompted for) when either
+    # file exists; the O_EXCL create still guards against a race.
+    for path in (private_path, public_path):
+        if os.path.lexists(path):
+            raise keys.KeyFileError(
+                f"{path}: already exists; refusing to overwrite it (pass --force to replace it)"
+            )
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    """Handle `trustfleet key generate`."""
+    private_path = args.out
+    public_path = args.public_out or default_public_path(private_path)
+    _check_outputs(private_path, public_path, args.force)
+    passphrase = passphrase_from_args(args, confirm=True)
+    key = keys.generate_key()
+    keys.write_private_key(private_path, key, passphrase, overwrite=args.force)
+    keys.write_public_key(public_path, key.public_key(), overwrite=args.force)
+    kid = keys.kid_hex(key)
+    state = "encrypted" if passphrase else "NOT encrypted: no passphrase given"
+    print(f"wrote private key {private_path} ({state})", file=sys.stderr)
+    print(f"wrote public key {public_path}", file=sys.stderr)
+    if args.json:
+        _print_json({"kid": kid, "private_key": private_path, "public_key": public_path})
+    else:
+        print(kid)
+    return 0
+
+
+def cmd_key_show(args: argparse.Namespace) -> int:
+    """Handle `trustfleet key show`."""
+    material = keys.inspect_key_file(args.path, passphrase_from_args(args))
+    if not material.locked:
+        keys.check_p256(args.path, material.public_key)
+    report = {
+        "path": args.path,
+        "kid": None if material.locked else keys.kid_hex(material.public_key),
+        "curve": None if material.locked else keys.curve_name(material.public_key.curve),
+        "kind": material.kind,
+        "encrypted": material.encrypted,
+    }
+    if args.json:
+        _print_json(report)
+        return 0
+    locked_note = f"unknown (encrypted key needs a passphrase: {keys.PASSPHRASE_HINT})"
+    print(f"kid: {report['kid'] or locked_note}")
+    print(f"curve: {report['curve'] or 'unknown'}")
+    print(f"kind: {material.kind}")
+    print(f"encrypted: {'yes' if material.encrypted else 'no'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- pin
+
+
+def _register_pin(sub: Any) -> None:
+    parser = sub.add_parser(
+        "pin",
+        help="print the SPKI SHA-256 pin of a certificate or key",
+        description=PIN_DESCRIPTION,
+        epilog=PIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "target",
+        metavar="CERT_OR_KEY",
+        help="certificate, chain, public key or private key (PEM or DER), or a directory",
+    )
+    add_passphrase_arguments(parser, purpose="of an encrypted private key")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help='always print "<pin>  <subject>" lines, even for a single certificate or key',
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    parser.set_defaults(func=cmd_pin)
+
+
+def _pin_subjects(args: argparse.Namespace) -> list[x509util.PinSubject]:
+    # The single place that decides where subjects come from; another source
+    # (e.g. a live TLS handshake) adds a branch here and nothing else changes.
+    return x509util.load_pin_subject(args.target, passphrase_from_args(args))
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    """Handle `trustfleet pin`."""
+    subjects = _pin_subjects(args)
+    if args.json:
+        _print_json([_pin_record(s) for s in subjects])
+    elif len(subjects) == 1 and not args.all:
+        print(x509util.pin_b64(subjects[0].public_key))
+    else:
+        for subject in subjects:
+            print(f"{x509util.pin_b64(subject.public_key)}  {_printable(subject.label)}")
+    return 0
+
+
+def _pin_record(subject: x509util.PinSubject) -> dict[str, Any]:
+    cert = subject.cert
+    return {
+        "subject": cert.subject.rfc4514_string() if cert else None,
+        "issuer": cert.issuer.rfc4514_string() if cert else None,
+        "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") if cert else None,
+        "pin_sha256": x509util.pin_b64(subject.public_key),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _printable(text: str) -> str:
+    # A subject is attacker-chosen text; keep control characters from forging
+    # extra output lines or terminal escapes.
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False))

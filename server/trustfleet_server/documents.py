@@ -1,0 +1,114 @@
+"""Unsigned payloads, COSE envelopes and adding signatures, on the operator side.
+
+The build step writes a bare, deterministic CBOR payload (never signed).
+`sign` wraps it in a COSE_Sign (tag 98) with one signature, or appends a
+signature to an existing COSE_Sign, so each key can live on its own offline
+machine. Timestamps, signed by one online key, may use COSE_Sign1.
+
+Every signature uses the protected header {alg: ES256} and carries the kid
+(SHA-256 of the key's SPKI) in the unprotected header: the kid is only a
+hint for finding the key; verification never trusts it beyond that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from trustfleet_device import bundle, cbor, cose
+from trustfleet_device.errors import DecodeError, PolicyError
+from trustfleet_device.limits import DEFAULT, Limits
+
+from . import keys
+
+PROTECTED_ES256 = cbor.encode({cose.HDR_ALG: cose.ALG_ES256})
+
+KNOWN_TYPES = {"root": bundle.parse_root, "bundle": bundle.parse_bundle,
+               "timestamp": bundle.parse_timestamp}
+
+
+@dataclass
+class Document:
+    """A document as read from a file: its payload and, if signed, its envelope."""
+
+    payload: bytes
+    doc_type: str
+    message: cose.Message | None
+
+    @property
+    def signed(self) -> bool:
+        return self.message is not None
+
+    @property
+    def kids(self) -> list[bytes]:
+        if self.message is None:
+            return []
+        return [s.kid for s in self.message.signers if s.kid is not None]
+
+
+def encode_payload(value: dict) -> bytes:
+    """Deterministic CBOR of a payload map, checked against the device parser."""
+    payload = cbor.encode(value)
+    parse = KNOWN_TYPES.get(value.get("type"))
+    if parse is None:
+        raise ValueError(f"unknown document type {value.get('type')!r}")
+    parse(payload)  # the device must be able to read what we build
+    return payload
+
+
+def read_document(raw: bytes, limits: Limits = DEFAULT) -> Document:
+    """Read a bare payload or a COSE-signed document. Raises: DecodeError."""
+    if len(raw) > limits.max_document:
+        raise DecodeError(f"document is {len(raw)} bytes, limit is {limits.max_document}")
+    message = None
+    if raw[:1] in (b"\xd8", b"\xd2"):  # tag 98 (0xd8 0x62) or tag 18 (0xd2)
+        message = cose.parse(raw, limits)
+        payload = message.unverified_payload
+    else:
+        payload = raw
+    value = cbor.decode(payload, limits)
+    doc_type = value.get("type") if isinstance(value, dict) else None
+    if doc_type not in KNOWN_TYPES:
+        raise DecodeError(f"not a trustfleet document (type {doc_type!r})")
+    KNOWN_TYPES[doc_type](payload, limits)
+    return Document(payload, doc_type, message)
+
+
+def _signature_entry(payload: bytes, body_protected: bytes, key: ec.EllipticCurvePrivateKey) -> list:
+    tbs = cbor.encode(["Signature", body_protected, PROTECTED_ES256, b"", payload])
+    sig = keys.sign_digest(key, hashlib.sha256(tbs).digest())
+    return [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)}, sig]
+
+
+def add_signature(raw: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Return `raw` (a bare payload or a COSE_Sign) with one more signature by `key`.
+
+    Raises: PolicyError when this key already signed, or the input is a COSE_Sign1.
+    """
+    doc = read_document(raw)
+    kid = keys.kid_of(key)
+    if doc.message is None:
+        body_protected, signatures = b"", []
+    else:
+        if doc.message.tag != cose.TAG_SIGN:
+            raise PolicyError("cannot add a signature to a COSE_Sign1; sign the bare payload")
+        if kid in doc.kids:
+            raise PolicyError(f"key {kid.hex()[:8]} has already signed this document")
+        body_protected = doc.message.protected_raw
+        signatures = [[s.protected_raw, s.unprotected, s.signature] for s in doc.message.signers]
+    signatures.append(_signature_entry(doc.payload, body_protected, key))
+    return cbor.encode(cbor.Tag(cose.TAG_SIGN, [body_protected, {}, doc.payload, signatures]))
+
+
+def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Sign a payload as COSE_Sign1 (one signer, e.g. the online timestamp key)."""
+    tbs = cbor.encode(["Signature1", PROTECTED_ES256, b"", payload])
+    sig = keys.sign_digest(key, hashlib.sha256(tbs).digest())
+    return cbor.encode(cbor.Tag(cose.TAG_SIGN1, [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)},
+                                                 payload, sig]))
+
+
+def sha256(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()

@@ -1,0 +1,52 @@
+"""Reading and writing operator files safely.
+
+Writes are atomic: a temp file in the same directory, fsync, rename, fsync
+of the directory, so a crash leaves the old file or the new one, never half.
+Reads are capped so a wrong path (a disk image, /dev/zero) fails fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from trustfleet_device.errors import LimitError
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically, with permission bits `mode`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    """Make a directory's new entries durable (best effort where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_capped(path: str | os.PathLike[str], limit: int) -> bytes:
+    """Read a whole file, refusing one larger than `limit` bytes. Raises: LimitError, OSError."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LimitError(f"{path}: larger than the {limit}-byte document limit")
+    return data
