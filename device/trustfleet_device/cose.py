@@ -148,6 +148,8 @@ def parse(raw, limits=DEFAULT, untagged=None, require_protected_alg=True):
         value = value.value
     elif untagged is not None:
         tag = untagged
+    elif type(value) is dict:
+        raise DecodeError("not signed: a bare payload, not a COSE_Sign (98) or COSE_Sign1 (18) message")
     else:
         raise DecodeError("not a tagged COSE_Sign (98) or COSE_Sign1 (18) message")
     where = "COSE_Sign" if tag == TAG_SIGN else "COSE_Sign1"
