@@ -16,10 +16,10 @@ import sys
 
 from trustfleet_device.errors import TrustfleetError
 
-from . import cmd_bundle, cmd_keys, cmd_root
+from . import cmd_bundle, cmd_keys, cmd_root, demo
 from .errors import CommandError
 
-GROUPS = (cmd_keys, cmd_root, cmd_bundle)
+GROUPS = (cmd_keys, cmd_root, cmd_bundle, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrustfleetError as exc:
         print(f"trustfleet: refused: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return 0
     except OSError as exc:
-        name = exc.filename or ""
-        print(f"trustfleet: error: {name}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"trustfleet: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,1 @@
+"""trustfleet CPython device agent (Raspberry Pi): drivers around the device core."""

@@ -1,0 +1,288 @@
+"""The device agent: a state machine with no I/O.
+
+Fed with documents (root, bundle, timestamp) as bytes, clock readings and
+health-check results; returns actions for the caller to carry out, in order:
+
+    store.WRITE_SLOT, store.WRITE_ROOT, store.SWITCH, store.COMMIT,
+    store.REVERT, store.SAVE     -> Store.apply (persistence)
+    HEALTH_CHECK (version, deadline) -> connect to the endpoints with the
+                                        new store, then call health()
+    REPORT (dict)                -> publish or log
+    REFUSED (kind, reason)       -> the document was not accepted
+
+States: IDLE (a committed store, or none yet) and TRIAL (switched to a new
+store, waiting for the health check). Table of transitions:
+
+    state  input                      -> actions                       next
+    IDLE   valid newer bundle         -> WRITE_SLOT, SWITCH, HEALTH_CHECK TRIAL
+    IDLE   invalid/older/bad bundle   -> REFUSED, REPORT               IDLE
+    TRIAL  health ok                  -> COMMIT, REPORT                IDLE
+    TRIAL  health failed / deadline   -> REVERT, REPORT                IDLE
+    TRIAL  bundle                     -> REFUSED (busy)                TRIAL
+    any    valid next root            -> WRITE_ROOT, REPORT            same
+    any    valid newer timestamp      -> SAVE                          same
+    boot   state says TRIAL           -> REVERT, REPORT (like MCUboot's test swap: a reboot
+                                         before commit means the new store did not prove itself)
+
+Rules: never accept a bundle version <= the committed floor or one reverted
+as bad; trusted time = max(clock, last authenticated time, firmware build
+time, persisted clock reading); an expired bundle or an old timestamp makes
+the device "stale" but it keeps the store it has.
+"""
+
+from trustfleet_device import VERSION, policy, store
+from trustfleet_device.errors import BundleError, RollbackError
+from trustfleet_device.limits import DEFAULT
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+HEALTH_CHECK = "health_check"
+REPORT = "report"
+REFUSED = "refused"
+
+IDLE = "idle"
+TRIAL = "trial"
+
+# A clock reading is persisted (so a board whose RTC resets still knows
+# roughly the date) only when it is within this much of authenticated time:
+# an NTP attacker cannot make a far-future time permanent.
+_MAX_CLOCK_LEAD = const(400 * 86400)
+_CLOCK_SAVE_STEP = const(3600)
+
+
+class Config:
+    """Per-device settings that do not come from signed documents."""
+
+    def __init__(self, fleet=None, firmware_time=0, health_timeout=120, limits=DEFAULT,
+                 device_id=None, managed=False, agent_version=VERSION):
+        self.fleet = fleet
+        self.firmware_time = firmware_time
+        self.health_timeout = health_timeout
+        self.limits = limits
+        self.device_id = device_id
+        self.managed = managed
+        self.agent_version = agent_version
+
+
+class Agent:
+    """Decides what to do with documents; the caller performs the actions."""
+
+    def __init__(self, config):
+        self.config = config
+        self.root = None
+        self.root_raw = None
+        self.state = store.fresh_state()
+        self.bundle = None
+        self.phase = IDLE
+        self.pending = None  # (bundle, deadline) while on TRIAL
+        self.latest = None   # (bundle version, sha256) from the last timestamp
+
+    # ------------------------------------------------------------ boot
+
+    def boot(self, root_raw, state, slots, clock):
+        """Start from what storage holds. Returns actions. Raises: BundleError if the root is unusable."""
+        self.root = policy.load_trusted_root(root_raw, self.config.limits, self.config.fleet)
+        self.root_raw = root_raw
+        self.state = store.copy_state(state)
+        actions = []
+        if self.state["trial"]:
+            actions.extend(self._revert("reboot before commit"))
+        self.bundle = self._load_active(slots, actions)
+        return actions
+
+    def _load_active(self, slots, actions):
+        s = self.state
+        if s["active"] is None:
+            return None
+        raw = slots.get(s["active"])
+        try:
+            if raw is None:
+                raise BundleError("slot %s is empty" % s["active"])
+            # The installed store was verified before it was written; check it
+            # again so flash corruption is caught here and not at a TLS handshake.
+            return policy.verify_bundle(self.root, raw, self.config.limits)
+        except BundleError as exc:
+            actions.append(self._report("store-invalid", str(exc)))
+            other = "b" if s["active"] == "a" else "a"
+            alt = slots.get(other)
+            if alt is not None:
+                try:
+                    b = policy.verify_bundle(self.root, alt, self.config.limits)
+                    if b.version not in s["bad"]:
+                        new = store.copy_state(s)
+                        new["active"], new["version"], new["trial"] = other, b.version, False
+                        self.state = new
+                        actions.append((store.COMMIT, new))
+                        return b
+                except BundleError:
+                    pass
+            new = store.copy_state(s)
+            new["active"], new["version"] = None, None
+            self.state = new
+            actions.append((store.SAVE, new))
+            return None
+
+    # ------------------------------------------------------------ time
+
+    def trusted_time(self, clock):
+        """max(clock, authenticated time, firmware build time, persisted clock reading)."""
+        s = self.state
+        t = clock
+        for other in (s["time"], s["last_timestamp"], self.config.firmware_time):
+            if other > t:
+                t = other
+        return t
+
+    def _note_time(self, new_state, authenticated=None, clock=None):
+        if authenticated is not None and authenticated > new_state["time"]:
+            new_state["time"] = authenticated
+        if clock is not None:
+            anchor = new_state["time"]
+            if anchor < self.config.firmware_time:
+                anchor = self.config.firmware_time
+            if new_state["time"] + _CLOCK_SAVE_STEP < clock <= anchor + _MAX_CLOCK_LEAD:
+                new_state["time"] = clock
+
+    def observe_clock(self, clock):
+        """Persist a plausible clock reading now and then. Returns actions."""
+        new = store.copy_state(self.state)
+        self._note_time(new, clock=clock)
+        if new["time"] == self.state["time"]:
+            return []
+        self.state = new
+        return [(store.SAVE, new)]
+
+    # --------------------------------------------------------- documents
+
+    def offer_bundle(self, raw, clock):
+        """A bundle arrived (network or offline install). Returns actions."""
+        if self.phase == TRIAL:
+            return self._refuse("bundle", "an install is already waiting for its health check")
+        now = self.trusted_time(clock)
+        s = self.state
+        try:
+            b = policy.verify_bundle(self.root, raw, self.config.limits,
+                                     installed_version=s["floor"], now=now)
+            if b.version in s["bad"]:
+                raise RollbackError("bundle version %d was reverted as bad on this device" % b.version)
+            if self.bundle is not None and b.version <= self.bundle.version:
+                raise RollbackError("bundle version %d is not newer than active version %d"
+                                    % (b.version, self.bundle.version))
+        except BundleError as exc:
+            return self._refuse("bundle", str(exc))
+        slot = "b" if s["active"] == "a" else "a"
+        new = store.copy_state(s)
+        new["previous"], new["previous_version"] = s["active"], s["version"]
+        new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
+        self._note_time(new, authenticated=b.issued_at)
+        self.state = new
+        deadline = now + self.config.health_timeout
+        self.pending = (b, deadline)
+        self.phase = TRIAL
+        return [(store.WRITE_SLOT, slot, raw), (store.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
+
+    def health(self, ok, detail, clock):
+        """The health check of the trial store finished. Returns actions."""
+        if self.phase != TRIAL:
+            return []
+        b = self.pending[0]
+        if not ok:
+            return self._revert("health check failed: %s" % detail)
+        new = store.copy_state(self.state)
+        new["trial"], new["previous"], new["previous_version"] = False, None, None
+        if b.version > new["floor"]:
+            new["floor"] = b.version
+        self.state = new
+        self.bundle = b
+        self.pending = None
+        self.phase = IDLE
+        return [(store.COMMIT, new), self._report("installed", "bundle v%d committed" % b.version)]
+
+    def tick(self, clock):
+        """Time passes: enforce the health-check deadline. Returns actions."""
+        if self.phase == TRIAL and self.trusted_time(clock) > self.pending[1]:
+            return self._revert("health check gave no answer before the deadline")
+        return self.observe_clock(clock)
+
+    def offer_root(self, raw, clock):
+        """The next root version arrived. Returns actions."""
+        try:
+            new_root = policy.verify_root_update(self.root, raw, self.config.limits)
+        except BundleError as exc:
+            return self._refuse("root", str(exc))
+        self.root, self.root_raw = new_root, raw
+        return [(store.WRITE_ROOT, raw), self._report("root-updated", "root v%d" % new_root.version)]
+
+    def offer_timestamp(self, raw, clock):
+        """A signed timestamp arrived. Returns actions."""
+        try:
+            ts = policy.verify_timestamp(self.root, raw, self.config.limits,
+                                         last_time=self.state["last_timestamp"])
+        except BundleError as exc:
+            return self._refuse("timestamp", str(exc))
+        new = store.copy_state(self.state)
+        new["last_timestamp"] = ts.time
+        self._note_time(new, authenticated=ts.time)
+        self.state = new
+        self.latest = (ts.bundle_version, ts.bundle_sha256)
+        return [(store.SAVE, new)]
+
+    # ------------------------------------------------------------ status
+
+    def status(self, clock):
+        """A JSON-able summary: version, state and why."""
+        now = self.trusted_time(clock)
+        s = self.state
+        reasons = []
+        b = self.bundle
+        if b is None:
+            state = "no-store"
+        elif self.phase == TRIAL:
+            state = "trial"
+        else:
+            state = "ok"
+            if now >= b.expires_at:
+                reasons.append("bundle v%d expired at %d" % (b.version, b.expires_at))
+            since = s["last_timestamp"] or b.issued_at
+            if now - since > b.policy.max_timestamp_age:
+                reasons.append("no timestamp newer than %d s" % b.policy.max_timestamp_age)
+            if reasons:
+                state = "stale"
+        return {
+            "device": self.config.device_id,
+            "state": state,
+            "version": b.version if b is not None else None,
+            "floor": s["floor"],
+            "bad": list(s["bad"]),
+            "root_version": self.root.version if self.root is not None else None,
+            "trusted_time": now,
+            "last_timestamp": s["last_timestamp"],
+            "reasons": reasons,
+            "last_revert": s["reason"],
+            "agent_version": self.config.agent_version,
+        }
+
+    # ----------------------------------------------------------- helpers
+
+    def _revert(self, reason):
+        s = self.state
+        new = store.copy_state(s)
+        bad = s["version"]
+        if bad is not None and bad not in new["bad"]:
+            new["bad"].append(bad)
+        new["active"], new["version"] = s["previous"], s["previous_version"]
+        new["previous"], new["previous_version"], new["trial"], new["reason"] = None, None, False, reason
+        self.state = new
+        self.pending = None
+        self.phase = IDLE
+        return [(store.REVERT, new), self._report("reverted", "bundle v%s: %s" % (bad, reason))]
+
+    def _refuse(self, kind, reason):
+        return [(REFUSED, kind, reason), self._report("refused", "%s: %s" % (kind, reason))]
+
+    def _report(self, event, detail):
+        return (REPORT, {"event": event, "detail": detail, "device": self.config.device_id})
