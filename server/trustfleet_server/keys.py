@@ -28,7 +28,6 @@ import getpass
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_ds
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .errors import CommandError
+from .files import fsync_directory, write_atomic
 
 PASSPHRASE_ENV = "TRUSTFLEET_PASSPHRASE"
 PASSPHRASE_HINT = f"--passphrase-file or {PASSPHRASE_ENV}"
@@ -260,10 +260,11 @@ def write_public_key(path: str | os.PathLike[str], key: Any, *, overwrite: bool 
 
 def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
     if overwrite:
-        _replace_file(path, data, mode)
-    else:
-        _create_file(path, data, mode)
-    _fsync_directory(path.parent)
+        # A 0600 temp file in the same directory, renamed over the old one.
+        write_atomic(path, data, mode)
+        return
+    _create_file(path, data, mode)
+    fsync_directory(path.parent)
 
 
 def _create_file(path: Path, data: bytes, mode: int) -> None:
@@ -276,44 +277,17 @@ def _create_file(path: Path, data: bytes, mode: int) -> None:
             f"{path}: already exists; refusing to overwrite it (pass --force to replace it)"
         ) from None
     try:
-        _write_and_close(fd, data, mode)
+        with os.fdopen(fd, "wb") as f:
+            # Set the exact mode: umask may have narrowed 0644, and it can never
+            # have widened 0600.
+            os.fchmod(f.fileno(), mode)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()
         raise
-
-
-def _replace_file(path: Path, data: bytes, mode: int) -> None:
-    # mkstemp creates the file 0600 in the target directory, so os.replace is
-    # a rename on one filesystem and the new inode never had wider permissions.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        _write_and_close(fd, data, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _write_and_close(fd: int, data: bytes, mode: int) -> None:
-    with os.fdopen(fd, "wb") as f:
-        # Set the exact mode: umask may have narrowed 0644, and it can never
-        # have widened 0600.
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the new directory entry durable; not every platform allows it.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading
