@@ -73,11 +73,7 @@ def _install(state: Path, file: Path, as_json: bool) -> int:
     device = LocalDevice(state, Config())
     outcome = device.install(_read(file))
     result = {"installed": outcome.committed is not None, "version": outcome.committed,
-              "reverted": outcome.reverted,
-              "reason": outcome.refused[0][1] if outcome.refused else None,
-              "status": device.status()}
-    if outcome.reverted is not None and not outcome.refused:
-        result["reason"] = device.status()["last_revert"]
+              "reverted": outcome.reverted, "reason": outcome.reason(), "status": device.status()}
     if as_json:
         print(json.dumps(result))
     elif result["installed"]:

@@ -90,7 +90,10 @@ class Agent:
         self.state = store.copy_state(state)
         actions = []
         if self.state["trial"]:
-            actions.extend(self._revert("reboot before commit"))
+            # A power cut and a crash caused by the new store look the same
+            # here. Revert either way; allow one more try, then call it bad.
+            again = self.state["version"] in self.state["retried"]
+            actions.extend(self._revert("reboot before commit", mark_bad=again))
         self.bundle = self._load_active(slots, actions)
         return actions
 
@@ -268,18 +271,24 @@ class Agent:
 
     # ----------------------------------------------------------- helpers
 
-    def _revert(self, reason):
+    def _revert(self, reason, mark_bad=True):
         s = self.state
         new = store.copy_state(s)
         bad = s["version"]
-        if bad is not None and bad not in new["bad"]:
-            new["bad"].append(bad)
+        if bad is not None:
+            if mark_bad:
+                if bad not in new["bad"]:
+                    new["bad"].append(bad)
+            elif bad not in new["retried"]:
+                new["retried"].append(bad)
         new["active"], new["version"] = s["previous"], s["previous_version"]
         new["previous"], new["previous_version"], new["trial"], new["reason"] = None, None, False, reason
         self.state = new
         self.pending = None
         self.phase = IDLE
-        return [(store.REVERT, new), self._report("reverted", "bundle v%s: %s" % (bad, reason))]
+        report = self._report("reverted", "bundle v%s: %s" % (bad, reason))
+        report[1]["version"] = bad
+        return [(store.REVERT, new), report]
 
     def _refuse(self, kind, reason):
         return [(REFUSED, kind, reason), self._report("refused", "%s: %s" % (kind, reason))]

@@ -52,6 +52,7 @@ def fresh_state():
         "previous_version": None,  # its version
         "floor": 0,                # highest committed version: never accept <= this
         "bad": [],                 # versions reverted as bad: never retried
+        "retried": [],             # versions reverted once by a reboot: one more try allowed
         "time": 0,                 # last trusted time seen (seconds)
         "last_timestamp": 0,       # time inside the last verified timestamp
         "reason": None,            # why the last revert happened
