@@ -10,7 +10,7 @@ The schema is docs/format.md (CDDL); keep the two in step.
 import hashlib
 
 from trustfleet_device import cbor
-from trustfleet_device.errors import DecodeError, LimitError
+from trustfleet_device.errors import DecodeError, LimitError, PolicyError
 from trustfleet_device.limits import DEFAULT
 
 try:
@@ -124,7 +124,7 @@ def _header(f, kind, fleet):
                           % (f.where, spec, SPEC))
     got = f.text("fleet", MAX_FLEET_ID)
     if fleet is not None and got != fleet:
-        raise DecodeError("%s: fleet is %r, this device belongs to %r" % (f.where, got, fleet))
+        raise PolicyError("%s: fleet is %r, this device belongs to %r" % (f.where, got, fleet))
     return got
 
 
@@ -294,6 +294,9 @@ def parse_pinset(value, limits=DEFAULT, index=0):
     pins = f.array("pins", limits.max_pins)
     for i in range(len(pins)):
         _digest32(pins[i], "%s.pins[%d]" % (where, i))
+        if pins[i] in pins[:i]:
+            raise DecodeError("%s.pins[%d]: repeats an earlier pin; a backup pin must be a different key"
+                              % (where, i))
     expires = f.uint("expires")
     mode = f.text("mode", 16)
     if mode not in MODES:

@@ -20,7 +20,7 @@ Deciding which signers count, and how many are needed, is policy's job.
 import hashlib
 
 from trustfleet_device import cbor, p256
-from trustfleet_device.errors import DecodeError
+from trustfleet_device.errors import DecodeError, LimitError
 from trustfleet_device.limits import DEFAULT
 
 try:
@@ -178,19 +178,32 @@ def _parse_signers(value, limits, require_protected_alg):
     if type(value) is not list or not value:
         raise DecodeError("COSE_Sign signatures is not a non-empty array")
     if len(value) > limits.max_signatures:
-        raise DecodeError("%d signatures, limit is %d" % (len(value), limits.max_signatures))
+        raise LimitError("%d signatures, limit is %d" % (len(value), limits.max_signatures))
     signers = []
     for entry in value:
-        _expect_array(entry, 3, "COSE_Signature")
-        protected_raw, unprotected, signature = entry
-        if type(protected_raw) is not bytes:
-            raise DecodeError("COSE_Signature protected header is not a byte string")
-        protected = _header_map(protected_raw, limits, "COSE_Signature")
-        _check_buckets(protected, unprotected, "COSE_Signature")
-        signer = Signer(protected_raw, protected, unprotected, signature)
-        _signer_headers(signer, require_protected_alg)
-        signers.append(signer)
+        signers.append(_parse_signer(entry, limits, require_protected_alg))
     return signers
+
+
+def _parse_signer(entry, limits, require_protected_alg):
+    """One COSE_Signature. Anything wrong with it makes it not count; it never vetoes the others."""
+    if type(entry) is not list or len(entry) != 3:
+        signer = Signer(b"", {}, {}, None)
+        signer.problem = "COSE_Signature is not an array of 3 items"
+        return signer
+    protected_raw, unprotected, signature = entry
+    signer = Signer(protected_raw, {}, {}, signature)
+    try:
+        if type(protected_raw) is not bytes:
+            raise DecodeError("protected header is not a byte string")
+        signer.protected = _header_map(protected_raw, limits, "COSE_Signature")
+        _check_buckets(signer.protected, unprotected, "COSE_Signature")
+        signer.unprotected = unprotected
+    except DecodeError as exc:
+        signer.problem = str(exc)
+        return signer
+    _signer_headers(signer, require_protected_alg)
+    return signer
 
 
 def tbs_prefix(msg, signer, external_aad=b""):
