@@ -253,6 +253,9 @@ class Agent:
             since = s["last_timestamp"] or b.issued_at
             if now - since > b.policy.max_timestamp_age:
                 reasons.append("no timestamp newer than %d s" % b.policy.max_timestamp_age)
+            if now >= self.root.expires:
+                # Still trusted: refusing it would cut the only path to a new root.
+                reasons.append("root v%d expired at %d" % (self.root.version, self.root.expires))
             if reasons:
                 state = "stale"
         return {
