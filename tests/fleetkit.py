@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from trustfleet_device import bundle as device_bundle
 from trustfleet_device import cbor, cose
 from trustfleet_server import documents, keys
 
@@ -131,10 +132,10 @@ def full_anchor(cert: x509.Certificate) -> bytes:
     return der(cert)
 
 
-def compact_anchor(cert: x509.Certificate) -> list:
-    """A bundle anchor as [subject DER, SPKI DER, not_after, label]."""
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
-    return [cert.subject.public_bytes(), spki(cert), int(cert.not_valid_after_utc.timestamp()), cn]
+def compact_anchor(cert: x509.Certificate, label: str | None = None) -> list:
+    """A compact bundle anchor, as the operator's builder writes it (see bundle.compact_anchor)."""
+    return device_bundle.compact_anchor(cert.subject.public_bytes(), spki(cert),
+                                        int(cert.not_valid_after_utc.timestamp()), label)
 
 
 def pinset(domain: str, pins: Sequence[bytes], *, expires: int = NOW + 180 * DAY,
@@ -330,7 +331,7 @@ class Repo:
         value = {
             "type": "bundle", "spec": 1, "fleet": self.fleet, "version": version,
             "issued_at": self.now, "expires_at": self.now + 90 * DAY,
-            "anchors": [compact_anchor(acme.ca), full_anchor(backup.ca)],
+            "anchors": [compact_anchor(acme.ca, "acme Root CA"), full_anchor(backup.ca)],
             "pinsets": [pinset(acme.domain, acme.pins)],
             "distrust": [],
             "policy": {"user_anchors": False, "max_timestamp_age": 2 * DAY},

@@ -263,6 +263,67 @@ class Bundle:
         self.policy = policy
 
 
+# Well-known SPKI AlgorithmIdentifiers (DER). A compact anchor stores one of
+# these as a small code plus the key bits; the device rebuilds the exact SPKI
+# DER, so pins and signatures work on the same bytes as a full certificate.
+SPKI_ALGS = {
+    1: b"\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01\x05\x00",  # rsaEncryption
+    2: b"\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x08\x2a\x86\x48\xce\x3d\x03\x01\x07",  # P-256
+    3: b"\x30\x10\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x05\x2b\x81\x04\x00\x22",  # P-384
+    4: b"\x30\x10\x06\x07\x2a\x86\x48\xce\x3d\x02\x01\x06\x05\x2b\x81\x04\x00\x23",  # P-521
+}
+
+
+def _der_len(n):
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x100:
+        return bytes((0x81, n))
+    if n < 0x10000:
+        return bytes((0x82, n >> 8, n & 0xFF))
+    return bytes((0x83, n >> 16, (n >> 8) & 0xFF, n & 0xFF))
+
+
+def spki_from_parts(code, key):
+    """Rebuild SPKI DER: SEQUENCE { AlgorithmIdentifier(code), BIT STRING (0 unused bits) key }."""
+    alg = SPKI_ALGS[code]
+    bits = b"\x03" + _der_len(len(key) + 1) + b"\x00" + key
+    return b"\x30" + _der_len(len(alg) + len(bits)) + alg + bits
+
+
+def compact_spki(spki_der):
+    """The compact form of an SPKI: [code, key] when its algorithm is well known, else the DER."""
+    for code in SPKI_ALGS:
+        alg = SPKI_ALGS[code]
+        i = spki_der.find(alg)
+        if 0 < i <= 4:
+            key = spki_der[i + len(alg):]
+            # BIT STRING header, then the 0 "unused bits" byte.
+            j = 2 if key[1] < 0x80 else 2 + (key[1] & 0x7F)
+            if key[0] == 0x03 and key[j] == 0 and spki_from_parts(code, key[j + 1:]) == spki_der:
+                return [code, key[j + 1:]]
+    return spki_der
+
+
+def compact_anchor(name, spki_der, not_after, label=None):
+    """The compact anchor array the builder writes; the label only when it says something the name does not."""
+    out = [name, compact_spki(spki_der), not_after]
+    if label:
+        out.append(label)
+    return out
+
+
+def _anchor_spki(value, where):
+    if type(value) is bytes:
+        if not value or value[0] != 0x30:
+            raise DecodeError("%s: SPKI is not a DER sequence" % where)
+        return value
+    if (type(value) is not list or len(value) != 2 or type(value[0]) is not int
+            or value[0] not in SPKI_ALGS or type(value[1]) is not bytes or not value[1]):
+        raise DecodeError("%s: SPKI is neither DER nor [known algorithm code, key]" % where)
+    return spki_from_parts(value[0], value[1])
+
+
 def parse_anchor(value, limits=DEFAULT, index=0):
     """Parse one anchor entry (certificate DER or compact array). Raises: DecodeError."""
     where = "bundle.anchors[%d]" % index
@@ -270,17 +331,18 @@ def parse_anchor(value, limits=DEFAULT, index=0):
         if len(value) < 16 or value[0] != 0x30:
             raise DecodeError("%s: certificate is not DER" % where)
         return Anchor(value, None, None, None, None)
-    if type(value) is not list or len(value) != 4:
-        raise DecodeError("%s: expected certificate DER or [name, spki, not_after, label]" % where)
-    name, spki, not_after, label = value
+    if type(value) is not list or not 3 <= len(value) <= 4:
+        raise DecodeError("%s: expected certificate DER or [name, spki, not_after, ? label]" % where)
+    name = value[0]
     if type(name) is not bytes or not name or name[0] != 0x30:
         raise DecodeError("%s: subject name is not a DER sequence" % where)
-    if type(spki) is not bytes or not spki or spki[0] != 0x30:
-        raise DecodeError("%s: SPKI is not a DER sequence" % where)
+    spki = _anchor_spki(value[1], where)
+    not_after = value[2]
     if type(not_after) is not int or not_after < 0:
         raise DecodeError("%s: not_after is not an unsigned integer" % where)
-    if type(label) is not str or len(label) > MAX_LABEL:
-        raise DecodeError("%s: label is not a text string of at most %d characters" % (where, MAX_LABEL))
+    label = value[3] if len(value) == 4 else None
+    if label is not None and (type(label) is not str or not label or len(label) > MAX_LABEL):
+        raise DecodeError("%s: label is not a text string of 1 to %d characters" % (where, MAX_LABEL))
     return Anchor(None, name, spki, not_after, label)
 
 

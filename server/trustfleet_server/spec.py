@@ -38,7 +38,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 TOP_KEYS = {"fleet", "version", "issued_at", "expires", "policy", "anchors", "pinsets", "distrust"}
 POLICY_KEYS = {"user_anchors", "max_timestamp_age"}
-ANCHOR_KEYS = {"files", "certifi", "match", "form"}
+ANCHOR_KEYS = {"files", "certifi", "match", "form", "labels"}
 PINSET_KEYS = {"domain", "include_subdomains", "pins", "pin_files", "expires", "mode",
                "report_to", "allow_single_pin"}
 DISTRUST_KEYS = {"pins", "files"}
@@ -162,6 +162,9 @@ def _anchor_entries(spec: list, base: Path, report: BuildReport) -> list:
         form = table.get("form", "compact")
         if form not in ("compact", "full"):
             raise SpecError(f"{where}.form: {form!r} is not 'compact' or 'full'")
+        labels = table.get("labels", False)
+        if not isinstance(labels, bool):
+            raise SpecError(f"{where}.labels: expected true or false")
         certs = []
         if "files" in table:
             for name in _str_list(table["files"], where + ".files"):
@@ -189,7 +192,10 @@ def _anchor_entries(spec: list, base: Path, report: BuildReport) -> list:
                 report.anchors_full += 1
             else:
                 f = x509util.compact_anchor_fields(cert)
-                entries.append([f.subject_der, f.spki_der, f.not_after, f.label])
+                # The label is the subject's CN or O, which the name already holds:
+                # store it only when asked (labels = true), to keep flash small.
+                entries.append(device_bundle.compact_anchor(f.subject_der, f.spki_der, f.not_after,
+                                                            f.label if labels else None))
                 report.anchors_compact += 1
     return entries
 
