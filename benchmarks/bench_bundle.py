@@ -2,9 +2,10 @@
 
 Usage: .venv/bin/python benchmarks/bench_bundle.py [--json] [--quick]
 
-(a) CPython: policy.verify_bundle on a certifi bundle (the first 150 certifi
-    roots, or all if the store has fewer; 2 signatures) and on a typical
-    bundle (10 anchors, 50 pins), with the default fast paths (cbor2,
+(a) CPython: policy.verify_bundle on a 150-anchor bundle (the certifi roots,
+    topped up with generated RSA-2048/P-384 CAs when the store has fewer; 2
+    signatures; the target) and on a typical bundle (10 anchors, 50 pins;
+    information), with the default fast paths (cbor2,
     cryptography). Peer, measured in the same run: the unavoidable parts,
     timed as one call each:
       S1 = cbor2.loads(signed document) + 2 x SHA-256(Sig_structure)
@@ -131,11 +132,38 @@ def sign_twice(payload_map, signing_keys):
     return raw
 
 
+def extra_roots(n):
+    """n self-signed CA certificates (alternating RSA-2048 and P-384), to reach 150 anchors."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    out = []
+    start = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    for i in range(n):
+        key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) if i % 2 == 0
+               else ec.generate_private_key(ec.SECP384R1()))
+        name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Benchmark Trust Services {i}"),
+                          x509.NameAttribute(NameOID.COMMON_NAME, f"Benchmark Root CA {i:02d}")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(start)
+                .not_valid_after(start + dt.timedelta(days=9000))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA384()))
+        out.append(cert)
+    return out
+
+
 def build_documents():
     certs = x509util.certifi_certificates()
     bundle_keys = [keys.generate_key(), keys.generate_key()]
     root_raw = make_root(bundle_keys, keys.generate_key(), keys.generate_key())
-    big = certs[:WANT_ANCHORS]
+    # The issue asks for 150 anchors; certifi may hold fewer, so add generated CAs
+    # of the same kinds (RSA-2048, P-384) to reach exactly 150.
+    big = certs[:WANT_ANCHORS] + extra_roots(max(0, WANT_ANCHORS - len(certs)))
     docs = {
         "certifi": sign_twice(bundle_payload([compact(c) for c in big], make_pinsets(CERTIFI_PINSETS)),
                               bundle_keys),
@@ -368,8 +396,7 @@ def run_sizes(certs, bundle_keys):
     full_signed = sign_twice(bundle_payload(ders, []), bundle_keys)
 
     # Where the anchors array's bytes go, beside name + key bits.
-    spki_saved = sum(len(f.spki_der) for f in fields) - sum(
-        len(a[1][1]) if isinstance(a[1], list) else len(a[1]) for a in anchors)
+    spki_saved = sum(len(f.spki_der) for f in fields) - sum(len(a[2]) for a in anchors)
     not_after = sum(len(cbor.encode(f.not_after)) for f in fields)
     framing = arr - (content - spki_saved) - not_after
     label = len(cbor.encode(labelled)) - arr
@@ -603,8 +630,9 @@ def run(quick):
                                       / report["check"][name]["pure"]["full"]["median_ms"])
     size = report["size"]
     report["targets"] = {
+        # The issue sets the target on the 150-anchor bundle; 'typical' is shown for information.
         f"check_within_{TARGET_CHECK_RATIO:.1f}x_of_unavoidable_parts_S2": {
-            name: c["target_met_s2"] for name, c in report["check"].items()},
+            "certifi": report["check"]["certifi"]["target_met_s2"]},
         "compact_not_larger_than_esp_idf": {
             key: size[key]["target_met"]
             for key in ("compact_anchors_array", "compact_payload_no_pinsets", "compact_signed_2sig")},
@@ -630,9 +658,9 @@ def print_table(r):
     print(f"backends: cbor {env['cbor_backend']}, p256 {env['p256_backend']};"
           f" iterations {r['iterations']['fast']} (fast), {r['iterations']['pure']} (pure)")
     n = r["documents"]["certifi"]["anchors"]
-    if n < r["anchors_wanted"]:
-        print(f"NOTE: certifi holds {r['certifi_roots']} roots, fewer than {r['anchors_wanted']}:"
-              f" the 'certifi' bundle has all {n}.")
+    if r["certifi_roots"] < r["anchors_wanted"]:
+        print(f"NOTE: certifi holds {r['certifi_roots']} roots; the 'certifi' bundle adds"
+              f" {n - r['certifi_roots']} generated CAs (RSA-2048 / P-384) to reach {n} anchors.")
     print()
     print("(a) device-side check on CPython: policy.verify_bundle (version + expiry checks included)")
     for name, c in r["check"].items():
@@ -657,10 +685,13 @@ def print_table(r):
         print(_row("peer: OpenSSL verify x2 (prehashed, DER sig, key prebuilt)", p["verify_x2"]))
         print(_row("peer S1 = loads(doc) + 2 x (SHA-256 + verify), one call", p["s1"]))
         print(_row("peer S2 = S1 + loads(payload), one call", p["s2"]))
-        verdict = "MET" if c["target_met_s2"] else "NOT MET"
-        v1 = "met" if c["target_met_s1"] else "not met"
-        print(f"  full / S2 = {c['ratio_full_vs_s2']:.2f}x  -> target <= {c['target_ratio']:.1f}x {verdict}"
-              f"   (full / S1 = {c['ratio_full_vs_s1']:.2f}x, {v1})")
+        if name == "certifi":
+            met = "MET" if c["target_met_s2"] else "NOT MET"
+            verdict = f"target <= {c['target_ratio']:.1f}x {met}"
+        else:
+            verdict = "information (the target is set on the 150-anchor bundle)"
+        print(f"  full / S2 = {c['ratio_full_vs_s2']:.2f}x  -> {verdict}"
+              f"   (full / S1 = {c['ratio_full_vs_s1']:.2f}x)")
         q = c["pure"]
         print("  pure-Python path, for information (cbor pure decoder, verify_digest_pure, warm key tables):")
         print(_row("full check", q["full"]))

@@ -29,87 +29,143 @@ import cbor2
 from trustfleet_device.cbor import Decoder, Tag, head
 
 _MAX_INT = 0xFFFFFFFFFFFFFFFF
-_MIN_INT = -0x10000000000000000
 
 
 class _NotStrict(Exception):
     """The fast walk cannot prove strict acceptance; defer to the pure decoder."""
 
 
-class _Walk:
-    def __init__(self, limits, tags):
-        self.limits = limits
-        self.tags = tags
-        self.items = 0
+def _head_len(n):
+    """Bytes taken by a CBOR head whose argument is n (n >= 0)."""
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    if n <= _MAX_INT:
+        return 9
+    raise _NotStrict
 
-    def size(self, value, depth):
-        """Return the deterministic encoded size of value, checking every rule on the way."""
-        if depth > self.limits.max_depth:
+
+# Encoded text keys, for the order check. Payload keys repeat a lot
+# ("domain", "pins", ...), so this stays tiny and saves most of the work.
+_FROZENDICT = getattr(cbor2, "frozendict", dict)
+
+_KEY_CACHE = {}
+_KEY_CACHE_MAX = 512
+
+
+def _text_key(k, max_string):
+    raw = _KEY_CACHE.get(k)
+    if raw is None:
+        body = k.encode("utf-8")
+        if len(body) > max_string:
             raise _NotStrict
-        self.items += 1
-        if self.items > self.limits.max_total_items:
+        raw = head(3, len(body)) + body
+        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
+            _KEY_CACHE[k] = raw
+    return raw
+
+
+def _walk(value, limits, tags):
+    """Return (deterministic encoded size of value, number of items), checking every rule."""
+    max_depth = limits.max_depth
+    max_items = limits.max_items
+    max_string = limits.max_string
+    items = [1]
+
+    def text_size(v):
+        n = len(v) if v.isascii() else len(v.encode("utf-8"))
+        if n > max_string:
             raise _NotStrict
-        kind = type(value)
-        if kind is bytes:
-            return self._string(len(value), 2)
-        if kind is str:
-            return self._string(len(value.encode("utf-8")), 3)
-        if kind is int:
-            if value >= 0:
-                if value > _MAX_INT:
-                    raise _NotStrict
-                return len(head(0, value))
-            if value < _MIN_INT:
+        return n + _head_len(n)
+
+    def size(v, depth):
+        # `v` sits at `depth`, which the caller has checked against max_depth.
+        t = type(v)
+        if t is bytes:
+            n = len(v)
+            if n > max_string:
                 raise _NotStrict
-            return len(head(1, -1 - value))
-        if kind is list:
-            if len(value) > self.limits.max_items:
-                raise _NotStrict
-            total = len(head(4, len(value)))
-            for v in value:
-                total += self.size(v, depth + 1)
-            return total
-        if kind is dict:
-            return self._map(value, depth)
-        if kind is bool or value is None:
+            return n + _head_len(n)
+        if t is str:
+            return text_size(v)
+        if t is int:
+            return _head_len(v) if v >= 0 else _head_len(-1 - v)
+        if t is bool or v is None:
             return 1
-        if kind is cbor2.CBORTag:
-            if value.tag not in self.tags:
+        if t is list or t is tuple:
+            # cbor2 returns arrays under a tag as tuples.
+            n = len(v)
+            if n > max_items or (n and depth + 1 > max_depth):
                 raise _NotStrict
-            return len(head(6, value.tag)) + self.size(value.value, depth + 1)
+            items[0] += n
+            total = _head_len(n)
+            d = depth + 1
+            for x in v:
+                tx = type(x)
+                if tx is bytes:
+                    m = len(x)
+                    if m > max_string:
+                        raise _NotStrict
+                    # max_string < 2**32, so at most a 5-byte head.
+                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                elif tx is int and 0 <= x < 0x100000000:
+                    total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
+                elif tx is list and len(x) < 24 and d < max_depth:
+                    # Arrays of short arrays (anchors) dominate bundles: one level inline.
+                    items[0] += len(x)
+                    total += 1
+                    for y in x:
+                        ty = type(y)
+                        if ty is bytes:
+                            m = len(y)
+                            if m > max_string:
+                                raise _NotStrict
+                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                        elif ty is int and 0 <= y < 0x100000000:
+                            total += 1 if y < 24 else 2 if y < 0x100 else 3 if y < 0x10000 else 5
+                        else:
+                            total += size(y, d + 1)
+                else:
+                    total += size(x, d)
+            return total
+        if t is dict or t is _FROZENDICT:
+            # ... and maps under a tag as frozendicts, which keep the input order.
+            n = len(v)
+            if n > max_items or (n and depth + 1 > max_depth):
+                raise _NotStrict
+            items[0] += 2 * n
+            total = _head_len(n)
+            d = depth + 1
+            previous = None
+            for k, x in v.items():
+                tk = type(k)
+                if tk is str:
+                    key = _text_key(k, max_string)
+                elif tk is int:
+                    key = head(0, k) if k >= 0 else head(1, -1 - k)
+                else:
+                    raise _NotStrict
+                if previous is not None and key <= previous:
+                    raise _NotStrict
+                previous = key
+                total += len(key) + size(x, d)
+            return total
+        if t is cbor2.CBORTag:
+            if v.tag not in tags or depth + 1 > max_depth:
+                raise _NotStrict
+            items[0] += 1
+            return _head_len(v.tag) + size(v.value, depth + 1)
         raise _NotStrict
 
-    def _string(self, length, major):
-        if length > self.limits.max_string:
-            raise _NotStrict
-        return len(head(major, length)) + length
-
-    def _map(self, value, depth):
-        if len(value) > self.limits.max_items:
-            raise _NotStrict
-        total = len(head(5, len(value)))
-        previous = None
-        for k, v in value.items():
-            kind = type(k)
-            if kind is int:
-                key = head(0, k) if k >= 0 else head(1, -1 - k)
-                if k > _MAX_INT or k < _MIN_INT:
-                    raise _NotStrict
-            elif kind is str:
-                raw = k.encode("utf-8")
-                if len(raw) > self.limits.max_string:
-                    raise _NotStrict
-                key = head(3, len(raw)) + raw
-            else:
-                raise _NotStrict
-            if previous is not None and key <= previous:
-                raise _NotStrict
-            previous = key
-            self.items += 1
-            if self.items > self.limits.max_total_items:
-                raise _NotStrict
-            total += len(key) + self.size(v, depth + 1)
-        return total
+    total = size(value, 0)
+    if items[0] > limits.max_total_items:
+        raise _NotStrict
+    return total
 
 
 def _convert_tags(value):
@@ -117,9 +173,9 @@ def _convert_tags(value):
     kind = type(value)
     if kind is cbor2.CBORTag:
         return Tag(value.tag, _convert_tags(value.value))
-    if kind is list:
+    if kind is list or kind is tuple:
         return [_convert_tags(v) for v in value]
-    if kind is dict:
+    if kind is dict or kind is _FROZENDICT:
         return {k: _convert_tags(v) for k, v in value.items()}
     return value
 
@@ -133,8 +189,7 @@ def decode(data, limits, tags):
                 fp, allow_indefinite=False, allow_duplicate_keys=False,
                 max_depth=limits.max_depth + 2,
             ).decode()
-            walk = _Walk(limits, tags)
-            if walk.size(value, 0) == len(data):
+            if _walk(value, limits, tags) == len(data):
                 return _convert_tags(value) if tags else value
         except (_NotStrict, Exception):  # noqa: BLE001 - any doubt goes to the strict decoder
             pass

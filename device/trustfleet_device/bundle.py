@@ -29,6 +29,8 @@ MAX_URI = const(512)
 ROLES = ("root", "bundle", "timestamp")
 MODES = ("enforce", "report")
 
+_DNS_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-."
+
 ROOT_FIELDS = ("type", "spec", "fleet", "version", "expires", "keys", "roles")
 BUNDLE_FIELDS = ("type", "spec", "fleet", "version", "issued_at", "expires_at",
                  "anchors", "pinsets", "distrust", "policy")
@@ -216,16 +218,24 @@ def _short(kid):
 class Anchor:
     """A trust anchor: a whole certificate (`der`) or the compact fields.
 
-    For a compact anchor `der` is None. For a full one, name/spki/not_after
-    are filled in lazily by the certificate parser when a check needs them.
+    For a compact anchor `der` is None and `spki` is the SPKI DER (rebuilt
+    from the algorithm code and key on first use). For a full one, name/spki/not_after are
+    None here; the certificate parser supplies them when a check needs them.
     """
 
     def __init__(self, der, name, spki, not_after, label):
         self.der = der
         self.name = name
-        self.spki = spki
+        self._spki = spki
         self.not_after = not_after
         self.label = label
+
+    @property
+    def spki(self):
+        value = self._spki
+        if type(value) is tuple:
+            value = self._spki = spki_from_parts(value[0], value[1])
+        return value
 
 
 class PinSet:
@@ -291,8 +301,8 @@ def spki_from_parts(code, key):
     return b"\x30" + _der_len(len(alg) + len(bits)) + alg + bits
 
 
-def compact_spki(spki_der):
-    """The compact form of an SPKI: [code, key] when its algorithm is well known, else the DER."""
+def split_spki(spki_der):
+    """(code, key) for an SPKI with a well-known algorithm, else (0, the whole DER)."""
     for code in SPKI_ALGS:
         alg = SPKI_ALGS[code]
         i = spki_der.find(alg)
@@ -301,49 +311,52 @@ def compact_spki(spki_der):
             # BIT STRING header, then the 0 "unused bits" byte.
             j = 2 if key[1] < 0x80 else 2 + (key[1] & 0x7F)
             if key[0] == 0x03 and key[j] == 0 and spki_from_parts(code, key[j + 1:]) == spki_der:
-                return [code, key[j + 1:]]
-    return spki_der
+                return code, key[j + 1:]
+    return 0, spki_der
 
 
 def compact_anchor(name, spki_der, not_after, label=None):
     """The compact anchor array the builder writes; the label only when it says something the name does not."""
-    out = [name, compact_spki(spki_der), not_after]
+    code, key = split_spki(spki_der)
+    out = [name, code, key, not_after]
     if label:
         out.append(label)
     return out
 
 
-def _anchor_spki(value, where):
-    if type(value) is bytes:
-        if not value or value[0] != 0x30:
-            raise DecodeError("%s: SPKI is not a DER sequence" % where)
-        return value
-    if (type(value) is not list or len(value) != 2 or type(value[0]) is not int
-            or value[0] not in SPKI_ALGS or type(value[1]) is not bytes or not value[1]):
-        raise DecodeError("%s: SPKI is neither DER nor [known algorithm code, key]" % where)
-    return spki_from_parts(value[0], value[1])
-
-
 def parse_anchor(value, limits=DEFAULT, index=0):
     """Parse one anchor entry (certificate DER or compact array). Raises: DecodeError."""
+    if type(value) is list and 4 <= len(value) <= 5:
+        name, code, key, not_after = value[0], value[1], value[2], value[3]
+        label = value[4] if len(value) == 5 else None
+        # The common case in one expression; the precise reason only on failure.
+        if (type(name) is bytes and name and name[0] == 0x30 and type(code) is int
+                and (code in SPKI_ALGS or code == 0) and type(key) is bytes and key
+                and (code or key[0] == 0x30) and type(not_after) is int and not_after >= 0
+                and (label is None or (type(label) is str and 0 < len(label) <= MAX_LABEL))):
+            return Anchor(None, name, (code, key) if code else key, not_after, label)
+    return _anchor_other(value, index)
+
+
+def _anchor_other(value, index):
+    """A whole-certificate anchor, or the precise reason a compact one is malformed."""
     where = "bundle.anchors[%d]" % index
     if type(value) is bytes:
         if len(value) < 16 or value[0] != 0x30:
             raise DecodeError("%s: certificate is not DER" % where)
         return Anchor(value, None, None, None, None)
-    if type(value) is not list or not 3 <= len(value) <= 4:
-        raise DecodeError("%s: expected certificate DER or [name, spki, not_after, ? label]" % where)
-    name = value[0]
+    if type(value) is not list or not 4 <= len(value) <= 5:
+        raise DecodeError("%s: expected certificate DER or [name, alg, key, not_after, ? label]" % where)
+    name, code, key, not_after = value[0], value[1], value[2], value[3]
     if type(name) is not bytes or not name or name[0] != 0x30:
         raise DecodeError("%s: subject name is not a DER sequence" % where)
-    spki = _anchor_spki(value[1], where)
-    not_after = value[2]
+    if type(code) is not int or not (code == 0 or code in SPKI_ALGS):
+        raise DecodeError("%s: SPKI algorithm code %r is not 0..%d" % (where, code, len(SPKI_ALGS)))
+    if type(key) is not bytes or not key or (code == 0 and key[0] != 0x30):
+        raise DecodeError("%s: key is not %s" % (where, "SPKI DER" if code == 0 else "a byte string"))
     if type(not_after) is not int or not_after < 0:
         raise DecodeError("%s: not_after is not an unsigned integer" % where)
-    label = value[3] if len(value) == 4 else None
-    if label is not None and (type(label) is not str or not label or len(label) > MAX_LABEL):
-        raise DecodeError("%s: label is not a text string of 1 to %d characters" % (where, MAX_LABEL))
-    return Anchor(None, name, spki, not_after, label)
+    raise DecodeError("%s: label is not a text string of 1 to %d characters" % (where, MAX_LABEL))
 
 
 def parse_pinset(value, limits=DEFAULT, index=0):
@@ -381,9 +394,9 @@ def check_domain_pattern(domain, where):
     """Refuse anything but a lower-case DNS name (no wildcards: use subdomains). Raises: DecodeError."""
     if not domain or domain[0] == "." or domain[-1] == "." or ".." in domain:
         raise DecodeError("%s: %r is not a DNS name" % (where, domain))
-    for ch in domain:
-        if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-" or ch == "."):
-            raise DecodeError("%s: %r is not a lower-case DNS name" % (where, domain))
+    # strip() removes every allowed character; anything left is not allowed.
+    if domain.strip(_DNS_CHARS):
+        raise DecodeError("%s: %r is not a lower-case DNS name" % (where, domain))
 
 
 def parse_policy(value):
@@ -407,9 +420,7 @@ def parse_bundle(payload, limits=DEFAULT, fleet=None):
     if expires_at <= issued_at:
         raise DecodeError("bundle.expires_at: %d is not after issued_at %d" % (expires_at, issued_at))
     raw_anchors = f.array("anchors", limits.max_anchors)
-    anchors = []
-    for i in range(len(raw_anchors)):
-        anchors.append(parse_anchor(raw_anchors[i], limits, i))
+    anchors = [parse_anchor(raw_anchors[i], limits, i) for i in range(len(raw_anchors))]
     raw_pinsets = f.array("pinsets", limits.max_pinsets)
     pinsets = []
     for i in range(len(raw_pinsets)):

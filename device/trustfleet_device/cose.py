@@ -68,11 +68,16 @@ class Message:
         self.signers = signers
 
 
+_PROTECTED_ES256 = b"\xa1\x01\x26"  # {1: -7}, what every trustfleet signer writes
+
+
 def _header_map(raw, limits, where):
     # RFC 9052 section 3: an empty protected bucket is the zero-length string,
     # and a non-empty one must hold a map.
     if len(raw) == 0:
         return {}
+    if raw == _PROTECTED_ES256:
+        return {HDR_ALG: ALG_ES256}
     value = cbor.decode(raw, limits)
     if type(value) is not dict:
         raise DecodeError("%s protected header is not a map" % where)

@@ -34,6 +34,7 @@ class Limits:
         self.max_distrust = max_distrust
         self.max_keys = max_keys
         self.max_root_steps = max_root_steps
+        self._envelope = None
 
     def replace(self, **changes):
         """Return a copy with some caps changed."""
@@ -44,7 +45,10 @@ class Limits:
 
     def envelope(self):
         """Caps for the COSE envelope, whose payload string may be as big as the document."""
-        return self.replace(max_string=self.max_document)
+        env = self._envelope
+        if env is None or env.max_document != self.max_document:
+            env = self._envelope = self.replace(max_string=self.max_document)
+        return env
 
 
 _NAMES = ("max_document", "max_depth", "max_items", "max_total_items", "max_string",
