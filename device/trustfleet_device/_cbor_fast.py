@@ -35,6 +35,21 @@ class _NotStrict(Exception):
     """The fast walk cannot prove strict acceptance; defer to the pure decoder."""
 
 
+# Tags cbor2 turns into other values by itself (bignums into ints, shared
+# references into the shared object, dates, sets...). The walk would never
+# see them, so refuse them inside cbor2 and let the strict decoder answer.
+# tests/test_cbor.py probes cbor2 and fails if a new version adds one.
+CBOR2_SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258,
+                       260, 261, 1004, 43000, 55799)
+
+
+def _refuse_semantic(decoder, *args):
+    raise _NotStrict
+
+
+_NO_SEMANTICS = {tag: _refuse_semantic for tag in CBOR2_SEMANTIC_TAGS}
+
+
 def _head_len(n):
     """Bytes taken by a CBOR head whose argument is n (n >= 0)."""
     if n < 24:
@@ -187,7 +202,7 @@ def decode(data, limits, tags):
             fp = BytesIO(data)
             value = cbor2.CBORDecoder(
                 fp, allow_indefinite=False, allow_duplicate_keys=False,
-                max_depth=limits.max_depth + 2,
+                max_depth=limits.max_depth + 2, semantic_decoders=_NO_SEMANTICS,
             ).decode()
             if _walk(value, limits, tags) == len(data):
                 return _convert_tags(value) if tags else value

@@ -5,6 +5,10 @@ map is checked, and signatures are checked over the Sig_structure built
 from the protected-header bytes exactly as received (RFC 9052 section 4.4),
 never over a re-encoding of the decoded headers.
 
+The one normalisation is RFC 9052 section 4.4's: when a protected bucket
+holds no attributes (the empty map h'A0'), the Sig_structure carries a
+zero-length string, as it does for h''. Both mean "nothing protected".
+
 Order of work:
 1. parse(): decode the envelope, check its shape, decode the protected
    headers. Problems with the message as a whole (wrong tag, bad shape,
@@ -211,6 +215,12 @@ def _parse_signer(entry, limits, require_protected_alg):
     return signer
 
 
+def _sig_bucket(raw):
+    # RFC 9052 section 4.4: "If there are no protected attributes, a
+    # zero-length byte string is used." h'A0' is the only empty map we accept.
+    return b"" if raw == b"\xa0" else raw
+
+
 def tbs_prefix(msg, signer, external_aad=b""):
     """Return the Sig_structure bytes up to and including the payload's string head.
 
@@ -221,12 +231,12 @@ def tbs_prefix(msg, signer, external_aad=b""):
     if msg.tag == TAG_SIGN:
         parts.append(cbor.head(4, 5))
         parts.append(cbor.encode("Signature"))
-        parts.append(cbor.encode(msg.protected_raw))
-        parts.append(cbor.encode(signer.protected_raw))
+        parts.append(cbor.encode(_sig_bucket(msg.protected_raw)))
+        parts.append(cbor.encode(_sig_bucket(signer.protected_raw)))
     else:
         parts.append(cbor.head(4, 4))
         parts.append(cbor.encode("Signature1"))
-        parts.append(cbor.encode(msg.protected_raw))
+        parts.append(cbor.encode(_sig_bucket(msg.protected_raw)))
     parts.append(cbor.encode(external_aad))
     parts.append(cbor.head(2, len(msg.unverified_payload)))
     return b"".join(parts)
