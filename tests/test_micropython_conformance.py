@@ -29,7 +29,7 @@ for _sub in ("device", "server"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
-from vectors import cose_examples, load_json, vectors_dir  # noqa: E402
+from vectors import cose_examples, load_json, require, vectors_dir  # noqa: E402
 
 from trustfleet_device import cbor  # noqa: E402
 from trustfleet_device.errors import DecodeError  # noqa: E402
@@ -209,7 +209,7 @@ def on_cpython(name: str, *args):
 
 
 def test_wycheproof_p1363_vectors_verify_as_expected_in_the_vm(mpy):
-    host = vectors_dir() / "wycheproof" / "ecdsa_secp256r1_sha256_p1363_test.json"
+    host = require(vectors_dir() / "wycheproof" / "ecdsa_secp256r1_sha256_p1363_test.json")
     mpy.load_host(host, "/vectors/p1363.json")
     summary = in_vm(mpy, "run_wycheproof('/vectors/p1363.json')")
     declared = json.loads(host.read_text())["numberOfTests"]
@@ -313,7 +313,7 @@ def test_cose_examples_meet_their_expectations_in_the_vm(mpy):
 
 
 def test_appendix_a_gives_the_same_values_and_refusals_in_the_vm(mpy):
-    host = vectors_dir() / "cbor" / "appendix_a.json"
+    host = require(vectors_dir() / "cbor" / "appendix_a.json")
     mpy.load_host(host, "/vectors/appendix_a.json")
     got = in_vm(mpy, "run_appendix('/vectors/appendix_a.json')")
     expected = on_cpython("run_appendix", str(host))

@@ -7,8 +7,6 @@ on the cryptography path, and the two paths must always agree.
 """
 
 import hashlib
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,8 @@ from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "device"))
+
+from vectors import load_json  # noqa: E402
 
 from trustfleet_device import p256  # noqa: E402
 from trustfleet_device.errors import DecodeError  # noqa: E402
@@ -38,17 +38,8 @@ PROPERTY = settings(
 )
 
 
-def vectors_dir():
-    override = os.environ.get("TRUSTFLEET_VECTORS")
-    if override:
-        return Path(override)
-    return REPO.parent / "shared" / "vectors"
-
-
 def load_groups(name):
-    path = vectors_dir() / "wycheproof" / name
-    with path.open() as f:
-        groups = json.load(f)["testGroups"]
+    groups = load_json("wycheproof", name)["testGroups"]
     return [
         pytest.param(
             group, id=f"group{i}-tc{group['tests'][0]['tcId']}-{group['tests'][-1]['tcId']}"
