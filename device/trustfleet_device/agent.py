@@ -30,8 +30,10 @@ time, persisted clock reading); an expired bundle or an old timestamp makes
 the device "stale" but it keeps the store it has.
 """
 
+import hashlib
+
 from trustfleet_device import VERSION, policy, store
-from trustfleet_device.errors import BundleError, RollbackError
+from trustfleet_device.errors import BundleError, PolicyError, RollbackError
 from trustfleet_device.limits import DEFAULT
 
 try:
@@ -97,25 +99,33 @@ class Agent:
         self.bundle = self._load_active(slots, actions)
         return actions
 
+    def _verify(self, doc, installed_version=None, now=None):
+        """Verify a bundle given as bytes (in RAM) or as a source (in flash). Raises: BundleError."""
+        limits = self.config.limits
+        if type(doc) is bytes:
+            return policy.verify_bundle(self.root, doc, limits, installed_version, now)
+        return policy.verify_bundle_source(self.root, doc, limits, installed_version, now)
+
     def _load_active(self, slots, actions):
         s = self.state
         if s["active"] is None:
             return None
-        raw = slots.get(s["active"])
+        doc = slots.get(s["active"])
         try:
-            if raw is None:
+            if doc is None:
                 raise BundleError("slot %s is empty" % s["active"])
             # The installed store was verified before it was written; check it
             # again so flash corruption is caught here and not at a TLS handshake.
-            return policy.verify_bundle(self.root, raw, self.config.limits)
+            return self._verify(doc)
         except BundleError as exc:
             actions.append(self._report("store-invalid", str(exc)))
             other = "b" if s["active"] == "a" else "a"
             alt = slots.get(other)
             if alt is not None:
                 try:
-                    b = policy.verify_bundle(self.root, alt, self.config.limits)
-                    if b.version not in s["bad"]:
+                    b = self._verify(alt)
+                    # Never fall back below the anti-rollback floor, even now.
+                    if b.version >= s["floor"] and b.version not in s["bad"]:
                         new = store.copy_state(s)
                         new["active"], new["version"], new["trial"] = other, b.version, False
                         self.state = new
@@ -161,32 +171,70 @@ class Agent:
 
     # --------------------------------------------------------- documents
 
+    def inactive_slot(self):
+        """The slot a new bundle goes into: never the active one."""
+        return "b" if self.state["active"] == "a" else "a"
+
+    def busy(self):
+        """True while a trial waits for its health check: the inactive slot is then the way back."""
+        return self.phase == TRIAL
+
     def offer_bundle(self, raw, clock):
-        """A bundle arrived (network or offline install). Returns actions."""
+        """A whole bundle arrived in memory (offline install, small documents). Returns actions."""
+        b, refusal = self._accept_bundle(raw, clock, hashlib.sha256(raw).digest())
+        if refusal:
+            return refusal
+        slot = self.inactive_slot()
+        return [(store.WRITE_SLOT, slot, raw)] + self._switch_to(slot, b, clock)
+
+    def offer_stored_bundle(self, slot, source, clock, digest):
+        """A bundle was streamed into the inactive `slot` (see runner.receive_bundle). Returns actions.
+
+        The caller hashed it while writing (`digest`); it is verified and
+        parsed from the source, never held whole in RAM.
+        """
+        if slot != self.inactive_slot():
+            raise ValueError("bundle staged in slot %s, but the inactive slot is %s"
+                             % (slot, self.inactive_slot()))
+        b, refusal = self._accept_bundle(source, clock, digest)
+        if refusal:
+            return refusal
+        return self._switch_to(slot, b, clock)
+
+    def _accept_bundle(self, doc, clock, digest):
+        """Return (bundle, None) when doc may be installed, else (None, refusal actions)."""
         if self.phase == TRIAL:
-            return self._refuse("bundle", "an install is already waiting for its health check")
+            return None, self._refuse("bundle", "an install is already waiting for its health check")
         now = self.trusted_time(clock)
         s = self.state
         try:
-            b = policy.verify_bundle(self.root, raw, self.config.limits,
-                                     installed_version=s["floor"], now=now)
+            b = self._verify(doc, installed_version=s["floor"], now=now)
             if b.version in s["bad"]:
                 raise RollbackError("bundle version %d was reverted as bad on this device" % b.version)
             if self.bundle is not None and b.version <= self.bundle.version:
                 raise RollbackError("bundle version %d is not newer than active version %d"
                                     % (b.version, self.bundle.version))
+            latest = self.latest
+            if latest is not None and latest[0] == b.version and latest[1] != digest:
+                # Mix-and-match: a validly signed document with the version
+                # the timestamp names, but not the one it vouches for.
+                raise PolicyError("bundle v%d does not match the digest in the latest timestamp"
+                                  % b.version)
         except BundleError as exc:
-            return self._refuse("bundle", str(exc))
-        slot = "b" if s["active"] == "a" else "a"
+            return None, self._refuse("bundle", str(exc))
+        return b, None
+
+    def _switch_to(self, slot, b, clock):
+        s = self.state
         new = store.copy_state(s)
         new["previous"], new["previous_version"] = s["active"], s["version"]
         new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
         self._note_time(new, authenticated=b.issued_at)
         self.state = new
-        deadline = now + self.config.health_timeout
+        deadline = self.trusted_time(clock) + self.config.health_timeout
         self.pending = (b, deadline)
         self.phase = TRIAL
-        return [(store.WRITE_SLOT, slot, raw), (store.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
+        return [(store.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
 
     def health(self, ok, detail, clock):
         """The health check of the trial store finished. Returns actions."""

@@ -409,8 +409,13 @@ def parse_policy(value):
 
 
 def parse_bundle(payload, limits=DEFAULT, fleet=None):
-    """Parse a verified bundle payload. Raises: DecodeError."""
-    f = _payload_map(payload, limits, "bundle", BUNDLE_FIELDS)
+    """Parse a verified bundle payload held in memory. Raises: DecodeError."""
+    return bundle_from_map(cbor.decode(payload, limits), limits, fleet)
+
+
+def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None):
+    """Check a decoded bundle map and build the Bundle. `anchors`: already parsed (streaming). Raises: DecodeError."""
+    f = Fields(value, "bundle", BUNDLE_FIELDS)
     fleet = _header(f, "bundle", fleet)
     version = f.uint("version")
     if version < 1:
@@ -420,7 +425,8 @@ def parse_bundle(payload, limits=DEFAULT, fleet=None):
     if expires_at <= issued_at:
         raise DecodeError("bundle.expires_at: %d is not after issued_at %d" % (expires_at, issued_at))
     raw_anchors = f.array("anchors", limits.max_anchors)
-    anchors = [parse_anchor(raw_anchors[i], limits, i) for i in range(len(raw_anchors))]
+    if anchors is None:
+        anchors = [parse_anchor(raw_anchors[i], limits, i) for i in range(len(raw_anchors))]
     raw_pinsets = f.array("pinsets", limits.max_pinsets)
     pinsets = []
     for i in range(len(raw_pinsets)):
@@ -431,6 +437,81 @@ def parse_bundle(payload, limits=DEFAULT, fleet=None):
     policy = parse_policy(f.raw("policy"))
     f.done()
     return Bundle(fleet, version, issued_at, expires_at, anchors, pinsets, distrust, policy)
+
+
+class StoredAnchors:
+    """A bundle's anchors left where they are (a file in flash); each is read back when used.
+
+    Every anchor was fully checked while the bundle streamed past
+    (parse_bundle_source), so reading one back cannot fail unless the
+    flash changed under us, which raises DecodeError.
+    """
+
+    def __init__(self, source, offsets, limits):
+        self.source = source
+        self.offsets = offsets  # start of each anchor, then the end of the last
+        self.limits = limits
+
+    def __len__(self):
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        n = len(self.offsets) - 1
+        if i < 0:
+            i += n
+        if i < 0 or i >= n:
+            raise IndexError("anchor index out of range")
+        d = cbor.StreamDecoder(self.source, self.offsets[i], self.offsets[i + 1], self.limits)
+        return parse_anchor(d.decode_all(), self.limits, i)
+
+    def __iter__(self):
+        for i in range(len(self.offsets) - 1):
+            yield self[i]
+
+
+def parse_bundle_source(source, offset, length, limits=DEFAULT, fleet=None):
+    """Parse a verified bundle payload item by item from a source (flash). Raises: DecodeError.
+
+    Only one item is in memory at a time; anchors are checked as they pass
+    and then kept as offsets (StoredAnchors). Everything else is small.
+    """
+    if length > limits.max_document:
+        raise LimitError("bundle payload is %d bytes, limit is %d" % (length, limits.max_document))
+    d = cbor.StreamDecoder(source, offset, offset + length, limits)
+    major, n = d.head()
+    if major != 5:
+        raise DecodeError("bundle: expected a map")
+    d._count()
+    if n > limits.max_items:
+        raise LimitError("map of %d entries, limit is %d" % (n, limits.max_items))
+    value = {}
+    anchors = None
+    previous = None
+    for _ in range(n):
+        key, previous = d.map_key(1, previous)
+        if key == "anchors":
+            anchors = _stream_anchors(d, source, limits)
+            value[key] = []  # checked already; Fields only needs its type
+        else:
+            value[key] = d.item(1)
+    if d.remaining():
+        raise DecodeError("%d trailing bytes after the bundle" % d.remaining())
+    return bundle_from_map(value, limits, fleet, anchors)
+
+
+def _stream_anchors(d, source, limits):
+    major, n = d.head()
+    if major != 4:
+        raise DecodeError("bundle.anchors: expected an array")
+    if n > limits.max_anchors:
+        raise LimitError("bundle.anchors: %d entries, limit is %d" % (n, limits.max_anchors))
+    d._count()
+    offsets = []
+    for i in range(n):
+        offsets.append(d.tell())
+        parse_anchor(d.item(2), limits, i)
+    offsets.append(d.tell())
+    return StoredAnchors(source, offsets, limits)
 
 
 # -------------------------------------------------------------- timestamp

@@ -240,11 +240,19 @@ class Decoder:
         self.pos = start + length
         return self.data[start:self.pos]
 
+    def remaining(self):
+        """Bytes left in the input."""
+        return self.end - self.pos
+
+    def tell(self):
+        """Offset of the next byte in the input."""
+        return self.pos
+
     def _container_count(self, count, min_bytes, what):
         if count > self.limits.max_items:
             raise LimitError("%s of %d entries, limit is %d" % (what, count, self.limits.max_items))
         # Every entry takes at least one byte: refuse counts the input cannot hold.
-        if count * min_bytes > self.end - self.pos:
+        if count * min_bytes > self.remaining():
             raise DecodeError("truncated input: %s of %d entries at offset %d" % (what, count, self.pos))
 
     def _array(self, count, depth):
@@ -259,19 +267,88 @@ class Decoder:
         out = {}
         previous = None
         for _ in range(count):
-            start = self.pos
-            key = self.item(depth + 1)
-            if not (type(key) is int or type(key) is str):
-                raise DecodeError("map key at offset %d is not an integer or text string" % start)
-            encoded = bytes(self.data[start:self.pos])
-            if previous is not None:
-                if encoded == previous:
-                    raise DecodeError("duplicate map key %r" % (key,))
-                if encoded < previous:
-                    raise DecodeError("map keys not in deterministic order at key %r" % (key,))
-            previous = encoded
+            key, previous = self.map_key(depth + 1, previous)
             out[key] = self.item(depth + 1)
         return out
+
+    def map_key(self, depth, previous):
+        """Read one map key; return (key, its encoding). Refuses bad types, duplicates and disorder."""
+        start = self.tell()
+        key = self.item(depth)
+        if not (type(key) is int or type(key) is str):
+            raise DecodeError("map key at offset %d is not an integer or text string" % start)
+        # Keys are shortest-form ints or strict UTF-8, so re-encoding gives
+        # exactly the bytes received; the stream decoder may no longer hold them.
+        encoded = encode(key)
+        if previous is not None:
+            if encoded == previous:
+                raise DecodeError("duplicate map key %r" % (key,))
+            if encoded < previous:
+                raise DecodeError("map keys not in deterministic order at key %r" % (key,))
+        return key, encoded
+
+
+class StreamDecoder(Decoder):
+    """A Decoder over a region [start, stop) of a source, read through a small window.
+
+    `source` has read_at(offset, n) -> bytes (see source.py). Only the bytes
+    of the item being decoded are held; skip() passes over a large string
+    (a payload) without reading it.
+    """
+
+    def __init__(self, source, start, stop, limits=DEFAULT, tags=(), max_string=None, chunk=512):
+        Decoder.__init__(self, b"", limits, tags, max_string)
+        self.source = source
+        self.base = start      # source offset of self.data[0]
+        self.stop = stop
+        self.chunk = chunk
+
+    def remaining(self):
+        return self.stop - self.base - self.pos
+
+    def tell(self):
+        return self.base + self.pos
+
+    def _need(self, n):
+        have = self.end - self.pos
+        if n <= have:
+            return
+        if n > self.remaining():
+            raise DecodeError("truncated input: need %d bytes at offset %d, have %d"
+                              % (n, self.tell(), self.remaining()))
+        want = n - have
+        if want < self.chunk:
+            want = self.chunk
+        if want > self.remaining() - have:
+            want = self.remaining() - have
+        more = self.source.read_at(self.base + self.end, want)
+        if len(more) != want:
+            raise DecodeError("source ended early at offset %d" % (self.base + self.end))
+        self.data = self.data[self.pos:self.end] + more
+        self.base += self.pos
+        self.pos = 0
+        self.end = len(self.data)
+
+    def skip(self, n):
+        """Advance past n bytes without reading them. Raises: DecodeError."""
+        if n > self.remaining():
+            raise DecodeError("truncated input: cannot skip %d bytes at offset %d" % (n, self.tell()))
+        if n <= self.end - self.pos:
+            self.pos += n
+            return
+        self.base = self.tell() + n
+        self.data = b""
+        self.pos = self.end = 0
+
+    def decode_all(self):
+        """Decode one item that spans the whole region. Raises: DecodeError."""
+        if self.stop - self.base > self.limits.max_document:
+            raise LimitError("document is %d bytes, limit is %d"
+                             % (self.stop - self.base, self.limits.max_document))
+        value = self.item(0)
+        if self.remaining():
+            raise DecodeError("%d trailing bytes after the data item" % self.remaining())
+        return value
 
 
 def decode_pure(data, limits=DEFAULT, tags=()):

@@ -61,15 +61,38 @@ class Signer:
 
 
 class Message:
-    """A parsed COSE_Sign or COSE_Sign1. `payload` is still unverified."""
+    """A parsed COSE_Sign or COSE_Sign1. The payload is still unverified.
+
+    `unverified_payload` holds the payload bytes, or None when the message
+    was parsed from a source (parse_source); then `payload_offset` and
+    `payload_length` locate it in `source`.
+    """
 
     def __init__(self, tag, protected_raw, protected, unprotected, payload, signers):
         self.tag = tag
         self.protected_raw = protected_raw
         self.protected = protected
         self.unprotected = unprotected
-        self.unverified_payload = payload
         self.signers = signers
+        if type(payload) is PayloadRef:
+            self.unverified_payload = None
+            self.source = payload.source
+            self.payload_offset = payload.offset
+            self.payload_length = payload.length
+        else:
+            self.unverified_payload = payload
+            self.source = None
+            self.payload_offset = 0
+            self.payload_length = len(payload)
+
+
+class PayloadRef:
+    """Where a payload lies in a source, when it was not read into memory."""
+
+    def __init__(self, source, offset, length):
+        self.source = source
+        self.offset = offset
+        self.length = length
 
 
 _PROTECTED_ES256 = b"\xa1\x01\x26"  # {1: -7}, what every trustfleet signer writes
@@ -158,15 +181,56 @@ def parse(raw, limits=DEFAULT, untagged=None, require_protected_alg=True):
     elif untagged is not None:
         tag = untagged
     elif type(value) is dict:
-        raise DecodeError("not signed: a bare payload, not a COSE_Sign (98) or COSE_Sign1 (18) message")
+        raise DecodeError(_BARE)
     else:
-        raise DecodeError("not a tagged COSE_Sign (98) or COSE_Sign1 (18) message")
+        raise DecodeError(_UNTAGGED)
     where = "COSE_Sign" if tag == TAG_SIGN else "COSE_Sign1"
     _expect_array(value, 4, where)
+    return _message(tag, value, limits, require_protected_alg)
+
+
+_BARE = "not signed: a bare payload, not a COSE_Sign (98) or COSE_Sign1 (18) message"
+_UNTAGGED = "not a tagged COSE_Sign (98) or COSE_Sign1 (18) message"
+
+
+def parse_source(source, limits=DEFAULT, require_protected_alg=True):
+    """Parse a tagged message from a source without reading its payload into memory. Raises: DecodeError.
+
+    Same checks as parse(); the payload is located, not read. Verification
+    then streams it through SHA-256 (tbs_digest).
+    """
+    if source.size > limits.max_document:
+        raise LimitError("document is %d bytes, limit is %d" % (source.size, limits.max_document))
+    env = limits.envelope()
+    d = cbor.StreamDecoder(source, 0, source.size, env)
+    major, tag = d.head()
+    if major != 6 or (tag != TAG_SIGN and tag != TAG_SIGN1):
+        raise DecodeError(_BARE if major == 5 else _UNTAGGED)
+    where = "COSE_Sign" if tag == TAG_SIGN else "COSE_Sign1"
+    major, n = d.head()
+    if major != 4 or n != 4:
+        raise DecodeError("%s is not an array of 4 items" % where)
+    protected_raw = d.item(2)
+    unprotected = d.item(2)
+    major, length = d.head()
+    if major != 2:
+        raise DecodeError("%s payload is not an attached byte string" % where)
+    if length > d.remaining():
+        raise DecodeError("truncated input: payload of %d bytes at offset %d" % (length, d.tell()))
+    payload = PayloadRef(source, d.tell(), length)
+    d.skip(length)
+    last = d.item(2)
+    if d.remaining():
+        raise DecodeError("%d trailing bytes after the data item" % d.remaining())
+    return _message(tag, [protected_raw, unprotected, payload, last], limits, require_protected_alg)
+
+
+def _message(tag, value, limits, require_protected_alg):
+    where = "COSE_Sign" if tag == TAG_SIGN else "COSE_Sign1"
     protected_raw, unprotected, payload, last = value
     if type(protected_raw) is not bytes:
         raise DecodeError("%s protected header is not a byte string" % where)
-    if type(payload) is not bytes:
+    if type(payload) is not bytes and type(payload) is not PayloadRef:
         # nil would be a detached payload, which trustfleet never uses.
         raise DecodeError("%s payload is not an attached byte string" % where)
     protected = _header_map(protected_raw, limits, where)
@@ -238,14 +302,28 @@ def tbs_prefix(msg, signer, external_aad=b""):
         parts.append(cbor.encode("Signature1"))
         parts.append(cbor.encode(_sig_bucket(msg.protected_raw)))
     parts.append(cbor.encode(external_aad))
-    parts.append(cbor.head(2, len(msg.unverified_payload)))
+    parts.append(cbor.head(2, msg.payload_length))
     return b"".join(parts)
 
 
+_CHUNK = const(1024)
+
+
 def tbs_digest(msg, signer, external_aad=b""):
-    """SHA-256 of the Sig_structure for `signer` (RFC 9052 section 4.4)."""
+    """SHA-256 of the Sig_structure for `signer` (RFC 9052 section 4.4), streaming the payload if needed."""
     h = hashlib.sha256(tbs_prefix(msg, signer, external_aad))
-    h.update(msg.unverified_payload)
+    if msg.unverified_payload is not None:
+        h.update(msg.unverified_payload)
+        return h.digest()
+    offset = msg.payload_offset
+    stop = offset + msg.payload_length
+    while offset < stop:
+        n = stop - offset if stop - offset < _CHUNK else _CHUNK
+        chunk = msg.source.read_at(offset, n)
+        if len(chunk) != n:
+            raise DecodeError("source ended early at offset %d" % offset)
+        h.update(chunk)
+        offset += n
     return h.digest()
 
 

@@ -114,10 +114,27 @@ def walk_root_chain(trusted, raws, limits=DEFAULT):
 
 
 def verify_bundle(root, raw, limits=DEFAULT, installed_version=None, now=None):
-    """Verify a signed bundle against the trusted root. Returns the Bundle. Raises: BundleError."""
+    """Verify a signed bundle held in memory. Returns the Bundle. Raises: BundleError."""
     msg = cose.parse(raw, limits)
     check_threshold(msg, root, "bundle", "bundle")
     b = bundle.parse_bundle(msg.unverified_payload, limits, root.fleet)
+    return _check_bundle(b, installed_version, now)
+
+
+def verify_bundle_source(root, source, limits=DEFAULT, installed_version=None, now=None):
+    """Verify a signed bundle read from a source (flash), never holding it whole. Raises: BundleError.
+
+    The same rules as verify_bundle: the payload streams through SHA-256
+    for each signature, then is parsed item by item; anchors stay in the
+    source (bundle.StoredAnchors).
+    """
+    msg = cose.parse_source(source, limits)
+    check_threshold(msg, root, "bundle", "bundle")
+    b = bundle.parse_bundle_source(source, msg.payload_offset, msg.payload_length, limits, root.fleet)
+    return _check_bundle(b, installed_version, now)
+
+
+def _check_bundle(b, installed_version, now):
     check_version_newer(b.version, installed_version, "bundle")
     check_not_expired(b.expires_at, now, "bundle v%d" % b.version)
     return b

@@ -6,6 +6,8 @@ reports and refusals. It is MicroPython-safe, so the board's main.py, the
 Raspberry Pi agent and the tests all drive the core the same way.
 """
 
+import hashlib
+
 from trustfleet_device import agent as core
 from trustfleet_device import policy, store
 from trustfleet_device.errors import StorageError
@@ -54,7 +56,8 @@ class Device:
         root = self.store.read_root()
         if root is None:
             raise StorageError("not initialised: no root.cose")
-        actions = self.agent.boot(root, self.store.load_state(), self.store.read_slots(), self.now())
+        # Slots are read through sources: a large bundle is verified and used from flash.
+        actions = self.agent.boot(root, self.store.load_state(), self.store.slot_sources(), self.now())
         self.boot_result = self.run(actions)
 
     def now(self):
@@ -71,6 +74,33 @@ class Device:
         else:
             raise ValueError("unknown document kind %r" % (kind,))
         return self.run(actions)
+
+    def receive_bundle(self, chunks):
+        """Stream a bundle into the inactive slot, hashing as it is written, then verify it from there.
+
+        `chunks` is any iterable of byte strings (an MQTT payload read piece by
+        piece, a file). At most one chunk and the decoder's window are in RAM.
+        Returns a Result.
+        """
+        agent = self.agent
+        if agent.busy():
+            return self.run(agent._refuse("bundle", "an install is already waiting for its health check"))
+        slot = agent.inactive_slot()
+        name = store.slot_file(slot)
+        limit = self.config.limits.max_document
+        h = hashlib.sha256()
+        size = 0
+        writer = self.store.storage.open_write(name)
+        for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                writer.abort()
+                return self.run(agent._refuse("bundle", "document is over %d bytes, the limit" % limit))
+            h.update(chunk)
+            writer.write(chunk)
+        writer.close()
+        source = self.store.storage.source(name)
+        return self.run(agent.offer_stored_bundle(slot, source, self.now(), h.digest()))
 
     def tick(self):
         return self.run(self.agent.tick(self.now()))

@@ -1,7 +1,8 @@
 """Storage adapters: the only device code that touches the filesystem.
 
-Each adapter offers the same five calls: read, write (atomic replace),
-remove, exists, names. `write` is the single durability primitive the A/B
+Each adapter offers the same calls: read, write (atomic replace), remove,
+exists, names, plus open_write (the same atomic replace, fed in chunks) and
+source (a document read by offset, see source.py). `write` is the single durability primitive the A/B
 store builds on: after a power cut a file holds either its old content or
 its new content, never a mix.
 
@@ -19,6 +20,7 @@ Knows nothing about crypto or documents.
 import os
 
 from trustfleet_device.errors import StorageError
+from trustfleet_device.source import BytesSource, FileSource
 
 _TMP = ".tmp"
 
@@ -91,6 +93,53 @@ class DirStorage:
 
     def names(self):
         return sorted(n for n in os.listdir(self.root) if not n.endswith(_TMP))
+
+    def open_write(self, name):
+        """A chunked atomic write: the file appears complete at close(), or not at all."""
+        return _DirWriter(self, name)
+
+    def source(self, name):
+        """A FileSource over `name`, or None when it does not exist."""
+        try:
+            size = os.stat(self._path(name))[6]
+        except OSError:
+            return None
+        return FileSource(self._path(name), size)
+
+
+class _DirWriter:
+    def __init__(self, storage, name):
+        self.storage = storage
+        self.name = name
+        self.tmp = storage._path(name + _TMP)
+        try:
+            self.f = open(self.tmp, "wb")
+        except OSError as exc:
+            raise StorageError("cannot write %s: %s" % (name, exc))
+
+    def write(self, data):
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            self.abort()
+            raise StorageError("cannot write %s: %s" % (self.name, exc))
+
+    def close(self):
+        try:
+            self.f.flush()
+            _fsync(self.f)
+            self.f.close()
+            os.rename(self.tmp, self.storage._path(self.name))
+            _fsync_dir(self.storage.root)
+        except OSError as exc:
+            raise StorageError("cannot write %s: %s" % (self.name, exc))
+
+    def abort(self):
+        try:
+            self.f.close()
+            os.remove(self.tmp)
+        except OSError:
+            pass
 
 
 def _missing(exc, path):
@@ -168,6 +217,13 @@ class MemStorage:
     def names(self):
         return sorted(n for n in self.files if not n.endswith(_TMP))
 
+    def open_write(self, name):
+        return _MemWriter(self, name)
+
+    def source(self, name):
+        data = self.files.get(name)
+        return None if data is None else BytesSource(bytes(data))
+
     def reboot(self):
         """A fresh storage over what a real board would find after the cut."""
         survivors = {}
@@ -175,3 +231,21 @@ class MemStorage:
             if not name.endswith(_TMP):
                 survivors[name] = data
         return MemStorage(survivors)
+
+
+class _MemWriter:
+    """Chunks go to name.tmp; close() is the rename (two operations, like write)."""
+
+    def __init__(self, storage, name):
+        self.storage = storage
+        self.name = name
+        self.parts = []
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+
+    def close(self):
+        self.storage.write(self.name, b"".join(self.parts))
+
+    def abort(self):
+        self.parts = []

@@ -100,6 +100,10 @@ class Store:
         """Map of slot name to raw document (None when empty)."""
         return {"a": self.read_slot("a"), "b": self.read_slot("b")}
 
+    def slot_sources(self):
+        """Map of slot name to a source reading it from storage (None when empty)."""
+        return {"a": self.storage.source(slot_file("a")), "b": self.storage.source(slot_file("b"))}
+
     def apply(self, action):
         """Carry out one persistence action; return False for actions that are not ours."""
         kind = action[0]

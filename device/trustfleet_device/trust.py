@@ -55,6 +55,8 @@ except ImportError:
 
 
 MAX_CHAIN = const(16)
+_NAME_KEY = const(8)     # bytes of SHA-256(subject) kept per stored anchor
+_LOADED_MAX = const(8)   # stored anchors kept loaded at once
 MAX_DEPTH = const(8)
 MAX_VERIFIES = const(24)
 _MAX_NAMES_SHOWN = const(4)
@@ -171,14 +173,56 @@ class TrustStore:
         self.anchors = []
         self.skipped = []
         self._by_name = {}
+        # Anchors left in flash (bundle.StoredAnchors) are indexed by a short
+        # digest of their subject and loaded when a chain names them, so a
+        # 150-root store costs a few KB of RAM, not the whole anchor set.
+        self._lazy = type(bundle.anchors) is not list
+        self._index = {}
+        self._loaded = {}
         for i in range(len(bundle.anchors)):
-            self._add(bundle.anchors[i], False, "anchor %d" % i)
+            if self._lazy:
+                self._index_stored(i)
+            else:
+                self._add(bundle.anchors[i], False, "anchor %d" % i)
         if user_anchors and self.user_anchors_active:
             for i in range(len(user_anchors)):
                 self._add(user_anchors[i], True, "user anchor %d" % i)
         self._distrust = set()
         for d in bundle.distrust:
             self._distrust.add(bytes(d))
+
+    def _index_stored(self, i):
+        try:
+            a = _make_anchor(self.bundle.anchors[i], False, "anchor %d" % i)
+        except DecodeError as e:
+            self.skipped.append("anchor %d: %s" % (i, e))
+            return
+        key = hashlib.sha256(a.name).digest()[:_NAME_KEY]
+        same = self._index.get(key)
+        if same is None:
+            self._index[key] = [i]
+        else:
+            same.append(i)
+
+    def anchors_named(self, name):
+        """Anchors (bundle and enterprise) whose subject is exactly `name`."""
+        found = self._by_name.get(name, ())
+        if not self._lazy:
+            return found
+        hits = self._index.get(hashlib.sha256(name).digest()[:_NAME_KEY])
+        if not hits:
+            return found
+        out = list(found)
+        for i in hits:
+            a = self._loaded.get(i)
+            if a is None:
+                a = _make_anchor(self.bundle.anchors[i], False, "anchor %d" % i)
+                if len(self._loaded) >= _LOADED_MAX:
+                    self._loaded = {}
+                self._loaded[i] = a
+            if a.name == name:
+                out.append(a)
+        return out
 
     def _add(self, value, user, where):
         try:
@@ -504,16 +548,16 @@ class _Evaluation:
         """Extend path (leaf first) to an anchor; return the anchor or None (path unchanged then)."""
         cur = path[-1]
         depth = len(path)
-        by_name = self.store._by_name
+        store = self.store
         # The current certificate is itself an anchor.
-        for a in by_name.get(cur.subject, ()):
+        for a in store.anchors_named(cur.subject):
             if (a.der == cur.der) if a.der is not None else (a.spki == cur.spki):
                 problem = self.anchor_problem(a, path, False)
                 if problem is None:
                     return a
                 self.note(depth, CHAIN_INVALID, problem)
         # Its issuer is an anchor.
-        issuer_anchors = by_name.get(cur.issuer, ())
+        issuer_anchors = store.anchors_named(cur.issuer)
         for a in issuer_anchors:
             problem = self.anchor_problem(a, path, True)
             if problem is not None:
