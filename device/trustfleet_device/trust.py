@@ -170,7 +170,7 @@ class TrustStore:
         self.bundle = bundle
         self.managed = managed is True
         self.user_anchors_active = bundle.policy.user_anchors is True and self.managed
-        self.anchors = []
+        self._anchors = []
         self.skipped = []
         self._by_name = {}
         # Anchors left in flash (bundle.StoredAnchors) are indexed by a short
@@ -204,6 +204,19 @@ class TrustStore:
         else:
             same.append(i)
 
+    @property
+    def anchors(self):
+        """Every usable anchor (bundle, then enterprise). From flash, each is read now: meant for exports."""
+        if not self._lazy:
+            return self._anchors
+        out = []
+        for i in range(len(self.bundle.anchors)):
+            try:
+                out.append(_make_anchor(self.bundle.anchors[i], False, "anchor %d" % i))
+            except DecodeError:
+                pass  # listed in self.skipped when the store was built
+        return out + self._anchors
+
     def anchors_named(self, name):
         """Anchors (bundle and enterprise) whose subject is exactly `name`."""
         found = self._by_name.get(name, ())
@@ -230,7 +243,7 @@ class TrustStore:
         except DecodeError as e:
             self.skipped.append("%s: %s" % (where, e))
             return
-        self.anchors.append(a)
+        self._anchors.append(a)
         same = self._by_name.get(a.name)
         if same is None:
             self._by_name[a.name] = [a]
