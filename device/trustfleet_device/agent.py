@@ -175,6 +175,10 @@ class Agent:
         """The slot a new bundle goes into: never the active one."""
         return "b" if self.state["active"] == "a" else "a"
 
+    def trial_bundle(self):
+        """The verified bundle on trial (what a health check must use), or None."""
+        return self.pending[0] if self.pending is not None else None
+
     def busy(self):
         """True while a trial waits for its health check: the inactive slot is then the way back."""
         return self.phase == TRIAL

@@ -1,0 +1,409 @@
+"""trustfleet on a MicroPython board (ESP32): the main loop. Copy to the board as /main.py.
+
+What it trusts: the root and state under STATE_DIR (the agent verifies the
+installed bundle again at every boot) and FIRMWARE_TIME. What it does not
+trust: the RTC, NTP, the network, the broker, and every document in the
+inbox until the agent has verified it.
+
+Order on every boot (boot.py has made sure STATE_DIR exists):
+1. Read CONFIG_FILE and build the Device over DirStorage(STATE_DIR). If the
+   last boot left a bundle on trial (a crash, a power cut, or the watchdog
+   firing during its health check), the agent reverts it here, before any
+   network: like MCUboot's test swap, a store that did not confirm itself
+   is not kept. A second failure of the same version marks it bad.
+2. Start the watchdog: from now on a hang resets the board into step 1.
+3. Wi-Fi, then NTP. NTP is unauthenticated: the agent's trusted time is
+   max(clock, last authenticated time, FIRMWARE_TIME, persisted reading),
+   and it persists a clock reading only within 400 days of authenticated time.
+4. Loop: offline inbox, MQTT hook (a later issue), tick, feed the watchdog.
+
+Health check of a trial store: a TLS connection to every configured
+endpoint, then TrustStore.evaluate on what the TLS stack shows us (see
+check_endpoint for what each side checks, and README.md).
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import machine
+
+from trustfleet_device import runner, store, trust, x509
+from trustfleet_device.agent import Config
+from trustfleet_device.errors import DecodeError
+from trustfleet_device.storage import DirStorage
+
+STATE_DIR = "/trustfleet"
+CONFIG_FILE = STATE_DIR + "/config.json"
+INBOX_DIR = STATE_DIR + "/inbox"
+FACTORY_ROOT = STATE_DIR + "/factory-root.cose"
+
+# UTC build time of this firmware, set by the build (tools write the number
+# here). Trusted time never goes below it, whatever the RTC says.
+FIRMWARE_TIME = 1767225600
+
+WATCHDOG_MS = 120000  # longest gap between feeds: Wi-Fi, NTP or one endpoint's TLS
+TICK_S = 60
+TLS_TIMEOUT_S = 15
+WIFI_TIMEOUT_MS = 20000
+KINDS = ("root", "bundle", "timestamp")  # inbox order: a new root before what it signs
+
+LOG = []
+_LOG_KEEP = 20
+WDT = None
+
+# Some ports count time.time() from 2000-01-01; the agent wants Unix time.
+_EPOCH_OFFSET = 0 if time.gmtime(0)[0] == 1970 else 946684800
+
+
+def log(*parts):
+    line = " ".join([str(p) for p in parts])
+    print("trustfleet:", line)
+    LOG.append(line)
+    if len(LOG) > _LOG_KEEP:
+        LOG.pop(0)
+
+
+def feed():
+    if WDT is not None:
+        WDT.feed()
+
+
+def clock():
+    """The RTC as Unix time; untrusted, the agent decides what time it is."""
+    return int(time.time()) + _EPOCH_OFFSET
+
+
+# ------------------------------------------------------------------ configuration
+
+
+def load_config(path=CONFIG_FILE):
+    """Read the device's JSON settings. Raises: OSError, ValueError."""
+    with open(path) as f:
+        cfg = json.loads(f.read())
+    if type(cfg) is not dict:
+        raise ValueError(path + ": expected a JSON object")
+    return cfg
+
+
+def endpoints(cfg):
+    """[(host, port)] from "host", "host:port" or {"host": ..., "port": ...} entries."""
+    out = []
+    for e in cfg.get("endpoints", ()):
+        if type(e) is dict:
+            out.append((e["host"], int(e.get("port", 443))))
+            continue
+        i = e.find(":")
+        out.append((e, 443) if i < 0 else (e[:i], int(e[i + 1:])))
+    return out
+
+
+def agent_config(cfg):
+    return Config(fleet=cfg.get("fleet"), firmware_time=FIRMWARE_TIME,
+                  health_timeout=cfg.get("health_timeout", 120),
+                  device_id=cfg.get("device_id"), managed=cfg.get("managed") is True)
+
+
+def build_device(cfg, clock=clock):
+    """The Device over STATE_DIR, initialised from FACTORY_ROOT on first boot. Raises: TrustfleetError, OSError."""
+    storage = DirStorage(STATE_DIR)
+    conf = agent_config(cfg)
+    if not storage.exists(store.ROOT):
+        with open(FACTORY_ROOT, "rb") as f:
+            runner.initialise(storage, f.read(), conf)
+        log("initialised from", FACTORY_ROOT)
+    eps = endpoints(cfg)
+    holder = []
+
+    def health(version):
+        d = holder[0]
+        return check_endpoints(eps, trial_bundle(d), d.agent.trusted_time(d.now()), conf.managed)
+
+    device = runner.Device(storage, conf, health if eps else runner.no_endpoints, clock)
+    holder.append(device)
+    for r in device.boot_result.reports:
+        log("boot:", r["event"], r["detail"])
+    return device
+
+
+def trial_bundle(device):
+    # The runner passes only the version; the agent names the bundle on trial.
+    return device.agent.trial_bundle()
+
+
+# ------------------------------------------------------------------ health check
+
+
+def full_anchors_pem(bundle):
+    """PEM of the bundle's full-certificate anchors (what mbedTLS can load), or None."""
+    pems = [trust.pem(a.der) for a in bundle.anchors if a.der is not None]
+    return "".join(pems).encode() if pems else None
+
+
+def _tls_context():
+    # `tls` (MicroPython >= 1.23) is the C module behind `ssl`; its SSLContext
+    # has verify_callback on mbedTLS ports, which the `ssl` wrapper hides.
+    try:
+        import tls
+        return tls, tls.SSLContext(tls.PROTOCOL_TLS_CLIENT), True
+    except ImportError:
+        import ssl
+        return ssl, ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), False
+
+
+def can_see_chain():
+    """True when this port's TLS context hands each certificate to verify_callback."""
+    return hasattr(_tls_context()[1], "verify_callback")
+
+
+def tls_chain(host, port, cadata):
+    """Connect to host:port; return (DER chain leaf first, complete).
+
+    cadata None: CERT_OPTIONAL, mbedTLS only collects the chain (through
+    verify_callback) and evaluate alone validates it. cadata (PEM of full
+    anchors): CERT_REQUIRED, mbedTLS validates the path and the host name.
+    `complete` is False when only the leaf could be seen (getpeercert).
+    Either way mbedTLS checks the server's handshake signature with the
+    leaf key. Raises: OSError (network), ValueError (mbedTLS refused).
+    """
+    import socket
+
+    mod, ctx, native = _tls_context()
+    seen = {}
+    if hasattr(ctx, "verify_callback"):
+        def collect(cert, depth):
+            seen[depth] = bytes(cert)  # a view into mbedTLS memory, valid during the call only
+            return 0  # keep mbedTLS's own verdict
+        ctx.verify_callback = collect
+    if cadata is None:
+        ctx.verify_mode = mod.CERT_OPTIONAL
+    else:
+        if native:
+            ctx.load_verify_locations(cadata)
+        else:
+            ctx.load_verify_locations(cadata=cadata)
+        ctx.verify_mode = mod.CERT_REQUIRED  # the ssl wrapper starts at CERT_NONE
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    sock = socket.socket()
+    try:
+        sock.settimeout(TLS_TIMEOUT_S)
+        sock.connect(addr)
+        conn = ctx.wrap_socket(sock, server_hostname=host)
+        leaf = conn.getpeercert(True)
+        conn.close()
+    finally:
+        sock.close()
+    chain = [seen[d] for d in sorted(seen)]
+    return (chain, True) if chain else ([leaf], False)
+
+
+def judge_mbedtls(ts, host, port, chain, complete, now):
+    """(ok, detail) when mbedTLS validated the path against the full anchors.
+
+    evaluate still decides when it can; where it cannot (only the leaf was
+    shown, or an algorithm the pure path lacks, such as P-384) the
+    certificates we have are checked for validity at trusted time,
+    distrust and, for a complete chain, the pins.
+    """
+    where = f"{host}:{port}"
+    d = ts.evaluate(host, chain, now, port)
+    if d.result != trust.UNSUPPORTED and (complete or d.result != trust.CHAIN_INVALID):
+        return d.accepted(), f"{where} {d.result}: {d.reason}"
+    certs = []
+    for raw in chain:
+        try:
+            certs.append(x509.parse(raw))
+        except DecodeError as e:
+            if not certs:
+                return False, f"{where} leaf does not parse: {e}"
+    leaf = certs[0]
+    if now < leaf.not_before or now > leaf.not_after:
+        return False, f"{where} leaf is not valid at trusted time {now}"
+    hashes = [hashlib.sha256(c.spki).digest() for c in certs]
+    for h in hashes:
+        if h in ts.bundle.distrust:
+            return False, f"{where} a key in the chain is distrusted by the bundle"
+    what = "chain" if complete else "leaf only"
+    ps = ts.pinset_for(trust.normalize_host(host) or host)
+    if ps is None or now >= ps.expires:
+        return True, f"{where} {what}: path checked by mbedTLS; not pinned or pins expired"
+    if not complete:
+        # Pins usually name an intermediate or the root, which we cannot see.
+        return True, f"{where} leaf only: path checked by mbedTLS, pins not checked"
+    for h in hashes:
+        if h in ps.pins:
+            return True, f"{where} chain: path checked by mbedTLS, pins match"
+    if ps.mode == "report":
+        return True, f"{where} chain: no key matches the pins (report-only)"
+    return False, f"{where} pin-mismatch: no key in the chain matches the pins for {ps.domain}"
+
+
+def check_endpoint(ts, host, port, now):
+    """(ok, detail) for one endpoint with the trial store. Raises: OSError, ValueError."""
+    if can_see_chain():
+        # evaluate alone: compact and full anchors, pins, distrust, trusted time.
+        chain, complete = tls_chain(host, port, None)
+        d = ts.evaluate(host, chain, now, port)
+        if d.result != trust.UNSUPPORTED:
+            return d.accepted(), f"{host}:{port} {d.result}: {d.reason}"
+        log(f"{host}:{port} {d.reason}; asking mbedTLS")
+    cadata = full_anchors_pem(ts.bundle)
+    if cadata is None:
+        # Only the leaf would be seen and mbedTLS would check nothing: fail closed.
+        raise ValueError(f"cannot check {host}: no full-certificate anchor for mbedTLS")
+    chain, complete = tls_chain(host, port, cadata)
+    return judge_mbedtls(ts, host, port, chain, complete, now)
+
+
+def check_endpoints(eps, bundle, now, managed=False):
+    """The health check of a trial bundle: every endpoint must pass. Returns (ok, detail)."""
+    ts = trust.TrustStore(bundle, None, managed)
+    for host, port in eps:
+        feed()
+        try:
+            ok, detail = check_endpoint(ts, host, port, now)
+        except (OSError, ValueError) as e:
+            ok, detail = False, f"TLS to {host}:{port} failed: {e}"
+        log(detail)
+        if not ok:
+            return False, detail
+    return True, f"{len(eps)} endpoint(s) passed with the new store"
+
+
+# ------------------------------------------------------------------ documents
+
+
+def log_result(name, r):
+    for rep in r.reports:
+        log(name + ":", rep["event"], rep["detail"])
+
+
+def file_chunks(path, size=1024):
+    """Yield a file's bytes in chunks."""
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(size)
+            if not chunk:
+                return
+            yield chunk
+
+
+def process_inbox(device, online):
+    """Offer the documents copied into INBOX_DIR (offline installs); returns [(name, Result)].
+
+    Files are named <kind>*.cose and offered roots first, then in name
+    order. A bundle waits while the board is offline: its health check
+    would fail and the version would be marked bad. A file is removed only
+    after its offer returned, so a reset during a health check offers it
+    again after the boot-time revert (the agent allows one retry).
+    """
+    try:
+        names = sorted(os.listdir(INBOX_DIR))
+    except OSError:
+        return []
+    results = []
+    for kind in KINDS:
+        if kind == "bundle" and not online:
+            continue
+        for name in names:
+            if not (name.startswith(kind) and name.endswith(".cose")):
+                continue
+            path = INBOX_DIR + "/" + name
+            if kind == "bundle":
+                # Streamed into the inactive slot and verified from flash: a
+                # 150-root bundle never sits in RAM whole.
+                r = device.receive_bundle(file_chunks(path))
+            else:
+                with open(path, "rb") as f:
+                    raw = f.read()
+                r = device.offer(kind, raw)
+            os.remove(path)
+            log_result(name, r)
+            results.append((name, r))
+    return results
+
+
+def mqtt_hook(device, cfg, online):
+    """HOOK(mqtt): the MQTT transport arrives in a later issue.
+
+    It will connect to cfg["mqtt"] (umqtt.simple over TLS, checked like the
+    endpoints), subscribe to the fleet's retained root/bundle/timestamp
+    topics, pass each payload to device.offer(kind, raw), and publish
+    device.status() (retained) and the reports. Until then: nothing.
+    """
+    return None
+
+
+# ------------------------------------------------------------------ network
+
+
+def wlan():
+    import network
+    return network.WLAN(network.STA_IF)
+
+
+def connect_wifi(cfg):
+    """Join the configured network; True when connected."""
+    w = cfg.get("wifi")
+    if not w:
+        return False
+    sta = wlan()
+    sta.active(True)
+    if not sta.isconnected():
+        sta.connect(w["ssid"], w.get("password", ""))
+        t0 = time.ticks_ms()
+        while not sta.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < WIFI_TIMEOUT_MS:
+            feed()
+            time.sleep_ms(250)
+    return sta.isconnected()
+
+
+def sync_time(cfg):
+    """Set the RTC from NTP (unauthenticated: see the trusted-time rule above)."""
+    import ntptime
+    if cfg.get("ntp_host"):
+        ntptime.host = cfg["ntp_host"]
+    try:
+        ntptime.settime()
+    except OSError as e:
+        log("NTP failed:", e)
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ main loop
+
+
+def step(device, cfg, online):
+    """One pass of the loop: inbox, MQTT, deadlines and clock bookkeeping."""
+    process_inbox(device, online)
+    mqtt_hook(device, cfg, online)
+    log_result("tick", device.tick())
+
+
+def main():
+    global WDT
+    cfg = load_config()
+    # Before the watchdog: the boot-time revert needs no network and cannot
+    # hang; a store that cannot load is for a person at the REPL, not for a
+    # reset loop.
+    device = build_device(cfg)
+    WDT = machine.WDT(timeout=cfg.get("watchdog_ms", WATCHDOG_MS))
+    online = connect_wifi(cfg)
+    if online:
+        sync_time(cfg)
+    log("status", json.dumps(device.status()))
+    while True:
+        feed()
+        if not online:
+            online = connect_wifi(cfg)
+        step(device, cfg, online)
+        for _ in range(TICK_S):
+            feed()
+            time.sleep(1)
+        online = online and wlan().isconnected()
+
+
+if __name__ == "__main__":
+    main()
