@@ -38,6 +38,7 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/bench_p256.py
 	$(PY) benchmarks/bench_bundle.py
+	$(PY) benchmarks/bench_install.py
 
 fuzz: setup
 	$(PY) tools/fuzz_decoders.py --seconds 60
