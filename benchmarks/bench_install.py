@@ -102,25 +102,25 @@ def cpython_figures(root_raw, docs, rounds):
     return out
 
 
-VM_SETUP = """
+VM_SETUP = f"""
 import os, time
 from trustfleet_device import agent, runner
 from trustfleet_device.storage import DirStorage
 def _chunks(path):
     with open(path, "rb") as f:
         while True:
-            b = f.read(%d)
+            b = f.read({CHUNK})
             if not b:
                 return
             yield b
 def _fresh(n):
-    d = "/st%%d" %% n
+    d = "/st" + str(n)
     os.mkdir(d)
     st = DirStorage(d)
-    cfg = agent.Config(fleet=%r)
+    cfg = agent.Config(fleet={bench_bundle.FLEET!r})
     runner.initialise(st, open("/root.cose", "rb").read(), cfg)
-    return runner.Device(st, cfg, runner.no_endpoints, lambda: %d)
-""" % (CHUNK, bench_bundle.FLEET, NOW)
+    return runner.Device(st, cfg, runner.no_endpoints, lambda: {NOW})
+"""
 
 
 def vm_figures(root_raw, docs, rounds):
