@@ -1,0 +1,226 @@
+"""The Raspberry Pi agent's config file (`agent.toml`), read strictly.
+
+Every key is optional; unknown keys are refused by name (a typo must not
+silently turn a feature off). Relative paths are taken from the file's
+directory. Nothing here is trusted for security decisions beyond what the
+device owner configures: the fleet id checks the root, enterprise anchors
+apply only when `managed = true` AND the signed bundle's policy allows them.
+
+    state_dir = "/var/lib/trustfleet"
+    device_id = "pi-0042"
+    fleet = "acme-sensors"
+    managed = false
+    firmware_time = 2026-01-01T00:00:00Z    # or epoch seconds; the earliest trusted time
+    user_anchors = ["enterprise-root.pem"]  # PEM files; used only when managed and allowed
+
+    [health]                                # TLS with the new store before committing it
+    endpoints = ["api.acme.example:443", "mqtt.acme.example:8883"]
+    timeout = 10                            # seconds per endpoint (connect + handshake)
+
+    [export]                                # rewritten after every commit
+    pem = "/etc/trustfleet/ca-bundle.pem"   # whole-certificate anchors, for SSL_CERT_FILE
+    pins = "/etc/trustfleet/pins.json"
+
+    [post_commit]                           # run after the exports, in this file's directory;
+                                            # its failure never reverts
+    command = ["systemctl", "try-reload-or-restart", "acme-app"]
+    timeout = 30
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from trustfleet_device.agent import Config
+
+from .tls import parse_endpoint
+
+MAX_CONFIG_BYTES = 64 * 1024
+DEFAULT_HEALTH_TIMEOUT = 10.0
+DEFAULT_HOOK_TIMEOUT = 30.0
+# The agent's deadline for a trial is at least this (agent.Config's default).
+_MIN_TRIAL_DEADLINE = 120
+
+_TOP = ("state_dir", "device_id", "fleet", "managed", "firmware_time", "user_anchors",
+        "health", "export", "post_commit")
+_TABLES = {
+    "health": ("endpoints", "timeout"),
+    "export": ("pem", "pins"),
+    "post_commit": ("command", "timeout"),
+}
+
+
+class ConfigError(ValueError):
+    """The agent config file is unreadable or names an unknown or ill-typed key."""
+
+
+@dataclass
+class AgentConfig:
+    """The settings of one Raspberry Pi agent (see the module docstring for the file)."""
+
+    path: Path | None = None
+    state_dir: Path | None = None
+    device_id: str | None = None
+    fleet: str | None = None
+    managed: bool = False
+    firmware_time: int = 0
+    user_anchors: list[Path] = field(default_factory=list)
+    endpoints: list[str] = field(default_factory=list)
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    export_pem: Path | None = None
+    export_pins: Path | None = None
+    post_commit: list[str] = field(default_factory=list)
+    post_commit_timeout: float = DEFAULT_HOOK_TIMEOUT
+
+    def core_config(self) -> Config:
+        """The device core's agent.Config.
+
+        The trial deadline covers every endpoint's timeout, and never less
+        than the core's default of 120 s.
+        """
+        deadline = max(_MIN_TRIAL_DEADLINE,
+                       math.ceil(self.health_timeout * max(1, len(self.endpoints))) + 30)
+        return Config(fleet=self.fleet, firmware_time=self.firmware_time, health_timeout=deadline,
+                      device_id=self.device_id, managed=self.managed)
+
+    def user_anchor_ders(self) -> list[bytes]:
+        """The enterprise anchors as certificate DER; none unless managed. Raises: ConfigError."""
+        if not self.managed:
+            return []
+        out = []
+        for path in self.user_anchors:
+            try:
+                certs = x509.load_pem_x509_certificates(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"user_anchors: cannot read {path}: {exc.strerror or exc}") from None
+            except ValueError:
+                raise ConfigError(f"user_anchors: {path} holds no PEM certificate") from None
+            out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
+        return out
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and check an agent.toml.
+
+    Raises:
+        ConfigError: unreadable, not TOML, an unknown key (named), or a value of the wrong type.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict[str, Any], path: Path | None = None) -> AgentConfig:
+    """Build an AgentConfig from parsed TOML. Raises: ConfigError."""
+    where = str(path) if path is not None else "config"
+    base = path.parent if path is not None else Path.cwd()
+    _refuse_unknown(data, _TOP, where, "")
+    cfg = AgentConfig(path=path)
+    r = _Reader(data, where, "", base)
+    cfg.state_dir = r.path("state_dir")
+    cfg.device_id = r.text("device_id")
+    cfg.fleet = r.text("fleet")
+    cfg.managed = r.boolean("managed", False)
+    cfg.firmware_time = r.time("firmware_time")
+    cfg.user_anchors = r.paths("user_anchors")
+    for table, known in _TABLES.items():
+        value = data.get(table, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {table} must be a table ([{table}])")
+        _refuse_unknown(value, known, where, table + ".")
+    health = _Reader(data.get("health", {}), where, "health.", base)
+    cfg.endpoints = health.strings("endpoints")
+    for e in cfg.endpoints:
+        try:
+            parse_endpoint(e)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: health.endpoints: {exc}") from None
+    cfg.health_timeout = health.seconds("timeout", DEFAULT_HEALTH_TIMEOUT)
+    export = _Reader(data.get("export", {}), where, "export.", base)
+    cfg.export_pem = export.path("pem")
+    cfg.export_pins = export.path("pins")
+    hook = _Reader(data.get("post_commit", {}), where, "post_commit.", base)
+    cfg.post_commit = hook.strings("command")
+    cfg.post_commit_timeout = hook.seconds("timeout", DEFAULT_HOOK_TIMEOUT)
+    return cfg
+
+
+def _refuse_unknown(table: dict[str, Any], known: tuple[str, ...], where: str, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}' (known: "
+                              f"{', '.join(prefix + k for k in known)})")
+
+
+class _Reader:
+    """Typed reads of one TOML table; every error names the key."""
+
+    def __init__(self, table: dict[str, Any], where: str, prefix: str, base: Path):
+        self.table = table
+        self.where = where
+        self.prefix = prefix
+        self.base = base
+
+    def _fail(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {self.prefix}{key} must be {expected}")
+
+    def text(self, key: str) -> str | None:
+        v = self.table.get(key)
+        if v is not None and (not isinstance(v, str) or not v):
+            raise self._fail(key, "a non-empty string")
+        return v
+
+    def boolean(self, key: str, default: bool) -> bool:
+        v = self.table.get(key, default)
+        if not isinstance(v, bool):
+            raise self._fail(key, "true or false")
+        return v
+
+    def strings(self, key: str) -> list[str]:
+        v = self.table.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
+            raise self._fail(key, "a list of non-empty strings")
+        return list(v)
+
+    def path(self, key: str) -> Path | None:
+        v = self.text(key)
+        return self.base / v if v is not None else None
+
+    def paths(self, key: str) -> list[Path]:
+        return [self.base / s for s in self.strings(key)]
+
+    def seconds(self, key: str, default: float) -> float:
+        v = self.table.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
+            raise self._fail(key, "a number of seconds from 0 to 3600 (not 0)")
+        return float(v)
+
+    def time(self, key: str) -> int:
+        v = self.table.get(key, 0)
+        if isinstance(v, dt.datetime):
+            if v.tzinfo is None:
+                raise self._fail(key, "a time with an offset (e.g. 2026-01-01T00:00:00Z)")
+            return int(v.timestamp())
+        if isinstance(v, dt.date):
+            return int(dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC).timestamp())
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise self._fail(key, "a TOML date-time with an offset, a date, or epoch seconds")
+        return v
