@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from trustfleet_agent.files import read_capped
 from trustfleet_device import trust, x509
 from trustfleet_device.agent import Config
 from trustfleet_device.errors import BundleError, DeviceError
@@ -108,11 +109,7 @@ examples:
 
 
 def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(DEFAULT.max_document + 1)
-    if len(data) > DEFAULT.max_document:
-        raise BundleError(f"{path}: larger than the {DEFAULT.max_document}-byte document limit")
-    return data
+    return read_capped(path, DEFAULT.max_document)
 
 
 def _seconds(text: str) -> float:

@@ -21,15 +21,14 @@ already proved itself in the health check.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trustfleet_agent.files import write_atomic
 from trustfleet_device import trust, x509
 
 from .tls import in_memory
@@ -95,28 +94,6 @@ def pins_document(store: trust.TrustStore) -> dict:
         } for ps in b.pinsets],
         "distrust": [trust.pin_text(bytes(d)) for d in b.distrust],
     }
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace path with data so that readers see the old or the new content. Raises: OSError."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 @dataclass

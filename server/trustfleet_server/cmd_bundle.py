@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from trustfleet_agent.files import read_capped, write_atomic
 from trustfleet_device import policy
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_device.limits import DEFAULT
 
 from . import describe, documents, keys, spec
-from .files import read_capped, write_atomic
 
 EXAMPLE_SPEC = """\
 example spec (bundle.toml):

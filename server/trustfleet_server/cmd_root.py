@@ -13,12 +13,12 @@ import json
 import time
 from pathlib import Path
 
+from trustfleet_agent.files import write_atomic
 from trustfleet_device import bundle as device_bundle
 from trustfleet_device import policy
 
 from . import cmd_bundle, describe, documents, keys, spec
 from .errors import CommandError
-from .files import write_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:

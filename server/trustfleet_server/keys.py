@@ -40,8 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
+from trustfleet_agent.files import fsync_directory, write_atomic, write_fd
+
 from .errors import CommandError
-from .files import fsync_directory, write_atomic
 
 PASSPHRASE_ENV = "TRUSTFLEET_PASSPHRASE"
 PASSPHRASE_HINT = f"--passphrase-file or {PASSPHRASE_ENV}"
@@ -277,13 +278,7 @@ def _create_file(path: Path, data: bytes, mode: int) -> None:
             f"{path}: already exists; refusing to overwrite it (pass --force to replace it)"
         ) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            # Set the exact mode: umask may have narrowed 0644, and it can never
-            # have widened 0600.
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_fd(fd, data, mode)
     except BaseException:
         with contextlib.suppress(OSError):
             path.unlink()

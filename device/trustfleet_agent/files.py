@@ -1,8 +1,9 @@
-"""Reading and writing operator files safely.
+"""Writing and reading files safely on CPython (the Pi agent and the operator's machine).
 
 Writes are atomic: a temp file in the same directory, fsync, rename, fsync
 of the directory, so a crash leaves the old file or the new one, never half.
 Reads are capped so a wrong path (a disk image, /dev/zero) fails fast.
+The server imports this module too: imports point from server to device.
 """
 
 from __future__ import annotations
@@ -20,17 +21,24 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_fd(fd, data, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     fsync_directory(path.parent)
+
+
+def write_fd(fd: int, data: bytes, mode: int) -> None:
+    """Write data to a new file's descriptor with exactly `mode`, fsync and close it."""
+    with os.fdopen(fd, "wb") as f:
+        # Set the exact mode: umask may have narrowed it, and mkstemp's 0600
+        # or O_EXCL's mode can never have been wider.
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
