@@ -142,8 +142,9 @@ def _make_anchor(value, user, where):
         der = value.der
         label = value.label
     if der is None:
+        # A compact anchor carries a label only when its name does not say it.
         return TrustAnchor(bytes(value.name), bytes(value.spki), None, value.not_after,
-                           label or where, user)
+                           label or x509.name_label(value.name) or where, user)
     cert = x509.parse(der)
     a = TrustAnchor(cert.subject, cert.spki, cert.not_before, cert.not_after,
                     label or cert.label() or where, user)
