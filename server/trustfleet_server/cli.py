@@ -16,10 +16,19 @@ import sys
 
 from trustfleet_device.errors import TrustfleetError
 
-from . import cmd_bundle, cmd_keys, cmd_root, demo
+from . import (
+    cmd_broker,
+    cmd_brokerconfig,
+    cmd_bundle,
+    cmd_fleet,
+    cmd_keys,
+    cmd_root,
+    cmd_simulate,
+    demo,
+)
 from .errors import CommandError
 
-GROUPS = (cmd_keys, cmd_root, cmd_bundle, demo)
+GROUPS = (cmd_keys, cmd_root, cmd_bundle, cmd_fleet, cmd_simulate, cmd_broker, cmd_brokerconfig, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
