@@ -1,9 +1,12 @@
-"""Shared pytest configuration for trustfleet."""
+"""Shared pytest configuration for trustfleet: the MicroPython VM and real MQTT brokers."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import brokers
 import pytest
 
 from mpyvm import MicroPythonVM, available
@@ -11,15 +14,23 @@ from mpyvm import MicroPythonVM, available
 _MPY_FIXTURES = ("mpy", "mpy_fresh")
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def _skip_or_fail(reason: str) -> None:
+    """Skip here; under CI=true fail instead (no skips in CI)."""
+    if _in_ci():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def _require_vm() -> None:
     """Skip when the VM cannot run here; under CI=true fail instead (no skips in CI)."""
     ok, why = available()
     if ok:
         return
-    reason = f"node or npm package missing: run `make test`, which runs npm ci ({why})"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    _skip_or_fail(f"node or npm package missing: run `make test`, which runs npm ci ({why})")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -42,3 +53,101 @@ def mpy_fresh(mpy):
     """The session VM, reset to a fresh interpreter before the test."""
     mpy.reset()
     return mpy
+
+
+# --------------------------------------------------------------------------- MQTT brokers
+# See tests/brokers.py. Every broker a fixture starts is stopped by PID at the end.
+
+
+def _require_binary(name: str, package: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+    if not path:
+        _skip_or_fail(f"{name} not installed (apt-get install {package})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory):
+    """A Mosquitto for the session: the system one on 127.0.0.1:1883 when it accepts anonymous
+    clients, else a private anonymous one without persistence. Yields a brokers.Broker."""
+    if brokers.mqtt_connect_probe(brokers.HOST, brokers.SYSTEM_MOSQUITTO_PORT) == 0:
+        yield brokers.Broker(brokers.HOST, brokers.SYSTEM_MOSQUITTO_PORT, "mosquitto", system=True)
+        return
+    _require_binary("mosquitto", "mosquitto")
+    proc = brokers.MosquittoProcess(brokers.private_mosquitto_conf(brokers.free_port()),
+                                    tmp_path_factory.mktemp("mosquitto"))
+    proc.start()
+    try:
+        yield proc.broker()
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def private_mosquitto(tmp_path):
+    """Factory: start(config=None) -> brokers.MosquittoProcess, started.
+
+    `config` is config text or the path of a mosquitto.conf (e.g. written by
+    `trustfleet broker-config --port N`); None gives an anonymous broker on
+    a free port. The process has .url/.host/.port, .stop(), .restart() (same
+    port; a persistent config keeps retained messages) and .stderr. Every
+    broker started is stopped at the end of the test.
+    """
+    _require_binary("mosquitto", "mosquitto")
+    started: list[brokers.MosquittoProcess] = []
+
+    def start(config: str | os.PathLike | None = None) -> brokers.MosquittoProcess:
+        if config is None:
+            text = brokers.private_mosquitto_conf(brokers.free_port())
+        elif isinstance(config, os.PathLike):
+            text = Path(config).read_text()
+        else:
+            text = config
+        proc = brokers.MosquittoProcess(text, tmp_path / f"mosquitto-{len(started)}",
+                                        name=f"mosquitto-{len(started)}")
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_mqtt(tmp_path_factory):
+    """A private nats-server with JetStream and an MQTT listener on a free port (brokers.Broker)."""
+    _require_binary("nats-server", "nats-server")
+    proc = brokers.NatsProcess(tmp_path_factory.mktemp("nats"))
+    proc.start()
+    try:
+        yield brokers.Broker(proc.host, proc.port, "nats")
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_broker():
+    """The project's embedded broker (trustfleet_server.mqtt.broker) on a free port."""
+    try:
+        from trustfleet_server.mqtt.broker import EmbeddedBroker
+    except ImportError as exc:
+        _skip_or_fail(f"embedded broker not available: {exc}")
+    broker = EmbeddedBroker(host=brokers.HOST, port=0)
+    broker.start()
+    try:
+        brokers.wait_for_port(brokers.HOST, broker.port, name="embedded broker")
+        yield brokers.Broker(brokers.HOST, broker.port, "embedded")
+    finally:
+        broker.stop()
+
+
+_ANY_BROKER = {"mosquitto": "mosquitto", "nats": "nats_mqtt", "embedded": "embedded_broker"}
+
+
+@pytest.fixture(params=list(_ANY_BROKER))
+def any_broker(request):
+    """Each kind of broker in turn (brokers.Broker; .kind says which)."""
+    return request.getfixturevalue(_ANY_BROKER[request.param])

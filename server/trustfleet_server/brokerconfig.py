@@ -1,0 +1,379 @@
+"""Mosquitto configuration for one fleet: config, ACL, password file and secrets.
+
+The broker is untrusted for content (every document verifies itself) but it
+is still the fleet's access control: only the operator and the server may
+write documents, and a device may write nothing but its own status and
+reports. `generate()` builds the texts; `write()` puts them in a directory:
+
+    mosquitto.conf   listener, allow_anonymous false, password/ACL files,
+                     persistence (retained documents survive a restart), limits
+    acl              who may read and write which topic (docs/topics.md)
+    passwords        one PBKDF2-SHA512 ($7$) hash per identity, mode 0600
+    secrets.json     every identity's username and password, mode 0600, for
+                     provisioning devices and configuring the server
+    data/            the persistence directory, mode 0700
+
+Identities are MQTT usernames: each device's id, one operator identity
+(`trustfleet publish`) and one server identity (`trustfleet serve`). ACL
+`pattern` rules use %u, the authenticated username, never the client id,
+which any client may choose.
+
+Passwords are 24 random bytes (URL-safe base64), so the 101 PBKDF2
+iterations that `mosquitto_passwd` uses cost nothing in security and keep a
+reconnect storm of a large fleet cheap for the broker.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trustfleet_agent.files import write_atomic
+from trustfleet_device import topics
+from trustfleet_device.limits import DEFAULT as DEFAULT_LIMITS
+
+from .errors import CommandError
+
+DEVICE = "device"
+OPERATOR = "operator"
+SERVER = "server"
+
+DEFAULT_OPERATOR = "trustfleet-operator"
+DEFAULT_SERVER = "trustfleet-server"
+
+CONF_NAME = "mosquitto.conf"
+ACL_NAME = "acl"
+PASSWORDS_NAME = "passwords"
+SECRETS_NAME = "secrets.json"
+DATA_NAME = "data"
+
+# A signed document is at most limits.max_document bytes (512 KiB); the
+# packet adds the topic and a few header bytes, so allow 8 KiB on top.
+# Only max_packet_size, not the deprecated message_size_limit: for an MQTT 5
+# QoS 1 publish over the latter, Mosquitto 2.0.11 answers PUBACK 0x95, a code
+# PUBACK may not carry, which paho 2.2 takes as a malformed packet and then
+# reconnects and resends forever. Over max_packet_size the publisher is
+# disconnected ("Packet too large" on MQTT 5), and MQTT 5 clients are told the
+# limit in CONNACK.
+MAX_DOCUMENT = DEFAULT_LIMITS.max_document
+MAX_PACKET_SIZE = MAX_DOCUMENT + 8 * 1024
+
+PBKDF2_ITERATIONS = 101  # what mosquitto_passwd 2.0 writes
+SALT_BYTES = 12
+PASSWORD_BYTES = 24
+
+
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    password: str
+    role: str  # DEVICE, OPERATOR or SERVER
+
+
+@dataclass
+class BrokerConfig:
+    """Everything `write()` puts on disk; build it with `generate()`."""
+
+    fleet: str
+    identities: list[Identity]
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    persistence: bool = True
+    user: str | None = None
+    reused: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls_cert else 'mqtt'}://{self.host}:{self.port}"
+
+    def identity(self, role: str) -> Identity:
+        return next(i for i in self.identities if i.role == role)
+
+    def devices(self) -> list[Identity]:
+        return [i for i in self.identities if i.role == DEVICE]
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def hash_password(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """Mosquitto 2.0's password-file hash: $7$<iterations>$<b64 salt>$<b64 PBKDF2-HMAC-SHA512>."""
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def check_password(password: str, hashed: str) -> bool:
+    """True if `password` matches a $7$ line's hash (as Mosquitto checks it)."""
+    parts = hashed.split("$")
+    if len(parts) != 5 or parts[1] != "7":
+        return False
+    salt = base64.b64decode(parts[3])
+    return secrets.compare_digest(hash_password(password, salt, int(parts[2])), hashed)
+
+
+def write_password_file(path: Path, identities: list[Identity], tool: str | None = "auto") -> str:
+    """Write Mosquitto's password file (mode 0600). Returns "mosquitto_passwd" or "builtin".
+
+    With tool "auto" the file is hashed by `mosquitto_passwd -U` when it is on
+    PATH (one call for the whole fleet); with None, or when it is missing,
+    the same $7$ hashes are computed here.
+    """
+    if tool == "auto":
+        tool = shutil.which("mosquitto_passwd")
+    if tool:
+        # Plain "user:password" lines, 0600, hashed in place by -U.
+        plain = "".join(f"{i.username}:{i.password}\n" for i in identities)
+        write_atomic(path, plain.encode(), mode=0o600)
+        try:
+            run = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            path.unlink(missing_ok=True)
+            raise CommandError(f"{tool} -U {path}: {exc}") from None
+        if run.returncode != 0:
+            path.unlink(missing_ok=True)
+            raise CommandError(f"{tool} -U {path} failed: {(run.stderr or run.stdout).strip()}")
+        os.chmod(path, 0o600)
+        return "mosquitto_passwd"
+    text = "".join(f"{i.username}:{hash_password(i.password)}\n" for i in identities)
+    write_atomic(path, text.encode(), mode=0o600)
+    return "builtin"
+
+
+# --------------------------------------------------------------------------- texts
+
+
+def document_topics(fleet: str) -> list[str]:
+    """The topic filters of the fleet's signed documents (docs/topics.md)."""
+    base = f"{topics.PREFIX}/{fleet}"
+    return [f"{base}/root/+", f"{base}/bundle", f"{base}/bundle/#", f"{base}/timestamp"]
+
+
+def acl_text(fleet: str, operator: str, server: str) -> str:
+    """The Mosquitto ACL file for one fleet.
+
+    Anonymous clients get nothing (and are refused by allow_anonymous false).
+    Reads are checked by Mosquitto on delivery against the message's real
+    topic, so a `$share/<group>/...` subscription gets exactly what the
+    underlying filter would.
+    """
+    base = f"{topics.PREFIX}/{fleet}"
+    docs = document_topics(fleet)
+    lines = [
+        f"# trustfleet broker ACL for fleet {fleet!r} (generated by `trustfleet broker-config`).",
+        "# Mosquitto: `topic` lines apply to the `user` above them; `pattern` lines apply to",
+        "# every authenticated user, %u being the username. Nothing is granted to anonymous.",
+        "",
+        "# The operator (trustfleet publish) writes the signed documents and reads the fleet.",
+        f"user {operator}",
+        *(f"topic write {t}" for t in docs),
+        f"topic read {base}/#",
+        "",
+        "# The server (trustfleet serve) reads statuses, reports and documents (also through",
+        "# $share/... shared subscriptions) and writes the timestamp and the rollout waves,",
+        "# the last of which is the fleet-wide bundle topic. Documents verify themselves:",
+        "# this identity can delay or withhold them, never forge them.",
+        f"user {server}",
+        f"topic read {base}/#",
+        f"topic write {topics.timestamp(fleet)}",
+        f"topic write {topics.bundle(fleet)}",
+        f"topic write {base}/bundle/group/+",
+        f"topic write {base}/bundle/bucket/+",
+        "",
+        "# Devices (username = device id) read the documents and write only their own",
+        "# status (retained, last will) and reports.",
+        *(f"pattern read {t}" for t in docs),
+        f"pattern write {base}/status/%u",
+        f"pattern write {base}/report/%u",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def conf_text(cfg: BrokerConfig, out: Path) -> str:
+    """mosquitto.conf with absolute paths into `out`."""
+    out = out.resolve()
+    lines = [
+        f"# Mosquitto 2.0 configuration for trustfleet fleet {cfg.fleet!r}",
+        "# (generated by `trustfleet broker-config`; regenerate rather than edit).",
+        "",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {out / PASSWORDS_NAME}",
+        f"acl_file {out / ACL_NAME}",
+        "",
+        "# Retained documents (roots, bundles, timestamp) and statuses survive a restart.",
+        f"persistence {'true' if cfg.persistence else 'false'}",
+    ]
+    if cfg.persistence:
+        lines += [
+            f"persistence_location {out / DATA_NAME}/",
+            "autosave_interval 60",
+            "persistent_client_expiration 14d",
+        ]
+    lines += [
+        "",
+        "# Limits: one signed document is at most 512 KiB.",
+        f"max_packet_size {MAX_PACKET_SIZE}",
+        "max_inflight_messages 20",
+        "max_queued_messages 1000",
+        "max_keepalive 3600",
+        "retain_available true",
+        "",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages true",
+    ]
+    if cfg.user:
+        lines += ["", "# When started as root, run as this user.", f"user {cfg.user}"]
+    lines += ["", f"listener {cfg.port} {cfg.host}"]
+    if cfg.tls_cert:
+        lines += [
+            f"certfile {Path(cfg.tls_cert).resolve()}",
+            f"keyfile {Path(cfg.tls_key).resolve()}",  # type: ignore[arg-type]
+            "tls_version tlsv1.2",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def secrets_json(cfg: BrokerConfig) -> str:
+    doc = {
+        "fleet": cfg.fleet,
+        "broker": cfg.url,
+        "identities": [{"username": i.username, "password": i.password, "role": i.role}
+                       for i in cfg.identities],
+    }
+    return json.dumps(doc, indent=2) + "\n"
+
+
+# --------------------------------------------------------------------------- generate / write
+
+
+def parse_listener(value: str) -> tuple[str, int | None]:
+    """"HOST:PORT", "HOST" or "[v6]:PORT". Raises: CommandError."""
+    host, port = value, None
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise CommandError(f"--listener {value!r}: expected [ADDRESS]:PORT")
+        rest = rest[1:]
+    elif value.count(":") == 1:
+        host, rest = value.split(":")
+    else:
+        rest = ""
+    if rest:
+        if not rest.isdigit() or not 0 < int(rest) < 65536:
+            raise CommandError(f"--listener {value!r}: bad port")
+        port = int(rest)
+    if not host or any(c.isspace() for c in host):
+        raise CommandError(f"--listener {value!r}: no host")
+    return host, port
+
+
+def read_devices_file(path: str) -> list[str]:
+    """One device id per line; blank lines and '#' comments are skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [ln.split("#", 1)[0].strip() for ln in f if ln.split("#", 1)[0].strip()]
+
+
+def load_secrets(path: Path) -> dict[tuple[str, str], str]:
+    """(username, role) -> password from an earlier secrets.json; {} if there is none."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {(i["username"], i["role"]): i["password"] for i in doc["identities"]}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"{path}: not a secrets file written by broker-config ({exc})") from None
+
+
+def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR,
+             server: str = DEFAULT_SERVER, host: str = "127.0.0.1", port: int | None = None,
+             tls_cert: str | None = None, tls_key: str | None = None, persistence: bool = True,
+             user: str | None = None, previous: dict[tuple[str, str], str] | None = None) -> BrokerConfig:
+    """Check the names and pick a password per identity (reusing `previous` ones).
+
+    Raises: CommandError for a bad or duplicate name or a half-given TLS pair.
+    """
+    try:
+        topics.check_name(fleet, "fleet")
+        topics.check_name(operator, "operator name")
+        topics.check_name(server, "server name")
+        for d in devices:
+            topics.check_name(d, "device id")
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if operator == server:
+        raise CommandError(f"operator and server need different names (both {operator!r})")
+    seen: set[str] = set()
+    for d in devices:
+        if d in (operator, server):
+            raise CommandError(f"device id {d!r} is the operator's or the server's username")
+        if d in seen:
+            raise CommandError(f"device id {d!r} is listed twice")
+        seen.add(d)
+    if bool(tls_cert) != bool(tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    if port is None:
+        port = 8883 if tls_cert else 1883
+    previous = previous or {}
+    identities, reused = [], []
+    for name, role in [(operator, OPERATOR), (server, SERVER), *((d, DEVICE) for d in devices)]:
+        password = previous.get((name, role))
+        if password:
+            reused.append(name)
+        identities.append(Identity(name, password or new_password(), role))
+    return BrokerConfig(fleet, identities, host, port, tls_cert, tls_key, persistence, user, reused)
+
+
+def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto") -> dict:
+    """Write the files into `out` (created mode 0700). Returns their paths and how they were hashed."""
+    out = Path(out)
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {
+        "config": out / CONF_NAME,
+        "acl": out / ACL_NAME,
+        "passwords": out / PASSWORDS_NAME,
+        "secrets": out / SECRETS_NAME,
+    }
+    write_atomic(files["secrets"], secrets_json(cfg).encode(), mode=0o600)
+    hashed_by = write_password_file(files["passwords"], cfg.identities, passwd_tool)
+    write_atomic(files["acl"], acl_text(cfg.fleet, cfg.identity(OPERATOR).username,
+                                        cfg.identity(SERVER).username).encode(), mode=0o644)
+    write_atomic(files["config"], conf_text(cfg, out).encode(), mode=0o644)
+    owned = [files["passwords"]]
+    if cfg.persistence:
+        data = out / DATA_NAME
+        data.mkdir(mode=0o700, exist_ok=True)
+        files["data"] = data
+        owned.append(data)
+    if cfg.user and os.geteuid() == 0 and cfg.user != "root":
+        # Mosquitto drops to `user` before it reads the password file and
+        # writes its database, so those must be that user's.
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(cfg.user)
+        except KeyError:
+            raise CommandError(f"--user {cfg.user!r}: no such user") from None
+        for p in owned:
+            os.chown(p, entry.pw_uid, entry.pw_gid)
+        # The broker's group may enter the directory; secrets.json stays 0600 root.
+        os.chown(out, -1, entry.pw_gid)
+        os.chmod(out, 0o750)
+    return {"files": {k: str(v) for k, v in files.items()}, "hashed_by": hashed_by}
