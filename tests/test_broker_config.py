@@ -162,7 +162,7 @@ def test_acl_lets_devices_read_documents_and_write_only_their_own_topics(tmp_pat
                    "topic write tf/acme/bundle/#", "topic write tf/acme/timestamp",
                    "topic read tf/acme/#"]
     srv = rules[rules.index("user srv") + 1:rules.index(patterns[0])]
-    assert srv == ["topic read tf/acme/#", "topic write tf/acme/timestamp",
+    assert srv == ["topic read tf/acme/#", "topic write tf/acme/timestamp", "topic write tf/acme/bundle",
                    "topic write tf/acme/bundle/group/+", "topic write tf/acme/bundle/bucket/+"]
     # Devices get no per-device `user` block: one pattern set serves any fleet size.
     assert "pi-01" not in "\n".join(rules)
@@ -373,12 +373,13 @@ def test_operator_publishes_every_document_topic(fleet_broker, repo):
     assert op.publish(topics.status(f, "pi-01"), b"x").value == NOT_AUTHORIZED
 
 
-def test_server_writes_timestamp_and_waves_but_not_roots_or_the_fleet_bundle(fleet_broker):
+def test_server_writes_timestamp_and_waves_but_not_roots_or_statuses(fleet_broker):
     fb, f = fleet_broker, fleet_broker.fleet
     srv = fb.connect(fb.server, V5)
-    for t in (topics.timestamp(f), topics.group_bundle(f, "lab"), topics.bucket_bundle(f, 3)):
+    # The last rollout wave is the fleet-wide bundle topic.
+    for t in (topics.timestamp(f), topics.bundle(f), topics.group_bundle(f, "lab"), topics.bucket_bundle(f, 3)):
         assert not srv.publish(t, b"ok", retain=True).is_failure, t
-    for t in (topics.root(f, 2), topics.bundle(f), topics.status(f, "pi-01"), f"tf/{f}/other"):
+    for t in (topics.root(f, 2), topics.status(f, "pi-01"), f"tf/{f}/other"):
         assert srv.publish(t, b"no", retain=True).value == NOT_AUTHORIZED, t
 
 
