@@ -22,6 +22,7 @@ package(
         "ct.py",
         "errors.py",
         "limits.py",
+        "mqtt.py",
         "p256.py",
         "policy.py",
         "reports.py",

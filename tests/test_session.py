@@ -173,3 +173,31 @@ print(json.dumps([s.subscriptions(), [(t, json.loads(p)["version"], r, q) for t,
     cp = make(repo, group="canary")
     out = cp.on_message(topics.bundle(repo.fleet), raw)
     assert got == [cp.subscriptions(), [[t, json.loads(p)["version"], r, q] for t, p, r, q in out]]
+
+
+def test_streamed_repeat_of_a_handled_bundle_is_not_verified_again(repo):
+    s = make(repo)
+    raw = repo.bundle(version=1)
+    assert s.on_bundle_chunks(topics.bundle(repo.fleet), iter([raw]))
+    calls = []
+    verify = s.device.agent._verify
+    s.device.agent._verify = lambda *a, **k: calls.append(1) or verify(*a, **k)
+    assert s.on_bundle_chunks(topics.bucket_bundle(repo.fleet, s.bucket), iter([raw[:100], raw[100:]])) == []
+    assert calls == []
+
+
+def test_broken_stream_leaves_no_partial_slot_file(repo, tmp_path):
+    from trustfleet_device.storage import DirStorage
+
+    storage = DirStorage(str(tmp_path))
+    config = core.Config(fleet=repo.fleet)
+    runner.initialise(storage, repo.root_raw, config)
+    device = runner.Device(storage, config, runner.no_endpoints, Clock())
+
+    def broken():
+        yield repo.bundle(version=1)[:500]
+        raise ConnectionError("connection lost mid-bundle")
+
+    with pytest.raises(ConnectionError):
+        device.receive_bundle(broken())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root.cose", "state.json"]

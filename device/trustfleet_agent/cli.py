@@ -1,9 +1,12 @@
 """`trustfleet-agent`: the CPython device agent (Raspberry Pi).
 
-Exit codes: 0 done (check: the server is accepted), 1 the document was
-refused (check: the server is rejected), with the reason on one line,
-2 usage error, unusable state directory or config file, or (check) no TLS
-connection could be made.
+Exit codes: 0 done (check: the server is accepted; run: stopped by SIGTERM
+or SIGINT), 1 the document was refused (check: the server is rejected;
+run: the device failed while running, e.g. its state directory became
+unwritable), with the reason on one line, 2 usage error, unusable state
+directory or config file (run: also no [mqtt] table, or an mqtts:// broker
+and no installed bundle to check it with), or (check) no TLS connection
+could be made.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from trustfleet_device.limits import DEFAULT
 
 from . import export as exports
 from . import tls
-from .config import AgentConfig, ConfigError, load_config
+from .config import AgentConfig, ConfigError, MqttConfig, load_config
 from .local import LocalDevice
 
 DEFAULT_STATE = Path("/var/lib/trustfleet")
@@ -40,6 +43,7 @@ examples:
   trustfleet-agent check 10.0.0.7:8883 --servername mqtt.acme.example --json
   trustfleet-agent export --pem /etc/trustfleet/ca.pem --pins /etc/trustfleet/pins.json
   trustfleet-agent status --state /var/lib/trustfleet --json
+  trustfleet-agent run --config /etc/trustfleet/agent.toml   # the service (systemd)
 
 agent.toml (every key optional; unknown keys are refused):
   state_dir = "/var/lib/trustfleet"
@@ -57,6 +61,13 @@ agent.toml (every key optional; unknown keys are refused):
   [post_commit]
   command = ["systemctl", "try-reload-or-restart", "acme-app"]
   timeout = 30
+  [mqtt]                                 # for `run`
+  broker = "mqtts://mqtt.acme.example:8883"
+  username = "pi-0042"
+  password_file = "/etc/trustfleet/mqtt-password"
+  keepalive = 60
+  protocol = "3.1.1"                     # or "5"
+  group = "canary"
 """
 
 INIT_EPILOG = """\
@@ -92,6 +103,23 @@ Exit 0 accept or accept-fail-open, 1 reject, 2 no TLS connection or usage.
 examples:
   trustfleet-agent check api.acme.example
   trustfleet-agent check 127.0.0.1:8443 --servername api.acme.example --json
+"""
+
+RUN_EPILOG = """\
+Boots the device from the state directory (a trial left by a crash is
+reverted first), connects to [mqtt] broker, subscribes to the fleet's root,
+bundle (fleet, group, bucket) and timestamp topics, and installs what
+verifies, with the [health] check, [export] files and [post_commit] hook of
+`install`. It publishes its status (retained; last will "offline") and
+reports, reconnects with capped, jittered exponential backoff, and runs
+until SIGTERM or SIGINT. One line per event on stderr.
+Exit 0 stopped by a signal, 1 the device failed while running, 2 usage or
+config error (nothing to connect to, not initialised, mqtts:// without an
+installed bundle).
+
+examples:
+  trustfleet-agent run --config /etc/trustfleet/agent.toml
+  systemctl start trustfleet-agent     # tools/systemd/trustfleet-agent.service
 """
 
 EXPORT_EPILOG = """\
@@ -170,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for the TCP connection and the handshake (default 10)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
+
+    p = command("run", "the long-running agent: receive bundles over MQTT until SIGTERM",
+                RUN_EPILOG)
+    p.add_argument("--config", type=Path, required=True,
+                   help="agent.toml with fleet, device_id and an [mqtt] table")
+    p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
+    p.set_defaults(func=cmd_run)
 
     p = command("export", "write the active store as a PEM bundle and/or pins JSON", EXPORT_EPILOG)
     p.add_argument("--state", type=Path,
@@ -390,6 +425,88 @@ def cmd_export(args: argparse.Namespace) -> int:
             _warn(f"export: {note}")
     if done.pins_path is not None:
         print(f"wrote {done.pins_path}: {len(store.bundle.pinsets)} pin-set(s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+class _RunDevice(LocalDevice):
+    """A LocalDevice that tells the caller about every commit (for exports and the hook)."""
+
+    on_commit: Any = None
+
+    def run(self, actions: Any) -> Any:
+        result = super().run(actions)
+        if result.committed is not None and self.on_commit is not None:
+            self.on_commit(result.committed)
+        return result
+
+
+def _run_settings(cfg: AgentConfig, state: Path) -> MqttConfig:
+    if cfg.mqtt is None:
+        raise UsageError(f"{cfg.path}: no [mqtt] table: `run` needs broker = "
+                         "\"mqtt://host:port\" (or mqtts://)")
+    if not cfg.fleet or not cfg.device_id:
+        raise UsageError(f"{cfg.path}: `run` needs fleet and device_id")
+    if not (state / "root.cose").exists():
+        raise UsageError(f"{state} is not initialised: run `trustfleet-agent init` first")
+    return cfg.mqtt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from trustfleet_device.session import Session
+
+    from . import mqtt
+
+    cfg = load_config(args.config)
+    state = _state(args, cfg)
+    settings = _run_settings(cfg, state)
+    anchors = cfg.user_anchor_ders()
+    holder: list[LocalDevice] = []
+    health = tls.health_check_for(cfg.endpoints, lambda: holder[0], cfg.health_timeout,
+                                  managed=cfg.managed, user_anchors=anchors)
+    device = _RunDevice(state, cfg.core_config(), health)
+    holder.append(device)
+    for r in device.boot_result.reports:
+        _warn(f"boot: {r['event']}: {r['detail']}")
+
+    def committed(version: int) -> None:
+        notes: list[str] = []
+        _after_commit(device, cfg, anchors, state, version, notes)
+        for note in notes:
+            _warn(note)
+
+    device.on_commit = committed
+    context = None
+    if settings.tls:
+        if device.agent.bundle is None:
+            raise UsageError(f"{settings.url()}: the broker's certificate is checked with the "
+                             "installed trust store, and none is installed: give `init` a "
+                             "factory bundle (--bundle), or use mqtt://")
+        context = mqtt.broker_context(device, settings, managed=cfg.managed, user_anchors=anchors)
+    settings.read_password()  # an unreadable password file is a config error: exit 2 now
+    session = Session(device, cfg.fleet, cfg.device_id, settings.group)
+    transport = mqtt.AgentTransport(session, settings, tls_context=context,
+                                    max_packet=cfg.core_config().limits.max_document + 4096)
+    stop = mqtt.StopFlag()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set(signal.Signals(signum).name)  # no I/O here: the loop logs it
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    status = device.status()
+    _warn(f"started: device {cfg.device_id} of {cfg.fleet}, state {status['state']}, "
+          f"bundle v{status['version']}, broker {settings.url()}")
+    try:
+        transport.run(stop)
+    except DeviceError as exc:
+        _warn(f"error: the device failed: {exc}")
+        return 1
+    _warn(f"stopped ({stop.reason})")
     return 0
 
 

@@ -25,20 +25,40 @@ apply only when `managed = true` AND the signed bundle's policy allows them.
                                             # its failure never reverts
     command = ["systemctl", "try-reload-or-restart", "acme-app"]
     timeout = 30
+
+    [mqtt]                                  # `trustfleet-agent run`: delivery over MQTT
+    broker = "mqtts://mqtt.acme.example:8883"   # or mqtt://host[:port] (1883 / 8883 by default)
+    username = "pi-0042"
+    password_file = "/etc/trustfleet/mqtt-password"   # or password = "..." (not both)
+    client_cert = "/etc/trustfleet/client.pem"  # TLS client certificate (mqtts only) ...
+    client_key = "/etc/trustfleet/client-key.pem"   # ... and its key (default: in client_cert)
+    keepalive = 60                          # seconds, 5 to 3600
+    protocol = "3.1.1"                      # or "5"
+    group = "canary"                        # rollout group: also subscribes to its bundle topic
+    client_id = "tf-acme-sensors-pi-0042"   # default: tf-<fleet>-<device_id>
+
+With mqtts:// the broker's certificate is checked by the INSTALLED trust
+store (anchors, pins, distrust at trusted time; see tls.py), never by the
+system's CA store: the device needs a bundle (a factory bundle at `init`)
+before it can reach an mqtts:// broker, and the broker's name must be a DNS
+name. Credentials in the URL are refused (they would end up in logs).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from trustfleet_device import topics
 from trustfleet_device.agent import Config
 
 from .tls import parse_endpoint
@@ -50,16 +70,65 @@ DEFAULT_HOOK_TIMEOUT = 30.0
 _MIN_TRIAL_DEADLINE = 120
 
 _TOP = ("state_dir", "device_id", "fleet", "managed", "firmware_time", "user_anchors",
-        "health", "export", "post_commit")
+        "health", "export", "post_commit", "mqtt")
 _TABLES = {
     "health": ("endpoints", "timeout"),
     "export": ("pem", "pins"),
     "post_commit": ("command", "timeout"),
+    "mqtt": ("broker", "username", "password", "password_file", "client_cert", "client_key",
+             "keepalive", "protocol", "group", "client_id"),
 }
+DEFAULT_KEEPALIVE = 60
+MAX_PASSWORD_BYTES = 4096
+PROTOCOLS = ("3.1.1", "5")
 
 
 class ConfigError(ValueError):
     """The agent config file is unreadable or names an unknown or ill-typed key."""
+
+
+@dataclass
+class MqttConfig:
+    """The [mqtt] table: where and how `trustfleet-agent run` reaches the broker."""
+
+    broker: str
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    keepalive: int = DEFAULT_KEEPALIVE
+    protocol: str = "3.1.1"
+    group: str | None = None
+    client_id: str | None = None
+
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def read_password(self) -> str | None:
+        """The password, read from password_file at each call (so a rotated file is picked up).
+
+        Raises:
+            ConfigError: the file cannot be read or is too large.
+        """
+        if self.password_file is None:
+            return self.password
+        try:
+            with open(self.password_file, "rb") as f:
+                raw = f.read(MAX_PASSWORD_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: "
+                              f"{exc.strerror or exc}") from None
+        if len(raw) > MAX_PASSWORD_BYTES:
+            raise ConfigError(f"mqtt.password_file: {self.password_file} is over "
+                              f"{MAX_PASSWORD_BYTES} bytes")
+        try:
+            return raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"mqtt.password_file: {self.password_file} is not UTF-8") from None
 
 
 @dataclass
@@ -79,6 +148,7 @@ class AgentConfig:
     export_pins: Path | None = None
     post_commit: list[str] = field(default_factory=list)
     post_commit_timeout: float = DEFAULT_HOOK_TIMEOUT
+    mqtt: MqttConfig | None = None
 
     def core_config(self) -> Config:
         """The device core's agent.Config.
@@ -160,7 +230,84 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> AgentConfig:
     hook = _Reader(data.get("post_commit", {}), where, "post_commit.", base)
     cfg.post_commit = hook.strings("command")
     cfg.post_commit_timeout = hook.seconds("timeout", DEFAULT_HOOK_TIMEOUT)
+    if "mqtt" in data:
+        cfg.mqtt = _mqtt(_Reader(data["mqtt"], where, "mqtt.", base))
     return cfg
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of mqtt://host[:port] or mqtts://host[:port].
+
+    Raises:
+        ValueError: another scheme, no host, a bad port, credentials, a path or a query.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"broker {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"broker {url!r}: put credentials in username / password_file, "
+                         "not in the URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"broker {url!r}: a broker URL has no path or query")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"broker {url!r}: the port must be 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError(f"broker {url!r}: no host")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, port or (8883 if tls else 1883), tls
+
+
+def _mqtt(r: _Reader) -> MqttConfig:
+    url = r.text("broker")
+    if url is None:
+        raise ConfigError(f"{r.where}: mqtt.broker is required in [mqtt] "
+                          "(mqtt://host:port or mqtts://host:port)")
+    try:
+        host, port, tls = parse_broker_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{r.where}: mqtt.{exc}") from None
+    if tls and _is_ip(host):
+        raise ConfigError(f"{r.where}: mqtt.broker: {host} is an IP address; mqtts needs the "
+                          "broker's DNS name (its certificate and pins are checked against it)")
+    m = MqttConfig(broker=url, host=host, port=port, tls=tls, username=r.text("username"),
+                   password=r.text("password"), password_file=r.path("password_file"),
+                   client_cert=r.path("client_cert"), client_key=r.path("client_key"),
+                   keepalive=r.integer("keepalive", DEFAULT_KEEPALIVE, 5, 3600),
+                   protocol=_protocol(r), group=r.text("group"),
+                   client_id=r.text("client_id"))
+    if m.password is not None and m.password_file is not None:
+        raise ConfigError(f"{r.where}: mqtt.password and mqtt.password_file: give one, not both")
+    if (m.password is not None or m.password_file is not None) and m.username is None:
+        raise ConfigError(f"{r.where}: mqtt.username is required with a password")
+    if m.client_key is not None and m.client_cert is None:
+        raise ConfigError(f"{r.where}: mqtt.client_key needs mqtt.client_cert")
+    if m.client_cert is not None and not tls:
+        raise ConfigError(f"{r.where}: mqtt.client_cert needs an mqtts:// broker")
+    if m.group is not None:
+        try:
+            topics.check_name(m.group, "mqtt.group")
+        except ValueError as exc:
+            raise ConfigError(f"{r.where}: {exc}") from None
+    return m
+
+
+def _protocol(r: _Reader) -> str:
+    v = r.table.get("protocol", "3.1.1")
+    if v == 5 and not isinstance(v, bool):
+        return "5"  # `protocol = 5` reads naturally in TOML
+    if not isinstance(v, str) or v not in PROTOCOLS:
+        raise ConfigError(f"{r.where}: mqtt.protocol must be \"3.1.1\" or \"5\", not {v!r}")
+    return v
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _refuse_unknown(table: dict[str, Any], known: tuple[str, ...], where: str, prefix: str) -> None:
@@ -206,6 +353,12 @@ class _Reader:
 
     def paths(self, key: str) -> list[Path]:
         return [self.base / s for s in self.strings(key)]
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        v = self.table.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise self._fail(key, f"a whole number from {low} to {high}")
+        return v
 
     def seconds(self, key: str, default: float) -> float:
         v = self.table.get(key, default)

@@ -75,12 +75,14 @@ class Device:
             raise ValueError("unknown document kind %r" % (kind,))
         return self.run(actions)
 
-    def receive_bundle(self, chunks):
+    def receive_bundle(self, chunks, seen=None):
         """Stream a bundle into the inactive slot, hashing as it is written, then verify it from there.
 
         `chunks` is any iterable of byte strings (an MQTT payload read piece by
         piece, a file). At most one chunk and the decoder's window are in RAM.
-        Returns a Result.
+        `seen`: digests of documents already handled; a repeat is not verified
+        again (the same retained bundle arrives on several topics). The digest
+        of this document is added to it. Returns a Result.
         """
         agent = self.agent
         if agent.busy():
@@ -91,16 +93,26 @@ class Device:
         h = hashlib.sha256()
         size = 0
         writer = self.store.storage.open_write(name)
-        for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                writer.abort()
-                return self.run(agent._refuse("bundle", "document is over %d bytes, the limit" % limit))
-            h.update(chunk)
-            writer.write(chunk)
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    writer.abort()
+                    return self.run(agent._refuse("bundle", "document is over %d bytes, the limit" % limit))
+                h.update(chunk)
+                writer.write(chunk)
+        except BaseException:
+            # The stream broke (connection lost, power): leave no half file behind.
+            writer.abort()
+            raise
         writer.close()
+        digest = h.digest()
+        if seen is not None:
+            if digest in seen:
+                return Result()
+            seen.append(digest)
         source = self.store.storage.source(name)
-        return self.run(agent.offer_stored_bundle(slot, source, self.now(), h.digest()))
+        return self.run(agent.offer_stored_bundle(slot, source, self.now(), digest))
 
     def tick(self):
         return self.run(self.agent.tick(self.now()))

@@ -85,7 +85,11 @@ class Session:
             for _ in chunks:
                 pass
             return []
-        return self._after(self.device.receive_bundle(chunks))
+        # A repeat cannot be recognised before it is read; it is written but not verified again.
+        out = self._after(self.device.receive_bundle(chunks, self.seen))
+        while len(self.seen) > _SEEN_MAX:
+            self.seen.pop(0)
+        return out
 
     def tick(self):
         """Time passes: health-check deadlines, clock bookkeeping, queued reports."""
