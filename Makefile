@@ -39,6 +39,8 @@ bench: setup
 	$(PY) benchmarks/bench_p256.py
 	$(PY) benchmarks/bench_bundle.py
 	$(PY) benchmarks/bench_install.py
+	$(PY) benchmarks/bench_broker.py
+	$(PY) benchmarks/bench_ingest.py
 
 fuzz: setup
 	$(PY) tools/fuzz_decoders.py --seconds 60
