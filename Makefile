@@ -1,6 +1,6 @@
 # trustfleet — every target sets itself up from the project's own files.
 #   make test   every test (CPython, MicroPython VM, real openssl)
-#   make demo   the main job: the offline flow, keys -> bundle -> verify -> install
+#   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt)
 #   make bench  the benchmarks, printing tables
 
 PYTHON ?= python3
@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/bench_install.py
 	$(PY) benchmarks/bench_broker.py
 	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_fleet.py
 
 fuzz: setup
 	$(PY) tools/fuzz_decoders.py --seconds 60

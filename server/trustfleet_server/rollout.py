@@ -115,11 +115,20 @@ def parse_waves(text: str) -> list[Wave]:
 
 
 def parse_groups(text: str) -> list[Wave]:
-    """Waves from "canary,beta+gamma,all": one wave per item, '+' joins groups, `all` is 100 %."""
+    """Waves from "canary,beta+gamma,50%,all": one wave per item, '+' joins groups, N% is a bucket wave.
+
+    Group names cannot hold '%', so "canary,50%,100%" mixes a group wave with
+    bucket waves unambiguously; `all` is 100 %.
+    """
     waves = []
     for part in _split(text, "--groups"):
         if part == "all":
             waves.append(Wave("all", buckets=100))
+            continue
+        if part.endswith("%"):
+            if not part[:-1].isdigit():
+                raise RolloutError(f"--groups: {part!r} is not a percent like 50%")
+            waves.append(Wave(f"{int(part[:-1])}%", buckets=int(part[:-1])))
             continue
         try:
             names = tuple(topics.check_name(g, "group") for g in part.split("+"))

@@ -1,0 +1,349 @@
+"""`trustfleet simulate`: real device agents on real brokers converge, and each fault ends as it must.
+
+Every device is the real core (runner.Device over MemStorage, real COSE
+signatures, real health check of the trial store against the sample server
+chain) on its own MQTT connection. Brokers: the `mosquitto` fixture (the
+system Mosquitto on 1883 when it answers, else a private one), the
+`embedded_broker` fixture, and, for restarts, brokers the simulator starts
+itself. Fleets are unique per test; on a shared broker the devices clear
+their retained statuses and the test clears the bundle it published.
+Every run is bounded by its own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from functools import cached_property
+
+import brokers
+import pytest
+from cryptography import x509
+from fleetkit import Repo, compact_anchor, pin, pinset
+
+from trustfleet_device import topics
+from trustfleet_server import cli, mqtturl, simulate
+from trustfleet_server.errors import CommandError
+from trustfleet_server.simulate import Faults, SimConfig, Simulation
+
+RUN_TIMEOUT = 40.0
+NO_FAULTS = Faults()
+DAY = 86_400
+
+
+def _cert(name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(simulate.sample_file(name))
+
+
+class Fleet:
+    """A fleet's root and bundles built on the sample PKI (fleetkit signs them for real)."""
+
+    def __init__(self) -> None:
+        self.name = brokers.unique_fleet("sim")
+        self.now = int(time.time())
+        self.repo = Repo(fleet=self.name, now=self.now)
+        self._bundles: dict[tuple[int, bool], bytes] = {}
+
+    @cached_property
+    def root_ca(self) -> x509.Certificate:
+        return _cert("demo-fleet-root-ca.pem")
+
+    @cached_property
+    def backup_ca(self) -> x509.Certificate:
+        return _cert("demo-fleet-backup-ca.pem")
+
+    def bundle(self, version: int, bad: bool = False) -> bytes:
+        """Anchor: the sample root CA. Pins: root + backup CA, or (bad) the backup CA only."""
+        key = (version, bad)
+        if key not in self._bundles:
+            pins = [pin(self.backup_ca)] if bad else [pin(self.root_ca), pin(self.backup_ca)]
+            extra = {"allow_single_pin": True} if bad else {}
+            ps = pinset(simulate.SAMPLE_HOST, pins, expires=self.now + 180 * DAY, **extra)
+            self._bundles[key] = self.repo.bundle(version, anchors=[compact_anchor(self.root_ca)],
+                                                  pinsets=[ps])
+        return self._bundles[key]
+
+
+def url_of(broker) -> mqtturl.BrokerURL:
+    return mqtturl.BrokerURL(broker.host, broker.port)
+
+
+def run(fleet: Fleet, url: mqtturl.BrokerURL, *, devices: int = 40, faults: Faults = NO_FAULTS,
+        groups: tuple = (), processes: int = 1, handle: simulate.BrokerHandle | None = None,
+        publish: bytes | None = None, until: int | None = None, timeout: float = RUN_TIMEOUT,
+        clear: bool = True) -> simulate.Report:
+    """Devices start with v1 installed; v2 (or `publish`) goes to the fleet topic once they are up."""
+    cfg = SimConfig(devices=devices, broker=url, fleet=fleet.name, root_raw=fleet.repo.root_raw,
+                    groups=groups, faults=faults, initial=fleet.bundle(1), seed=7, until_version=until)
+    sim = Simulation(cfg, handle, processes)
+    doc = fleet.bundle(2) if publish is None else publish
+    return asyncio.run(sim.run(timeout, (topics.bundle(fleet.name), doc), clear=clear))
+
+
+def assert_converged(report: simulate.Report, version: int = 2) -> None:
+    assert report.converged, (report.states, report.versions, report.faults)
+    assert report.target == version
+    assert report.online == len(report.devices)
+    assert all(d.bricked is None for d in report.devices)
+
+
+@pytest.fixture
+def fleet():
+    return Fleet()
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def broker(request, fleet):
+    """The real Mosquitto, then the embedded broker; the fleet's bundle topic is cleared afterwards."""
+    b = request.getfixturevalue("mosquitto" if request.param == "mosquitto" else "embedded_broker")
+    yield b
+    brokers.clear_retained(b, [topics.bundle(fleet.name)])
+
+
+@pytest.fixture
+def embedded(embedded_broker, fleet):
+    yield embedded_broker
+    brokers.clear_retained(embedded_broker, [topics.bundle(fleet.name)])
+
+
+def _require_mosquitto() -> None:
+    if simulate.mosquitto_binary():
+        return
+    reason = "mosquitto not installed (apt-get install mosquitto)"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+@pytest.mark.timeout(90)
+def test_fleet_converges_to_the_published_bundle(broker, fleet):
+    report = run(fleet, url_of(broker), devices=60)
+    assert_converged(report)
+    assert report.committed == 60
+    assert report.states == {"ok": 60}
+    assert report.versions == {"v2": 60}
+    assert report.convergence_s is not None and 0 <= report.convergence_s < RUN_TIMEOUT
+    assert all(2 in d.commits for d in report.devices)
+
+
+@pytest.mark.timeout(90)
+def test_workers_in_two_processes_add_up(embedded, fleet):
+    report = run(fleet, url_of(embedded), devices=40, processes=2,
+                 faults=Faults(power_cut=0.1, health_fail=0.1))
+    assert_converged(report)
+    assert report.processes == 2
+    assert len(report.devices) == 40 and len({d.id for d in report.devices}) == 40
+    assert len(report.peak_rss_kb["workers"]) == 2
+    assert report.faults["power_cut"]["cuts"] == 4
+    assert report.states.get("reverted") == 4
+
+
+@pytest.mark.timeout(60)
+def test_devices_that_never_see_the_target_do_not_converge(embedded, fleet):
+    report = run(fleet, url_of(embedded), devices=10, until=5, timeout=1.5)
+    assert not report.converged
+    assert report.versions == {"v2": 10}
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.timeout(90)
+def test_offline_devices_come_back_and_converge(broker, fleet):
+    report = run(fleet, url_of(broker), devices=40, faults=Faults(offline=0.25, offline_for=1.0))
+    assert_converged(report)
+    assert report.versions == {"v2": 40}
+    late = report.by_fault("offline")
+    assert len(late) == 10
+    # They were powered off during the publish: each committed only after coming back.
+    assert all(d.commits[2] >= report.t0 + 1.0 for d in late)
+    assert report.convergence_s >= 1.0
+
+
+@pytest.mark.timeout(90)
+def test_boards_stuck_in_2000_and_skewed_clocks_install(broker, fleet):
+    report = run(fleet, url_of(broker), devices=40, faults=Faults(stuck_2000=0.25, clock_skew=3600))
+    assert_converged(report)
+    stuck = report.by_fault("stuck-2000")
+    assert len(stuck) == 10
+    assert all(d.version == 2 and d.state == "ok" for d in stuck)
+    assert report.states == {"ok": 40}
+
+
+@pytest.mark.timeout(90)
+def test_power_cut_during_install_leaves_a_verified_store_and_converges(broker, fleet):
+    report = run(fleet, url_of(broker), devices=40, faults=Faults(power_cut=0.25))
+    assert_converged(report)
+    cut = report.by_fault("power-cut")
+    assert len(cut) == 10
+    assert all(d.cuts == 1 for d in cut)
+    for d in cut:
+        (before, after), = d.after_cut
+        # Booted on what survived: a store that verified, the old one or the new one.
+        assert before == 1 and after in (1, 2), d
+        assert d.version == 2  # the retained bundle came again after the reconnect
+    assert report.faults["power_cut"]["cuts"] == 10
+    assert report.faults["power_cut"]["bricked"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_health_fail_subset_reverts_and_reports_the_version_bad(embedded, fleet):
+    report = run(fleet, url_of(embedded), devices=40, faults=Faults(health_fail=0.1), clear=False)
+    assert_converged(report)
+    failing = report.by_fault("health-fail")
+    assert len(failing) == 4
+    assert all(d.version == 1 and d.bad == [2] for d in failing)
+    assert report.states == {"ok": 36, "reverted": 4}
+    assert sorted(r["device"] for r in report.reverted) == sorted(d.id for d in failing)
+    # What the server would ingest: the retained status of each says v2 is bad.
+    c = brokers.connect(embedded)
+    try:
+        for d in failing:
+            c.subscribe(topics.status(fleet.name, d.id))
+        got = c.wait_messages(4, timeout=5)
+    finally:
+        c.close()
+    statuses = [json.loads(m.payload) for m in got if m.payload]
+    assert len(statuses) == 4
+    assert all(s["bad"] == [2] and s["version"] == 1 and s["state"] == "ok" for s in statuses)
+
+
+@pytest.mark.timeout(90)
+def test_health_fail_group_reverts_the_whole_group(embedded, fleet):
+    report = run(fleet, url_of(embedded), devices=40, groups=(("canary", 0.1), ("beta", 0.2)),
+                 faults=Faults(health_fail_group="canary"))
+    assert_converged(report)
+    canary = [d for d in report.devices if d.group == "canary"]
+    assert len(canary) == 4
+    assert all(d.version == 1 and 2 in d.bad for d in canary)
+    assert all(d.version == 2 for d in report.devices if d.group != "canary")
+
+
+@pytest.mark.timeout(90)
+def test_a_bad_bundle_fails_the_real_health_check_everywhere(embedded, fleet):
+    """No fault injected: the trial store itself refuses the sample chain (wrong pin)."""
+    report = run(fleet, url_of(embedded), devices=20, publish=fleet.bundle(2, bad=True))
+    assert_converged(report)
+    assert report.states == {"reverted": 20}
+    assert all(d.version == 1 and d.bad == [2] for d in report.devices)
+
+
+@pytest.mark.timeout(90)
+def test_duplicates_and_reordering_change_nothing(broker, fleet):
+    report = run(fleet, url_of(broker), devices=40, faults=Faults(duplicate=0.25, reorder=0.25))
+    assert_converged(report)
+    assert report.states == {"ok": 40}
+    assert report.versions == {"v2": 40}
+    assert all(d.bad == [] for d in report.devices)
+    assert all(list(d.commits) == [2] for d in report.devices)  # installed once, never twice
+    assert report.faults["duplicate"]["redelivered"] > 0
+    assert report.faults["reorder"]["older_first"] > 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_broker_restart_mid_rollout_still_converges(kind, fleet):
+    if kind == "mosquitto":
+        _require_mosquitto()
+    handle = simulate.open_broker(kind)
+    try:
+        port = handle.url.port
+        # A quarter of the fleet boots after the restart: the rollout is still under way.
+        report = run(fleet, handle.url, devices=40, handle=handle,
+                     faults=Faults(broker_restart_at=0.2, offline=0.25, offline_for=1.5))
+    finally:
+        handle.stop()
+    assert_converged(report)
+    assert report.faults["broker_restart"]["restarts"] == 1
+    assert report.versions == {"v2": 40}
+    assert all(d.commits[2] > report.t0 + 0.2 for d in report.by_fault("offline"))
+    assert not simulate.port_open("127.0.0.1", port)
+
+
+def test_broker_restart_is_refused_on_an_external_broker(mosquitto, fleet):
+    cfg = SimConfig(devices=5, broker=url_of(mosquitto), fleet=fleet.name, root_raw=fleet.repo.root_raw,
+                    faults=Faults(broker_restart_at=1.0))
+    with pytest.raises(CommandError, match="broker the simulator controls"):
+        Simulation(cfg, simulate.BrokerHandle(url_of(mosquitto)))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cli_refuses_a_restart_of_a_broker_it_did_not_start(mosquitto, fleet, tmp_path, capsys):
+    root = tmp_path / "root.cose"
+    root.write_bytes(fleet.repo.root_raw)
+    code = cli.main(["simulate", "--devices", "5", "--broker", str(url_of(mosquitto)),
+                     "--fleet", fleet.name, "--root", str(root), "--broker-restart-at", "5s"])
+    assert code == 2
+    assert "can only restart a broker it started" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(90)
+def test_cli_prints_one_json_report(fleet, tmp_path, capsys):
+    paths = {}
+    for name, raw in (("root", fleet.repo.root_raw), ("v1", fleet.bundle(1)), ("v2", fleet.bundle(2))):
+        paths[name] = tmp_path / f"{name}.cose"
+        paths[name].write_bytes(raw)
+    code = cli.main(["simulate", "--devices", "30", "--broker", "embedded", "--fleet", fleet.name,
+                     "--root", str(paths["root"]), "--initial", str(paths["v1"]),
+                     "--publish", str(paths["v2"]), "--group-split", "canary:10%",
+                     "--power-cut", "0.1", "--health-fail-group", "canary", "--duplicate", "10%",
+                     "--reorder", "0.1", "--clock-skew", "600", "--stuck-2000", "0.1",
+                     "--broker-restart-at", "0s", "--timeout", "40s", "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["converged"] is True
+    assert report["target_version"] == 2
+    assert report["states"] == {"ok": 27, "reverted": 3}
+    assert report["versions"] == {"v1": 3, "v2": 27}
+    assert report["faults"]["power_cut"]["cuts"] == 3
+    assert report["faults"]["broker_restart"]["restarts"] == 1
+    assert report["peak_rss_kb"]["total"] > 0
+
+
+def test_cli_refuses_a_bundle_of_another_root(fleet, tmp_path, capsys):
+    other = Fleet()
+    (tmp_path / "root.cose").write_bytes(fleet.repo.root_raw)
+    (tmp_path / "v2.cose").write_bytes(other.bundle(2))
+    code = cli.main(["simulate", "--devices", "3", "--broker", "embedded", "--fleet", fleet.name,
+                     "--root", str(tmp_path / "root.cose"), "--publish", str(tmp_path / "v2.cose")])
+    assert code == 1
+    assert "v2.cose" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, share", [("5%", 0.05), ("0.25", 0.25), ("100%", 1.0)])
+def test_shares_read_as_percent_or_fraction(text, share):
+    assert simulate.parse_share(text, "--x") == pytest.approx(share)
+
+
+@pytest.mark.parametrize("text", ["150%", "-0.1", "lots"])
+def test_bad_shares_are_refused(text):
+    with pytest.raises(CommandError):
+        simulate.parse_share(text, "--x")
+
+
+def test_group_split_assigns_groups_in_id_order():
+    groups = simulate.parse_group_split("canary:5%,beta:20%")
+    cfg = SimConfig(devices=100, broker=mqtturl.BrokerURL("h", 1), fleet="f", root_raw=b"", groups=groups)
+    plan = simulate.Plan.make(cfg)
+    assert plan.groups.count("canary") == 5 and plan.groups.count("beta") == 20
+    assert plan.groups[:5] == ("canary",) * 5 and plan.groups[5] == "beta"
+    with pytest.raises(CommandError):
+        simulate.parse_group_split("a:60%,b:50%")
+
+
+def test_fault_subsets_are_reproducible_and_sized():
+    cfg = SimConfig(devices=200, broker=mqtturl.BrokerURL("h", 1), fleet="f", root_raw=b"",
+                    faults=Faults(power_cut=0.05, duplicate=0.1, clock_skew=60))
+    a, b = simulate.Plan.make(cfg), simulate.Plan.make(cfg)
+    assert a == b
+    assert sum(1 for f in a.flags if f & simulate.POWER_CUT) == 10
+    assert sum(1 for f in a.flags if f & simulate.DUPLICATE) == 20
+    assert all(-60 <= s <= 60 for s in a.skews) and len(set(a.skews)) > 1
