@@ -20,15 +20,19 @@ from . import (
     cmd_broker,
     cmd_brokerconfig,
     cmd_bundle,
+    cmd_device,
+    cmd_export,
     cmd_fleet,
     cmd_keys,
+    cmd_lint,
     cmd_root,
     cmd_simulate,
     demo,
 )
 from .errors import CommandError
 
-GROUPS = (cmd_keys, cmd_root, cmd_bundle, cmd_fleet, cmd_simulate, cmd_broker, cmd_brokerconfig, demo)
+GROUPS = (cmd_keys, cmd_root, cmd_bundle, cmd_lint, cmd_export, cmd_fleet, cmd_simulate, cmd_broker,
+          cmd_brokerconfig, cmd_device, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
