@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,26 +43,15 @@ for _sub in ("device", "server"):
     sys.path.insert(0, str(REPO / _sub))
 
 from trustfleet_server.mqtt import AioClient  # noqa: E402
+from trustfleet_server.mqtt.mosquitto import (  # noqa: E402
+    PrivateMosquitto,
+    free_port,
+    start_process,
+    stop_process,
+)
 
 PAYLOAD = os.urandom(8192)
 FLEET = "tf/bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"broker exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout} s")
 
 
 def rss_kib(pid: int) -> int:
@@ -79,40 +67,21 @@ def embedded_broker():
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO / "device"), str(REPO / "server"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trustfleet_server.cli", "broker", "run", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_listening(port, proc)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = start_process(
+            [sys.executable, "-m", "trustfleet_server.cli", "broker", "run", "--port", str(port)],
+            log=Path(tmp) / "embedded.log", listens=[("127.0.0.1", port)], name="embedded broker", env=env)
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield port, proc.pid
+        finally:
+            stop_process(proc, timeout=10)
 
 
 @contextlib.contextmanager
 def mosquitto_broker(binary: str):
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                        "persistence false\nlog_dest none\nmax_keepalive 65535\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
-        try:
-            wait_listening(port, proc)
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """A private Mosquitto: no persistence, anonymous, loopback only, no logging."""
+    with PrivateMosquitto(binary=binary, extra=["log_dest none", "max_keepalive 65535"]) as broker:
+        yield broker.port, broker.proc.pid
 
 
 def mosquitto_version(binary: str) -> str:

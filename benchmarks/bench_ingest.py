@@ -39,9 +39,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -58,6 +55,7 @@ for _sub in ("device", "server"):
 
 from trustfleet_device import topics  # noqa: E402
 from trustfleet_server import fleetdb, mqtturl, server  # noqa: E402
+from trustfleet_server.mqtt.mosquitto import PrivateMosquitto, mosquitto_binary  # noqa: E402
 
 TARGET = 5_000
 FLEET = "bench"
@@ -268,35 +266,9 @@ c.loop_stop()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PrivateMosquitto:
-    """`mosquitto -c <generated conf>` on a free port, stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "max_queued_messages 0\nlog_dest none\n"
-                        + ("user root\n" if os.geteuid() == 0 else ""))
-        self.proc = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("private mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(5)
+def private_mosquitto(workdir: Path) -> PrivateMosquitto:
+    """A private Mosquitto on a free port with no queue limit (nothing dropped) and no logging."""
+    return PrivateMosquitto(workdir=workdir, extra=["max_queued_messages 0", "log_dest none"]).start()
 
 
 def publish_burst(port: int, fleet: str, n: int) -> list[subprocess.Popen]:
@@ -360,10 +332,10 @@ def e2e_paho(port: int, n: int) -> float:
 
 
 def measure_e2e(n: int, rounds: int) -> dict:
-    if not shutil.which("mosquitto"):
+    if not mosquitto_binary():
         return {"not_measured": "mosquitto is not installed"}
     with tempfile.TemporaryDirectory() as tmp:
-        broker = PrivateMosquitto(Path(tmp))
+        broker = private_mosquitto(Path(tmp))
         try:
             runs: dict[str, list[float]] = {"serve": [], "paho": []}
             for _ in range(rounds):

@@ -24,14 +24,10 @@ and clear what they retained (`clear_retained`): the system broker persists.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,18 +37,27 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from trustfleet_server.mqtt import mosquitto as _mosquitto
+from trustfleet_server.mqtt.mosquitto import (
+    PrivateMosquitto,
+    config_text,
+    read_log,
+    start_process,
+    stop_process,
+)
+
+# The launcher is trustfleet_server.mqtt.mosquitto (shared with the demo, the simulator and the
+# benchmarks); these names stay here because brokers.* is the tests' API.
+START_TIMEOUT, STOP_TIMEOUT = _mosquitto.START_TIMEOUT, _mosquitto.STOP_TIMEOUT
+BrokerStartError = _mosquitto.MosquittoError  # a broker did not come up; the message carries its stderr
+port_open, wait_for_port = _mosquitto.port_open, _mosquitto.wait_for_port
+
 HOST = "127.0.0.1"
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
 SYSTEM_MOSQUITTO_PORT = 1883
 
 # What each kind of broker offers (asserted, not assumed, in test_brokers_interop).
 MQTT5 = {"mosquitto": True, "nats": False, "embedded": True}
 SHARED_SUBSCRIPTIONS = {"mosquitto": True, "nats": False, "embedded": True}
-
-
-class BrokerStartError(RuntimeError):
-    """A broker did not come up in time; the message carries its stderr."""
 
 
 @dataclass
@@ -82,55 +87,7 @@ class Broker:
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def wait_for_port(host: str, port: int, *, proc: subprocess.Popen | None = None,
-                  log: Path | None = None, name: str = "broker",
-                  timeout: float = START_TIMEOUT) -> None:
-    """Return once host:port accepts TCP. Raises: BrokerStartError with the broker's stderr."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BrokerStartError(f"{name} exited with {proc.returncode} before listening on "
-                                   f"{host}:{port}:\n{read_log(log)}")
-        if port_open(host, port, timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise BrokerStartError(f"{name} not listening on {host}:{port} after {timeout:.0f} s:\n"
-                           f"{read_log(log)}")
-
-
-def read_log(log: Path | None, limit: int = 4000) -> str:
-    if log is None:
-        return "(no log)"
-    try:
-        text = log.read_text(errors="replace")
-    except OSError as exc:
-        return f"(log unreadable: {exc})"
-    return text[-limit:] if text else "(empty stderr)"
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM (Mosquitto saves its database on it), then SIGKILL; by PID only."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
+    return _mosquitto.free_port(HOST)
 
 
 def mqtt_connect_probe(host: str, port: int, timeout: float = 2.0) -> int | None:
@@ -154,89 +111,33 @@ def mqtt_connect_probe(host: str, port: int, timeout: float = 2.0) -> int | None
 
 # --------------------------------------------------------------------------- Mosquitto
 
-_LISTENER = re.compile(r"^\s*listener\s+(\d+)(?:\s+(\S+))?", re.MULTILINE)
-_USER = re.compile(r"^\s*user\s+\S+", re.MULTILINE)
-
 
 def private_mosquitto_conf(port: int) -> str:
     """A throwaway anonymous broker (shared/MQTT.md)."""
-    return f"listener {port} {HOST}\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+    return config_text(port, HOST)
 
 
-class MosquittoProcess:
-    """A private `mosquitto -c <conf>`; the listener's port stays the same across restarts.
+class MosquittoProcess(PrivateMosquitto):
+    """A private `mosquitto -c <conf>` (trustfleet_server.mqtt.mosquitto.PrivateMosquitto) for tests.
 
     Args:
         config: the configuration text. Its first `listener PORT [HOST]` line
             says where it listens; with none, one on a free port is added.
         workdir: where the config copy and the stderr log go.
+
+    Differs from PrivateMosquitto in two ways: `.stderr` is the log's text,
+    not its path, and broker() gives the fixtures' Broker.
     """
 
-    kind = "mosquitto"
-
     def __init__(self, config: str, workdir: Path, name: str = "mosquitto") -> None:
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        m = _LISTENER.search(config)
-        if m:
-            self.port, self.host = int(m.group(1)), m.group(2) or HOST
-        else:
-            self.port, self.host = free_port(), HOST
-            config += f"\nlistener {self.port} {self.host}\n"
-        if os.geteuid() == 0 and not _USER.search(config):
-            # As root, Mosquitto switches to the `mosquitto` user before it reads
-            # the password file and writes its database, which live in our 0700
-            # tmp dirs: stay root (tests only; a real broker gets --user).
-            config += "\nuser root\n"
-        self.config_text = config
-        self.conf = self.workdir / f"{name}.conf"
-        self.conf.write_text(config)
-        self.log = self.workdir / f"{name}.stderr"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        super().__init__(config, workdir, name=name)
 
     def broker(self) -> Broker:
         return Broker(self.host, self.port, "mosquitto")
 
     @property
-    def stderr(self) -> str:
+    def stderr(self) -> str:  # type: ignore[override]
         return read_log(self.log, limit=100_000)
-
-    def start(self) -> MosquittoProcess:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        self.starts += 1
-        with open(self.log, "ab") as err:
-            err.write(f"--- start {self.starts}\n".encode())
-            err.flush()
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, start_new_session=True)
-        try:
-            wait_for_port(self.host, self.port, proc=self.proc, log=self.log, name=self.name)
-        except BaseException:
-            stop_process(self.proc)
-            raise
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-    def restart(self) -> MosquittoProcess:
-        """Stop (SIGTERM: a persistent broker writes its database) and start on the same port."""
-        self.stop()
-        return self.start()
-
-    def __enter__(self) -> MosquittoProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- NATS
@@ -273,14 +174,8 @@ class NatsProcess:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self) -> NatsProcess:
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, start_new_session=True)
-        try:
-            wait_for_port(self.host, self.port, proc=self.proc, log=self.log, name="nats-server")
-        except BaseException:
-            stop_process(self.proc)
-            raise
+        self.proc = start_process([self.binary, "-c", str(self.conf)], log=self.log,
+                                  listens=[(self.host, self.port)], name="nats-server")
         return self
 
     def stop(self) -> None:

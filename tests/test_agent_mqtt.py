@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,6 +42,12 @@ from trustfleet_agent.config import MqttConfig
 from trustfleet_agent.mqtt import AgentTransport
 from trustfleet_device import topics
 from trustfleet_device.mqtt import Backoff
+from trustfleet_server.mqtt.mosquitto import (
+    PrivateMosquitto,
+    free_port,
+    mosquitto_binary,
+    port_open,
+)
 
 DEVICE = "pi-7"
 GROUP = "canary"
@@ -57,70 +61,28 @@ WAIT = 20.0  # seconds: the bound on every wait for the broker or the agent
 # --------------------------------------------------------------------------- brokers
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mosquitto() -> str:
-    exe = shutil.which("mosquitto")
-    if exe is None:
+def _require_mosquitto() -> None:
+    if mosquitto_binary() is None:
         if CI:
             pytest.fail("mosquitto is not installed (CI never skips broker tests)")
         pytest.skip("mosquitto is not installed")
-    return exe
 
 
-class Mosquitto:
-    """A private Mosquitto on free loopback ports, stopped and restarted by its PID only."""
+class Mosquitto(PrivateMosquitto):
+    """A private Mosquitto on free loopback ports (.port; with `tls`, a second listener on .tls_port
+    configured by those lines), stopped and restarted by its PID only."""
 
     def __init__(self, directory: Path, extra: str = "", tls: str | None = None,
                  anonymous: bool = True):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.tls_port = _free_port() if tls else None
-        self.conf = self.dir / "mosquitto.conf"
-        # `user root`: when started as root, do not switch to the mosquitto user (which could
-        # not read the test's files); ignored otherwise.
+        _require_mosquitto()
+        port = free_port()
+        self.tls_port = free_port() if tls else None
         text = (f"per_listener_settings false\nallow_anonymous {str(anonymous).lower()}\n"
-                f"persistence false\nlog_dest stderr\nuser root\n"
-                f"listener {self.port} 127.0.0.1\n{extra}")
+                f"persistence false\nlog_dest stderr\n"
+                f"listener {port} 127.0.0.1\n{extra}")
         if tls:
             text += f"listener {self.tls_port} 127.0.0.1\n{tls}"
-        self.conf.write_text(text)
-        self.log = self.dir / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Mosquitto:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([_mosquitto(), "-c", str(self.conf)], stderr=log,
-                                         stdout=log)
-        deadline = time.monotonic() + WAIT
-        while not all(_listening(p) for p in (self.port, self.tls_port) if p):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mosquitto did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        super().__init__(text, directory, start_timeout=WAIT)
 
 
 @pytest.fixture
@@ -141,7 +103,7 @@ def private_broker(tmp_path):
 def shared_port(tmp_path_factory):
     """The system Mosquitto (1883) when it listens, else (or with TRUSTFLEET_PRIVATE_BROKER set)
     a private one for this module."""
-    if _listening(1883) and not os.environ.get("TRUSTFLEET_PRIVATE_BROKER"):
+    if port_open("127.0.0.1", 1883, timeout=1) and not os.environ.get("TRUSTFLEET_PRIVATE_BROKER"):
         yield 1883
         return
     b = Mosquitto(tmp_path_factory.mktemp("shared-broker")).start()

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +33,7 @@ from trustfleet_device.agent import Config
 from trustfleet_device.mqtt import Backoff, MQTTClient, Transport
 from trustfleet_device.session import Session
 from trustfleet_device.storage import DirStorage
+from trustfleet_server.mqtt.mosquitto import PrivateMosquitto, mosquitto_binary, port_open
 
 DEVICE = "esp-1"
 NOW = fk.NOW + fk.DAY
@@ -693,46 +691,18 @@ def test_mqtt_client_has_umqtt_simples_interface(vm):
 # --------------------------------------------------------------------------- CPython, real Mosquitto
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def broker_port(tmp_path_factory):
     """The system Mosquitto on 1883, else a private one on a free port (never skipped under CI)."""
-    if _listening(1883) and not os.environ.get("TRUSTFLEET_PRIVATE_BROKER"):
+    if port_open("127.0.0.1", 1883, timeout=1) and not os.environ.get("TRUSTFLEET_PRIVATE_BROKER"):
         yield 1883
         return
-    exe = shutil.which("mosquitto")
-    if exe is None:
+    if mosquitto_binary() is None:
         if os.environ.get("CI", "").lower() in ("true", "1"):
             pytest.fail("mosquitto is not installed and nothing listens on 1883")
         pytest.skip("mosquitto is not installed and nothing listens on 1883")
-    port = _free_port()
-    conf = tmp_path_factory.mktemp("mosquitto") / "mosquitto.conf"
-    # `user root`: started as root, stay root (ignored otherwise), like the other broker tests.
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "log_dest stderr\nuser root\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not _listening(port):
-            assert proc.poll() is None and time.monotonic() < deadline, "mosquitto did not start"
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with PrivateMosquitto(workdir=tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker.port
 
 
 class Watcher:

@@ -39,6 +39,7 @@ from trustfleet_device import topics
 
 from . import cmd_fleet, demo_offline, fleetdb, keys, rollout, simulate
 from .demo_offline import Step
+from .mqtt import mosquitto
 
 FLEET = "demo-fleet"
 DEVICES = 50
@@ -142,7 +143,7 @@ class FleetDemo:
             self.fleet_table()
         finally:
             self.shutdown()
-        closed = port is None or not self.broker.controlled or not simulate.port_open("127.0.0.1", port)
+        closed = port is None or not self.broker.controlled or not mosquitto.port_open("127.0.0.1", port)
         threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
         if self.broker is not None and not self.broker.controlled:
             ended = f"the fleet's retained topics on {self.broker.url} cleared"
@@ -160,7 +161,7 @@ class FleetDemo:
         self.s.title("The broker")
         spec = self.broker_spec
         if spec == "auto":
-            spec = "mosquitto" if simulate.mosquitto_binary() else "embedded"
+            spec = "mosquitto" if mosquitto.mosquitto_binary() else "embedded"
         if spec == "mosquitto":
             self.broker = simulate.MosquittoHandle(self.out / "broker", persistence=False)
             print(f"$ mosquitto -c {self.broker.conf} &    # a private broker on a free port, "

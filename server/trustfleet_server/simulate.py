@@ -59,12 +59,8 @@ import multiprocessing
 import os
 import random
 import resource
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -81,6 +77,9 @@ from trustfleet_device.storage import MemStorage, PowerCut
 from . import mqtturl, x509util
 from .errors import CommandError
 from .mqtt.aioclient import AioClient, ClientError
+from .mqtt.mosquitto import MosquittoError, MosquittoNotInstalled, PrivateMosquitto
+from .mqtt.mosquitto import mosquitto_binary as mosquitto_binary  # simulate.* API (demo, tests)
+from .mqtt.mosquitto import port_open as port_open
 
 SAMPLE_HOST = "api.demo-fleet.example"
 SAMPLE_CHAIN = "server-chain.pem"
@@ -286,28 +285,6 @@ def flag_names(bits: int) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- brokers
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def mosquitto_binary() -> str | None:
-    """mosquitto on PATH, or Debian's /usr/sbin/mosquitto (often not on a user's PATH)."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    return "/usr/sbin/mosquitto" if os.access("/usr/sbin/mosquitto", os.X_OK) else None
-
-
 class BrokerHandle:
     """A broker the simulation uses; `controlled` ones can be restarted and are stopped at the end."""
 
@@ -357,7 +334,7 @@ class EmbeddedHandle(BrokerHandle):
 
 
 class MosquittoHandle(BrokerHandle):
-    """A private `mosquitto -c <generated config>` on a free loopback port, stopped by its PID.
+    """A private Mosquitto (mqtt.mosquitto.PrivateMosquitto) on a free loopback port, stopped by its PID.
 
     Args:
         workdir: where mosquitto.conf, the log and the persistence file go
@@ -367,34 +344,16 @@ class MosquittoHandle(BrokerHandle):
 
     kind = "mosquitto"
     controlled = True
-    START_TIMEOUT = 10.0
 
     def __init__(self, workdir: Path | None = None, persistence: bool = True) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            raise CommandError("mosquitto is not installed (apt-get install mosquitto); "
-                               "use --broker embedded")
-        self.binary = binary
-        self._own_dir = workdir is None
-        self.dir = Path(tempfile.mkdtemp(prefix="trustfleet-mosquitto-")) if workdir is None else Path(workdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        self.conf = self.dir / "mosquitto.conf"
-        self.log = self.dir / "mosquitto.log"
-        lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "log_dest stderr",
-                 "max_keepalive 300"]
-        if persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/"]
-        else:
-            lines.append("persistence false")
-        if os.geteuid() == 0:
-            # As root, Mosquitto would switch to the `mosquitto` user, which cannot
-            # write its database into our private directory.
-            lines.append("user root")
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
+        try:
+            self.mosquitto = PrivateMosquitto(workdir=workdir, persistence=persistence,
+                                              extra=["max_keepalive 300"])
+        except MosquittoNotInstalled as exc:
+            raise CommandError(f"{exc}; use --broker embedded") from None
+        self.conf, self.log, self.dir = self.mosquitto.conf, self.mosquitto.log, self.mosquitto.workdir
         self._peak_kb: int | None = None
-        super().__init__(mqtturl.BrokerURL("127.0.0.1", port))
+        super().__init__(mqtturl.BrokerURL(self.mosquitto.host, self.mosquitto.port))
         try:
             self._start()
         except BaseException:
@@ -405,29 +364,17 @@ class MosquittoHandle(BrokerHandle):
         return f"private Mosquitto on {self.url.host}:{self.url.port} (config {self.conf})"
 
     def _start(self) -> None:
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + self.START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CommandError(f"mosquitto exited with {self.proc.returncode}: {self._tail()}")
-            if port_open(self.url.host, self.url.port, 0.2):
-                return
-            time.sleep(0.05)
-        raise CommandError(f"mosquitto not listening on {self.url.port} after {self.START_TIMEOUT:.0f} s: "
-                           f"{self._tail()}")
-
-    def _tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-800:].strip() or "(no output)"
-        return "(no log)"
+        try:
+            self.mosquitto.start()
+        except MosquittoError as exc:
+            raise CommandError(str(exc)) from None
 
     def _note_peak(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        proc = self.mosquitto.proc
+        if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(OSError, ValueError):
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
                     kb = int(line.split()[1])
                     self._peak_kb = max(self._peak_kb or 0, kb)
@@ -436,27 +383,14 @@ class MosquittoHandle(BrokerHandle):
         self._note_peak()
         return self._peak_kb
 
-    def _terminate(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)  # Mosquitto saves its database on SIGTERM
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
     def restart(self) -> None:
         self._note_peak()
-        self._terminate()
+        self.mosquitto.stop()
         self._start()
 
     def stop(self) -> None:
         self._note_peak()
-        self._terminate()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
+        self.mosquitto.close()
 
 
 def open_broker(spec: str, workdir: Path | None = None) -> BrokerHandle:

@@ -6,6 +6,7 @@ this package exists so the demo and the tests run where none is installed.
     packets     MQTT 3.1.1 / 5 codec (bounded, incremental, typed errors)
     broker      Broker (asyncio) and EmbeddedBroker (background thread)
     aioclient   AioClient, a low-footprint MQTT 3.1.1 client
+    mosquitto   PrivateMosquitto: a throwaway `mosquitto -c <conf>` on a free port
 """
 
 from .aioclient import AckTimeout, AioClient, ClientError, ConnectRefused, NotConnected
