@@ -13,7 +13,7 @@ from trustfleet_device import policy
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_device.limits import DEFAULT
 
-from . import describe, documents, keys, spec
+from . import cmd_lint, describe, documents, keys, spec
 
 EXAMPLE_SPEC = """\
 example spec (bundle.toml):
@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="where to write the unsigned payload")
     p.add_argument("--version", type=int, help="override the spec's version")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    cmd_lint.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
     p.set_defaults(func=cmd_build)
 
     p = bsub.add_parser("sign", help="add ONE signature to a document (run once per key)",
@@ -120,13 +121,24 @@ def _read(path: Path) -> bytes:
 def cmd_build(args: argparse.Namespace) -> int:
     payload_map, report = spec.load_spec(args.spec, version=args.version)
     payload = documents.encode_payload(payload_map)
+    findings = cmd_lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for f in findings:
+        print(cmd_lint.printable(f"{'error' if args.strict else 'warning'}: {f.line()}"),
+              file=sys.stderr)
+    if args.strict and findings:
+        reason = f"{len(findings)} lint finding(s) with --strict; nothing written"
+        print(f"trustfleet: refused: {reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"out": None, "refused": reason, "lint": [f.as_dict() for f in findings]}))
+        return 1
     write_atomic(args.out, payload)
     summary = {"out": str(args.out), "bytes": len(payload), "version": payload_map["version"],
                "fleet": payload_map["fleet"], "anchors": len(payload_map["anchors"]),
                "pinsets": len(payload_map["pinsets"]), "distrust": len(payload_map["distrust"]),
-               "certifi_skipped": report.certifi_skipped, "warnings": report.warnings, "signed": False}
-    for w in report.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+               "certifi_skipped": report.certifi_skipped, "warnings": report.warnings,
+               "lint": [f.as_dict() for f in findings], "signed": False}
     if args.json:
         print(json.dumps(summary))
     else:

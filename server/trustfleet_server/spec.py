@@ -40,7 +40,7 @@ TOP_KEYS = {"fleet", "version", "issued_at", "expires", "policy", "anchors", "pi
 POLICY_KEYS = {"user_anchors", "max_timestamp_age"}
 ANCHOR_KEYS = {"files", "certifi", "match", "form", "labels"}
 PINSET_KEYS = {"domain", "include_subdomains", "pins", "pin_files", "expires", "mode",
-               "report_to", "allow_single_pin"}
+               "report_to", "allow_single_pin", "chains"}
 DISTRUST_KEYS = {"pins", "files"}
 
 
@@ -52,6 +52,9 @@ class BuildReport:
     anchors_compact: int = 0
     certifi_skipped: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Per pin-set index: the chains its `chains = [...]` names, as (file name,
+    # the certificates or key in it). For the lint (TF106, TF107); never in the bundle.
+    pinset_chains: dict[int, list[tuple[str, list[x509util.PinSubject]]]] = field(default_factory=dict)
 
 
 def parse_time(value: Any, where: str, base: int | None = None) -> int:
@@ -153,7 +156,7 @@ def _certifi_matches(cert, patterns: list[str]) -> bool:
     return False
 
 
-def _anchor_entries(spec: list, base: Path, report: BuildReport) -> list:
+def _anchor_entries(spec: list, base: Path, report: BuildReport, lint: bool = False) -> list:
     entries = []
     seen: set[bytes] = set()
     for i, table in enumerate(spec):
@@ -183,7 +186,7 @@ def _anchor_entries(spec: list, base: Path, report: BuildReport) -> list:
             raise SpecError(f"{where}: give files = [...] or certifi = true")
         for cert in certs:
             der = x509util.cert_der(cert)
-            if der in seen:
+            if der in seen and not lint:  # kept for the lint to report (TF109)
                 report.warnings.append(f"{where}: duplicate anchor {x509util.subject_label(cert.subject)} skipped")
                 continue
             seen.add(der)
@@ -200,7 +203,8 @@ def _anchor_entries(spec: list, base: Path, report: BuildReport) -> list:
     return entries
 
 
-def _pinset(table: Any, i: int, base: Path, issued_at: int) -> dict:
+def _pinset(table: Any, i: int, base: Path, issued_at: int, report: BuildReport,
+            lint: bool = False) -> dict:
     where = f"pinsets[{i}]"
     _check_keys(table, PINSET_KEYS, where)
     domain = _require(table, "domain", where)
@@ -215,21 +219,24 @@ def _pinset(table: Any, i: int, base: Path, issued_at: int) -> dict:
     for name in _str_list(table.get("pin_files", []), where + ".pin_files"):
         for subject in x509util.load_pin_subject(_resolve(base, name)):
             pins.append(x509util.spki_sha256(subject.public_key))
-    if len(set(pins)) != len(pins):
+    if len(set(pins)) != len(pins) and not lint:
         raise SpecError(f"{where}.pins: the same pin is listed twice; the backup must be a different key")
     single = table.get("allow_single_pin", False)
     if not isinstance(single, bool):
         raise SpecError(f"{where}.allow_single_pin: expected true or false")
-    if len(pins) < 2 and not single:
+    if len(pins) < 2 and not single and not lint:
         raise SpecError(
             f"{where}.pins: {len(pins)} pin(s) for {domain}; give a primary and a backup pin from a "
             f"different key, or set allow_single_pin = true to override (it is recorded in the bundle)"
         )
-    if not pins:
+    if not pins and not lint:
         raise SpecError(f"{where}.pins: no pins")
-    expires = parse_time(_require(table, "expires", where), where + ".expires", issued_at)
-    if expires <= issued_at:
-        raise SpecError(f"{where}.expires: pin-set already expired at issue time")
+    if lint and "expires" not in table:
+        expires = None  # TF103
+    else:
+        expires = parse_time(_require(table, "expires", where), where + ".expires", issued_at)
+        if expires <= issued_at and not lint:
+            raise SpecError(f"{where}.expires: pin-set already expired at issue time")
     mode = table.get("mode", "enforce")
     if mode not in device_bundle.MODES:
         raise SpecError(f"{where}.mode: {mode!r} is not 'enforce' or 'report'")
@@ -246,6 +253,10 @@ def _pinset(table: Any, i: int, base: Path, issued_at: int) -> dict:
     }
     if single:
         out["allow_single_pin"] = True
+    chains = [(name, x509util.load_pin_subject(_resolve(base, name)))
+              for name in _str_list(table.get("chains", []), where + ".chains")]
+    if chains:
+        report.pinset_chains[i] = chains
     return out
 
 
@@ -258,13 +269,19 @@ def _distrust(table: Any, base: Path) -> list[bytes]:
     return sorted(set(out))
 
 
-def load_spec(path: Path, *, version: int | None = None, now: int | None = None) -> tuple[dict, BuildReport]:
+def load_spec(path: Path, *, version: int | None = None, now: int | None = None,
+              lint: bool = False) -> tuple[dict, BuildReport]:
     """Read a TOML bundle spec and return (bundle payload map, report).
 
     Args:
         path: the spec file.
         version: overrides the spec's version (e.g. from CI).
         now: issued_at when the spec does not fix it (defaults to the clock).
+        lint: for `trustfleet lint` only: the pin-set rules the lint reports by
+            code (rule of two, repeated pin, missing or past expiry: TF101-TF104;
+            a repeated anchor: TF109) are left in the map instead of refused or
+            skipped, and a missing pin-set expiry is None.
+            Such a map is for the lint to read; it is never built.
 
     Raises:
         SpecError: the spec is invalid (message names the key).
@@ -298,8 +315,9 @@ def load_spec(path: Path, *, version: int | None = None, now: int | None = None)
         "version": version,
         "issued_at": issued_at,
         "expires_at": expires_at,
-        "anchors": _anchor_entries(spec.get("anchors", []), base, report),
-        "pinsets": [_pinset(t, i, base, issued_at) for i, t in enumerate(spec.get("pinsets", []))],
+        "anchors": _anchor_entries(spec.get("anchors", []), base, report, lint),
+        "pinsets": [_pinset(t, i, base, issued_at, report, lint)
+                    for i, t in enumerate(spec.get("pinsets", []))],
         "distrust": _distrust(spec.get("distrust", {}), base),
         "policy": {
             "user_anchors": user_anchors,
