@@ -14,6 +14,7 @@ from typing import Any
 from cryptography import x509
 
 from trustfleet_device import bundle as device_bundle
+from trustfleet_device import x509 as x509_device
 
 from .documents import Document
 
@@ -28,7 +29,7 @@ def b64(raw: bytes) -> str:
 
 def _anchor(a: device_bundle.Anchor) -> dict[str, Any]:
     if a.der is None:
-        label = a.label or _name_label(a.name)
+        label = a.label or name_label(a.name)
         return {"form": "compact", "label": label, "not_after": iso(a.not_after),
                 "spki_sha256": b64(hashlib.sha256(a.spki).digest()), "bytes": len(a.name) + len(a.spki)}
     try:
@@ -43,37 +44,9 @@ def _anchor(a: device_bundle.Anchor) -> dict[str, Any]:
     return {"form": "full", "label": label, "not_after": not_after, "spki_sha256": pin, "bytes": len(a.der)}
 
 
-_CN = b"\x06\x03\x55\x04\x03"
-_O = b"\x06\x03\x55\x04\x0a"
-
-
-def _der_items(data: bytes):
-    """Yield (tag, content) of consecutive DER elements."""
-    i = 0
-    while i < len(data):
-        tag, n = data[i], data[i + 1]
-        i += 2
-        if n & 0x80:
-            k = n & 0x7F
-            n = int.from_bytes(data[i:i + k], "big")
-            i += k
-        yield tag, data[i:i + n]
-        i += n
-
-
-def _name_label(name_der: bytes) -> str:
-    """The label a compact anchor leaves out: the subject's CN, else its O."""
-    found: dict[bytes, str] = {}
-    try:
-        for _, name in _der_items(name_der):
-            for _, rdn in _der_items(name):
-                for _, atv in _der_items(rdn):
-                    parts = list(_der_items(atv))
-                    oid = bytes([parts[0][0], len(parts[0][1])]) + parts[0][1]
-                    found.setdefault(oid, parts[1][1].decode("utf-8", "replace"))
-    except (IndexError, ValueError):
-        return "(unparseable name)"
-    return found.get(_CN) or found.get(_O) or "(no CN or O)"
+def name_label(name_der: bytes) -> str:
+    """The label a compact anchor leaves out: the subject's CN, else its O (the device's own rule)."""
+    return x509_device.name_label(name_der) or "(no CN or O)"
 
 
 def _pinset(p: device_bundle.PinSet) -> dict[str, Any]:

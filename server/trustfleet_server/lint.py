@@ -298,7 +298,7 @@ def _anchor_info(entry: Any) -> _Anchor | None:
             spki = device_bundle.spki_from_parts(code, key) if code else key
         except (KeyError, TypeError):
             spki = None
-        return _Anchor(label or describe._name_label(name),
+        return _Anchor(label or describe.name_label(name),
                        hashlib.sha256(spki).digest() if spki else None, (name, spki, not_after),
                        not_after if _is_time(not_after) else None)
     return None
