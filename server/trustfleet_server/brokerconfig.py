@@ -26,6 +26,7 @@ reconnect storm of a large fleet cheap for the broker.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -341,6 +342,36 @@ def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR
     return BrokerConfig(fleet, identities, host, port, tls_cert, tls_key, persistence, user, reused)
 
 
+def write_identities(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto",
+                     broker_url: str | None = None) -> tuple[dict[str, str], str]:
+    """Write secrets.json, the password file and the ACL; leave mosquitto.conf alone.
+
+    Used by `write` and by `trustfleet device add`, which changes identities
+    without regenerating the broker's configuration. `broker_url` replaces
+    the listener recorded in secrets.json (a BrokerConfig rebuilt from
+    secrets.json does not know it). The password file keeps its owner (the
+    broker's user, when broker-config gave it away as root).
+    """
+    out = Path(out)
+    files = {"secrets": out / SECRETS_NAME, "passwords": out / PASSWORDS_NAME, "acl": out / ACL_NAME}
+    text = secrets_json(cfg)
+    if broker_url is not None:
+        doc = json.loads(text)
+        doc["broker"] = broker_url
+        text = json.dumps(doc, indent=2) + "\n"
+    write_atomic(files["secrets"], text.encode(), mode=0o600)
+    owner = None
+    with contextlib.suppress(FileNotFoundError):
+        st = files["passwords"].stat()
+        owner = (st.st_uid, st.st_gid)
+    hashed_by = write_password_file(files["passwords"], cfg.identities, passwd_tool)
+    if owner is not None and os.geteuid() == 0 and owner != (0, 0):
+        os.chown(files["passwords"], *owner)
+    write_atomic(files["acl"], acl_text(cfg.fleet, cfg.identity(OPERATOR).username,
+                                        cfg.identity(SERVER).username).encode(), mode=0o644)
+    return {k: str(v) for k, v in files.items()}, hashed_by
+
+
 def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto") -> dict:
     """Write the files into `out` (created mode 0700). Returns their paths and how they were hashed."""
     out = Path(out)
@@ -351,10 +382,7 @@ def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | 
         "passwords": out / PASSWORDS_NAME,
         "secrets": out / SECRETS_NAME,
     }
-    write_atomic(files["secrets"], secrets_json(cfg).encode(), mode=0o600)
-    hashed_by = write_password_file(files["passwords"], cfg.identities, passwd_tool)
-    write_atomic(files["acl"], acl_text(cfg.fleet, cfg.identity(OPERATOR).username,
-                                        cfg.identity(SERVER).username).encode(), mode=0o644)
+    _, hashed_by = write_identities(cfg, out, passwd_tool=passwd_tool)
     write_atomic(files["config"], conf_text(cfg, out).encode(), mode=0o644)
     owned = [files["passwords"]]
     if cfg.persistence:

@@ -34,7 +34,6 @@ password, both in config.json.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib.util
 import json
@@ -198,38 +197,11 @@ def add_devices(broker_dir: str | os.PathLike[str], fleet: str,
     previous = brokerconfig.load_secrets(_secrets_path(broker_dir))
     cfg = brokerconfig.generate(fleet, known + added, operator=operator, server=server,
                                 previous=previous)
-    files, hashed_by = _write_identities(broker_dir, cfg, doc["broker"], passwd_tool)
+    files, hashed_by = brokerconfig.write_identities(cfg, broker_dir, passwd_tool=passwd_tool,
+                                                     broker_url=doc["broker"])
     passwords = {i.username: i.password for i in cfg.devices()}
     creds = [DeviceCredentials(fleet, d, passwords[d], doc["broker"], g) for d, g in devices]
     return AddResult(added, kept, creds, files, hashed_by)
-
-
-def _write_identities(out: Path, cfg: brokerconfig.BrokerConfig, broker_url: str,
-                      passwd_tool: str | None = "auto") -> tuple[dict[str, str], str]:
-    """secrets.json, passwords and acl as brokerconfig.write() writes them; mosquitto.conf untouched.
-
-    brokerconfig.write() would also regenerate mosquitto.conf, and a
-    BrokerConfig rebuilt from secrets.json no longer knows the listener's
-    TLS files or the broker's user. The password file keeps its owner (the
-    broker's user, when broker-config gave it away as root).
-    """
-    files = {"secrets": out / brokerconfig.SECRETS_NAME,
-             "passwords": out / brokerconfig.PASSWORDS_NAME,
-             "acl": out / brokerconfig.ACL_NAME}
-    doc = json.loads(brokerconfig.secrets_json(cfg))
-    doc["broker"] = broker_url  # the listener broker-config recorded, unchanged
-    write_atomic(files["secrets"], (json.dumps(doc, indent=2) + "\n").encode(), mode=0o600)
-    owner = None
-    with contextlib.suppress(FileNotFoundError):
-        st = files["passwords"].stat()
-        owner = (st.st_uid, st.st_gid)
-    hashed_by = brokerconfig.write_password_file(files["passwords"], cfg.identities, passwd_tool)
-    if owner is not None and os.geteuid() == 0 and owner != (0, 0):
-        os.chown(files["passwords"], *owner)
-    acl = brokerconfig.acl_text(cfg.fleet, cfg.identity(brokerconfig.OPERATOR).username,
-                                cfg.identity(brokerconfig.SERVER).username)
-    write_atomic(files["acl"], acl.encode(), mode=0o644)
-    return {k: str(v) for k, v in files.items()}, hashed_by
 
 
 def device_credentials(broker_dir: str | os.PathLike[str], fleet: str, device_id: str,

