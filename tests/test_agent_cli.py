@@ -17,7 +17,7 @@ import fleetkit as fk
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from test_agent_tls import HOST, OTHER, PKI, T0, TlsServer, agent, make_bundle
+from test_agent_tls import HOST, OTHER, PKI, T0, agent, make_bundle, tls_server
 
 from trustfleet_agent.config import ConfigError, load_config
 
@@ -28,8 +28,8 @@ def repo() -> fk.Repo:
 
 
 @pytest.fixture
-def server(tmp_path):
-    with TlsServer(tmp_path / "pki", PKI.served, PKI.leaf_key) as s:
+def server():
+    with tls_server(PKI) as s:
         yield s
 
 

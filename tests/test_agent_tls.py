@@ -1,8 +1,8 @@
 """The Raspberry Pi agent's TLS side against real TLS servers on loopback.
 
-Each server is a thread with an `ssl` server socket on 127.0.0.1, port 0,
-serving certificates made here (valid around the real current time, so
-OpenSSL and the device agree). Bundles are real signed documents
+Each server is a trustfleet_server.tlsserver.LoopbackTLSServer (a thread
+on 127.0.0.1, port 0) serving certificates made here (valid around the
+real current time, so OpenSSL and the device agree). Bundles are real signed documents
 (fleetkit.Repo) installed into a LocalDevice in a temporary directory;
 applications connect through tls.context_for(device). Clocks are fake
 where a test moves time (pin expiry, a Pi clock reset to 2000).
@@ -17,7 +17,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from test_x509 import der, key, make_cert, pin
 from trustfleet_agent import tls
 from trustfleet_agent.local import LocalDevice
 from trustfleet_device.agent import Config
+from trustfleet_server.tlsserver import LoopbackTLSServer, http_answer
 
 T0 = int(time.time()) // 86_400 * 86_400  # today, 00:00 UTC
 DAY = 86_400
@@ -73,66 +73,19 @@ OTHER = Hierarchy("Other", base=110)         # an unrelated CA
 ROGUE = Hierarchy("TLS Test", base=120)      # same names as PKI, other keys
 
 
-class TlsServer:
-    """A TLS server thread on 127.0.0.1:0 answering one HTTP request per connection."""
-
-    def __init__(self, directory: Path, certs: list, private_key):
-        directory.mkdir(parents=True, exist_ok=True)
-        chain = directory / "server-chain.pem"
-        keyfile = directory / "server-key.pem"
-        chain.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
-        keyfile.write_bytes(private_key.private_bytes(serialization.Encoding.PEM,
-                                                      serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(chain, keyfile)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.handshakes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"tls-{self.port}", daemon=True)
-
-    def __enter__(self) -> TlsServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.sock.close()
-        assert not self._thread.is_alive(), "the TLS server thread did not stop"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                self._answer(conn)
-
-    def _answer(self, conn: socket.socket) -> None:
-        try:
-            with self.ctx.wrap_socket(conn, server_side=True) as s:
-                self.handshakes += 1
-                data = b""
-                while b"\r\n\r\n" not in data and len(data) < 4096:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                s.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-        except OSError:
-            pass  # the client refused our chain and hung up: expected in these tests
+def tls_server(hierarchy: Hierarchy) -> LoopbackTLSServer:
+    """A loopback TLS server sending `hierarchy`'s leaf and issuing CA, answering one HTTP
+    request per connection with "hello"."""
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in hierarchy.served)
+    key_pem = hierarchy.leaf_key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption())
+    return LoopbackTLSServer(chain, key_pem, answer=http_answer(b"hello"))
 
 
 @pytest.fixture
-def server(tmp_path):
-    with TlsServer(tmp_path / "pki", PKI.served, PKI.leaf_key) as s:
+def server():
+    with tls_server(PKI) as s:
         yield s
 
 
@@ -265,7 +218,7 @@ def test_refuses_after_pin_expiry_when_the_chain_does_not_validate(repo, tmp_pat
     raw = make_bundle(repo, expires=T0 + 10 * DAY)
     device = installed(repo, tmp_path / "state", raw, Clock())
     # Same names as the anchor, other keys: fail open means CA validation, never none.
-    with TlsServer(tmp_path / "rogue", ROGUE.served, ROGUE.leaf_key) as rogue:
+    with tls_server(ROGUE) as rogue:
         exc = refused(tls.context_for(device, clock=clock), rogue.port)
     assert exc.decision.result == "chain-invalid"
     assert "does not verify with the key of anchor 'TLS Test Root'" in str(exc)
@@ -290,7 +243,7 @@ def test_refuses_a_hostname_the_certificate_does_not_name(repo, server, tmp_path
 @pytest.mark.parametrize("form", ["compact", "full"])
 def test_refuses_a_chain_to_an_unknown_ca(repo, tmp_path, form):
     device = installed(repo, tmp_path / "state", make_bundle(repo, form=form, pins=OTHER.pins()))
-    with TlsServer(tmp_path / "other", OTHER.served, OTHER.leaf_key) as other:
+    with tls_server(OTHER) as other:
         exc = refused(tls.context_for(device), other.port)
     assert exc.decision.result == "chain-invalid"
     if form == "full":

@@ -9,14 +9,11 @@ picks the chain. Another server accepts and closes during the handshake.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustfleet_server import cli, x509util
+from trustfleet_server.tlsserver import LoopbackTLSServer, close_during_handshake, server_context
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
@@ -66,46 +64,9 @@ def make_chain(prefix: str, dns: str):
     return SimpleNamespace(root=root, ca=ca, leaf=leaf, leaf_key=leaf_key)
 
 
-def server_context(tmp: Path, name: str, certs, key) -> ssl.SSLContext:
-    chain_file, key_file = tmp / f"{name}.chain.pem", tmp / f"{name}.key.pem"
-    chain_file.write_bytes(pem(*certs))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(chain_file, key_file)
-    return context
-
-
-class LoopbackServer:
-    """Accept connections on 127.0.0.1 in a thread and run `handle(conn)` on each."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                with contextlib.suppress(OSError):  # ssl.SSLError is an OSError
-                    self.handle(conn)
-
-    def close(self):
-        self.stopped.set()
-        self.thread.join(5)
-        self.sock.close()
+def key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
 
 
 @pytest.fixture(scope="module")
@@ -122,32 +83,24 @@ def pki(tmp_path_factory):
 def tls_server(pki):
     """A TLS server: the private chain (leaf, CA, root) by default; for SNI b.test the
     public stand-in chain (leaf and intermediate only)."""
-    private = server_context(pki.tmp, "private", [pki.private.leaf, pki.private.ca,
-                                                 pki.private.root], pki.private.leaf_key)
-    public = server_context(pki.tmp, "public", [pki.public.leaf, pki.public.ca],
-                            pki.public.leaf_key)
+    private = server_context(pem(pki.private.leaf, pki.private.ca, pki.private.root),
+                             key_pem(pki.private.leaf_key))
+    public = server_context(pem(pki.public.leaf, pki.public.ca), key_pem(pki.public.leaf_key))
 
     def pick(sslsock, server_name, _context):
         if server_name == "b.test":
             sslsock.context = public
 
     private.sni_callback = pick
-
-    def handle(conn):
-        with private.wrap_socket(conn, server_side=True) as tls:
-            tls.recv(1)  # until the client closes
-
-    server = LoopbackServer(handle)
-    yield server
-    server.close()
+    with LoopbackTLSServer(context=private) as server:  # handshake, then until the client closes
+        yield server
 
 
 @pytest.fixture
 def closing_server():
     """Accepts, reads the ClientHello, and closes without answering."""
-    server = LoopbackServer(lambda conn: conn.recv(4096))
-    yield server
-    server.close()
+    with LoopbackTLSServer(on_connection=close_during_handshake) as server:
+        yield server
 
 
 def pin(capsys, *argv, code=0):

@@ -15,14 +15,10 @@ self-signed `localhost` leaf). Nothing is left running.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import shlex
 import shutil
-import socket
-import ssl
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,6 +30,7 @@ from cryptography.x509.oid import NameOID
 from trustfleet_agent import cli as agent_cli
 
 from . import cli
+from .tlsserver import LoopbackTLSServer
 
 
 class Step:
@@ -105,39 +102,6 @@ def _pki(certs: Path) -> dict[str, Path]:
     }
 
 
-class TlsServer:
-    """A loopback TLS server that completes handshakes and closes; stopped on exit."""
-
-    def __init__(self, cert_and_key: Path):
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(cert_and_key)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> TlsServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
-
-    def _serve(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            with contextlib.suppress(OSError, ssl.SSLError), conn:
-                conn.settimeout(5)
-                with self.context.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-
-
 SPEC = """\
 fleet = "demo-fleet"
 version = {version}
@@ -174,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (out / "keys").mkdir(parents=True)
     (out / "certs").mkdir()
     pki = _pki(out / "certs")
-    with TlsServer(pki["server"]) as server, TlsServer(pki["rogue"]) as rogue:
+    with LoopbackTLSServer(pki["server"]) as server, LoopbackTLSServer(pki["rogue"]) as rogue:
         _run(Step(out), out, server.port, rogue.port)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything is in {out}/ "
           "(both TLS servers stopped)")
