@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trustfleet_device.errors import TransportError
+from trustfleet_device.mqtt import encode_length
 
 MQTT311 = 4
 MQTT5 = 5
@@ -183,20 +184,11 @@ class UnsupportedProtocol(PacketError):
 # --- primitive encoders (local data: ValueError on caller mistakes) ---------------------------
 
 def encode_varint(value: int) -> bytes:
-    """Variable Byte Integer (§1.5.5). Raises: ValueError outside 0..268435455."""
-    if not 0 <= value <= MAX_REMAINING:
-        raise ValueError(f"variable byte integer {value} outside 0..{MAX_REMAINING}")
-    if value < 128:
-        return bytes((value,))
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    """Variable Byte Integer (§1.5.5). Raises: ValueError outside 0..268435455.
+
+    The device's MQTT client has the same encoder; one implementation serves both.
+    """
+    return encode_length(value)
 
 
 def encode_str(text: str) -> bytes:
