@@ -130,7 +130,7 @@ def _walk(value, limits, tags):
                     total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
                 elif tx is int and 0 <= x < 0x100000000:
                     total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
-                elif tx is list and len(x) < 24 and d < max_depth:
+                elif tx is list and d < max_depth and len(x) < 24:
                     # Arrays of short arrays (anchors) dominate bundles: one level inline.
                     items[0] += len(x)
                     total += 1

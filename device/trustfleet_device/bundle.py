@@ -326,9 +326,10 @@ def compact_anchor(name, spki_der, not_after, label=None):
 
 def parse_anchor(value, limits=DEFAULT, index=0):
     """Parse one anchor entry (certificate DER or compact array). Raises: DecodeError."""
-    if type(value) is list and 4 <= len(value) <= 5:
+    n = len(value) if type(value) is list else 0
+    if n == 4 or n == 5:
         name, code, key, not_after = value[0], value[1], value[2], value[3]
-        label = value[4] if len(value) == 5 else None
+        label = value[4] if n == 5 else None
         # The common case in one expression; the precise reason only on failure.
         if (type(name) is bytes and name and name[0] == 0x30 and type(code) is int
                 and (code in SPKI_ALGS or code == 0) and type(key) is bytes and key
