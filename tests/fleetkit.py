@@ -173,7 +173,9 @@ def signature_entry(payload: bytes, key: ec.EllipticCurvePrivateKey, *, body_pro
         unprot[cose.HDR_KID] = keys.kid_of(key)
     elif kid is not None and kid is not False:
         unprot[cose.HDR_KID] = kid
-    tbs = cbor.encode(["Signature", body_protected, prot_raw, b"", payload])
+    # RFC 9052 section 4.4: an empty protected map (h'A0') is signed as h''.
+    body_signed = b"" if body_protected == b"\xa0" else body_protected
+    tbs = cbor.encode(["Signature", body_signed, prot_raw, b"", payload])
     return [prot_raw, unprot, keys.sign_digest(key, hashlib.sha256(tbs).digest())]
 
 

@@ -22,7 +22,7 @@ from trustfleet_device.errors import (
     RollbackError,
     SignatureError,
 )
-from trustfleet_server import keys
+from trustfleet_server import documents, keys
 from trustfleet_server.describe import describe
 from trustfleet_server.documents import read_document
 
@@ -482,3 +482,12 @@ def test_root_chain_walk_is_capped(fresh_repo):
     assert "3 root updates at once, limit is 2" in refused(
         PolicyError, policy.walk_root_chain, trusted, chain, capped)
     assert policy.walk_root_chain(trusted, chain[:2], capped).version == 3
+
+
+def test_operator_signature_added_to_empty_protected_map_body_verifies(repo, root):
+    """The signer builds the Sig_structure with the device's own builder (h'A0' signs as h'')."""
+    payload = fk.payload_of(repo.bundle(version=9))
+    first = fk.signature_entry(payload, repo.keys["bundle"][0], body_protected=b"\xa0")
+    raw = fk.cose_sign(payload, [first], body_protected=b"\xa0")
+    signed = documents.add_signature(raw, repo.keys["bundle"][1])
+    assert policy.verify_bundle(root, signed, now=fk.NOW).version == 9

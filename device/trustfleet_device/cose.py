@@ -95,7 +95,7 @@ class PayloadRef:
         self.length = length
 
 
-_PROTECTED_ES256 = b"\xa1\x01\x26"  # {1: -7}, what every trustfleet signer writes
+PROTECTED_ES256 = b"\xa1\x01\x26"  # {1: -7}, what every trustfleet signer writes
 
 
 def _header_map(raw, limits, where):
@@ -103,7 +103,7 @@ def _header_map(raw, limits, where):
     # and a non-empty one must hold a map.
     if len(raw) == 0:
         return {}
-    if raw == _PROTECTED_ES256:
+    if raw == PROTECTED_ES256:
         return {HDR_ALG: ALG_ES256}
     value = cbor.decode(raw, limits)
     if type(value) is not dict:
@@ -285,25 +285,32 @@ def _sig_bucket(raw):
     return b"" if raw == b"\xa0" else raw
 
 
-def tbs_prefix(msg, signer, external_aad=b""):
-    """Return the Sig_structure bytes up to and including the payload's string head.
+def sig_structure_prefix(tag, body_protected, sign_protected, external_aad, payload_length):
+    """The Sig_structure (RFC 9052 section 4.4) up to and including the payload's string head.
 
-    The payload comes last in both Sig_structures, so a device can hash this
-    prefix and then stream the payload from flash without holding it in RAM.
+    The one builder for signing (server) and verifying (device); sign_protected
+    is ignored for COSE_Sign1. The payload comes last in both structures, so
+    a device can hash this prefix and then stream the payload from flash.
     """
     parts = []
-    if msg.tag == TAG_SIGN:
+    if tag == TAG_SIGN:
         parts.append(cbor.head(4, 5))
         parts.append(cbor.encode("Signature"))
-        parts.append(cbor.encode(_sig_bucket(msg.protected_raw)))
-        parts.append(cbor.encode(_sig_bucket(signer.protected_raw)))
+        parts.append(cbor.encode(_sig_bucket(body_protected)))
+        parts.append(cbor.encode(_sig_bucket(sign_protected)))
     else:
         parts.append(cbor.head(4, 4))
         parts.append(cbor.encode("Signature1"))
-        parts.append(cbor.encode(_sig_bucket(msg.protected_raw)))
+        parts.append(cbor.encode(_sig_bucket(body_protected)))
     parts.append(cbor.encode(external_aad))
-    parts.append(cbor.head(2, msg.payload_length))
+    parts.append(cbor.head(2, payload_length))
     return b"".join(parts)
+
+
+def tbs_prefix(msg, signer, external_aad=b""):
+    """The Sig_structure prefix for one signer of a parsed message (see sig_structure_prefix)."""
+    return sig_structure_prefix(msg.tag, msg.protected_raw, signer.protected_raw, external_aad,
+                                msg.payload_length)
 
 
 _CHUNK = const(1024)

@@ -23,7 +23,7 @@ from trustfleet_device.limits import DEFAULT, Limits
 
 from . import keys
 
-PROTECTED_ES256 = cbor.encode({cose.HDR_ALG: cose.ALG_ES256})
+PROTECTED_ES256 = cose.PROTECTED_ES256  # {alg: ES256}
 
 KNOWN_TYPES = {"root": bundle.parse_root, "bundle": bundle.parse_bundle,
                "timestamp": bundle.parse_timestamp}
@@ -77,8 +77,9 @@ def read_document(raw: bytes, limits: Limits = DEFAULT) -> Document:
 
 
 def _signature_entry(payload: bytes, body_protected: bytes, key: ec.EllipticCurvePrivateKey) -> list:
-    tbs = cbor.encode(["Signature", body_protected, PROTECTED_ES256, b"", payload])
-    sig = keys.sign_digest(key, hashlib.sha256(tbs).digest())
+    # The device's own Sig_structure builder, so signer and verifier cannot drift apart.
+    tbs = cose.sig_structure_prefix(cose.TAG_SIGN, body_protected, PROTECTED_ES256, b"", len(payload))
+    sig = keys.sign(key, tbs + payload)
     return [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)}, sig]
 
 
@@ -104,8 +105,8 @@ def add_signature(raw: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     """Sign a payload as COSE_Sign1 (one signer, e.g. the online timestamp key)."""
-    tbs = cbor.encode(["Signature1", PROTECTED_ES256, b"", payload])
-    sig = keys.sign_digest(key, hashlib.sha256(tbs).digest())
+    tbs = cose.sig_structure_prefix(cose.TAG_SIGN1, PROTECTED_ES256, None, b"", len(payload))
+    sig = keys.sign(key, tbs + payload)
     return cbor.encode(cbor.Tag(cose.TAG_SIGN1, [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)},
                                                  payload, sig]))
 
