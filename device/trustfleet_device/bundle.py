@@ -177,7 +177,7 @@ def parse_root(payload, limits=DEFAULT, fleet=None):
             raise DecodeError("root.keys: SPKI is not a byte string")
         kid = hashlib.sha256(der).digest()
         if kid in keys:
-            raise DecodeError("root.keys: key %s listed twice" % _short(kid))
+            raise DecodeError("root.keys: key %s listed twice" % kid_text(kid))
         keys[kid] = p256.spki_to_point(der)
         spki[kid] = der
     roles_map = Fields(f.raw("roles"), "root.roles", ROLES)
@@ -198,9 +198,9 @@ def _parse_role(value, where, keys, limits):
     for kid in kids:
         _digest32(kid, where + ".keys")
         if kid not in keys:
-            raise DecodeError("%s.keys: key %s is not in root.keys" % (where, _short(kid)))
+            raise DecodeError("%s.keys: key %s is not in root.keys" % (where, kid_text(kid)))
         if kid in seen:
-            raise DecodeError("%s.keys: key %s listed twice" % (where, _short(kid)))
+            raise DecodeError("%s.keys: key %s listed twice" % (where, kid_text(kid)))
         seen.append(kid)
     if threshold < 1 or threshold > len(kids):
         raise DecodeError("%s.threshold: %d cannot be met by %d keys (need 1..%d)"
@@ -208,7 +208,10 @@ def _parse_role(value, where, keys, limits):
     return Role(seen, threshold)
 
 
-def _short(kid):
+def kid_text(kid):
+    """A key id for messages: its first 4 bytes in hex (a public identifier, never key material)."""
+    if kid is None:
+        return "(no kid)"
     return "".join("%02x" % b for b in kid[:4])
 
 
@@ -537,11 +540,3 @@ def parse_timestamp(payload, limits=DEFAULT, fleet=None):
     digest = _digest32(f.raw("bundle_sha256"), "timestamp.bundle_sha256")
     f.done()
     return Timestamp(fleet, time, version, digest)
-
-
-def document_type(payload, limits=DEFAULT):
-    """Peek at an unverified payload's "type" to route it. The answer is a hint only. Raises: DecodeError."""
-    value = cbor.decode(payload, limits)
-    if type(value) is not dict or type(value.get("type")) is not str:
-        raise DecodeError("payload has no document type")
-    return value["type"]

@@ -17,19 +17,12 @@ a threshold of its own root keys, and its version must be exactly one more.
 
 from trustfleet_device import bundle, cose
 from trustfleet_device.errors import (
-    DecodeError,
     ExpiredError,
     PolicyError,
     RollbackError,
     SignatureError,
 )
 from trustfleet_device.limits import DEFAULT
-
-
-def _kid_text(kid):
-    if kid is None:
-        return "(no kid)"
-    return "".join("%02x" % b for b in kid[:4])
 
 
 def count_signatures(msg, root, role_name):
@@ -40,15 +33,15 @@ def count_signatures(msg, root, role_name):
     for signer in msg.signers:
         kid = signer.kid
         if signer.problem is not None:
-            notes.append("%s: %s" % (_kid_text(kid), signer.problem))
+            notes.append("%s: %s" % (bundle.kid_text(kid), signer.problem))
         elif kid is None or kid not in role.kids:
-            notes.append("%s: not a %s key" % (_kid_text(kid), role_name))
+            notes.append("%s: not a %s key" % (bundle.kid_text(kid), role_name))
         elif kid in counted:
-            notes.append("%s: same key again, counted once" % _kid_text(kid))
+            notes.append("%s: same key again, counted once" % bundle.kid_text(kid))
         elif cose.verify_signer(msg, signer, root.keys[kid]):
             counted.append(kid)
         else:
-            notes.append("%s: signature does not verify" % _kid_text(kid))
+            notes.append("%s: signature does not verify" % bundle.kid_text(kid))
     return len(counted), notes
 
 
@@ -148,12 +141,3 @@ def verify_timestamp(root, raw, limits=DEFAULT, last_time=None):
     if last_time is not None and ts.time < last_time:
         raise RollbackError("timestamp time %d is older than the last accepted %d" % (ts.time, last_time))
     return ts
-
-
-def unsigned_payload_type(raw, limits=DEFAULT):
-    """Peek at the document type of an envelope without trusting it (routing and CLI hints)."""
-    msg = cose.parse(raw, limits)
-    try:
-        return bundle.document_type(msg.unverified_payload, limits)
-    except DecodeError:
-        return None
