@@ -123,7 +123,7 @@ def test_health_check_deadline_reverts_when_no_answer(repo, bundles):
     runner.initialise(storage, repo.root_raw, config(repo))
     agent = core.Agent(config(repo))
     s = store.Store(storage)
-    agent.boot(repo.root_raw, s.load_state(), s.read_slots(), clock())
+    agent.boot(repo.root_raw, s.load_state(), s.slot_sources(), clock())
     actions = agent.offer_bundle(bundles[1], clock())
     assert [a[0] for a in actions] == [store.WRITE_SLOT, store.SWITCH, core.HEALTH_CHECK]
     s.apply_all(actions)

@@ -93,13 +93,6 @@ class Store:
     def read_root(self):
         return self.storage.read(ROOT)
 
-    def read_slot(self, slot):
-        return self.storage.read(slot_file(slot))
-
-    def read_slots(self):
-        """Map of slot name to raw document (None when empty)."""
-        return {"a": self.read_slot("a"), "b": self.read_slot("b")}
-
     def slot_sources(self):
         """Map of slot name to a source reading it from storage (None when empty)."""
         return {"a": self.storage.source(slot_file("a")), "b": self.storage.source(slot_file("b"))}
