@@ -47,7 +47,6 @@ name. Credentials in the URL are refused (they would end up in logs).
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -61,7 +60,7 @@ from cryptography.hazmat.primitives import serialization
 from trustfleet_device import topics
 from trustfleet_device.agent import Config
 
-from .tls import parse_endpoint
+from .tls import is_ip, parse_endpoint
 
 MAX_CONFIG_BYTES = 64 * 1024
 DEFAULT_HEALTH_TIMEOUT = 10.0
@@ -268,7 +267,7 @@ def _mqtt(r: _Reader) -> MqttConfig:
         host, port, tls = parse_broker_url(url)
     except ValueError as exc:
         raise ConfigError(f"{r.where}: mqtt.{exc}") from None
-    if tls and _is_ip(host):
+    if tls and is_ip(host):
         raise ConfigError(f"{r.where}: mqtt.broker: {host} is an IP address; mqtts needs the "
                           "broker's DNS name (its certificate and pins are checked against it)")
     m = MqttConfig(broker=url, host=host, port=port, tls=tls, username=r.text("username"),
@@ -300,14 +299,6 @@ def _protocol(r: _Reader) -> str:
     if not isinstance(v, str) or v not in PROTOCOLS:
         raise ConfigError(f"{r.where}: mqtt.protocol must be \"3.1.1\" or \"5\", not {v!r}")
     return v
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _refuse_unknown(table: dict[str, Any], known: tuple[str, ...], where: str, prefix: str) -> None:

@@ -111,7 +111,8 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host, int(port)
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """True for an IPv4 or IPv6 address (brackets allowed): not a name a certificate can match."""
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -200,7 +201,7 @@ def _name_for(server_hostname: str | bytes | None, bound: str | None,
             raise ValueError("server_hostname is required: the store checks the certificate's "
                              "names and the pins against it")
         server_hostname = bound
-    if _is_ip(server_hostname):
+    if is_ip(server_hostname):
         raise ValueError(f"server_hostname {server_hostname!r} is an IP address; certificates are "
                          "matched by DNS name only: connect to the address, pass the DNS name")
     if bound is not None and trust.normalize_host(server_hostname) != trust.normalize_host(bound):

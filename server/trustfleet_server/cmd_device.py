@@ -10,7 +10,6 @@ without --out, and never any identity's but the device's own.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_agent.files import read_capped, write_atomic
-from trustfleet_agent.tls import parse_endpoint
+from trustfleet_agent.tls import is_ip, parse_endpoint
 from trustfleet_device.limits import DEFAULT as LIMITS
 
 from . import provision, spec
@@ -239,12 +238,9 @@ def _warnings(settings: provision.BoardSettings, staging: provision.Staging, kep
     if kept:
         out.append(f"SECRET: the staged copy stays in {where} (mode 0600): delete "
                    f"{staging.root} when done")
-    try:
-        ipaddress.ip_address(settings.broker_host)
+    if is_ip(settings.broker_host):
         out.append(f"--broker-host {settings.broker_host} is an IP address: the broker's "
                    "certificate is checked against a DNS name")
-    except ValueError:
-        pass
     if settings.wifi_ssid is None:
         out.append("no --wifi-ssid: the board stays offline (no MQTT, no inbox bundle install)")
     return out

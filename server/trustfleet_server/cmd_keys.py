@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import ipaddress
 import json
 import os
 import socket
 import ssl
 import sys
 from typing import Any, NamedTuple
+
+from trustfleet_agent.tls import is_ip
 
 from . import cmd_lint, keys, lint, x509util
 from .errors import CommandError
@@ -414,14 +415,6 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def fetch_chain(
     host: str, port: int, servername: str | None, timeout: float
 ) -> tuple[list[Any], str | None, str | None]:
@@ -436,7 +429,7 @@ def fetch_chain(
             (including a server that closes the connection during it).
     """
     where = format_address(host, port)
-    sni = servername or (None if _is_ip(host) else host)
+    sni = servername or (None if is_ip(host) else host)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # to see the chain only; see the docstring
