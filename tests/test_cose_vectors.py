@@ -1,6 +1,6 @@
 """COSE WG examples (sign1-tests, sign-tests, ecdsa-examples) against cose.parse/verify_signer.
 
-Read in place from the shared vectors directory. The examples are parsed leniently
+Read from the repository's copies in tests/vectors/. The examples are parsed leniently
 (untagged allowed, alg may sit in the unprotected bucket), as RFC 9052 permits, and
 every signer is verified with the JWK given in the example:
 

@@ -1,6 +1,6 @@
 """ECDSA P-256 verification: Wycheproof vectors, pure vs OpenSSL agreement, key decoding.
 
-The Wycheproof files are read in place from the shared vectors directory
+The Wycheproof files are the repository's copies in tests/vectors/
 (override with TRUSTFLEET_VECTORS). Both P1363 (raw r||s) and DER files are
 used; every vector must give its expected result on the pure-Python path and
 on the cryptography path, and the two paths must always agree.

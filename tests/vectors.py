@@ -1,6 +1,9 @@
-"""Where the outside conformance data lives: ../shared/vectors, read in place.
+"""Where the outside conformance data lives: tests/vectors/, unmodified copies kept in the repo.
 
-Set TRUSTFLEET_VECTORS to point elsewhere. Tests never copy these files.
+tests/vectors/README.md names each file's source, licence and sha256
+(tests/test_vectors_copies.py holds the copies to those sums). Set
+TRUSTFLEET_VECTORS to read a directory of the same layout instead. The data
+is always there, so nothing here skips: a missing file is an error.
 """
 
 from __future__ import annotations
@@ -9,26 +12,20 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+COPIES = Path(__file__).resolve().parent / "vectors"
 
 
 def vectors_dir() -> Path:
     override = os.environ.get("TRUSTFLEET_VECTORS")
-    return Path(override) if override else REPO.parent / "shared" / "vectors"
+    return Path(override) if override else COPIES
 
 
 def require(path: Path) -> Path:
-    """Return path if it exists. Otherwise skip the calling test module, or fail under CI."""
-    if path.exists():
-        return path
-    reason = (f"conformance vectors not found at {path}: check out ../shared beside the project "
-              "or set TRUSTFLEET_VECTORS")
-    if os.environ.get("CI", "").lower() in ("true", "1"):
-        raise FileNotFoundError(reason)
-    pytest.skip(reason, allow_module_level=True)
-    raise AssertionError("unreachable")
+    """Return path; raise FileNotFoundError naming it if it is not there."""
+    if not path.exists():
+        raise FileNotFoundError(f"conformance vectors not found at {path} (see tests/vectors/"
+                                "README.md; TRUSTFLEET_VECTORS, if set, must have the same layout)")
+    return path
 
 
 def load_json(*parts: str):
@@ -39,4 +36,7 @@ def load_json(*parts: str):
 def cose_examples(folder: str) -> list[tuple[str, dict]]:
     """(file name, parsed JSON) for every example in a cose-wg folder, sorted by name."""
     base = require(vectors_dir() / "cose-wg" / folder)
-    return [(p.name, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(base.glob("*.json"))]
+    found = [(p.name, json.loads(p.read_text(encoding="utf-8"))) for p in sorted(base.glob("*.json"))]
+    if not found:
+        raise FileNotFoundError(f"no COSE examples in {base}")
+    return found

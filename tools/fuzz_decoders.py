@@ -3,8 +3,8 @@
 
 Usage: python tools/fuzz_decoders.py [--seconds N] [--seed S] [--json] [--replay HEX]
 
-Seeds: valid CBOR values, RFC 7049 appendix A and the COSE WG examples (when
-the shared vectors directory is there), and real trustfleet documents built
+Seeds: valid CBOR values, RFC 7049 appendix A and the COSE WG examples (the
+repository's copies in tests/vectors/), and real trustfleet documents built
 with the operator code: root, bundle and timestamp payloads, a COSE_Sign
 bundle with two signatures, a signed root and a COSE_Sign1 timestamp.
 
@@ -164,13 +164,13 @@ def trustfleet_documents(rng: random.Random) -> tuple[list[bytes], dict[bytes, b
 
 
 def vector_documents() -> list[bytes]:
-    """Appendix A entries we accept and every COSE WG example, if the vectors are around."""
-    base = REPO.parent / "shared" / "vectors"
-    out: list[bytes] = []
-    appendix = base / "cbor" / "appendix_a.json"
-    if appendix.is_file():
-        out += [bytes.fromhex(e["hex"]) for e in json.loads(appendix.read_text())]
-    for path in sorted((base / "cose-wg").glob("*/*.json")):
+    """Appendix A entries we accept and every COSE WG example (tests/vectors/, always there)."""
+    base = REPO / "tests" / "vectors"
+    out = [bytes.fromhex(e["hex"]) for e in json.loads((base / "cbor" / "appendix_a.json").read_text())]
+    examples = sorted((base / "cose-wg").glob("*/*.json"))
+    if not examples:
+        raise FileNotFoundError(f"no COSE WG examples under {base / 'cose-wg'}")
+    for path in examples:
         out.append(bytes.fromhex(json.loads(path.read_text())["output"]["cbor"]))
     return out
 
