@@ -31,11 +31,16 @@ the source line's text and the mutation, so they survive edits elsewhere
 in the file. Survivors that no test can kill because the mutant behaves
 exactly like the original (for example a cache size, or a bound that a
 later check enforces too) are listed with a one-line reason in
-tools/mutate-equivalents.txt; the command reads it, reports those apart,
-and warns about entries that no longer match a mutant.
+tools/mutate-equivalents.txt. A reason that starts with `GAP:` marks a
+known survivor that is not equivalent (a test is owed): it still counts
+against the score, but --strict does not fail on it, so CI catches new
+survivors while the known ones are worked off. Listed mutants run like
+the others; the command warns when a listed one is killed or no longer
+exists, so the file stays current.
 
-Exit status: 0 when every module scores at least --fail-under (default 95)
-and, with --strict, no survivor is left unexplained; 1 otherwise; 2 on bad
+Exit status: 0 when every module scores at least --fail-under (default 95;
+not applied to a --sample run)
+and, with --strict, no survivor is left unlisted; 1 otherwise; 2 on bad
 arguments. The score is killed / (mutants - listed equivalents).
 """
 
@@ -493,22 +498,35 @@ def run_mutants(mutants, base, jobs, timeout_factor, progress):
 # ------------------------------------------------------------------ report
 
 def summarise(mutants, equivalents):
+    """Per module: killed, listed equivalents, known gaps, new survivors and the score."""
     rows = []
     for module in MODULES:
         ms = [m for m in mutants if m.module == module]
         if not ms:
             continue
-        equiv = [m for m in ms if m.status in ("survived", "uncovered") and m.id in equivalents]
+        alive = [m for m in ms if m.status in ("survived", "uncovered")]
         killed = [m for m in ms if m.status in ("killed", "timeout")]
-        alive = [m for m in ms if m.status in ("survived", "uncovered") and m.id not in equivalents]
+        equiv = [m for m in alive if m.id in equivalents and not _is_gap(equivalents[m.id])]
+        gaps = [m for m in alive if m.id in equivalents and _is_gap(equivalents[m.id])]
+        new = [m for m in alive if m.id not in equivalents]
         scored = len(ms) - len(equiv)
         score = 100.0 * len(killed) / scored if scored else 100.0
         rows.append({"module": module, "mutants": len(ms), "killed": len(killed),
-                     "equivalent": len(equiv), "survived": len(alive), "score": round(score, 1),
-                     "survivors": [{"id": m.id, "line": m.line, "source": m.source_line.strip(),
-                                    "mutation": m.desc, "reached_by": len(m.tests)}
-                                   for m in alive]})
+                     "equivalent": len(equiv), "known_gaps": len(gaps), "survived": len(new),
+                     "score": round(score, 1),
+                     "survivors": [_survivor(m) for m in new],
+                     "known": [_survivor(m) for m in gaps],
+                     "killed_but_listed": [m.id for m in killed if m.id in equivalents]})
     return rows
+
+
+def _is_gap(reason):
+    return reason.upper().startswith("GAP:")
+
+
+def _survivor(m):
+    return {"id": m.id, "line": m.line, "source": m.source_line.strip(), "mutation": m.desc,
+            "reached_by": len(m.tests)}
 
 
 def _daily_seed():
@@ -528,7 +546,7 @@ def main(argv=None):
     ap.add_argument("--fail-under", type=float, default=95.0, metavar="PCT",
                     help="exit 1 when a module scores below this (default 95)")
     ap.add_argument("--strict", action="store_true",
-                    help="exit 1 when any survivor is not listed as equivalent")
+                    help="exit 1 when a survivor is not listed in the equivalents file")
     ap.add_argument("--equivalents", type=Path, default=EQUIVALENTS, help="the equivalents file")
     ap.add_argument("--timeout-factor", type=float, default=5.0,
                     help="a mutant times out after 10 s + this x its tests' baseline time")
@@ -580,17 +598,13 @@ def main(argv=None):
 
     started = time.monotonic()
     base = baseline(quiet=args.json)
-    for m in mutants:
-        if m.id in equivalents:
-            m.status = "equivalent"
     run_mutants(mutants, base, max(1, args.jobs), args.timeout_factor, progress=not args.json)
-    for m in mutants:
-        if m.status == "equivalent":
-            m.status = "survived"   # counted apart through the equivalents list
     rows = summarise(mutants, equivalents)
     elapsed = time.monotonic() - started
 
-    failing = [r for r in rows if r["score"] < args.fail_under]
+    # A sample of a few mutants a module says nothing about a module's score:
+    # a sampled run fails only on unlisted survivors (with --strict).
+    failing = [] if seed is not None else [r for r in rows if r["score"] < args.fail_under]
     unexplained = sum(r["survived"] for r in rows)
     if args.json:
         print(json.dumps({"seed": seed, "seconds": round(elapsed, 1), "modules": rows,
@@ -598,18 +612,22 @@ def main(argv=None):
     else:
         what = f"sample of {len(mutants)} (seed {seed})" if seed is not None else "all mutants"
         print(f"mutation run: {what}, {elapsed:.0f} s")
-        print(f"{'module':<8} {'mutants':>8} {'killed':>8} {'equiv':>8} {'survived':>8} {'score':>7}")
+        print(f"{'module':<8} {'mutants':>8} {'killed':>8} {'equiv':>6} {'gaps':>5} "
+              f"{'survived':>8} {'score':>7}")
         for r in rows:
-            print(f"{r['module']:<8} {r['mutants']:>8} {r['killed']:>8} {r['equivalent']:>8} "
-                  f"{r['survived']:>8} {r['score']:>6.1f}%")
+            print(f"{r['module']:<8} {r['mutants']:>8} {r['killed']:>8} {r['equivalent']:>6} "
+                  f"{r['known_gaps']:>5} {r['survived']:>8} {r['score']:>6.1f}%")
         for r in rows:
             for s in r["survivors"]:
                 how = (f"reached by {s['reached_by']} test(s)" if s["reached_by"]
                        else "no test reaches it")
                 print(f"survived  {s['id']}  {r['module']}.py:{s['line']}  {s['source']}   "
                       f"[{s['mutation']}]  {how}")
+        for r in rows:
+            for i in r["killed_but_listed"]:
+                print(f"warning: {i} is listed in {args.equivalents.name} but a test kills it now")
         for i in stale:
-            print(f"warning: {i} is listed as equivalent but no such mutant exists now")
+            print(f"warning: {i} is listed in {args.equivalents.name} but no such mutant exists now")
     if failing or (args.strict and unexplained):
         return 1
     return 0
