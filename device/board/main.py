@@ -135,10 +135,28 @@ def trial_bundle(device):
 # ------------------------------------------------------------------ health check
 
 
-def full_anchors_pem(bundle):
-    """PEM of the bundle's full-certificate anchors (what mbedTLS can load), or None."""
-    pems = [trust.pem(a.der) for a in bundle.anchors if a.der is not None]
-    return "".join(pems).encode() if pems else None
+def load_full_anchors(ctx, native, bundle):
+    """Give mbedTLS the bundle's full-certificate anchors; returns how many it took.
+
+    One DER certificate per load_verify_locations call (the calls add up):
+    MicroPython's own mbedTLS configuration (unix, rp2, stm32 ports) has no
+    PEM parser, and a DER buffer holding several certificates loads only
+    the first. An anchor mbedTLS cannot parse (a key type it lacks, such as
+    Ed25519) is left out: it could not anchor a path there anyway.
+    """
+    taken = 0
+    for a in bundle.anchors:
+        if a.der is None:
+            continue
+        try:
+            if native:
+                ctx.load_verify_locations(a.der)
+            else:
+                ctx.load_verify_locations(cadata=a.der)
+        except ValueError:
+            continue
+        taken += 1
+    return taken
 
 
 def _tls_context():
@@ -157,15 +175,17 @@ def can_see_chain():
     return hasattr(_tls_context()[1], "verify_callback")
 
 
-def tls_chain(host, port, cadata):
+def tls_chain(host, port, bundle=None):
     """Connect to host:port; return (DER chain leaf first, complete).
 
-    cadata None: CERT_OPTIONAL, mbedTLS only collects the chain (through
-    verify_callback) and evaluate alone validates it. cadata (PEM of full
-    anchors): CERT_REQUIRED, mbedTLS validates the path and the host name.
-    `complete` is False when only the leaf could be seen (getpeercert).
-    Either way mbedTLS checks the server's handshake signature with the
-    leaf key. Raises: OSError (network), ValueError (mbedTLS refused).
+    bundle None: CERT_OPTIONAL, mbedTLS only collects the chain (through
+    verify_callback) and evaluate alone validates it. A bundle:
+    CERT_REQUIRED against its full anchors (load_full_anchors), mbedTLS
+    validates the path and the host name. `complete` is False when only
+    the leaf could be seen (getpeercert). Either way mbedTLS checks the
+    server's handshake signature with the leaf key. Raises: OSError
+    (network), ValueError (mbedTLS refused; no anchor mbedTLS took; no
+    certificate of the server to be seen on this port).
     """
     import socket
 
@@ -176,26 +196,32 @@ def tls_chain(host, port, cadata):
             seen[depth] = bytes(cert)  # a view into mbedTLS memory, valid during the call only
             return 0  # keep mbedTLS's own verdict
         ctx.verify_callback = collect
-    if cadata is None:
+    if bundle is None:
         ctx.verify_mode = mod.CERT_OPTIONAL
     else:
-        if native:
-            ctx.load_verify_locations(cadata)
-        else:
-            ctx.load_verify_locations(cadata=cadata)
+        if not load_full_anchors(ctx, native, bundle):
+            # mbedTLS would have nothing to check the path against: fail closed.
+            raise ValueError(f"cannot check {host}: no full-certificate anchor for mbedTLS")
         ctx.verify_mode = mod.CERT_REQUIRED  # the ssl wrapper starts at CERT_NONE
     addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
     sock = socket.socket()
+    leaf = None
     try:
         sock.settimeout(TLS_TIMEOUT_S)
         sock.connect(addr)
         conn = ctx.wrap_socket(sock, server_hostname=host)
-        leaf = conn.getpeercert(True)
+        # Ports built without MBEDTLS_SSL_KEEP_PEER_CERTIFICATE (unix) have no getpeercert.
+        if not seen and hasattr(conn, "getpeercert"):
+            leaf = conn.getpeercert(True)
         conn.close()
     finally:
         sock.close()
     chain = [seen[d] for d in sorted(seen)]
-    return (chain, True) if chain else ([leaf], False)
+    if chain:
+        return chain, True
+    if not leaf:
+        raise ValueError(f"cannot check {host}: this port shows none of its certificates")
+    return [leaf], False
 
 
 def judge_mbedtls(ts, host, port, chain, complete, now):
@@ -248,11 +274,7 @@ def check_endpoint(ts, host, port, now):
         if d.result != trust.UNSUPPORTED:
             return d.accepted(), f"{host}:{port} {d.result}: {d.reason}"
         log(f"{host}:{port} {d.reason}; asking mbedTLS")
-    cadata = full_anchors_pem(ts.bundle)
-    if cadata is None:
-        # Only the leaf would be seen and mbedTLS would check nothing: fail closed.
-        raise ValueError(f"cannot check {host}: no full-certificate anchor for mbedTLS")
-    chain, complete = tls_chain(host, port, cadata)
+    chain, complete = tls_chain(host, port, ts.bundle)
     return judge_mbedtls(ts, host, port, chain, complete, now)
 
 
