@@ -2,6 +2,8 @@
 #   make test   every test (CPython, MicroPython VM, real openssl)
 #   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt)
 #   make bench  the benchmarks, printing tables
+#   make mutate every mutant of the trusted device core (tools/mutate.py; ~20 min on 2 cores)
+#   make fuzz   a longer fuzz run of the decoders
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: all test demo bench lint fuzz clean
+.PHONY: all test demo bench lint fuzz mutate clean
 
 all: test
 
@@ -29,8 +31,13 @@ setup: $(STAMP) $(NODE_STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check device server tests benchmarks tools
 
+# A sampled mutation run (60 mutants, the seed rotates daily), then every test.
 test: setup lint
+	$(PY) tools/mutate.py --sample 60 --seed daily --strict
 	$(PY) -m pytest
+
+mutate: setup
+	$(PY) tools/mutate.py --strict
 
 demo: setup
 	$(VENV)/bin/trustfleet demo --out demo-out
@@ -47,4 +54,4 @@ fuzz: setup
 	$(PY) tools/fuzz_decoders.py --seconds 60
 
 clean:
-	rm -rf $(VENV) node_modules demo-out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules demo-out .pytest_cache .ruff_cache .hypothesis .mutate-cache
