@@ -411,7 +411,8 @@ class FleetServer:
 
         `once`: connect, read the retained statuses, ingest, step the rollout
         once, publish one timestamp, and return. Raises: BrokerError (once
-        only: a long-running server keeps retrying), FleetDBError.
+        only, also for a refused or unacknowledged publish: a long-running
+        server logs it and retries), FleetDBError.
         """
         restore = self._install_signals()
         if once:
@@ -443,11 +444,11 @@ class FleetServer:
                 if not self.synced or not self.link.connected:
                     continue
                 if mono >= self._next_step:
-                    self._guard(self._drive_rollout)
+                    self._guard(self._drive_rollout, fatal=once)
                     self._next_step = mono + self.step_every
                     stepped = True
                 if self.timestamp_key is not None and mono >= self._next_timestamp:
-                    if self._guard(self._publish_timestamp):
+                    if self._guard(self._publish_timestamp, fatal=once):
                         self._next_timestamp = mono + self.timestamp_every
                     else:
                         self._next_timestamp = mono + min(self.timestamp_every, 5.0)
@@ -460,12 +461,17 @@ class FleetServer:
             restore()
         return self.stats
 
-    def _guard(self, fn: Callable[[], Any]) -> bool:
-        """Run one periodic job; a broker or database failure is logged and retried next round."""
+    def _guard(self, fn: Callable[[], Any], fatal: bool = False) -> bool:
+        """Run one periodic job; a broker or database failure is logged and retried next round.
+
+        With `fatal` (--once: there is no next round) the failure is raised instead.
+        """
         try:
             fn()
             return True
         except (BrokerError, fleetdb.FleetDBError) as exc:
+            if fatal:
+                raise
             log.warning("%s", exc)
             return False
 
