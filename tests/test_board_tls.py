@@ -427,7 +427,11 @@ def test_native_p384_chain_with_a_distrusted_key_is_refused(board, servers, who)
     board.bundle("b", [anchor(P384.root, FULL)], pins=[pin(P384.root), pin(P384.spare_key)],
                  distrust=[pin(getattr(P384, who))])
     ok, detail, _ = board.check("b", servers["p384"])
-    assert (ok, detail) == (False, f"{PORT_HOST}:{servers['p384']} {DISTRUSTED}")
+    if who == "root":
+        # The distrusted root is never handed to mbedTLS, so no path can be built.
+        assert (ok, detail) == (False, failed(servers["p384"], NO_ANCHOR))
+    else:
+        assert (ok, detail) == (False, f"{PORT_HOST}:{servers['p384']} {DISTRUSTED}")
 
 
 def test_native_p384_chain_with_an_unrelated_full_anchor_is_refused_by_mbedtls(board, servers):
@@ -476,6 +480,14 @@ def test_leaf_only_distrusted_leaf_key_refused(board, servers):
     board.bundle("b", [anchor(PKI.root, FULL)], pins=PKI.pins(), distrust=[pin(PKI.leaf)])
     ok, detail, _ = board.check("b", servers["pki"], port=LEAF_ONLY)
     assert (ok, detail) == (False, f"{PORT_HOST}:{servers['pki']} {DISTRUSTED}")
+
+
+def test_leaf_only_distrusted_root_is_never_loaded_so_mbedtls_refuses(board, servers):
+    # Only the leaf is visible here, so the root's distrust must stop it reaching mbedTLS.
+    board.bundle("b", [anchor(PKI.root, FULL)], pins=PKI.pins(), distrust=[pin(PKI.root)])
+    assert board.run([{"op": "anchors", "bundle": "b"}]) == [[0, []]]
+    ok, detail, _ = board.check("b", servers["pki"], port=LEAF_ONLY)
+    assert (ok, detail) == (False, failed(servers["pki"], NO_ANCHOR))
 
 
 @pytest.mark.parametrize("port_kind", [LEAF_ONLY, SSL_WRAPPER])

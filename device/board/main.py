@@ -142,11 +142,13 @@ def load_full_anchors(ctx, native, bundle):
     MicroPython's own mbedTLS configuration (unix, rp2, stm32 ports) has no
     PEM parser, and a DER buffer holding several certificates loads only
     the first. An anchor mbedTLS cannot parse (a key type it lacks, such as
-    Ed25519) is left out: it could not anchor a path there anyway.
+    Ed25519) is left out: it could not anchor a path there anyway. An anchor
+    whose key the bundle distrusts is never loaded: where only the leaf can
+    be seen, mbedTLS is the one that checks the rest of the path.
     """
     taken = 0
     for a in bundle.anchors:
-        if a.der is None:
+        if a.der is None or _distrusted_anchor(a.der, bundle):
             continue
         try:
             if native:
@@ -157,6 +159,14 @@ def load_full_anchors(ctx, native, bundle):
             continue
         taken += 1
     return taken
+
+
+def _distrusted_anchor(der, bundle):
+    try:
+        spki = x509.parse(der).spki
+    except DecodeError:
+        return False  # mbedTLS gets it and decides; it anchors nothing we could check
+    return hashlib.sha256(spki).digest() in bundle.distrust
 
 
 def _tls_context():
