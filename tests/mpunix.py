@@ -24,6 +24,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from environment import skip_or_fail
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEVICE_DIR = REPO_ROOT / "device"
 BOARD_DIR = DEVICE_DIR / "board"
@@ -164,18 +166,5 @@ def require(heapsize: int | None = None) -> MicroPythonUnix:
     """A MicroPythonUnix; skips the test without one (fails instead under CI=true)."""
     ok, what = available()
     if not ok:
-        _skip_or_fail(what)
+        skip_or_fail(what)
     return MicroPythonUnix(what, heapsize)
-
-
-def _skip_or_fail(reason: str) -> None:
-    """Skip here, fail under CI=true: tests/environment.py's rule when it is there."""
-    try:
-        from environment import skip_or_fail
-    except ImportError:
-        import pytest
-
-        if os.environ.get("CI", "").strip().lower() in ("true", "1"):
-            pytest.fail(f"{reason} [CI=true allows no skips]", pytrace=False)
-        pytest.skip(reason)
-    skip_or_fail(reason)
