@@ -4,7 +4,13 @@ Client-behaviour tests run against the embedded broker and, when one
 answers on 127.0.0.1:1883, against the real Mosquitto too, so both are held
 to the same behaviour. Without Mosquitto those parametrizations skip, except
 under CI=true where they fail. Every test uses its own topic prefix and
-clears the retained messages it set. Every wait is bounded.
+clears the retained messages it set.
+
+No test sleeps to synchronise: it waits for the event itself (SUBACK,
+UNSUBACK, PUBACK, the message, the connection closing), and every wait is
+bounded. "Nothing arrives" is shown with a fence (see `fence`): a marker
+sent after the action must arrive, and nothing else may arrive before it.
+A fixed wait remains only where the passage of time is what is tested.
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ from trustfleet_server.mqtt.broker import (
 pytestmark = pytest.mark.timeout(120)
 
 TIMEOUT = 5.0
-QUIET = 0.4          # how long "nothing arrives" is watched for
 MOSQUITTO = ("127.0.0.1", 1883)
 
 
@@ -113,6 +118,7 @@ class PahoClient:
         self.connack = None
         self.connack_props = None
         self.subacks: dict = {}
+        self.unsubacks: set = set()
         self.sub_event = threading.Condition()
         if will:
             topic, payload, retain, qos = will
@@ -125,6 +131,7 @@ class PahoClient:
         c.on_message = lambda _c, _u, m: self.inbox.put(
             Received(m.topic, m.payload, m.qos, bool(m.retain)))
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.connack = reason_code
@@ -134,6 +141,11 @@ class PahoClient:
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         with self.sub_event:
             self.subacks[mid] = [rc.value for rc in reason_codes]
+            self.sub_event.notify_all()
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.sub_event:
+            self.unsubacks.add(mid)
             self.sub_event.notify_all()
 
     def connect(self):
@@ -155,7 +167,11 @@ class PahoClient:
             return self.subacks[mid]
 
     def unsubscribe(self, filters):
-        self.client.unsubscribe(list(filters))
+        """Returns once the UNSUBACK is in: from then on the broker delivers nothing for them."""
+        rc, mid = self.client.unsubscribe(list(filters))
+        assert rc == mqtt.MQTT_ERR_SUCCESS
+        with self.sub_event:
+            assert self.sub_event.wait_for(lambda: mid in self.unsubacks, TIMEOUT), "no UNSUBACK"
 
     def publish(self, topic, payload, qos=1, retain=False):
         info = self.client.publish(topic, payload, qos, retain)
@@ -203,7 +219,7 @@ class AioSync:
         return self.run(self.client.subscribe(list(topics)))
 
     def unsubscribe(self, filters):
-        self.run(self.client.unsubscribe(list(filters)))
+        self.run(self.client.unsubscribe(list(filters)))     # returns after the UNSUBACK
 
     def publish(self, topic, payload, qos=1, retain=False):
         self.run(self.client.publish(topic, payload, retain=retain, qos=qos))
@@ -284,17 +300,40 @@ def get_n(client, count, timeout=TIMEOUT) -> list[Received]:
     return out
 
 
-def silent(client, within=QUIET, only_prefix: str | None = None) -> list[Received]:
-    """Messages that arrived within `within` seconds (those under only_prefix if given)."""
-    time.sleep(within)
-    out = []
+FENCE = b"fence:"
+
+
+def fence(client, topic: str, publisher=None, qos: int = 1) -> list[Received]:
+    """What `client` received before a marker that `publisher` sends now on `topic`.
+
+    `client` must be subscribed to `topic`; `publisher` (default: `client`) is
+    the connection that carried the action under test. Waiting for the marker
+    replaces "watch for a while and see nothing", which passes on a broker that
+    is merely slow. MQTT (3.1.1 and 5, section 4.6) makes a broker forward the
+    messages one client publishes at one QoS to each subscriber in the order
+    it received them. The spec states that per topic; both brokers here go
+    further and handle each connection's packets in order and write to each
+    subscriber through one queue, so it holds across topics too, and wherever
+    a test can it puts the marker on the topic under test. Retained messages
+    for a SUBSCRIBE are queued while the broker handles that packet, before it
+    reads the client's next one, so a marker from the subscribing client
+    itself fences them. Markers from earlier fences are not counted.
+    """
+    marker = FENCE + uuid.uuid4().hex.encode()
+    (publisher or client).publish(topic, marker, qos=qos)
+    before = []
+    deadline = time.monotonic() + TIMEOUT
     while True:
+        remaining = deadline - time.monotonic()
         try:
-            msg = client.inbox.get_nowait()
+            msg = client.inbox.get(timeout=max(remaining, 0.001))
         except queue.Empty:
-            return out
-        if only_prefix is None or msg.topic.startswith(only_prefix):
-            out.append(msg)
+            raise AssertionError(f"fence marker on {topic} not delivered within {TIMEOUT} s; "
+                                 f"before it: {before}") from None
+        if msg.payload == marker:
+            return before
+        if not msg.payload.startswith(FENCE):
+            before.append(msg)
 
 
 CLIENT_KINDS = ["paho311", "paho5", "aio"]
@@ -333,12 +372,12 @@ def test_retained_message_is_replaced_then_cleared_by_empty_payload(clients, pre
     sub = clients(kind)
     sub.subscribe([(f"{prefix}/#", 1)])
     assert get(sub).payload == b"new"
-    assert silent(sub) == []
+    assert fence(sub, f"{prefix}/fence") == []          # no second, older retained copy
     pub.publish(f"{prefix}/ts", b"", retain=True)
     assert get(sub).payload == b""          # the clearing publish is forwarded live
     again = clients(kind)
     again.subscribe([(f"{prefix}/#", 1)])
-    assert silent(again) == []
+    assert fence(again, f"{prefix}/fence") == []
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
@@ -363,7 +402,8 @@ def test_retained_messages_go_only_to_the_subscribing_client(clients, prefix, ki
     b.subscribe([(f"{prefix}/b/#", 1)])
     assert [m.payload for m in get_n(b, 1)] == [b"for-b"]
     clients(kind)                           # a client that subscribes to nothing
-    assert silent(a) == [] and silent(b, 0) == []
+    assert fence(a, f"{prefix}/a/fence") == []
+    assert fence(b, f"{prefix}/b/fence") == []
 
 
 @pytest.mark.parametrize("kind", ["paho311", "paho5"])
@@ -385,17 +425,17 @@ def test_mqtt5_retain_handling_2_sends_no_retained_on_subscribe(clients, prefix)
     clients("paho5").publish(f"{prefix}/r", b"kept", retain=True)
     sub = clients("paho5")
     sub.subscribe([(f"{prefix}/r", SubscribeOptions(qos=1, retainHandling=2))])
-    assert silent(sub) == []
+    assert fence(sub, f"{prefix}/r") == []                 # the marker is not retained
 
 
 def test_mqtt5_no_local_suppresses_own_messages(clients, prefix):
     c = clients("paho5")
-    c.subscribe([(f"{prefix}/n", SubscribeOptions(qos=1, noLocal=True))])
+    c.subscribe([(f"{prefix}/n", SubscribeOptions(qos=1, noLocal=True)), (f"{prefix}/fence", 1)])
     c.publish(f"{prefix}/n", b"mine")
+    assert fence(c, f"{prefix}/fence") == []               # "mine" did not come back
     other = clients("paho5")
     other.publish(f"{prefix}/n", b"theirs")
     assert get(c).payload == b"theirs"
-    assert silent(c) == []
 
 
 @pytest.mark.parametrize("sub_qos,pub_qos,delivered", [(1, 0, 0), (0, 1, 0), (1, 1, 1), (0, 0, 0)])
@@ -412,8 +452,10 @@ def test_overlapping_subscriptions_deliver_at_highest_granted_qos(clients, prefi
     # Mosquitto may send one copy per matching subscription; the embedded broker sends one.
     sub = clients("paho311")
     sub.subscribe([(f"{prefix}/#", 0), (f"{prefix}/+", 1)])
-    clients("paho311").publish(f"{prefix}/o", b"x", qos=1)
-    msgs = [get(sub)] + silent(sub)
+    pub = clients("paho311")
+    pub.publish(f"{prefix}/o", b"x", qos=1)
+    msgs = fence(sub, f"{prefix}/fence", pub)             # every copy of "x" comes first
+    assert msgs and {m.payload for m in msgs} == {b"x"}
     assert max(m.qos for m in msgs) == 1
 
 
@@ -470,9 +512,9 @@ def test_live_wildcards_match_like_the_table(clients, prefix, kind):
     pub = clients(kind)
     for topic in topics:
         pub.publish(f"{prefix}/{topic}", topic.encode())
-    time.sleep(QUIET)
     for filt, client in subs.items():
-        got = sorted(m.payload.decode() for m in silent(client, 0))
+        marker_topic = filt.replace("+", "fence").replace("#", "fence")  # one the filter matches
+        got = sorted(m.payload.decode() for m in fence(client, f"{prefix}/{marker_topic}", pub))
         assert got == sorted(t for t in topics if topic_matches(filt, t)), filt
 
 
@@ -490,9 +532,10 @@ def test_root_wildcards_do_not_match_dollar_topics(clients, prefix, kind):
     pub.publish(f"$tf{tag}", b"dollar-root")
     pub.publish(f"plain{tag}/x", b"plain")
     assert sorted(m.payload for m in get_n(explicit, 2)) == [b"dollar", b"dollar-root"]
-    time.sleep(QUIET)
-    assert [m.payload for m in silent(hashed, 0) if tag in m.topic] == [b"plain"]
-    assert silent(plus, 0) == []
+    # "#" also sees other tests' traffic on a shared broker: only this test's topics count.
+    seen = fence(hashed, f"plain{tag}/fence", pub, qos=0)   # "hashed" was granted QoS 0
+    assert [m.payload for m in seen if tag in m.topic] == [b"plain"]
+    assert fence(plus, f"fence/{tag}", pub) == []
 
 
 # --- wills and keep-alive ---------------------------------------------------------------------
@@ -515,9 +558,16 @@ def test_will_is_published_on_abnormal_disconnect_and_retained(clients, prefix, 
 def test_will_is_not_published_on_clean_disconnect(clients, prefix, kind):
     watcher = clients("paho311")
     watcher.subscribe([(f"{prefix}/status/#", 1)])
-    dev = clients(kind, will=(f"{prefix}/status/d2", b"offline", False, 1))
+    dev_id = f"tft-dev-{uuid.uuid4().hex[:8]}"
+    dev = clients(kind, dev_id, will=(f"{prefix}/status/d2", b"offline", False, 1))
     dev.disconnect()
-    assert silent(watcher, 0.8) == []
+    # The fence needs the broker to have handled dev's DISCONNECT first, and a client may
+    # close its socket without waiting for that. A new connection under dev's client id
+    # settles it: had dev's session still been open, this would take it over, and a
+    # takeover publishes the will (test_same_client_id_takes_over_and_old_will_comes_first),
+    # so a broker that has not yet seen the DISCONNECT fails here instead of passing.
+    probe = clients("paho311", dev_id)
+    assert fence(watcher, f"{prefix}/status/fence", probe) == []
 
 
 @pytest.mark.parametrize("kind", ["paho311", "paho5"])
@@ -535,8 +585,10 @@ def test_aioclient_pings_keep_an_idle_connection_alive(clients, prefix):
     watcher = clients("paho311")
     watcher.subscribe([(f"{prefix}/status/#", 1)])
     dev = clients("aio", keepalive=1, will=(f"{prefix}/status/d4", b"offline", False, 1))
-    assert silent(watcher, 2.5) == []
-    dev.publish(f"{prefix}/still", b"here")
+    # A fixed wait on purpose: what is tested is time passing. With keepalive=1 a broker
+    # drops a silent client after 1.5 s, so 2.5 s without a will needs the pings.
+    time.sleep(2.5)
+    assert fence(watcher, f"{prefix}/status/fence", dev) == []     # no will before the marker
     assert not dev.client.closed
 
 
@@ -570,16 +622,17 @@ def test_clean_session_connack_says_no_session_present(clients, kind):
 def test_shared_subscription_splits_messages_between_members(clients, prefix):
     group = f"g{uuid.uuid4().hex[:6]}"
     members = [clients("paho5") for _ in range(2)]
-    for m in members:
+    for i, m in enumerate(members):
         m.subscribe([(f"$share/{group}/{prefix}/work/+", 1)])
+        m.subscribe([(f"{prefix}/fence/{i}", 1)])          # a marker topic for this member only
     everyone = clients("paho5")
     everyone.subscribe([(f"{prefix}/work/+", 1)])
     pub = clients("paho5")
     for i in range(10):
         pub.publish(f"{prefix}/work/{i}", str(i).encode())
     assert len(get_n(everyone, 10)) == 10
-    time.sleep(QUIET)
-    got = [sorted(int(m.payload) for m in silent(member, 0)) for member in members]
+    got = [sorted(int(m.payload) for m in fence(member, f"{prefix}/fence/{i}", pub))
+           for i, member in enumerate(members)]
     assert sorted(got[0] + got[1]) == list(range(10))   # each message exactly once per group
     assert got[0] and got[1]
 
@@ -594,7 +647,8 @@ def test_shared_subscription_and_retained_messages_on_subscribe(clients, prefix,
     clients("paho5").publish(f"{prefix}/job", b"retained", retain=True)
     member = clients("paho5")
     member.subscribe([(f"$share/g1/{prefix}/job", 1)])
-    got = [m.payload for m in silent(member)]
+    # The only member of its group, so its own (unretained) marker on the topic comes back.
+    got = [m.payload for m in fence(member, f"{prefix}/job")]
     assert got == ([b"retained"] if broker.name == "mosquitto" else [])
     plain = clients("paho5")
     plain.subscribe([(f"{prefix}/job", 1)])
@@ -724,7 +778,8 @@ def test_slow_subscriber_is_disconnected_instead_of_buffering(aio_loop):
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         slow.sendall(p.Connect("slow").encode() + p.Subscribe(1, [("flood", p.SubOptions(0))])
                      .encode(4))
-        time.sleep(0.2)
+        # The SUBACK says the subscription is in place; after it this reader reads nothing.
+        assert [type(x) for x in read_packets(slow, 2, 4)] == [p.Connack, p.Suback]
         addr = Addr("embedded", "127.0.0.1", broker.port)
         pub = PahoClient(addr, "flooder", 4).connect()
         chunk = b"x" * 60000
@@ -856,9 +911,12 @@ def test_mqtt5_receive_maximum_limits_unacknowledged_messages(private_broker):
         private_broker.publish(f"rm/{i}", b"%d" % i, qos=1)
     first = read_packets(sock, 2, 5)
     assert [m.payload for m in first] == [b"0", b"1"]
-    sock.settimeout(QUIET)
-    with pytest.raises(TimeoutError):
-        sock.recv(1)                          # the third waits for a PUBACK
+    # The third waits for a PUBACK. A QoS 0 marker would queue behind it, so the fence
+    # is a PINGREQ: the broker answers it after it has handled the five publishes
+    # above (each returned only once the broker had routed it), on the same ordered
+    # stream, so a third PUBLISH sent too early would be read before the PINGRESP.
+    sock.sendall(p.Pingreq().encode())
+    assert [type(x) for x in read_packets(sock, 1, 5)] == [p.Pingresp]
     sock.sendall(p.Puback(first[0].packet_id).encode(5))
     assert [m.payload for m in read_packets(sock, 1, 5)] == [b"2"]
     sock.sendall(p.Puback(first[1].packet_id).encode(5))
@@ -886,27 +944,37 @@ def test_mqtt5_retained_message_expires(clients, prefix):
     from paho.mqtt.properties import Properties
 
     props = Properties(PacketTypes.PUBLISH)
-    props.MessageExpiryInterval = 1
+    props.MessageExpiryInterval = 2
     pub = clients("paho5")
     info = pub.client.publish(f"{prefix}/exp", b"short-lived", 1, True, props)
     info.wait_for_publish(TIMEOUT)
-    time.sleep(2.2)
+    assert info.is_published()
+    published = time.monotonic()
     sub = clients("paho5")
-    sub.subscribe([(f"{prefix}/exp", 1)])
-    assert silent(sub) == []
+
+    def retained_now() -> list[bytes]:
+        """What subscribing again brings: a broker resends retained messages on every SUBSCRIBE."""
+        sub.subscribe([(f"{prefix}/exp", 1)])
+        return [m.payload for m in fence(sub, f"{prefix}/exp")]   # the marker is not retained
+
+    assert retained_now() == [b"short-lived"]     # there before it expires
+    # What is tested is time passing, so this waits for it, polling: the message must
+    # be gone soon after its 2 s (brokers count expiry in whole seconds).
+    while (got := retained_now()) and time.monotonic() - published < 2 + TIMEOUT:
+        time.sleep(0.1)
+    assert got == [], f"still retained {time.monotonic() - published:.1f} s after publishing"
 
 
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
 def test_unsubscribe_stops_delivery(clients, prefix, kind):
     sub = clients(kind)
-    sub.subscribe([(f"{prefix}/u", 1)])
+    sub.subscribe([(f"{prefix}/u", 1), (f"{prefix}/fence", 1)])
     pub = clients(kind)
     pub.publish(f"{prefix}/u", b"one")
     assert get(sub).payload == b"one"
-    sub.unsubscribe([f"{prefix}/u"])
-    time.sleep(0.2)
+    sub.unsubscribe([f"{prefix}/u"])        # returns once the UNSUBACK is in
     pub.publish(f"{prefix}/u", b"two")
-    assert silent(sub) == []
+    assert fence(sub, f"{prefix}/fence", pub) == []
 
 
 @pytest.mark.parametrize("version", [4, 5])
