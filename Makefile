@@ -3,7 +3,7 @@
 #   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt)
 #   make bench  the benchmarks, printing tables
 #   make mutate every mutant of the trusted device core (tools/mutate.py; ~20 min on 2 cores)
-#   make fuzz   a longer fuzz run of the decoders
+#   make fuzz   a longer fuzz run of every decoder (60 s a target)
 
 PYTHON ?= python3
 VENV := .venv
@@ -51,7 +51,7 @@ bench: setup
 	$(PY) benchmarks/bench_fleet.py
 
 fuzz: setup
-	$(PY) tools/fuzz_decoders.py --seconds 60
+	$(PY) tools/fuzz_decoders.py --target all --seconds 60
 
 clean:
 	rm -rf $(VENV) node_modules demo-out .pytest_cache .ruff_cache .hypothesis .mutate-cache
