@@ -146,6 +146,9 @@ def test_a_batch_keeps_message_order_across_statuses_and_wills(db):
     ({"state": "ok", "fleet": "other"}, "does not match"),
     ({"state": "ok", "group": "a/b"}, "may hold only"),
     (b"{" + b" " * fleetdb.MAX_STATUS_BYTES + b"}", "limit"),
+    (b"[" * 2000, "nested too deeply"),
+    (b'{"state": "ok", "detail": "\\udc00"}', "lone surrogate"),
+    (b'{"state": "ok", "\\ud800": 1}', "lone surrogate"),
 ])
 def test_malformed_statuses_are_rejected_with_the_reason_and_the_rest_of_the_batch_is_stored(db, body, why):
     result = db.ingest_statuses([(F, "bad", body, T), (F, "good", status("good"), T)])

@@ -29,16 +29,7 @@ ITERATIONS = 1500  # inputs per target, seeds included: about 5 s for all five o
 # Failures filed and not fixed yet that this run may meet: (call prefix, exception class).
 # Only these exact pairs are let through; anything else found fails the test. Remove an
 # entry (and its twin in the tool's KNOWN) when the fix lands.
-ALLOWED_KNOWN = {
-    # issue 10: a status or report nested thousands of levels deep ('[' x 2000) raises
-    # RecursionError out of json.loads in fleetdb.decode_message instead of StatusError.
-    ("status.", "RecursionError"),
-    # Found by this fuzzer, not filed yet: a lone-surrogate escape ("\udc00") in a text
-    # field passes normalise_status/normalise_report and ingest_statuses/add_reports then
-    # raise UnicodeEncodeError when SQLite binds the text.
-    ("status.ingest", "UnicodeEncodeError"),
-    ("status.add_reports", "UnicodeEncodeError"),
-}
+ALLOWED_KNOWN: set[tuple[str, str]] = set()
 
 
 def _allowed(target: str, error: str) -> bool:

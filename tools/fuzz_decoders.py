@@ -416,18 +416,7 @@ def shape(value):
 # or violation kind) -> where they are tracked. They are counted and printed as "known",
 # apart from violations, and leave the exit status alone unless --strict is given. Only
 # the exact pair is excused: any other failure of the same target is still a violation.
-KNOWN = {
-    ("status.", "RecursionError"):
-        "issue 10: JSON nested a few thousand levels deep (e.g. '[' x 2000) in a status "
-        "or report raises RecursionError out of json.loads, not StatusError",
-    ("status.ingest", "UnicodeEncodeError"):
-        "found by this fuzzer, not yet filed: a text field holding a JSON escape of a lone "
-        "surrogate (e.g. \"\\udc00\") passes normalise_status and makes ingest_statuses raise "
-        "UnicodeEncodeError when SQLite binds it",
-    ("status.add_reports", "UnicodeEncodeError"):
-        "found by this fuzzer, not yet filed: same as status.ingest, for the report kind "
-        "(validation-result/event) stored by add_reports",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def known_issue(target: str, what: str) -> str | None:

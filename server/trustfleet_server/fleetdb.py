@@ -133,9 +133,31 @@ def decode_message(payload: bytes | str | Mapping, limit: int = MAX_STATUS_BYTES
         value = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise StatusError(f"not JSON: {exc}") from None
+    except RecursionError:
+        # A device's message must never take the server down ('[' x 2000 did).
+        raise StatusError("JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise StatusError(f"expected a JSON object, got {type(value).__name__}")
+    _check_text(value)
     return value
+
+
+def _check_text(value: object) -> None:
+    """Refuse strings that are not Unicode text: JSON's \\u escapes can spell lone surrogates,
+    which json.loads accepts and no database can store. Raises: StatusError."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise StatusError("a string holds a lone surrogate escape, not text") from None
 
 
 def _check_identity(fleet: str, device_id: str, status: Mapping) -> None:
