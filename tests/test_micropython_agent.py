@@ -23,6 +23,7 @@ from pathlib import Path
 
 import fleetkit as fk
 import pytest
+from mpunix import BOARD_SHIMS
 from test_agent import _cut_points
 from test_trust import HOST
 from test_x509 import pin, pki
@@ -574,48 +575,11 @@ def test_board_files_compile_under_micropython(mpy):
         assert out.strip() == "code", name
 
 
-# Fake board modules for driving main.py's functions in the VM (the real ones
-# exist only on a board). The tls fake plays mbedTLS: it hands the server's
+# Fake board modules for driving main.py's functions in the VM: the shims of tests/mpunix.py
+# for machine, network and ntptime, plus fake socket and tls. The tls fake plays mbedTLS: it hands the server's
 # chain to verify_callback (top first, as mbedTLS does) and returns the leaf.
 FAKES = {
-    "machine.py": '''
-class WDT:
-    fed = 0
-
-    def __init__(self, id=0, timeout=5000):
-        self.timeout = timeout
-
-    def feed(self):
-        WDT.fed += 1
-''',
-    "network.py": '''
-STA_IF = 0
-
-
-class WLAN:
-    def __init__(self, i):
-        self.on = False
-
-    def active(self, on=None):
-        if on is not None:
-            self.on = on
-        return self.on
-
-    def isconnected(self):
-        return self.on
-
-    def connect(self, ssid, key):
-        pass
-''',
-    "ntptime.py": '''
-host = "pool.ntp.org"
-calls = 0
-
-
-def settime():
-    global calls
-    calls += 1
-''',
+    **{name: BOARD_SHIMS[name] for name in ("machine.py", "network.py", "ntptime.py")},
     "socket.py": '''
 SOCK_STREAM = 1
 
