@@ -256,4 +256,9 @@ def test_root_rotation_through_the_agent_then_bundle_signed_by_new_keys(bundles)
     assert storage.read("root.cose") == raw
     again = reboot(storage, repo)
     assert again.status()["root_version"] == 2
+    # v1 is signed by bundle keys root v2 retired: it no longer verifies, so the device
+    # reports its store invalid and runs without one until a bundle by the new keys arrives.
+    assert [r["event"] for r in again.boot_result.reports] == ["store-invalid"]
+    assert "valid bundle signature(s), needs 2" in again.boot_result.reports[0]["detail"]
+    assert again.status()["state"] == "no-store" and again.agent.state["active"] is None
     assert again.offer("bundle", repo.bundle(version=2)).committed == 2

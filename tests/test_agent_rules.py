@@ -1,0 +1,568 @@
+"""Every rule of the device agent (device/trustfleet_device/agent.py), one decision at a time.
+
+The agent is a state machine with no I/O, so most tests here feed it real
+signed documents and clock values and compare the returned actions with
+the exact list expected: store.WRITE_SLOT/SWITCH/COMMIT/REVERT/SAVE with the
+whole new state, HEALTH_CHECK with its deadline, REPORT and REFUSED with
+their kind and reason. Boundaries are tested on both sides (a deadline
+reached vs passed, a clock one second inside or outside a limit).
+
+A bundle offer is tested on both paths: in memory (`offer_bundle`) and
+streamed into the inactive slot and verified from there
+(`offer_stored_bundle`). Tests that need storage use the real Store over
+MemStorage through runner.Device. See tests/test_agent.py for the
+scenarios (power cuts, reboots) driven end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from fleetkit import DAY, NOW, Repo, encode, flip_payload_byte
+
+from trustfleet_device import VERSION, policy, runner, store
+from trustfleet_device import agent as core
+from trustfleet_device.errors import BundleError
+from trustfleet_device.limits import DEFAULT
+from trustfleet_device.source import BytesSource
+from trustfleet_device.storage import MemStorage
+
+FIRMWARE_TIME = NOW - 30 * DAY
+TIMEOUT = 60
+DEVICE = "sensor-17"
+EXPIRES = NOW + 90 * DAY        # expires_at of every fleetkit bundle
+MAX_AGE = 2 * DAY               # max_timestamp_age of every fleetkit bundle
+LEAD = 400 * DAY                # how far a clock reading may run ahead and still be saved
+STEP = 3600                     # a clock reading is saved only when this much newer
+
+
+@pytest.fixture(scope="module")
+def repo() -> Repo:
+    return Repo()
+
+
+@pytest.fixture(scope="module")
+def bundles(repo: Repo) -> dict[int, bytes]:
+    return {v: repo.bundle(version=v) for v in (1, 2, 3, 4, 5)}
+
+
+def config(repo: Repo, **kw) -> core.Config:
+    settings = {"fleet": repo.fleet, "firmware_time": FIRMWARE_TIME, "health_timeout": TIMEOUT,
+                "device_id": DEVICE}
+    settings.update(kw)
+    return core.Config(**settings)
+
+
+def state(**changes) -> dict:
+    s = store.fresh_state()
+    s.update(changes)
+    return s
+
+
+def boot(repo: Repo, st: dict | None = None, slots: dict | None = None, clock: int = NOW,
+         root_raw: bytes | None = None, **kw):
+    """A booted agent and the actions boot returned."""
+    agent = core.Agent(config(repo, **kw))
+    empty = {"a": None, "b": None}
+    actions = agent.boot(root_raw or repo.root_raw, st or state(), slots or empty, clock)
+    return agent, actions
+
+
+def committed(repo: Repo, raw: bytes, version: int, **changes):
+    """An agent booted on `raw` committed in slot a (floor = version)."""
+    st = state(active="a", version=version, floor=version, time=NOW, **changes)
+    agent, actions = boot(repo, st, {"a": raw, "b": None})
+    assert actions == [] and agent.bundle.version == version
+    return agent
+
+
+def report(event: str, detail: str, **extra) -> tuple:
+    return (core.REPORT, {"event": event, "detail": detail, "device": DEVICE, **extra})
+
+
+def refused(kind: str, reason: str) -> list:
+    return [(core.REFUSED, kind, reason), report("refused", f"{kind}: {reason}")]
+
+
+def error_of(fn, *args) -> str:
+    with pytest.raises(BundleError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def sha(raw: bytes) -> bytes:
+    return hashlib.sha256(raw).digest()
+
+
+PATHS = ("memory", "stream")
+
+
+def offer(agent: core.Agent, raw: bytes, clock: int, path: str) -> list:
+    """Offer a bundle in memory, or as if streamed into the inactive slot (no WRITE_SLOT then)."""
+    if path == "memory":
+        return agent.offer_bundle(raw, clock)
+    return agent.offer_stored_bundle(agent.inactive_slot(), BytesSource(raw), clock, sha(raw))
+
+
+def install_actions(slot: str, raw: bytes, path: str, switch_state: dict, version: int,
+                    deadline: int) -> list:
+    head = [(store.WRITE_SLOT, slot, raw)] if path == "memory" else []
+    return head + [(store.SWITCH, switch_state), (core.HEALTH_CHECK, version, deadline)]
+
+
+# ------------------------------------------------------------------ before boot, defaults
+
+
+def test_config_defaults():
+    c = core.Config()
+    assert (c.fleet, c.firmware_time, c.health_timeout, c.limits, c.device_id, c.managed,
+            c.agent_version) == (None, 0, 120, DEFAULT, None, False, VERSION)
+    assert core.Config(managed=True).managed is True
+
+
+def test_an_agent_before_boot_reports_no_store_and_no_root(repo):
+    agent = core.Agent(config(repo))
+    assert agent.root is None and agent.root_raw is None and agent.bundle is None
+    assert agent.trial_bundle() is None and not agent.busy()
+    assert agent.inactive_slot() == "a"
+    assert agent.status(NOW) == {
+        "device": DEVICE, "state": "no-store", "version": None, "floor": 0, "bad": [],
+        "root_version": None, "trusted_time": NOW, "last_timestamp": 0, "reasons": [],
+        "last_revert": None, "agent_version": VERSION,
+    }
+
+
+def test_default_health_timeout_sets_the_deadline(repo, bundles):
+    agent = core.Agent(core.Config(fleet=repo.fleet))
+    agent.boot(repo.root_raw, state(), {"a": None, "b": None}, NOW)
+    assert agent.offer_bundle(bundles[1], NOW)[-1] == (core.HEALTH_CHECK, 1, NOW + 120)
+
+
+# ------------------------------------------------------------------ boot
+
+
+def test_boot_with_no_active_slot_loads_nothing(repo, bundles):
+    agent, actions = boot(repo, slots={"a": bundles[1], "b": bundles[2]})
+    assert actions == [] and agent.bundle is None
+    assert agent.root.version == 1 and agent.root_raw == repo.root_raw
+    assert agent.status(NOW)["state"] == "no-store"
+
+
+@pytest.mark.parametrize("as_source", [False, True], ids=["bytes", "source"])
+@pytest.mark.parametrize("slot", ["a", "b"])
+def test_boot_loads_the_verified_active_slot(repo, bundles, slot, as_source):
+    raw = bundles[2]
+    other = "b" if slot == "a" else "a"
+    slots = {slot: BytesSource(raw) if as_source else raw, other: bundles[1]}
+    agent, actions = boot(repo, state(active=slot, version=2, floor=2, time=NOW), slots)
+    assert actions == [] and agent.bundle.version == 2
+    assert agent.inactive_slot() == other
+    assert agent.status(NOW)["state"] == "ok"
+
+
+def test_boot_refuses_an_unusable_root(repo):
+    agent = core.Agent(config(repo))
+    with pytest.raises(BundleError):
+        agent.boot(flip_payload_byte(repo.root_raw), state(), {"a": None, "b": None}, NOW)
+
+
+def test_boot_with_an_empty_active_slot_reports_it_and_forgets_the_slot(repo, bundles):
+    st = state(active="a", version=2, floor=2, time=NOW)
+    agent, actions = boot(repo, st, {"a": None, "b": None})
+    after = state(active=None, version=None, floor=2, time=NOW)
+    assert actions == [report("store-invalid", "slot a is empty"), (store.SAVE, after)]
+    assert agent.state == after and agent.bundle is None
+    assert agent.status(NOW)["state"] == "no-store"
+
+
+def _fallback_case(repo, bundles, active, other_raw, **changes):
+    """Active slot holds a corrupted v3 (floor 3); the other slot holds other_raw."""
+    corrupt = flip_payload_byte(bundles[3])
+    other = "b" if active == "a" else "a"
+    st = state(active=active, version=3, floor=3, time=NOW, **changes)
+    detail = error_of(policy.verify_bundle, policy.load_trusted_root(repo.root_raw), corrupt)
+    agent, actions = boot(repo, st, {active: corrupt, other: other_raw})
+    return agent, actions, st, other, detail
+
+
+@pytest.mark.parametrize("active", ["a", "b"])
+def test_boot_falls_back_to_the_other_slot_when_the_active_one_fails(repo, bundles, active):
+    # The other slot holds v4: installed, then reverted once by a reboot before commit
+    # (retried, not bad). It is above the floor, so the device falls back to it.
+    agent, actions, st, other, detail = _fallback_case(repo, bundles, active, bundles[4], retried=[4])
+    after = dict(st, active=other, version=4, trial=False)
+    assert actions == [report("store-invalid", detail), (store.COMMIT, after)]
+    assert agent.state == after and agent.bundle.version == 4
+    assert agent.status(NOW)["state"] == "ok"
+
+
+def test_boot_falls_back_to_a_slot_exactly_at_the_floor(repo, bundles):
+    agent, actions, st, other, detail = _fallback_case(repo, bundles, "a", bundles[3])
+    after = dict(st, active="b", version=3)
+    assert actions == [report("store-invalid", detail), (store.COMMIT, after)]
+    assert agent.bundle.version == 3
+
+
+@pytest.mark.parametrize("case", ["below-floor", "bad", "empty", "invalid"])
+def test_boot_does_not_fall_back_below_the_floor_to_a_bad_or_unusable_slot(repo, bundles, case):
+    other_raw, changes = {
+        "below-floor": (bundles[2], {}),
+        "bad": (bundles[4], {"bad": [4]}),
+        "empty": (None, {}),
+        "invalid": (flip_payload_byte(bundles[4]), {}),
+    }[case]
+    agent, actions, st, _, detail = _fallback_case(repo, bundles, "a", other_raw, **changes)
+    after = dict(st, active=None, version=None)
+    assert actions == [report("store-invalid", detail), (store.SAVE, after)]
+    assert agent.state == after and agent.bundle is None
+
+
+def test_boot_on_trial_reverts_once_then_marks_bad(repo, bundles):
+    st = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1, time=NOW)
+    slots = {"a": bundles[1], "b": bundles[2]}
+    agent, actions = boot(repo, st, slots)
+    first = state(active="a", version=1, floor=1, time=NOW, retried=[2], reason="reboot before commit")
+    assert actions == [(store.REVERT, first),
+                       report("reverted", "bundle v2: reboot before commit", version=2)]
+    assert agent.bundle.version == 1 and not agent.busy()
+    # The same version on trial again: the second reboot calls it bad.
+    agent, actions = boot(repo, dict(st, retried=[2]), slots)
+    second = dict(first, bad=[2])
+    assert actions == [(store.REVERT, second),
+                       report("reverted", "bundle v2: reboot before commit", version=2)]
+
+
+# ------------------------------------------------------------------ time
+
+
+@pytest.mark.parametrize("clock, st, expected", [
+    (NOW, state(), NOW),                                                   # the clock
+    (0, state(), FIRMWARE_TIME),                                           # firmware build time
+    (NOW, state(time=NOW + 5), NOW + 5),                                   # persisted time
+    (NOW, state(last_timestamp=NOW + 7), NOW + 7),                         # last timestamp
+    (NOW + 9, state(time=NOW + 5, last_timestamp=NOW + 7), NOW + 9),
+])
+def test_trusted_time_is_the_latest_of_clock_state_and_firmware(repo, clock, st, expected):
+    agent, _ = boot(repo, st)
+    assert agent.trusted_time(clock) == expected
+    assert agent.status(clock)["trusted_time"] == expected
+
+
+@pytest.mark.parametrize("clock, saved", [
+    (NOW + 1, False),
+    (NOW + STEP, False),              # not more than one step newer: not worth a flash write
+    (NOW + STEP + 1, True),
+    (NOW + LEAD, True),               # as far ahead of authenticated time as is plausible
+    (NOW + LEAD + 1, False),          # further: an NTP attacker's jump is never made permanent
+    (NOW - DAY, False),
+])
+def test_observe_clock_saves_a_plausible_reading(repo, clock, saved):
+    agent, _ = boot(repo, state(time=NOW, last_timestamp=NOW))
+    actions = agent.observe_clock(clock)
+    if saved:
+        assert actions == [(store.SAVE, state(time=clock, last_timestamp=NOW))]
+        assert agent.state["time"] == clock
+        assert agent.observe_clock(clock + STEP) == [], "the next step counts from the saved reading"
+    else:
+        assert actions == [] and agent.state == state(time=NOW, last_timestamp=NOW)
+
+
+@pytest.mark.parametrize("clock, saved", [(FIRMWARE_TIME + LEAD, True), (FIRMWARE_TIME + LEAD + 1, False)])
+def test_clock_lead_counts_from_firmware_time_when_nothing_is_authenticated(repo, clock, saved):
+    agent, _ = boot(repo)
+    expected = [(store.SAVE, state(time=clock))] if saved else []
+    assert agent.observe_clock(clock) == expected
+
+
+def test_tick_when_idle_saves_the_clock(repo):
+    agent, _ = boot(repo, state(time=NOW))
+    assert agent.tick(NOW + STEP) == []
+    assert agent.tick(NOW + STEP + 1) == [(store.SAVE, state(time=NOW + STEP + 1))]
+
+
+def test_timestamp_is_saved_as_authenticated_time(repo, bundles):
+    agent, _ = boot(repo)
+    raw = repo.timestamp(bundles[1], time=NOW + 10)
+    assert agent.offer_timestamp(raw, 0) == [(store.SAVE, state(time=NOW + 10, last_timestamp=NOW + 10))]
+    assert agent.latest == (1, sha(bundles[1]))
+    assert agent.trusted_time(0) == NOW + 10
+
+
+def test_timestamp_older_than_saved_time_keeps_the_saved_time(repo, bundles):
+    agent, _ = boot(repo, state(time=NOW + 100))
+    actions = agent.offer_timestamp(repo.timestamp(bundles[1], time=NOW), NOW)
+    assert actions == [(store.SAVE, state(time=NOW + 100, last_timestamp=NOW))]
+
+
+def test_timestamp_older_than_the_last_is_refused(repo, bundles):
+    st = state(time=NOW + 10, last_timestamp=NOW + 10)
+    agent, _ = boot(repo, st)
+    actions = agent.offer_timestamp(repo.timestamp(bundles[1], time=NOW + 9), NOW)
+    assert actions == refused("timestamp", f"timestamp time {NOW + 9} is older than the last accepted {NOW + 10}")
+    assert agent.state == st and agent.latest is None
+
+
+# ------------------------------------------------------------------ install, health, deadline
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_install_switches_on_trial_then_commits(repo, bundles, path):
+    agent, _ = boot(repo, clock=NOW)
+    trial = state(active="a", version=1, trial=True, time=NOW)    # time: the bundle's issued_at
+    assert offer(agent, bundles[1], NOW, path) == install_actions("a", bundles[1], path, trial, 1,
+                                                                  NOW + TIMEOUT)
+    assert agent.state == trial and agent.busy() and agent.bundle is None
+    assert agent.trial_bundle().version == 1
+
+    done = state(active="a", version=1, floor=1, time=NOW)
+    assert agent.health(True, "endpoints reachable", NOW + 1) == [
+        (store.COMMIT, done), report("installed", "bundle v1 committed")]
+    assert agent.state == done and agent.bundle.version == 1
+    assert agent.trial_bundle() is None and not agent.busy()
+    assert agent.health(True, "again", NOW + 2) == [], "no trial: nothing to commit"
+
+    # The next install goes to the other slot and remembers the way back.
+    trial2 = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1, time=NOW)
+    assert offer(agent, bundles[2], NOW + 5, path) == install_actions("b", bundles[2], path, trial2, 2,
+                                                                      NOW + 5 + TIMEOUT)
+
+
+def test_stored_bundle_must_be_in_the_inactive_slot(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    with pytest.raises(ValueError, match="inactive slot is b"):
+        agent.offer_stored_bundle("a", BytesSource(bundles[2]), NOW, sha(bundles[2]))
+    assert agent.state["active"] == "a" and not agent.busy()
+
+
+def test_health_check_deadline_is_reached_then_passed(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    agent.offer_bundle(bundles[2], NOW)
+    assert agent.tick(NOW + TIMEOUT) == [] and agent.busy()
+    reason = "health check gave no answer before the deadline"
+    back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
+    assert agent.tick(NOW + TIMEOUT + 1) == [(store.REVERT, back),
+                                             report("reverted", "bundle v2: " + reason, version=2)]
+    assert agent.state == back and agent.bundle.version == 1
+
+
+def test_deadline_counts_in_trusted_time(repo, bundles):
+    # A clock far behind (a board at 2000-01-01) cannot stretch the deadline:
+    # it is set and checked in trusted time.
+    agent = committed(repo, bundles[1], 1)
+    assert agent.offer_bundle(bundles[2], 946_684_800)[-1] == (core.HEALTH_CHECK, 2, NOW + TIMEOUT)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_failed_health_check_reverts_marks_bad_and_frees_the_agent(repo, bundles, path):
+    agent = committed(repo, bundles[1], 1)
+    offer(agent, bundles[2], NOW, path)
+    reason = "health check failed: TLS to api.acme.example failed"
+    back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
+    assert agent.health(False, "TLS to api.acme.example failed", NOW + 1) == [
+        (store.REVERT, back), report("reverted", "bundle v2: " + reason, version=2)]
+    assert agent.state == back and agent.bundle.version == 1
+    assert agent.trial_bundle() is None and not agent.busy()
+    assert agent.status(NOW)["last_revert"] == reason
+    # Not waiting any more: the next version installs, into the freed slot.
+    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW + TIMEOUT)
+    assert agent.state["active"] == "b"
+
+
+# ------------------------------------------------------------------ refused bundles
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bundle_offered_during_a_trial_is_refused(repo, bundles, path):
+    agent = committed(repo, bundles[1], 1)
+    offer(agent, bundles[2], NOW, path)
+    before = store.copy_state(agent.state)
+    assert offer(agent, bundles[3], NOW, path) == refused(
+        "bundle", "an install is already waiting for its health check")
+    assert agent.state == before and agent.trial_bundle().version == 2
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("version", [1, 2])
+def test_bundle_not_above_the_floor_is_refused(repo, bundles, path, version):
+    agent = committed(repo, bundles[2], 2)
+    assert offer(agent, bundles[version], NOW, path) == refused(
+        "bundle", f"bundle version {version} is not newer than installed version 2")
+    assert not agent.busy() and agent.state == state(active="a", version=2, floor=2, time=NOW)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bundle_reverted_as_bad_is_refused(repo, bundles, path):
+    agent = committed(repo, bundles[1], 1, bad=[2])
+    assert offer(agent, bundles[2], NOW, path) == refused(
+        "bundle", "bundle version 2 was reverted as bad on this device")
+    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW + TIMEOUT)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bundle_not_newer_than_the_active_one_is_refused(repo, bundles, path):
+    # After a boot fallback the active version (4) is above the floor (3): the
+    # floor alone would let v4 be installed again over itself.
+    agent, actions, *_ = _fallback_case(repo, bundles, "a", bundles[4], retried=[4])
+    assert agent.state["floor"] == 3 and agent.bundle.version == 4
+    assert offer(agent, bundles[4], NOW, path) == refused(
+        "bundle", "bundle version 4 is not newer than active version 4")
+    assert offer(agent, bundles[3], NOW, path) == refused(
+        "bundle", "bundle version 3 is not newer than installed version 3")
+    assert not agent.busy()
+    assert offer(agent, bundles[5], NOW, path)[-1] == (core.HEALTH_CHECK, 5, NOW + TIMEOUT)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bundle_expired_at_trusted_time_is_refused(repo, bundles, path):
+    # The clock says long ago; the saved authenticated time says the bundle has expired.
+    agent, _ = boot(repo, state(time=EXPIRES))
+    assert offer(agent, bundles[1], NOW, path) == refused(
+        "bundle", f"bundle v1 expired at {EXPIRES}, trusted time is {EXPIRES}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bundle_must_match_the_digest_in_the_latest_timestamp(repo, bundles, path):
+    other_v2 = repo.bundle(version=2)   # validly signed, but not the v2 the timestamp vouches for
+    assert other_v2 != bundles[2]
+    agent = committed(repo, bundles[1], 1)
+    agent.offer_timestamp(repo.timestamp(bundles[2], time=NOW), NOW)
+    assert offer(agent, other_v2, NOW, path) == refused(
+        "bundle", "bundle v2 does not match the digest in the latest timestamp")
+    assert offer(agent, bundles[2], NOW, path)[-1] == (core.HEALTH_CHECK, 2, NOW + TIMEOUT)
+
+
+def test_bundle_signed_below_threshold_is_refused(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    weak = repo.bundle(version=2, signers=repo.keys["bundle"][:1])
+    reason = error_of(policy.verify_bundle, agent.root, weak)
+    assert agent.offer_bundle(weak, NOW) == refused("bundle", reason)
+    assert "needs 2" in reason
+
+
+# ------------------------------------------------------------------ roots
+
+
+def test_next_root_is_written_and_reported():
+    repo = Repo()
+    agent, _ = boot(repo, root_raw=repo.root_raw)
+    raw = repo.rotate("bundle", new_keys=1)
+    assert agent.offer_root(raw, NOW) == [(store.WRITE_ROOT, raw), report("root-updated", "root v2")]
+    assert agent.root.version == 2 and agent.root_raw == raw
+    assert agent.status(NOW)["root_version"] == 2
+
+
+@pytest.mark.parametrize("case", ["same", "skip", "corrupt"])
+def test_root_that_is_not_the_next_one_is_refused(case):
+    repo = Repo()
+    agent, _ = boot(repo, root_raw=repo.root_raw)
+    v2 = repo.rotate("bundle", new_keys=1)
+    v3 = repo.rotate("bundle", new_keys=1)
+    raw = {"same": repo.root_raw, "skip": v3, "corrupt": flip_payload_byte(v2)}[case]
+    reason = error_of(policy.verify_root_update, agent.root, raw)
+    assert agent.offer_root(raw, NOW) == refused("root", reason)
+    assert agent.root.version == 1 and agent.root_raw == repo.root_raw
+
+
+# ------------------------------------------------------------------ status
+
+
+def _fresh_to(agent: core.Agent, repo: Repo, raw: bytes, t: int) -> None:
+    assert agent.offer_timestamp(repo.timestamp(raw, time=t), 0)[0][0] == store.SAVE
+
+
+def test_status_of_a_fresh_committed_store(repo, bundles):
+    agent = committed(repo, bundles[1], 1, bad=[7])
+    assert agent.status(NOW + 1) == {
+        "device": DEVICE, "state": "ok", "version": 1, "floor": 1, "bad": [7], "root_version": 1,
+        "trusted_time": NOW + 1, "last_timestamp": 0, "reasons": [], "last_revert": None,
+        "agent_version": VERSION,
+    }
+
+
+def test_stale_when_the_bundle_has_expired(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    _fresh_to(agent, repo, bundles[1], EXPIRES - 1)
+    assert agent.status(EXPIRES - 1)["reasons"] == []
+    status = agent.status(EXPIRES)
+    assert status["state"] == "stale" and status["version"] == 1
+    assert status["reasons"] == [f"bundle v1 expired at {EXPIRES}"]
+
+
+def test_stale_when_the_last_timestamp_is_too_old(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    _fresh_to(agent, repo, bundles[1], NOW + DAY)
+    assert agent.status(NOW + DAY + MAX_AGE)["state"] == "ok"
+    status = agent.status(NOW + DAY + MAX_AGE + 1)
+    assert status["state"] == "stale" and status["reasons"] == [f"no timestamp newer than {MAX_AGE} s"]
+
+
+def test_stale_without_any_timestamp_counts_from_issued_at(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    assert agent.status(NOW + MAX_AGE)["state"] == "ok"
+    assert agent.status(NOW + MAX_AGE + 1)["reasons"] == [f"no timestamp newer than {MAX_AGE} s"]
+
+
+def test_stale_when_the_root_has_expired_but_still_trusted(repo, bundles):
+    root_expires = NOW + 10 * DAY
+    short_root = repo.sign(encode(repo.root_map(expires=root_expires)), repo.signers("root"))
+    st = state(active="a", version=1, floor=1, time=NOW)
+    agent, _ = boot(repo, st, {"a": bundles[1], "b": None}, root_raw=short_root)
+    _fresh_to(agent, repo, bundles[1], root_expires - 1)
+    assert agent.status(root_expires - 1)["state"] == "ok"
+    status = agent.status(root_expires)
+    assert status["state"] == "stale" and status["reasons"] == [f"root v1 expired at {root_expires}"]
+    # Still trusted: a timestamp signed under it is accepted.
+    _fresh_to(agent, repo, bundles[1], root_expires + 1)
+
+
+def test_stale_reasons_all_at_once_in_order(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    late = NOW + 366 * DAY
+    assert agent.status(late)["reasons"] == [
+        f"bundle v1 expired at {EXPIRES}",
+        f"no timestamp newer than {MAX_AGE} s",
+        f"root v1 expired at {NOW + 365 * DAY}",
+    ]
+
+
+def test_trial_is_reported_as_trial_not_stale(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    agent.offer_bundle(bundles[2], NOW)
+    status = agent.status(NOW + 10 * DAY)
+    assert status["state"] == "trial" and status["reasons"] == [] and status["version"] == 1
+
+
+# ------------------------------------------------------------------ with a real store
+
+
+def test_fallback_after_flash_corruption_is_persisted_through_the_store(repo, bundles):
+    storage = MemStorage()
+    runner.initialise(storage, repo.root_raw, config(repo))
+    device = runner.Device(storage, config(repo), runner.no_endpoints, lambda: NOW)
+    assert device.offer("bundle", bundles[1]).committed == 1
+    # v2 goes on trial in slot b, then the board reboots before the health check answers.
+    device.store.apply_all(device.agent.offer_bundle(bundles[2], NOW)[:2])
+    device = runner.Device(storage.reboot(), config(repo), runner.no_endpoints, lambda: NOW)
+    assert device.status()["version"] == 1 and device.agent.state["retried"] == [2]
+    # Slot a rots on flash: the next boot falls back to v2 and commits that choice.
+    storage = device.store.storage.reboot()
+    storage.files["slot-a.cose"] = flip_payload_byte(bundles[1])
+    device = runner.Device(storage, config(repo), runner.no_endpoints, lambda: NOW)
+    assert [r["event"] for r in device.boot_result.reports] == ["store-invalid"]
+    assert device.boot_result.committed == 2
+    again = runner.Device(storage.reboot(), config(repo), runner.no_endpoints, lambda: NOW)
+    assert again.boot_result.reports == [] and again.status()["version"] == 2
+    assert again.agent.state["active"] == "b"
+
+
+def test_streamed_install_through_the_store(repo, bundles):
+    storage = MemStorage()
+    runner.initialise(storage, repo.root_raw, config(repo))
+    device = runner.Device(storage, config(repo), runner.no_endpoints, lambda: NOW)
+    raw = bundles[1]
+    assert device.receive_bundle([raw[:100], raw[100:]]).committed == 1
+    assert storage.read("slot-a.cose") == raw
+    result = device.receive_bundle([bundles[1]])
+    assert result.refused == [("bundle", "bundle version 1 is not newer than installed version 1")]
+    assert device.status()["version"] == 1 and device.agent.state["active"] == "a"
