@@ -356,9 +356,9 @@ def baseline(quiet=False):
     if not quiet:
         print("baseline: running the fast tests under coverage (once per change of tests or core)",
               file=sys.stderr, flush=True)
-    for old in CACHE.glob("baseline-*.json"):
-        old.unlink()
-    partial = path.with_suffix(".partial")
+    # Several runs may build the same baseline at once: each writes its own file and
+    # renames it into place atomically; the last rename wins with identical content.
+    partial = path.with_suffix(f".{os.getpid()}.partial")
     script = (f"import json, sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; import mutate; "
               f"open({str(partial)!r}, 'w').write(json.dumps(mutate._traced_run()))")
     import subprocess
@@ -366,8 +366,12 @@ def baseline(quiet=False):
     if proc.returncode != 0 or not partial.exists():
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
         raise SystemExit("baseline run failed: fix the failing tests first")
-    partial.rename(path)
-    return json.loads(path.read_text())
+    data = json.loads(partial.read_text())
+    os.replace(partial, path)
+    for old in CACHE.glob("baseline-*.json"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return data
 
 
 def _traced_run():
