@@ -179,23 +179,25 @@ class Decoder:
             arg = self._uint(8)
             floor = 0x100000000
         elif ai == 31:
-            raise DecodeError("indefinite-length item at offset %d" % (self.pos - 1))
+            raise DecodeError("indefinite-length item at offset %d" % (self.tell() - 1))
         else:
-            raise DecodeError("reserved additional information %d at offset %d" % (ai, self.pos - 1))
+            raise DecodeError("reserved additional information %d at offset %d" % (ai, self.tell() - 1))
         if arg < floor:
-            raise DecodeError("non-shortest encoding of argument %d at offset %d" % (arg, self.pos - 1))
+            # Name the head's first byte: the argument took 1 << (ai - 24) bytes after it.
+            raise DecodeError("non-shortest encoding of argument %d at offset %d"
+                              % (arg, self.tell() - 1 - (1 << (ai - 24))))
         return major, arg
 
     def _simple(self, ai):
         if ai == _FALSE or ai == _TRUE or ai == _NULL:
             return _SIMPLE, ai
         if 25 <= ai <= 27:
-            raise DecodeError("floating-point values are not supported (offset %d)" % (self.pos - 1))
+            raise DecodeError("floating-point values are not supported (offset %d)" % (self.tell() - 1))
         if ai == 31:
-            raise DecodeError("unexpected break code at offset %d" % (self.pos - 1))
+            raise DecodeError("unexpected break code at offset %d" % (self.tell() - 1))
         if ai == 24:
-            raise DecodeError("one-byte simple values are not supported (offset %d)" % (self.pos - 1))
-        raise DecodeError("simple value %d is not supported (offset %d)" % (ai, self.pos - 1))
+            raise DecodeError("one-byte simple values are not supported (offset %d)" % (self.tell() - 1))
+        raise DecodeError("simple value %d is not supported (offset %d)" % (ai, self.tell() - 1))
 
     def _count(self):
         self.items += 1
@@ -253,7 +255,7 @@ class Decoder:
             raise LimitError("%s of %d entries, limit is %d" % (what, count, self.limits.max_items))
         # Every entry takes at least one byte: refuse counts the input cannot hold.
         if count * min_bytes > self.remaining():
-            raise DecodeError("truncated input: %s of %d entries at offset %d" % (what, count, self.pos))
+            raise DecodeError("truncated input: %s of %d entries at offset %d" % (what, count, self.tell()))
 
     def _array(self, count, depth):
         self._container_count(count, 1, "array")
