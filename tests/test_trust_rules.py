@@ -540,6 +540,10 @@ def test_enterprise_anchors_need_managed_true_and_policy_true_exactly(p):
         assert not st.user_anchors_active
         assert evaluate(st, corp.chain()).verdict == "reject"
         assert [a.label for a in st.anchors] == ["EC Root CA"]
+    # Not saying `managed` at all means unmanaged.
+    st = trust.TrustStore(bundle([full(p.root)], user_anchors=True), [der(corp.root)])
+    assert (st.managed, st.user_anchors_active) == (False, False)
+    assert evaluate(st, corp.chain()).verdict == "reject"
     st = store([full(p.root)], user_anchors=[der(corp.root)], allow=True, managed=True)
     assert st.user_anchors_active and st.managed is True
     assert [(a.label, a.user) for a in st.anchors] == [("EC Root CA", False), ("Corp Root CA", True)]
