@@ -362,6 +362,20 @@ def test_validity_needs_two_times_of_a_known_type_and_nothing_more():
         "validity: 15 unexpected trailing bytes")
 
 
+@pytest.mark.parametrize("year", [2024, 2000])
+def test_february_30_is_refused_even_in_leap_years(year):
+    bad(validity(gen(f"{year}0230000000Z"), gen("99991231235959Z")), "notBefore: impossible date or time")
+
+
+@pytest.mark.parametrize("day", [(1600, 2, 29), (1600, 3, 1), (1900, 2, 28), (1900, 3, 1), (2000, 2, 29),
+                                 (2000, 3, 1), (2000, 3, 4), (2100, 2, 28), (2100, 3, 1), (2400, 2, 29),
+                                 (2400, 3, 1)])
+def test_format_time_at_century_and_400_year_edges(day):
+    for second in (0, 86399):
+        assert x509.format_time(epoch(*day) + second) == \
+            (dt.datetime(*day, tzinfo=dt.UTC) + dt.timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def test_format_time_reads_back_what_it_was_given():
     assert x509.format_time(0) == "1970-01-01T00:00:00Z"
     assert x509.format_time(NOW + 86399) == "2026-01-01T23:59:59Z"
