@@ -107,6 +107,7 @@ class Mutant:
         self.module = module
         self.index = index          # position in the module's deterministic walk
         self.line = line
+        self.stmt_line = line       # first line of the enclosing statement
         self.func = func
         self.desc = desc
         self.source_line = source_line
@@ -211,6 +212,13 @@ def _points(tree, lines):
             yield node, "delete", None, "delete statement"
 
 
+def _statement_line(node):
+    """The first line of the statement holding node: coverage records only that line."""
+    while node is not None and not isinstance(node, ast.stmt):
+        node = getattr(node, "_mut_parent", None)
+    return node.lineno if node is not None else None
+
+
 def _statement_ok(node):
     p = getattr(node, "_mut_parent", None)
     return not isinstance(p, ast.Module)   # module-level statements set the module up
@@ -263,6 +271,7 @@ def enumerate_mutants(module):
     for index, (node, _kind, _payload, desc) in enumerate(_points(tree, lines)):
         line = node.lineno
         m = Mutant(module, index, line, _func_name(node), desc, lines[line - 1])
+        m.stmt_line = _statement_line(node)
         key = f"{module}|{m.func}|{m.source_line.strip()}|{desc}"
         n = seen.get(key, 0)
         seen[key] = n + 1
@@ -404,7 +413,7 @@ def _traced_run():
 def _line_tests(base, m):
     """The tests that reach the mutated line (and the statement span around it), fastest first."""
     lines = base.get(m.module, {})
-    tests = set(lines.get(str(m.line), ()))
+    tests = set(lines.get(str(m.line), ())) | set(lines.get(str(m.stmt_line), ()))
     if "*" in tests:
         tests.discard("*")
         for other in lines.values():
