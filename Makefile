@@ -2,7 +2,7 @@
 #   make test   every test (CPython, MicroPython VM, real openssl)
 #   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt)
 #   make bench  the benchmarks, printing tables
-#   make mutate every mutant of the trusted device core (tools/mutate.py; ~20 min on 2 cores)
+#   make mutate every mutant of the trusted device core (tools/mutate.py; ~35 min on 2 cores)
 #   make fuzz   a longer fuzz run of every decoder (60 s a target)
 
 PYTHON ?= python3
