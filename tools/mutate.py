@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
+import difflib
 import hashlib
 import importlib.abc
 import importlib.util
@@ -120,11 +121,6 @@ class Mutant:
         return f"{self.id}  {self.module}.py:{self.line}  {self.source_line.strip()}   [{self.desc}]"
 
 
-def _is_docstring(node, parent):
-    return (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-            and isinstance(node.value.value, str))
-
-
 def _parents(tree):
     for node in ast.walk(tree):
         for child in ast.iter_child_nodes(node):
@@ -156,15 +152,11 @@ def _func_name(node):
     return ".".join(reversed(names)) or "<module>"
 
 
-def _skip_line(lines, lineno):
-    return "no mutate" in lines[lineno - 1]
-
-
-def _points(tree, lines):
+def _points(tree):
     """Yield (node, kind, payload, description) for every mutation point, in a fixed order."""
     for node in ast.walk(tree):
         lineno = getattr(node, "lineno", None)
-        if lineno is None or _skip_line(lines, lineno):
+        if lineno is None:
             continue
         if isinstance(node, ast.Compare):
             if _protected(node):
@@ -246,11 +238,6 @@ class _Replace(ast.NodeTransformer):
         self.target = target
         self.replacement = replacement
 
-    def generic_visit(self, node):
-        if node is self.target:
-            return ast.copy_location(self.replacement, node)
-        return super().generic_visit(node)
-
     def visit(self, node):
         if node is self.target:
             return ast.copy_location(self.replacement, node)
@@ -268,7 +255,7 @@ def enumerate_mutants(module):
     _parents(tree)
     mutants = []
     seen = {}
-    for index, (node, _kind, _payload, desc) in enumerate(_points(tree, lines)):
+    for index, (node, _kind, _payload, desc) in enumerate(_points(tree)):
         line = node.lineno
         m = Mutant(module, index, line, _func_name(node), desc, lines[line - 1])
         m.stmt_line = _statement_line(node)
@@ -283,11 +270,9 @@ def enumerate_mutants(module):
 
 def mutated_code(module, index):
     """Compile the module with mutant `index` applied."""
-    source = module_source(module)
-    lines = source.splitlines()
-    tree = ast.parse(source)
+    tree = ast.parse(module_source(module))
     _parents(tree)
-    point = next((p for i, p in enumerate(_points(tree, lines)) if i == index), None)
+    point = next((p for i, p in enumerate(_points(tree)) if i == index), None)
     if point is None:
         raise KeyError(index)
     node, kind, payload, _desc = point
@@ -302,7 +287,6 @@ def mutant_diff(m):
     _code, tree = mutated_code(m.module, m.index)
     new = ast.unparse(tree).splitlines()
     old = ast.unparse(ast.parse(module_source(m.module))).splitlines()
-    import difflib
     return "\n".join(difflib.unified_diff(old, new, m.module + ".py", m.module + ".py (mutant)",
                                           n=2, lineterm=""))
 
