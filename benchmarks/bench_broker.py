@@ -42,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 for _sub in ("device", "server"):
     sys.path.insert(0, str(REPO / _sub))
 
-from trustfleet_server.mqtt import AioClient  # noqa: E402
-from trustfleet_server.mqtt.mosquitto import (  # noqa: E402
+from trustfleet_server.broker import AioClient  # noqa: E402
+from trustfleet_server.broker.mosquitto import (  # noqa: E402
     PrivateMosquitto,
     free_port,
     start_process,

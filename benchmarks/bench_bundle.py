@@ -55,7 +55,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (  # noqa: E402
     encode_dss_signature,
 )
 
-from trustfleet_device import bundle, cbor, cose, p256, policy  # noqa: E402
+from trustfleet_device import cbor, cose, p256, policy  # noqa: E402
+from trustfleet_device import documents as device_docs  # noqa: E402
 from trustfleet_device.limits import DEFAULT  # noqa: E402
 from trustfleet_server import documents, keys, x509util  # noqa: E402
 
@@ -84,7 +85,7 @@ def make_root(bundle_keys, root_key, ts_key):
     """A signed v1 root (shape of cmd_root._payload) with a 2-of-2 bundle role."""
     everyone = [root_key, ts_key, *bundle_keys]
     payload = documents.encode_payload({
-        "type": "root", "spec": bundle.SPEC, "fleet": FLEET, "version": 1,
+        "type": "root", "spec": device_docs.SPEC, "fleet": FLEET, "version": 1,
         "expires": ISSUED_AT + 365 * 86400,
         "keys": sorted(keys.spki_der(k) for k in everyone),
         "roles": {
@@ -112,13 +113,13 @@ def make_pinsets(count):
 
 def compact(cert):
     f = x509util.compact_anchor_fields(cert)
-    return bundle.compact_anchor(f.subject_der, f.spki_der, f.not_after)
+    return device_docs.compact_anchor(f.subject_der, f.spki_der, f.not_after)
 
 
 def bundle_payload(anchors, pinsets):
     """The payload map as spec.load_spec builds it."""
     return {
-        "type": "bundle", "spec": bundle.SPEC, "fleet": FLEET, "version": VERSION,
+        "type": "bundle", "spec": device_docs.SPEC, "fleet": FLEET, "version": VERSION,
         "issued_at": ISSUED_AT, "expires_at": ISSUED_AT + 30 * 86400,
         "anchors": anchors, "pinsets": pinsets, "distrust": [],
         "policy": {"user_anchors": False, "max_timestamp_age": 172800},
@@ -224,7 +225,7 @@ def time_round_robin(rows, iterations, warmup=WARMUP):
 
 
 class _Predecoded:
-    """Stands in for the cbor module inside bundle.parse_bundle so only the schema walk is timed."""
+    """Stands in for the cbor module inside device_docs.parse_bundle so only the schema walk is timed."""
 
     def __init__(self, value):
         self.value = value
@@ -272,10 +273,10 @@ def check_rows(name, root, raw, with_parts):
                 raise SystemExit("signature rejected: benchmark is broken")
 
     def shim_on():
-        bundle.cbor = shim
+        device_docs.cbor = shim
 
     def shim_off():
-        bundle.cbor = cbor
+        device_docs.cbor = cbor
 
     rows = [
         (name + ".full", full, None, None),
@@ -284,7 +285,7 @@ def check_rows(name, root, raw, with_parts):
         (name + ".tbs_x2", tbs_x2, None, None),
         (name + ".verify_x2", verify_x2, None, None),
         (name + ".decode", lambda: cbor.decode(payload, DEFAULT), None, None),
-        (name + ".schema", lambda: bundle.parse_bundle(payload, DEFAULT, root.fleet), shim_on, shim_off),
+        (name + ".schema", lambda: device_docs.parse_bundle(payload, DEFAULT, root.fleet), shim_on, shim_off),
     ]
     if not with_parts:
         return rows
@@ -384,8 +385,8 @@ def run_sizes(certs, bundle_keys):
     fields = [x509util.compact_anchor_fields(c) for c in certs]
     n = len(fields)
     content = sum(len(f.subject_der) + len(f.spki_der) for f in fields)
-    anchors = [bundle.compact_anchor(f.subject_der, f.spki_der, f.not_after) for f in fields]
-    labelled = [bundle.compact_anchor(f.subject_der, f.spki_der, f.not_after, f.label) for f in fields]
+    anchors = [device_docs.compact_anchor(f.subject_der, f.spki_der, f.not_after) for f in fields]
+    labelled = [device_docs.compact_anchor(f.subject_der, f.spki_der, f.not_after, f.label) for f in fields]
     ders = [x509util.cert_der(c) for c in certs]
 
     esp = esp_idf_size(fields)
@@ -436,7 +437,7 @@ def run_sizes(certs, bundle_keys):
 
 MPY_SETUP = """
 import gc, json, time
-from trustfleet_device import bundle, cbor, cose, p256, policy
+from trustfleet_device import documents as device_docs, cbor, cose, p256, policy
 from trustfleet_device import limits as _limits
 ROOT = policy.load_trusted_root(open('/bench/root.cbor', 'rb').read())
 DOCS = {}
@@ -478,14 +479,14 @@ def loop_phases(name, k):
     for _ in range(k):
         v = cbor.decode(pl)
     out['decode'] = time.ticks_diff(time.ticks_ms(), t)
-    bundle.cbor = Pre(v)
+    device_docs.cbor = Pre(v)
     try:
         t = time.ticks_ms()
         for _ in range(k):
-            bundle.parse_bundle(pl, _limits.DEFAULT, ROOT.fleet)
+            device_docs.parse_bundle(pl, _limits.DEFAULT, ROOT.fleet)
         out['schema'] = time.ticks_diff(time.ticks_ms(), t)
     finally:
-        bundle.cbor = cbor
+        device_docs.cbor = cbor
     return out
 
 def phase_calls(name):
@@ -493,11 +494,11 @@ def phase_calls(name):
     pl = m.unverified_payload
     v = cbor.decode(pl)
     def schema():
-        bundle.cbor = Pre(v)
+        device_docs.cbor = Pre(v)
         try:
-            bundle.parse_bundle(pl, _limits.DEFAULT, ROOT.fleet)
+            device_docs.parse_bundle(pl, _limits.DEFAULT, ROOT.fleet)
         finally:
-            bundle.cbor = cbor
+            device_docs.cbor = cbor
     return {'parse': lambda: cose.parse(DOCS[name]),
             'threshold': lambda: policy.check_threshold(m, ROOT, 'bundle', 'bundle'),
             'decode': lambda: cbor.decode(pl), 'schema': schema}
@@ -584,9 +585,9 @@ def _live_set(vm, name):
     env = live()
     vm.run("_v = cbor.decode(_m.unverified_payload)")
     dec = live()
-    vm.run("bundle.cbor = Pre(_v)\n"
-           "try:\n    _b = bundle.parse_bundle(_m.unverified_payload, _limits.DEFAULT, ROOT.fleet)\n"
-           "finally:\n    bundle.cbor = cbor")
+    vm.run("device_docs.cbor = Pre(_v)\n"
+           "try:\n    _b = device_docs.parse_bundle(_m.unverified_payload, _limits.DEFAULT, ROOT.fleet)\n"
+           "finally:\n    device_docs.cbor = cbor")
     obj = live()
     vm.run("_d = _m = _v = _b = None")
     return {
@@ -676,7 +677,7 @@ def print_table(r):
         print(_row("    of which ECDSA verify x2 (p256.verify_digest)", f["verify_x2"]))
         print(_row("  payload decode (cbor.decode, cbor2 + strictness walk)", f["decode"]))
         print(f"  {'    of which beyond cbor2.loads(payload)':<58} {c['decode_beyond_cbor2_ms']:>9.3f}")
-        print(_row("  schema parse (bundle.parse_bundle, decode stubbed)", f["schema"]))
+        print(_row("  schema parse (device_docs.parse_bundle, decode stubbed)", f["schema"]))
         print(f"  {'  rest: full - the four phases':<58} {f['rest_ms']:>9.3f}")
         p = c["peer"]
         print(_row("peer: cbor2.loads(signed document)", p["loads_doc"]))

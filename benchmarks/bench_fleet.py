@@ -42,9 +42,11 @@ from cryptography import x509  # noqa: E402
 from fleetkit import Repo, compact_anchor, pin, pinset  # noqa: E402
 
 from trustfleet_device import topics  # noqa: E402
-from trustfleet_server import fleetdb, mqtturl, simulate  # noqa: E402
-from trustfleet_server.mqtt.aioclient import AioClient  # noqa: E402
-from trustfleet_server.server import FleetServer  # noqa: E402
+from trustfleet_server import mqtturl  # noqa: E402
+from trustfleet_server.broker.aioclient import AioClient  # noqa: E402
+from trustfleet_server.fleet import db as fleetdb  # noqa: E402
+from trustfleet_server.serve.server import FleetServer  # noqa: E402
+from trustfleet_server.sim import simulator as simulate  # noqa: E402
 
 TARGET_S = 5.0
 DAY = 86_400
@@ -137,7 +139,7 @@ def bench_convergence(broker: simulate.BrokerHandle, devices: int, rounds: int, 
         reader.close()
         with_retained = [(topics.bundle(fleet.name), b"")]
         if not broker.controlled:
-            from trustfleet_server.server import publish_retained
+            from trustfleet_server.serve.server import publish_retained
 
             publish_retained(broker.url, with_retained)
     fanout = asyncio.run(raw_fanout(broker.url, devices, fleet.bundle(99), rounds))

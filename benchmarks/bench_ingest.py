@@ -24,7 +24,7 @@ when it is not reachable the script says so and measures SQLite only.
 End to end (when `mosquitto` is installed): a private Mosquitto on a free
 port (no queue limit, so nothing is dropped), two publisher processes
 sending QoS 1 statuses as fast as they can, and
-  serve        trustfleet_server.server.FleetServer (MQTT 5, shared
+  serve        trustfleet_server.serve.server.FleetServer (MQTT 5, shared
                subscription) ingesting into SQLite;
   paho         peer: a bare paho-mqtt subscriber on the same subscription
                that only counts messages (loop_start, the usual way).
@@ -54,8 +54,10 @@ for _sub in ("device", "server"):
     sys.path.insert(0, str(REPO / _sub))
 
 from trustfleet_device import topics  # noqa: E402
-from trustfleet_server import fleetdb, mqtturl, server  # noqa: E402
-from trustfleet_server.mqtt.mosquitto import PrivateMosquitto, mosquitto_binary  # noqa: E402
+from trustfleet_server import mqtturl  # noqa: E402
+from trustfleet_server.broker.mosquitto import PrivateMosquitto, mosquitto_binary  # noqa: E402
+from trustfleet_server.fleet import db as fleetdb  # noqa: E402
+from trustfleet_server.serve import server  # noqa: E402
 
 TARGET = 5_000
 FLEET = "bench"

@@ -45,8 +45,9 @@ for _sub in ("device", "server", "tests", "benchmarks"):
 import bench_bundle  # noqa: E402
 
 from trustfleet_device import agent as core  # noqa: E402
-from trustfleet_device import cbor, p256, runner  # noqa: E402
-from trustfleet_device.storage import DirStorage  # noqa: E402
+from trustfleet_device import cbor, p256  # noqa: E402
+from trustfleet_device.transports import runner  # noqa: E402
+from trustfleet_device.transports.storage import DirStorage  # noqa: E402
 
 HEAP_TARGET = 64 * 1024
 NOW = bench_bundle.ISSUED_AT + 86400
@@ -104,8 +105,9 @@ def cpython_figures(root_raw, docs, rounds):
 
 VM_SETUP = f"""
 import os, time
-from trustfleet_device import agent, runner
-from trustfleet_device.storage import DirStorage
+from trustfleet_device import agent
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import DirStorage
 def _chunks(path):
     with open(path, "rb") as f:
         while True:

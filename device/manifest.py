@@ -2,7 +2,8 @@
 # The trustfleet device core, for freezing into firmware (FROZEN_MANIFEST) or
 # `mpremote mip install`. Board entry points (board/boot.py, board/main.py)
 # are copied to the filesystem, not frozen: see board/README.md.
-# _cbor_fast.py is left out on purpose: it is the CPython-only cbor2 path.
+# _cpython/ is left out on purpose: it is CPython-only (the cbor2 path, host files).
+# The core files come first; transports/ (storage, runner, MQTT) are the I/O around it.
 # tests/test_micropython_agent.py checks this list against the package.
 
 metadata(
@@ -16,25 +17,26 @@ package(
     files=(
         "__init__.py",
         "agent.py",
-        "bundle.py",
         "cbor.py",
         "cose.py",
         "ct.py",
+        "documents.py",
         "errors.py",
         "limits.py",
-        "mqtt.py",
         "p256.py",
         "policy.py",
         "reports.py",
-        "runner.py",
         "session.py",
         "sigcheck.py",
+        "slots.py",
         "source.py",
-        "storage.py",
-        "store.py",
         "topics.py",
         "trust.py",
         "x509.py",
+        "transports/__init__.py",
+        "transports/mqtt.py",
+        "transports/runner.py",
+        "transports/storage.py",
     ),
     base_path=".",
 )

@@ -14,7 +14,7 @@ The fixtures built on this live in conftest.py:
     private_mosquitto  factory: private Mosquitto from config text or a file
                        (e.g. from `trustfleet broker-config`); stop/restart
     nats_mqtt          session: private nats-server, JetStream + MQTT listener
-    embedded_broker    session: trustfleet_server.mqtt.broker.EmbeddedBroker
+    embedded_broker    session: trustfleet_server.broker.embedded.EmbeddedBroker
     any_broker         parametrized over the three kinds above
 
 Tests on a shared broker must use topics nobody else uses (`unique_fleet`)
@@ -37,8 +37,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from trustfleet_server.mqtt import mosquitto as _mosquitto
-from trustfleet_server.mqtt.mosquitto import (
+from trustfleet_server.broker import mosquitto as _mosquitto
+from trustfleet_server.broker.mosquitto import (
     PrivateMosquitto,
     config_text,
     read_log,
@@ -46,7 +46,7 @@ from trustfleet_server.mqtt.mosquitto import (
     stop_process,
 )
 
-# The launcher is trustfleet_server.mqtt.mosquitto (shared with the demo, the simulator and the
+# The launcher is trustfleet_server.broker.mosquitto (shared with the demo, the simulator and the
 # benchmarks); these names stay here because brokers.* is the tests' API.
 START_TIMEOUT, STOP_TIMEOUT = _mosquitto.START_TIMEOUT, _mosquitto.STOP_TIMEOUT
 BrokerStartError = _mosquitto.MosquittoError  # a broker did not come up; the message carries its stderr
@@ -118,7 +118,7 @@ def private_mosquitto_conf(port: int) -> str:
 
 
 class MosquittoProcess(PrivateMosquitto):
-    """A private `mosquitto -c <conf>` (trustfleet_server.mqtt.mosquitto.PrivateMosquitto) for tests.
+    """A private `mosquitto -c <conf>` (trustfleet_server.broker.mosquitto.PrivateMosquitto) for tests.
 
     Args:
         config: the configuration text. Its first `listener PORT [HOST]` line

@@ -151,9 +151,9 @@ def nats_mqtt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def embedded_broker():
-    """The project's embedded broker (trustfleet_server.mqtt.broker) on a free port."""
+    """The project's embedded broker (trustfleet_server.broker.embedded) on a free port."""
     try:
-        from trustfleet_server.mqtt.broker import EmbeddedBroker
+        from trustfleet_server.broker.embedded import EmbeddedBroker
     except ImportError as exc:
         skip_or_fail(f"embedded broker not available: {exc}")
     broker = EmbeddedBroker(host=brokers.HOST, port=0)

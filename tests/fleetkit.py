@@ -34,8 +34,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from trustfleet_device import bundle as device_bundle
 from trustfleet_device import cbor, cose
+from trustfleet_device import documents as device_docs
 from trustfleet_server import documents, keys
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -134,7 +134,7 @@ def full_anchor(cert: x509.Certificate) -> bytes:
 
 def compact_anchor(cert: x509.Certificate, label: str | None = None) -> list:
     """A compact bundle anchor, as the operator's builder writes it (see bundle.compact_anchor)."""
-    return device_bundle.compact_anchor(cert.subject.public_bytes(), spki(cert),
+    return device_docs.compact_anchor(cert.subject.public_bytes(), spki(cert),
                                         int(cert.not_valid_after_utc.timestamp()), label)
 
 

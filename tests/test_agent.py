@@ -10,8 +10,9 @@ import pytest
 from fleetkit import DAY, NOW, Repo
 
 from trustfleet_device import agent as core
-from trustfleet_device import runner, store
-from trustfleet_device.storage import MemStorage, PowerCut
+from trustfleet_device import slots
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import MemStorage, PowerCut
 
 FIRMWARE_TIME = NOW - 30 * DAY
 
@@ -122,16 +123,16 @@ def test_health_check_deadline_reverts_when_no_answer(repo, bundles):
     storage = MemStorage()
     runner.initialise(storage, repo.root_raw, config(repo))
     agent = core.Agent(config(repo))
-    s = store.Store(storage)
+    s = slots.Store(storage)
     agent.boot(repo.root_raw, s.load_state(), s.slot_sources(), clock())
     actions = agent.offer_bundle(bundles[1], clock())
-    assert [a[0] for a in actions] == [store.WRITE_SLOT, store.SWITCH, core.HEALTH_CHECK]
+    assert [a[0] for a in actions] == [slots.WRITE_SLOT, slots.SWITCH, core.HEALTH_CHECK]
     s.apply_all(actions)
     clock.t += 30
     assert agent.tick(clock()) == []
     clock.t += 31
     actions = agent.tick(clock())
-    assert actions[0][0] == store.REVERT
+    assert actions[0][0] == slots.REVERT
     assert "no answer before the deadline" in actions[0][1]["reason"]
 
 

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from test_agent_tls import HOST, OTHER, PKI, T0, agent, make_bundle, tls_server
 
-from trustfleet_agent.config import ConfigError, load_config
+from trustfleet_pi.config import ConfigError, load_config
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,11 @@ from test_agent_tls import ENV, OTHER, PKI, T0, make_bundle
 from test_streaming import many_anchors
 from test_x509 import key, make_cert
 
-from trustfleet_agent.config import MqttConfig
-from trustfleet_agent.mqtt import AgentTransport
 from trustfleet_device import topics
-from trustfleet_device.mqtt import Backoff
-from trustfleet_server.mqtt.mosquitto import (
+from trustfleet_device.transports.mqtt import Backoff
+from trustfleet_pi.config import MqttConfig
+from trustfleet_pi.paho import AgentTransport
+from trustfleet_server.broker.mosquitto import (
     PrivateMosquitto,
     free_port,
     mosquitto_binary,
@@ -168,7 +168,7 @@ class Agent:
     def __init__(self, config: Path):
         self.lines: list[tuple[float, str]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trustfleet_agent.cli", "run", "--config", str(config)],
+            [sys.executable, "-m", "trustfleet_pi.cli", "run", "--config", str(config)],
             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -221,7 +221,7 @@ def agents():
 
 
 def cli(*args: object, code: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_agent.cli", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "trustfleet_pi.cli", *map(str, args)],
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == code, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr

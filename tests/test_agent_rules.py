@@ -2,7 +2,7 @@
 
 The agent is a state machine with no I/O, so most tests here feed it real
 signed documents and clock values and compare the returned actions with
-the exact list expected: store.WRITE_SLOT/SWITCH/COMMIT/REVERT/SAVE with the
+the exact list expected: slots.WRITE_SLOT/SWITCH/COMMIT/REVERT/SAVE with the
 whole new state, HEALTH_CHECK with its deadline, REPORT and REFUSED with
 their kind and reason. Boundaries are tested on both sides (a deadline
 reached vs passed, a clock one second inside or outside a limit).
@@ -21,12 +21,13 @@ import hashlib
 import pytest
 from fleetkit import DAY, NOW, Repo, encode, flip_payload_byte
 
-from trustfleet_device import VERSION, policy, runner, store
+from trustfleet_device import VERSION, policy, slots
 from trustfleet_device import agent as core
 from trustfleet_device.errors import BundleError
 from trustfleet_device.limits import DEFAULT
 from trustfleet_device.source import BytesSource
-from trustfleet_device.storage import MemStorage
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import MemStorage
 
 FIRMWARE_TIME = NOW - 30 * DAY
 TIMEOUT = 60
@@ -55,17 +56,17 @@ def config(repo: Repo, **kw) -> core.Config:
 
 
 def state(**changes) -> dict:
-    s = store.fresh_state()
+    s = slots.fresh_state()
     s.update(changes)
     return s
 
 
-def boot(repo: Repo, st: dict | None = None, slots: dict | None = None, clock: int = NOW,
+def boot(repo: Repo, st: dict | None = None, slot_docs: dict | None = None, clock: int = NOW,
          root_raw: bytes | None = None, **kw):
     """A booted agent and the actions boot returned."""
     agent = core.Agent(config(repo, **kw))
     empty = {"a": None, "b": None}
-    actions = agent.boot(root_raw or repo.root_raw, st or state(), slots or empty, clock)
+    actions = agent.boot(root_raw or repo.root_raw, st or state(), slot_docs or empty, clock)
     return agent, actions
 
 
@@ -107,8 +108,8 @@ def offer(agent: core.Agent, raw: bytes, clock: int, path: str) -> list:
 
 def install_actions(slot: str, raw: bytes, path: str, switch_state: dict, version: int,
                     deadline: int) -> list:
-    head = [(store.WRITE_SLOT, slot, raw)] if path == "memory" else []
-    return head + [(store.SWITCH, switch_state), (core.HEALTH_CHECK, version, deadline)]
+    head = [(slots.WRITE_SLOT, slot, raw)] if path == "memory" else []
+    return head + [(slots.SWITCH, switch_state), (core.HEALTH_CHECK, version, deadline)]
 
 
 # ------------------------------------------------------------------ before boot, defaults
@@ -143,7 +144,7 @@ def test_default_health_timeout_sets_the_deadline(repo, bundles):
 
 
 def test_boot_with_no_active_slot_loads_nothing(repo, bundles):
-    agent, actions = boot(repo, slots={"a": bundles[1], "b": bundles[2]})
+    agent, actions = boot(repo, slot_docs={"a": bundles[1], "b": bundles[2]})
     assert actions == [] and agent.bundle is None
     assert agent.root.version == 1 and agent.root_raw == repo.root_raw
     assert agent.status(NOW)["state"] == "no-store"
@@ -154,8 +155,8 @@ def test_boot_with_no_active_slot_loads_nothing(repo, bundles):
 def test_boot_loads_the_verified_active_slot(repo, bundles, slot, as_source):
     raw = bundles[2]
     other = "b" if slot == "a" else "a"
-    slots = {slot: BytesSource(raw) if as_source else raw, other: bundles[1]}
-    agent, actions = boot(repo, state(active=slot, version=2, floor=2, time=NOW), slots)
+    docs = {slot: BytesSource(raw) if as_source else raw, other: bundles[1]}
+    agent, actions = boot(repo, state(active=slot, version=2, floor=2, time=NOW), docs)
     assert actions == [] and agent.bundle.version == 2
     assert agent.inactive_slot() == other
     assert agent.status(NOW)["state"] == "ok"
@@ -171,7 +172,7 @@ def test_boot_with_an_empty_active_slot_reports_it_and_forgets_the_slot(repo, bu
     st = state(active="a", version=2, floor=2, time=NOW)
     agent, actions = boot(repo, st, {"a": None, "b": None})
     after = state(active=None, version=None, floor=2, time=NOW)
-    assert actions == [report("store-invalid", "slot a is empty"), (store.SAVE, after)]
+    assert actions == [report("store-invalid", "slot a is empty"), (slots.SAVE, after)]
     assert agent.state == after and agent.bundle is None
     assert agent.status(NOW)["state"] == "no-store"
 
@@ -192,7 +193,7 @@ def test_boot_falls_back_to_the_other_slot_when_the_active_one_fails(repo, bundl
     # (retried, not bad). It is above the floor, so the device falls back to it.
     agent, actions, st, other, detail = _fallback_case(repo, bundles, active, bundles[4], retried=[4])
     after = dict(st, active=other, version=4, trial=False)
-    assert actions == [report("store-invalid", detail), (store.COMMIT, after)]
+    assert actions == [report("store-invalid", detail), (slots.COMMIT, after)]
     assert agent.state == after and agent.bundle.version == 4
     assert agent.status(NOW)["state"] == "ok"
 
@@ -200,7 +201,7 @@ def test_boot_falls_back_to_the_other_slot_when_the_active_one_fails(repo, bundl
 def test_boot_falls_back_to_a_slot_exactly_at_the_floor(repo, bundles):
     agent, actions, st, other, detail = _fallback_case(repo, bundles, "a", bundles[3])
     after = dict(st, active="b", version=3)
-    assert actions == [report("store-invalid", detail), (store.COMMIT, after)]
+    assert actions == [report("store-invalid", detail), (slots.COMMIT, after)]
     assert agent.bundle.version == 3
 
 
@@ -214,22 +215,22 @@ def test_boot_does_not_fall_back_below_the_floor_to_a_bad_or_unusable_slot(repo,
     }[case]
     agent, actions, st, _, detail = _fallback_case(repo, bundles, "a", other_raw, **changes)
     after = dict(st, active=None, version=None)
-    assert actions == [report("store-invalid", detail), (store.SAVE, after)]
+    assert actions == [report("store-invalid", detail), (slots.SAVE, after)]
     assert agent.state == after and agent.bundle is None
 
 
 def test_boot_on_trial_reverts_once_then_marks_bad(repo, bundles):
     st = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1, time=NOW)
-    slots = {"a": bundles[1], "b": bundles[2]}
-    agent, actions = boot(repo, st, slots)
+    docs = {"a": bundles[1], "b": bundles[2]}
+    agent, actions = boot(repo, st, docs)
     first = state(active="a", version=1, floor=1, time=NOW, retried=[2], reason="reboot before commit")
-    assert actions == [(store.REVERT, first),
+    assert actions == [(slots.REVERT, first),
                        report("reverted", "bundle v2: reboot before commit", version=2)]
     assert agent.bundle.version == 1 and not agent.busy()
     # The same version on trial again: the second reboot calls it bad.
-    agent, actions = boot(repo, dict(st, retried=[2]), slots)
+    agent, actions = boot(repo, dict(st, retried=[2]), docs)
     second = dict(first, bad=[2])
-    assert actions == [(store.REVERT, second),
+    assert actions == [(slots.REVERT, second),
                        report("reverted", "bundle v2: reboot before commit", version=2)]
 
 
@@ -261,7 +262,7 @@ def test_observe_clock_saves_a_plausible_reading(repo, clock, saved):
     agent, _ = boot(repo, state(time=NOW, last_timestamp=NOW))
     actions = agent.observe_clock(clock)
     if saved:
-        assert actions == [(store.SAVE, state(time=clock, last_timestamp=NOW))]
+        assert actions == [(slots.SAVE, state(time=clock, last_timestamp=NOW))]
         assert agent.state["time"] == clock
         assert agent.observe_clock(clock + STEP) == [], "the next step counts from the saved reading"
     else:
@@ -271,20 +272,20 @@ def test_observe_clock_saves_a_plausible_reading(repo, clock, saved):
 @pytest.mark.parametrize("clock, saved", [(FIRMWARE_TIME + LEAD, True), (FIRMWARE_TIME + LEAD + 1, False)])
 def test_clock_lead_counts_from_firmware_time_when_nothing_is_authenticated(repo, clock, saved):
     agent, _ = boot(repo)
-    expected = [(store.SAVE, state(time=clock))] if saved else []
+    expected = [(slots.SAVE, state(time=clock))] if saved else []
     assert agent.observe_clock(clock) == expected
 
 
 def test_tick_when_idle_saves_the_clock(repo):
     agent, _ = boot(repo, state(time=NOW))
     assert agent.tick(NOW + STEP) == []
-    assert agent.tick(NOW + STEP + 1) == [(store.SAVE, state(time=NOW + STEP + 1))]
+    assert agent.tick(NOW + STEP + 1) == [(slots.SAVE, state(time=NOW + STEP + 1))]
 
 
 def test_timestamp_is_saved_as_authenticated_time(repo, bundles):
     agent, _ = boot(repo)
     raw = repo.timestamp(bundles[1], time=NOW + 10)
-    assert agent.offer_timestamp(raw, 0) == [(store.SAVE, state(time=NOW + 10, last_timestamp=NOW + 10))]
+    assert agent.offer_timestamp(raw, 0) == [(slots.SAVE, state(time=NOW + 10, last_timestamp=NOW + 10))]
     assert agent.latest == (1, sha(bundles[1]))
     assert agent.trusted_time(0) == NOW + 10
 
@@ -292,7 +293,7 @@ def test_timestamp_is_saved_as_authenticated_time(repo, bundles):
 def test_timestamp_older_than_saved_time_keeps_the_saved_time(repo, bundles):
     agent, _ = boot(repo, state(time=NOW + 100))
     actions = agent.offer_timestamp(repo.timestamp(bundles[1], time=NOW), NOW)
-    assert actions == [(store.SAVE, state(time=NOW + 100, last_timestamp=NOW))]
+    assert actions == [(slots.SAVE, state(time=NOW + 100, last_timestamp=NOW))]
 
 
 def test_timestamp_older_than_the_last_is_refused(repo, bundles):
@@ -317,7 +318,7 @@ def test_install_switches_on_trial_then_commits(repo, bundles, path):
 
     done = state(active="a", version=1, floor=1, time=NOW)
     assert agent.health(True, "endpoints reachable", NOW + 1) == [
-        (store.COMMIT, done), report("installed", "bundle v1 committed")]
+        (slots.COMMIT, done), report("installed", "bundle v1 committed")]
     assert agent.state == done and agent.bundle.version == 1
     assert agent.trial_bundle() is None and not agent.busy()
     assert agent.health(True, "again", NOW + 2) == [], "no trial: nothing to commit"
@@ -341,7 +342,7 @@ def test_health_check_deadline_is_reached_then_passed(repo, bundles):
     assert agent.tick(NOW + TIMEOUT) == [] and agent.busy()
     reason = "health check gave no answer before the deadline"
     back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
-    assert agent.tick(NOW + TIMEOUT + 1) == [(store.REVERT, back),
+    assert agent.tick(NOW + TIMEOUT + 1) == [(slots.REVERT, back),
                                              report("reverted", "bundle v2: " + reason, version=2)]
     assert agent.state == back and agent.bundle.version == 1
 
@@ -360,7 +361,7 @@ def test_failed_health_check_reverts_marks_bad_and_frees_the_agent(repo, bundles
     reason = "health check failed: TLS to api.acme.example failed"
     back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
     assert agent.health(False, "TLS to api.acme.example failed", NOW + 1) == [
-        (store.REVERT, back), report("reverted", "bundle v2: " + reason, version=2)]
+        (slots.REVERT, back), report("reverted", "bundle v2: " + reason, version=2)]
     assert agent.state == back and agent.bundle.version == 1
     assert agent.trial_bundle() is None and not agent.busy()
     assert agent.status(NOW)["last_revert"] == reason
@@ -376,7 +377,7 @@ def test_failed_health_check_reverts_marks_bad_and_frees_the_agent(repo, bundles
 def test_bundle_offered_during_a_trial_is_refused(repo, bundles, path):
     agent = committed(repo, bundles[1], 1)
     offer(agent, bundles[2], NOW, path)
-    before = store.copy_state(agent.state)
+    before = slots.copy_state(agent.state)
     assert offer(agent, bundles[3], NOW, path) == refused(
         "bundle", "an install is already waiting for its health check")
     assert agent.state == before and agent.trial_bundle().version == 2
@@ -447,7 +448,7 @@ def test_next_root_is_written_and_reported():
     repo = Repo()
     agent, _ = boot(repo, root_raw=repo.root_raw)
     raw = repo.rotate("bundle", new_keys=1)
-    assert agent.offer_root(raw, NOW) == [(store.WRITE_ROOT, raw), report("root-updated", "root v2")]
+    assert agent.offer_root(raw, NOW) == [(slots.WRITE_ROOT, raw), report("root-updated", "root v2")]
     assert agent.root.version == 2 and agent.root_raw == raw
     assert agent.status(NOW)["root_version"] == 2
 
@@ -468,7 +469,7 @@ def test_root_that_is_not_the_next_one_is_refused(case):
 
 
 def _fresh_to(agent: core.Agent, repo: Repo, raw: bytes, t: int) -> None:
-    assert agent.offer_timestamp(repo.timestamp(raw, time=t), 0)[0][0] == store.SAVE
+    assert agent.offer_timestamp(repo.timestamp(raw, time=t), 0)[0][0] == slots.SAVE
 
 
 def test_status_of_a_fresh_committed_store(repo, bundles):

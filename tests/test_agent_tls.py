@@ -1,6 +1,6 @@
 """The Raspberry Pi agent's TLS side against real TLS servers on loopback.
 
-Each server is a trustfleet_server.tlsserver.LoopbackTLSServer (a thread
+Each server is a trustfleet_server.demo.tlsserver.LoopbackTLSServer (a thread
 on 127.0.0.1, port 0) serving certificates made here (valid around the
 real current time, so OpenSSL and the device agree). Bundles are real signed documents
 (fleetkit.Repo) installed into a LocalDevice in a temporary directory;
@@ -25,10 +25,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from test_x509 import der, key, make_cert, pin
 
-from trustfleet_agent import tls
-from trustfleet_agent.local import LocalDevice
 from trustfleet_device.agent import Config
-from trustfleet_server.tlsserver import LoopbackTLSServer, http_answer
+from trustfleet_pi import tls
+from trustfleet_pi.local import LocalDevice
+from trustfleet_server.demo.tlsserver import LoopbackTLSServer, http_answer
 
 T0 = int(time.time()) // 86_400 * 86_400  # today, 00:00 UTC
 DAY = 86_400
@@ -377,7 +377,7 @@ def test_health_check_without_endpoints_commits(repo, tmp_path):
 
 
 def agent(*args: object, code: int) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_agent.cli", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "trustfleet_pi.cli", *map(str, args)],
                           env=ENV, capture_output=True, text=True, timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"

@@ -3,7 +3,7 @@
 device/board/main.py runs here on the native unix port (`.venv/bin/micropython`,
 see tests/mpunix.py) with its real `socket`, `ssl` and `tls` modules
 (mbedTLS 3.6); only `machine`, `network` and `ntptime` are stand-ins. The
-servers are trustfleet_server.tlsserver.LoopbackTLSServer threads on
+servers are trustfleet_server.demo.tlsserver.LoopbackTLSServer threads on
 127.0.0.1 in this process, serving the chains of tests/test_agent_tls.py
 (valid around today, since mbedTLS reads the real clock). Bundles are real
 signed documents (fleetkit.Repo) that the port verifies and streams from a

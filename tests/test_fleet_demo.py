@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from environment import require_tool
 
-from trustfleet_server import simulate
+from trustfleet_server.sim import simulator as simulate
 
 TIMEOUT = 120
 

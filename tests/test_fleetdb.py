@@ -17,8 +17,9 @@ import pytest
 from environment import skip_or_fail
 
 from trustfleet_device import topics
-from trustfleet_server import fleetdb, rollout
-from trustfleet_server.fleetdb import StatusError
+from trustfleet_server import rollout
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.fleet.db import StatusError
 
 PG_URL = os.environ.get("TRUSTFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 RUN = uuid.uuid4().hex[:8]

@@ -31,7 +31,7 @@ import pytest
 from environment import require_tool, skip_or_fail
 from fleetkit import Repo
 
-from trustfleet_agent.config import load_config
+from trustfleet_pi.config import load_config
 from trustfleet_server import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def fake_venv(root: Path) -> None:
     agent = bindir / "trustfleet-agent"
     path = os.pathsep.join(str(REPO / d) for d in ("device", "server"))
     agent.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" '
-                     '-m trustfleet_agent.cli "$@"\n')
+                     '-m trustfleet_pi.cli "$@"\n')
     agent.chmod(0o755)
 
 

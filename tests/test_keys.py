@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from trustfleet_server import cli, keys
-from trustfleet_server.errors import CommandError
+from trustfleet_server.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 PASSPHRASE = b"correct horse battery staple"
@@ -221,7 +221,7 @@ def test_encrypted_key_without_passphrase_is_refused_naming_the_file(tmp_path):
     assert str(info.value) == (
         f"{path}: encrypted key needs a passphrase (--passphrase-file or TRUSTFLEET_PASSPHRASE)"
     )
-    assert isinstance(info.value, CommandError)
+    assert isinstance(info.value, UsageError)
 
 
 def test_wrong_passphrase_is_refused_with_typed_error(tmp_path):
@@ -379,7 +379,7 @@ def test_empty_passphrase_file_is_refused(tmp_path):
 def test_prompted_passphrases_must_match(monkeypatch):
     answers = iter(["one", "two"])
     monkeypatch.setattr(keys.getpass, "getpass", lambda prompt="": next(answers))
-    with pytest.raises(CommandError, match="do not match"):
+    with pytest.raises(UsageError, match="do not match"):
         keys.read_passphrase(None, confirm=True, ask=True)
 
 

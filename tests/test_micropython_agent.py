@@ -29,13 +29,13 @@ from test_trust import HOST
 from test_x509 import pin, pki
 
 import trustfleet_device
-from trustfleet_device import bundle as device_bundle
+from trustfleet_device import documents as device_docs
 from trustfleet_server import keys, x509util
 
 DEVICE_DIR = Path(__file__).resolve().parent.parent / "device"
 BOARD_DIR = DEVICE_DIR / "board"
 PACKAGE_DIR = DEVICE_DIR / "trustfleet_device"
-CPYTHON_ONLY = {"_cbor_fast.py"}
+CPYTHON_ONLY = "_cpython"
 
 FIRMWARE_TIME = fk.NOW - 30 * fk.DAY
 Y2K = 946_684_800  # 2000-01-01: what a board's RTC reads after losing power
@@ -50,8 +50,9 @@ import json
 import os
 import time
 from trustfleet_device import agent as core
-from trustfleet_device import runner, trust
-from trustfleet_device.storage import DirStorage, MemStorage, PowerCut
+from trustfleet_device.transports import runner
+from trustfleet_device import trust
+from trustfleet_device.transports.storage import DirStorage, MemStorage, PowerCut
 
 try:
     from time import ticks_diff as _tdiff
@@ -302,7 +303,7 @@ def _pinsets(n: int, tag: str) -> list[dict]:
 
 def _certifi_anchor(cert) -> list:
     fields = x509util.compact_anchor_fields(cert)
-    return device_bundle.compact_anchor(fields.subject_der, fields.spki_der, fields.not_after,
+    return device_docs.compact_anchor(fields.subject_der, fields.spki_der, fields.not_after,
                                         fields.label)
 
 
@@ -785,7 +786,8 @@ def test_board_main_health_check_evaluates_the_chain_in_the_vm(mpy, repo):
 
 
 def _package_files() -> set[str]:
-    return {p.name for p in PACKAGE_DIR.glob("*.py")} - CPYTHON_ONLY
+    return {p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py")
+            if p.relative_to(PACKAGE_DIR).parts[0] != CPYTHON_ONLY}
 
 
 def _manifest() -> dict:

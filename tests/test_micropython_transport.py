@@ -1,4 +1,4 @@
-"""The board's MQTT transport (trustfleet_device.mqtt) inside the real MicroPython VM, and on CPython
+"""The board's MQTT transport (trustfleet_device.transports.mqtt) inside the real MicroPython VM, and on CPython
 against the real Mosquitto.
 
 In the VM the broker is a script: a FakeSock (a Python class in the VM)
@@ -29,12 +29,13 @@ import pytest
 from environment import skip_or_fail
 from test_streaming import many_anchors
 
-from trustfleet_device import runner, topics
+from trustfleet_device import topics
 from trustfleet_device.agent import Config
-from trustfleet_device.mqtt import Backoff, MQTTClient, Transport
 from trustfleet_device.session import Session
-from trustfleet_device.storage import DirStorage
-from trustfleet_server.mqtt.mosquitto import PrivateMosquitto, mosquitto_binary, port_open
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.mqtt import Backoff, MQTTClient, Transport
+from trustfleet_device.transports.storage import DirStorage
+from trustfleet_server.broker.mosquitto import PrivateMosquitto, mosquitto_binary, port_open
 
 DEVICE = "esp-1"
 NOW = fk.NOW + fk.DAY
@@ -43,7 +44,7 @@ BUNDLE_PID = 7
 TS_PID = 8
 
 # --------------------------------------------------------------------------- MQTT on CPython
-# An independent encoder/parser (not trustfleet_device.mqtt's), so the two cannot share a bug.
+# An independent encoder/parser (not trustfleet_device.transports.mqtt's), so the two cannot share a bug.
 
 
 def _varint(n: int) -> bytes:
@@ -151,10 +152,10 @@ import binascii
 import json
 import os
 import time
-from trustfleet_device import mqtt, runner
+from trustfleet_device.transports import mqtt, runner
 from trustfleet_device.agent import Config
 from trustfleet_device.session import Session
-from trustfleet_device.storage import DirStorage
+from trustfleet_device.transports.storage import DirStorage
 
 LOG = []
 CHUNKS = []
@@ -800,7 +801,7 @@ def test_mqtt_client_round_trip_through_real_mosquitto(broker_port):
 
 
 def test_transport_source_has_nothing_micropython_lacks():
-    src = (Path(__file__).resolve().parents[1] / "device/trustfleet_device/mqtt.py").read_text()
+    src = (Path(__file__).resolve().parents[1] / "device/trustfleet_device/transports/mqtt.py").read_text()
     top = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert top == ["from trustfleet_device import topics",
                    "from trustfleet_device.errors import TransportError, TrustfleetError"]

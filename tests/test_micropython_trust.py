@@ -26,7 +26,7 @@ import binascii
 import json
 import time
 from trustfleet_device import trust, x509
-from trustfleet_device.bundle import Anchor, Bundle, PinSet, Policy
+from trustfleet_device.documents import Anchor, Bundle, PinSet, Policy
 from trustfleet_device.reports import ReportQueue
 
 

@@ -31,9 +31,9 @@ from environment import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from trustfleet_server.mqtt import AioClient, ConnectRefused, EmbeddedBroker, NotConnected
-from trustfleet_server.mqtt import packets as p
-from trustfleet_server.mqtt.broker import (
+from trustfleet_server.broker import AioClient, ConnectRefused, EmbeddedBroker, NotConnected
+from trustfleet_server.broker import packets as p
+from trustfleet_server.broker.embedded import (
     Message,
     _RetainedStore,
     _SubscriptionTree,

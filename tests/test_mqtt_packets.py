@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from trustfleet_server.mqtt import packets as p
+from trustfleet_server.broker import packets as p
 
 V3, V5 = p.MQTT311, p.MQTT5
 

@@ -25,7 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustfleet_server import cli, x509util
-from trustfleet_server.tlsserver import LoopbackTLSServer, close_during_handshake, server_context
+from trustfleet_server.demo.tlsserver import (
+    LoopbackTLSServer,
+    close_during_handshake,
+    server_context,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}

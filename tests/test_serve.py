@@ -26,10 +26,13 @@ from fleetkit import Repo
 from paho.mqtt.enums import CallbackAPIVersion
 
 from trustfleet_device import agent as core
-from trustfleet_device import cbor, cose, policy, runner, topics
+from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.session import Session
-from trustfleet_device.storage import MemStorage
-from trustfleet_server import cli, fleetdb, keys, mqtturl, rollout, server
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import MemStorage
+from trustfleet_server import cli, keys, mqtturl, rollout
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.serve import server
 
 WAIT = 20.0
 

@@ -9,7 +9,7 @@ codes and stderr are exactly what an operator sees. The commands trust the
 system CA store (paho's `tls_set()` without a CA file); the test points
 OpenSSL's default store at its own CA with SSL_CERT_FILE.
 
-What this pins in trustfleet_server.server.Link:
+What this pins in trustfleet_server.serve.server.Link:
 
 - `username_pw_set`: publish and serve log in as the operator and the
   server identity; without it the broker sees an anonymous client and
@@ -49,7 +49,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from trustfleet_device import policy, topics
-from trustfleet_server import brokerconfig, fleetdb, keys
+from trustfleet_server import brokerconfig, keys
+from trustfleet_server.fleet import db as fleetdb
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT = 20.0  # bound on every wait for the broker or a command

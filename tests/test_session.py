@@ -12,8 +12,9 @@ import pytest
 from fleetkit import DAY, NOW, Repo
 
 from trustfleet_device import agent as core
-from trustfleet_device import runner, session, topics
-from trustfleet_device.storage import MemStorage
+from trustfleet_device import session, topics
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import MemStorage
 
 STATUS_FIELDS = {"device", "fleet", "group", "bucket", "state", "version", "floor", "bad", "last_revert",
                  "reasons", "root_version", "trusted_time", "last_timestamp", "fail_open", "agent_version",
@@ -159,8 +160,9 @@ def test_session_runs_in_the_micropython_vm(mpy, repo):
     mpy.write("/sess/b1.cose", raw)
     got = mpy.run_json(f"""
 import json
-from trustfleet_device import agent, runner, session, topics
-from trustfleet_device.storage import MemStorage
+from trustfleet_device import agent, session, topics
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import MemStorage
 st = MemStorage()
 cfg = agent.Config(fleet={repo.fleet!r})
 runner.initialise(st, open("/sess/root.cose", "rb").read(), cfg)
@@ -187,7 +189,7 @@ def test_streamed_repeat_of_a_handled_bundle_is_not_verified_again(repo):
 
 
 def test_broken_stream_leaves_no_partial_slot_file(repo, tmp_path):
-    from trustfleet_device.storage import DirStorage
+    from trustfleet_device.transports.storage import DirStorage
 
     storage = DirStorage(str(tmp_path))
     config = core.Config(fleet=repo.fleet)

@@ -24,9 +24,10 @@ from environment import skip_or_fail
 from fleetkit import Repo, compact_anchor, pin, pinset
 
 from trustfleet_device import topics
-from trustfleet_server import cli, mqtturl, simulate
-from trustfleet_server.errors import CommandError
-from trustfleet_server.simulate import Faults, SimConfig, Simulation
+from trustfleet_server import cli, mqtturl
+from trustfleet_server.errors import UsageError
+from trustfleet_server.sim import simulator as simulate
+from trustfleet_server.sim.simulator import Faults, SimConfig, Simulation
 
 RUN_TIMEOUT = 40.0
 NO_FAULTS = Faults()
@@ -265,7 +266,7 @@ def test_broker_restart_mid_rollout_still_converges(kind, fleet):
 def test_broker_restart_is_refused_on_an_external_broker(mosquitto, fleet):
     cfg = SimConfig(devices=5, broker=url_of(mosquitto), fleet=fleet.name, root_raw=fleet.repo.root_raw,
                     faults=Faults(broker_restart_at=1.0))
-    with pytest.raises(CommandError, match="broker the simulator controls"):
+    with pytest.raises(UsageError, match="broker the simulator controls"):
         Simulation(cfg, simulate.BrokerHandle(url_of(mosquitto)))
 
 
@@ -322,7 +323,7 @@ def test_shares_read_as_percent_or_fraction(text, share):
 
 @pytest.mark.parametrize("text", ["150%", "-0.1", "lots"])
 def test_bad_shares_are_refused(text):
-    with pytest.raises(CommandError):
+    with pytest.raises(UsageError):
         simulate.parse_share(text, "--x")
 
 
@@ -332,7 +333,7 @@ def test_group_split_assigns_groups_in_id_order():
     plan = simulate.Plan.make(cfg)
     assert plan.groups.count("canary") == 5 and plan.groups.count("beta") == 20
     assert plan.groups[:5] == ("canary",) * 5 and plan.groups[5] == "beta"
-    with pytest.raises(CommandError):
+    with pytest.raises(UsageError):
         simulate.parse_group_split("a:60%,b:50%")
 
 

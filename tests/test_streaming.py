@@ -12,11 +12,12 @@ import pytest
 from fleetkit import DAY, NOW, Repo
 
 from trustfleet_device import agent as core
-from trustfleet_device import policy, runner, trust
+from trustfleet_device import policy, trust
 from trustfleet_device.errors import BundleError
 from trustfleet_device.limits import DEFAULT
 from trustfleet_device.source import BytesSource
-from trustfleet_device.storage import DirStorage, MemStorage, PowerCut
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import DirStorage, MemStorage, PowerCut
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from environment import require_tool
 
-from trustfleet_agent.cli import build_parser
+from trustfleet_pi.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "tools" / "systemd" / "trustfleet-agent.service"

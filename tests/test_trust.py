@@ -1,7 +1,7 @@
 """Trust decisions on the device: path validation, distrust, pins, enterprise anchors, reports.
 
 Chains are real certificates made by the PKI helpers in test_x509.py;
-bundles are built directly from trustfleet_device.bundle objects. Every
+bundles are built directly from trustfleet_device.documents objects. Every
 scenario here is also run with the pure signature path forced, and must
 give the same decision (the MicroPython VM runs the core ones again in
 test_micropython_trust.py).
@@ -21,7 +21,7 @@ from test_x509 import DAY, NOW, Pki, der, key, make_cert, pin, pki, spki_der
 
 import trustfleet_device
 from trustfleet_device import sigcheck, trust
-from trustfleet_device.bundle import Anchor, Bundle, PinSet, Policy
+from trustfleet_device.documents import Anchor, Bundle, PinSet, Policy
 
 HOST = "api.example.com"
 LATER = NOW + 365 * DAY

@@ -39,9 +39,9 @@ from test_x509 import (
     utc,
 )
 
-from trustfleet_device import bundle as device_bundle
 from trustfleet_device import cbor, sigcheck, trust
-from trustfleet_device.bundle import Anchor, Bundle, Policy, StoredAnchors
+from trustfleet_device import documents as device_docs
+from trustfleet_device.documents import Anchor, Bundle, Policy, StoredAnchors
 from trustfleet_device.limits import DEFAULT
 from trustfleet_device.source import BytesSource
 
@@ -581,7 +581,7 @@ def flash_store(values, pinsets=(), **kw):
 
 
 def flash_compact(cert, label=None):
-    return device_bundle.compact_anchor(cert.subject.public_bytes(), spki_der(cert),
+    return device_docs.compact_anchor(cert.subject.public_bytes(), spki_der(cert),
                                         int(cert.not_valid_after_utc.timestamp()), label)
 
 

@@ -7,7 +7,7 @@ Usage: python tools/fuzz_decoders.py [--target NAME ...] [--seconds N] [--iterat
 Targets (--target, repeatable; default all), each described above its code:
   documents    cbor, cose and the bundle schema (the rest of this docstring)
   x509         trustfleet_device.x509.parse, then sigcheck on what it accepts
-  mqtt         the server's MQTT codec (trustfleet_server.mqtt.packets)
+  mqtt         the server's MQTT codec (trustfleet_server.broker.packets)
   mqtt-device  the device's MQTT reading (MQTTClient.wait_msg, Transport.poll)
   status       the status/report decoding and storage `serve` runs (fleetdb)
 
@@ -37,7 +37,7 @@ reaches the inner parser.
 Targets per input: cbor.decode and cbor.decode_pure (COSE tags allowed, and
 every fourth input with no tags), cose.parse in trustfleet's profile and
 leniently (untagged COSE_Sign, alg anywhere) with verify_signer for every
-signer, and bundle.parse_root / parse_bundle / parse_timestamp on the
+signer, and device_docs.parse_root / parse_bundle / parse_timestamp on the
 input and on any parsed COSE payload.
 
 Invariant: every call returns or raises a TrustfleetError subclass; nothing
@@ -75,8 +75,8 @@ for _sub in ("server", "device"):
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
-from trustfleet_device import bundle, cbor, cose, sigcheck, topics, x509  # noqa: E402
-from trustfleet_device import mqtt as dmqtt  # noqa: E402
+from trustfleet_device import cbor, cose, sigcheck, topics, x509  # noqa: E402
+from trustfleet_device import documents as device_docs  # noqa: E402
 from trustfleet_device.cbor import Tag  # noqa: E402
 from trustfleet_device.errors import (  # noqa: E402
     BundleError,
@@ -85,8 +85,10 @@ from trustfleet_device.errors import (  # noqa: E402
     TrustfleetError,
 )
 from trustfleet_device.limits import DEFAULT  # noqa: E402
-from trustfleet_server import documents, fleetdb, keys  # noqa: E402
-from trustfleet_server.mqtt import packets as p  # noqa: E402
+from trustfleet_device.transports import mqtt as dmqtt  # noqa: E402
+from trustfleet_server import documents, keys  # noqa: E402
+from trustfleet_server.broker import packets as p  # noqa: E402
+from trustfleet_server.fleet import db as fleetdb  # noqa: E402
 
 COSE_TAGS = (cose.TAG_SIGN1, cose.TAG_SIGN)
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -136,8 +138,8 @@ def public_point(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def compact_anchor(name: bytes, spki: bytes, not_after: int, label: str | None) -> list:
     """The compact anchor entry as the builder writes it (the schema lives in bundle.py)."""
-    if hasattr(bundle, "compact_anchor"):
-        return bundle.compact_anchor(name, spki, not_after, label)
+    if hasattr(device_docs, "compact_anchor"):
+        return device_docs.compact_anchor(name, spki, not_after, label)
     return [name, spki, not_after, label or ""]
 
 
@@ -148,7 +150,7 @@ def trustfleet_documents(rng: random.Random) -> tuple[list[bytes], dict[bytes, b
     root = documents.encode_payload(
         {
             "type": "root",
-            "spec": bundle.SPEC,
+            "spec": device_docs.SPEC,
             "fleet": "fleet-1",
             "version": 1,
             "expires": 1_900_000_000,
@@ -161,7 +163,7 @@ def trustfleet_documents(rng: random.Random) -> tuple[list[bytes], dict[bytes, b
         }
     )
     payload = documents.encode_payload({
-        "type": "bundle", "spec": bundle.SPEC, "fleet": "fleet-1", "version": 5,
+        "type": "bundle", "spec": device_docs.SPEC, "fleet": "fleet-1", "version": 5,
         "issued_at": 1_700_000_000, "expires_at": 1_800_000_000,
         "anchors": [
             b"\x30\x82\x01\x0a" + bytes(rng.randrange(256) for _ in range(40)),
@@ -182,7 +184,7 @@ def trustfleet_documents(rng: random.Random) -> tuple[list[bytes], dict[bytes, b
     signed = documents.add_signature(documents.add_signature(payload, k1), k2)
     signed_root = documents.add_signature(root, k1)
     stamp = documents.encode_payload({
-        "type": "timestamp", "spec": bundle.SPEC, "fleet": "fleet-1", "time": 1_750_000_000,
+        "type": "timestamp", "spec": device_docs.SPEC, "fleet": "fleet-1", "time": 1_750_000_000,
         "bundle_version": 5, "bundle_sha256": hashlib.sha256(signed).digest(),
     })  # fmt: skip
     docs = [root, payload, stamp, signed, signed_root, documents.sign1(stamp, k3)]
@@ -595,7 +597,7 @@ class Fuzzer(Harness):
                 self.verified += status == "ok" and ok is True
         for payload in payloads[:2]:
             for name in ("parse_root", "parse_bundle", "parse_timestamp"):
-                self.call("bundle." + name, payload, getattr(bundle, name), payload, DEFAULT)
+                self.call("documents." + name, payload, getattr(device_docs, name), payload, DEFAULT)
 
     def next_input(self) -> bytes:
         rng = self.rng
@@ -1080,7 +1082,7 @@ class MQTTFuzzer(Harness):
 
 # ---------------------------------------- target "mqtt-device": the device's MQTT reading
 #
-# What a broker sends a device after CONNACK, read by trustfleet_device.mqtt:
+# What a broker sends a device after CONNACK, read by trustfleet_device.transports.mqtt:
 # MQTTClient.wait_msg (the umqtt.simple-like client) and Transport.poll (the
 # loop that streams bundles to the session). The socket is a script that ends
 # in EOF; the session is a stub that reads bundle chunks (sometimes stopping

@@ -364,9 +364,9 @@ agent_toml() {  # agent_toml 1|0: with or without the [health] table
     [ -z "$GROUP" ] || echo "group = \"$GROUP\""
 }
 agent_toml 1 > "$TMP/agent.toml"
-if "$PY" -c 'import trustfleet_agent' 2>/dev/null; then
+if "$PY" -c 'import trustfleet_pi' 2>/dev/null; then
     "$PY" -c 'import sys
-from trustfleet_agent.config import ConfigError, load_config
+from trustfleet_pi.config import ConfigError, load_config
 try:
     load_config(sys.argv[1])
 except ConfigError as exc:

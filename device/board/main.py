@@ -29,10 +29,11 @@ import time
 
 import machine
 
-from trustfleet_device import runner, store, trust, x509
+from trustfleet_device import slots, trust, x509
 from trustfleet_device.agent import Config
 from trustfleet_device.errors import DecodeError
-from trustfleet_device.storage import DirStorage
+from trustfleet_device.transports import runner
+from trustfleet_device.transports.storage import DirStorage
 
 STATE_DIR = "/trustfleet"
 CONFIG_FILE = STATE_DIR + "/config.json"
@@ -109,7 +110,7 @@ def build_device(cfg, clock=clock):
     """The Device over STATE_DIR, initialised from FACTORY_ROOT on first boot. Raises: TrustfleetError, OSError."""
     storage = DirStorage(STATE_DIR)
     conf = agent_config(cfg)
-    if not storage.exists(store.ROOT):
+    if not storage.exists(slots.ROOT):
         with open(FACTORY_ROOT, "rb") as f:
             runner.initialise(storage, f.read(), conf)
         log("initialised from", FACTORY_ROOT)

@@ -3,8 +3,8 @@
 Fed with documents (root, bundle, timestamp) as bytes, clock readings and
 health-check results; returns actions for the caller to carry out, in order:
 
-    store.WRITE_SLOT, store.WRITE_ROOT, store.SWITCH, store.COMMIT,
-    store.REVERT, store.SAVE     -> Store.apply (persistence)
+    slots.WRITE_SLOT, slots.WRITE_ROOT, slots.SWITCH, slots.COMMIT,
+    slots.REVERT, slots.SAVE     -> Store.apply (persistence)
     HEALTH_CHECK (version, deadline) -> connect to the endpoints with the
                                         new store, then call health()
     REPORT (dict)                -> publish or log
@@ -32,7 +32,7 @@ the device "stale" but it keeps the store it has.
 
 import hashlib
 
-from trustfleet_device import VERSION, policy, store
+from trustfleet_device import VERSION, policy, slots
 from trustfleet_device.errors import BundleError, PolicyError, RollbackError
 from trustfleet_device.limits import DEFAULT
 
@@ -77,7 +77,7 @@ class Agent:
         self.config = config
         self.root = None
         self.root_raw = None
-        self.state = store.fresh_state()
+        self.state = slots.fresh_state()
         self.bundle = None
         self.phase = IDLE
         self.pending = None  # (bundle, deadline) while on TRIAL
@@ -85,18 +85,18 @@ class Agent:
 
     # ------------------------------------------------------------ boot
 
-    def boot(self, root_raw, state, slots, clock):
+    def boot(self, root_raw, state, slot_docs, clock):
         """Start from what storage holds. Returns actions. Raises: BundleError if the root is unusable."""
         self.root = policy.load_trusted_root(root_raw, self.config.limits, self.config.fleet)
         self.root_raw = root_raw
-        self.state = store.copy_state(state)
+        self.state = slots.copy_state(state)
         actions = []
         if self.state["trial"]:
             # A power cut and a crash caused by the new store look the same
             # here. Revert either way; allow one more try, then call it bad.
             again = self.state["version"] in self.state["retried"]
             actions.extend(self._revert("reboot before commit", mark_bad=again))
-        self.bundle = self._load_active(slots, actions)
+        self.bundle = self._load_active(slot_docs, actions)
         return actions
 
     def _verify(self, doc, installed_version=None, now=None):
@@ -106,11 +106,11 @@ class Agent:
             return policy.verify_bundle(self.root, doc, limits, installed_version, now)
         return policy.verify_bundle_source(self.root, doc, limits, installed_version, now)
 
-    def _load_active(self, slots, actions):
+    def _load_active(self, slot_docs, actions):
         s = self.state
         if s["active"] is None:
             return None
-        doc = slots.get(s["active"])
+        doc = slot_docs.get(s["active"])
         try:
             if doc is None:
                 raise BundleError("slot %s is empty" % s["active"])
@@ -120,23 +120,23 @@ class Agent:
         except BundleError as exc:
             actions.append(self._report("store-invalid", str(exc)))
             other = "b" if s["active"] == "a" else "a"
-            alt = slots.get(other)
+            alt = slot_docs.get(other)
             if alt is not None:
                 try:
                     b = self._verify(alt)
                     # Never fall back below the anti-rollback floor, even now.
                     if b.version >= s["floor"] and b.version not in s["bad"]:
-                        new = store.copy_state(s)
+                        new = slots.copy_state(s)
                         new["active"], new["version"], new["trial"] = other, b.version, False
                         self.state = new
-                        actions.append((store.COMMIT, new))
+                        actions.append((slots.COMMIT, new))
                         return b
                 except BundleError:
                     pass
-            new = store.copy_state(s)
+            new = slots.copy_state(s)
             new["active"], new["version"] = None, None
             self.state = new
-            actions.append((store.SAVE, new))
+            actions.append((slots.SAVE, new))
             return None
 
     # ------------------------------------------------------------ time
@@ -162,12 +162,12 @@ class Agent:
 
     def observe_clock(self, clock):
         """Persist a plausible clock reading now and then. Returns actions."""
-        new = store.copy_state(self.state)
+        new = slots.copy_state(self.state)
         self._note_time(new, clock=clock)
         if new["time"] == self.state["time"]:
             return []
         self.state = new
-        return [(store.SAVE, new)]
+        return [(slots.SAVE, new)]
 
     # --------------------------------------------------------- documents
 
@@ -189,7 +189,7 @@ class Agent:
         if refusal:
             return refusal
         slot = self.inactive_slot()
-        return [(store.WRITE_SLOT, slot, raw)] + self._switch_to(slot, b, clock)
+        return [(slots.WRITE_SLOT, slot, raw)] + self._switch_to(slot, b, clock)
 
     def offer_stored_bundle(self, slot, source, clock, digest):
         """A bundle was streamed into the inactive `slot` (see runner.receive_bundle). Returns actions.
@@ -230,7 +230,7 @@ class Agent:
 
     def _switch_to(self, slot, b, clock):
         s = self.state
-        new = store.copy_state(s)
+        new = slots.copy_state(s)
         new["previous"], new["previous_version"] = s["active"], s["version"]
         new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
         self._note_time(new, authenticated=b.issued_at)
@@ -238,7 +238,7 @@ class Agent:
         deadline = self.trusted_time(clock) + self.config.health_timeout
         self.pending = (b, deadline)
         self.phase = TRIAL
-        return [(store.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
+        return [(slots.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
 
     def health(self, ok, detail, clock):
         """The health check of the trial store finished. Returns actions."""
@@ -247,7 +247,7 @@ class Agent:
         b = self.pending[0]
         if not ok:
             return self._revert("health check failed: %s" % detail)
-        new = store.copy_state(self.state)
+        new = slots.copy_state(self.state)
         new["trial"], new["previous"], new["previous_version"] = False, None, None
         if b.version > new["floor"]:
             new["floor"] = b.version
@@ -255,7 +255,7 @@ class Agent:
         self.bundle = b
         self.pending = None
         self.phase = IDLE
-        return [(store.COMMIT, new), self._report("installed", "bundle v%d committed" % b.version)]
+        return [(slots.COMMIT, new), self._report("installed", "bundle v%d committed" % b.version)]
 
     def tick(self, clock):
         """Time passes: enforce the health-check deadline. Returns actions."""
@@ -270,7 +270,7 @@ class Agent:
         except BundleError as exc:
             return self._refuse("root", str(exc))
         self.root, self.root_raw = new_root, raw
-        return [(store.WRITE_ROOT, raw), self._report("root-updated", "root v%d" % new_root.version)]
+        return [(slots.WRITE_ROOT, raw), self._report("root-updated", "root v%d" % new_root.version)]
 
     def offer_timestamp(self, raw, clock):
         """A signed timestamp arrived. Returns actions."""
@@ -279,12 +279,12 @@ class Agent:
                                          last_time=self.state["last_timestamp"])
         except BundleError as exc:
             return self._refuse("timestamp", str(exc))
-        new = store.copy_state(self.state)
+        new = slots.copy_state(self.state)
         new["last_timestamp"] = ts.time
         self._note_time(new, authenticated=ts.time)
         self.state = new
         self.latest = (ts.bundle_version, ts.bundle_sha256)
-        return [(store.SAVE, new)]
+        return [(slots.SAVE, new)]
 
     # ------------------------------------------------------------ status
 
@@ -328,7 +328,7 @@ class Agent:
 
     def _revert(self, reason, mark_bad=True):
         s = self.state
-        new = store.copy_state(s)
+        new = slots.copy_state(s)
         bad = s["version"]
         if bad is not None:
             if mark_bad:
@@ -343,7 +343,7 @@ class Agent:
         self.phase = IDLE
         report = self._report("reverted", "bundle v%s: %s" % (bad, reason))
         report[1]["version"] = bad
-        return [(store.REVERT, new), report]
+        return [(slots.REVERT, new), report]
 
     def _refuse(self, kind, reason):
         return [(REFUSED, kind, reason), self._report("refused", "%s: %s" % (kind, reason))]

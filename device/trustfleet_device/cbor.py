@@ -434,7 +434,7 @@ def encode(value):
 
 try:
     # CPython with cbor2: same answers, several times faster (see _cbor_fast).
-    from trustfleet_device._cbor_fast import decode as _decode_fast
+    from trustfleet_device._cpython.cbor import decode as _decode_fast
 except ImportError:
     _decode_fast = None
 

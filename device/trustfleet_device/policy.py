@@ -15,7 +15,7 @@ A new root must be signed by a threshold of the old root's root keys and by
 a threshold of its own root keys, and its version must be exactly one more.
 """
 
-from trustfleet_device import bundle, cose
+from trustfleet_device import cose, documents
 from trustfleet_device.errors import (
     ExpiredError,
     PolicyError,
@@ -33,15 +33,15 @@ def count_signatures(msg, root, role_name):
     for signer in msg.signers:
         kid = signer.kid
         if signer.problem is not None:
-            notes.append("%s: %s" % (bundle.kid_text(kid), signer.problem))
+            notes.append("%s: %s" % (documents.kid_text(kid), signer.problem))
         elif kid is None or kid not in role.kids:
-            notes.append("%s: not a %s key" % (bundle.kid_text(kid), role_name))
+            notes.append("%s: not a %s key" % (documents.kid_text(kid), role_name))
         elif kid in counted:
-            notes.append("%s: same key again, counted once" % bundle.kid_text(kid))
+            notes.append("%s: same key again, counted once" % documents.kid_text(kid))
         elif cose.verify_signer(msg, signer, root.keys[kid]):
             counted.append(kid)
         else:
-            notes.append("%s: signature does not verify" % bundle.kid_text(kid))
+            notes.append("%s: signature does not verify" % documents.kid_text(kid))
     return len(counted), notes
 
 
@@ -76,7 +76,7 @@ def load_trusted_root(raw, limits=DEFAULT, fleet=None):
     Raises: BundleError.
     """
     msg = cose.parse(raw, limits)
-    root = bundle.parse_root(msg.unverified_payload, limits, fleet)
+    root = documents.parse_root(msg.unverified_payload, limits, fleet)
     check_threshold(msg, root, "root", "root v%d" % root.version)
     return root
 
@@ -85,7 +85,7 @@ def verify_root_update(trusted, raw, limits=DEFAULT):
     """Verify the next root against the trusted one. Returns the new Root. Raises: BundleError."""
     msg = cose.parse(raw, limits)
     check_threshold(msg, trusted, "root", "new root (checked with root v%d keys)" % trusted.version)
-    new = bundle.parse_root(msg.unverified_payload, limits, trusted.fleet)
+    new = documents.parse_root(msg.unverified_payload, limits, trusted.fleet)
     if new.version <= trusted.version:
         raise RollbackError("root version %d is not newer than trusted version %d"
                             % (new.version, trusted.version))
@@ -110,7 +110,7 @@ def verify_bundle(root, raw, limits=DEFAULT, installed_version=None, now=None):
     """Verify a signed bundle held in memory. Returns the Bundle. Raises: BundleError."""
     msg = cose.parse(raw, limits)
     check_threshold(msg, root, "bundle", "bundle")
-    b = bundle.parse_bundle(msg.unverified_payload, limits, root.fleet)
+    b = documents.parse_bundle(msg.unverified_payload, limits, root.fleet)
     return _check_bundle(b, installed_version, now)
 
 
@@ -119,11 +119,11 @@ def verify_bundle_source(root, source, limits=DEFAULT, installed_version=None, n
 
     The same rules as verify_bundle: the payload streams through SHA-256
     for each signature, then is parsed item by item; anchors stay in the
-    source (bundle.StoredAnchors).
+    source (documents.StoredAnchors).
     """
     msg = cose.parse_source(source, limits)
     check_threshold(msg, root, "bundle", "bundle")
-    b = bundle.parse_bundle_source(source, msg.payload_offset, msg.payload_length, limits, root.fleet)
+    b = documents.parse_bundle_source(source, msg.payload_offset, msg.payload_length, limits, root.fleet)
     return _check_bundle(b, installed_version, now)
 
 
@@ -137,7 +137,7 @@ def verify_timestamp(root, raw, limits=DEFAULT, last_time=None):
     """Verify a signed timestamp. Refuses one older than the last accepted. Raises: BundleError."""
     msg = cose.parse(raw, limits)
     check_threshold(msg, root, "timestamp", "timestamp")
-    ts = bundle.parse_timestamp(msg.unverified_payload, limits, root.fleet)
+    ts = documents.parse_timestamp(msg.unverified_payload, limits, root.fleet)
     if last_time is not None and ts.time < last_time:
         raise RollbackError("timestamp time %d is older than the last accepted %d" % (ts.time, last_time))
     return ts

@@ -36,11 +36,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trustfleet_agent.files import write_atomic
 from trustfleet_device import topics
+from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.limits import DEFAULT as DEFAULT_LIMITS
-
-from .errors import CommandError
+from trustfleet_server.errors import UsageError
 
 DEVICE = "device"
 OPERATOR = "operator"
@@ -143,10 +142,10 @@ def write_password_file(path: Path, identities: list[Identity], tool: str | None
             run = subprocess.run([tool, "-U", str(path)], capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
             path.unlink(missing_ok=True)
-            raise CommandError(f"{tool} -U {path}: {exc}") from None
+            raise UsageError(f"{tool} -U {path}: {exc}") from None
         if run.returncode != 0:
             path.unlink(missing_ok=True)
-            raise CommandError(f"{tool} -U {path} failed: {(run.stderr or run.stdout).strip()}")
+            raise UsageError(f"{tool} -U {path} failed: {(run.stderr or run.stdout).strip()}")
         os.chmod(path, 0o600)
         return "mosquitto_passwd"
     text = "".join(f"{i.username}:{hash_password(i.password)}\n" for i in identities)
@@ -266,12 +265,12 @@ def secrets_json(cfg: BrokerConfig) -> str:
 
 
 def parse_listener(value: str) -> tuple[str, int | None]:
-    """"HOST:PORT", "HOST" or "[v6]:PORT". Raises: CommandError."""
+    """"HOST:PORT", "HOST" or "[v6]:PORT". Raises: UsageError."""
     host, port = value, None
     if value.startswith("["):
         host, sep, rest = value[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
-            raise CommandError(f"--listener {value!r}: expected [ADDRESS]:PORT")
+            raise UsageError(f"--listener {value!r}: expected [ADDRESS]:PORT")
         rest = rest[1:]
     elif value.count(":") == 1:
         host, rest = value.split(":")
@@ -279,10 +278,10 @@ def parse_listener(value: str) -> tuple[str, int | None]:
         rest = ""
     if rest:
         if not rest.isdigit() or not 0 < int(rest) < 65536:
-            raise CommandError(f"--listener {value!r}: bad port")
+            raise UsageError(f"--listener {value!r}: bad port")
         port = int(rest)
     if not host or any(c.isspace() for c in host):
-        raise CommandError(f"--listener {value!r}: no host")
+        raise UsageError(f"--listener {value!r}: no host")
     return host, port
 
 
@@ -300,7 +299,7 @@ def load_secrets(path: Path) -> dict[tuple[str, str], str]:
     except FileNotFoundError:
         return {}
     except (ValueError, KeyError, TypeError) as exc:
-        raise CommandError(f"{path}: not a secrets file written by broker-config ({exc})") from None
+        raise UsageError(f"{path}: not a secrets file written by broker-config ({exc})") from None
 
 
 def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR,
@@ -309,7 +308,7 @@ def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR
              user: str | None = None, previous: dict[tuple[str, str], str] | None = None) -> BrokerConfig:
     """Check the names and pick a password per identity (reusing `previous` ones).
 
-    Raises: CommandError for a bad or duplicate name or a half-given TLS pair.
+    Raises: UsageError for a bad or duplicate name or a half-given TLS pair.
     """
     try:
         topics.check_name(fleet, "fleet")
@@ -318,18 +317,18 @@ def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR
         for d in devices:
             topics.check_name(d, "device id")
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if operator == server:
-        raise CommandError(f"operator and server need different names (both {operator!r})")
+        raise UsageError(f"operator and server need different names (both {operator!r})")
     seen: set[str] = set()
     for d in devices:
         if d in (operator, server):
-            raise CommandError(f"device id {d!r} is the operator's or the server's username")
+            raise UsageError(f"device id {d!r} is the operator's or the server's username")
         if d in seen:
-            raise CommandError(f"device id {d!r} is listed twice")
+            raise UsageError(f"device id {d!r} is listed twice")
         seen.add(d)
     if bool(tls_cert) != bool(tls_key):
-        raise CommandError("--tls-cert and --tls-key go together")
+        raise UsageError("--tls-cert and --tls-key go together")
     if port is None:
         port = 8883 if tls_cert else 1883
     previous = previous or {}
@@ -398,7 +397,7 @@ def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | 
         try:
             entry = pwd.getpwnam(cfg.user)
         except KeyError:
-            raise CommandError(f"--user {cfg.user!r}: no such user") from None
+            raise UsageError(f"--user {cfg.user!r}: no such user") from None
         for p in owned:
             os.chown(p, entry.pw_uid, entry.pw_gid)
         # The broker's group may enter the directory; secrets.json stays 0600 root.

@@ -13,10 +13,9 @@ from typing import Any
 
 from cryptography import x509
 
-from trustfleet_device import bundle as device_bundle
+from trustfleet_device import documents as device_docs
 from trustfleet_device import x509 as x509_device
-
-from .documents import Document
+from trustfleet_server.documents import Document
 
 
 def iso(ts: int) -> str:
@@ -27,14 +26,14 @@ def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _anchor(a: device_bundle.Anchor) -> dict[str, Any]:
+def _anchor(a: device_docs.Anchor) -> dict[str, Any]:
     if a.der is None:
         label = a.label or name_label(a.name)
         return {"form": "compact", "label": label, "not_after": iso(a.not_after),
                 "spki_sha256": b64(hashlib.sha256(a.spki).digest()), "bytes": len(a.name) + len(a.spki)}
     try:
         cert = x509.load_der_x509_certificate(a.der)
-        from . import x509util
+        from trustfleet_server import x509util
 
         label = x509util.subject_label(cert.subject)
         not_after = iso(int(cert.not_valid_after_utc.timestamp()))
@@ -49,7 +48,7 @@ def name_label(name_der: bytes) -> str:
     return x509_device.name_label(name_der) or "(no CN or O)"
 
 
-def _pinset(p: device_bundle.PinSet) -> dict[str, Any]:
+def _pinset(p: device_docs.PinSet) -> dict[str, Any]:
     out = {"domain": p.domain, "include_subdomains": p.subdomains, "pins": [b64(x) for x in p.pins],
            "expires": iso(p.expires), "mode": p.mode, "report_to": p.report_to}
     if p.allow_single_pin:
@@ -64,7 +63,7 @@ def describe(doc: Document, raw: bytes) -> dict[str, Any]:
     if doc.message is not None:
         out["envelope"] = "COSE_Sign" if doc.message.tag == 98 else "COSE_Sign1"
     if doc.doc_type == "bundle":
-        b = device_bundle.parse_bundle(doc.payload)
+        b = device_docs.parse_bundle(doc.payload)
         out.update({
             "fleet": b.fleet, "version": b.version, "issued_at": iso(b.issued_at),
             "expires_at": iso(b.expires_at),
@@ -75,7 +74,7 @@ def describe(doc: Document, raw: bytes) -> dict[str, Any]:
                        "max_timestamp_age": b.policy.max_timestamp_age},
         })
     elif doc.doc_type == "root":
-        r = device_bundle.parse_root(doc.payload)
+        r = device_docs.parse_root(doc.payload)
         out.update({
             "fleet": r.fleet, "version": r.version, "expires": iso(r.expires),
             "keys": [k.hex() for k in r.keys],
@@ -83,7 +82,7 @@ def describe(doc: Document, raw: bytes) -> dict[str, Any]:
                       for name, role in r.roles.items()},
         })
     else:
-        t = device_bundle.parse_timestamp(doc.payload)
+        t = device_docs.parse_timestamp(doc.payload)
         out.update({"fleet": t.fleet, "time": iso(t.time), "bundle_version": t.bundle_version,
                     "bundle_sha256": t.bundle_sha256.hex()})
     return out

@@ -17,16 +17,15 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trustfleet_device import bundle, cbor, cose
+from trustfleet_device import cbor, cose, documents
 from trustfleet_device.errors import DecodeError, PolicyError
 from trustfleet_device.limits import DEFAULT, Limits
-
-from . import keys
+from trustfleet_server import keys
 
 PROTECTED_ES256 = cose.PROTECTED_ES256  # {alg: ES256}
 
-KNOWN_TYPES = {"root": bundle.parse_root, "bundle": bundle.parse_bundle,
-               "timestamp": bundle.parse_timestamp}
+KNOWN_TYPES = {"root": documents.parse_root, "bundle": documents.parse_bundle,
+               "timestamp": documents.parse_timestamp}
 
 
 @dataclass

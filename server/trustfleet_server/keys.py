@@ -40,9 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
-from trustfleet_agent.files import fsync_directory, write_atomic, write_fd
-
-from .errors import CommandError
+from trustfleet_device._cpython.files import fsync_directory, write_atomic, write_fd
+from trustfleet_server.errors import UsageError
 
 PASSPHRASE_ENV = "TRUSTFLEET_PASSPHRASE"
 PASSPHRASE_HINT = f"--passphrase-file or {PASSPHRASE_ENV}"
@@ -63,7 +62,7 @@ _PUBLIC_LABELS = ("PUBLIC KEY", "RSA PUBLIC KEY")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
 
 
-class KeyFileError(CommandError):
+class KeyFileError(UsageError):
     """A key file is unreadable, locked, or holds the wrong kind of key (exit code 2)."""
 
 
@@ -167,7 +166,7 @@ def read_passphrase(
 
     Raises:
         KeyFileError: the passphrase file is unreadable or empty.
-        CommandError: the prompted passphrases are empty or do not match.
+        UsageError: the prompted passphrases are empty or do not match.
 
     Returns:
         The passphrase bytes, or None when no source supplied one.
@@ -196,9 +195,9 @@ def _passphrase_from_file(path: str) -> bytes:
 def _ask_passphrase(confirm: bool) -> bytes:
     first = getpass.getpass("Passphrase: ")
     if not first:
-        raise CommandError("empty passphrase; refusing to use it")
+        raise UsageError("empty passphrase; refusing to use it")
     if confirm and getpass.getpass("Repeat passphrase: ") != first:
-        raise CommandError("the two passphrases do not match")
+        raise UsageError("the two passphrases do not match")
     return first.encode("utf-8")
 
 
@@ -328,7 +327,7 @@ def looks_like_pem(data: bytes) -> bool:
     return b"-----BEGIN " in data
 
 
-def read_file_limited(path: str | os.PathLike[str], limit: int, error: type[CommandError]) -> bytes:
+def read_file_limited(path: str | os.PathLike[str], limit: int, error: type[UsageError]) -> bytes:
     """Read a whole file, refusing one larger than `limit` bytes.
 
     Raises:

@@ -29,9 +29,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtensionOID
 
-from trustfleet_device import bundle as device_bundle
-
-from . import describe, x509util
+from trustfleet_device import documents as device_docs
+from trustfleet_server import describe, x509util
 
 ERROR = "error"
 WARNING = "warning"
@@ -295,7 +294,7 @@ def _anchor_info(entry: Any) -> _Anchor | None:
         if not isinstance(name, bytes) or not isinstance(key, bytes):
             return None
         try:
-            spki = device_bundle.spki_from_parts(code, key) if code else key
+            spki = device_docs.spki_from_parts(code, key) if code else key
         except (KeyError, TypeError):
             spki = None
         return _Anchor(label or describe.name_label(name),

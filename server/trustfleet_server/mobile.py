@@ -42,10 +42,9 @@ from xml.parsers import expat
 
 from cryptography import x509
 
-from trustfleet_device import bundle as device_bundle
+from trustfleet_device import documents as device_docs
 from trustfleet_device.errors import DecodeError, TrustfleetError
-
-from . import x509util
+from trustfleet_server import x509util
 
 ANCHOR_CHOICES = ("system", "bundle", "both")
 NSC_DIGEST = "SHA-256"
@@ -109,14 +108,14 @@ def date_epoch(text: str) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
 
 
-def _bundle(payload: dict) -> device_bundle.Bundle:
+def _bundle(payload: dict) -> device_docs.Bundle:
     """The typed bundle for a payload map, checked by the device parser. Raises: DecodeError."""
     if not isinstance(payload, dict) or payload.get("type") != "bundle":
         raise DecodeError("not a bundle payload")
-    return device_bundle.bundle_from_map(payload)
+    return device_docs.bundle_from_map(payload)
 
 
-def _common_warnings(b: device_bundle.Bundle, pinsets: Sequence[device_bundle.PinSet], target: str,
+def _common_warnings(b: device_docs.Bundle, pinsets: Sequence[device_docs.PinSet], target: str,
                      now: int | None) -> list[str]:
     """Warnings about what the target cannot say: the distrust list, and expiry to the second."""
     out = []
@@ -137,7 +136,7 @@ def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _check_unique(pinsets: Sequence[device_bundle.PinSet], target: str) -> None:
+def _check_unique(pinsets: Sequence[device_docs.PinSet], target: str) -> None:
     seen: set[str] = set()
     for p in pinsets:
         if p.domain in seen:
@@ -146,7 +145,7 @@ def _check_unique(pinsets: Sequence[device_bundle.PinSet], target: str) -> None:
         seen.add(p.domain)
 
 
-def _check_two_pins(pinsets: Sequence[device_bundle.PinSet]) -> None:
+def _check_two_pins(pinsets: Sequence[device_docs.PinSet]) -> None:
     for p in pinsets:
         if len(p.pins) < 2:
             raise ExportRefused(
@@ -154,7 +153,7 @@ def _check_two_pins(pinsets: Sequence[device_bundle.PinSet]) -> None:
                 "without a backup pin (fewer than two pins), so the app would fail at start")
 
 
-def _report_uris(p: device_bundle.PinSet, warnings: list[str]) -> list[str]:
+def _report_uris(p: device_docs.PinSet, warnings: list[str]) -> list[str]:
     """The pin-set's report URIs TrustKit can use (http and https URLs)."""
     keep = [u for u in p.report_to if u.lower().startswith(("https://", "http://"))]
     dropped = len(p.report_to) - len(keep)
@@ -188,7 +187,7 @@ def _xml_text(root: ET.Element) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _domain_config(root: ET.Element, p: device_bundle.PinSet) -> ET.Element:
+def _domain_config(root: ET.Element, p: device_docs.PinSet) -> ET.Element:
     dc = ET.SubElement(root, "domain-config")
     domain = ET.SubElement(dc, "domain", includeSubdomains="true" if p.subdomains else "false")
     domain.text = p.domain
@@ -198,7 +197,7 @@ def _domain_config(root: ET.Element, p: device_bundle.PinSet) -> ET.Element:
     return dc
 
 
-def _enforced(b: device_bundle.Bundle, warnings: list[str], why: str) -> list[device_bundle.PinSet]:
+def _enforced(b: device_docs.Bundle, warnings: list[str], why: str) -> list[device_docs.PinSet]:
     out = []
     for p in b.pinsets:
         if p.mode == "enforce":
@@ -208,7 +207,7 @@ def _enforced(b: device_bundle.Bundle, warnings: list[str], why: str) -> list[de
     return out
 
 
-def _bundle_anchor_resources(b: device_bundle.Bundle, prefix: str,
+def _bundle_anchor_resources(b: device_docs.Bundle, prefix: str,
                              warnings: list[str]) -> list[RawResource]:
     compact = 0
     distrusted = 0
@@ -519,7 +518,7 @@ def _read_domain_config(el: ET.Element, inherited: tuple[list[bytes], int | None
         if child.tag == "domain":
             name = _text_only(child).lower()
             try:
-                device_bundle.check_domain_pattern(name, "<domain>")
+                device_docs.check_domain_pattern(name, "<domain>")
             except DecodeError as exc:
                 raise NscImportError(str(exc)) from None
             if name in seen:

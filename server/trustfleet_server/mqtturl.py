@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .errors import CommandError
+from trustfleet_server.errors import UsageError
 
 PASSWORD_ENV = "TRUSTFLEET_MQTT_PASSWORD"
 
@@ -31,16 +31,16 @@ class BrokerURL:
 
 
 def parse(url: str) -> BrokerURL:
-    """Parse a broker URL. Raises: CommandError naming what is wrong."""
+    """Parse a broker URL. Raises: UsageError naming what is wrong."""
     parts = urlsplit(url if "://" in url else f"mqtt://{url}")
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise CommandError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        raise UsageError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise CommandError(f"broker URL {url!r}: no host")
+        raise UsageError(f"broker URL {url!r}: no host")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
-        raise CommandError(f"broker URL {url!r}: bad port") from None
+        raise UsageError(f"broker URL {url!r}: bad port") from None
     password = unquote(parts.password) if parts.password else os.environ.get(PASSWORD_ENV) or None
     return BrokerURL(parts.hostname, port, parts.scheme == "mqtts",
                      unquote(parts.username) if parts.username else None, password)

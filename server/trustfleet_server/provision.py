@@ -49,12 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustfleet_agent.files import write_atomic
 from trustfleet_device import policy, topics
+from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
-
-from . import brokerconfig
-from .errors import CommandError
+from trustfleet_server import brokerconfig
+from trustfleet_server.errors import UsageError
 
 # Where main.py and boot.py look (device/board/main.py: STATE_DIR, FACTORY_ROOT, INBOX_DIR).
 STATE_DIR = "trustfleet"
@@ -77,7 +76,7 @@ INSTALL_HINT = "pip install 'trustfleet[esp32]' (or: pip install mpremote mpy-cr
 _FIRMWARE_TIME = re.compile(r"^FIRMWARE_TIME = \d+$", re.M)
 
 
-class ProvisionError(CommandError):
+class ProvisionError(UsageError):
     """A provisioning step cannot be carried out (exit 2), with the reason."""
 
 
@@ -168,7 +167,7 @@ def add_devices(broker_dir: str | os.PathLike[str], fleet: str,
     Ids already in secrets.json keep their password (adding is idempotent).
     The files are rewritten through brokerconfig's own functions, so the
     password file, the ACL and secrets.json always describe the same
-    identities. Raises: ProvisionError, CommandError (a bad or duplicate name).
+    identities. Raises: ProvisionError, UsageError (a bad or duplicate name).
     """
     broker_dir = Path(broker_dir)
     check_name(fleet, "fleet")
@@ -400,7 +399,7 @@ def stage(settings: BoardSettings, out: str | os.PathLike[str], *,
             raise ProvisionError(f"{src}: listed in the manifest but missing")
         if cmd:
             rel = f"{pkg_dst}/{Path(name).with_suffix('.mpy')}"
-            (out / pkg_dst).mkdir(mode=0o700, parents=True, exist_ok=True)
+            (out / rel).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _compile(cmd, src, out / rel, f"{package}/{name}")
             os.chmod(out / rel, 0o644)
             files.append(StagedFile(rel))

@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustfleet_device import bundle as device_bundle
+from trustfleet_device import documents as device_docs
+from trustfleet_server import x509util
+from trustfleet_server.errors import UsageError
 
-from . import x509util
-from .errors import CommandError
 
-
-class SpecError(CommandError):
+class SpecError(UsageError):
     """The bundle spec is invalid; the message names the key (exit code 2)."""
 
 
@@ -197,7 +196,7 @@ def _anchor_entries(spec: list, base: Path, report: BuildReport, lint: bool = Fa
                 f = x509util.compact_anchor_fields(cert)
                 # The label is the subject's CN or O, which the name already holds:
                 # store it only when asked (labels = true), to keep flash small.
-                entries.append(device_bundle.compact_anchor(f.subject_der, f.spki_der, f.not_after,
+                entries.append(device_docs.compact_anchor(f.subject_der, f.spki_der, f.not_after,
                                                             f.label if labels else None))
                 report.anchors_compact += 1
     return entries
@@ -238,7 +237,7 @@ def _pinset(table: Any, i: int, base: Path, issued_at: int, report: BuildReport,
         if expires <= issued_at and not lint:
             raise SpecError(f"{where}.expires: pin-set already expired at issue time")
     mode = table.get("mode", "enforce")
-    if mode not in device_bundle.MODES:
+    if mode not in device_docs.MODES:
         raise SpecError(f"{where}.mode: {mode!r} is not 'enforce' or 'report'")
     subdomains = table.get("include_subdomains", False)
     if not isinstance(subdomains, bool):
@@ -310,7 +309,7 @@ def load_spec(path: Path, *, version: int | None = None, now: int | None = None,
         raise SpecError("policy.user_anchors: expected true or false")
     payload = {
         "type": "bundle",
-        "spec": device_bundle.SPEC,
+        "spec": device_docs.SPEC,
         "fleet": fleet,
         "version": version,
         "issued_at": issued_at,

@@ -32,8 +32,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from . import keys
-from .errors import CommandError
+from trustfleet_server import keys
+from trustfleet_server.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ MAX_CERT_FILE_BYTES = 16 << 20  # the whole Mozilla store as PEM is about 300 Ki
 LABEL_MAX_CHARS = 64
 
 
-class CertificateFileError(CommandError):
+class CertificateFileError(UsageError):
     """A certificate file or directory holds no usable certificate (exit code 2)."""
 
 

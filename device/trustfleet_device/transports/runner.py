@@ -1,0 +1,143 @@
+"""Carry out the agent's actions: the loop shared by every runtime.
+
+The agent decides; this loop applies persistence actions to the store,
+runs health checks through a caller-supplied function and collects
+reports and refusals. It is MicroPython-safe, so the board's main.py, the
+Raspberry Pi agent and the tests all drive the core the same way.
+"""
+
+import hashlib
+
+from trustfleet_device import agent as core
+from trustfleet_device import policy, slots
+from trustfleet_device.errors import StorageError
+
+
+def no_endpoints(version):
+    """Health check used when no endpoints are configured: nothing to lose touch with."""
+    return True, "no endpoints configured"
+
+
+class Result:
+    """What one step did."""
+
+    def __init__(self):
+        self.refused = []     # (kind, reason)
+        self.reports = []     # report dicts, in order
+        self.committed = None
+        self.reverted = None
+
+    def reason(self):
+        if self.refused:
+            return self.refused[0][1]
+        for r in self.reports:
+            if r["event"] == "reverted":
+                return r["detail"]
+        return None
+
+
+def initialise(storage, root_raw, config):
+    """Write the factory state: a verified root and a fresh state file. Raises: BundleError."""
+    policy.load_trusted_root(root_raw, config.limits, config.fleet)
+    s = slots.Store(storage)
+    s.apply((slots.WRITE_ROOT, root_raw))
+    s.apply((slots.SAVE, slots.fresh_state()))
+
+
+class Device:
+    """One device: agent core + store + health check + clock."""
+
+    def __init__(self, storage, config, health_check=no_endpoints, clock=None):
+        self.store = slots.Store(storage)
+        self.config = config
+        self.health_check = health_check
+        self.clock = clock
+        self.agent = core.Agent(config)
+        root = self.store.read_root()
+        if root is None:
+            raise StorageError("not initialised: no root.cose")
+        # Slots are read through sources: a large bundle is verified and used from flash.
+        actions = self.agent.boot(root, self.store.load_state(), self.store.slot_sources(), self.now())
+        self.boot_result = self.run(actions)
+
+    def now(self):
+        return int(self.clock())
+
+    def offer(self, kind, raw):
+        """Offer a root, bundle or timestamp document. Returns a Result."""
+        if kind == "bundle":
+            actions = self.agent.offer_bundle(raw, self.now())
+        elif kind == "root":
+            actions = self.agent.offer_root(raw, self.now())
+        elif kind == "timestamp":
+            actions = self.agent.offer_timestamp(raw, self.now())
+        else:
+            raise ValueError("unknown document kind %r" % (kind,))
+        return self.run(actions)
+
+    def receive_bundle(self, chunks, seen=None):
+        """Stream a bundle into the inactive slot, hashing as it is written, then verify it from there.
+
+        `chunks` is any iterable of byte strings (an MQTT payload read piece by
+        piece, a file). At most one chunk and the decoder's window are in RAM.
+        `seen`: digests of documents already handled; a repeat is not verified
+        again (the same retained bundle arrives on several topics). The digest
+        of this document is added to it. Returns a Result.
+        """
+        agent = self.agent
+        if agent.busy():
+            return self.run(agent._refuse("bundle", "an install is already waiting for its health check"))
+        slot = agent.inactive_slot()
+        name = slots.slot_file(slot)
+        limit = self.config.limits.max_document
+        h = hashlib.sha256()
+        size = 0
+        writer = self.store.storage.open_write(name)
+        try:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    writer.abort()
+                    return self.run(agent._refuse("bundle", "document is over %d bytes, the limit" % limit))
+                h.update(chunk)
+                writer.write(chunk)
+        except BaseException:
+            # The stream broke (connection lost, power): leave no half file behind.
+            writer.abort()
+            raise
+        writer.close()
+        digest = h.digest()
+        if seen is not None:
+            if digest in seen:
+                return Result()
+            seen.append(digest)
+        source = self.store.storage.source(name)
+        return self.run(agent.offer_stored_bundle(slot, source, self.now(), digest))
+
+    def tick(self):
+        return self.run(self.agent.tick(self.now()))
+
+    def status(self):
+        return self.agent.status(self.now())
+
+    def run(self, actions):
+        """Carry out actions in order (health checks may add more). Returns a Result."""
+        result = Result()
+        pending = list(actions)
+        while pending:
+            action = pending.pop(0)
+            kind = action[0]
+            if self.store.apply(action):
+                if kind == slots.COMMIT:
+                    result.committed = action[1]["version"]
+                continue
+            if kind == core.HEALTH_CHECK:
+                ok, detail = self.health_check(action[1])
+                pending = self.agent.health(ok, detail, self.now()) + pending
+            elif kind == core.REFUSED:
+                result.refused.append((action[1], action[2]))
+            elif kind == core.REPORT:
+                result.reports.append(action[1])
+                if action[1]["event"] == "reverted":
+                    result.reverted = action[1].get("version")
+        return result

@@ -1,0 +1,527 @@
+"""`trustfleet-agent`: the CPython device agent (Raspberry Pi).
+
+Exit codes: 0 done (check: the server is accepted; run: stopped by SIGTERM
+or SIGINT), 1 the document was refused (check: the server is rejected;
+run: the device failed while running, e.g. its state directory became
+unwritable), with the reason on one line, 2 usage error, unusable state
+directory or config file (run: also no [mqtt] table, or an mqtts:// broker
+and no installed bundle to check it with), or (check) no TLS connection
+could be made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trustfleet_device import trust, x509
+from trustfleet_device._cpython.files import read_capped
+from trustfleet_device.agent import Config
+from trustfleet_device.errors import BundleError, DeviceError
+from trustfleet_device.limits import DEFAULT
+from trustfleet_pi import export as exports
+from trustfleet_pi import tls
+from trustfleet_pi.config import AgentConfig, ConfigError, MqttConfig, load_config
+from trustfleet_pi.local import LocalDevice
+
+DEFAULT_STATE = Path("/var/lib/trustfleet")
+
+EPILOG = """\
+examples:
+  trustfleet-agent init --state /var/lib/trustfleet --root root.cose --bundle factory.cose
+  trustfleet-agent init --config /etc/trustfleet/agent.toml --root root.cose
+  trustfleet-agent install --state /var/lib/trustfleet bundle-v8.cose
+  trustfleet-agent install --config /etc/trustfleet/agent.toml bundle-v8.cose
+  trustfleet-agent install --state /var/lib/trustfleet --endpoint api.acme.example:443 bundle-v8.cose
+  trustfleet-agent check api.acme.example                 # exit 0 accepted, 1 rejected
+  trustfleet-agent check 10.0.0.7:8883 --servername mqtt.acme.example --json
+  trustfleet-agent export --pem /etc/trustfleet/ca.pem --pins /etc/trustfleet/pins.json
+  trustfleet-agent status --state /var/lib/trustfleet --json
+  trustfleet-agent run --config /etc/trustfleet/agent.toml   # the service (systemd)
+
+agent.toml (every key optional; unknown keys are refused):
+  state_dir = "/var/lib/trustfleet"
+  device_id = "pi-0042"
+  fleet = "acme-sensors"
+  managed = false                        # true: enterprise anchors, if the bundle allows them
+  user_anchors = ["enterprise-root.pem"]
+  firmware_time = 2026-01-01T00:00:00Z
+  [health]
+  endpoints = ["api.acme.example:443"]   # TLS with the new store before it is committed
+  timeout = 10
+  [export]
+  pem = "/etc/trustfleet/ca-bundle.pem"  # for SSL_CERT_FILE / curl --cacert
+  pins = "/etc/trustfleet/pins.json"
+  [post_commit]
+  command = ["systemctl", "try-reload-or-restart", "acme-app"]
+  timeout = 30
+  [mqtt]                                 # for `run`
+  broker = "mqtts://mqtt.acme.example:8883"
+  username = "pi-0042"
+  password_file = "/etc/trustfleet/mqtt-password"
+  keepalive = 60
+  protocol = "3.1.1"                     # or "5"
+  group = "canary"
+"""
+
+INIT_EPILOG = """\
+examples:
+  trustfleet-agent init --state /var/lib/trustfleet --root root.cose
+  trustfleet-agent init --config /etc/trustfleet/agent.toml --root root.cose --bundle factory.cose
+
+With --config, the root must belong to its fleet, and a factory bundle goes
+through the same health check, exports and hook as `install`.
+"""
+
+INSTALL_EPILOG = """\
+The bundle is verified, written to the inactive slot and switched to; then
+every endpoint (--endpoint, else [health] endpoints in --config) must be
+reached over TLS with the NEW store, or the device switches back and never
+retries that version. After a commit the [export] files are rewritten and
+the [post_commit] command runs; their failures are reported, not reverted.
+Exit 0 installed, 1 refused or reverted (reason on stderr), 2 usage.
+
+examples:
+  trustfleet-agent install --state /var/lib/trustfleet bundle-v8.cose
+  trustfleet-agent install --state /var/lib/trustfleet --endpoint api.acme.example:443 bundle-v8.cose
+  trustfleet-agent install --config /etc/trustfleet/agent.toml --json bundle-v8.cose
+"""
+
+CHECK_EPILOG = """\
+The connection is made to HOST:PORT (default port 443); the certificate is
+checked for --servername (default HOST; an IP address needs --servername)
+with the installed store at the device's trusted time: path to an anchor,
+hostname, distrust list, pins (past their expiry: CA validation only).
+Exit 0 accept or accept-fail-open, 1 reject, 2 no TLS connection or usage.
+
+examples:
+  trustfleet-agent check api.acme.example
+  trustfleet-agent check 127.0.0.1:8443 --servername api.acme.example --json
+"""
+
+RUN_EPILOG = """\
+Boots the device from the state directory (a trial left by a crash is
+reverted first), connects to [mqtt] broker, subscribes to the fleet's root,
+bundle (fleet, group, bucket) and timestamp topics, and installs what
+verifies, with the [health] check, [export] files and [post_commit] hook of
+`install`. It publishes its status (retained; last will "offline") and
+reports, reconnects with capped, jittered exponential backoff, and runs
+until SIGTERM or SIGINT. One line per event on stderr.
+Exit 0 stopped by a signal, 1 the device failed while running, 2 usage or
+config error (nothing to connect to, not initialised, mqtts:// without an
+installed bundle).
+
+examples:
+  trustfleet-agent run --config /etc/trustfleet/agent.toml
+  systemctl start trustfleet-agent     # tools/systemd/trustfleet-agent.service
+"""
+
+EXPORT_EPILOG = """\
+Writes the active store for software that reads its own trust files. The
+PEM bundle holds whole-certificate anchors only: a compact anchor is a
+subject and a key, not a certificate (build with form = "full" for anchors
+that must be exported). It enforces no pins; the pins JSON lists them.
+Both files are replaced atomically. `install` rewrites them after every
+commit when [export] is configured.
+
+examples:
+  trustfleet-agent export --state /var/lib/trustfleet --pem ca.pem --pins pins.json
+  SSL_CERT_FILE=ca.pem curl https://api.acme.example/
+"""
+
+
+def _read(path: Path) -> bytes:
+    return read_capped(path, DEFAULT.max_document)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0 to 3600")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, helptext: str, epilog: str | None = None) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=helptext, description=helptext, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("init", "set up the factory state: trusted root, optional first bundle",
+                INIT_EPILOG)
+    p.add_argument("--state", type=Path, help="state directory, created 0700 (default: state_dir "
+                   "from --config)")
+    p.add_argument("--config", type=Path, help="agent.toml: fleet, device id, endpoints, exports")
+    p.add_argument("--root", type=Path, required=True, help="the fleet's signed root document")
+    p.add_argument("--bundle", type=Path, help="factory bundle to install right away")
+    p.add_argument("--force", action="store_true", help="re-initialise an existing state directory")
+    p.set_defaults(func=cmd_init)
+
+    p = command("install", "install a signed bundle from a file (same path as network delivery)",
+                INSTALL_EPILOG)
+    p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
+    p.add_argument("--config", type=Path, help="agent.toml: endpoints, exports, post-commit hook")
+    p.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT",
+                   help="health check: reach this server over TLS with the new store before "
+                        "committing (repeatable; replaces [health] endpoints)")
+    p.add_argument("--health-timeout", type=_seconds, metavar="SECONDS",
+                   help="per-endpoint timeout (default: [health] timeout, else 10)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_install)
+
+    p = command("status", "show the installed store and its freshness")
+    p.add_argument("--state", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = command("check", "connect to a TLS server and judge it with the installed store",
+                CHECK_EPILOG)
+    p.add_argument("target", metavar="HOST[:PORT]")
+    p.add_argument("--state", type=Path,
+                   help=f"state directory (default: state_dir from --config, else {DEFAULT_STATE})")
+    p.add_argument("--config", type=Path, help="agent.toml (managed, user_anchors, state_dir)")
+    p.add_argument("--servername", metavar="NAME", help="name to send (SNI) and check (default: HOST)")
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="for the TCP connection and the handshake (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    p = command("run", "the long-running agent: receive bundles over MQTT until SIGTERM",
+                RUN_EPILOG)
+    p.add_argument("--config", type=Path, required=True,
+                   help="agent.toml with fleet, device_id and an [mqtt] table")
+    p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
+    p.set_defaults(func=cmd_run)
+
+    p = command("export", "write the active store as a PEM bundle and/or pins JSON", EXPORT_EPILOG)
+    p.add_argument("--state", type=Path,
+                   help=f"state directory (default: state_dir from --config, else {DEFAULT_STATE})")
+    p.add_argument("--config", type=Path, help="agent.toml ([export] gives the default paths)")
+    p.add_argument("--pem", type=Path, help="PEM bundle to write")
+    p.add_argument("--pins", type=Path, help="pins JSON to write")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out (exit 2)."""
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    return load_config(args.config) if getattr(args, "config", None) else AgentConfig()
+
+
+def _state(args: argparse.Namespace, cfg: AgentConfig, default: Path | None = None) -> Path:
+    state = args.state or cfg.state_dir or default
+    if state is None:
+        raise UsageError("--state is required (or state_dir in --config)")
+    return state
+
+
+def _core_config(args: argparse.Namespace, cfg: AgentConfig) -> Config:
+    # Without --config, the same Config() as before config files existed.
+    return cfg.core_config() if getattr(args, "config", None) else Config()
+
+
+def _warn(text: str) -> None:
+    print(f"trustfleet-agent: {text}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- init / install
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = _state(args, cfg)
+    if (state / "root.cose").exists() and not args.force:
+        print(f"trustfleet-agent: error: {state} is already initialised (use --force)", file=sys.stderr)
+        return 2
+    LocalDevice.initialise(state, _read(args.root), _core_config(args, cfg))
+    print(f"initialised {state}")
+    if args.bundle:
+        return _install(args, cfg, state, args.bundle, as_json=False)
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    return _install(args, cfg, _state(args, cfg), args.file, args.json)
+
+
+class _Recorder:
+    """Wraps a health check to remember its last answer for the output."""
+
+    def __init__(self, check: Any):
+        self.check = check
+        self.answer: tuple[bool, str] | None = None
+
+    def __call__(self, version: int) -> tuple[bool, str]:
+        self.answer = self.check(version)
+        return self.answer
+
+
+def _install(args: argparse.Namespace, cfg: AgentConfig, state: Path, file: Path,
+             as_json: bool) -> int:
+    endpoints = list(getattr(args, "endpoint", None) or cfg.endpoints)
+    timeout = getattr(args, "health_timeout", None) or cfg.health_timeout
+    anchors = cfg.user_anchor_ders()
+    holder: list[LocalDevice] = []
+    health = _Recorder(tls.health_check_for(endpoints, lambda: holder[0], timeout,
+                                            managed=cfg.managed, user_anchors=anchors))
+    device = LocalDevice(state, _core_config(args, cfg), health)
+    holder.append(device)
+    outcome = device.install(_read(file))
+    result: dict[str, Any] = {
+        "installed": outcome.committed is not None, "version": outcome.committed,
+        "reverted": outcome.reverted, "reason": outcome.reason(), "status": device.status()}
+    if endpoints:
+        result["health"] = health.answer[1] if health.answer else None
+    notes: list[str] = []
+    if outcome.committed is not None:
+        result.update(_after_commit(device, cfg, anchors, state, outcome.committed, notes))
+    if as_json:
+        print(json.dumps(result))
+    elif result["installed"]:
+        print(f"installed bundle v{outcome.committed}")
+        if endpoints and health.answer:
+            print(f"  health check: {health.answer[1]}")
+    else:
+        print(f"refused: {result['reason']}", file=sys.stderr)
+    for note in notes:
+        _warn(note)
+    return 0 if result["installed"] else 1
+
+
+def _after_commit(device: LocalDevice, cfg: AgentConfig, anchors: list[bytes], state: Path,
+                  version: int, notes: list[str]) -> dict[str, Any]:
+    """Exports and the post-commit hook; failures are reported, the install stays."""
+    out: dict[str, Any] = {}
+    if cfg.export_pem is not None or cfg.export_pins is not None:
+        try:
+            store = tls.store_for(device, managed=cfg.managed, user_anchors=anchors)
+            done = exports.export(store, cfg.export_pem, cfg.export_pins)
+            out["export"] = _export_summary(done)
+            if done.pem is not None:
+                notes.extend(f"export: {n}" for n in done.pem.notes())
+        except OSError as exc:
+            out["export"] = {"ok": False, "error": str(exc)}
+            notes.append(f"export failed (the install stays committed): {exc}")
+    if cfg.post_commit:
+        hook = exports.run_hook(cfg.post_commit, version=version, state_dir=state,
+                                pem_path=cfg.export_pem, pins_path=cfg.export_pins,
+                                timeout=cfg.post_commit_timeout,
+                                cwd=cfg.path.parent if cfg.path is not None else None)
+        out["hook"] = {"ok": hook.ok, "detail": hook.detail, "returncode": hook.returncode}
+        if not hook.ok:
+            notes.append(f"{hook.detail} (the install stays committed)")
+    return out
+
+
+def _export_summary(done: exports.ExportResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"ok": True}
+    if done.pem is not None:
+        out.update(pem=str(done.pem_path), certificates=done.pem.certificates,
+                   compact_skipped=len(done.pem.compact),
+                   distrusted_skipped=len(done.pem.distrusted))
+    if done.pins_path is not None:
+        out["pins"] = str(done.pins_path)
+    return out
+
+
+# --------------------------------------------------------------------------- status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = LocalDevice(args.state, Config()).status()
+    if args.json:
+        print(json.dumps(status))
+    else:
+        version = "none" if status["version"] is None else f"v{status['version']}"
+        print(f"state {status['state']}, bundle {version}, root v{status['root_version']}, "
+              f"floor {status['floor']}")
+        for reason in status["reasons"]:
+            print(f"  {reason}")
+        if status["bad"]:
+            print(f"  refused as bad: {', '.join(map(str, status['bad']))}")
+        if status["last_revert"]:
+            print(f"  last revert: {status['last_revert']}")
+    return 0
+
+
+# --------------------------------------------------------------------------- check / export
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = _state(args, cfg, DEFAULT_STATE)
+    try:
+        host, port = tls.parse_endpoint(args.target)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    name = args.servername or host
+    device = LocalDevice(state, _core_config(args, cfg))
+    ctx = tls.context_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
+    started = time.perf_counter()
+    try:
+        decision = tls.probe(ctx, host, port, args.timeout, name)
+    except OSError as exc:
+        _warn(f"error: no TLS connection to {host}:{port}: {exc}")
+        return 2
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    bundle = ctx.trust_store.bundle
+    if args.json:
+        print(json.dumps({
+            "host": host, "port": port, "servername": name, "verdict": decision.verdict,
+            "result": decision.result, "reason": decision.reason, "pinset": decision.pinset,
+            "anchor": decision.anchor,
+            "path": [{"subject": c.label(), "spki_sha256": _pin_of(c.spki),
+                      "not_after": x509.format_time(c.not_after)} for c in decision.path],
+            "report": decision.report is not None, "bundle_version": bundle.version,
+            "openssl_verifies": ctx.openssl_verifies, "elapsed_ms": round(elapsed_ms, 1)}))
+    else:
+        print(f"{decision.verdict} ({decision.result}) {name} at {host}:{port}, "
+              f"bundle v{bundle.version}, {elapsed_ms:.0f} ms")
+        print(f"  {decision.reason}")
+        if decision.anchor:
+            print(f"  anchor: {decision.anchor}")
+        if decision.pinset:
+            print(f"  pin-set: {decision.pinset}")
+    return 0 if decision.accepted() else 1
+
+
+def _pin_of(spki: bytes) -> str:
+    return trust.pin_text(hashlib.sha256(spki).digest())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = _state(args, cfg, DEFAULT_STATE)
+    pem, pins = args.pem or cfg.export_pem, args.pins or cfg.export_pins
+    if pem is None and pins is None:
+        raise UsageError("nothing to export: give --pem and/or --pins (or [export] in --config)")
+    device = LocalDevice(state, _core_config(args, cfg))
+    store = tls.store_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
+    done = exports.export(store, pem, pins)
+    if done.pem is not None:
+        print(f"wrote {done.pem_path}: {done.pem.certificates} certificate(s) from bundle "
+              f"v{store.bundle.version}")
+        for note in done.pem.notes():
+            _warn(f"export: {note}")
+    if done.pins_path is not None:
+        print(f"wrote {done.pins_path}: {len(store.bundle.pinsets)} pin-set(s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+class _RunDevice(LocalDevice):
+    """A LocalDevice that tells the caller about every commit (for exports and the hook)."""
+
+    on_commit: Any = None
+
+    def run(self, actions: Any) -> Any:
+        result = super().run(actions)
+        if result.committed is not None and self.on_commit is not None:
+            self.on_commit(result.committed)
+        return result
+
+
+def _run_settings(cfg: AgentConfig, state: Path) -> MqttConfig:
+    if cfg.mqtt is None:
+        raise UsageError(f"{cfg.path}: no [mqtt] table: `run` needs broker = "
+                         "\"mqtt://host:port\" (or mqtts://)")
+    if not cfg.fleet or not cfg.device_id:
+        raise UsageError(f"{cfg.path}: `run` needs fleet and device_id")
+    if not (state / "root.cose").exists():
+        raise UsageError(f"{state} is not initialised: run `trustfleet-agent init` first")
+    return cfg.mqtt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
+    from trustfleet_device.session import Session
+    from trustfleet_pi import paho as mqtt
+
+    cfg = load_config(args.config)
+    state = _state(args, cfg)
+    settings = _run_settings(cfg, state)
+    anchors = cfg.user_anchor_ders()
+    holder: list[LocalDevice] = []
+    health = tls.health_check_for(cfg.endpoints, lambda: holder[0], cfg.health_timeout,
+                                  managed=cfg.managed, user_anchors=anchors)
+    device = _RunDevice(state, cfg.core_config(), health)
+    holder.append(device)
+    for r in device.boot_result.reports:
+        _warn(f"boot: {r['event']}: {r['detail']}")
+
+    def committed(version: int) -> None:
+        notes: list[str] = []
+        _after_commit(device, cfg, anchors, state, version, notes)
+        for note in notes:
+            _warn(note)
+
+    device.on_commit = committed
+    context = None
+    if settings.tls:
+        if device.agent.bundle is None:
+            raise UsageError(f"{settings.url()}: the broker's certificate is checked with the "
+                             "installed trust store, and none is installed: give `init` a "
+                             "factory bundle (--bundle), or use mqtt://")
+        context = mqtt.broker_context(device, settings, managed=cfg.managed, user_anchors=anchors)
+    settings.read_password()  # an unreadable password file is a config error: exit 2 now
+    session = Session(device, cfg.fleet, cfg.device_id, settings.group)
+    transport = mqtt.AgentTransport(session, settings, tls_context=context,
+                                    max_packet=cfg.core_config().limits.max_document + 4096)
+    stop = mqtt.StopFlag()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set(signal.Signals(signum).name)  # no I/O here: the loop logs it
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    status = device.status()
+    _warn(f"started: device {cfg.device_id} of {cfg.fleet}, state {status['state']}, "
+          f"bundle v{status['version']}, broker {settings.url()}")
+    try:
+        transport.run(stop)
+    except DeviceError as exc:
+        _warn(f"error: the device failed: {exc}")
+        return 1
+    _warn(f"stopped ({stop.reason})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BundleError as exc:
+        print(f"trustfleet-agent: refused: {exc}", file=sys.stderr)
+        return 1
+    except (DeviceError, OSError, ConfigError, UsageError) as exc:
+        print(f"trustfleet-agent: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a caller mistake the parser could not see (e.g. an IP as name)
+        print(f"trustfleet-agent: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The `trustfleet` operator command line.
+
+Each command group lives in its own module exposing ``register(subparsers)``;
+this file only wires them together and turns typed errors into one-line
+messages and exit codes:
+
+    0  success
+    1  the input was refused (bad document, failed verification, lint error)
+    2  usage error (argparse) or a missing/unreadable file
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trustfleet_device.errors import TrustfleetError
+from trustfleet_server.cli import (
+    broker as cmd_broker,
+)
+from trustfleet_server.cli import (
+    brokerconfig as cmd_brokerconfig,
+)
+from trustfleet_server.cli import (
+    bundle as cmd_bundle,
+)
+from trustfleet_server.cli import (
+    device as cmd_device,
+)
+from trustfleet_server.cli import (
+    export as cmd_export,
+)
+from trustfleet_server.cli import (
+    fleet as cmd_fleet,
+)
+from trustfleet_server.cli import (
+    keys as cmd_keys,
+)
+from trustfleet_server.cli import (
+    lint as cmd_lint,
+)
+from trustfleet_server.cli import (
+    root as cmd_root,
+)
+from trustfleet_server.cli import (
+    simulate as cmd_simulate,
+)
+from trustfleet_server.demo import fleet as demo
+from trustfleet_server.errors import OperatorError
+
+GROUPS = (cmd_keys, cmd_root, cmd_bundle, cmd_lint, cmd_export, cmd_fleet, cmd_simulate, cmd_broker,
+          cmd_brokerconfig, cmd_device, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trustfleet",
+        description=(
+            "Build, sign and verify trustfleet documents (root, bundle, timestamp).\n"
+            "Typical flow: key generate -> root create -> bundle build -> "
+            "bundle sign (once per key) -> bundle verify."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OperatorError as exc:
+        print(f"trustfleet: error: {exc}", file=sys.stderr)
+        return 2
+    except TrustfleetError as exc:
+        print(f"trustfleet: refused: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"trustfleet: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

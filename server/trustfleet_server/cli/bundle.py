@@ -1,0 +1,254 @@
+"""`trustfleet bundle build|sign|verify|inspect|diff` and `trustfleet timestamp create`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from trustfleet_device import policy
+from trustfleet_device._cpython.files import read_capped, write_atomic
+from trustfleet_device.errors import TrustfleetError
+from trustfleet_device.limits import DEFAULT
+from trustfleet_server import describe, documents, keys, spec
+from trustfleet_server.cli import lint as cmd_lint
+
+EXAMPLE_SPEC = """\
+example spec (bundle.toml):
+  fleet = "acme-sensors"
+  version = 7
+  expires = "90d"                    # from issued_at; or a date "2027-03-01"
+
+  [policy]
+  user_anchors = false               # enterprise anchors on managed devices
+  max_timestamp_age = "48h"          # stale without a fresh timestamp
+
+  [[anchors]]
+  files = ["certs/acme-root.pem"]    # file or folder; form = "compact" (default) or "full"
+  [[anchors]]
+  certifi = true                     # Mozilla roots via certifi
+  match = ["ISRG Root"]              # subject substring or SHA-256 fingerprint
+
+  [[pinsets]]
+  domain = "api.acme.example"
+  include_subdomains = true
+  pins = ["<base64 primary>", "<base64 backup>"]   # from `trustfleet pin`
+  expires = "2027-06-01"
+  mode = "enforce"                   # or "report"
+  report_to = ["mqtt:reports"]
+
+  [distrust]
+  pins = ["<base64 SPKI SHA-256>"]
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("bundle", help="build, sign, verify and inspect trust bundles",
+                           description="Build, sign, verify and inspect trust bundles.")
+    bsub = group.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+
+    p = bsub.add_parser("build", help="build an UNSIGNED bundle payload from a TOML spec",
+                        description="Build an unsigned bundle payload from a TOML spec. "
+                                    "Signing is always a separate step (bundle sign).",
+                        epilog=EXAMPLE_SPEC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", type=Path, help="bundle spec (TOML)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="where to write the unsigned payload")
+    p.add_argument("--version", type=int, help="override the spec's version")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    cmd_lint.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
+    p.set_defaults(func=cmd_build)
+
+    p = bsub.add_parser("sign", help="add ONE signature to a document (run once per key)",
+                        description="Add one signature to a bundle, root or timestamp. The first "
+                                    "signature wraps the unsigned payload in a COSE_Sign; each later "
+                                    "one is appended, so every key can stay on its own offline machine.",
+                        epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "
+                               "&& trustfleet bundle sign --key k2.pem bundle.cbor")
+    add_sign_arguments(p)
+    p.set_defaults(func=cmd_sign)
+
+    p = bsub.add_parser("verify", help="verify a signed bundle against a root",
+                        description="Verify a signed bundle exactly as a device would: envelope, "
+                                    "threshold of bundle keys from the root, schema, expiry. "
+                                    "Exit 0 when valid, 1 with a one-line reason when not.")
+    p.add_argument("--root", type=Path, action="append", required=True,
+                   help="trusted root (signed); repeat to walk a rotation chain oldest first")
+    p.add_argument("file", type=Path, help="signed bundle")
+    p.add_argument("--at", help="check expiry at this time (date or epoch seconds; default now)")
+    p.add_argument("--installed-version", type=int, help="also refuse versions not above this")
+    p.add_argument("--json", action="store_true", help="print {valid, version, reason, ...} as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = bsub.add_parser("inspect", help="show what a document contains (does not verify)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = bsub.add_parser("diff", help="show what changed between two bundles")
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diff)
+
+    ts = sub.add_parser("timestamp", help="create signed timestamps",
+                        description="Timestamps give devices authenticated time and tell them the "
+                                    "latest bundle version and digest without downloading it.")
+    tsub = ts.add_subparsers(dest="timestamp_command", metavar="ACTION", required=True)
+    p = tsub.add_parser("create", help="sign a timestamp for the latest bundle (COSE_Sign1)")
+    p.add_argument("--bundle", type=Path, required=True, help="the latest signed bundle")
+    p.add_argument("--key", type=Path, required=True, help="the online timestamp key")
+    p.add_argument("--passphrase-file")
+    p.add_argument("--time", help="timestamp time (default now)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.set_defaults(func=cmd_timestamp)
+
+
+def add_sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", type=Path, required=True, help="private key (PKCS#8 PEM)")
+    p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
+    p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
+    p.add_argument("file", type=Path, help="unsigned payload or signed document")
+    p.add_argument("-o", "--out", type=Path, help="output file (default: replace the input)")
+    p.add_argument("--json", action="store_true")
+
+
+def _read(path: Path) -> bytes:
+    return read_capped(path, DEFAULT.max_document)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    payload_map, report = spec.load_spec(args.spec, version=args.version)
+    payload = documents.encode_payload(payload_map)
+    findings = cmd_lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for f in findings:
+        print(cmd_lint.printable(f"{'error' if args.strict else 'warning'}: {f.line()}"),
+              file=sys.stderr)
+    if args.strict and findings:
+        reason = f"{len(findings)} lint finding(s) with --strict; nothing written"
+        print(f"trustfleet: refused: {reason}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"out": None, "refused": reason, "lint": [f.as_dict() for f in findings]}))
+        return 1
+    write_atomic(args.out, payload)
+    summary = {"out": str(args.out), "bytes": len(payload), "version": payload_map["version"],
+               "fleet": payload_map["fleet"], "anchors": len(payload_map["anchors"]),
+               "pinsets": len(payload_map["pinsets"]), "distrust": len(payload_map["distrust"]),
+               "certifi_skipped": report.certifi_skipped, "warnings": report.warnings,
+               "lint": [f.as_dict() for f in findings], "signed": False}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"built unsigned bundle v{summary['version']} for {summary['fleet']}: "
+              f"{summary['anchors']} anchors, {summary['pinsets']} pin-sets, "
+              f"{summary['distrust']} distrusted, {summary['bytes']} bytes -> {args.out}")
+        print(f"next: trustfleet bundle sign --key KEY {args.out}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
+    key = keys.load_private_key(args.key, passphrase)
+    raw = _read(args.file)
+    signed = documents.add_signature(raw, key)
+    out = args.out or args.file
+    write_atomic(out, signed)
+    doc = documents.read_document(signed)
+    kid = keys.kid_hex(key)
+    if args.json:
+        print(json.dumps({"out": str(out), "type": doc.doc_type, "kid": kid,
+                          "signatures": len(doc.kids), "bytes": len(signed)}))
+    else:
+        print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
+    return 0
+
+
+def load_root_chain(paths: list[Path]):
+    """The first root is trusted as given (self-consistent); later ones must chain from it."""
+    root = policy.load_trusted_root(_read(paths[0]))
+    for p in paths[1:]:
+        root = policy.verify_root_update(root, _read(p))
+    return root
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    now = spec.parse_time(args.at, "--at") if args.at else int(time.time())
+    raw = None
+    result = {"valid": False, "version": None, "reason": None, "file": str(args.file)}
+    try:
+        raw = _read(args.file)
+        root = load_root_chain(args.root)
+        b = policy.verify_bundle(root, raw, installed_version=args.installed_version, now=now)
+    except TrustfleetError as exc:
+        result["reason"] = str(exc)
+        if raw is not None:
+            result["version"] = _claimed_version(raw)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    result.update({"valid": True, "version": b.version, "fleet": b.fleet,
+                   "expires_at": describe.iso(b.expires_at), "root_version": root.version,
+                   "sha256": documents.sha256(raw).hex()})
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"valid: bundle v{b.version} for fleet {b.fleet}, signed by a threshold of root "
+              f"v{root.version}'s bundle keys, expires {result['expires_at']}")
+    return 0
+
+
+def _claimed_version(raw: bytes) -> int | None:
+    """The version the document claims, for error reports; None when unreadable."""
+    from trustfleet_device import cbor, cose
+
+    try:
+        value = cbor.decode(cose.parse(raw).unverified_payload)
+    except TrustfleetError:
+        return None
+    version = value.get("version") if isinstance(value, dict) else None
+    return version if isinstance(version, int) else None
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    raw = _read(args.file)
+    info = describe.describe(documents.read_document(raw), raw)
+    print(json.dumps(info, indent=2) if args.json else describe.render(info))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    infos = []
+    for path in (args.a, args.b):
+        raw = _read(path)
+        infos.append(describe.describe(documents.read_document(raw), raw))
+    changes = describe.diff(*infos)
+    if args.json:
+        print(json.dumps({"changes": changes}))
+    else:
+        print("\n".join(changes) if changes else "no differences in content")
+    return 0
+
+
+def cmd_timestamp(args: argparse.Namespace) -> int:
+    passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
+    key = keys.load_private_key(args.key, passphrase)
+    raw = _read(args.bundle)
+    doc = documents.read_document(raw)
+    if doc.doc_type != "bundle" or not doc.signed:
+        raise spec.SpecError(f"{args.bundle}: expected a signed bundle")
+    from trustfleet_device import documents as device_docs
+
+    b = device_docs.parse_bundle(doc.payload)
+    when = spec.parse_time(args.time, "--time") if args.time else int(time.time())
+    payload = documents.encode_payload({
+        "type": "timestamp", "spec": device_docs.SPEC, "fleet": b.fleet, "time": when,
+        "bundle_version": b.version, "bundle_sha256": documents.sha256(raw),
+    })
+    write_atomic(args.out, documents.sign1(payload, key))
+    print(f"timestamp {describe.iso(when)} for bundle v{b.version} -> {args.out}")
+    return 0

@@ -1,0 +1,297 @@
+"""`trustfleet device add|provision`: a device's broker identity, and an ESP32's files.
+
+Only parses arguments and prints; the work is in `provision`. stdout
+carries the result (the device's credentials for `add` without --out; the
+mpremote command lines for `provision --dry-run`; JSON with --json); notes
+and warnings go to stderr. A password reaches stdout only from `add`
+without --out, and never any identity's but the device's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from trustfleet_device._cpython.files import read_capped, write_atomic
+from trustfleet_device.limits import DEFAULT as LIMITS
+from trustfleet_pi.tls import is_ip, parse_endpoint
+from trustfleet_server import provision, spec
+from trustfleet_server.errors import UsageError
+
+DESCRIPTION = """\
+Put a device on the fleet (docs/provisioning.md):
+
+  add        give device ids a broker identity (MQTT username = device id,
+             a random password) in a directory made by `trustfleet
+             broker-config`: secrets.json, the password file and the ACL
+             stay consistent; passwords of known ids are kept. Reload the
+             broker afterwards (SIGHUP) so that it reads the new files.
+  provision  build an ESP32's files (agent package, boot.py/main.py, factory
+             root, optional first bundle, config.json with the device's own
+             MQTT credentials) and copy them with mpremote.
+"""
+
+ADD_EPILOG = """\
+The device's credentials (fleet, device_id, username, password, broker,
+group) are written to --out (mode 0600; <ID>.json inside it when it is a
+directory), or printed as one JSON line per device when --out is not given.
+Nothing else's password is printed. `broker` is the listener broker-config
+recorded: devices may reach the broker under another name (install-pi.sh
+--broker, provision --broker-host).
+
+examples:
+  trustfleet device add --fleet acme --id pi-0042 --group canary --broker-dir broker/ \\
+      --out pi-0042.json
+  trustfleet device add --fleet acme --ids-file new-devices.txt --broker-dir broker/ --out creds/
+  kill -HUP $(pidof mosquitto)      # or: systemctl reload mosquitto
+"""
+
+PROVISION_EPILOG = f"""\
+Steps (printed one per line by --dry-run, which copies nothing):
+  1. remove :main.py and copy boot.py, then reset (a running agent's watchdog
+     must not reset the board mid-copy)
+  2. :lib/<package> replaced by the staged package (.mpy with mpy-cross, else .py)
+  3. :trustfleet/factory-root.cose, :trustfleet/inbox/bundle-initial.cose
+     (--bundle), :trustfleet/config.json
+  4. main.py last, then reset: the agent starts on a complete install
+Re-running is safe; the board's trust state under /trustfleet is kept.
+
+config.json holds the device's MQTT password (and the Wi-Fi password): it is
+staged mode 0600 in a private temporary directory, removed afterwards (also
+after --dry-run; kept with --keep-staging or --staging DIR, to inspect it), and
+lies in plain text on the board's flash, readable by anyone with its USB port.
+
+Needs mpremote (and mpy-cross for .mpy): {provision.INSTALL_HINT}.
+
+examples:
+  trustfleet device provision --port /dev/ttyUSB0 --fleet acme --id esp-0042 \\
+      --root root.cose --bundle factory.cose --broker-dir broker/ \\
+      --broker-host mqtt.acme.example --wifi-ssid plant-3 --wifi-password-file wifi.txt \\
+      --endpoint mqtt.acme.example:8883 --dry-run
+"""
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("device", help="add a device's broker identity; provision an ESP32",
+                           description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    dsub = group.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+
+    p = dsub.add_parser("add", help="give device ids broker credentials (passwords kept)",
+                        description="Give device ids a broker identity in a broker-config "
+                                    "directory.", epilog=ADD_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fleet", required=True, help="fleet name (as given to broker-config)")
+    ids = p.add_mutually_exclusive_group(required=True)
+    ids.add_argument("--id", dest="device_id", metavar="ID", help="the device id (its MQTT username)")
+    ids.add_argument("--ids-file", metavar="FILE",
+                     help="one `ID` or `ID GROUP` per line ('#' starts a comment)")
+    p.add_argument("--group", metavar="G", help="rollout group of --id (goes into its credentials)")
+    p.add_argument("--broker-dir", required=True, type=Path, metavar="DIR",
+                   help="directory written by `trustfleet broker-config`")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="credentials file (mode 0600) for --id; a directory of <ID>.json for "
+                        "--ids-file. Without it the credentials are printed.")
+    p.set_defaults(func=cmd_add)
+
+    p = dsub.add_parser("provision", help="stage an ESP32's files and copy them with mpremote",
+                        description="Build an ESP32's files and copy them to the board.",
+                        epilog=PROVISION_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", required=True, help="the board's serial port (mpremote connect PORT)")
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--id", dest="device_id", required=True, metavar="ID")
+    p.add_argument("--group", metavar="G", help="rollout group (config.json `group`)")
+    p.add_argument("--root", required=True, type=Path, metavar="ROOT.cose",
+                   help="the fleet's signed root: the board's factory trust")
+    p.add_argument("--bundle", type=Path, metavar="FACTORY.cose",
+                   help="a first bundle, installed from the inbox once the board is online")
+    p.add_argument("--broker-dir", required=True, type=Path, metavar="DIR",
+                   help="broker-config directory holding the device's credentials (device add)")
+    p.add_argument("--broker-host", required=True, metavar="HOST",
+                   help="the broker's DNS name as the device reaches it")
+    p.add_argument("--broker-port", type=int, default=provision.DEFAULT_BROKER_PORT, metavar="N",
+                   help="default %(default)s")
+    p.add_argument("--wifi-ssid", metavar="SSID")
+    p.add_argument("--wifi-password-file", type=Path, metavar="FILE",
+                   help="file holding the Wi-Fi password (never on the command line)")
+    p.add_argument("--endpoint", action="append", default=[], metavar="HOST[:PORT]",
+                   help="health-check endpoint (repeatable)")
+    p.add_argument("--ntp-host", metavar="HOST", help="NTP server (default: the firmware's)")
+    p.add_argument("--firmware-time", metavar="TIME",
+                   help="earliest trusted time: epoch seconds or RFC 3339 (default: now)")
+    p.add_argument("--no-compile", action="store_true", help="stage .py files, not .mpy")
+    p.add_argument("--staging", type=Path, metavar="DIR",
+                   help="stage here (created 0700, must be empty) and keep it")
+    p.add_argument("--keep-staging", action="store_true",
+                   help="keep the temporary staging directory after copying (it holds a secret)")
+    p.add_argument("--device-dir", type=Path, metavar="DIR",
+                   help="the repository's device/ directory (default: next to trustfleet_device)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="stage and print every mpremote command line; touch no port")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_provision)
+
+
+def _note(text: str) -> None:
+    print(f"trustfleet: {text}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- add
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    if args.ids_file:
+        if args.group:
+            raise UsageError("--group goes with --id; in --ids-file write `ID GROUP`")
+        devices = provision.read_ids_file(args.ids_file)
+        if not devices:
+            raise UsageError(f"{args.ids_file}: no device ids")
+    else:
+        devices = [(args.device_id, args.group)]
+    result = provision.add_devices(args.broker_dir, args.fleet, devices)
+    written: list[str] = []
+    if args.out is not None:
+        if args.ids_file or args.out.is_dir():
+            args.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+            targets = [args.out / f"{c.device_id}.json" for c in result.credentials]
+        else:
+            targets = [args.out]
+        for c, path in zip(result.credentials, targets, strict=True):
+            write_atomic(path, (json.dumps(c.to_json(), indent=2) + "\n").encode(), mode=0o600)
+            written.append(str(path))
+            print(f"{c.device_id}: {path}")
+    else:
+        for c in result.credentials:
+            print(json.dumps(c.to_json()))
+        _note("stdout holds the device's password: keep it out of logs and shell history")
+    if result.added:
+        _note(f"added {', '.join(result.added)}")
+    if result.kept:
+        _note(f"already known, password kept: {', '.join(result.kept)}")
+    _note(f"updated {result.files['secrets']}, {result.files['passwords']} "
+          f"({result.hashed_by}) and {result.files['acl']}; reload the broker so that it reads "
+          "them: kill -HUP $(pidof mosquitto), or systemctl reload mosquitto")
+    return 0
+
+
+# --------------------------------------------------------------------------- provision
+
+
+def _firmware_time(text: str | None) -> int:
+    if text is None:
+        return int(time.time())
+    if text.strip().isdigit():
+        return int(text)
+    return spec.parse_time(text, "--firmware-time")
+
+
+def _read_password(path: Path) -> str:
+    raw = read_capped(path, 4096)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _settings(args: argparse.Namespace) -> provision.BoardSettings:
+    provision.check_name(args.fleet, "fleet")
+    provision.check_name(args.device_id, "device id")
+    if args.group is not None:
+        provision.check_name(args.group, "group")
+    if not 0 < args.broker_port < 65536:
+        raise UsageError(f"--broker-port {args.broker_port}: must be 1 to 65535")
+    host = args.broker_host.strip()
+    if not host or "://" in host or any(c.isspace() or c in "/:@" for c in host):
+        raise UsageError(f"--broker-host {args.broker_host!r}: give a host name only "
+                           "(the port goes in --broker-port)")
+    for e in args.endpoint:
+        try:
+            parse_endpoint(e)
+        except ValueError as exc:
+            raise UsageError(f"--endpoint: {exc}") from None
+    if args.wifi_password_file is not None and args.wifi_ssid is None:
+        raise UsageError("--wifi-password-file needs --wifi-ssid")
+    wifi_password = _read_password(args.wifi_password_file) if args.wifi_password_file else None
+    creds = provision.device_credentials(args.broker_dir, args.fleet, args.device_id, args.group)
+    return provision.BoardSettings(
+        credentials=creds, broker_host=host, broker_port=args.broker_port,
+        root=read_capped(args.root, LIMITS.max_document),
+        bundle=read_capped(args.bundle, LIMITS.max_document) if args.bundle else None,
+        endpoints=tuple(args.endpoint), wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
+        firmware_time=_firmware_time(args.firmware_time), ntp_host=args.ntp_host)
+
+
+def _warnings(settings: provision.BoardSettings, staging: provision.Staging, kept: bool) -> list[str]:
+    secret = "the device's MQTT password" + (
+        " and the Wi-Fi password" if settings.wifi_password else "")
+    where = staging.root / provision.CONFIG_FILE
+    out = [f"SECRET: config.json holds {secret}. On the board it is /{provision.CONFIG_FILE}, in "
+           "plain text on flash: anyone with the board's USB port can read it (mpremote cat)."]
+    if kept:
+        out.append(f"SECRET: the staged copy stays in {where} (mode 0600): delete "
+                   f"{staging.root} when done")
+    if is_ip(settings.broker_host):
+        out.append(f"--broker-host {settings.broker_host} is an IP address: the broker's "
+                   "certificate is checked against a DNS name")
+    if settings.wifi_ssid is None:
+        out.append("no --wifi-ssid: the board stays offline (no MQTT, no inbox bundle install)")
+    return out
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    mpremote = None
+    if not args.dry_run:
+        mpremote = provision.mpremote_command()
+        if mpremote is None:
+            raise UsageError(f"mpremote is not installed: {provision.INSTALL_HINT} "
+                               "(--dry-run works without it)")
+    chosen = args.staging is not None
+    root = args.staging if chosen else Path(tempfile.mkdtemp(prefix="trustfleet-provision-"))
+    keep = chosen or args.keep_staging
+    try:
+        staging = provision.stage(settings, root, device_dir=args.device_dir,
+                                  precompile=not args.no_compile)
+        steps = provision.plan(staging, args.port)
+        for note in staging.notes:
+            _note(note)
+        if not args.dry_run:
+            echo = (lambda line: print(line, file=sys.stderr)) if args.json else print
+            provision.run_steps(steps, mpremote=mpremote, echo=echo)
+    except BaseException:
+        if not chosen:
+            provision.remove_staging(root)
+        raise
+    if not keep:
+        provision.remove_staging(root)
+    warnings = _warnings(settings, staging, keep)
+    if args.json:
+        print(json.dumps({
+            "device_id": settings.credentials.device_id, "fleet": settings.credentials.fleet,
+            "port": args.port, "dry_run": args.dry_run, "staging": str(staging.root),
+            "staging_kept": keep, "compiled": staging.compiled, "compiler": staging.compiler,
+            "firmware_time": settings.firmware_time,
+            "files": [{"path": f.path, "board": "/" + f.path, "secret": f.secret}
+                      for f in staging.files],
+            "steps": [{"argv": list(s.argv), "line": s.line, "what": s.what} for s in steps],
+            "notes": staging.notes, "warnings": warnings}, indent=2))
+    elif args.dry_run:
+        for s in steps:
+            print(s.line)
+        where = (f"in {staging.root}" if keep else
+                 "and removed them (they hold a secret; --staging DIR keeps them)")
+        _note(f"dry run: {len(steps)} mpremote step(s) above, nothing copied; staged "
+              f"{len(staging.files)} file(s) {where}")
+    else:
+        print(f"provisioned {settings.credentials.device_id} on {args.port}: "
+              f"{len(staging.files)} file(s), {len(steps)} step(s)")
+    for w in warnings:
+        _note(f"warning: {w}")
+    return 0

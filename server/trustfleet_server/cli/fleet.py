@@ -1,0 +1,688 @@
+"""`trustfleet publish`, `serve`, `rollout start|status|pause|resume|abort`, `fleet status|watch`.
+
+Everything that touches the broker or the fleet store. Documents are
+verified against the operator's root chain before anything is published or
+stored: the broker is untrusted, but we never hand it something a device
+would refuse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trustfleet_device import policy, topics
+from trustfleet_device.errors import PolicyError, RollbackError, TrustfleetError
+from trustfleet_server import documents, keys, mqtturl, rollout, spec
+from trustfleet_server.cli.bundle import _read, load_root_chain
+from trustfleet_server.describe import iso
+from trustfleet_server.errors import UsageError
+from trustfleet_server.fleet import db as fleetdb
+
+RAW = argparse.RawDescriptionHelpFormatter
+DEFAULT_WAVES = "1%,10%,50%,100%"
+
+PUBLISH_EPILOG = """\
+examples:
+  trustfleet publish --broker mqtt://broker:1883 --root root.cose root.cose bundle-v7.cose
+  trustfleet publish --broker mqtts://ops@broker --root root.cose --to group:canary bundle-v8.cose
+  trustfleet publish --broker mqtt://broker --root root.cose root-v2.cose   # a rotation: v2 must follow v1
+
+Topics (docs/topics.md): roots on tf/<fleet>/root/<version>, bundles on
+tf/<fleet>/bundle (or .../bundle/group/<name>, .../bundle/bucket/<nn>),
+timestamps on tf/<fleet>/timestamp; all retained, QoS 1.
+Staged delivery is `trustfleet rollout start`; publish --to fleet reaches everyone at once.
+The broker password may come from $TRUSTFLEET_MQTT_PASSWORD.
+"""
+
+SERVE_EPILOG = """\
+examples:
+  trustfleet serve --broker mqtt://broker:1883 --fleet acme --root root.cose --db fleet.db \\
+      --timestamp-key keys/timestamp.pem --timestamp-every 300
+  trustfleet serve --broker mqtt://broker --fleet acme --root root.cose \\
+      --db postgresql://trustfleet@db/fleet            # several workers may share one PostgreSQL
+  trustfleet serve ... --once                         # one round: ingest, step, timestamp, exit
+
+On MQTT 5 brokers the ingest uses the shared subscription
+$share/trustfleet/tf/<fleet>/status/+ so several `serve` workers split the
+load; on MQTT 3.1.1 run one worker. Stop with SIGTERM or Ctrl-C.
+"""
+
+ROLLOUT_EPILOG = """\
+examples:
+  trustfleet rollout start --db fleet.db --fleet acme --root root.cose --bundle bundle-v8.cose
+  trustfleet rollout start ... --groups canary,beta,all --success 0.95 --wave-deadline 30m
+  trustfleet rollout status --db fleet.db --fleet acme
+  trustfleet rollout pause --db fleet.db --fleet acme
+  trustfleet rollout abort --db fleet.db --fleet acme --broker mqtt://broker   # clear topics now
+
+`trustfleet serve` drives the rollout: it publishes each wave, watches the
+device statuses, and halts by itself past the failure ratio.
+"""
+
+START_EPILOG = """\
+waves:
+  --waves 1%,10%,50%,100%    cumulative shares of the fleet by hash bucket (the default);
+                             a device's bucket is SHA-256(device id) mod 100, stable
+  --groups canary,beta,all   rollout groups, one wave each ('a+b' puts two groups in one
+                             wave); `all` is the whole fleet and must come last
+  The last wave must reach 100% of the fleet; it also publishes tf/<fleet>/bundle.
+
+gates:
+  A wave passes when --success of its counted devices run the new version (state ok or
+  stale). It halts, and its topics are cleared, when more than --max-failure of them
+  reverted, marked the version bad, or still have no trust store at the deadline, or
+  when --wave-deadline passes without success. Offline devices are not counted; devices
+  silent since the wave began are not counted once the deadline has passed.
+
+going back:
+  There is no rollback to a lower version: devices never accept one. To undo a bundle,
+  build the old content again with a HIGHER version and roll that out:
+    trustfleet bundle build old.toml --version 9 -o bundle-v9.cose   # v8 was the bad one
+    trustfleet bundle sign --key ... bundle-v9.cose
+    trustfleet rollout start --db fleet.db --fleet acme --root root.cose --bundle bundle-v9.cose
+"""
+
+FLEET_EPILOG = """\
+examples:
+  trustfleet fleet status --db fleet.db --fleet acme
+  trustfleet fleet status --db postgresql://trustfleet@db/fleet --fleet acme --json
+  trustfleet fleet watch --db fleet.db --fleet acme     # exit 0 when done, 1 halted/aborted
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_publish(sub)
+    _register_serve(sub)
+    _register_rollout(sub)
+    _register_fleet(sub)
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="PATH_OR_URL",
+                   help="fleet store: a SQLite file (created if missing) or a postgresql:// URL")
+
+
+def _fleet_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fleet", required=True, help="fleet name (as in the root)")
+
+
+def _root_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, action="append", required=True, metavar="ROOT",
+                   help="trusted root (signed); repeat to walk a rotation chain, oldest first")
+
+
+def _check_fleet(fleet: str) -> str:
+    try:
+        return topics.check_name(fleet, "fleet")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open(target: str) -> fleetdb.FleetDB:
+    return fleetdb.open_db(target)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=None, sort_keys=False, default=str))
+
+
+def _refused(path: Path, exc: TrustfleetError) -> TrustfleetError:
+    """The same error type, naming the file."""
+    return type(exc)(f"{path}: {exc}")
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def _register_publish(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("publish", help="publish signed roots, bundles and timestamps to the broker",
+                       description="Publish signed documents, retained at QoS 1, after verifying each "
+                                   "against the root chain exactly as a device would. A root must be "
+                                   "one of the --root chain or exactly the next version; a bundle "
+                                   "must be signed by a threshold of bundle keys and unexpired.",
+                       epilog=PUBLISH_EPILOG, formatter_class=RAW)
+    p.add_argument("--broker", required=True, metavar="URL",
+                   help="mqtt://[user[:password]@]host[:port] or mqtts://...")
+    _root_argument(p)
+    p.add_argument("--to", default="fleet", metavar="TARGET",
+                   help="where bundles go: fleet (default), group:NAME or bucket:N (0-99)")
+    p.add_argument("--json", action="store_true", help="print what was published as JSON")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="signed root, bundle or timestamp")
+    p.set_defaults(func=cmd_publish)
+
+
+def bundle_topic(fleet: str, target: str) -> str:
+    """The topic for --to fleet | group:NAME | bucket:N. Raises: UsageError."""
+    if target == "fleet":
+        return topics.bundle(fleet)
+    kind, _, value = target.partition(":")
+    if kind == "group" and value:
+        try:
+            return topics.group_bundle(fleet, topics.check_name(value, "group"))
+        except ValueError as exc:
+            raise UsageError(f"--to: {exc}") from None
+    if kind == "bucket" and value.isdigit() and 0 <= int(value) < topics.BUCKETS:
+        return topics.bucket_bundle(fleet, int(value))
+    raise UsageError(f"--to {target!r}: expected fleet, group:NAME or bucket:N with N in 0..99")
+
+
+def _doc_type(path: Path, raw: bytes) -> tuple[str, Any]:
+    """(type, unverified payload object) of a signed document. Raises: TrustfleetError."""
+    try:
+        doc = documents.read_document(raw)
+    except TrustfleetError as exc:
+        raise _refused(path, exc) from None
+    if not doc.signed:
+        raise PolicyError(f"{path}: an unsigned {doc.doc_type} payload; sign it before publishing")
+    return doc.doc_type, documents.KNOWN_TYPES[doc.doc_type](doc.payload)
+
+
+def plan_publish(root_paths: list[Path], files: list[Path], target: str, now: int) -> list[dict]:
+    """Verify every file and say where it goes; nothing is published when one fails.
+
+    Raises:
+        TrustfleetError: a document does not verify (exit 1).
+        UsageError: a bad --to, or two bundles for one topic.
+    """
+    chain = [_read(p) for p in root_paths]
+    root = load_root_chain(root_paths)
+    known = set(chain)
+    loaded = []
+    for path in files:
+        raw = _read(path)
+        kind, claimed = _doc_type(path, raw)
+        loaded.append((path, raw, kind, claimed))
+    # Roots first, in version order, so a bundle signed by new keys follows its root.
+    loaded.sort(key=lambda x: (x[2] != "root", x[3].version if x[2] == "root" else 0))
+    plan = []
+    bundle_topics: set[str] = set()
+    for path, raw, kind, claimed in loaded:
+        try:
+            if kind == "root":
+                if raw in known:
+                    version = claimed.version  # already verified: it is one of the --root chain
+                else:
+                    root = policy.verify_root_update(root, raw)
+                    known.add(raw)
+                    version = root.version
+                topic = topics.root(root.fleet, version)
+                info = {"version": version}
+            elif kind == "bundle":
+                b = policy.verify_bundle(root, raw, now=now)
+                topic = bundle_topic(root.fleet, target)
+                if topic in bundle_topics:
+                    raise UsageError(f"{path}: two bundles for {topic}; the second would replace the first")
+                bundle_topics.add(topic)
+                info = {"version": b.version, "expires_at": iso(b.expires_at)}
+            else:
+                ts = policy.verify_timestamp(root, raw)
+                topic = topics.timestamp(root.fleet)
+                info = {"time": iso(ts.time), "bundle_version": ts.bundle_version}
+        except TrustfleetError as exc:
+            raise _refused(path, exc) from None
+        plan.append({"file": str(path), "type": kind, "topic": topic, "bytes": len(raw),
+                     "sha256": documents.sha256(raw).hex(), "raw": raw, **info})
+    return plan
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    url = mqtturl.parse(args.broker)
+    plan = plan_publish(args.root, args.files, args.to, int(time.time()))
+    from trustfleet_server.serve.server import publish_retained
+
+    protocol = publish_retained(url, [(p["topic"], p["raw"]) for p in plan])
+    for p in plan:
+        del p["raw"]
+    if args.json:
+        _print_json({"broker": str(url), "protocol": protocol, "published": plan})
+        return 0
+    for p in plan:
+        what = f"{p['type']} v{p['version']}" if "version" in p else f"timestamp {p['time']}"
+        print(f"published {what} -> {p['topic']} ({p['bytes']} bytes, retained, QoS 1)")
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the fleet server: ingest statuses, timestamps, rollouts",
+                       description="Ingest device statuses and reports into the fleet store, publish "
+                                   "signed timestamps on a schedule, and drive staged rollouts.",
+                       epilog=SERVE_EPILOG, formatter_class=RAW)
+    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://... or mqtts://...")
+    _fleet_argument(p)
+    _root_argument(p)
+    _db_argument(p)
+    p.add_argument("--timestamp-key", type=Path, metavar="KEY",
+                   help="the online timestamp key (PKCS#8 PEM); without it no timestamps are published")
+    p.add_argument("--passphrase-file", help=f"passphrase of the timestamp key (else ${keys.PASSPHRASE_ENV})")
+    p.add_argument("--timestamp-every", default="300", metavar="DURATION",
+                   help="seconds (or 5m, 1h) between timestamps (default 300)")
+    p.add_argument("--step-every", default="5", metavar="DURATION",
+                   help="seconds between rollout steps (default 5)")
+    p.add_argument("--client-id", help="MQTT client id (default: random per process)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--once", action="store_true",
+                   help="one round: read retained statuses, ingest, step the rollout, one timestamp, exit")
+    g.add_argument("--duration", metavar="DURATION", help="run this long (e.g. 30s, 10m), then exit")
+    p.add_argument("--json", action="store_true", help="print the final counters as JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    p.set_defaults(func=cmd_serve)
+
+
+def _seconds(value: str, option: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        return float(spec.parse_duration(value, option))
+    if number <= 0:
+        raise UsageError(f"{option}: must be positive, got {value}")
+    return number
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under pytest)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("trustfleet")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from trustfleet_server.serve.server import FleetServer
+
+    url = mqtturl.parse(args.broker)
+    fleet = _check_fleet(args.fleet)
+    key = None
+    if args.timestamp_key:
+        passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
+        key = keys.load_private_key(args.timestamp_key, passphrase)
+    every = _seconds(args.timestamp_every, "--timestamp-every")
+    step = _seconds(args.step_every, "--step-every")
+    duration = _seconds(args.duration, "--duration") if args.duration else None
+    _setup_logging(args.verbose)
+    with _open(args.db) as db:
+        server = FleetServer(url, fleet, [_read(p) for p in args.root], db, key, every, step,
+                             client_id=args.client_id)
+        stats = server.run(once=args.once, duration=duration)
+    summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
+               "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,
+               "cleared": stats.cleared, "protocol": stats.protocol, "shared": stats.shared,
+               "events": stats.events}
+    if args.json:
+        _print_json(summary)
+    elif args.once or duration:
+        print(f"ingested {stats.statuses} status(es) ({stats.ignored} unchanged, {stats.rejected} "
+              f"rejected) and {stats.reports} report(s); published {stats.timestamps} timestamp(s), "
+              f"{stats.waves} wave(s); cleared {stats.cleared} topic(s) [{stats.protocol}]")
+        for e in stats.events:
+            print(e)
+    return 0
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+def _register_rollout(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("rollout", help="staged rollouts: start, status, pause, resume, abort",
+                           description="Staged rollouts of a signed bundle, wave by wave, gated on "
+                                       "device reports. `trustfleet serve` carries them out.",
+                           epilog=ROLLOUT_EPILOG, formatter_class=RAW)
+    rsub = group.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+
+    p = rsub.add_parser("start", help="start a rollout of a signed bundle",
+                        description="Start a staged rollout. The bundle must verify against the root "
+                                    "chain and be newer than every version the fleet runs.",
+                        epilog=START_EPILOG, formatter_class=RAW)
+    _db_argument(p)
+    _fleet_argument(p)
+    p.add_argument("--bundle", type=Path, required=True, help="the signed bundle to roll out")
+    _root_argument(p)
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--waves", help="cumulative bucket percents (default 1%%,10%%,50%%,100%%)")
+    w.add_argument("--groups", help="rollout groups, one wave each, ending with `all`")
+    p.add_argument("--success", type=float, default=rollout.DEFAULT_SUCCESS,
+                   help="share of a wave's devices that must run the version (default 0.9)")
+    p.add_argument("--max-failure", type=float, default=rollout.DEFAULT_MAX_FAILURE,
+                   help="halt when more than this share failed (default 0.2)")
+    p.add_argument("--wave-deadline", default=str(rollout.DEFAULT_DEADLINE), metavar="DURATION",
+                   help="time for a wave to pass, seconds or 10m/1h (default 600)")
+    p.add_argument("--json", action="store_true", help="print the new rollout as JSON")
+    p.set_defaults(func=cmd_rollout_start)
+
+    p = rsub.add_parser("status", help="show the latest (or a given) rollout and its waves")
+    _db_argument(p)
+    _fleet_argument(p)
+    p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
+    p.add_argument("--json", action="store_true", help="rollout, per-wave progress and events as JSON")
+    p.set_defaults(func=cmd_rollout_status)
+
+    for name, helptext in (("pause", "stop advancing; published waves stay"),
+                           ("resume", "continue a paused rollout"),
+                           ("abort", "stop for good and clear the wave topics")):
+        p = rsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        _db_argument(p)
+        _fleet_argument(p)
+        p.add_argument("--id", type=int, help="rollout id (default: the fleet's active rollout)")
+        if name == "abort":
+            p.add_argument("--reason", default="aborted by the operator",
+                           help="recorded with the rollout and shown by `rollout status`")
+            p.add_argument("--broker", metavar="URL",
+                           help="clear the wave topics now (else `serve` clears them on its next step)")
+        p.add_argument("--json", action="store_true", help="print the rollout as JSON")
+        p.set_defaults(func=cmd_rollout_change, action=name)
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    fleet = _check_fleet(args.fleet)
+    now = int(time.time())
+    raw = _read(args.bundle)
+    root = load_root_chain(args.root)
+    if root.fleet != fleet:
+        raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
+    try:
+        b = policy.verify_bundle(root, raw, now=now)
+    except TrustfleetError as exc:
+        raise _refused(args.bundle, exc) from None
+    try:
+        waves = rollout.parse_groups(args.groups) if args.groups else rollout.parse_waves(
+            args.waves or DEFAULT_WAVES)
+        deadline = int(_seconds(args.wave_deadline, "--wave-deadline"))
+        plan = rollout.new_rollout(fleet, b.version, documents.sha256(raw).hex(), raw, waves, now,
+                                   args.success, args.max_failure, deadline)
+    except rollout.RolloutError as exc:
+        raise UsageError(str(exc)) from None
+    with _open(args.db) as db:
+        running = db.max_version(fleet)
+        done = db.latest_done(fleet)
+        floor = max(v for v in (running, done.version if done else None, 0) if v is not None)
+        if b.version <= floor:
+            raise RollbackError(
+                f"{args.bundle}: bundle v{b.version} is not newer than v{floor}, which the fleet "
+                f"already runs; going back means a new bundle with a higher version and the old "
+                f"content (see `trustfleet rollout start --help`)")
+        r = db.create_rollout(plan)
+        names = ", ".join(w.name for w in r.waves)
+        db.add_event(r.id, now, f"started: v{r.version} in waves {names} (pass at "
+                                f"{r.success:.2f} within {r.deadline} s, halt above {r.max_failure:.2f})")
+    if args.json:
+        _print_json(_rollout_json(r))
+    else:
+        print(f"rollout {r.id} started: bundle v{r.version} for fleet {fleet} in {len(r.waves)} "
+              f"waves ({names}); `trustfleet serve` publishes the first wave on its next step")
+        print(f"watch it: trustfleet fleet watch --db {args.db} --fleet {fleet}")
+    return 0
+
+
+def _rollout_json(r: rollout.Rollout, waves: list[rollout.WaveProgress] | None = None,
+                  events: list[dict] | None = None) -> dict:
+    out = {"id": r.id, "fleet": r.fleet, "version": r.version, "sha256": r.sha256, "state": r.state,
+           "current_wave": r.current, "wave": r.wave.name if r.wave else None,
+           "waves": [w.to_json() for w in r.waves], "thresholds": r.thresholds(),
+           "started": r.started, "wave_started": r.wave_started, "finished": r.finished,
+           "halt_reason": r.halt_reason, "failing": list(r.failing), "published": list(r.published)}
+    if waves is not None:
+        out["progress"] = [w.to_json() for w in waves]
+    if events is not None:
+        out["events"] = events
+    return out
+
+
+def _find_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None,
+                  active_only: bool = False) -> rollout.Rollout:
+    if rollout_id is not None:
+        r = db.rollout(rollout_id)
+        if r.fleet != fleet:
+            raise UsageError(f"rollout {rollout_id} belongs to fleet {r.fleet}, not {fleet}")
+        return r
+    r = db.rollout_to_drive(fleet) if active_only else db.latest_rollout(fleet)
+    if r is None:
+        raise UsageError(f"fleet {fleet} has no {'active ' if active_only else ''}rollout")
+    return r
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    fleet = _check_fleet(args.fleet)
+    now = int(time.time())
+    with _open(args.db) as db:
+        r = _find_rollout(db, fleet, args.id)
+        waves = rollout.progress(r, db.devices(fleet), now)
+        events = db.events(r.id, 10)
+    if args.json:
+        _print_json(_rollout_json(r, waves, events))
+        return 0
+    print("\n".join(render_rollout(r, waves, now, tty=False)))
+    if events:
+        print("events:")
+        for e in events:
+            print(f"  {iso(e['time'])}  {e['text']}")
+    return 0
+
+
+def cmd_rollout_change(args: argparse.Namespace) -> int:
+    fleet = _check_fleet(args.fleet)
+    now = int(time.time())
+    url = mqtturl.parse(args.broker) if getattr(args, "broker", None) else None
+    with _open(args.db) as db:
+        r = _find_rollout(db, fleet, args.id, active_only=True)
+        change = {"pause": lambda x: rollout.pause(x, now), "resume": lambda x: rollout.resume(x, now),
+                  "abort": lambda x: rollout.abort(x, now, args.reason)}[args.action]
+        if not (args.action == "abort" and r.state in rollout.FINAL):
+            try:
+                r = db.update_rollout(r.id, change)
+            except rollout.RolloutError as exc:
+                raise UsageError(str(exc)) from None
+            done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[args.action]
+            db.add_event(r.id, now, f"{done} by the operator"
+                         + (f": {args.reason}" if args.action == "abort" else ""))
+        cleared = []
+        if url is not None and r.published:
+            from trustfleet_server.serve.server import publish_retained
+
+            publish_retained(url, [(t, b"") for t in r.published])
+            db.remove_published(r.id, list(r.published))
+            db.add_event(r.id, now, f"cleared {len(r.published)} wave topic(s) from the command line")
+            cleared = list(r.published)
+            r = db.rollout(r.id)
+    if args.json:
+        _print_json({**_rollout_json(r), "cleared": cleared})
+        return 0
+    print(f"rollout {r.id} (v{r.version}) is {r.state}")
+    if args.action == "abort":
+        if cleared:
+            print(f"cleared {len(cleared)} wave topic(s)")
+        elif r.published:
+            print(f"{len(r.published)} wave topic(s) still hold the bundle: `trustfleet serve` clears "
+                  f"them on its next step (or run this again with --broker)")
+    return 0
+
+
+# --------------------------------------------------------------------------- fleet status / watch
+
+
+def _register_fleet(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("fleet", help="fleet state: devices by version and state, live rollout",
+                           description="What the fleet runs, from the statuses `trustfleet serve` "
+                                       "ingested.", epilog=FLEET_EPILOG, formatter_class=RAW)
+    fsub = group.add_subparsers(dest="fleet_command", metavar="ACTION", required=True)
+    p = fsub.add_parser("status", help="devices by version and state; stale, fail-open, offline; reports",
+                        epilog=FLEET_EPILOG, formatter_class=RAW)
+    _db_argument(p)
+    _fleet_argument(p)
+    p.add_argument("--silent-after", default="24h", metavar="DURATION",
+                   help="list devices not heard from for this long (default 24h)")
+    p.add_argument("--limit", type=int, default=20, help="devices listed per section (default 20)")
+    p.add_argument("--json", action="store_true", help="the whole summary as JSON")
+    p.set_defaults(func=cmd_fleet_status)
+
+    p = fsub.add_parser("watch", help="live rollout progress, one bar per wave",
+                        description="Follow the fleet's latest rollout: a progress bar per wave, "
+                                    "redrawn in place on a terminal, one line per change otherwise. "
+                                    "Exits 0 when it is done, 1 when halted or aborted.",
+                        epilog=FLEET_EPILOG, formatter_class=RAW)
+    _db_argument(p)
+    _fleet_argument(p)
+    p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.set_defaults(func=cmd_fleet_watch)
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    fleet = _check_fleet(args.fleet)
+    now = int(time.time())
+    silent = int(_seconds(args.silent_after, "--silent-after"))
+    with _open(args.db) as db:
+        s = db.summary(fleet, now, silent_after=silent, limit=args.limit)
+        r = db.latest_rollout(fleet)
+        if r is not None:
+            s["rollout"] = {"id": r.id, "version": r.version, "state": r.state,
+                            "wave": r.wave.name if r.wave else None}
+    if args.json:
+        _print_json(s)
+        return 0
+    print("\n".join(render_summary(s, now)))
+    return 0
+
+
+def _ago(now: int, ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    d = max(0, now - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if d >= size:
+            return f"{d // size}{unit} ago"
+    return f"{d}s ago"
+
+
+def render_summary(s: dict, now: int) -> list[str]:
+    lines = [f"fleet {s['fleet']}: {s['devices']} device(s)"]
+    if s["table"]:
+        states = sorted({t["state"] for t in s["table"]})
+        versions: dict[Any, dict[str, int]] = {}
+        for t in s["table"]:
+            versions.setdefault(t["version"], {})[t["state"]] = t["count"]
+        header = f"  {'version':>8}" + "".join(f"{st:>10}" for st in states) + f"{'total':>8}"
+        lines.append(header)
+        for v in sorted(versions, key=lambda x: -1 if x is None else x, reverse=True):
+            row = versions[v]
+            label = "-" if v is None else f"v{v}"
+            lines.append(f"  {label:>8}" + "".join(f"{row.get(st, 0):>10}" for st in states)
+                         + f"{sum(row.values()):>8}")
+    if "rollout" in s:
+        ro_ = s["rollout"]
+        lines.append(f"rollout {ro_['id']}: v{ro_['version']} {ro_['state']}"
+                     + (f", wave {ro_['wave']}" if ro_["wave"] else ""))
+    sections = (("stale", "stale", lambda d: "; ".join(d["reasons"]) or "-"),
+                ("fail_open", "fail-open (pins expired, CA validation only)",
+                 lambda d: ", ".join(d["domains"])),
+                ("offline", "offline", lambda d: f"last seen {_ago(now, d['last_seen'])}"),
+                ("silent", "silent", lambda d: f"{d['state']}, last seen {_ago(now, d['last_seen'])}"))
+    for key, title, detail in sections:
+        count = s[f"{key}_count"]
+        if not count:
+            continue
+        lines.append(f"{title}: {count}")
+        for d in s[key]:
+            v = "-" if d["version"] is None else f"v{d['version']}"
+            lines.append(f"  {d['device']:<24} {v:>6}  {detail(d)}")
+        if count > len(s[key]):
+            lines.append(f"  ... and {count - len(s[key])} more")
+    if s["reports"]:
+        lines.append("recent reports:")
+        for rep in s["reports"]:
+            body = rep["report"]
+            what = body.get("reason") or body.get("noted-hostname") or ""
+            lines.append(f"  {iso(rep['time'])}  {rep['device']:<20} {rep['kind']}  {str(what)[:80]}")
+    return lines
+
+
+BAR = 30
+
+
+def _bar(p: rollout.WaveProgress) -> str:
+    total = p.members or 1
+    ok = round(BAR * p.succeeded / total)
+    bad = min(BAR - ok, round(BAR * p.failed / total))
+    return "[" + "#" * ok + "!" * bad + "." * (BAR - ok - bad) + "]"
+
+
+def render_rollout(r: rollout.Rollout, waves: list[rollout.WaveProgress], now: int,
+                   tty: bool = True) -> list[str]:
+    """Header plus one line (with a bar) per wave."""
+    head = f"rollout {r.id}: bundle v{r.version} for {r.fleet}, {r.state}"
+    if r.wave is not None:
+        head += f", wave {r.current + 1}/{len(r.waves)} ({r.wave.name})"
+    if r.halt_reason:
+        head += f" - {r.halt_reason}"
+    lines = [head]
+    width = max(len(w.name) for w in r.waves)
+    for p in waves:
+        counts = f"{p.succeeded}/{p.members} ok"
+        if p.failed:
+            counts += f", {p.failed} failed"
+        if p.pending:
+            counts += f", {p.pending} pending"
+        if p.offline or p.silent:
+            counts += f", {p.offline + p.silent} offline/silent"
+        tail = p.status
+        if p.status == "running" and p.deadline_at is not None:
+            tail += f", deadline in {max(0, p.deadline_at - now)}s"
+        lines.append(f"  {p.name:<{width}} {_bar(p)} {counts}  ({tail})")
+    for f in r.failing[:10]:
+        lines.append(f"  failing: {f['device']}: {f['reason']}")
+    return lines
+
+
+def cmd_fleet_watch(args: argparse.Namespace) -> int:
+    fleet = _check_fleet(args.fleet)
+    tty = sys.stdout.isatty()
+    shown: list[str] = []
+    try:
+        with _open(args.db) as db:
+            while True:
+                now = int(time.time())
+                r = _find_rollout(db, fleet, args.id)
+                lines = render_rollout(r, rollout.progress(r, db.devices(fleet), now), now, tty)
+                if tty:
+                    if shown:  # back to the first line drawn, and clear below it
+                        sys.stdout.write(f"\x1b[{len(shown)}F\x1b[J")
+                    sys.stdout.write("".join(f"\x1b[2K{line}\n" for line in lines))
+                    sys.stdout.flush()
+                    shown = lines
+                else:
+                    # Plain output: print the lines that changed (deadlines tick, so drop them).
+                    stable = [line.split(", deadline in")[0] for line in lines]
+                    for line, old in zip(stable, shown + [None] * len(stable), strict=False):
+                        if line != old:
+                            print(f"{iso(now)} {line.strip()}", flush=True)
+                    shown = stable
+                if r.state in rollout.FINAL:
+                    return 0 if r.state == rollout.DONE else 1
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        if tty:
+            print()
+        return 130

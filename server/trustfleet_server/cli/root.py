@@ -1,0 +1,178 @@
+"""`trustfleet root create|sign|rotate|verify|inspect`.
+
+A root lists the keys allowed to sign each role (root, bundle, timestamp)
+and how many must sign. The first root is installed on devices at the
+factory; every later one must be signed by a threshold of the previous
+root's root keys AND of its own, and carry exactly the next version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from trustfleet_device import documents as device_docs
+from trustfleet_device import policy
+from trustfleet_device._cpython.files import write_atomic
+from trustfleet_server import describe, documents, keys, spec
+from trustfleet_server.cli import bundle as cmd_bundle
+from trustfleet_server.errors import UsageError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("root", help="create, sign, rotate and verify the fleet root",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rsub = group.add_subparsers(dest="root_command", metavar="ACTION", required=True)
+
+    p = rsub.add_parser("create", help="create an UNSIGNED version-1 root",
+                        epilog="example: trustfleet root create --fleet acme --expires 365d "
+                               "--key root=r1.pub.pem --key root=r2.pub.pem --threshold root=2 "
+                               "--key bundle=b1.pub.pem --key bundle=b2.pub.pem --threshold bundle=2 "
+                               "--key timestamp=t.pub.pem -o root.cbor")
+    p.add_argument("--fleet", required=True, help="fleet id (lower-case name)")
+    _add_role_arguments(p, required=True)
+    p.add_argument("--expires", default="365d", help="expiry: date or duration (default 365d)")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_create)
+
+    p = rsub.add_parser("sign", help="add ONE signature to a root (run once per key)",
+                        description="Add one signature. A rotated root needs signatures from a "
+                                    "threshold of the OLD root keys and of the NEW root keys.")
+    cmd_bundle.add_sign_arguments(p)
+    p.set_defaults(func=cmd_bundle.cmd_sign)
+
+    p = rsub.add_parser("rotate", help="make the next UNSIGNED root from the current one",
+                        epilog="example: trustfleet root rotate --from root-v1.cbor "
+                               "--remove-key bundle=3fa2c1d0 --key bundle=b3.pub.pem -o root-v2.cbor")
+    p.add_argument("--from", dest="previous", type=Path, required=True, help="the current signed root")
+    _add_role_arguments(p, required=False)
+    p.add_argument("--remove-key", action="append", default=[], metavar="ROLE=KID",
+                   help="remove a key from a role (kid hex prefix, at least 8 characters)")
+    p.add_argument("--expires", default="365d")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rotate)
+
+    p = rsub.add_parser("verify", help="verify a root, or a rotation chain",
+                        description="With one file: check it is signed by a threshold of its own "
+                                    "root keys. With several, oldest first: check each rotation.")
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = rsub.add_parser("inspect", help="show a root's keys and thresholds")
+    p.add_argument("file", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bundle.cmd_inspect)
+
+
+def _add_role_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--key", action="append", default=[], metavar="ROLE=PUBKEY", required=required,
+                   help="add a public key file to a role (root, bundle or timestamp); repeatable")
+    p.add_argument("--threshold", action="append", default=[], metavar="ROLE=N",
+                   help="signatures required for a role (default 1)")
+
+
+def _split(item: str, what: str) -> tuple[str, str]:
+    role, sep, value = item.partition("=")
+    if not sep or role not in device_docs.ROLES:
+        raise UsageError(f"{what} {item!r}: expected ROLE=VALUE with ROLE one of "
+                           f"{', '.join(device_docs.ROLES)}")
+    return role, value
+
+
+def _apply_changes(keymap: dict[bytes, bytes], roles: dict[str, dict], args: argparse.Namespace) -> None:
+    for item in getattr(args, "remove_key", []):
+        role, prefix = _split(item, "--remove-key")
+        if len(prefix) < 8:
+            raise UsageError(f"--remove-key {item!r}: give at least 8 hex characters of the kid")
+        matches = [k for k in roles[role]["keys"] if k.hex().startswith(prefix.lower())]
+        if len(matches) != 1:
+            raise UsageError(f"--remove-key {item!r}: matches {len(matches)} {role} keys")
+        roles[role]["keys"].remove(matches[0])
+    for item in args.key:
+        role, path = _split(item, "--key")
+        public = keys.load_public_key(path)
+        kid = keys.kid_of(public)
+        keymap[kid] = keys.spki_der(public)
+        if kid in roles[role]["keys"]:
+            raise UsageError(f"--key {item!r}: key {kid.hex()[:8]} is already a {role} key")
+        roles[role]["keys"].append(kid)
+    for item in args.threshold:
+        role, value = _split(item, "--threshold")
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"--threshold {item!r}: expected a positive integer")
+        roles[role]["threshold"] = int(value)
+    for role in device_docs.ROLES:
+        r = roles[role]
+        if not r["keys"]:
+            raise UsageError(f"role {role!r} has no keys; add one with --key {role}=PUBKEY")
+        if r["threshold"] > len(r["keys"]):
+            raise UsageError(f"role {role!r}: threshold {r['threshold']} but only "
+                               f"{len(r['keys'])} key(s); it could never be met")
+    # Keep only keys some role still uses: a removed key must not linger.
+    used = {k for r in roles.values() for k in r["keys"]}
+    for kid in list(keymap):
+        if kid not in used:
+            del keymap[kid]
+
+
+def _payload(fleet: str, version: int, expires: int, keymap: dict, roles: dict) -> bytes:
+    return documents.encode_payload({
+        "type": "root", "spec": device_docs.SPEC, "fleet": fleet, "version": version,
+        "expires": expires, "keys": sorted(keymap.values()),
+        "roles": {name: {"keys": r["keys"], "threshold": r["threshold"]} for name, r in roles.items()},
+    })
+
+
+def _report(args: argparse.Namespace, payload: bytes, version: int, roles: dict) -> int:
+    write_atomic(args.out, payload)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "version": version, "signed": False,
+                          "roles": {n: {"threshold": r["threshold"], "keys": [k.hex() for k in r["keys"]]}
+                                    for n, r in roles.items()}}))
+    else:
+        print(f"unsigned root v{version} -> {args.out}")
+        for name, r in roles.items():
+            print(f"  {name:<10} {r['threshold']} of {len(r['keys'])}")
+        print(f"next: trustfleet root sign --key KEY {args.out}   (once per signing key)")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    if not args.fleet or len(args.fleet) > device_docs.MAX_FLEET_ID:
+        raise UsageError(f"--fleet: 1 to {device_docs.MAX_FLEET_ID} characters")
+    now = int(time.time())
+    keymap: dict[bytes, bytes] = {}
+    roles = {name: {"keys": [], "threshold": 1} for name in device_docs.ROLES}
+    _apply_changes(keymap, roles, args)
+    payload = _payload(args.fleet, 1, spec.parse_time(args.expires, "--expires", now), keymap, roles)
+    return _report(args, payload, 1, roles)
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    raw = cmd_bundle._read(args.previous)
+    old = policy.load_trusted_root(raw)
+    keymap = dict(old.spki)
+    roles = {name: {"keys": list(r.kids), "threshold": r.threshold} for name, r in old.roles.items()}
+    _apply_changes(keymap, roles, args)
+    version = old.version + 1
+    payload = _payload(old.fleet, version, spec.parse_time(args.expires, "--expires", int(time.time())),
+                       keymap, roles)
+    return _report(args, payload, version, roles)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    root = cmd_bundle.load_root_chain(args.files)
+    info = {"valid": True, "version": root.version, "fleet": root.fleet,
+            "expires": describe.iso(root.expires), "expired": root.expires <= time.time()}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        chain = f" (chain of {len(args.files)})" if len(args.files) > 1 else ""
+        note = "  EXPIRED" if info["expired"] else ""
+        print(f"valid: root v{root.version} for fleet {root.fleet}{chain}, expires {info['expires']}{note}")
+    return 0

@@ -1,0 +1,186 @@
+"""`trustfleet simulate`: a fleet of real device agents on a broker, with faults (simulate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from trustfleet_device import policy, topics
+from trustfleet_device.errors import TrustfleetError
+from trustfleet_server.cli.bundle import _read
+from trustfleet_server.errors import UsageError
+from trustfleet_server.sim import simulator as simulate
+
+EPILOG = """\
+examples:
+  trustfleet simulate --devices 100 --broker embedded --fleet acme --root root.cose \\
+      --initial bundle-v1.cose --publish bundle-v2.cose
+  trustfleet simulate --devices 1000 --broker mqtt://127.0.0.1:1883 --fleet acme --root root.cose \\
+      --group-split canary:5%,beta:20% --until-version 8 --timeout 600   # next to `trustfleet serve`
+  trustfleet simulate --devices 10000 --processes 2 --broker mosquitto ... --json
+
+faults (shares are of the fleet, 0.05 or 5%; subsets are reproducible with --seed):
+  --offline 0.1 --offline-for 10s   powered off until 10 s after the new bundle first arrives
+  --clock-skew 3600                 every clock off by a random amount within +-3600 s
+  --stuck-2000 0.05                 clocks reading 2000-01-01 (firmware_time: a month-old build)
+  --power-cut 0.05                  power lost at a random step of the first install; reboot, reconnect
+  --health-fail 0.02                health check fails on this share ...
+  --health-fail-group canary        ... or on every device of a group
+  --duplicate 0.1 --reorder 0.1     messages handed over again; older documents delivered around newer
+  --broker-restart-at 5s            restart the broker 5 s after the new bundle first arrives
+                                    (only a broker the simulator started: embedded or mosquitto)
+
+The new bundle comes from --publish (published once every device is connected) or
+from elsewhere (`trustfleet publish`, a rollout driven by `trustfleet serve`). The run
+ends when every device runs the target version (--until-version, else the newest one
+any device verified) or reverted it as bad, or at --timeout (exit 1).
+Health check: each device's trial store judges --chain for --endpoint (default: the
+sample chain of api.demo-fleet.example shipped in trustfleet_server/samples).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="run N simulated devices (real agents) against a broker, with faults",
+                       description="Run a fleet of real device agents (signature checks, A/B slots, "
+                                   "health checks) over MQTT, multiplexed with asyncio, and report "
+                                   "convergence, states, versions and the faults applied.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", type=int, required=True, metavar="N")
+    p.add_argument("--broker", required=True, metavar="URL|embedded|mosquitto",
+                   help="mqtt://host:port, or start a broker: embedded (in this process) or "
+                        "mosquitto (a private one on a free port)")
+    p.add_argument("--fleet", required=True)
+    p.add_argument("--root", type=Path, required=True, metavar="ROOT.cose", help="the factory root")
+    p.add_argument("--initial", type=Path, metavar="BUNDLE",
+                   help="a signed bundle already installed on every device (factory image)")
+    p.add_argument("--publish", type=Path, metavar="BUNDLE",
+                   help="publish this bundle (retained, QoS 1) once the devices are connected")
+    p.add_argument("--to", default="fleet", metavar="TARGET",
+                   help="topic for --publish: fleet (default), group:NAME or bucket:N")
+    p.add_argument("--group-split", metavar="G:SHARE,...", help="rollout groups, e.g. canary:5%%,beta:20%%")
+    p.add_argument("--processes", type=int, metavar="P",
+                   help=f"worker processes (default 1, or one per CPU above {simulate.MANY_DEVICES} devices)")
+    p.add_argument("--timeout", default="120s", metavar="DURATION", help="give up after this (default 120s)")
+    p.add_argument("--until-version", type=int, metavar="V", help="the version to converge on")
+    p.add_argument("--endpoint", default=simulate.SAMPLE_HOST, metavar="HOST",
+                   help=f"host the health check judges (default {simulate.SAMPLE_HOST})")
+    p.add_argument("--chain", type=Path, metavar="PEM", help="server chain, leaf first (default: the sample)")
+    p.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-00000... (default sim)")
+    p.add_argument("--seed", type=int, default=1, help="fault subsets and clock skews (default 1)")
+    p.add_argument("--keep-retained", action="store_true",
+                   help="on an external broker, leave the devices' retained statuses (default: cleared)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="stay until --timeout (or Ctrl-C) even after converging, e.g. next to `serve`")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    f = p.add_argument_group("faults")
+    f.add_argument("--offline", default="0", metavar="SHARE")
+    f.add_argument("--offline-for", default="10s", metavar="DURATION")
+    f.add_argument("--clock-skew", type=int, default=0, metavar="SECONDS")
+    f.add_argument("--stuck-2000", default="0", metavar="SHARE")
+    f.add_argument("--power-cut", default="0", metavar="SHARE")
+    f.add_argument("--health-fail", default="0", metavar="SHARE")
+    f.add_argument("--health-fail-group", metavar="GROUP")
+    f.add_argument("--duplicate", default="0", metavar="SHARE")
+    f.add_argument("--reorder", default="0", metavar="SHARE")
+    f.add_argument("--broker-restart-at", metavar="DURATION")
+    p.set_defaults(func=cmd_simulate)
+
+
+def faults_from(args: argparse.Namespace) -> simulate.Faults:
+    """Raises: UsageError."""
+    if args.clock_skew < 0:
+        raise UsageError("--clock-skew: must be 0 or more seconds")
+    group = args.health_fail_group
+    if group is not None:
+        try:
+            topics.check_name(group, "--health-fail-group")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    share = simulate.parse_share
+    return simulate.Faults(
+        offline=share(args.offline, "--offline"),
+        offline_for=simulate.parse_seconds(args.offline_for, "--offline-for"),
+        clock_skew=args.clock_skew,
+        stuck_2000=share(args.stuck_2000, "--stuck-2000"),
+        power_cut=share(args.power_cut, "--power-cut"),
+        health_fail=share(args.health_fail, "--health-fail"),
+        health_fail_group=group,
+        duplicate=share(args.duplicate, "--duplicate"),
+        reorder=share(args.reorder, "--reorder"),
+        broker_restart_at=(simulate.parse_seconds(args.broker_restart_at, "--broker-restart-at")
+                           if args.broker_restart_at else None))
+
+
+def _verified_bundle(root_raw: bytes, path: Path, fleet: str) -> bytes:
+    raw = _read(path)
+    try:
+        b = policy.verify_bundle(policy.load_trusted_root(root_raw), raw, now=int(time.time()))
+    except TrustfleetError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    if b.fleet != fleet:
+        raise UsageError(f"{path} is a bundle of fleet {b.fleet}, not {fleet}")
+    return raw
+
+
+def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tuple[str, bytes] | None]:
+    """The SimConfig and the (topic, bundle) to publish. Raises: UsageError, TrustfleetError."""
+    from trustfleet_server.cli.fleet import bundle_topic
+
+    try:
+        fleet = topics.check_name(args.fleet, "fleet")
+        topics.check_name(args.id_prefix, "--id-prefix")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.devices < 1:
+        raise UsageError("--devices must be at least 1")
+    root_raw = _read(args.root)
+    root = policy.load_trusted_root(root_raw)
+    if root.fleet != fleet:
+        raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
+    initial = _verified_bundle(root_raw, args.initial, fleet) if args.initial else None
+    publish = None
+    if args.publish:
+        publish = (bundle_topic(fleet, args.to), _verified_bundle(root_raw, args.publish, fleet))
+    chain = simulate.chain_ders(_read(args.chain), str(args.chain)) if args.chain else ()
+    cfg = simulate.SimConfig(
+        devices=args.devices, broker=url, fleet=fleet, root_raw=root_raw,
+        groups=simulate.parse_group_split(args.group_split) if args.group_split else (),
+        faults=faults_from(args), endpoint=args.endpoint, chain=chain, initial=initial,
+        id_prefix=args.id_prefix, seed=args.seed, until_version=args.until_version)
+    return cfg, publish
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    timeout = simulate.parse_seconds(args.timeout, "--timeout")
+    processes = args.processes if args.processes else simulate.default_processes(args.devices)
+    if processes < 1:
+        raise UsageError("--processes must be at least 1")
+    if args.broker_restart_at and args.broker not in ("embedded", "mosquitto"):
+        raise UsageError(f"--broker-restart-at: the simulator can only restart a broker it started "
+                           f"(--broker embedded or --broker mosquitto), not {args.broker}")
+    # Check everything that can be checked before starting a broker.
+    cfg, publish = config_from(args, simulate.mqtturl.BrokerURL("127.0.0.1", 1))
+    broker = simulate.open_broker(args.broker)
+    try:
+        cfg = simulate.SimConfig(**{**cfg.__dict__, "broker": broker.url})
+        sim = simulate.Simulation(cfg, broker, processes)
+        if not args.json:
+            print(f"simulating {cfg.devices} devices of fleet {cfg.fleet} on {broker.describe()}, "
+                  f"{sim.processes} process(es)", flush=True)
+        show = simulate.progress_printer(cfg.until_version)
+        try:
+            # On a shared broker the devices clear their retained statuses on the way out.
+            clear = not broker.controlled and not args.keep_retained
+            report = asyncio.run(sim.run(timeout, publish, show, clear, args.keep_running))
+        finally:
+            show.end()
+    finally:
+        broker.stop()
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print("\n".join(simulate.render(report)))
+    return 0 if report.converged else 1

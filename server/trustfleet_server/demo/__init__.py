@@ -1,0 +1,1 @@
+"""The demos: the offline walk-through and the fleet demo."""

@@ -1,0 +1,386 @@
+"""`trustfleet demo`: a fleet on a real broker, a staged rollout, and a bad bundle that halts itself.
+
+Every operator step prints the command line it runs and then runs exactly
+that command in-process, so the output doubles as a tutorial. The
+long-running parts (`serve`, `simulate`) run in background threads of this
+process and are printed with a trailing `&`:
+
+  broker   a private Mosquitto on a free port from a generated config when
+           `mosquitto` is installed, else the embedded broker (--broker picks);
+  keys     root 2-of-2, bundle 2-of-2, one online timestamp key;
+  bundles  built from the sample PKI shipped in trustfleet_server/samples
+           (root CA, backup CA, issuing CA, a leaf for api.demo-fleet.example);
+  serve    ingest into SQLite in the demo directory, rollouts, timestamps;
+  devices  50 simulated agents (real verification, A/B slots, health check of
+           the trial store against the sample server chain), canary 10 %;
+  rollout  v2 in waves canary -> 50 % -> 100 %, each gated on success;
+  bad      v3 pins a key the sample server does not use: the canary devices
+           fail their health check and revert, the rollout halts itself and
+           names them; the rest of the fleet never sees v3.
+
+Everything is stopped at the end (devices, server, broker: its port closed).
+`trustfleet demo --offline` runs the offline walkthrough instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from trustfleet_device import topics
+from trustfleet_server import keys, rollout
+from trustfleet_server.broker import mosquitto
+from trustfleet_server.cli import fleet as cmd_fleet
+from trustfleet_server.demo import offline as demo_offline
+from trustfleet_server.demo.offline import Step
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.sim import simulator as simulate
+
+FLEET = "demo-fleet"
+DEVICES = 50
+WAVES = (rollout.Wave("canary", groups=("canary",)), rollout.Wave("50%", buckets=50),
+         rollout.Wave("100%", buckets=100))
+STEP_EVERY = 0.5
+WAIT = 30.0
+_DEADLINE = re.compile(r", deadline in \d+s")
+
+SPEC = """\
+fleet = "demo-fleet"
+version = {version}
+expires = "90d"
+
+[policy]
+max_timestamp_age = "48h"
+
+[[anchors]]
+files = [{anchors}]
+
+[[pinsets]]
+domain = "{host}"
+include_subdomains = true
+pin_files = [{pins}]
+expires = "180d"
+mode = "enforce"
+{extra}
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the fleet demo: broker, 50 devices, staged rollout, a bad bundle halted",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo-out"), help="scratch directory (replaced)")
+    p.add_argument("--offline", action="store_true",
+                   help="the offline walkthrough instead: keys, bundle, install with a TLS health check")
+    p.add_argument("--broker", metavar="URL|embedded|mosquitto",
+                   help="default: a private Mosquitto if installed, else the embedded broker")
+    p.add_argument("--devices", type=int, default=DEVICES, help=f"simulated devices (default {DEVICES})")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.offline:
+        return demo_offline.cmd_demo(args)
+    if args.devices < 10:
+        raise SystemExit("demo: --devices must be at least 10 (the canary wave is 10 %)")
+    return FleetDemo(args.out, args.broker or "auto", args.devices).run()
+
+
+def _q(path: Path | str) -> str:
+    return str(path)
+
+
+class FleetDemo:
+    """The fleet demo's steps and the background pieces it starts (and always stops)."""
+
+    def __init__(self, out: Path, broker: str, devices: int) -> None:
+        self.out, self.broker_spec, self.devices = out, broker, devices
+        self.s = Step(out)
+        self.broker: simulate.BrokerHandle | None = None
+        self.server = None
+        self.server_thread: threading.Thread | None = None
+        self.server_errors: list[BaseException] = []
+        self.sim: simulate.BackgroundSimulation | None = None
+        self.db: fleetdb.FleetDB | None = None
+        self._log_handler: logging.Handler | None = None
+
+    # -- paths ------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Path:
+        return self.out / "root.cose"
+
+    @property
+    def db_path(self) -> Path:
+        return self.out / "fleet.db"
+
+    @property
+    def keys(self) -> Path:
+        return self.out / "keys"
+
+    # -- the whole run ----------------------------------------------------------------
+
+    def run(self) -> int:
+        started = time.monotonic()
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        (self.out / "keys").mkdir(parents=True)
+        (self.out / "certs").mkdir()
+        port = None
+        try:
+            self.start_broker()
+            port = self.broker.url.port
+            self.operator_setup()
+            self.start_server()
+            self.start_devices()
+            self.baseline()
+            self.good_rollout()
+            self.bad_rollout()
+            self.fleet_table()
+        finally:
+            self.shutdown()
+        closed = port is None or not self.broker.controlled or not mosquitto.port_open("127.0.0.1", port)
+        threads = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+        if self.broker is not None and not self.broker.controlled:
+            ended = f"the fleet's retained topics on {self.broker.url} cleared"
+        else:
+            ended = f"broker stopped (port {port} {'closed' if closed else 'STILL OPEN'})"
+        print(f"\ndemo finished in {time.monotonic() - started:.1f} s; devices disconnected, server "
+              f"stopped, {ended}; files in {self.out}/")
+        if threads:
+            print(f"demo: threads still running: {', '.join(threads)}")
+        return 0 if closed and not threads else 1
+
+    # -- steps ------------------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        self.s.title("The broker")
+        spec = self.broker_spec
+        if spec == "auto":
+            spec = "mosquitto" if mosquitto.mosquitto_binary() else "embedded"
+        if spec == "mosquitto":
+            self.broker = simulate.MosquittoHandle(self.out / "broker", persistence=False)
+            print(f"$ mosquitto -c {self.broker.conf} &    # a private broker on a free port, "
+                  f"stopped at the end")
+        else:
+            self.broker = simulate.open_broker(spec)
+            if self.broker.controlled:
+                print("# no mosquitto installed: trustfleet's embedded broker runs in this process")
+            else:
+                self.clear_topics()  # what an earlier run may have left on a shared broker
+        print(f"broker: {self.broker.describe()} -> {self.broker.url}")
+
+    def clear_topics(self) -> None:
+        """Empty the fleet's retained documents on a broker the demo does not own."""
+        f = FLEET
+        names = [topics.root(f, 1), topics.bundle(f), topics.timestamp(f), topics.group_bundle(f, "canary")]
+        names += [topics.bucket_bundle(f, n) for n in range(topics.BUCKETS)]
+        from trustfleet_server.serve.server import publish_retained
+
+        publish_retained(self.broker.url, [(t, b"") for t in names])
+
+    def operator_setup(self) -> None:
+        s, k = self.s, self.keys
+        s.title("Operator keys: two root keys, two bundle keys, one online timestamp key")
+        for name in ("root-1", "root-2", "bundle-1", "bundle-2", "timestamp"):
+            s.run("trustfleet", ["key", "generate", "--out", _q(k / f"{name}.pem")])
+        s.title("The fleet root: 2 of 2 root keys, 2 of 2 bundle keys")
+        root = _q(self.root)
+        s.run("trustfleet", ["root", "create", "--fleet", FLEET, "--expires", "365d",
+                             "--key", f"root={k / 'root-1.pub.pem'}", "--key", f"root={k / 'root-2.pub.pem'}",
+                             "--threshold", "root=2",
+                             "--key", f"bundle={k / 'bundle-1.pub.pem'}",
+                             "--key", f"bundle={k / 'bundle-2.pub.pem'}", "--threshold", "bundle=2",
+                             "--key", f"timestamp={k / 'timestamp.pub.pem'}", "-o", root])
+        for name in ("root-1", "root-2"):
+            s.run("trustfleet", ["root", "sign", "--key", _q(k / f"{name}.pem"), root])
+        s.title(f"The sample PKI (trustfleet_server/samples): the server of {simulate.SAMPLE_HOST} "
+                "chains to the Demo Fleet Root CA; the Backup CA's key is the spare pin")
+        for name in simulate.SAMPLE_FILES:
+            (self.out / "certs" / name).write_bytes(simulate.sample_file(name))
+        for name in ("demo-fleet-root-ca.pem", "demo-fleet-backup-ca.pem"):
+            s.run("trustfleet", ["pin", _q(self.out / "certs" / name)])
+        s.title("Bundle v1: the root CA as anchor, pins on the root CA and the backup CA (rule of two)")
+        self.bundle(1)
+
+    def bundle(self, version: int, *, pins: tuple[str, ...] = ("demo-fleet-root-ca.pem",
+                                                              "demo-fleet-backup-ca.pem"),
+               anchors: tuple[str, ...] = ("demo-fleet-root-ca.pem",), extra: str = "") -> Path:
+        """Write a spec, build it, sign it twice, verify it. Returns the signed bundle's path."""
+        spec = self.out / f"bundle-v{version}.toml"
+        quoted = lambda names: ", ".join(f'"certs/{n}"' for n in names)  # noqa: E731
+        spec.write_text(SPEC.format(version=version, anchors=quoted(anchors), pins=quoted(pins),
+                                    host=simulate.SAMPLE_HOST.split(".", 1)[1], extra=extra))
+        path = self.out / f"bundle-v{version}.cose"
+        self.s.run("trustfleet", ["bundle", "build", _q(spec), "-o", _q(path)])
+        for name in ("bundle-1", "bundle-2"):
+            self.s.run("trustfleet", ["bundle", "sign", "--key", _q(self.keys / f"{name}.pem"), _q(path)])
+        self.s.run("trustfleet", ["bundle", "verify", "--root", _q(self.root), _q(path)])
+        return path
+
+    def start_server(self) -> None:
+        from trustfleet_server.serve.server import FleetServer
+
+        self.s.title("The fleet server: ingests statuses into SQLite, publishes timestamps, drives rollouts")
+        url = str(self.broker.url)
+        print(f"$ trustfleet serve --broker {url} --fleet {FLEET} --root {self.root} --db {self.db_path} "
+              f"--timestamp-key {self.keys / 'timestamp.pem'} --step-every {STEP_EVERY} &")
+        self._quiet_logs()
+        db = fleetdb.open_db(str(self.db_path))
+        key = keys.load_private_key(self.keys / "timestamp.pem")
+        self.server = FleetServer(self.broker.url, FLEET, [self.root.read_bytes()], db, key,
+                                  timestamp_every=60, step_every=STEP_EVERY, client_id="demo-serve")
+        server_db = db
+
+        def serve() -> None:
+            try:
+                self.server.run(duration=600)
+            except BaseException as exc:  # noqa: BLE001 - reported when the demo stops it
+                self.server_errors.append(exc)
+            finally:
+                server_db.close()
+
+        self.server_thread = threading.Thread(target=serve, name="trustfleet-demo-serve", daemon=True)
+        self.server_thread.start()
+        self.db = fleetdb.open_db(str(self.db_path))
+        self.wait(lambda: self.server.synced, "the server to read the retained statuses")
+
+    def start_devices(self) -> None:
+        n = self.devices
+        self.s.title(f"{n} devices (simulated agents, real verification): canary 10 %, the rest by hash bucket")
+        print(f"$ trustfleet simulate --devices {n} --broker {self.broker.url} --fleet {FLEET} "
+              f"--root {self.root} --group-split canary:10% --keep-running --timeout 10m &")
+        cfg = simulate.SimConfig(devices=n, broker=self.broker.url, fleet=FLEET,
+                                 root_raw=self.root.read_bytes(), groups=(("canary", 0.1),),
+                                 id_prefix="dev")
+        self.sim = simulate.BackgroundSimulation(cfg, self.broker)
+        p = self.sim.start(connect_timeout=WAIT)
+        print(f"{p.online} devices connected, each with its own MQTT session, retained status and last will; "
+              f"no trust store yet")
+
+    def baseline(self) -> None:
+        self.s.title("Bundle v1 to the whole fleet at once (the fleet topic)")
+        path = self.out / "bundle-v1.cose"
+        self.s.run("trustfleet", ["publish", "--broker", str(self.broker.url), "--root", _q(self.root),
+                                  _q(path)])
+        self.wait(lambda: self.count(1) >= self.devices, f"{self.devices} devices to report v1")
+        print(f"the server's view: {self.count(1)}/{self.devices} devices run v1")
+
+    def good_rollout(self) -> None:
+        self.s.title("Bundle v2 (adds the backup CA as an anchor) in a staged rollout: canary, 50 %, 100 %")
+        path = self.bundle(2, anchors=("demo-fleet-root-ca.pem", "demo-fleet-backup-ca.pem"))
+        self.s.run("trustfleet", ["bundle", "diff", _q(self.out / "bundle-v1.cose"), _q(path)])
+        r = self.start_rollout(path)
+        final = self.watch(r.id)
+        if final.state != rollout.DONE:
+            raise SystemExit(f"demo: rollout of v2 ended {final.state}: {final.halt_reason}")
+        self.wait(lambda: self.count(2) >= self.devices, f"{self.devices} devices to report v2")
+        print(f"rollout {r.id} done: {self.count(2)}/{self.devices} devices run v2")
+
+    def bad_rollout(self) -> None:
+        self.s.title("A bad bundle: v3 pins only the backup CA's key, which the sample server does not use")
+        path = self.bundle(3, pins=("demo-fleet-backup-ca.pem",), extra="allow_single_pin = true")
+        self.s.run("trustfleet", ["bundle", "diff", _q(self.out / "bundle-v2.cose"), _q(path)])
+        r = self.start_rollout(path)
+        final = self.watch(r.id)
+        if final.state != rollout.HALTED:
+            raise SystemExit(f"demo: the bad rollout ended {final.state}, expected halted")
+        print(f"\nrollout {r.id} HALTED by itself: {final.halt_reason}; failing: "
+              + ", ".join(f["device"] for f in final.failing))
+        canary = [d for d in self.db.devices(FLEET) if d.get("group") == "canary"]
+        reverted = sum(1 for d in canary if 3 in (d.get("bad") or []) and d.get("version") == 2)
+        cleared = "cleared" if not self.db.rollout(r.id).published else "NOT cleared"
+        print(f"{reverted}/{len(canary)} canary devices reverted to v2 and marked v3 bad (never retried); "
+              f"{self.count(2)}/{self.devices} devices run v2, {self.count(3)} run v3; "
+              f"the wave topics were {cleared}")
+        print(f"(the rollout's events: trustfleet rollout status --db {self.db_path} --fleet {FLEET})")
+
+    def fleet_table(self) -> None:
+        self.s.title("The fleet, as the server sees it")
+        self.s.run("trustfleet", ["fleet", "status", "--db", _q(self.db_path), "--fleet", FLEET])
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def start_rollout(self, path: Path) -> rollout.Rollout:
+        self.s.run("trustfleet", ["rollout", "start", "--db", _q(self.db_path), "--fleet", FLEET,
+                                  "--root", _q(self.root), "--bundle", _q(path),
+                                  "--groups", ",".join(w.name for w in WAVES),
+                                  "--success", "0.9", "--max-failure", "0.2", "--wave-deadline", "60"])
+        return self.db.latest_rollout(FLEET)
+
+    def watch(self, rollout_id: int, timeout: float = WAIT) -> rollout.Rollout:
+        """Progress bars until the rollout is final (what `trustfleet fleet watch` shows)."""
+        print(f"$ trustfleet fleet watch --db {self.db_path} --fleet {FLEET}")
+        deadline = time.monotonic() + timeout
+        shown: list[str] = []
+        while True:
+            self.check_server()
+            now = int(time.time())
+            r = self.db.rollout(rollout_id)
+            lines = cmd_fleet.render_rollout(r, rollout.progress(r, self.db.devices(FLEET), now), now,
+                                             tty=False)
+            stable = [_DEADLINE.sub("", line) for line in lines]
+            if stable != shown:
+                for line, old in zip(stable, shown + [None] * len(stable), strict=False):
+                    if line != old:
+                        print(f"  {line.strip()}", flush=True)
+                shown = stable
+            if r.state in rollout.FINAL:
+                return r
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: rollout {rollout_id} still {r.state} after {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def count(self, version: int) -> int:
+        return sum(1 for d in self.db.devices(FLEET)
+                   if d.get("version") == version and d.get("state") in ("ok", "stale"))
+
+    def wait(self, done: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            self.check_server()
+            if time.monotonic() > deadline:
+                raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.1)
+
+    def check_server(self) -> None:
+        if self.server_errors:
+            raise SystemExit(f"demo: the server failed: {self.server_errors[0]}")
+        if self.server_thread is not None and not self.server_thread.is_alive():
+            raise SystemExit("demo: the server stopped")
+
+    def _quiet_logs(self) -> None:
+        """Only the server's errors reach the demo's output: its warnings (a halt) are shown anyway."""
+        logger = logging.getLogger("trustfleet")
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setLevel(logging.ERROR)
+        handler.setFormatter(logging.Formatter("  [serve] %(message)s"))
+        logger.addHandler(handler)
+        self._log_handler = handler
+
+    def shutdown(self) -> None:
+        """Stop devices, server and broker, whatever happened before."""
+        if self.sim is not None:
+            with contextlib.suppress(Exception):
+                self.sim.stop(clear=not self.broker.controlled)
+        if self.server is not None:
+            self.server.stop()
+        if self.server_thread is not None:
+            self.server_thread.join(15)
+        if self.db is not None:
+            self.db.close()
+        if self.broker is not None:
+            if not self.broker.controlled:
+                with contextlib.suppress(Exception):
+                    self.clear_topics()
+            self.broker.stop()
+        if self._log_handler is not None:
+            logging.getLogger("trustfleet").removeHandler(self._log_handler)
+

@@ -1,0 +1,1 @@
+"""The fleet database: device messages, their validation, and rollout persistence."""

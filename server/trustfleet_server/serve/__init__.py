@@ -1,0 +1,1 @@
+"""The long-running fleet server and its link to the broker."""

@@ -1,0 +1,736 @@
+"""`trustfleet serve`: ingest device statuses and reports, publish timestamps, drive rollouts.
+
+One process talks to one broker for one fleet (docs/topics.md), with paho-mqtt
+2.x driven by hand (`loop()` in this thread), so ingest, rollout steps and
+timestamps share one thread and one database connection:
+
+- MQTT 5 first; when the broker refuses it (CONNACK "unsupported protocol
+  version", or it hangs up before any CONNACK) the server falls back to
+  3.1.1 and stays there. Reconnects wait with capped, jittered backoff.
+- Ingest: on MQTT 5 with shared subscriptions, live statuses and reports
+  come through `$share/trustfleet/tf/<fleet>/status/+` (and report/+), so
+  several `serve` workers split them. Brokers need not send retained
+  messages to a shared subscription, so after every connect the server also
+  subscribes plainly to `tf/<fleet>/status/+` to read the retained statuses,
+  and drops that subscription once they are in (the first non-retained
+  message on it, or one idle second). On 3.1.1 one plain subscription does
+  both. Messages are queued and written in batches (fleetdb.ingest_statuses).
+- Nothing is stepped before that first sync: a rollout judged on an empty
+  table would pass every wave.
+- Roots published on `tf/<fleet>/root/<n>` extend the trusted chain one
+  version at a time, exactly as a device walks it. Every document this
+  server publishes is verified against the current root first, and refused
+  (a rollout halts) when it does not verify: a wave's bundle with
+  policy.verify_bundle, a timestamp with policy.verify_timestamp.
+- Timestamps (COSE_Sign1 by the online timestamp key) name the latest bundle
+  that reached the whole fleet: the higher of the last rollout that finished
+  and the valid bundle retained on `tf/<fleet>/bundle`.
+- Rollouts: every few seconds `rollout.step` runs on the stored devices;
+  the worker claims the rollout's revision before it acts (fleetdb), records
+  wave topics before publishing them, and saves the new state after.
+- SIGTERM/SIGINT: finish the current step, flush the queue, disconnect.
+  On MQTT 5 the disconnect ends the session, so the broker stops handing
+  this worker its share of the shared subscriptions; after a crash the
+  session (and that share) lives SESSION_EXPIRY seconds unless a worker
+  with the same --client-id comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import random
+import select
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from trustfleet_device import documents as device_docs
+from trustfleet_device import policy, topics
+from trustfleet_device.errors import BundleError
+from trustfleet_server import documents, keys, rollout
+from trustfleet_server.errors import BrokerError, UsageError
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.mqtturl import BrokerURL
+
+log = logging.getLogger("trustfleet.serve")
+
+SHARE_GROUP = "trustfleet"
+KEEPALIVE = 30
+# MQTT 5: the broker keeps our session (and the QoS 1 reports queued for it) this long after
+# a connection drops. Short on purpose: while a dead worker's session lives, the broker still
+# hands it its share of the shared subscription. A clean exit ends the session at once.
+SESSION_EXPIRY = 60
+CONNECT_TIMEOUT = 10.0
+PUBLISH_TIMEOUT = 15.0
+BOOT_IDLE = 1.0               # retained statuses are in when none came for this long
+BOOT_MAX = 30.0
+FLUSH_EVERY = 0.2
+BATCH_MAX = 2000
+MAX_QUEUE = 200_000
+MAX_PENDING_ROOTS = 8
+DRAIN_MAX = 500                # packets read per loop() before the periodic work runs again
+
+_SUB_DOCS, _SUB_LIVE, _SUB_BOOT = 1, 2, 3
+_UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: half the step fixed, half random."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: Callable[[], float] = random.random):
+        self.base, self.cap, self.rng = base, cap, rng
+        self.attempts = 0
+
+    def next(self) -> float:
+        step = min(self.cap, self.base * (2 ** self.attempts))
+        self.attempts += 1
+        return step / 2 + self.rng() * step / 2
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+# --------------------------------------------------------------------------- one connection
+
+
+class Link:
+    """A paho client driven by hand, with the MQTT 5 -> 3.1.1 fallback and acknowledged publishes.
+
+    Args:
+        url: the broker.
+        client_id: MQTT client id (kept across reconnects, so an MQTT 5
+            session with its queued QoS 1 messages survives a short outage).
+        on_message: called with each paho message, in the caller's thread.
+    """
+
+    def __init__(self, url: BrokerURL, client_id: str | None = None,
+                 on_message: Callable[[Any], None] | None = None,
+                 session_expiry: int = SESSION_EXPIRY) -> None:
+        self.url = url
+        self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
+        self.on_message = on_message
+        self.session_expiry = session_expiry
+        self.protocol: int | None = None  # chosen on the first successful connect
+        self.client: mqtt.Client | None = None
+        self.connected = False
+        self.shared_subscriptions = False
+        self.subscription_ids = False
+        self._ever_connected = False
+        self._acks: dict[int, Any] = {}
+        self._subacks: dict[int, Any] = {}
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.protocol == mqtt.MQTTv5
+
+    def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect (MQTT 5, else 3.1.1). Raises: BrokerError."""
+        if self.protocol is not None:
+            self._attempt(self.protocol, timeout)
+            return
+        try:
+            self._attempt(mqtt.MQTTv5, timeout)
+            self.protocol = mqtt.MQTTv5
+        except _Unsupported as exc:
+            log.info("%s: MQTT 5 refused (%s); using MQTT 3.1.1", self.url, exc)
+            self._attempt(mqtt.MQTTv311, timeout)
+            self.protocol = mqtt.MQTTv311
+
+    def _attempt(self, protocol: int, timeout: float) -> None:
+        self.close()
+        kw: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
+        if protocol != mqtt.MQTTv5:
+            kw["clean_session"] = True
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, **kw)
+        if self.url.username:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            c.tls_set()
+        c.max_inflight_messages_set(100)
+        box: dict[str, Any] = {}
+        c.on_connect = lambda cl, ud, flags, rc, props: box.update(rc=rc, props=props)
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = lambda cl, ud, mid, rc, props: self._acks.__setitem__(mid, rc)
+        c.on_subscribe = lambda cl, ud, mid, rcs, props: self._subacks.__setitem__(mid, rcs)
+        self.client = c
+        try:
+            if protocol == mqtt.MQTTv5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry
+                c.connect(self.url.host, self.url.port, KEEPALIVE,
+                          clean_start=not self._ever_connected, properties=props)
+            else:
+                c.connect(self.url.host, self.url.port, KEEPALIVE)
+        except (OSError, ValueError) as exc:
+            self.client = None
+            raise BrokerError(f"{self.url}: cannot connect: {exc}") from None
+        deadline = time.monotonic() + timeout
+        while "rc" not in box and time.monotonic() < deadline:
+            if c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and "rc" not in box:
+                self.client = None
+                if protocol == mqtt.MQTTv5:
+                    raise _Unsupported("connection closed before CONNACK")
+                raise BrokerError(f"{self.url}: connection closed before CONNACK")
+        if "rc" not in box:
+            self.close()
+            raise BrokerError(f"{self.url}: no CONNACK within {timeout:.0f} s")
+        rc = box["rc"]
+        if rc.is_failure:
+            self.close()
+            if rc.value in _UNSUPPORTED_PROTOCOL and protocol == mqtt.MQTTv5:
+                raise _Unsupported(str(rc))
+            raise BrokerError(f"{self.url} refused the connection: {rc}")
+        props = box.get("props")
+        # MQTT 5 3.2.2.3.13/.12: absent means available.
+        self.shared_subscriptions = protocol == mqtt.MQTTv5 and getattr(
+            props, "SharedSubscriptionAvailable", 1) == 1
+        self.subscription_ids = protocol == mqtt.MQTTv5 and getattr(
+            props, "SubscriptionIdentifierAvailable", 1) == 1
+        self.connected = True
+        self._ever_connected = True
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is self.client:
+            self.connected = False
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if self.on_message is None:
+            return
+        try:
+            self.on_message(msg)
+        except Exception:  # a bad message must not kill the network loop
+            log.exception("error handling a message on %s", msg.topic)
+
+    def loop(self, timeout: float = 0.05) -> bool:
+        """Move bytes for up to `timeout` s. Returns False when the connection is gone."""
+        c = self.client
+        if c is None or not self.connected:
+            return False
+        rc = c.loop(timeout)
+        # paho's loop() reads one packet per call; drain what is already waiting, so a
+        # burst of statuses costs one zero-timeout poll per packet instead of a full loop.
+        sock = c.socket()
+        drained = 0
+        while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and drained < DRAIN_MAX:
+            if not select.select([sock], [], [], 0)[0]:
+                break
+            rc = c.loop_read()
+            drained += 1
+        if drained and rc == mqtt.MQTT_ERR_SUCCESS and c.want_write():
+            rc = c.loop_write()  # the PUBACKs
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self.connected = False
+        return self.connected
+
+    def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError."""
+        c = self._live()
+        if self.mqtt5:
+            props = None
+            if sub_id is not None and self.subscription_ids:
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sub_id
+            rc, mid = c.subscribe(topic, options=SubscribeOptions(qos=1), properties=props)
+        else:
+            rc, mid = c.subscribe(topic, 1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"{self.url}: subscribe {topic}: {mqtt.error_string(rc)}")
+        self._wait(lambda: mid in self._subacks, timeout, f"no SUBACK for {topic}")
+        codes = self._subacks.pop(mid)
+        bad = [c for c in codes if getattr(c, "is_failure", False) or c == 128]
+        if bad:
+            raise BrokerError(f"{self.url} refused the subscription to {topic}: {bad[0]}")
+
+    def unsubscribe(self, topic: str) -> None:
+        with contextlib.suppress(Exception):
+            self._live().unsubscribe(topic)
+
+    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float = PUBLISH_TIMEOUT) -> None:
+        """Publish each (topic, payload) retained at QoS 1 and wait for every PUBACK.
+
+        Raises:
+            BrokerError: not connected, disconnected meanwhile, a PUBACK with
+                a failure reason (MQTT 5), or no PUBACK within `timeout`.
+        """
+        c = self._live()
+        pending = []
+        for topic, payload in messages:
+            info = c.publish(topic, payload, qos=1, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BrokerError(f"{self.url}: publish {topic}: {mqtt.error_string(info.rc)}")
+            pending.append((topic, info))
+        self._wait(lambda: all(i.mid in self._acks for _, i in pending), timeout,
+                   f"{len(pending)} publishes not acknowledged")
+        for topic, info in pending:
+            rc = self._acks.pop(info.mid)
+            if getattr(rc, "is_failure", False):
+                raise BrokerError(f"{self.url} refused the publish on {topic}: {rc}")
+
+    def _live(self) -> mqtt.Client:
+        if self.client is None or not self.connected:
+            raise BrokerError(f"{self.url}: not connected")
+        return self.client
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if not self.loop(0.05):
+                raise BrokerError(f"{self.url}: connection lost ({what})")
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{self.url}: {what} within {timeout:.0f} s")
+
+    def close(self) -> None:
+        c, self.client = self.client, None
+        was = self.connected
+        self.connected = False
+        if c is None:
+            return
+        with contextlib.suppress(Exception):
+            if was:
+                props = None
+                if self.mqtt5 and self.session_expiry:
+                    # End the session now (MQTT 5 3.14.2.2.2): a worker that leaves must not
+                    # keep receiving its share of the shared subscriptions.
+                    props = Properties(PacketTypes.DISCONNECT)
+                    props.SessionExpiryInterval = 0
+                c.disconnect(properties=props)
+                c.loop(0.05)
+        with contextlib.suppress(Exception):
+            sock = c.socket()
+            if sock is not None:
+                sock.close()
+
+
+class _Unsupported(Exception):
+    """The broker does not speak MQTT 5 (internal: triggers the 3.1.1 fallback)."""
+
+
+def publish_retained(url: BrokerURL, messages: Sequence[tuple[str, bytes]],
+                     timeout: float = PUBLISH_TIMEOUT) -> str:
+    """Connect, publish each (topic, payload) retained at QoS 1, wait for the PUBACKs, disconnect.
+
+    Returns the protocol used ("MQTT 5" or "MQTT 3.1.1"). Raises: BrokerError.
+    """
+    link = Link(url, session_expiry=0)
+    link.open()
+    try:
+        link.publish(messages, timeout)
+    finally:
+        link.close()
+    return "MQTT 5" if link.mqtt5 else "MQTT 3.1.1"
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclasses.dataclass
+class Stats:
+    statuses: int = 0
+    ignored: int = 0
+    rejected: int = 0
+    reports: int = 0
+    timestamps: int = 0
+    waves: int = 0
+    cleared: int = 0
+    connects: int = 0
+    protocol: str | None = None
+    shared: bool = False
+    events: list[str] = dataclasses.field(default_factory=list)
+
+
+class FleetServer:
+    """The long-running service behind `trustfleet serve`.
+
+    Args:
+        url: the broker.
+        fleet: the fleet served (must be the root's fleet).
+        root_raws: the trusted root chain, oldest first (signed roots).
+        db: an open fleetdb.FleetDB.
+        timestamp_key: the online timestamp key, or None for no timestamps.
+        timestamp_every: seconds between timestamps.
+        step_every: seconds between rollout steps.
+        clock: wall-clock seconds (tests pass a fake).
+
+    Raises:
+        BundleError: the root chain does not verify.
+        UsageError: the fleet does not match the root, or the timestamp key
+            is not a timestamp key of the root.
+    """
+
+    def __init__(self, url: BrokerURL, fleet: str, root_raws: Sequence[bytes], db: fleetdb.FleetDB,
+                 timestamp_key: Any = None, timestamp_every: float = 300, step_every: float = 5,
+                 clock: Callable[[], float] = time.time, client_id: str | None = None) -> None:
+        root = policy.load_trusted_root(root_raws[0])
+        root = policy.walk_root_chain(root, list(root_raws[1:])) if len(root_raws) > 1 else root
+        if root.fleet != fleet:
+            raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
+        self.url, self.fleet, self.root, self.db = url, fleet, root, db
+        self.timestamp_key = timestamp_key
+        self.timestamp_every, self.step_every = timestamp_every, step_every
+        self.clock = clock
+        self.link = Link(url, client_id, self._on_message)
+        self.stats = Stats()
+        self._pending_roots: dict[int, bytes] = {}
+        self._fleet_bundle: tuple[int, bytes] | None = None  # (version, sha256) on tf/<fleet>/bundle
+        self._queue: list[tuple[str, str, bytes, int]] = []
+        self._boot: dict[str, Any] | None = None
+        self.synced = False
+        self._stop = threading.Event()
+        self._next_flush = self._next_step = self._next_timestamp = 0.0
+        self._warned_no_bundle = False
+        if timestamp_key is not None:
+            self._check_timestamp_key()
+
+    # -- control ----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask run() to finish (thread-safe; also what SIGTERM/SIGINT do)."""
+        self._stop.set()
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def run(self, once: bool = False, duration: float | None = None) -> Stats:
+        """Serve until stopped, for `duration` seconds, or (once) one full round.
+
+        `once`: connect, read the retained statuses, ingest, step the rollout
+        once, publish one timestamp, and return. Raises: BrokerError (once
+        only, also for a refused or unacknowledged publish: a long-running
+        server logs it and retries), FleetDBError.
+        """
+        restore = self._install_signals()
+        if once:
+            self.link.session_expiry = 0  # nothing to resume: leave no session behind
+        end = time.monotonic() + duration if duration else None
+        backoff = Backoff()
+        stepped = timestamped = False
+        try:
+            while not self._stop.is_set():
+                if end is not None and time.monotonic() >= end:
+                    break
+                if not self.link.connected:
+                    try:
+                        self._connect()
+                        backoff.reset()
+                    except BrokerError as exc:
+                        if once:
+                            raise
+                        delay = backoff.next()
+                        log.warning("%s; retrying in %.1f s", exc, delay)
+                        self._stop.wait(delay if end is None else max(0.0, min(delay, end - time.monotonic())))
+                        continue
+                self.link.loop(0.05)
+                mono = time.monotonic()
+                self._check_boot(mono)
+                if mono >= self._next_flush or len(self._queue) >= BATCH_MAX:
+                    self._flush()
+                    self._next_flush = mono + FLUSH_EVERY
+                if not self.synced or not self.link.connected:
+                    continue
+                if mono >= self._next_step:
+                    self._guard(self._drive_rollout, fatal=once)
+                    self._next_step = mono + self.step_every
+                    stepped = True
+                if self.timestamp_key is not None and mono >= self._next_timestamp:
+                    if self._guard(self._publish_timestamp, fatal=once):
+                        self._next_timestamp = mono + self.timestamp_every
+                    else:
+                        self._next_timestamp = mono + min(self.timestamp_every, 5.0)
+                    timestamped = True
+                if once and stepped and (timestamped or self.timestamp_key is None):
+                    break
+        finally:
+            self._flush()
+            self.link.close()
+            restore()
+        return self.stats
+
+    def _guard(self, fn: Callable[[], Any], fatal: bool = False) -> bool:
+        """Run one periodic job; a broker or database failure is logged and retried next round.
+
+        With `fatal` (--once: there is no next round) the failure is raised instead.
+        """
+        try:
+            fn()
+            return True
+        except (BrokerError, fleetdb.FleetDBError) as exc:
+            if fatal:
+                raise
+            log.warning("%s", exc)
+            return False
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in old:
+            signal.signal(s, lambda signum, frame: self.stop())
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return restore
+
+    # -- connection ---------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.link.open()
+        try:
+            self._subscribe()
+        except BrokerError:
+            self.link.close()  # half-subscribed is not connected: start over
+            raise
+
+    def _subscribe(self) -> None:
+        self.stats.connects += 1
+        self.stats.protocol = "MQTT 5" if self.link.mqtt5 else "MQTT 3.1.1"
+        shared = self.link.mqtt5 and self.link.shared_subscriptions
+        self.stats.shared = shared
+        log.info("connected to %s (%s%s)", self.url, self.stats.protocol,
+                 ", shared subscriptions" if shared else "")
+        f = self.fleet
+        self.link.subscribe(topics.roots(f), _SUB_DOCS)
+        self.link.subscribe(topics.bundle(f), _SUB_DOCS)
+        if shared:
+            self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.statuses(f)}", _SUB_LIVE)
+            self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.reports(f)}", _SUB_LIVE)
+            self.link.subscribe(topics.statuses(f), _SUB_BOOT)  # retained statuses, then dropped
+        else:
+            self.link.subscribe(topics.statuses(f), _SUB_LIVE)
+            self.link.subscribe(topics.reports(f), _SUB_LIVE)
+        now = time.monotonic()
+        self._boot = {"shared": shared, "last": now, "start": now}
+
+    def _check_boot(self, mono: float) -> None:
+        """End the retained-status read: idle for BOOT_IDLE, or BOOT_MAX in all."""
+        b = self._boot
+        if b is None or "done" in b:
+            return
+        if mono - b["last"] >= BOOT_IDLE or mono - b["start"] >= BOOT_MAX:
+            self._end_boot()
+
+    def _end_boot(self) -> None:
+        b = self._boot
+        if b is None or "done" in b:
+            return
+        b["done"] = True
+        if b["shared"] and self.link.connected:
+            self.link.unsubscribe(topics.statuses(self.fleet))
+        self._flush()
+        if not self.synced:
+            log.info("read the retained statuses of fleet %s", self.fleet)
+        self.synced = True
+
+    # -- messages -------------------------------------------------------------------
+
+    def _on_message(self, msg: Any) -> None:
+        kind, arg = topics.classify(self.fleet, msg.topic)
+        if kind in ("status", "report"):
+            self._note_boot(msg, kind)
+            if len(self._queue) >= MAX_QUEUE:
+                self._queue.pop(0)
+                log.warning("ingest queue full (%d); dropping the oldest message", MAX_QUEUE)
+            self._queue.append((kind, arg, bytes(msg.payload), self._now()))
+        elif kind == "root":
+            self._on_root(arg, bytes(msg.payload))
+        elif kind == "bundle" and msg.topic == topics.bundle(self.fleet):
+            self._on_fleet_bundle(bytes(msg.payload))
+
+    def _note_boot(self, msg: Any, kind: str) -> None:
+        b = self._boot
+        if b is None or "done" in b or kind != "status":
+            return
+        ids = getattr(getattr(msg, "properties", None), "SubscriptionIdentifier", None) or []
+        from_boot = (_SUB_BOOT in ids) if b["shared"] and self.link.subscription_ids else True
+        if not from_boot:
+            return
+        if msg.retain:
+            b["last"] = time.monotonic()
+        else:
+            # Live traffic on the plain subscription: the broker sent the retained ones first.
+            self._end_boot()
+
+    def _on_root(self, version: int, raw: bytes) -> None:
+        if not raw or version <= self.root.version:
+            return
+        if len(self._pending_roots) >= MAX_PENDING_ROOTS and version not in self._pending_roots:
+            return
+        self._pending_roots[version] = raw
+        while self.root.version + 1 in self._pending_roots:
+            nxt = self._pending_roots.pop(self.root.version + 1)
+            try:
+                self.root = policy.verify_root_update(self.root, nxt)
+            except BundleError as exc:
+                log.warning("refusing root v%d from the broker: %s", self.root.version + 1, exc)
+                return
+            log.info("now trusting root v%d of fleet %s", self.root.version, self.fleet)
+            if self.timestamp_key is not None:
+                with contextlib.suppress(UsageError):
+                    self._check_timestamp_key()
+
+    def _on_fleet_bundle(self, raw: bytes) -> None:
+        if not raw:
+            self._fleet_bundle = None
+            return
+        try:
+            b = policy.verify_bundle(self.root, raw, now=self._now())
+        except BundleError as exc:
+            log.warning("the bundle retained on %s does not verify: %s", topics.bundle(self.fleet), exc)
+            return
+        seen = (b.version, documents.sha256(raw))
+        if seen != self._fleet_bundle:
+            self._fleet_bundle = seen
+            self._next_timestamp = 0.0  # name the new bundle in a timestamp at once
+
+    def _flush(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        statuses = [(self.fleet, d, p, t) for k, d, p, t in batch if k == "status"]
+        reports = [(self.fleet, d, p, t) for k, d, p, t in batch if k == "report" and p]
+        try:
+            result = self.db.ingest_statuses(statuses) if statuses else fleetdb.IngestResult()
+            rep = self.db.add_reports(reports) if reports else fleetdb.IngestResult()
+        except fleetdb.FleetDBError as exc:
+            # Keep them for the next flush: statuses are idempotent, order is kept.
+            self._queue = (batch + self._queue)[-MAX_QUEUE:]
+            log.warning("%s; will retry", exc)
+            return
+        self.stats.statuses += result.accepted
+        self.stats.ignored += result.ignored
+        self.stats.reports += rep.accepted
+        rejected = result.rejected + rep.rejected
+        self.stats.rejected += len(rejected)
+        if rejected:
+            device, why = rejected[0]
+            log.warning("rejected %d malformed message(s); first from %s: %s", len(rejected), device, why)
+
+    # -- timestamps -------------------------------------------------------------------
+
+    def _check_timestamp_key(self) -> None:
+        kid = keys.kid_of(self.timestamp_key)
+        if kid not in self.root.roles["timestamp"].kids:
+            raise UsageError(f"the timestamp key {kid.hex()[:16]} is not a timestamp key of "
+                               f"root v{self.root.version}")
+
+    def latest_bundle(self) -> tuple[int, bytes] | None:
+        """(version, sha256) of the newest bundle that reached the whole fleet."""
+        candidates = []
+        if self._fleet_bundle is not None:
+            candidates.append(self._fleet_bundle)
+        done = self.db.latest_done(self.fleet)
+        if done is not None:
+            candidates.append((done.version, bytes.fromhex(done.sha256)))
+        return max(candidates, key=lambda c: c[0]) if candidates else None
+
+    def make_timestamp(self, now: int) -> bytes | None:
+        """A signed timestamp for the latest bundle, verified against the current root.
+
+        Returns None when no bundle has reached the fleet yet. Raises: BundleError
+        when it does not verify (e.g. the key left the timestamp role).
+        """
+        latest = self.latest_bundle()
+        if latest is None:
+            return None
+        payload = documents.encode_payload({
+            "type": "timestamp", "spec": device_docs.SPEC, "fleet": self.fleet, "time": now,
+            "bundle_version": latest[0], "bundle_sha256": latest[1]})
+        raw = documents.sign1(payload, self.timestamp_key)
+        policy.verify_timestamp(self.root, raw)
+        return raw
+
+    def _publish_timestamp(self) -> None:
+        now = self._now()
+        try:
+            raw = self.make_timestamp(now)
+        except BundleError as exc:
+            log.error("refusing to publish a timestamp that does not verify against root v%d: %s",
+                      self.root.version, exc)
+            return
+        if raw is None:
+            if not self._warned_no_bundle:
+                log.warning("no bundle has reached fleet %s yet; no timestamp to publish", self.fleet)
+                self._warned_no_bundle = True
+            return
+        self.link.publish([(topics.timestamp(self.fleet), raw)])
+        self.stats.timestamps += 1
+        log.debug("published a timestamp at %d", now)
+
+    # -- rollouts ---------------------------------------------------------------------
+
+    def _drive_rollout(self) -> None:
+        r = self.db.rollout_to_drive(self.fleet)
+        if r is None:
+            return
+        now = self._now()
+        new, actions = rollout.step(r, self.db.devices(self.fleet), now)
+        if any(a[0] == "publish_wave" for a in actions):
+            problem = self._bundle_problem(r, now)
+            if problem:
+                new, actions = rollout.halt(r, now, problem)
+        if not actions and new == r:
+            return
+        if not self.db.claim_rollout(r.id, r.revision):
+            return  # another worker (or the CLI) changed it: look again next round
+        for action in actions:
+            self._act(r, action, now)
+        # Topics the rollout no longer answers for: cleared, or (done) handed to the fleet topic.
+        gone = [t for t in r.published if t not in new.published]
+        if gone:
+            self.db.remove_published(r.id, gone)
+        if not self.db.save_rollout(new, r.revision + 1):
+            log.info("rollout %s changed while it was being stepped; looking again", r.id)
+
+    def _bundle_problem(self, r: rollout.Rollout, now: int) -> str | None:
+        """Why the rollout's bundle must not be published now, or None."""
+        try:
+            b = policy.verify_bundle(self.root, r.bundle, now=now)
+        except BundleError as exc:
+            return f"bundle v{r.version} no longer verifies against root v{self.root.version}: {exc}"
+        if b.version != r.version or b.fleet != self.fleet:
+            return f"stored bundle is v{b.version} of {b.fleet}, expected v{r.version} of {self.fleet}"
+        return None
+
+    def _act(self, r: rollout.Rollout, action: tuple, now: int) -> None:
+        kind = action[0]
+        if kind == "publish_wave":
+            wave, names = action[1], action[2]
+            self.db.add_published(r.id, names)  # before publishing: an abort must find them
+            self.link.publish([(t, r.bundle) for t in names])
+            self.stats.waves += 1
+            self._event(r, now, f"published v{r.version} for wave {wave.name} on {len(names)} topic(s)")
+        elif kind == "clear_waves":
+            names = action[1]
+            self.link.publish([(t, b"") for t in names])
+            self.db.remove_published(r.id, names)
+            self.stats.cleared += len(names)
+            self._event(r, now, f"cleared {len(names)} wave topic(s)")
+        elif kind == "halt":
+            failing = action[2]
+            listed = ", ".join(f"{f['device']} ({f['reason']})" for f in failing[:10])
+            more = f" and {len(failing) - 10} more" if len(failing) > 10 else ""
+            text = f"halted: {action[1]}" + (f"; failing: {listed}{more}" if failing else "")
+            log.warning("rollout %s %s", r.id, text)
+            self._event(r, now, text)
+        elif kind == "done":
+            self._event(r, now, f"done: v{r.version} is on the fleet topic")
+            self._next_timestamp = 0.0  # announce the new bundle at once
+        elif kind == "note":
+            self._event(r, now, action[1])
+
+    def _event(self, r: rollout.Rollout, now: int, text: str) -> None:
+        self.db.add_event(r.id, now, text)
+        self.stats.events = self.stats.events[-99:] + [f"rollout {r.id}: {text}"]
+        log.info("rollout %s: %s", r.id, text)

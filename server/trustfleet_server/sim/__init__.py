@@ -1,0 +1,1 @@
+"""The fleet simulator: thousands of agents against a real broker, with faults."""
