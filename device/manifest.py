@@ -30,6 +30,7 @@ package(
         "sigcheck.py",
         "slots.py",
         "source.py",
+        "status.py",
         "topics.py",
         "trust.py",
         "x509.py",

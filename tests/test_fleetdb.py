@@ -16,10 +16,11 @@ import uuid
 import pytest
 from environment import skip_or_fail
 
+from trustfleet_device import status as status_schema
 from trustfleet_device import topics
 from trustfleet_server import rollout
 from trustfleet_server.fleet import db as fleetdb
-from trustfleet_server.fleet.db import StatusError
+from trustfleet_server.fleet.messages import StatusError
 
 PG_URL = os.environ.get("TRUSTFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 RUN = uuid.uuid4().hex[:8]
@@ -146,7 +147,7 @@ def test_a_batch_keeps_message_order_across_statuses_and_wills(db):
     ({"state": "ok", "device": "someone-else"}, "does not match the topic"),
     ({"state": "ok", "fleet": "other"}, "does not match"),
     ({"state": "ok", "group": "a/b"}, "may hold only"),
-    (b"{" + b" " * fleetdb.MAX_STATUS_BYTES + b"}", "limit"),
+    (b"{" + b" " * status_schema.MAX_BYTES + b"}", "limit"),
     (b"[" * 2000, "nested too deeply"),
     (b'{"state": "ok", "detail": "\\udc00"}', "lone surrogate"),
     (b'{"state": "ok", "\\ud800": 1}', "lone surrogate"),

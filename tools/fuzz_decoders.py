@@ -77,6 +77,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from trustfleet_device import cbor, cose, sigcheck, topics, x509  # noqa: E402
 from trustfleet_device import documents as device_docs  # noqa: E402
+from trustfleet_device import status as status_schema  # noqa: E402
 from trustfleet_device.cbor import Tag  # noqa: E402
 from trustfleet_device.errors import (  # noqa: E402
     BundleError,
@@ -89,6 +90,7 @@ from trustfleet_device.transports import mqtt as dmqtt  # noqa: E402
 from trustfleet_server import documents, keys  # noqa: E402
 from trustfleet_server.broker import packets as p  # noqa: E402
 from trustfleet_server.fleet import db as fleetdb  # noqa: E402
+from trustfleet_server.fleet import messages  # noqa: E402
 
 COSE_TAGS = (cose.TAG_SIGN1, cose.TAG_SIGN)
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -1346,18 +1348,18 @@ def status_row_problem(row: dict) -> str | None:
         return f"state {row.get('state')!r:.60}"
     for key in ints:
         v = row.get(key)
-        if v is not None and (type(v) is not int or not 0 <= v <= fleetdb.MAX_INT):
+        if v is not None and (type(v) is not int or not 0 <= v <= status_schema.MAX_INT):
             return f"{key} = {v!r:.60}"
     for key in ("last_revert", "event", "detail", "agent_version"):
         v = row.get(key)
-        if v is not None and (type(v) is not str or len(v) > fleetdb.MAX_TEXT):
+        if v is not None and (type(v) is not str or len(v) > status_schema.MAX_TEXT):
             return f"{key} is {type(v).__name__} of {len(v) if isinstance(v, str) else '?'}"
     for key in ("reasons", "fail_open", "bad"):
         v = row.get(key)
-        if type(v) is not list or len(v) > fleetdb.MAX_LIST:
+        if type(v) is not list or len(v) > status_schema.MAX_LIST:
             return f"{key} is not a short list"
     raw = row.get("raw")
-    if type(raw) is not str or len(raw) > fleetdb.MAX_STATUS_BYTES:
+    if type(raw) is not str or len(raw) > status_schema.MAX_BYTES:
         return "raw is not JSON text within the limit"
     json.loads(raw)
     return None
@@ -1380,15 +1382,15 @@ class StatusFuzzer(Harness):
     def run_input(self, data: bytes, replay: bool = False) -> None:
         self.inputs += 1
         self.now += 1
-        ok = (fleetdb.StatusError,)
-        self.call("status.decode_message", data, fleetdb.decode_message, data, allowed=ok)
-        status, row = self.call("status.normalise_status", data, fleetdb.normalise_status,
+        ok = (messages.StatusError,)
+        self.call("status.decode_message", data, messages.decode_message, data, allowed=ok)
+        status, row = self.call("status.normalise_status", data, messages.normalise_status,
                                 DEVICE_FLEET, DEVICE_ID, data, allowed=ok)
         if status == "ok":
             problem = self.call("status.row", data, status_row_problem, row, allowed=())
             if problem[0] == "ok" and problem[1]:
                 self.violation("invalid", "status.normalise_status", problem[1], data)
-        status, rep = self.call("status.normalise_report", data, fleetdb.normalise_report,
+        status, rep = self.call("status.normalise_report", data, messages.normalise_report,
                                 DEVICE_FLEET, DEVICE_ID, data, allowed=ok)
         if status == "ok" and not (type(rep[0]) is str and len(rep[0]) <= 64
                                    and type(rep[1]) is str):
@@ -1402,7 +1404,7 @@ class StatusFuzzer(Harness):
                 if total != 1:
                     self.violation("invalid", target, f"accounts for {total} of 1 message", data)
                 for _, why in result.rejected:
-                    self.check_refusal(target, fleetdb.StatusError(why), data)
+                    self.check_refusal(target, messages.StatusError(why), data)
 
     def next_input(self) -> bytes:
         rng = self.rng

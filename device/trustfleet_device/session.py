@@ -19,7 +19,7 @@ What it decides (docs/topics.md):
 import hashlib
 import json
 
-from trustfleet_device import topics
+from trustfleet_device import status, topics
 from trustfleet_device.reports import ReportQueue
 
 try:
@@ -54,8 +54,8 @@ class Session:
 
     def will(self):
         """(topic, payload, retain, qos) for the broker to publish if we vanish."""
-        body = {"device": self.device_id, "fleet": self.fleet, "state": "offline"}
-        return topics.status(self.fleet, self.device_id), json.dumps(body).encode(), True, 1
+        body = status.offline(self.device_id, self.fleet)
+        return topics.status(self.fleet, self.device_id), status.encode(body), True, 1
 
     def connected(self):
         """Call after every (re)connect: announces the status."""
@@ -137,7 +137,7 @@ class Session:
         return out
 
     def status_message(self):
-        """The retained status: what the server and `fleet status` show."""
+        """The retained status (status.FIELDS): what the server and `fleet status` show."""
         self.seq += 1
         s = self.device.status()
         s["device"] = self.device_id
@@ -149,7 +149,7 @@ class Session:
         s["fail_open"] = self.expired_pinsets(s["trusted_time"])
         if self.last is not None:
             s["event"], s["detail"] = self.last
-        return topics.status(self.fleet, self.device_id), json.dumps(s).encode(), True, 1
+        return topics.status(self.fleet, self.device_id), status.encode(status.build(s)), True, 1
 
     def expired_pinsets(self, now):
         """Domains whose pins have expired: connections there are checked by CA validation only."""

@@ -1,1 +1,3 @@
-"""The fleet database: device messages, their validation, and rollout persistence."""
+"""The fleet store, by concern: messages (device messages checked against the one status
+schema, trustfleet_device.status), sql (the SQLite/PostgreSQL shim) and db (FleetDB: tables,
+ingest, queries, rollout persistence)."""

@@ -1,14 +1,12 @@
 """Fleet state: device statuses, reports and rollouts, in SQLite or PostgreSQL.
 
 `open_db(target)` takes a file path (SQLite, WAL mode: the default) or a
-`postgresql://` URL (psycopg 3, installed with the `postgres` extra). Both
-backends run the same SQL and give the same answers; tables are created on
-open and carry a schema version in `tf_meta` (a newer schema is refused).
-
-What it trusts: nothing in a status or report. Device statuses come from
-the broker, where any client allowed to publish on the topic could have
-written them, so every field is type-checked and size-capped
-(`normalise_status`) and the device id comes from the topic, not the body.
+`postgresql://` URL (fleet.sql: the shim that runs the same SQL on both).
+Tables are created on open and carry a schema version in `tf_meta` (a newer
+schema is refused). Messages are checked by fleet.messages against the one
+status schema (trustfleet_device.status); each status field is stored in the
+column of its name (_COLUMN lists the three exceptions) and rows are read
+back by column name.
 
 Ordering of statuses from one device (`ingest_status`, `ingest_statuses`):
 
@@ -36,30 +34,23 @@ clearing), so an abort that races a wave still clears everything.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trustfleet_device import topics
+from trustfleet_device import status as schema
 from trustfleet_server import rollout as ro
-from trustfleet_server.errors import FleetStoreError
+from trustfleet_server.fleet import sql
+from trustfleet_server.fleet.messages import StatusError, normalise_report, normalise_status
+from trustfleet_server.fleet.sql import FleetDBError, is_postgres
+
+__all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "RolloutConflict", "SCHEMA_VERSION",
+           "SchemaError", "StatusError", "is_postgres", "open_db"]
 
 SCHEMA_VERSION = 1
-MAX_STATUS_BYTES = 16 * 1024
-MAX_REPORT_BYTES = 16 * 1024
-MAX_LIST = 64          # items in bad / reasons / fail_open
-MAX_TEXT = 1024        # characters in one text field
-MAX_INT = 2**63 - 1
-STATES = ("ok", "stale", "trial", "no-store", "offline")
-
-
-class FleetDBError(FleetStoreError):
-    """The fleet database cannot be opened or used (exit code 2)."""
 
 
 class SchemaError(FleetDBError):
@@ -72,147 +63,6 @@ class RolloutConflict(FleetDBError):
 
 class NotFound(FleetDBError):
     """No such rollout."""
-
-
-class StatusError(ValueError):
-    """A status or report message is malformed; the message says which field."""
-
-
-# --------------------------------------------------------------------------- validation
-
-_TEXT_FIELDS = ("last_revert", "event", "detail", "agent_version")
-_INT_FIELDS = ("version", "floor", "root_version", "trusted_time", "last_timestamp", "seq", "time")
-_LIST_FIELDS = ("reasons", "fail_open")
-
-
-def _opt_int(status: Mapping, key: str) -> int | None:
-    v = status.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_INT:
-        raise StatusError(f"{key} must be a non-negative integer, got {v!r}"[:200])
-    return v
-
-
-def _opt_text(status: Mapping, key: str) -> str | None:
-    v = status.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise StatusError(f"{key} must be a string, got {type(v).__name__}")
-    return v[:MAX_TEXT]
-
-
-def _text_list(status: Mapping, key: str) -> list[str]:
-    v = status.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list) or len(v) > MAX_LIST or not all(isinstance(x, str) for x in v):
-        raise StatusError(f"{key} must be a list of at most {MAX_LIST} strings")
-    return [x[:MAX_TEXT] for x in v]
-
-
-def _int_list(status: Mapping, key: str) -> list[int]:
-    v = status.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list) or len(v) > MAX_LIST or not all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= MAX_INT for x in v):
-        raise StatusError(f"{key} must be a list of at most {MAX_LIST} non-negative integers")
-    return v
-
-
-def decode_message(payload: bytes | str | Mapping, limit: int = MAX_STATUS_BYTES) -> dict:
-    """A JSON object from a message payload (or a dict passed through). Raises: StatusError."""
-    if isinstance(payload, Mapping):
-        return dict(payload)
-    if len(payload) > limit:
-        raise StatusError(f"message is {len(payload)} bytes, limit is {limit}")
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StatusError(f"not JSON: {exc}") from None
-    except RecursionError:
-        # A device's message must never take the server down ('[' x 2000 did).
-        raise StatusError("JSON nested too deeply") from None
-    if not isinstance(value, dict):
-        raise StatusError(f"expected a JSON object, got {type(value).__name__}")
-    _check_text(value)
-    return value
-
-
-def _check_text(value: object) -> None:
-    """Refuse strings that are not Unicode text: JSON's \\u escapes can spell lone surrogates,
-    which json.loads accepts and no database can store. Raises: StatusError."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-        elif isinstance(v, str):
-            try:
-                v.encode("utf-8")
-            except UnicodeEncodeError:
-                raise StatusError("a string holds a lone surrogate escape, not text") from None
-
-
-def _check_identity(fleet: str, device_id: str, status: Mapping) -> None:
-    try:
-        topics.check_name(fleet, "fleet")
-        topics.check_name(device_id, "device id")
-    except ValueError as exc:
-        raise StatusError(str(exc)) from None
-    if status.get("device") not in (None, device_id):
-        raise StatusError(f"device {status.get('device')!r} does not match the topic's {device_id!r}")
-    if status.get("fleet") not in (None, fleet):
-        raise StatusError(f"fleet {status.get('fleet')!r} does not match {fleet!r}")
-
-
-def normalise_status(fleet: str, device_id: str, status: Mapping | bytes | str) -> dict:
-    """Check a status message and return the fields the store keeps. Raises: StatusError.
-
-    The bucket is computed here from the device id (topics.bucket), never
-    taken from the message.
-    """
-    status = decode_message(status)
-    _check_identity(fleet, device_id, status)
-    state = status.get("state")
-    if not isinstance(state, str) or not 1 <= len(state) <= 32:
-        raise StatusError(f"state must be a short string, got {state!r}"[:200])
-    group = status.get("group")
-    if group is not None:
-        if not isinstance(group, str):
-            raise StatusError("group must be a string")
-        try:
-            topics.check_name(group, "group")
-        except ValueError as exc:
-            raise StatusError(str(exc)) from None
-    row = {"fleet": fleet, "device": device_id, "group": group, "bucket": topics.bucket(device_id),
-           "state": state, "bad": _int_list(status, "bad")}
-    for key in _INT_FIELDS:
-        row[key] = _opt_int(status, key)
-    for key in _TEXT_FIELDS:
-        row[key] = _opt_text(status, key)
-    for key in _LIST_FIELDS:
-        row[key] = _text_list(status, key)
-    raw = json.dumps(status, separators=(",", ":"), sort_keys=True)
-    if len(raw) > MAX_STATUS_BYTES:
-        raise StatusError(f"status is {len(raw)} bytes, limit is {MAX_STATUS_BYTES}")
-    row["raw"] = raw
-    return row
-
-
-def normalise_report(fleet: str, device_id: str, report: Mapping | bytes | str) -> tuple[str, str]:
-    """(kind, JSON text) of a report message. Raises: StatusError."""
-    report = decode_message(report, MAX_REPORT_BYTES)
-    _check_identity(fleet, device_id, report)
-    kind = report.get("validation-result") or report.get("event") or "report"
-    if not isinstance(kind, str):
-        raise StatusError("validation-result must be a string")
-    return kind[:64], json.dumps(report, separators=(",", ":"), sort_keys=True)
 
 
 @dataclass
@@ -301,10 +151,13 @@ CREATE TABLE IF NOT EXISTS tf_rollout_events (
 CREATE INDEX IF NOT EXISTS tf_rollout_events_rollout ON tf_rollout_events (rollout_id, id);
 """
 
-_STATUS_COLUMNS = ("fleet", "device_id", "grp", "bucket", "state", "version", "floor", "bad",
-                   "last_revert", "reasons", "fail_open", "root_version", "trusted_time",
-                   "last_timestamp", "agent_version", "status_time", "seq", "event", "detail",
-                   "first_seen", "last_seen", "raw")
+# Status field -> tf_devices column: the field's own name, except these (GROUP is an SQL
+# keyword; the table's names predate the schema and existing databases keep them).
+_COLUMN = {"device": "device_id", "group": "grp", "time": "status_time"}
+_FIELD_COLUMNS = tuple((name, _COLUMN.get(name, name)) for name in schema.NAMES)
+_JSON_FIELDS = tuple(name for name, kind in schema.FIELDS if kind in (schema.INTS, schema.TEXTS))
+_ZERO_IF_NULL = ("time", "seq")  # NOT NULL DEFAULT 0: the ordering compares them
+_STATUS_COLUMNS = tuple(c for _, c in _FIELD_COLUMNS) + ("first_seen", "last_seen", "raw")
 _KEEP_ON_UPDATE = ("fleet", "device_id", "first_seen")
 
 _UPSERT_STATUS = (
@@ -324,9 +177,8 @@ _UPSERT_OFFLINE = (
     "WHERE tf_devices.state <> 'offline' OR tf_devices.seq <> 0"
 )
 
-_DEVICE_SELECT = ("SELECT device_id, grp, bucket, state, version, floor, bad, last_revert, reasons, "
-                  "fail_open, root_version, trusted_time, last_timestamp, agent_version, "
-                  "status_time, seq, event, detail, first_seen, last_seen FROM tf_devices ")
+_DEVICE_SELECT = ("SELECT " + ", ".join(c for _, c in _FIELD_COLUMNS)
+                  + ", first_seen, last_seen FROM tf_devices ")
 
 _ROLLOUT_SELECT = ("SELECT id, fleet, version, bundle_sha256, bundle, waves, current_wave, state, "
                    "started, wave_started, paused_at, finished, thresholds, halt_reason, failing, "
@@ -334,87 +186,48 @@ _ROLLOUT_SELECT = ("SELECT id, fleet, version, bundle_sha256, bundle, waves, cur
 
 
 def _status_row(row: dict, now: int) -> tuple:
-    return (row["fleet"], row["device"], row["group"], row["bucket"], row["state"], row["version"],
-            row["floor"], json.dumps(row["bad"]), row["last_revert"], json.dumps(row["reasons"]),
-            json.dumps(row["fail_open"]), row["root_version"], row["trusted_time"],
-            row["last_timestamp"], row["agent_version"], row["time"] or 0, row["seq"] or 0,
-            row["event"], row["detail"], now, now, row["raw"])
+    """The values of _STATUS_COLUMNS for a normalised status."""
+    values = []
+    for name, _ in _FIELD_COLUMNS:
+        v = row[name]
+        if name in _JSON_FIELDS:
+            v = json.dumps(v)
+        elif name in _ZERO_IF_NULL:
+            v = v or 0
+        values.append(v)
+    return (*values, now, now, row["raw"])
 
 
-def _device_dict(fleet: str, r: Sequence) -> dict:
-    return {"device": r[0], "fleet": fleet, "group": r[1], "bucket": r[2], "state": r[3],
-            "version": r[4], "floor": r[5], "bad": json.loads(r[6]), "last_revert": r[7],
-            "reasons": json.loads(r[8]), "fail_open": json.loads(r[9]), "root_version": r[10],
-            "trusted_time": r[11], "last_timestamp": r[12], "agent_version": r[13],
-            "time": r[14], "seq": r[15], "event": r[16], "detail": r[17], "first_seen": r[18],
-            "last_seen": r[19]}
+def _device_dict(r: Mapping) -> dict:
+    d = {name: r[column] for name, column in _FIELD_COLUMNS}
+    for name in _JSON_FIELDS:
+        d[name] = json.loads(d[name])
+    d["first_seen"] = r["first_seen"]
+    d["last_seen"] = r["last_seen"]
+    return d
 
 
-def _rollout_from_row(r: Sequence) -> ro.Rollout:
-    th = json.loads(r[12])
+def _rollout_from_row(r: Mapping) -> ro.Rollout:
+    th = json.loads(r["thresholds"])
     return ro.Rollout(
-        id=r[0], fleet=r[1], version=r[2], sha256=r[3], bundle=bytes(r[4]),
-        waves=tuple(ro.Wave.from_json(w) for w in json.loads(r[5])), current=r[6], state=r[7],
-        started=r[8], wave_started=r[9], paused_at=r[10], finished=r[11],
+        id=r["id"], fleet=r["fleet"], version=r["version"], sha256=r["bundle_sha256"],
+        bundle=bytes(r["bundle"]), waves=tuple(ro.Wave.from_json(w) for w in json.loads(r["waves"])),
+        current=r["current_wave"], state=r["state"], started=r["started"],
+        wave_started=r["wave_started"], paused_at=r["paused_at"], finished=r["finished"],
         success=th["success"], max_failure=th["max_failure"], deadline=th["deadline"],
-        halt_reason=r[13], failing=tuple(json.loads(r[14])), published=tuple(json.loads(r[15])),
-        revision=r[16])
+        halt_reason=r["halt_reason"], failing=tuple(json.loads(r["failing"])),
+        published=tuple(json.loads(r["published"])), revision=r["revision"])
 
 
 # --------------------------------------------------------------------------- the store
 
 
-class FleetDB:
+class FleetDB(sql.Connection):
     """One connection to the fleet store. Not thread-safe: one per thread or process."""
 
     def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None) -> None:
-        self._conn = conn
-        self.dialect = dialect
-        self.where = where
-        self._reconnect = reconnect
-        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
-        if dialect == "postgresql":
-            import psycopg
-
-            self._errors = (psycopg.Error,)
+        super().__init__(conn, dialect, where, reconnect)
         self._create_schema()
-
-    # -- plumbing -------------------------------------------------------------
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
-
-    @contextlib.contextmanager
-    def _tx(self, what: str, write: bool = False) -> Iterator[Any]:
-        """A transaction; every driver error becomes a FleetDBError naming `what`.
-
-        On SQLite a writer takes the write lock up front (BEGIN IMMEDIATE), so
-        two writers queue on the busy timeout instead of failing on upgrade.
-        """
-        if self._reconnect is not None and getattr(self._conn, "closed", False):
-            self._conn = self._reconnect()
-        try:
-            if self.dialect == "sqlite":
-                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            cur = self._conn.cursor()
-            try:
-                yield cur
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
-        except self._errors as exc:
-            with contextlib.suppress(Exception):
-                self._conn.rollback()
-            raise FleetDBError(f"{self.where}: {what} failed: {_first_line(exc)}") from None
-
-    def _exec(self, cur: Any, sql: str, params: Sequence = ()) -> Any:
-        cur.execute(self._sql(sql), tuple(params))
-        return cur
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._conn.close()
 
     def __enter__(self) -> FleetDB:
         return self
@@ -509,27 +322,17 @@ class FleetDB:
         result.ignored += total - changed
         return result
 
-    def _executemany_changes(self, cur: Any, sql: str, rows: list[tuple]) -> int:
-        """executemany, returning how many rows it inserted or updated."""
-        if self.dialect == "sqlite":
-            # sqlite3's rowcount after executemany does not count upserts reliably.
-            before = self._conn.total_changes
-            cur.executemany(sql, rows)
-            return self._conn.total_changes - before
-        cur.executemany(self._sql(sql), rows)
-        return max(cur.rowcount, 0)
-
     def devices(self, fleet: str) -> list[dict]:
         """Every device of the fleet as a dict of its last status (docs/topics.md fields)."""
         with self._tx("reading devices") as cur:
             self._exec(cur, _DEVICE_SELECT + "WHERE fleet = ? ORDER BY device_id", (fleet,))
-            return [_device_dict(fleet, r) for r in cur.fetchall()]
+            return [_device_dict(r) for r in self.rows(cur)]
 
     def device(self, fleet: str, device_id: str) -> dict | None:
         with self._tx("reading a device") as cur:
             self._exec(cur, _DEVICE_SELECT + "WHERE fleet = ? AND device_id = ?", (fleet, device_id))
-            r = cur.fetchone()
-            return _device_dict(fleet, r) if r else None
+            r = self.row(cur)
+            return _device_dict(r) if r else None
 
     def max_version(self, fleet: str) -> int | None:
         """The highest bundle version any device of the fleet reports."""
@@ -570,8 +373,8 @@ class FleetDB:
             self._exec(cur, "SELECT id, device_id, time, kind, body FROM tf_reports "
                             "WHERE fleet = ? AND time >= ? ORDER BY time DESC, id DESC LIMIT ?",
                        (fleet, since or 0, limit))
-            return [{"id": r[0], "device": r[1], "time": r[2], "kind": r[3], "report": json.loads(r[4])}
-                    for r in cur.fetchall()]
+            return [{"id": r["id"], "device": r["device_id"], "time": r["time"], "kind": r["kind"],
+                     "report": json.loads(r["body"])} for r in self.rows(cur)]
 
     # -- summary ------------------------------------------------------------------
 
@@ -587,9 +390,9 @@ class FleetDB:
         """
         now = int(time.time()) if now is None else now
         with self._tx("summarising the fleet") as cur:
-            self._exec(cur, "SELECT version, state, COUNT(*) FROM tf_devices WHERE fleet = ? "
+            self._exec(cur, "SELECT version, state, COUNT(*) AS count FROM tf_devices WHERE fleet = ? "
                             "GROUP BY version, state", (fleet,))
-            table = [{"version": v, "state": s, "count": c} for v, s, c in cur.fetchall()]
+            table = self.rows(cur)
             table.sort(key=lambda t: (-1 if t["version"] is None else t["version"], t["state"]))
 
             def listed(where: str, params: tuple, cols: str = "device_id, version, state, last_seen"):
@@ -598,7 +401,7 @@ class FleetDB:
                 count = cur.fetchone()[0]
                 self._exec(cur, f"SELECT {cols} FROM tf_devices WHERE fleet = ? AND {where} "
                                 "ORDER BY device_id LIMIT ?", (fleet, *params, limit))
-                return count, cur.fetchall()
+                return count, self.rows(cur)
 
             stale_n, stale = listed("state = 'stale'", (), "device_id, version, reasons, last_seen")
             fo_n, fo = listed("fail_open <> '[]'", (), "device_id, version, fail_open, last_seen")
@@ -613,14 +416,15 @@ class FleetDB:
         return {
             "fleet": fleet, "time": now, "devices": sum(t["count"] for t in table),
             "table": table, "by_state": by_state, "by_version": by_version,
-            "stale": [{"device": d, "version": v, "reasons": json.loads(r), "last_seen": s}
-                      for d, v, r, s in stale], "stale_count": stale_n,
-            "fail_open": [{"device": d, "version": v, "domains": json.loads(f), "last_seen": s}
-                          for d, v, f, s in fo], "fail_open_count": fo_n,
-            "offline": [{"device": d, "version": v, "last_seen": s} for d, v, _, s in off],
-            "offline_count": off_n,
-            "silent": [{"device": d, "version": v, "state": st, "last_seen": s} for d, v, st, s in sil],
-            "silent_count": sil_n,
+            "stale": [{"device": d["device_id"], "version": d["version"], "reasons": json.loads(d["reasons"]),
+                       "last_seen": d["last_seen"]} for d in stale], "stale_count": stale_n,
+            "fail_open": [{"device": d["device_id"], "version": d["version"],
+                           "domains": json.loads(d["fail_open"]), "last_seen": d["last_seen"]}
+                          for d in fo], "fail_open_count": fo_n,
+            "offline": [{"device": d["device_id"], "version": d["version"], "last_seen": d["last_seen"]}
+                        for d in off], "offline_count": off_n,
+            "silent": [{"device": d["device_id"], "version": d["version"], "state": d["state"],
+                        "last_seen": d["last_seen"]} for d in sil], "silent_count": sil_n,
             "reports": self.reports(fleet, recent),
         }
 
@@ -636,10 +440,11 @@ class FleetDB:
         with self._tx("creating a rollout", write=True) as cur:
             self._exec(cur, "SELECT id, state, published FROM tf_rollouts WHERE fleet = ? AND "
                             "(state IN ('running', 'paused') OR published <> '[]')", (r.fleet,))
-            busy = cur.fetchone()
+            busy = self.row(cur)
             if busy is not None:
-                what = busy[1] if busy[1] in ro.ACTIVE else f"{busy[1]} but its topics are not cleared yet"
-                raise RolloutConflict(f"rollout {busy[0]} of fleet {r.fleet} is {what}; "
+                state = busy["state"]
+                what = state if state in ro.ACTIVE else f"{state} but its topics are not cleared yet"
+                raise RolloutConflict(f"rollout {busy['id']} of fleet {r.fleet} is {what}; "
                                       "abort it (with --broker to clear at once) or let it finish")
             self._exec(cur, "INSERT INTO tf_rollouts (fleet, version, bundle_sha256, bundle, waves, "
                             "current_wave, state, started, wave_started, paused_at, finished, "
@@ -657,7 +462,7 @@ class FleetDB:
         """Raises: NotFound."""
         with self._tx("reading a rollout") as cur:
             self._exec(cur, _ROLLOUT_SELECT + "WHERE id = ?", (rollout_id,))
-            r = cur.fetchone()
+            r = self.row(cur)
         if r is None:
             raise NotFound(f"no rollout {rollout_id}")
         return _rollout_from_row(r)
@@ -666,7 +471,7 @@ class FleetDB:
         """The fleet's rollouts, newest first."""
         with self._tx("listing rollouts") as cur:
             self._exec(cur, _ROLLOUT_SELECT + "WHERE fleet = ? ORDER BY id DESC LIMIT ?", (fleet, limit))
-            return [_rollout_from_row(r) for r in cur.fetchall()]
+            return [_rollout_from_row(r) for r in self.rows(cur)]
 
     def latest_rollout(self, fleet: str) -> ro.Rollout | None:
         found = self.rollouts(fleet, 1)
@@ -677,7 +482,7 @@ class FleetDB:
         with self._tx("reading rollouts") as cur:
             self._exec(cur, _ROLLOUT_SELECT + "WHERE fleet = ? AND (state IN ('running', 'paused') "
                             "OR published <> '[]') ORDER BY id LIMIT 1", (fleet,))
-            r = cur.fetchone()
+            r = self.row(cur)
         return _rollout_from_row(r) if r else None
 
     def latest_done(self, fleet: str) -> ro.Rollout | None:
@@ -685,7 +490,7 @@ class FleetDB:
         with self._tx("reading rollouts") as cur:
             self._exec(cur, _ROLLOUT_SELECT + "WHERE fleet = ? AND state = 'done' "
                             "ORDER BY version DESC, id DESC LIMIT 1", (fleet,))
-            r = cur.fetchone()
+            r = self.row(cur)
         return _rollout_from_row(r) if r else None
 
     def claim_rollout(self, rollout_id: int, revision: int) -> bool:
@@ -726,10 +531,10 @@ class FleetDB:
         with self._tx("recording published topics", write=True) as cur:
             lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
             self._exec(cur, f"SELECT published FROM tf_rollouts WHERE id = ?{lock}", (rollout_id,))
-            row = cur.fetchone()
+            row = self.row(cur)
             if row is None:
                 raise NotFound(f"no rollout {rollout_id}")
-            current = json.loads(row[0])
+            current = json.loads(row["published"])
             current += [t for t in add if t not in current]
             current = [t for t in current if t not in set(remove)]
             self._exec(cur, "UPDATE tf_rollouts SET published = ? WHERE id = ?",
@@ -753,20 +558,11 @@ class FleetDB:
         with self._tx("reading events") as cur:
             self._exec(cur, "SELECT id, time, text FROM tf_rollout_events WHERE rollout_id = ? "
                             "ORDER BY id DESC LIMIT ?", (rollout_id, limit))
-            rows = cur.fetchall()
-        return [{"id": i, "time": t, "text": x} for i, t, x in reversed(rows)]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+            rows = self.rows(cur)
+        return list(reversed(rows))
 
 
 # --------------------------------------------------------------------------- opening
-
-
-def is_postgres(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
 
 
 def open_db(target: str | os.PathLike[str]) -> FleetDB:
@@ -779,46 +575,4 @@ def open_db(target: str | os.PathLike[str]) -> FleetDB:
     Raises:
         FleetDBError: cannot open, or the schema is newer than this code.
     """
-    target = os.fspath(target)
-    if is_postgres(target):
-        return _open_postgres(target)
-    return _open_sqlite(target)
-
-
-def _open_sqlite(path: str) -> FleetDB:
-    try:
-        # Autocommit at the driver level: transactions are explicit (BEGIN IMMEDIATE),
-        # so a reader never holds a lock and writers queue on busy_timeout.
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-    except sqlite3.Error as exc:
-        raise FleetDBError(f"{path}: cannot open the SQLite database: {_first_line(exc)}") from None
-    return FleetDB(conn, "sqlite", path)
-
-
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
-def _open_postgres(url: str) -> FleetDB:
-    where = _redact(url)
-    try:
-        import psycopg
-    except ImportError:
-        raise FleetDBError(f"{where}: PostgreSQL needs psycopg 3: pip install 'trustfleet[postgres]'") from None
-
-    def connect() -> Any:
-        try:
-            return psycopg.connect(url, autocommit=False, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise FleetDBError(f"{where}: cannot connect: {_first_line(exc)}") from None
-
-    return FleetDB(connect(), "postgresql", where, reconnect=connect)
+    return FleetDB(*sql.connect(os.fspath(target)))

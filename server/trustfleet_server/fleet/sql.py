@@ -1,0 +1,157 @@
+"""The SQL shim: one connection to SQLite or PostgreSQL, the same SQL on both.
+
+`connect(target)` takes a file path (SQLite, WAL mode) or a `postgresql://`
+URL (psycopg 3, installed with the `postgres` extra). Queries are written
+with `?` placeholders; rows are read by column name (`Connection.rows`).
+Every driver error becomes a FleetDBError: a database failure, never a
+usage error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from trustfleet_server.errors import FleetStoreError
+
+
+class FleetDBError(FleetStoreError):
+    """The fleet database cannot be opened or used (exit code 2)."""
+
+
+def is_postgres(target: str) -> bool:
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+class Connection:
+    """A connection and its dialect. Not thread-safe: one per thread or process."""
+
+    def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None) -> None:
+        self._conn = conn
+        self.dialect = dialect
+        self.where = where
+        self._reconnect = reconnect
+        self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        if dialect == "postgresql":
+            import psycopg
+
+            self._errors = (psycopg.Error,)
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.dialect == "postgresql" else sql
+
+    @contextlib.contextmanager
+    def _tx(self, what: str, write: bool = False) -> Iterator[Any]:
+        """A transaction; every driver error becomes a FleetDBError naming `what`.
+
+        On SQLite a writer takes the write lock up front (BEGIN IMMEDIATE), so
+        two writers queue on the busy timeout instead of failing on upgrade.
+        """
+        if self._reconnect is not None and getattr(self._conn, "closed", False):
+            self._conn = self._reconnect()
+        try:
+            if self.dialect == "sqlite":
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            cur = self._conn.cursor()
+            try:
+                yield cur
+            except BaseException:
+                self._conn.rollback()
+                raise
+            self._conn.commit()
+        except self._errors as exc:
+            with contextlib.suppress(Exception):
+                self._conn.rollback()
+            raise FleetDBError(f"{self.where}: {what} failed: {first_line(exc)}") from None
+
+    def _exec(self, cur: Any, sql: str, params: Sequence = ()) -> Any:
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    @staticmethod
+    def rows(cur: Any) -> list[dict]:
+        """The cursor's remaining rows, each a dict by column name."""
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    @staticmethod
+    def row(cur: Any) -> dict | None:
+        """The cursor's next row as a dict by column name, or None."""
+        r = cur.fetchone()
+        return None if r is None else dict(zip([d[0] for d in cur.description], r, strict=True))
+
+    def _executemany_changes(self, cur: Any, sql: str, rows: list[tuple]) -> int:
+        """executemany, returning how many rows it inserted or updated."""
+        if self.dialect == "sqlite":
+            # sqlite3's rowcount after executemany does not count upserts reliably.
+            before = self._conn.total_changes
+            cur.executemany(sql, rows)
+            return self._conn.total_changes - before
+        cur.executemany(self._sql(sql), rows)
+        return max(cur.rowcount, 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+
+
+def connect(target: str | os.PathLike[str]) -> tuple[Any, str, str, Any]:
+    """(driver connection, dialect, where, reconnect) for a path or a postgresql:// URL.
+
+    libpq URL options work, e.g. `?options=-csearch_path%3Dtrustfleet` for a
+    schema. `where` names the target for messages, without its password.
+
+    Raises:
+        FleetDBError: cannot open or connect.
+    """
+    target = os.fspath(target)
+    if is_postgres(target):
+        return _connect_postgres(target)
+    return _connect_sqlite(target), "sqlite", target, None
+
+
+def _connect_sqlite(path: str) -> Any:
+    try:
+        # Autocommit at the driver level: transactions are explicit (BEGIN IMMEDIATE),
+        # so a reader never holds a lock and writers queue on busy_timeout.
+        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except sqlite3.Error as exc:
+        raise FleetDBError(f"{path}: cannot open the SQLite database: {first_line(exc)}") from None
+    return conn
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _connect_postgres(url: str) -> tuple[Any, str, str, Any]:
+    where = _redact(url)
+    try:
+        import psycopg
+    except ImportError:
+        raise FleetDBError(f"{where}: PostgreSQL needs psycopg 3: pip install 'trustfleet[postgres]'") from None
+
+    def connect() -> Any:
+        try:
+            return psycopg.connect(url, autocommit=False, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise FleetDBError(f"{where}: cannot connect: {first_line(exc)}") from None
+
+    return connect(), "postgresql", where, connect
