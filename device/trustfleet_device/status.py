@@ -66,6 +66,8 @@ FIELDS = (
 )
 NAMES = tuple(name for name, _ in FIELDS)
 KIND = dict(FIELDS)
+# validate() checks kind by kind, so a message with several faults names the same one as before.
+_CHECK_ORDER = tuple((n, k) for kind in (STATE, NAME, INTS, INT, TEXT, TEXTS) for n, k in FIELDS if k == kind)
 
 
 def _is_int(v):
@@ -147,10 +149,8 @@ def validate(msg):
     naming the field.
     """
     out = {}
-    for name, kind in FIELDS:
+    for name, kind in _CHECK_ORDER:
         v = msg.get(name)
-        if kind == BUCKET:
-            continue
         if kind == STATE:
             if not isinstance(v, str) or not 1 <= len(v) <= MAX_STATE:
                 raise ValueError(("state must be a short string, got %r" % (v,))[:200])
@@ -180,4 +180,4 @@ def validate(msg):
                 raise ValueError("%s must be a string" % name)
             topics.check_name(v, name)
         out[name] = v
-    return out
+    return dict((name, out[name]) for name in NAMES if name in out)

@@ -301,7 +301,7 @@ class FleetDB(sql.Connection):
             except StatusError as exc:
                 result.rejected.append((device_id, str(exc)))
                 continue
-            if row["state"] == "offline":
+            if row["state"] == schema.OFFLINE:
                 params = (fleet, device_id, row["bucket"], now, now, row["raw"])
                 kind = "offline"
             else:
