@@ -139,7 +139,7 @@ def bench_convergence(broker: simulate.BrokerHandle, devices: int, rounds: int, 
         reader.close()
         with_retained = [(topics.bundle(fleet.name), b"")]
         if not broker.controlled:
-            from trustfleet_server.serve.server import publish_retained
+            from trustfleet_server.serve.link import publish_retained
 
             publish_retained(broker.url, with_retained)
     fanout = asyncio.run(raw_fanout(broker.url, devices, fleet.bundle(99), rounds))

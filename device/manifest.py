@@ -17,6 +17,7 @@ package(
     files=(
         "__init__.py",
         "agent.py",
+        "backoff.py",
         "cbor.py",
         "cose.py",
         "ct.py",

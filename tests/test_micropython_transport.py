@@ -804,5 +804,9 @@ def test_transport_source_has_nothing_micropython_lacks():
     src = (Path(__file__).resolve().parents[1] / "device/trustfleet_device/transports/mqtt.py").read_text()
     top = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert top == ["from trustfleet_device import topics",
+                   "from trustfleet_device.backoff import Backoff",
                    "from trustfleet_device.errors import TransportError, TrustfleetError"]
     assert "f\"" not in src and "f'" not in src
+    backoff = (Path(__file__).resolve().parents[1] / "device/trustfleet_device/backoff.py").read_text()
+    assert not [ln for ln in backoff.splitlines() if ln.startswith(("import ", "from "))]
+    assert "f\"" not in backoff and "f'" not in backoff

@@ -567,9 +567,11 @@ def test_serve_reconnects_after_the_broker_restarts(private_mosquitto, tmp_path)
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap():
-    b = server.Backoff(base=1.0, cap=8.0, rng=lambda: 1.0)
-    assert [b.next() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    low = server.Backoff(base=1.0, cap=8.0, rng=lambda: 0.0)
-    assert [low.next() for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    # serve reconnects with the devices' Backoff, in milliseconds: 1 s doubling to 60 s.
+    assert (server.RECONNECT_FIRST_MS, server.RECONNECT_CAP_MS) == (1000, 60000)
+    b = server.Backoff(1000, 8000, lambda: 1.0)
+    assert [b.next_ms() / 1000 for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    low = server.Backoff(1000, 8000, lambda: 0.0)
+    assert [low.next_ms() / 1000 for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
     b.reset()
-    assert b.next() == 1.0
+    assert b.next_ms() / 1000 == 1.0

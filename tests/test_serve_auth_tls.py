@@ -9,7 +9,7 @@ codes and stderr are exactly what an operator sees. The commands trust the
 system CA store (paho's `tls_set()` without a CA file); the test points
 OpenSSL's default store at its own CA with SSL_CERT_FILE.
 
-What this pins in trustfleet_server.serve.server.Link:
+What this pins in trustfleet_server.serve.link.Link:
 
 - `username_pw_set`: publish and serve log in as the operator and the
   server identity; without it the broker sees an anonymous client and

@@ -32,7 +32,7 @@ Per connection, in this order:
 
 Reconnecting is ours, not paho's (paho's reconnect_delay_set resets its
 delay on any connect, CONNACK or not): capped, jittered exponential
-backoff (trustfleet_device.transports.mqtt.Backoff, the same rule as on the board),
+backoff (trustfleet_device.backoff.Backoff, the same rule as on the board),
 first_s doubling up to cap_s, each delay drawn from [d/2, d], reset only
 by a successful CONNACK. While disconnected the session still ticks; its
 newest status and a few reports wait for the next connection (a status
@@ -58,8 +58,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from trustfleet_device.backoff import Backoff
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_device.transports.mqtt import Backoff
 from trustfleet_pi.config import ConfigError, MqttConfig
 
 QUEUE_MAX = 1000          # messages from the broker not yet handled

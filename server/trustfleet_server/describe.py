@@ -7,7 +7,6 @@ says that it did not verify it); nothing here decides trust.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 from typing import Any
 
@@ -16,10 +15,7 @@ from cryptography import x509
 from trustfleet_device import documents as device_docs
 from trustfleet_device import x509 as x509_device
 from trustfleet_server.documents import Document
-
-
-def iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from trustfleet_server.times import iso
 
 
 def b64(raw: bytes) -> str:
@@ -36,7 +32,7 @@ def _anchor(a: device_docs.Anchor) -> dict[str, Any]:
         from trustfleet_server import x509util
 
         label = x509util.subject_label(cert.subject)
-        not_after = iso(int(cert.not_valid_after_utc.timestamp()))
+        not_after = iso(cert.not_valid_after_utc)
         pin = x509util.pin_b64(cert)
     except ValueError:
         label, not_after, pin = "(unparseable certificate)", None, None

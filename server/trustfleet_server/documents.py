@@ -13,11 +13,14 @@ hint for finding the key; verification never trusts it beyond that.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from trustfleet_device import cbor, cose, documents
+from trustfleet_device import cbor, cose, documents, policy
+from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.errors import DecodeError, PolicyError
 from trustfleet_device.limits import DEFAULT, Limits
 from trustfleet_server import keys
@@ -112,3 +115,19 @@ def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def sha256(raw: bytes) -> bytes:
     return hashlib.sha256(raw).digest()
+
+
+def read_file(path: Path) -> bytes:
+    """A document file. Raises: OSError, LimitError (past the device's document size limit)."""
+    return read_capped(path, DEFAULT.max_document)
+
+
+def load_root_chain(paths: Sequence[Path]) -> documents.Root:
+    """The first root is trusted as given (self-consistent); later ones must chain from it.
+
+    Raises: TrustfleetError when a root does not verify.
+    """
+    root = policy.load_trusted_root(read_file(paths[0]))
+    for p in paths[1:]:
+        root = policy.verify_root_update(root, read_file(p))
+    return root

@@ -1,9 +1,10 @@
 """Lints for a bundle payload: the mistakes that brick a fleet or quietly void its pins.
 
-Pure functions: given the payload map (as `spec.load_spec` builds it, or as a
-bundle file decodes), the chains the operator supplied, the public roots and
-the time, return findings. Nothing here reads files, the clock or certifi;
-`cmd_lint` and `cmd_bundle` do that and pass the results in.
+The rules are pure functions: given the payload map (as `spec.load_spec`
+builds it, or as a bundle file decodes), the chains the operator supplied,
+the public roots and the time, they return findings. Only the last section
+(inputs) reads files, certifi and the clock, for `trustfleet lint` and
+`bundle build`.
 
 Every rule has a stable code (TF1xx), a fixed severity and a one-line fix;
 docs/lints.md lists them. A code never changes meaning: new checks get new
@@ -19,18 +20,24 @@ An end-entity certificate is the server's own key, never "infrastructure".
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtensionOID
 
+from trustfleet_device import cbor, cose
 from trustfleet_device import documents as device_docs
-from trustfleet_server import describe, x509util
+from trustfleet_device.errors import TrustfleetError
+from trustfleet_device.limits import DEFAULT
+from trustfleet_server import describe, documents, spec, x509util
+from trustfleet_server.errors import UsageError
+from trustfleet_server.times import iso
 
 ERROR = "error"
 WARNING = "warning"
@@ -228,10 +235,6 @@ def _b64(pin: bytes) -> str:
     return base64.b64encode(pin).decode("ascii")
 
 
-def _iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _days(seconds: int) -> str:
     return f"{seconds // 86400} days"
 
@@ -364,10 +367,10 @@ def _lint_pinset(i: int, pinset: Mapping[str, Any], *, now: int, base: int, hori
         out.append(_finding("TF103", where, "no expiry: pins would be enforced forever, and devices "
                             "that miss an update stay pinned to old keys"))
     elif expires <= now:
-        out.append(_finding("TF104", where, f"pins expired at {_iso(expires)}: they are no longer "
+        out.append(_finding("TF104", where, f"pins expired at {iso(expires)}: they are no longer "
                             "enforced (devices fall back to CA validation)"))
     elif expires > base + horizon:
-        out.append(_finding("TF105", where, f"pins expire {_iso(expires)}, {_days(expires - base)} "
+        out.append(_finding("TF105", where, f"pins expire {iso(expires)}, {_days(expires - base)} "
                             f"after issue; the horizon is {_days(horizon)}"))
     if chains:
         held = set().union(*(c.pins() for c in chains))
@@ -400,8 +403,8 @@ def _lint_anchors(payload: Mapping[str, Any], *, now: int, distrust: set[bytes])
         where = f"anchors[{i}] {info.label}"
         if info.not_after is not None and _is_time(expires_at) and info.not_after < expires_at:
             already = " (already expired)" if info.not_after <= now else ""
-            out.append(_finding("TF108", where, f"expires {_iso(info.not_after)}{already}, before the "
-                                f"bundle ({_iso(expires_at)}): devices lose this anchor while the "
+            out.append(_finding("TF108", where, f"expires {iso(info.not_after)}{already}, before the "
+                                f"bundle ({iso(expires_at)}): devices lose this anchor while the "
                                 "bundle is still current"))
         if info.identity in seen_ids:
             out.append(_finding("TF109", where, f"the same certificate as anchors[{seen_ids[info.identity]}]"))
@@ -428,3 +431,68 @@ def counts(findings: Iterable[Finding]) -> dict[str, int]:
 def failed(findings: Sequence[Finding], *, strict: bool) -> bool:
     """True when the findings should fail the command: any error, or any finding with strict."""
     return any(strict or f.severity == ERROR for f in findings)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def horizon_seconds(text: str) -> int:
+    """--horizon as seconds: a duration like '400d', longer than zero. Raises: UsageError."""
+    seconds = spec.parse_duration(text, "--horizon")
+    if seconds <= 0:
+        raise UsageError("--horizon: must be longer than zero")
+    return seconds
+
+
+def load_chains(paths: Sequence[str | Path]) -> list[Chain]:
+    """Read --chain files: certificates (a chain, or a directory) or a public key each."""
+    return [Chain(str(p), x509util.load_pin_subject(p)) for p in paths]
+
+
+def public_roots(path: str | Path | None = None) -> PublicRoots:
+    """The public roots: certificates from `path`, else certifi's Mozilla roots."""
+    if path:
+        return PublicRoots(x509util.load_certificates(path))
+    certs, _ = x509util.certifi_certificates_with_skipped()
+    return PublicRoots(certs)
+
+
+def spec_chains(report: spec.BuildReport) -> dict[int, list[Chain]]:
+    """The per-pin-set `chains = [...]` of a spec, as lint chains."""
+    return {i: [Chain(name, subjects) for name, subjects in chains]
+            for i, chains in report.pinset_chains.items()}
+
+
+def lint_built(payload: dict, report: spec.BuildReport, *, chain_files: Sequence[str | Path],
+               horizon: str, now: int | None = None) -> list[Finding]:
+    """The lints `bundle build` runs on the payload it just built."""
+    return lint_payload(payload, now=int(time.time()) if now is None else now,
+                        horizon=horizon_seconds(horizon), chains=load_chains(chain_files),
+                        pinset_chains=spec_chains(report), public_roots=public_roots())
+
+
+def printable(text: str) -> str:
+    """Escape control characters: labels and domains come from certificates and files."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _looks_like_cbor(data: bytes) -> bool:
+    # A payload is a CBOR map (major type 5); a signed document is tag 98 or 18.
+    return bool(data) and (0xA0 <= data[0] <= 0xBF or data[:2] == b"\xd8\x62" or data[0] == 0xD2)
+
+
+def read_target(path: Path, now: int) -> tuple[str, dict, dict[int, list[Chain]], list[str]]:
+    """(kind "spec" or "bundle", payload map, per-pin-set chains, notes) of a lint target."""
+    data = documents.read_file(path)
+    if not _looks_like_cbor(data):
+        payload, report = spec.load_spec(path, now=now, lint=True)
+        return "spec", payload, spec_chains(report), list(report.warnings)
+    try:
+        body = cose.parse(data, DEFAULT).unverified_payload if data[0] in (0xD8, 0xD2) else data
+        payload = cbor.decode(body, DEFAULT)
+    except TrustfleetError as exc:
+        raise UsageError(f"{path}: not a bundle spec (TOML) or a readable bundle: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("type") != "bundle":
+        kind = payload.get("type") if isinstance(payload, dict) else None
+        raise UsageError(f"{path}: a {kind or 'non-trustfleet'} document, not a bundle")
+    return "bundle", payload, {}, ["the bundle was read without verifying its signatures"]

@@ -45,6 +45,7 @@ from cryptography import x509
 from trustfleet_device import documents as device_docs
 from trustfleet_device.errors import DecodeError, TrustfleetError
 from trustfleet_server import x509util
+from trustfleet_server.times import iso
 
 ANCHOR_CHOICES = ("system", "bundle", "both")
 NSC_DIGEST = "SHA-256"
@@ -124,16 +125,12 @@ def _common_warnings(b: device_docs.Bundle, pinsets: Sequence[device_docs.PinSet
                    "the app keeps trusting CAs with those keys")
     for p in pinsets:
         if p.expires % 86400:
-            out.append(f"{p.domain}: pins expire at {_iso(p.expires)}; {target} takes a date, "
+            out.append(f"{p.domain}: pins expire at {iso(p.expires)}; {target} takes a date, "
                        f"so they stop being enforced from {pin_date(p.expires)} 00:00")
         if now is not None and p.expires <= now:
             out.append(f"{p.domain}: the pin-set already expired ({pin_date(p.expires)}); "
                        "the app will not enforce it")
     return out
-
-
-def _iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _check_unique(pinsets: Sequence[device_docs.PinSet], target: str) -> None:

@@ -24,16 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device import documents as device_docs
-from trustfleet_server import x509util
+from trustfleet_server import times, x509util
 from trustfleet_server.errors import UsageError
 
 
 class SpecError(UsageError):
     """The bundle spec is invalid; the message names the key (exit code 2)."""
 
-
-_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 TOP_KEYS = {"fleet", "version", "issued_at", "expires", "policy", "anchors", "pinsets", "distrust"}
 POLICY_KEYS = {"user_anchors", "max_timestamp_age"}
@@ -71,11 +68,10 @@ def parse_time(value: Any, where: str, base: int | None = None) -> int:
     if isinstance(value, dt.date):
         return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp())
     if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m:
+        if times.is_duration(value):
             if base is None:
                 raise SpecError(f"{where}: a duration needs a reference time")
-            return base + int(m.group(1)) * _UNITS[m.group(2)]
+            return base + parse_duration(value, where)
         try:
             parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
@@ -85,14 +81,8 @@ def parse_time(value: Any, where: str, base: int | None = None) -> int:
 
 
 def parse_duration(value: Any, where: str) -> int:
-    """Seconds from an int or a string like '48h'."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        m = _DURATION.match(value.strip())
-        if m:
-            return int(m.group(1)) * _UNITS[m.group(2)]
-    raise SpecError(f"{where}: expected a duration like '48h' or a number of seconds")
+    """Seconds from an int or a string like '48h' (times.parse_duration, strict)."""
+    return times.parse_duration(value, where, error=SpecError)
 
 
 def decode_pin(text: Any, where: str) -> bytes:

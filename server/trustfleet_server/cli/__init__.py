@@ -1,7 +1,8 @@
 """The `trustfleet` operator command line.
 
-Each command group lives in its own module exposing ``register(subparsers)``;
-this file only wires them together and turns typed errors into one-line
+Each command group lives in its own module exposing ``register(subparsers)``
+and ``cmd_*`` handlers that parse, call the library and print (common.py holds
+what two groups share); this file only wires them together and turns typed errors into one-line
 messages and exit codes:
 
     0  success
@@ -16,40 +17,22 @@ import sys
 
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server.cli import (
-    broker as cmd_broker,
+    broker,
+    brokerconfig,
+    bundle,
+    demo,
+    device,
+    export,
+    fleet,
+    keys,
+    lint,
+    root,
+    simulate,
 )
-from trustfleet_server.cli import (
-    brokerconfig as cmd_brokerconfig,
-)
-from trustfleet_server.cli import (
-    bundle as cmd_bundle,
-)
-from trustfleet_server.cli import (
-    device as cmd_device,
-)
-from trustfleet_server.cli import (
-    export as cmd_export,
-)
-from trustfleet_server.cli import (
-    fleet as cmd_fleet,
-)
-from trustfleet_server.cli import (
-    keys as cmd_keys,
-)
-from trustfleet_server.cli import (
-    lint as cmd_lint,
-)
-from trustfleet_server.cli import (
-    root as cmd_root,
-)
-from trustfleet_server.cli import (
-    simulate as cmd_simulate,
-)
-from trustfleet_server.demo import fleet as demo
 from trustfleet_server.errors import OperatorError
 
-GROUPS = (cmd_keys, cmd_root, cmd_bundle, cmd_lint, cmd_export, cmd_fleet, cmd_simulate, cmd_broker,
-          cmd_brokerconfig, cmd_device, demo)
+# In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
+GROUPS = (keys, root, bundle, lint, export, fleet, simulate, broker, brokerconfig, device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
+    demo.register(sub, main)
     return parser
 
 

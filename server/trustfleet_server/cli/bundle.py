@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 from trustfleet_device import policy
-from trustfleet_device._cpython.files import read_capped, write_atomic
+from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_device.limits import DEFAULT
-from trustfleet_server import describe, documents, keys, spec
-from trustfleet_server.cli import lint as cmd_lint
+from trustfleet_server import describe, documents, keys, lint, spec, times
+from trustfleet_server.cli import common
 
 EXAMPLE_SPEC = """\
 example spec (bundle.toml):
@@ -57,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, required=True, help="where to write the unsigned payload")
     p.add_argument("--version", type=int, help="override the spec's version")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
-    cmd_lint.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
+    common.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
     p.set_defaults(func=cmd_build)
 
     p = bsub.add_parser("sign", help="add ONE signature to a document (run once per key)",
@@ -66,8 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "one is appended, so every key can stay on its own offline machine.",
                         epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "
                                "&& trustfleet bundle sign --key k2.pem bundle.cbor")
-    add_sign_arguments(p)
-    p.set_defaults(func=cmd_sign)
+    common.add_sign_arguments(p)
+    p.set_defaults(func=common.cmd_sign)
 
     p = bsub.add_parser("verify", help="verify a signed bundle against a root",
                         description="Verify a signed bundle exactly as a device would: envelope, "
@@ -84,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("inspect", help="show what a document contains (does not verify)")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=common.cmd_inspect)
 
     p = bsub.add_parser("diff", help="show what changed between two bundles")
     p.add_argument("a", type=Path)
@@ -105,27 +104,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_timestamp)
 
 
-def add_sign_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", type=Path, required=True, help="private key (PKCS#8 PEM)")
-    p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
-    p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
-    p.add_argument("file", type=Path, help="unsigned payload or signed document")
-    p.add_argument("-o", "--out", type=Path, help="output file (default: replace the input)")
-    p.add_argument("--json", action="store_true")
-
-
-def _read(path: Path) -> bytes:
-    return read_capped(path, DEFAULT.max_document)
-
-
 def cmd_build(args: argparse.Namespace) -> int:
     payload_map, report = spec.load_spec(args.spec, version=args.version)
     payload = documents.encode_payload(payload_map)
-    findings = cmd_lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon)
+    findings = lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for f in findings:
-        print(cmd_lint.printable(f"{'error' if args.strict else 'warning'}: {f.line()}"),
+        print(lint.printable(f"{'error' if args.strict else 'warning'}: {f.line()}"),
               file=sys.stderr)
     if args.strict and findings:
         reason = f"{len(findings)} lint finding(s) with --strict; nothing written"
@@ -149,38 +135,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sign(args: argparse.Namespace) -> int:
-    passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
-    key = keys.load_private_key(args.key, passphrase)
-    raw = _read(args.file)
-    signed = documents.add_signature(raw, key)
-    out = args.out or args.file
-    write_atomic(out, signed)
-    doc = documents.read_document(signed)
-    kid = keys.kid_hex(key)
-    if args.json:
-        print(json.dumps({"out": str(out), "type": doc.doc_type, "kid": kid,
-                          "signatures": len(doc.kids), "bytes": len(signed)}))
-    else:
-        print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
-    return 0
-
-
-def load_root_chain(paths: list[Path]):
-    """The first root is trusted as given (self-consistent); later ones must chain from it."""
-    root = policy.load_trusted_root(_read(paths[0]))
-    for p in paths[1:]:
-        root = policy.verify_root_update(root, _read(p))
-    return root
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     now = spec.parse_time(args.at, "--at") if args.at else int(time.time())
     raw = None
     result = {"valid": False, "version": None, "reason": None, "file": str(args.file)}
     try:
-        raw = _read(args.file)
-        root = load_root_chain(args.root)
+        raw = documents.read_file(args.file)
+        root = documents.load_root_chain(args.root)
         b = policy.verify_bundle(root, raw, installed_version=args.installed_version, now=now)
     except TrustfleetError as exc:
         result["reason"] = str(exc)
@@ -192,7 +153,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"invalid: {exc}", file=sys.stderr)
         return 1
     result.update({"valid": True, "version": b.version, "fleet": b.fleet,
-                   "expires_at": describe.iso(b.expires_at), "root_version": root.version,
+                   "expires_at": times.iso(b.expires_at), "root_version": root.version,
                    "sha256": documents.sha256(raw).hex()})
     if args.json:
         print(json.dumps(result))
@@ -214,17 +175,10 @@ def _claimed_version(raw: bytes) -> int | None:
     return version if isinstance(version, int) else None
 
 
-def cmd_inspect(args: argparse.Namespace) -> int:
-    raw = _read(args.file)
-    info = describe.describe(documents.read_document(raw), raw)
-    print(json.dumps(info, indent=2) if args.json else describe.render(info))
-    return 0
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
     infos = []
     for path in (args.a, args.b):
-        raw = _read(path)
+        raw = documents.read_file(path)
         infos.append(describe.describe(documents.read_document(raw), raw))
     changes = describe.diff(*infos)
     if args.json:
@@ -237,7 +191,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_timestamp(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
-    raw = _read(args.bundle)
+    raw = documents.read_file(args.bundle)
     doc = documents.read_document(raw)
     if doc.doc_type != "bundle" or not doc.signed:
         raise spec.SpecError(f"{args.bundle}: expected a signed bundle")
@@ -250,5 +204,5 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
         "bundle_version": b.version, "bundle_sha256": documents.sha256(raw),
     })
     write_atomic(args.out, documents.sign1(payload, key))
-    print(f"timestamp {describe.iso(when)} for bundle v{b.version} -> {args.out}")
+    print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
     return 0

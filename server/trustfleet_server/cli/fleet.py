@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device import policy, topics
-from trustfleet_device.errors import PolicyError, RollbackError, TrustfleetError
-from trustfleet_server import documents, keys, mqtturl, rollout, spec
-from trustfleet_server.cli.bundle import _read, load_root_chain
-from trustfleet_server.describe import iso
+from trustfleet_device.errors import RollbackError, TrustfleetError
+from trustfleet_server import documents, keys, mqtturl, publish, render, rollout, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.times import iso
 
 RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_WAVES = "1%,10%,50%,100%"
@@ -135,11 +134,6 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=None, sort_keys=False, default=str))
 
 
-def _refused(path: Path, exc: TrustfleetError) -> TrustfleetError:
-    """The same error type, naming the file."""
-    return type(exc)(f"{path}: {exc}")
-
-
 # --------------------------------------------------------------------------- publish
 
 
@@ -160,84 +154,10 @@ def _register_publish(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_publish)
 
 
-def bundle_topic(fleet: str, target: str) -> str:
-    """The topic for --to fleet | group:NAME | bucket:N. Raises: UsageError."""
-    if target == "fleet":
-        return topics.bundle(fleet)
-    kind, _, value = target.partition(":")
-    if kind == "group" and value:
-        try:
-            return topics.group_bundle(fleet, topics.check_name(value, "group"))
-        except ValueError as exc:
-            raise UsageError(f"--to: {exc}") from None
-    if kind == "bucket" and value.isdigit() and 0 <= int(value) < topics.BUCKETS:
-        return topics.bucket_bundle(fleet, int(value))
-    raise UsageError(f"--to {target!r}: expected fleet, group:NAME or bucket:N with N in 0..99")
-
-
-def _doc_type(path: Path, raw: bytes) -> tuple[str, Any]:
-    """(type, unverified payload object) of a signed document. Raises: TrustfleetError."""
-    try:
-        doc = documents.read_document(raw)
-    except TrustfleetError as exc:
-        raise _refused(path, exc) from None
-    if not doc.signed:
-        raise PolicyError(f"{path}: an unsigned {doc.doc_type} payload; sign it before publishing")
-    return doc.doc_type, documents.KNOWN_TYPES[doc.doc_type](doc.payload)
-
-
-def plan_publish(root_paths: list[Path], files: list[Path], target: str, now: int) -> list[dict]:
-    """Verify every file and say where it goes; nothing is published when one fails.
-
-    Raises:
-        TrustfleetError: a document does not verify (exit 1).
-        UsageError: a bad --to, or two bundles for one topic.
-    """
-    chain = [_read(p) for p in root_paths]
-    root = load_root_chain(root_paths)
-    known = set(chain)
-    loaded = []
-    for path in files:
-        raw = _read(path)
-        kind, claimed = _doc_type(path, raw)
-        loaded.append((path, raw, kind, claimed))
-    # Roots first, in version order, so a bundle signed by new keys follows its root.
-    loaded.sort(key=lambda x: (x[2] != "root", x[3].version if x[2] == "root" else 0))
-    plan = []
-    bundle_topics: set[str] = set()
-    for path, raw, kind, claimed in loaded:
-        try:
-            if kind == "root":
-                if raw in known:
-                    version = claimed.version  # already verified: it is one of the --root chain
-                else:
-                    root = policy.verify_root_update(root, raw)
-                    known.add(raw)
-                    version = root.version
-                topic = topics.root(root.fleet, version)
-                info = {"version": version}
-            elif kind == "bundle":
-                b = policy.verify_bundle(root, raw, now=now)
-                topic = bundle_topic(root.fleet, target)
-                if topic in bundle_topics:
-                    raise UsageError(f"{path}: two bundles for {topic}; the second would replace the first")
-                bundle_topics.add(topic)
-                info = {"version": b.version, "expires_at": iso(b.expires_at)}
-            else:
-                ts = policy.verify_timestamp(root, raw)
-                topic = topics.timestamp(root.fleet)
-                info = {"time": iso(ts.time), "bundle_version": ts.bundle_version}
-        except TrustfleetError as exc:
-            raise _refused(path, exc) from None
-        plan.append({"file": str(path), "type": kind, "topic": topic, "bytes": len(raw),
-                     "sha256": documents.sha256(raw).hex(), "raw": raw, **info})
-    return plan
-
-
 def cmd_publish(args: argparse.Namespace) -> int:
     url = mqtturl.parse(args.broker)
-    plan = plan_publish(args.root, args.files, args.to, int(time.time()))
-    from trustfleet_server.serve.server import publish_retained
+    plan = publish.plan_publish(args.root, args.files, args.to, int(time.time()))
+    from trustfleet_server.serve.link import publish_retained
 
     protocol = publish_retained(url, [(p["topic"], p["raw"]) for p in plan])
     for p in plan:
@@ -280,16 +200,6 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _seconds(value: str, option: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        return float(spec.parse_duration(value, option))
-    if number <= 0:
-        raise UsageError(f"{option}: must be positive, got {value}")
-    return number
-
-
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under pytest)."""
 
@@ -320,12 +230,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.timestamp_key:
         passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
         key = keys.load_private_key(args.timestamp_key, passphrase)
-    every = _seconds(args.timestamp_every, "--timestamp-every")
-    step = _seconds(args.step_every, "--step-every")
-    duration = _seconds(args.duration, "--duration") if args.duration else None
+    every = times.positive_seconds(args.timestamp_every, "--timestamp-every")
+    step = times.positive_seconds(args.step_every, "--step-every")
+    duration = times.positive_seconds(args.duration, "--duration") if args.duration else None
     _setup_logging(args.verbose)
     with _open(args.db) as db:
-        server = FleetServer(url, fleet, [_read(p) for p in args.root], db, key, every, step,
+        server = FleetServer(url, fleet, [documents.read_file(p) for p in args.root], db, key, every, step,
                              client_id=args.client_id)
         stats = server.run(once=args.once, duration=duration)
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
@@ -399,18 +309,18 @@ def _register_rollout(sub: argparse._SubParsersAction) -> None:
 def cmd_rollout_start(args: argparse.Namespace) -> int:
     fleet = _check_fleet(args.fleet)
     now = int(time.time())
-    raw = _read(args.bundle)
-    root = load_root_chain(args.root)
+    raw = documents.read_file(args.bundle)
+    root = documents.load_root_chain(args.root)
     if root.fleet != fleet:
         raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
     try:
         b = policy.verify_bundle(root, raw, now=now)
     except TrustfleetError as exc:
-        raise _refused(args.bundle, exc) from None
+        raise publish.refused(args.bundle, exc) from None
     try:
         waves = rollout.parse_groups(args.groups) if args.groups else rollout.parse_waves(
             args.waves or DEFAULT_WAVES)
-        deadline = int(_seconds(args.wave_deadline, "--wave-deadline"))
+        deadline = int(times.positive_seconds(args.wave_deadline, "--wave-deadline"))
         plan = rollout.new_rollout(fleet, b.version, documents.sha256(raw).hex(), raw, waves, now,
                                    args.success, args.max_failure, deadline)
     except rollout.RolloutError as exc:
@@ -429,26 +339,12 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
         db.add_event(r.id, now, f"started: v{r.version} in waves {names} (pass at "
                                 f"{r.success:.2f} within {r.deadline} s, halt above {r.max_failure:.2f})")
     if args.json:
-        _print_json(_rollout_json(r))
+        _print_json(render.rollout_json(r))
     else:
         print(f"rollout {r.id} started: bundle v{r.version} for fleet {fleet} in {len(r.waves)} "
               f"waves ({names}); `trustfleet serve` publishes the first wave on its next step")
         print(f"watch it: trustfleet fleet watch --db {args.db} --fleet {fleet}")
     return 0
-
-
-def _rollout_json(r: rollout.Rollout, waves: list[rollout.WaveProgress] | None = None,
-                  events: list[dict] | None = None) -> dict:
-    out = {"id": r.id, "fleet": r.fleet, "version": r.version, "sha256": r.sha256, "state": r.state,
-           "current_wave": r.current, "wave": r.wave.name if r.wave else None,
-           "waves": [w.to_json() for w in r.waves], "thresholds": r.thresholds(),
-           "started": r.started, "wave_started": r.wave_started, "finished": r.finished,
-           "halt_reason": r.halt_reason, "failing": list(r.failing), "published": list(r.published)}
-    if waves is not None:
-        out["progress"] = [w.to_json() for w in waves]
-    if events is not None:
-        out["events"] = events
-    return out
 
 
 def _find_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None,
@@ -472,9 +368,9 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
         waves = rollout.progress(r, db.devices(fleet), now)
         events = db.events(r.id, 10)
     if args.json:
-        _print_json(_rollout_json(r, waves, events))
+        _print_json(render.rollout_json(r, waves, events))
         return 0
-    print("\n".join(render_rollout(r, waves, now, tty=False)))
+    print("\n".join(render.render_rollout(r, waves, now, tty=False)))
     if events:
         print("events:")
         for e in events:
@@ -500,7 +396,7 @@ def cmd_rollout_change(args: argparse.Namespace) -> int:
                          + (f": {args.reason}" if args.action == "abort" else ""))
         cleared = []
         if url is not None and r.published:
-            from trustfleet_server.serve.server import publish_retained
+            from trustfleet_server.serve.link import publish_retained
 
             publish_retained(url, [(t, b"") for t in r.published])
             db.remove_published(r.id, list(r.published))
@@ -508,7 +404,7 @@ def cmd_rollout_change(args: argparse.Namespace) -> int:
             cleared = list(r.published)
             r = db.rollout(r.id)
     if args.json:
-        _print_json({**_rollout_json(r), "cleared": cleared})
+        _print_json({**render.rollout_json(r), "cleared": cleared})
         return 0
     print(f"rollout {r.id} (v{r.version}) is {r.state}")
     if args.action == "abort":
@@ -553,7 +449,7 @@ def _register_fleet(sub: argparse._SubParsersAction) -> None:
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     fleet = _check_fleet(args.fleet)
     now = int(time.time())
-    silent = int(_seconds(args.silent_after, "--silent-after"))
+    silent = int(times.positive_seconds(args.silent_after, "--silent-after"))
     with _open(args.db) as db:
         s = db.summary(fleet, now, silent_after=silent, limit=args.limit)
         r = db.latest_rollout(fleet)
@@ -563,97 +459,8 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(s)
         return 0
-    print("\n".join(render_summary(s, now)))
+    print("\n".join(render.render_summary(s, now)))
     return 0
-
-
-def _ago(now: int, ts: int | None) -> str:
-    if ts is None:
-        return "never"
-    d = max(0, now - ts)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= size:
-            return f"{d // size}{unit} ago"
-    return f"{d}s ago"
-
-
-def render_summary(s: dict, now: int) -> list[str]:
-    lines = [f"fleet {s['fleet']}: {s['devices']} device(s)"]
-    if s["table"]:
-        states = sorted({t["state"] for t in s["table"]})
-        versions: dict[Any, dict[str, int]] = {}
-        for t in s["table"]:
-            versions.setdefault(t["version"], {})[t["state"]] = t["count"]
-        header = f"  {'version':>8}" + "".join(f"{st:>10}" for st in states) + f"{'total':>8}"
-        lines.append(header)
-        for v in sorted(versions, key=lambda x: -1 if x is None else x, reverse=True):
-            row = versions[v]
-            label = "-" if v is None else f"v{v}"
-            lines.append(f"  {label:>8}" + "".join(f"{row.get(st, 0):>10}" for st in states)
-                         + f"{sum(row.values()):>8}")
-    if "rollout" in s:
-        ro_ = s["rollout"]
-        lines.append(f"rollout {ro_['id']}: v{ro_['version']} {ro_['state']}"
-                     + (f", wave {ro_['wave']}" if ro_["wave"] else ""))
-    sections = (("stale", "stale", lambda d: "; ".join(d["reasons"]) or "-"),
-                ("fail_open", "fail-open (pins expired, CA validation only)",
-                 lambda d: ", ".join(d["domains"])),
-                ("offline", "offline", lambda d: f"last seen {_ago(now, d['last_seen'])}"),
-                ("silent", "silent", lambda d: f"{d['state']}, last seen {_ago(now, d['last_seen'])}"))
-    for key, title, detail in sections:
-        count = s[f"{key}_count"]
-        if not count:
-            continue
-        lines.append(f"{title}: {count}")
-        for d in s[key]:
-            v = "-" if d["version"] is None else f"v{d['version']}"
-            lines.append(f"  {d['device']:<24} {v:>6}  {detail(d)}")
-        if count > len(s[key]):
-            lines.append(f"  ... and {count - len(s[key])} more")
-    if s["reports"]:
-        lines.append("recent reports:")
-        for rep in s["reports"]:
-            body = rep["report"]
-            what = body.get("reason") or body.get("noted-hostname") or ""
-            lines.append(f"  {iso(rep['time'])}  {rep['device']:<20} {rep['kind']}  {str(what)[:80]}")
-    return lines
-
-
-BAR = 30
-
-
-def _bar(p: rollout.WaveProgress) -> str:
-    total = p.members or 1
-    ok = round(BAR * p.succeeded / total)
-    bad = min(BAR - ok, round(BAR * p.failed / total))
-    return "[" + "#" * ok + "!" * bad + "." * (BAR - ok - bad) + "]"
-
-
-def render_rollout(r: rollout.Rollout, waves: list[rollout.WaveProgress], now: int,
-                   tty: bool = True) -> list[str]:
-    """Header plus one line (with a bar) per wave."""
-    head = f"rollout {r.id}: bundle v{r.version} for {r.fleet}, {r.state}"
-    if r.wave is not None:
-        head += f", wave {r.current + 1}/{len(r.waves)} ({r.wave.name})"
-    if r.halt_reason:
-        head += f" - {r.halt_reason}"
-    lines = [head]
-    width = max(len(w.name) for w in r.waves)
-    for p in waves:
-        counts = f"{p.succeeded}/{p.members} ok"
-        if p.failed:
-            counts += f", {p.failed} failed"
-        if p.pending:
-            counts += f", {p.pending} pending"
-        if p.offline or p.silent:
-            counts += f", {p.offline + p.silent} offline/silent"
-        tail = p.status
-        if p.status == "running" and p.deadline_at is not None:
-            tail += f", deadline in {max(0, p.deadline_at - now)}s"
-        lines.append(f"  {p.name:<{width}} {_bar(p)} {counts}  ({tail})")
-    for f in r.failing[:10]:
-        lines.append(f"  failing: {f['device']}: {f['reason']}")
-    return lines
 
 
 def cmd_fleet_watch(args: argparse.Namespace) -> int:
@@ -665,7 +472,7 @@ def cmd_fleet_watch(args: argparse.Namespace) -> int:
             while True:
                 now = int(time.time())
                 r = _find_rollout(db, fleet, args.id)
-                lines = render_rollout(r, rollout.progress(r, db.devices(fleet), now), now, tty)
+                lines = render.render_rollout(r, rollout.progress(r, db.devices(fleet), now), now, tty)
                 if tty:
                     if shown:  # back to the first line drawn, and clear below it
                         sys.stdout.write(f"\x1b[{len(shown)}F\x1b[J")

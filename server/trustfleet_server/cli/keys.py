@@ -20,8 +20,7 @@ import sys
 from typing import Any, NamedTuple
 
 from trustfleet_pi.tls import is_ip
-from trustfleet_server import keys, lint, x509util
-from trustfleet_server.cli import lint as cmd_lint
+from trustfleet_server import keys, lint, times, x509util
 from trustfleet_server.errors import UsageError
 
 GENERATE_DESCRIPTION = """\
@@ -326,7 +325,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
             for subject in subjects:
                 print(f"{x509util.pin_b64(subject.public_key)}  {_printable(subject.label)}")
         return 0
-    owners = lint.classify(subjects, cmd_lint.public_roots(args.public_roots))
+    owners = lint.classify(subjects, lint.public_roots(args.public_roots))
     records = [_pin_record(s, o, i) for i, (s, o) in enumerate(zip(subjects, owners, strict=True))]
     if args.json:
         if connection is None:
@@ -363,7 +362,7 @@ def _pin_record(
         "position": position,
         "subject": cert.subject.rfc4514_string() if cert else None,
         "issuer": cert.issuer.rfc4514_string() if cert else None,
-        "not_after": cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ") if cert else None,
+        "not_after": times.iso(cert.not_valid_after_utc) if cert else None,
         "pin_sha256": x509util.pin_b64(subject.public_key),
         "kind": owner["kind"],
         "owner": owner["owner"],

@@ -16,8 +16,8 @@ from pathlib import Path
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_server import describe, documents, keys, spec
-from trustfleet_server.cli import bundle as cmd_bundle
+from trustfleet_server import documents, keys, spec, times
+from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 
 
@@ -41,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rsub.add_parser("sign", help="add ONE signature to a root (run once per key)",
                         description="Add one signature. A rotated root needs signatures from a "
                                     "threshold of the OLD root keys and of the NEW root keys.")
-    cmd_bundle.add_sign_arguments(p)
-    p.set_defaults(func=cmd_bundle.cmd_sign)
+    common.add_sign_arguments(p)
+    p.set_defaults(func=common.cmd_sign)
 
     p = rsub.add_parser("rotate", help="make the next UNSIGNED root from the current one",
                         epilog="example: trustfleet root rotate --from root-v1.cbor "
@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rsub.add_parser("inspect", help="show a root's keys and thresholds")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_bundle.cmd_inspect)
+    p.set_defaults(func=common.cmd_inspect)
 
 
 def _add_role_arguments(p: argparse.ArgumentParser, required: bool) -> None:
@@ -154,7 +154,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    raw = cmd_bundle._read(args.previous)
+    raw = documents.read_file(args.previous)
     old = policy.load_trusted_root(raw)
     keymap = dict(old.spki)
     roles = {name: {"keys": list(r.kids), "threshold": r.threshold} for name, r in old.roles.items()}
@@ -166,9 +166,9 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    root = cmd_bundle.load_root_chain(args.files)
+    root = documents.load_root_chain(args.files)
     info = {"valid": True, "version": root.version, "fleet": root.fleet,
-            "expires": describe.iso(root.expires), "expired": root.expires <= time.time()}
+            "expires": times.iso(root.expires), "expired": root.expires <= time.time()}
     if args.json:
         print(json.dumps(info))
     else:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server.cli.bundle import _read
+from trustfleet_server import documents, times
 from trustfleet_server.errors import UsageError
+from trustfleet_server.publish import bundle_topic
 from trustfleet_server.sim import simulator as simulate
 
 EPILOG = """\
@@ -102,7 +103,7 @@ def faults_from(args: argparse.Namespace) -> simulate.Faults:
     share = simulate.parse_share
     return simulate.Faults(
         offline=share(args.offline, "--offline"),
-        offline_for=simulate.parse_seconds(args.offline_for, "--offline-for"),
+        offline_for=times.parse_duration(args.offline_for, "--offline-for", strict=False),
         clock_skew=args.clock_skew,
         stuck_2000=share(args.stuck_2000, "--stuck-2000"),
         power_cut=share(args.power_cut, "--power-cut"),
@@ -110,12 +111,12 @@ def faults_from(args: argparse.Namespace) -> simulate.Faults:
         health_fail_group=group,
         duplicate=share(args.duplicate, "--duplicate"),
         reorder=share(args.reorder, "--reorder"),
-        broker_restart_at=(simulate.parse_seconds(args.broker_restart_at, "--broker-restart-at")
+        broker_restart_at=(times.parse_duration(args.broker_restart_at, "--broker-restart-at", strict=False)
                            if args.broker_restart_at else None))
 
 
 def _verified_bundle(root_raw: bytes, path: Path, fleet: str) -> bytes:
-    raw = _read(path)
+    raw = documents.read_file(path)
     try:
         b = policy.verify_bundle(policy.load_trusted_root(root_raw), raw, now=int(time.time()))
     except TrustfleetError as exc:
@@ -127,8 +128,6 @@ def _verified_bundle(root_raw: bytes, path: Path, fleet: str) -> bytes:
 
 def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tuple[str, bytes] | None]:
     """The SimConfig and the (topic, bundle) to publish. Raises: UsageError, TrustfleetError."""
-    from trustfleet_server.cli.fleet import bundle_topic
-
     try:
         fleet = topics.check_name(args.fleet, "fleet")
         topics.check_name(args.id_prefix, "--id-prefix")
@@ -136,7 +135,7 @@ def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tupl
         raise UsageError(str(exc)) from None
     if args.devices < 1:
         raise UsageError("--devices must be at least 1")
-    root_raw = _read(args.root)
+    root_raw = documents.read_file(args.root)
     root = policy.load_trusted_root(root_raw)
     if root.fleet != fleet:
         raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
@@ -144,7 +143,7 @@ def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tupl
     publish = None
     if args.publish:
         publish = (bundle_topic(fleet, args.to), _verified_bundle(root_raw, args.publish, fleet))
-    chain = simulate.chain_ders(_read(args.chain), str(args.chain)) if args.chain else ()
+    chain = simulate.chain_ders(documents.read_file(args.chain), str(args.chain)) if args.chain else ()
     cfg = simulate.SimConfig(
         devices=args.devices, broker=url, fleet=fleet, root_raw=root_raw,
         groups=simulate.parse_group_split(args.group_split) if args.group_split else (),
@@ -154,7 +153,7 @@ def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tupl
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    timeout = simulate.parse_seconds(args.timeout, "--timeout")
+    timeout = times.parse_duration(args.timeout, "--timeout", strict=False)
     processes = args.processes if args.processes else simulate.default_processes(args.devices)
     if processes < 1:
         raise UsageError("--processes must be at least 1")

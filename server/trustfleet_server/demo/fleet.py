@@ -24,7 +24,6 @@ Everything is stopped at the end (devices, server, broker: its port closed).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import re
@@ -36,10 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trustfleet_device import topics
-from trustfleet_server import keys, rollout
+from trustfleet_server import keys, render, rollout
 from trustfleet_server.broker import mosquitto
-from trustfleet_server.cli import fleet as cmd_fleet
-from trustfleet_server.demo import offline as demo_offline
 from trustfleet_server.demo.offline import Step
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.sim import simulator as simulate
@@ -73,26 +70,6 @@ mode = "enforce"
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the fleet demo: broker, 50 devices, staged rollout, a bad bundle halted",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="scratch directory (replaced)")
-    p.add_argument("--offline", action="store_true",
-                   help="the offline walkthrough instead: keys, bundle, install with a TLS health check")
-    p.add_argument("--broker", metavar="URL|embedded|mosquitto",
-                   help="default: a private Mosquitto if installed, else the embedded broker")
-    p.add_argument("--devices", type=int, default=DEVICES, help=f"simulated devices (default {DEVICES})")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if args.offline:
-        return demo_offline.cmd_demo(args)
-    if args.devices < 10:
-        raise SystemExit("demo: --devices must be at least 10 (the canary wave is 10 %)")
-    return FleetDemo(args.out, args.broker or "auto", args.devices).run()
-
-
 def _q(path: Path | str) -> str:
     return str(path)
 
@@ -100,9 +77,9 @@ def _q(path: Path | str) -> str:
 class FleetDemo:
     """The fleet demo's steps and the background pieces it starts (and always stops)."""
 
-    def __init__(self, out: Path, broker: str, devices: int) -> None:
+    def __init__(self, out: Path, broker: str, devices: int, trustfleet: Callable[[list[str]], int]) -> None:
         self.out, self.broker_spec, self.devices = out, broker, devices
-        self.s = Step(out)
+        self.s = Step(out, trustfleet)
         self.broker: simulate.BrokerHandle | None = None
         self.server = None
         self.server_thread: threading.Thread | None = None
@@ -182,7 +159,7 @@ class FleetDemo:
         f = FLEET
         names = [topics.root(f, 1), topics.bundle(f), topics.timestamp(f), topics.group_bundle(f, "canary")]
         names += [topics.bucket_bundle(f, n) for n in range(topics.BUCKETS)]
-        from trustfleet_server.serve.server import publish_retained
+        from trustfleet_server.serve.link import publish_retained
 
         publish_retained(self.broker.url, [(t, b"") for t in names])
 
@@ -324,7 +301,7 @@ class FleetDemo:
             self.check_server()
             now = int(time.time())
             r = self.db.rollout(rollout_id)
-            lines = cmd_fleet.render_rollout(r, rollout.progress(r, self.db.devices(FLEET), now), now,
+            lines = render.render_rollout(r, rollout.progress(r, self.db.devices(FLEET), now), now,
                                              tty=False)
             stable = [_DEADLINE.sub("", line) for line in lines]
             if stable != shown:

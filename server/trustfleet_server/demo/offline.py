@@ -14,12 +14,12 @@ self-signed `localhost` leaf). Nothing is left running.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -28,15 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustfleet_pi import cli as agent_cli
-from trustfleet_server import cli
 from trustfleet_server.demo.tlsserver import LoopbackTLSServer
 
 
 class Step:
     """Numbered titles, and each command printed as a shell line, then run in-process."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, trustfleet: Callable[[list[str]], int]):
         self.out = out
+        self.trustfleet = trustfleet  # the `trustfleet` command's main(), handed in by the CLI
         self.n = 0
 
     def title(self, text: str) -> None:
@@ -46,7 +46,7 @@ class Step:
     def run(self, prog: str, args: list[str], expect: int = 0) -> int:
         print(f"$ {prog} " + " ".join(shlex.quote(a) for a in args))
         sys.stdout.flush()
-        main = cli.main if prog == "trustfleet" else agent_cli.main
+        main = self.trustfleet if prog == "trustfleet" else agent_cli.main
         rc = main(args)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -129,8 +129,8 @@ report_to = ["mqtt:demo-fleet/reports"]
 GOOD_PINS = '["certs/demo-fleet-root-ca.pem", "certs/demo-fleet-backup-ca.pem"]'
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    out: Path = args.out
+def run(out: Path, trustfleet: Callable[[list[str]], int]) -> int:
+    """The offline walkthrough in `out` (replaced); `trustfleet` is the CLI's main()."""
     started = time.monotonic()
     if out.exists():
         shutil.rmtree(out)
@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (out / "certs").mkdir()
     pki = _pki(out / "certs")
     with LoopbackTLSServer(pki["server"]) as server, LoopbackTLSServer(pki["rogue"]) as rogue:
-        _run(Step(out), out, server.port, rogue.port)
+        _run(Step(out, trustfleet), out, server.port, rogue.port)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s; everything is in {out}/ "
           "(both TLS servers stopped)")
     return 0

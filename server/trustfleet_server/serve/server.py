@@ -4,9 +4,9 @@ One process talks to one broker for one fleet (docs/topics.md), with paho-mqtt
 2.x driven by hand (`loop()` in this thread), so ingest, rollout steps and
 timestamps share one thread and one database connection:
 
-- MQTT 5 first; when the broker refuses it (CONNACK "unsupported protocol
-  version", or it hangs up before any CONNACK) the server falls back to
-  3.1.1 and stays there. Reconnects wait with capped, jittered backoff.
+- The broker connection is a serve.link.Link: MQTT 5 first, 3.1.1 when the
+  broker refuses it. Reconnects wait with trustfleet_device.backoff, the
+  devices' rule (1 s doubling to 60 s, equal jitter).
 - Ingest: on MQTT 5 with shared subscriptions, live statuses and reports
   come through `$share/trustfleet/tf/<fleet>/status/+` (and report/+), so
   several `serve` workers split them. Brokers need not send retained
@@ -40,296 +40,35 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import random
-import select
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy, topics
+from trustfleet_device.backoff import Backoff
 from trustfleet_device.errors import BundleError
 from trustfleet_server import documents, keys, rollout
-from trustfleet_server.errors import BrokerError, UsageError
+from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL
+from trustfleet_server.serve.link import Link
 
 log = logging.getLogger("trustfleet.serve")
 
 SHARE_GROUP = "trustfleet"
-KEEPALIVE = 30
-# MQTT 5: the broker keeps our session (and the QoS 1 reports queued for it) this long after
-# a connection drops. Short on purpose: while a dead worker's session lives, the broker still
-# hands it its share of the shared subscription. A clean exit ends the session at once.
-SESSION_EXPIRY = 60
-CONNECT_TIMEOUT = 10.0
-PUBLISH_TIMEOUT = 15.0
 BOOT_IDLE = 1.0               # retained statuses are in when none came for this long
 BOOT_MAX = 30.0
 FLUSH_EVERY = 0.2
 BATCH_MAX = 2000
 MAX_QUEUE = 200_000
 MAX_PENDING_ROOTS = 8
-DRAIN_MAX = 500                # packets read per loop() before the periodic work runs again
+RECONNECT_FIRST_MS = 1000     # reconnect delays: 1 s doubling to 60 s, equal jitter (backoff.py)
+RECONNECT_CAP_MS = 60000
 
 _SUB_DOCS, _SUB_LIVE, _SUB_BOOT = 1, 2, 3
-_UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: half the step fixed, half random."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: Callable[[], float] = random.random):
-        self.base, self.cap, self.rng = base, cap, rng
-        self.attempts = 0
-
-    def next(self) -> float:
-        step = min(self.cap, self.base * (2 ** self.attempts))
-        self.attempts += 1
-        return step / 2 + self.rng() * step / 2
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
-# --------------------------------------------------------------------------- one connection
-
-
-class Link:
-    """A paho client driven by hand, with the MQTT 5 -> 3.1.1 fallback and acknowledged publishes.
-
-    Args:
-        url: the broker.
-        client_id: MQTT client id (kept across reconnects, so an MQTT 5
-            session with its queued QoS 1 messages survives a short outage).
-        on_message: called with each paho message, in the caller's thread.
-    """
-
-    def __init__(self, url: BrokerURL, client_id: str | None = None,
-                 on_message: Callable[[Any], None] | None = None,
-                 session_expiry: int = SESSION_EXPIRY) -> None:
-        self.url = url
-        self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
-        self.on_message = on_message
-        self.session_expiry = session_expiry
-        self.protocol: int | None = None  # chosen on the first successful connect
-        self.client: mqtt.Client | None = None
-        self.connected = False
-        self.shared_subscriptions = False
-        self.subscription_ids = False
-        self._ever_connected = False
-        self._acks: dict[int, Any] = {}
-        self._subacks: dict[int, Any] = {}
-
-    @property
-    def mqtt5(self) -> bool:
-        return self.protocol == mqtt.MQTTv5
-
-    def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect (MQTT 5, else 3.1.1). Raises: BrokerError."""
-        if self.protocol is not None:
-            self._attempt(self.protocol, timeout)
-            return
-        try:
-            self._attempt(mqtt.MQTTv5, timeout)
-            self.protocol = mqtt.MQTTv5
-        except _Unsupported as exc:
-            log.info("%s: MQTT 5 refused (%s); using MQTT 3.1.1", self.url, exc)
-            self._attempt(mqtt.MQTTv311, timeout)
-            self.protocol = mqtt.MQTTv311
-
-    def _attempt(self, protocol: int, timeout: float) -> None:
-        self.close()
-        kw: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
-        if protocol != mqtt.MQTTv5:
-            kw["clean_session"] = True
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, **kw)
-        if self.url.username:
-            c.username_pw_set(self.url.username, self.url.password)
-        if self.url.tls:
-            c.tls_set()
-        c.max_inflight_messages_set(100)
-        box: dict[str, Any] = {}
-        c.on_connect = lambda cl, ud, flags, rc, props: box.update(rc=rc, props=props)
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_publish = lambda cl, ud, mid, rc, props: self._acks.__setitem__(mid, rc)
-        c.on_subscribe = lambda cl, ud, mid, rcs, props: self._subacks.__setitem__(mid, rcs)
-        self.client = c
-        try:
-            if protocol == mqtt.MQTTv5:
-                props = Properties(PacketTypes.CONNECT)
-                props.SessionExpiryInterval = self.session_expiry
-                c.connect(self.url.host, self.url.port, KEEPALIVE,
-                          clean_start=not self._ever_connected, properties=props)
-            else:
-                c.connect(self.url.host, self.url.port, KEEPALIVE)
-        except (OSError, ValueError) as exc:
-            self.client = None
-            raise BrokerError(f"{self.url}: cannot connect: {exc}") from None
-        deadline = time.monotonic() + timeout
-        while "rc" not in box and time.monotonic() < deadline:
-            if c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and "rc" not in box:
-                self.client = None
-                if protocol == mqtt.MQTTv5:
-                    raise _Unsupported("connection closed before CONNACK")
-                raise BrokerError(f"{self.url}: connection closed before CONNACK")
-        if "rc" not in box:
-            self.close()
-            raise BrokerError(f"{self.url}: no CONNACK within {timeout:.0f} s")
-        rc = box["rc"]
-        if rc.is_failure:
-            self.close()
-            if rc.value in _UNSUPPORTED_PROTOCOL and protocol == mqtt.MQTTv5:
-                raise _Unsupported(str(rc))
-            raise BrokerError(f"{self.url} refused the connection: {rc}")
-        props = box.get("props")
-        # MQTT 5 3.2.2.3.13/.12: absent means available.
-        self.shared_subscriptions = protocol == mqtt.MQTTv5 and getattr(
-            props, "SharedSubscriptionAvailable", 1) == 1
-        self.subscription_ids = protocol == mqtt.MQTTv5 and getattr(
-            props, "SubscriptionIdentifierAvailable", 1) == 1
-        self.connected = True
-        self._ever_connected = True
-
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if client is self.client:
-            self.connected = False
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        if self.on_message is None:
-            return
-        try:
-            self.on_message(msg)
-        except Exception:  # a bad message must not kill the network loop
-            log.exception("error handling a message on %s", msg.topic)
-
-    def loop(self, timeout: float = 0.05) -> bool:
-        """Move bytes for up to `timeout` s. Returns False when the connection is gone."""
-        c = self.client
-        if c is None or not self.connected:
-            return False
-        rc = c.loop(timeout)
-        # paho's loop() reads one packet per call; drain what is already waiting, so a
-        # burst of statuses costs one zero-timeout poll per packet instead of a full loop.
-        sock = c.socket()
-        drained = 0
-        while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and drained < DRAIN_MAX:
-            if not select.select([sock], [], [], 0)[0]:
-                break
-            rc = c.loop_read()
-            drained += 1
-        if drained and rc == mqtt.MQTT_ERR_SUCCESS and c.want_write():
-            rc = c.loop_write()  # the PUBACKs
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            self.connected = False
-        return self.connected
-
-    def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError."""
-        c = self._live()
-        if self.mqtt5:
-            props = None
-            if sub_id is not None and self.subscription_ids:
-                props = Properties(PacketTypes.SUBSCRIBE)
-                props.SubscriptionIdentifier = sub_id
-            rc, mid = c.subscribe(topic, options=SubscribeOptions(qos=1), properties=props)
-        else:
-            rc, mid = c.subscribe(topic, 1)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            raise BrokerError(f"{self.url}: subscribe {topic}: {mqtt.error_string(rc)}")
-        self._wait(lambda: mid in self._subacks, timeout, f"no SUBACK for {topic}")
-        codes = self._subacks.pop(mid)
-        bad = [c for c in codes if getattr(c, "is_failure", False) or c == 128]
-        if bad:
-            raise BrokerError(f"{self.url} refused the subscription to {topic}: {bad[0]}")
-
-    def unsubscribe(self, topic: str) -> None:
-        with contextlib.suppress(Exception):
-            self._live().unsubscribe(topic)
-
-    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float = PUBLISH_TIMEOUT) -> None:
-        """Publish each (topic, payload) retained at QoS 1 and wait for every PUBACK.
-
-        Raises:
-            BrokerError: not connected, disconnected meanwhile, a PUBACK with
-                a failure reason (MQTT 5), or no PUBACK within `timeout`.
-        """
-        c = self._live()
-        pending = []
-        for topic, payload in messages:
-            info = c.publish(topic, payload, qos=1, retain=True)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                raise BrokerError(f"{self.url}: publish {topic}: {mqtt.error_string(info.rc)}")
-            pending.append((topic, info))
-        self._wait(lambda: all(i.mid in self._acks for _, i in pending), timeout,
-                   f"{len(pending)} publishes not acknowledged")
-        for topic, info in pending:
-            rc = self._acks.pop(info.mid)
-            if getattr(rc, "is_failure", False):
-                raise BrokerError(f"{self.url} refused the publish on {topic}: {rc}")
-
-    def _live(self) -> mqtt.Client:
-        if self.client is None or not self.connected:
-            raise BrokerError(f"{self.url}: not connected")
-        return self.client
-
-    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if not self.loop(0.05):
-                raise BrokerError(f"{self.url}: connection lost ({what})")
-            if time.monotonic() > deadline:
-                raise BrokerError(f"{self.url}: {what} within {timeout:.0f} s")
-
-    def close(self) -> None:
-        c, self.client = self.client, None
-        was = self.connected
-        self.connected = False
-        if c is None:
-            return
-        with contextlib.suppress(Exception):
-            if was:
-                props = None
-                if self.mqtt5 and self.session_expiry:
-                    # End the session now (MQTT 5 3.14.2.2.2): a worker that leaves must not
-                    # keep receiving its share of the shared subscriptions.
-                    props = Properties(PacketTypes.DISCONNECT)
-                    props.SessionExpiryInterval = 0
-                c.disconnect(properties=props)
-                c.loop(0.05)
-        with contextlib.suppress(Exception):
-            sock = c.socket()
-            if sock is not None:
-                sock.close()
-
-
-class _Unsupported(Exception):
-    """The broker does not speak MQTT 5 (internal: triggers the 3.1.1 fallback)."""
-
-
-def publish_retained(url: BrokerURL, messages: Sequence[tuple[str, bytes]],
-                     timeout: float = PUBLISH_TIMEOUT) -> str:
-    """Connect, publish each (topic, payload) retained at QoS 1, wait for the PUBACKs, disconnect.
-
-    Returns the protocol used ("MQTT 5" or "MQTT 3.1.1"). Raises: BrokerError.
-    """
-    link = Link(url, session_expiry=0)
-    link.open()
-    try:
-        link.publish(messages, timeout)
-    finally:
-        link.close()
-    return "MQTT 5" if link.mqtt5 else "MQTT 3.1.1"
 
 
 # --------------------------------------------------------------------------- the service
@@ -408,13 +147,13 @@ class FleetServer:
         `once`: connect, read the retained statuses, ingest, step the rollout
         once, publish one timestamp, and return. Raises: BrokerError (once
         only, also for a refused or unacknowledged publish: a long-running
-        server logs it and retries), FleetDBError.
+        server logs it and retries), FleetStoreError.
         """
         restore = self._install_signals()
         if once:
             self.link.session_expiry = 0  # nothing to resume: leave no session behind
         end = time.monotonic() + duration if duration else None
-        backoff = Backoff()
+        backoff = Backoff(RECONNECT_FIRST_MS, RECONNECT_CAP_MS)
         stepped = timestamped = False
         try:
             while not self._stop.is_set():
@@ -427,7 +166,7 @@ class FleetServer:
                     except BrokerError as exc:
                         if once:
                             raise
-                        delay = backoff.next()
+                        delay = backoff.next_ms() / 1000
                         log.warning("%s; retrying in %.1f s", exc, delay)
                         self._stop.wait(delay if end is None else max(0.0, min(delay, end - time.monotonic())))
                         continue
@@ -465,7 +204,7 @@ class FleetServer:
         try:
             fn()
             return True
-        except (BrokerError, fleetdb.FleetDBError) as exc:
+        except (BrokerError, FleetStoreError) as exc:
             if fatal:
                 raise
             log.warning("%s", exc)
@@ -603,7 +342,7 @@ class FleetServer:
         try:
             result = self.db.ingest_statuses(statuses) if statuses else fleetdb.IngestResult()
             rep = self.db.add_reports(reports) if reports else fleetdb.IngestResult()
-        except fleetdb.FleetDBError as exc:
+        except FleetStoreError as exc:
             # Keep them for the next flush: statuses are idempotent, order is kept.
             self._queue = (batch + self._queue)[-MAX_QUEUE:]
             log.warning("%s; will retry", exc)

@@ -189,23 +189,6 @@ def parse_share(text: str, option: str) -> float:
     return value
 
 
-def parse_seconds(text: str, option: str) -> float:
-    """'10s', '500ms', '2m' or '3' -> seconds. Raises: UsageError."""
-    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
-    number, scale = text.strip(), 1.0
-    for suffix, factor in units:
-        if number.endswith(suffix):
-            number, scale = number[: -len(suffix)], factor
-            break
-    try:
-        value = float(number) * scale
-    except ValueError:
-        raise UsageError(f"{option}: {text!r} is not a duration like 10s, 500ms or 2m") from None
-    if value < 0:
-        raise UsageError(f"{option}: {text} is negative")
-    return value
-
-
 def parse_group_split(text: str) -> tuple[tuple[str, float], ...]:
     """'canary:5%,beta:20%' -> (('canary', 0.05), ('beta', 0.2)). Raises: UsageError."""
     out = []

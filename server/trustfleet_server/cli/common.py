@@ -1,0 +1,61 @@
+"""Options and handlers that several command groups share.
+
+`bundle` and `root` both sign and inspect documents; `bundle build` and
+`lint` take the same lint options. This module imports no other cli module,
+so the command groups never import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trustfleet_device._cpython.files import write_atomic
+from trustfleet_server import describe, documents, keys, lint
+
+DEFAULT_HORIZON = f"{lint.DEFAULT_HORIZON // 86400}d"
+
+
+def add_lint_arguments(p: argparse.ArgumentParser) -> None:
+    """--chain, --horizon and --strict, shared with `bundle build`."""
+    p.add_argument("--chain", action="append", default=[], metavar="FILE",
+                   help="a chain (or certificate, or public key) your servers use or will use; "
+                        "each pin should match one (TF106). Repeat for several")
+    p.add_argument("--horizon", default=DEFAULT_HORIZON, metavar="DURATION",
+                   help=f"pins expiring further out than this after issue are flagged (TF105; "
+                        f"default {DEFAULT_HORIZON})")
+    p.add_argument("--strict", action="store_true", help="fail on warnings too")
+
+
+def add_sign_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", type=Path, required=True, help="private key (PKCS#8 PEM)")
+    p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
+    p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
+    p.add_argument("file", type=Path, help="unsigned payload or signed document")
+    p.add_argument("-o", "--out", type=Path, help="output file (default: replace the input)")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
+    key = keys.load_private_key(args.key, passphrase)
+    raw = documents.read_file(args.file)
+    signed = documents.add_signature(raw, key)
+    out = args.out or args.file
+    write_atomic(out, signed)
+    doc = documents.read_document(signed)
+    kid = keys.kid_hex(key)
+    if args.json:
+        print(json.dumps({"out": str(out), "type": doc.doc_type, "kid": kid,
+                          "signatures": len(doc.kids), "bytes": len(signed)}))
+    else:
+        print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    raw = documents.read_file(args.file)
+    info = describe.describe(documents.read_document(raw), raw)
+    print(json.dumps(info, indent=2) if args.json else describe.render(info))
+    return 0

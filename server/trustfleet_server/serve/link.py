@@ -1,0 +1,267 @@
+"""The broker link of `trustfleet serve` and `trustfleet publish`: one paho client driven by hand.
+
+MQTT 5 first; when the broker refuses it (CONNACK "unsupported protocol
+version", or it hangs up before any CONNACK) the link falls back to 3.1.1
+and stays there. Publishes are retained at QoS 1 and wait for their PUBACKs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from trustfleet_server.errors import BrokerError
+from trustfleet_server.mqtturl import BrokerURL
+
+log = logging.getLogger("trustfleet.serve")
+
+KEEPALIVE = 30
+# MQTT 5: the broker keeps our session (and the QoS 1 reports queued for it) this long after
+# a connection drops. Short on purpose: while a dead worker's session lives, the broker still
+# hands it its share of the shared subscription. A clean exit ends the session at once.
+SESSION_EXPIRY = 60
+CONNECT_TIMEOUT = 10.0
+PUBLISH_TIMEOUT = 15.0
+DRAIN_MAX = 500                # packets read per loop() before the caller's periodic work runs again
+
+_UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
+
+
+class Link:
+    """A paho client driven by hand, with the MQTT 5 -> 3.1.1 fallback and acknowledged publishes.
+
+    Args:
+        url: the broker.
+        client_id: MQTT client id (kept across reconnects, so an MQTT 5
+            session with its queued QoS 1 messages survives a short outage).
+        on_message: called with each paho message, in the caller's thread.
+    """
+
+    def __init__(self, url: BrokerURL, client_id: str | None = None,
+                 on_message: Callable[[Any], None] | None = None,
+                 session_expiry: int = SESSION_EXPIRY) -> None:
+        self.url = url
+        self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
+        self.on_message = on_message
+        self.session_expiry = session_expiry
+        self.protocol: int | None = None  # chosen on the first successful connect
+        self.client: mqtt.Client | None = None
+        self.connected = False
+        self.shared_subscriptions = False
+        self.subscription_ids = False
+        self._ever_connected = False
+        self._acks: dict[int, Any] = {}
+        self._subacks: dict[int, Any] = {}
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.protocol == mqtt.MQTTv5
+
+    def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect (MQTT 5, else 3.1.1). Raises: BrokerError."""
+        if self.protocol is not None:
+            self._attempt(self.protocol, timeout)
+            return
+        try:
+            self._attempt(mqtt.MQTTv5, timeout)
+            self.protocol = mqtt.MQTTv5
+        except _Unsupported as exc:
+            log.info("%s: MQTT 5 refused (%s); using MQTT 3.1.1", self.url, exc)
+            self._attempt(mqtt.MQTTv311, timeout)
+            self.protocol = mqtt.MQTTv311
+
+    def _attempt(self, protocol: int, timeout: float) -> None:
+        self.close()
+        kw: dict[str, Any] = {"client_id": self.client_id, "protocol": protocol}
+        if protocol != mqtt.MQTTv5:
+            kw["clean_session"] = True
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, **kw)
+        if self.url.username:
+            c.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            c.tls_set()
+        c.max_inflight_messages_set(100)
+        box: dict[str, Any] = {}
+        c.on_connect = lambda cl, ud, flags, rc, props: box.update(rc=rc, props=props)
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = lambda cl, ud, mid, rc, props: self._acks.__setitem__(mid, rc)
+        c.on_subscribe = lambda cl, ud, mid, rcs, props: self._subacks.__setitem__(mid, rcs)
+        self.client = c
+        try:
+            if protocol == mqtt.MQTTv5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry
+                c.connect(self.url.host, self.url.port, KEEPALIVE,
+                          clean_start=not self._ever_connected, properties=props)
+            else:
+                c.connect(self.url.host, self.url.port, KEEPALIVE)
+        except (OSError, ValueError) as exc:
+            self.client = None
+            raise BrokerError(f"{self.url}: cannot connect: {exc}") from None
+        deadline = time.monotonic() + timeout
+        while "rc" not in box and time.monotonic() < deadline:
+            if c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and "rc" not in box:
+                self.client = None
+                if protocol == mqtt.MQTTv5:
+                    raise _Unsupported("connection closed before CONNACK")
+                raise BrokerError(f"{self.url}: connection closed before CONNACK")
+        if "rc" not in box:
+            self.close()
+            raise BrokerError(f"{self.url}: no CONNACK within {timeout:.0f} s")
+        rc = box["rc"]
+        if rc.is_failure:
+            self.close()
+            if rc.value in _UNSUPPORTED_PROTOCOL and protocol == mqtt.MQTTv5:
+                raise _Unsupported(str(rc))
+            raise BrokerError(f"{self.url} refused the connection: {rc}")
+        props = box.get("props")
+        # MQTT 5 3.2.2.3.13/.12: absent means available.
+        self.shared_subscriptions = protocol == mqtt.MQTTv5 and getattr(
+            props, "SharedSubscriptionAvailable", 1) == 1
+        self.subscription_ids = protocol == mqtt.MQTTv5 and getattr(
+            props, "SubscriptionIdentifierAvailable", 1) == 1
+        self.connected = True
+        self._ever_connected = True
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if client is self.client:
+            self.connected = False
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        if self.on_message is None:
+            return
+        try:
+            self.on_message(msg)
+        except Exception:  # a bad message must not kill the network loop
+            log.exception("error handling a message on %s", msg.topic)
+
+    def loop(self, timeout: float = 0.05) -> bool:
+        """Move bytes for up to `timeout` s. Returns False when the connection is gone."""
+        c = self.client
+        if c is None or not self.connected:
+            return False
+        rc = c.loop(timeout)
+        # paho's loop() reads one packet per call; drain what is already waiting, so a
+        # burst of statuses costs one zero-timeout poll per packet instead of a full loop.
+        sock = c.socket()
+        drained = 0
+        while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and drained < DRAIN_MAX:
+            if not select.select([sock], [], [], 0)[0]:
+                break
+            rc = c.loop_read()
+            drained += 1
+        if drained and rc == mqtt.MQTT_ERR_SUCCESS and c.want_write():
+            rc = c.loop_write()  # the PUBACKs
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self.connected = False
+        return self.connected
+
+    def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError."""
+        c = self._live()
+        if self.mqtt5:
+            props = None
+            if sub_id is not None and self.subscription_ids:
+                props = Properties(PacketTypes.SUBSCRIBE)
+                props.SubscriptionIdentifier = sub_id
+            rc, mid = c.subscribe(topic, options=SubscribeOptions(qos=1), properties=props)
+        else:
+            rc, mid = c.subscribe(topic, 1)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise BrokerError(f"{self.url}: subscribe {topic}: {mqtt.error_string(rc)}")
+        self._wait(lambda: mid in self._subacks, timeout, f"no SUBACK for {topic}")
+        codes = self._subacks.pop(mid)
+        bad = [c for c in codes if getattr(c, "is_failure", False) or c == 128]
+        if bad:
+            raise BrokerError(f"{self.url} refused the subscription to {topic}: {bad[0]}")
+
+    def unsubscribe(self, topic: str) -> None:
+        with contextlib.suppress(Exception):
+            self._live().unsubscribe(topic)
+
+    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float = PUBLISH_TIMEOUT) -> None:
+        """Publish each (topic, payload) retained at QoS 1 and wait for every PUBACK.
+
+        Raises:
+            BrokerError: not connected, disconnected meanwhile, a PUBACK with
+                a failure reason (MQTT 5), or no PUBACK within `timeout`.
+        """
+        c = self._live()
+        pending = []
+        for topic, payload in messages:
+            info = c.publish(topic, payload, qos=1, retain=True)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BrokerError(f"{self.url}: publish {topic}: {mqtt.error_string(info.rc)}")
+            pending.append((topic, info))
+        self._wait(lambda: all(i.mid in self._acks for _, i in pending), timeout,
+                   f"{len(pending)} publishes not acknowledged")
+        for topic, info in pending:
+            rc = self._acks.pop(info.mid)
+            if getattr(rc, "is_failure", False):
+                raise BrokerError(f"{self.url} refused the publish on {topic}: {rc}")
+
+    def _live(self) -> mqtt.Client:
+        if self.client is None or not self.connected:
+            raise BrokerError(f"{self.url}: not connected")
+        return self.client
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if not self.loop(0.05):
+                raise BrokerError(f"{self.url}: connection lost ({what})")
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{self.url}: {what} within {timeout:.0f} s")
+
+    def close(self) -> None:
+        c, self.client = self.client, None
+        was = self.connected
+        self.connected = False
+        if c is None:
+            return
+        with contextlib.suppress(Exception):
+            if was:
+                props = None
+                if self.mqtt5 and self.session_expiry:
+                    # End the session now (MQTT 5 3.14.2.2.2): a worker that leaves must not
+                    # keep receiving its share of the shared subscriptions.
+                    props = Properties(PacketTypes.DISCONNECT)
+                    props.SessionExpiryInterval = 0
+                c.disconnect(properties=props)
+                c.loop(0.05)
+        with contextlib.suppress(Exception):
+            sock = c.socket()
+            if sock is not None:
+                sock.close()
+
+
+class _Unsupported(Exception):
+    """The broker does not speak MQTT 5 (internal: triggers the 3.1.1 fallback)."""
+
+
+def publish_retained(url: BrokerURL, messages: Sequence[tuple[str, bytes]],
+                     timeout: float = PUBLISH_TIMEOUT) -> str:
+    """Connect, publish each (topic, payload) retained at QoS 1, wait for the PUBACKs, disconnect.
+
+    Returns the protocol used ("MQTT 5" or "MQTT 3.1.1"). Raises: BrokerError.
+    """
+    link = Link(url, session_expiry=0)
+    link.open()
+    try:
+        link.publish(messages, timeout)
+    finally:
+        link.close()
+    return "MQTT 5" if link.mqtt5 else "MQTT 3.1.1"
+

@@ -1,0 +1,61 @@
+"""Durations in, times out: the one duration parser and the one time format of the operator side.
+
+Durations are written `48h`, `90d`, `10s` (units s, m, h, d, w). Documents
+(bundle specs) take exactly that, or a whole number of seconds. Command-line
+options are looser: a bare number of seconds, decimals and `ms` too
+(`1.5`, `500ms`). Times print as RFC 3339 UTC to the second:
+`2027-03-01T12:00:00Z`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from trustfleet_server.errors import UsageError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_STRICT = re.compile(r"^\d+\s*[smhdw]$")
+
+
+def is_duration(text: str) -> bool:
+    """Whether `text` is a document duration like '90d' (not a date)."""
+    return bool(_STRICT.match(text.strip()))
+
+
+def parse_duration(value: Any, where: str, *, strict: bool = True,
+                   error: type[Exception] = UsageError) -> Any:
+    """Seconds from a duration.
+
+    strict (documents): an int >= 0 or a whole number with a unit ('48h'); returns an int.
+    Otherwise (command-line options): also a bare or decimal number and 'ms'; returns a float.
+    Raises `error` (UsageError by default), naming `where`.
+    """
+    if strict:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and is_duration(value):
+            m = _DURATION.match(value.strip())
+            return int(m.group(1)) * _UNITS[m.group(2)]
+        raise error(f"{where}: expected a duration like '48h' or a number of seconds")
+    m = _DURATION.match(str(value).strip())
+    if not m:
+        raise error(f"{where}: {value!r} is not a duration like 10s, 500ms, 5m or 2h")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def positive_seconds(value: str, option: str) -> float:
+    """A command-line duration that must be longer than zero. Raises: UsageError."""
+    seconds = parse_duration(value, option, strict=False)
+    if seconds <= 0:
+        raise UsageError(f"{option}: must be positive, got {value}")
+    return seconds
+
+
+def iso(when: int | float | dt.datetime) -> str:
+    """RFC 3339 UTC to the second, from epoch seconds or an aware datetime."""
+    if not isinstance(when, dt.datetime):
+        when = dt.datetime.fromtimestamp(when, dt.UTC)
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
