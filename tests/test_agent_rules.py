@@ -3,13 +3,14 @@
 The agent is a state machine with no I/O, so most tests here feed it real
 signed documents and clock values and compare the returned actions with
 the exact list expected: slots.WRITE_SLOT/SWITCH/COMMIT/REVERT/SAVE with the
-whole new state, HEALTH_CHECK with its deadline, REPORT and REFUSED with
+whole new state, HEALTH_CHECK with the bundle on trial, the trusted time and
+the deadline, REPORT and REFUSED with
 their kind and reason. Boundaries are tested on both sides (a deadline
 reached vs passed, a clock one second inside or outside a limit).
 
-A bundle offer is tested on both paths: in memory (`offer_bundle`) and
-streamed into the inactive slot and verified from there
-(`offer_stored_bundle`). Tests that need storage use the real Store over
+A bundle offer is tested on both paths: in memory (`offer_bundle` with
+bytes) and streamed into the inactive slot and verified from there
+(`offer_bundle` with a source). Tests that need storage use the real Store over
 MemStorage through runner.Device. See tests/test_agent.py for the
 scenarios (power cuts, reboots) driven end to end.
 """
@@ -99,17 +100,31 @@ def sha(raw: bytes) -> bytes:
 PATHS = ("memory", "stream")
 
 
+def shown_for(agent: core.Agent, actions: list) -> list:
+    """The actions with a HEALTH_CHECK's bundle replaced by its version, to compare with a list.
+
+    The bundle it carries must be the very one the agent now holds on trial.
+    """
+    out = []
+    for a in actions:
+        if a[0] == core.HEALTH_CHECK:
+            assert len(a) == 4 and a[1] is agent.trial_bundle()
+            a = (a[0], a[1].version, a[2], a[3])
+        out.append(a)
+    return out
+
+
 def offer(agent: core.Agent, raw: bytes, clock: int, path: str) -> list:
     """Offer a bundle in memory, or as if streamed into the inactive slot (no WRITE_SLOT then)."""
     if path == "memory":
-        return agent.offer_bundle(raw, clock)
-    return agent.offer_stored_bundle(agent.inactive_slot(), BytesSource(raw), clock, sha(raw))
+        return shown_for(agent, agent.offer_bundle(raw, clock))
+    return shown_for(agent, agent.offer_bundle(BytesSource(raw), clock, agent.inactive_slot(), sha(raw)))
 
 
 def install_actions(slot: str, raw: bytes, path: str, switch_state: dict, version: int,
                     deadline: int) -> list:
     head = [(slots.WRITE_SLOT, slot, raw)] if path == "memory" else []
-    return head + [(slots.SWITCH, switch_state), (core.HEALTH_CHECK, version, deadline)]
+    return head + [(slots.SWITCH, switch_state), (core.HEALTH_CHECK, version, deadline - TIMEOUT, deadline)]
 
 
 # ------------------------------------------------------------------ before boot, defaults
@@ -137,7 +152,7 @@ def test_an_agent_before_boot_reports_no_store_and_no_root(repo):
 def test_default_health_timeout_sets_the_deadline(repo, bundles):
     agent = core.Agent(core.Config(fleet=repo.fleet))
     agent.boot(repo.root_raw, state(), {"a": None, "b": None}, NOW)
-    assert agent.offer_bundle(bundles[1], NOW)[-1] == (core.HEALTH_CHECK, 1, NOW + 120)
+    assert shown_for(agent, agent.offer_bundle(bundles[1], NOW))[-1] == (core.HEALTH_CHECK, 1, NOW, NOW + 120)
 
 
 # ------------------------------------------------------------------ boot
@@ -332,7 +347,7 @@ def test_install_switches_on_trial_then_commits(repo, bundles, path):
 def test_stored_bundle_must_be_in_the_inactive_slot(repo, bundles):
     agent = committed(repo, bundles[1], 1)
     with pytest.raises(ValueError, match="inactive slot is b"):
-        agent.offer_stored_bundle("a", BytesSource(bundles[2]), NOW, sha(bundles[2]))
+        agent.offer_bundle(BytesSource(bundles[2]), NOW, "a", sha(bundles[2]))
     assert agent.state["active"] == "a" and not agent.busy()
 
 
@@ -351,7 +366,8 @@ def test_deadline_counts_in_trusted_time(repo, bundles):
     # A clock far behind (a board at 2000-01-01) cannot stretch the deadline:
     # it is set and checked in trusted time.
     agent = committed(repo, bundles[1], 1)
-    assert agent.offer_bundle(bundles[2], 946_684_800)[-1] == (core.HEALTH_CHECK, 2, NOW + TIMEOUT)
+    assert shown_for(agent, agent.offer_bundle(bundles[2], 946_684_800))[-1] == (
+        core.HEALTH_CHECK, 2, NOW, NOW + TIMEOUT)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -366,7 +382,7 @@ def test_failed_health_check_reverts_marks_bad_and_frees_the_agent(repo, bundles
     assert agent.trial_bundle() is None and not agent.busy()
     assert agent.status(NOW)["last_revert"] == reason
     # Not waiting any more: the next version installs, into the freed slot.
-    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW + TIMEOUT)
+    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW, NOW + TIMEOUT)
     assert agent.state["active"] == "b"
 
 
@@ -383,6 +399,44 @@ def test_bundle_offered_during_a_trial_is_refused(repo, bundles, path):
     assert agent.state == before and agent.trial_bundle().version == 2
 
 
+def test_a_stream_goes_to_the_inactive_slot_unless_a_trial_waits(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    assert agent.begin_stream() == ("b", None)
+    offer(agent, bundles[2], NOW, "stream")
+    before = slots.copy_state(agent.state)
+    assert agent.begin_stream() == (None, refused(
+        "bundle", "an install is already waiting for its health check"))
+    assert agent.state == before and agent.trial_bundle().version == 2
+
+
+def test_a_stream_over_the_limit_is_refused_with_the_limit(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    before = slots.copy_state(agent.state)
+    assert agent.stream_too_large(4096) == refused("bundle", "document is over 4096 bytes, the limit")
+    assert agent.state == before and not agent.busy()
+
+
+def test_the_device_shows_what_callers_read_without_reaching_into_the_agent(repo, bundles):
+    storage = MemStorage()
+    runner.initialise(storage, repo.root_raw, config(repo))
+    asked = []
+
+    def health(bundle, trusted_time):
+        asked.append((bundle.version, trusted_time, device.busy()))
+        return bundle.version != 2, "TLS to api.acme.example failed"
+
+    device = runner.Device(storage, config(repo), health, lambda: NOW)
+    assert (device.root_version(), device.active_bundle(), device.bad_versions(), device.busy()) == (
+        1, None, [], False)
+    assert device.trusted_time() == NOW and device.trusted_time(NOW + 9) == NOW + 9
+    assert device.offer("bundle", bundles[1]).committed == 1
+    assert device.offer("bundle", bundles[2]).reverted == 2
+    assert asked == [(1, NOW, True), (2, NOW, True)]
+    assert device.active_bundle().version == 1 and device.bad_versions() == [2]
+    device.bad_versions().append(7)
+    assert device.bad_versions() == [2] and not device.busy()
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("version", [1, 2])
 def test_bundle_not_above_the_floor_is_refused(repo, bundles, path, version):
@@ -397,7 +451,7 @@ def test_bundle_reverted_as_bad_is_refused(repo, bundles, path):
     agent = committed(repo, bundles[1], 1, bad=[2])
     assert offer(agent, bundles[2], NOW, path) == refused(
         "bundle", "bundle version 2 was reverted as bad on this device")
-    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW + TIMEOUT)
+    assert offer(agent, bundles[3], NOW, path)[-1] == (core.HEALTH_CHECK, 3, NOW, NOW + TIMEOUT)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -411,7 +465,7 @@ def test_bundle_not_newer_than_the_active_one_is_refused(repo, bundles, path):
     assert offer(agent, bundles[3], NOW, path) == refused(
         "bundle", "bundle version 3 is not newer than installed version 3")
     assert not agent.busy()
-    assert offer(agent, bundles[5], NOW, path)[-1] == (core.HEALTH_CHECK, 5, NOW + TIMEOUT)
+    assert offer(agent, bundles[5], NOW, path)[-1] == (core.HEALTH_CHECK, 5, NOW, NOW + TIMEOUT)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -430,7 +484,7 @@ def test_bundle_must_match_the_digest_in_the_latest_timestamp(repo, bundles, pat
     agent.offer_timestamp(repo.timestamp(bundles[2], time=NOW), NOW)
     assert offer(agent, other_v2, NOW, path) == refused(
         "bundle", "bundle v2 does not match the digest in the latest timestamp")
-    assert offer(agent, bundles[2], NOW, path)[-1] == (core.HEALTH_CHECK, 2, NOW + TIMEOUT)
+    assert offer(agent, bundles[2], NOW, path)[-1] == (core.HEALTH_CHECK, 2, NOW, NOW + TIMEOUT)
 
 
 def test_bundle_signed_below_threshold_is_refused(repo, bundles):

@@ -336,11 +336,8 @@ def test_check_returns_the_decision_of_a_real_connection(repo, server, tmp_path)
 
 
 def health_device(repo, state: Path, endpoints: list[str], timeout: float = 5):
-    holder: list[LocalDevice] = []
-    check = tls.health_check_for(endpoints, lambda: holder[0], timeout)
-    device = new_device(repo, state, health=check)
-    holder.append(device)
-    return device
+    check = tls.health_check_for(endpoints, timeout)
+    return new_device(repo, state, health=check)
 
 
 def test_health_check_reverts_an_install_whose_new_store_cannot_reach_the_endpoint(
@@ -370,10 +367,10 @@ def test_health_check_reverts_when_an_endpoint_is_unreachable(repo, tmp_path):
 
 
 def test_health_check_without_endpoints_commits(repo, tmp_path):
-    check = tls.health_check_for([], lambda: None)
-    assert check(7) == (True, "no endpoints configured")
+    check = tls.health_check_for([])
+    assert check(None, 0) == (True, "no endpoints configured")
     with pytest.raises(ValueError, match="port from 1 to 65535"):
-        tls.health_check_for(["host:99999"], lambda: None)
+        tls.health_check_for(["host:99999"])
 
 
 def agent(*args: object, code: int) -> subprocess.CompletedProcess:

@@ -136,7 +136,8 @@ if SPEC["port"] != "native":
     builtins.__import__ = _port_import
 
 import main as board
-from trustfleet_device import policy, source, trust
+from trustfleet_device import policy, trust
+from trustfleet_device.transports.storage import FileSource
 
 
 def _read(path):
@@ -152,7 +153,7 @@ def bundle(name):
     """The named bundle, verified and streamed from its file as a board installs it."""
     path = SPEC["bundles"][name]
     if SPEC["stream"]:
-        return policy.verify_bundle_source(ROOT, source.FileSource(path, os.stat(path)[6]), now=NOW)
+        return policy.verify_bundle(ROOT, FileSource(path, os.stat(path)[6]), now=NOW)
     return policy.verify_bundle(ROOT, _read(path), now=NOW)
 
 

@@ -1,7 +1,7 @@
 """Every rule of device/trustfleet_device/cose.py, one test (or parametrized case) each.
 
 The envelope rules of docs/format.md (rules 1 and 3 to 8), on the in-memory parser
-(`cose.parse`) and the streamed one (`cose.parse_source`) alike wherever they share
+(`cose.parse` on bytes) and the streamed one (`cose.parse` on a source) alike wherever they share
 the rule. Pinned here:
 
 - envelope: tag 98 or 18 is required (a bare payload map, an untagged array and
@@ -72,7 +72,7 @@ def parse_in_memory(raw, limits=DEFAULT, **kw):
 
 
 def parse_streamed(raw, limits=DEFAULT, **kw):
-    return cose.parse_source(BytesSource(raw), limits, **kw)
+    return cose.parse(BytesSource(raw), limits, **kw)
 
 
 @pytest.fixture(params=[parse_in_memory, parse_streamed], ids=["memory", "streamed"])
@@ -86,12 +86,12 @@ def verify_in_memory(root, raw):
 
 
 def verify_streamed(root, raw):
-    return policy.verify_bundle_source(root, BytesSource(raw))
+    return policy.verify_bundle(root, BytesSource(raw))
 
 
 @pytest.fixture(params=[verify_in_memory, verify_streamed], ids=["memory", "streamed"])
 def verify(request):
-    """policy.verify_bundle or verify_bundle_source: the parser, hashing and the threshold."""
+    """policy.verify_bundle on bytes or on a source: the parser, hashing and the threshold."""
     return request.param
 
 
@@ -298,7 +298,7 @@ def test_payload_location_is_recorded_on_the_message(repo, payload):
     assert (msg.unverified_payload, msg.source, msg.payload_offset, msg.payload_length) == (
         payload, None, 0, len(payload))
     src = BytesSource(raw)
-    msg = cose.parse_source(src)
+    msg = cose.parse(src)
     assert msg.unverified_payload is None and msg.source is src
     assert (msg.payload_offset, msg.payload_length) == (raw.index(payload), len(payload))
 
@@ -577,14 +577,14 @@ def test_streamed_size_cap_is_checked_before_reading(repo, payload):
 
     raw = sign(payload, [entry(payload, repo.keys["bundle"][0])])
     with pytest.raises(LimitError, match=f"document is {len(raw)} bytes"):
-        cose.parse_source(Unreadable(raw), Limits(max_document=len(raw) - 1))
+        cose.parse(Unreadable(raw), Limits(max_document=len(raw) - 1))
 
 
 def test_streamed_source_shorter_than_its_size_is_refused(repo, payload):
     raw = sign(payload, [entry(payload, repo.keys["bundle"][0])])
     src = BytesSource(raw[:40])
     src.size = len(raw)
-    assert refusal(DecodeError, cose.parse_source, src) == "source ended early at offset 0"
+    assert refusal(DecodeError, cose.parse, src) == "source ended early at offset 0"
 
 
 def test_truncated_payload_is_refused(parse, repo, payload):
@@ -653,13 +653,13 @@ def test_short_read_while_hashing_the_payload_is_refused(repo, root, two_chunks)
     raw = sign(payload, [good(payload, b0), good(payload, b1)])
     start = raw.index(payload)
     src = ShortInPayload(raw, start, start + len(payload))
-    msg = cose.parse_source(src)
+    msg = cose.parse(src)
     assert refusal(DecodeError, cose.tbs_digest, msg, msg.signers[0]) == f"source ended early at offset {start}"
-    assert refusal(DecodeError, policy.verify_bundle_source, root, src) == (
+    assert refusal(DecodeError, policy.verify_bundle, root, src) == (
         f"source ended early at offset {start}")
     # Short only from the second 1024-byte chunk on: the offset named is that chunk's.
     src = ShortInPayload(raw, start + 1024, start + len(payload))
-    msg = cose.parse_source(src)
+    msg = cose.parse(src)
     if two_chunks:
         assert refusal(DecodeError, cose.tbs_digest, msg, msg.signers[0]) == (
             f"source ended early at offset {start + 1024}")
@@ -677,7 +677,7 @@ def test_streamed_digest_equals_the_in_memory_digest_and_the_rfc_structure(repo,
     raw = sign(payload, [good(payload, b0)], body_protected=b"\xa0")
     expected = hashlib.sha256(cbor.encode(["Signature", b"", b"\xa1\x01\x26", b"", payload])).digest()
     in_memory = cose.parse(raw)
-    streamed = cose.parse_source(BytesSource(raw))
+    streamed = cose.parse(BytesSource(raw))
     assert cose.tbs_digest(in_memory, in_memory.signers[0]) == expected
     assert cose.tbs_digest(streamed, streamed.signers[0]) == expected
     aad = b"external"

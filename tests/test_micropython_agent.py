@@ -105,8 +105,8 @@ class Health:
         self.answers = list(answers)
         self.asked = []
 
-    def __call__(self, version):
-        self.asked.append(version)
+    def __call__(self, bundle, trusted_time):
+        self.asked.append(bundle.version)
         ok = self.answers.pop(0) if self.answers else True
         return ok, "endpoints reachable" if ok else "TLS to api.acme.example failed"
 

@@ -59,8 +59,8 @@ class LiveDevice:
         storage = MemStorage()
         runner.initialise(storage, repo.root_raw, config)
 
-        def health(version: int) -> tuple[bool, str]:
-            if version in fail_versions:
+        def health(bundle, trusted_time: int) -> tuple[bool, str]:
+            if bundle.version in fail_versions:
                 return False, "TLS to api.acme.example failed"
             return True, "endpoints reachable"
 
@@ -92,7 +92,7 @@ class LiveDevice:
 
     @property
     def version(self) -> int | None:
-        b = self.device.agent.bundle
+        b = self.device.active_bundle()
         return b.version if b is not None else None
 
     @property
@@ -420,7 +420,7 @@ def test_a_rollout_halts_when_canaries_revert_and_clears_its_wave_topics(env, ca
     assert "wave canary: 2 of 2 devices failed" in r.halt_reason
     assert sorted(f["device"] for f in r.failing) == ["can-1", "can-2"]
     assert all("marked v2 bad" in f["reason"] for f in r.failing)
-    assert all(d.version == 1 and 2 in d.device.agent.state["bad"] for d in canaries)
+    assert all(d.version == 1 and 2 in d.device.bad_versions() for d in canaries)
     assert all(d.version == 1 for d in others)
     assert env.retained(topics.group_bundle(env.fleet, "canary"), 0.5) is None
     fleet_bundle = env.retained(topics.bundle(env.fleet))

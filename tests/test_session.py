@@ -114,9 +114,9 @@ def test_roots_arriving_out_of_order_are_applied_in_order(repo):
     r2 = repo.rotate("bundle", new_keys=1)
     r3 = repo.rotate("bundle", new_keys=1)
     assert s.on_message(topics.root(repo.fleet, 3), r3) == []
-    assert s.device.agent.root.version == 1
+    assert s.device.root_version() == 1
     out = s.on_message(topics.root(repo.fleet, 2), r2)
-    assert s.device.agent.root.version == 3
+    assert s.device.root_version() == 3
     assert published(out, "status")[-1][1]["root_version"] == 3
     assert s.on_message(topics.root(repo.fleet, 1), repo.root_raw) == []
 
@@ -129,7 +129,7 @@ def test_bundle_streamed_in_chunks_installs_like_a_whole_message(repo):
 
 
 def test_failed_health_check_reports_revert_in_status(repo):
-    s = make(repo, health=lambda version: (version == 1, "TLS to api.example failed"))
+    s = make(repo, health=lambda bundle, now: (bundle.version == 1, "TLS to api.example failed"))
     s.on_message(topics.bundle(repo.fleet), repo.bundle(version=1))
     out = s.on_message(topics.bundle(repo.fleet), repo.bundle(version=2))
     status = published(out, "status")[-1][1]

@@ -93,7 +93,7 @@ def test_streamed_verification_gives_the_same_bundle_or_refusal_as_in_memory(rep
             def read_at(self, offset, n):  # never hand out more than `chunk` bytes at once
                 return b"".join(self.data[o:min(o + chunk, offset + n)] for o in range(offset, offset + n, chunk))
 
-        streamed = outcome(policy.verify_bundle_source, root, Chunked(raw), now=NOW + DAY)
+        streamed = outcome(policy.verify_bundle, root, Chunked(raw), now=NOW + DAY)
         assert streamed == in_memory, name
 
 
@@ -106,7 +106,7 @@ def test_stored_anchors_are_read_back_from_the_source_only_when_used(repo, root)
             reads.append(n)
             return BytesSource.read_at(self, offset, n)
 
-    b = policy.verify_bundle_source(root, Counting(raw))
+    b = policy.verify_bundle(root, Counting(raw))
     parsed = len(reads)
     assert len(b.anchors) == 150 and len(reads) == parsed  # nothing read since parsing
     assert b.anchors[149].not_after == many_anchors(150)[149][3]
@@ -203,7 +203,7 @@ def test_trust_decisions_from_stored_anchors_equal_those_from_memory(repo, root)
     acme, backup = fk.chain("acme"), fk.chain("backup")
     raw = repo.bundle(version=2, anchors=many_anchors(60) + [fk.compact_anchor(acme.ca), fk.full_anchor(backup.ca)])
     eager = trust.TrustStore(policy.verify_bundle(root, raw))
-    lazy = trust.TrustStore(policy.verify_bundle_source(root, BytesSource(raw)))
+    lazy = trust.TrustStore(policy.verify_bundle(root, BytesSource(raw)))
     chains = {
         "acme": [fk.der(acme.leaf), fk.der(acme.intermediate)],
         "backup": [fk.der(backup.leaf), fk.der(backup.intermediate)],

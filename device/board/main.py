@@ -17,9 +17,10 @@ Order on every boot (boot.py has made sure STATE_DIR exists):
    and it persists a clock reading only within 400 days of authenticated time.
 4. Loop: offline inbox, MQTT hook (a later issue), tick, feed the watchdog.
 
-Health check of a trial store: a TLS connection to every configured
-endpoint, then TrustStore.evaluate on what the TLS stack shows us (see
-check_endpoint for what each side checks, and README.md).
+Health check of a trial store (the runner hands over the bundle on trial
+and the trusted time): a TLS connection to every configured endpoint, then
+TrustStore.evaluate on what the TLS stack shows us (see check_endpoint for
+what each side checks, and README.md).
 """
 
 import hashlib
@@ -115,22 +116,15 @@ def build_device(cfg, clock=clock):
             runner.initialise(storage, f.read(), conf)
         log("initialised from", FACTORY_ROOT)
     eps = endpoints(cfg)
-    holder = []
 
-    def health(version):
-        d = holder[0]
-        return check_endpoints(eps, trial_bundle(d), d.agent.trusted_time(d.now()), conf.managed)
+    def health(bundle, now):
+        # The runner hands over the bundle on trial and the trusted time.
+        return check_endpoints(eps, bundle, now, conf.managed)
 
     device = runner.Device(storage, conf, health if eps else runner.no_endpoints, clock)
-    holder.append(device)
     for r in device.boot_result.reports:
         log("boot:", r["event"], r["detail"])
     return device
-
-
-def trial_bundle(device):
-    # The runner passes only the version; the agent names the bundle on trial.
-    return device.agent.trial_bundle()
 
 
 # ------------------------------------------------------------------ health check

@@ -1,14 +1,22 @@
 """The device agent: a state machine with no I/O.
 
-Fed with documents (root, bundle, timestamp) as bytes, clock readings and
-health-check results; returns actions for the caller to carry out, in order:
+Fed with documents (root, bundle, timestamp) as bytes, a bundle also as a
+source (see source.py: already streamed into the inactive slot), clock
+readings and health-check results; returns actions for the caller to carry
+out, in order:
 
     slots.WRITE_SLOT, slots.WRITE_ROOT, slots.SWITCH, slots.COMMIT,
     slots.REVERT, slots.SAVE     -> Store.apply (persistence)
-    HEALTH_CHECK (version, deadline) -> connect to the endpoints with the
-                                        new store, then call health()
+    HEALTH_CHECK (bundle, trusted_time, deadline)
+                                 -> connect to the endpoints with a store
+                                    built from `bundle` (the one on trial),
+                                    judged at `trusted_time`, then call health()
     REPORT (dict)                -> publish or log
     REFUSED (kind, reason)       -> the document was not accepted
+
+A bundle streamed in by a transport: begin_stream() names the slot to write
+(or refuses), stream_too_large() refuses one over the size limit, and
+offer_bundle(source, clock, slot, digest) verifies what was written.
 
 States: IDLE (a committed store, or none yet) and TRIAL (switched to a new
 store, waiting for the health check). Table of transitions:
@@ -101,10 +109,7 @@ class Agent:
 
     def _verify(self, doc, installed_version=None, now=None):
         """Verify a bundle given as bytes (in RAM) or as a source (in flash). Raises: BundleError."""
-        limits = self.config.limits
-        if type(doc) is bytes:
-            return policy.verify_bundle(self.root, doc, limits, installed_version, now)
-        return policy.verify_bundle_source(self.root, doc, limits, installed_version, now)
+        return policy.verify_bundle(self.root, doc, self.config.limits, installed_version, now)
 
     def _load_active(self, slot_docs, actions):
         s = self.state
@@ -183,32 +188,42 @@ class Agent:
         """True while a trial waits for its health check: the inactive slot is then the way back."""
         return self.phase == TRIAL
 
-    def offer_bundle(self, raw, clock):
-        """A whole bundle arrived in memory (offline install, small documents). Returns actions."""
-        b, refusal = self._accept_bundle(raw, clock, hashlib.sha256(raw).digest())
+    def begin_stream(self):
+        """A bundle is about to be streamed in. Returns (slot to write it to, None) or (None, refusal actions)."""
+        if self.phase == TRIAL:
+            return None, self._refuse_busy()
+        return self.inactive_slot(), None
+
+    def stream_too_large(self, limit):
+        """The streamed bundle passed `limit` bytes and was dropped. Returns refusal actions."""
+        return self._refuse("bundle", "document is over %d bytes, the limit" % limit)
+
+    def offer_bundle(self, doc, clock, slot=None, digest=None):
+        """A bundle arrived. Returns actions.
+
+        `doc` is bytes (a whole bundle in memory: offline install, small
+        documents), or a source over the inactive `slot` it was streamed
+        into (begin_stream); the caller hashed it while writing (`digest`),
+        and it is verified and parsed from the source, never held whole in RAM.
+        """
+        if hasattr(doc, "read_at"):
+            if slot != self.inactive_slot():
+                raise ValueError("bundle staged in slot %s, but the inactive slot is %s"
+                                 % (slot, self.inactive_slot()))
+            b, refusal = self._accept_bundle(doc, clock, digest)
+            if refusal:
+                return refusal
+            return self._switch_to(slot, b, clock)
+        b, refusal = self._accept_bundle(doc, clock, hashlib.sha256(doc).digest())
         if refusal:
             return refusal
         slot = self.inactive_slot()
-        return [(slots.WRITE_SLOT, slot, raw)] + self._switch_to(slot, b, clock)
-
-    def offer_stored_bundle(self, slot, source, clock, digest):
-        """A bundle was streamed into the inactive `slot` (see runner.receive_bundle). Returns actions.
-
-        The caller hashed it while writing (`digest`); it is verified and
-        parsed from the source, never held whole in RAM.
-        """
-        if slot != self.inactive_slot():
-            raise ValueError("bundle staged in slot %s, but the inactive slot is %s"
-                             % (slot, self.inactive_slot()))
-        b, refusal = self._accept_bundle(source, clock, digest)
-        if refusal:
-            return refusal
-        return self._switch_to(slot, b, clock)
+        return [(slots.WRITE_SLOT, slot, doc)] + self._switch_to(slot, b, clock)
 
     def _accept_bundle(self, doc, clock, digest):
         """Return (bundle, None) when doc may be installed, else (None, refusal actions)."""
         if self.phase == TRIAL:
-            return None, self._refuse("bundle", "an install is already waiting for its health check")
+            return None, self._refuse_busy()
         now = self.trusted_time(clock)
         s = self.state
         try:
@@ -235,10 +250,11 @@ class Agent:
         new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
         self._note_time(new, authenticated=b.issued_at)
         self.state = new
-        deadline = self.trusted_time(clock) + self.config.health_timeout
+        now = self.trusted_time(clock)
+        deadline = now + self.config.health_timeout
         self.pending = (b, deadline)
         self.phase = TRIAL
-        return [(slots.SWITCH, new), (HEALTH_CHECK, b.version, deadline)]
+        return [(slots.SWITCH, new), (HEALTH_CHECK, b, now, deadline)]
 
     def health(self, ok, detail, clock):
         """The health check of the trial store finished. Returns actions."""
@@ -344,6 +360,9 @@ class Agent:
         report = self._report("reverted", "bundle v%s: %s" % (bad, reason))
         report[1]["version"] = bad
         return [(slots.REVERT, new), report]
+
+    def _refuse_busy(self):
+        return self._refuse("bundle", "an install is already waiting for its health check")
 
     def _refuse(self, kind, reason):
         return [(REFUSED, kind, reason), self._report("refused", "%s: %s" % (kind, reason))]

@@ -64,7 +64,7 @@ class Message:
     """A parsed COSE_Sign or COSE_Sign1. The payload is still unverified.
 
     `unverified_payload` holds the payload bytes, or None when the message
-    was parsed from a source (parse_source); then `payload_offset` and
+    was parsed from a source; then `payload_offset` and
     `payload_length` locate it in `source`.
     """
 
@@ -168,12 +168,18 @@ def _expect_array(value, n, where):
 
 
 def parse(raw, limits=DEFAULT, untagged=None, require_protected_alg=True):
-    """Parse a COSE_Sign or COSE_Sign1 message. Raises: DecodeError.
+    """Parse a COSE_Sign or COSE_Sign1 message, given as bytes or as a source. Raises: DecodeError.
 
+    From a source (an object with `size` and `read_at`) the payload is
+    located, not read: Message.unverified_payload is None and verification
+    streams it through SHA-256 (tbs_digest). The checks are the same.
     untagged: None to require the tag (trustfleet documents), or TAG_SIGN /
     TAG_SIGN1 to accept that structure without its tag (RFC 9052 section 2
-    leaves tagging to the application; the COSE WG examples use both).
+    leaves tagging to the application; the COSE WG examples use both);
+    bytes only, a source must be tagged.
     """
+    if hasattr(raw, "read_at"):
+        return _parse_source(raw, limits, require_protected_alg)
     value = cbor.decode(raw, limits.envelope(), (TAG_SIGN, TAG_SIGN1))
     if isinstance(value, cbor.Tag):
         tag = value.number
@@ -193,12 +199,7 @@ _BARE = "not signed: a bare payload, not a COSE_Sign (98) or COSE_Sign1 (18) mes
 _UNTAGGED = "not a tagged COSE_Sign (98) or COSE_Sign1 (18) message"
 
 
-def parse_source(source, limits=DEFAULT, require_protected_alg=True):
-    """Parse a tagged message from a source without reading its payload into memory. Raises: DecodeError.
-
-    Same checks as parse(); the payload is located, not read. Verification
-    then streams it through SHA-256 (tbs_digest).
-    """
+def _parse_source(source, limits, require_protected_alg):
     if source.size > limits.max_document:
         raise LimitError("document is %d bytes, limit is %d" % (source.size, limits.max_document))
     env = limits.envelope()

@@ -412,8 +412,17 @@ def parse_policy(value):
     return Policy(user, age)
 
 
-def parse_bundle(payload, limits=DEFAULT, fleet=None):
-    """Parse a verified bundle payload held in memory. Raises: DecodeError."""
+def parse_bundle(payload, limits=DEFAULT, fleet=None, offset=0, length=None):
+    """Parse a verified bundle payload: bytes, or `length` bytes at `offset` in a source. Raises: DecodeError.
+
+    Bytes are decoded in one go (offset and length unused). From a source
+    (flash) only one item is in memory at a time; anchors are checked as
+    they pass and then kept as offsets (StoredAnchors).
+    """
+    if hasattr(payload, "read_at"):
+        if length is None:
+            length = payload.size - offset
+        return _parse_bundle_source(payload, offset, length, limits, fleet)
     return bundle_from_map(cbor.decode(payload, limits), limits, fleet)
 
 
@@ -447,7 +456,7 @@ class StoredAnchors:
     """A bundle's anchors left where they are (a file in flash); each is read back when used.
 
     Every anchor was fully checked while the bundle streamed past
-    (parse_bundle_source), so reading one back cannot fail unless the
+    (parse_bundle from a source), so reading one back cannot fail unless the
     flash changed under us, which raises DecodeError.
     """
 
@@ -473,12 +482,7 @@ class StoredAnchors:
             yield self[i]
 
 
-def parse_bundle_source(source, offset, length, limits=DEFAULT, fleet=None):
-    """Parse a verified bundle payload item by item from a source (flash). Raises: DecodeError.
-
-    Only one item is in memory at a time; anchors are checked as they pass
-    and then kept as offsets (StoredAnchors). Everything else is small.
-    """
+def _parse_bundle_source(source, offset, length, limits, fleet):
     if length > limits.max_document:
         raise LimitError("bundle payload is %d bytes, limit is %d" % (length, limits.max_document))
     d = cbor.StreamDecoder(source, offset, offset + length, limits)

@@ -8,7 +8,7 @@ first trust, e.g. in the factory image). Order, after TUF's client workflow:
    counts once however often it signs; signatures by keys outside the role,
    by unsupported algorithms or that do not verify are skipped and noted,
    not fatal, as long as the threshold is met. Unknown keys cost no ECDSA.
-3. Only then decode the payload and check it (bundle.parse_*).
+3. Only then decode the payload and check it (documents.parse_*).
 4. Check version and time rules.
 
 A new root must be signed by a threshold of the old root's root keys and by
@@ -106,28 +106,19 @@ def walk_root_chain(trusted, raws, limits=DEFAULT):
     return root
 
 
-def verify_bundle(root, raw, limits=DEFAULT, installed_version=None, now=None):
-    """Verify a signed bundle held in memory. Returns the Bundle. Raises: BundleError."""
-    msg = cose.parse(raw, limits)
-    check_threshold(msg, root, "bundle", "bundle")
-    b = documents.parse_bundle(msg.unverified_payload, limits, root.fleet)
-    return _check_bundle(b, installed_version, now)
+def verify_bundle(root, doc, limits=DEFAULT, installed_version=None, now=None):
+    """Verify a signed bundle: bytes in memory, or a source (flash). Returns the Bundle. Raises: BundleError.
 
-
-def verify_bundle_source(root, source, limits=DEFAULT, installed_version=None, now=None):
-    """Verify a signed bundle read from a source (flash), never holding it whole. Raises: BundleError.
-
-    The same rules as verify_bundle: the payload streams through SHA-256
-    for each signature, then is parsed item by item; anchors stay in the
-    source (documents.StoredAnchors).
+    From a source the bundle is never held whole: the payload streams
+    through SHA-256 for each signature, then is parsed item by item, and
+    the anchors stay in the source (documents.StoredAnchors).
     """
-    msg = cose.parse_source(source, limits)
+    msg = cose.parse(doc, limits)
     check_threshold(msg, root, "bundle", "bundle")
-    b = documents.parse_bundle_source(source, msg.payload_offset, msg.payload_length, limits, root.fleet)
-    return _check_bundle(b, installed_version, now)
-
-
-def _check_bundle(b, installed_version, now):
+    payload = msg.unverified_payload
+    if payload is None:
+        payload = msg.source
+    b = documents.parse_bundle(payload, limits, root.fleet, msg.payload_offset, msg.payload_length)
     check_version_newer(b.version, installed_version, "bundle")
     check_not_expired(b.expires_at, now, "bundle v%d" % b.version)
     return b

@@ -103,7 +103,7 @@ class Session:
             self.seen.pop(0)
 
     def _root(self, version, payload):
-        current = self.device.agent.root.version
+        current = self.device.root_version()
         if version <= current:
             return []
         if len(self.pending_roots) >= _PENDING_ROOTS_MAX and version not in self.pending_roots:
@@ -113,7 +113,7 @@ class Session:
         while current + 1 in self.pending_roots:
             raw = self.pending_roots.pop(current + 1)
             out.extend(self._after(self.device.offer("root", raw)))
-            if self.device.agent.root.version == current:
+            if self.device.root_version() == current:
                 break  # refused: the rest cannot follow
             current += 1
         return out
@@ -153,7 +153,7 @@ class Session:
 
     def expired_pinsets(self, now):
         """Domains whose pins have expired: connections there are checked by CA validation only."""
-        b = self.device.agent.bundle
+        b = self.device.active_bundle()
         if b is None:
             return []
         return [p.domain for p in b.pinsets if now >= p.expires]

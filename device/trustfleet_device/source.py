@@ -1,8 +1,10 @@
-"""Byte sources: a document in RAM or in a file, read by offset.
+"""Byte sources: a document read by offset.
 
 The stream decoder, COSE verification and lazy anchors read documents
-through `read_at(offset, n)`, so a 150-root bundle can be checked and used
-from flash without ever being in RAM whole.
+through `read_at(offset, n)` (and know their `size`), so a 150-root bundle
+can be checked and used from flash without ever being in RAM whole. The
+core only reads sources; the one over a file (FileSource) opens it, so it
+lives with the storage adapters in transports/storage.py.
 """
 
 
@@ -18,23 +20,3 @@ class BytesSource:
 
     def close(self):
         pass
-
-
-class FileSource:
-    """A document in a file, opened on first read and kept open until close()."""
-
-    def __init__(self, path, size):
-        self.path = path
-        self.size = size
-        self.f = None
-
-    def read_at(self, offset, n):
-        if self.f is None:
-            self.f = open(self.path, "rb")
-        self.f.seek(offset)
-        return self.f.read(n)
-
-    def close(self):
-        if self.f is not None:
-            self.f.close()
-            self.f = None

@@ -22,6 +22,7 @@ from typing import Any
 from trustfleet_device import trust, x509
 from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.agent import Config
+from trustfleet_device.documents import Bundle
 from trustfleet_device.errors import BundleError, DeviceError
 from trustfleet_device.limits import DEFAULT
 from trustfleet_pi import export as exports
@@ -270,8 +271,8 @@ class _Recorder:
         self.check = check
         self.answer: tuple[bool, str] | None = None
 
-    def __call__(self, version: int) -> tuple[bool, str]:
-        self.answer = self.check(version)
+    def __call__(self, bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
+        self.answer = self.check(bundle, trusted_time)
         return self.answer
 
 
@@ -280,11 +281,9 @@ def _install(args: argparse.Namespace, cfg: AgentConfig, state: Path, file: Path
     endpoints = list(getattr(args, "endpoint", None) or cfg.endpoints)
     timeout = getattr(args, "health_timeout", None) or cfg.health_timeout
     anchors = cfg.user_anchor_ders()
-    holder: list[LocalDevice] = []
-    health = _Recorder(tls.health_check_for(endpoints, lambda: holder[0], timeout,
-                                            managed=cfg.managed, user_anchors=anchors))
+    health = _Recorder(tls.health_check_for(endpoints, timeout, managed=cfg.managed,
+                                            user_anchors=anchors))
     device = LocalDevice(state, _core_config(args, cfg), health)
-    holder.append(device)
     outcome = device.install(_read(file))
     result: dict[str, Any] = {
         "installed": outcome.committed is not None, "version": outcome.committed,
@@ -463,11 +462,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = _state(args, cfg)
     settings = _run_settings(cfg, state)
     anchors = cfg.user_anchor_ders()
-    holder: list[LocalDevice] = []
-    health = tls.health_check_for(cfg.endpoints, lambda: holder[0], cfg.health_timeout,
-                                  managed=cfg.managed, user_anchors=anchors)
+    health = tls.health_check_for(cfg.endpoints, cfg.health_timeout, managed=cfg.managed,
+                                  user_anchors=anchors)
     device = _RunDevice(state, cfg.core_config(), health)
-    holder.append(device)
     for r in device.boot_result.reports:
         _warn(f"boot: {r['event']}: {r['detail']}")
 
@@ -480,7 +477,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     device.on_commit = committed
     context = None
     if settings.tls:
-        if device.agent.bundle is None:
+        if device.active_bundle() is None:
             raise UsageError(f"{settings.url()}: the broker's certificate is checked with the "
                              "installed trust store, and none is installed: give `init` a "
                              "factory bundle (--bundle), or use mqtt://")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from trustfleet_device.agent import Config
+from trustfleet_device.documents import Bundle
 from trustfleet_device.transports import runner
 from trustfleet_device.transports.storage import DirStorage
 
@@ -15,7 +16,7 @@ class LocalDevice(runner.Device):
     """One device whose state lives in a directory."""
 
     def __init__(self, state_dir: str | os.PathLike[str], config: Config | None = None,
-                 health_check: Callable[[int], tuple[bool, str]] = runner.no_endpoints,
+                 health_check: Callable[[Bundle, int], tuple[bool, str]] = runner.no_endpoints,
                  clock: Callable[[], float] = time.time):
         self.state_dir = os.fspath(state_dir)
         super().__init__(DirStorage(self.state_dir), config or Config(), health_check, clock)

@@ -1,7 +1,7 @@
 """TLS for applications on the Raspberry Pi, enforcing the installed trust store.
 
 What it trusts: the installed Bundle (verified by the agent before it was
-stored), the device's trusted time (agent.trusted_time: never earlier than
+stored), the device's trusted time (Device.trusted_time: never earlier than
 the last authenticated time or the firmware build time), and, on managed
 devices whose bundle allows them, the enterprise anchors given here. The
 server's chain is trusted for nothing until TrustStore.evaluate() accepts
@@ -342,12 +342,12 @@ def in_memory(store: trust.TrustStore) -> trust.TrustStore:
 
 
 def _is_device(obj: Any) -> bool:
-    return hasattr(obj, "agent") and hasattr(obj, "config")
+    return hasattr(obj, "active_bundle") and hasattr(obj, "trusted_time") and hasattr(obj, "config")
 
 
-def store_for(source: Any, *, bundle: Bundle | None = None, managed: bool | None = None,
+def store_for(source: Any, *, managed: bool | None = None,
               user_anchors: Iterable[bytes] | None = None) -> trust.TrustStore:
-    """A TrustStore from a TrustStore, a Bundle or a device (its active bundle, or `bundle`).
+    """A TrustStore from a TrustStore, a Bundle or a device (its active bundle).
 
     Raises:
         DeviceError: the device has no bundle installed.
@@ -359,8 +359,7 @@ def store_for(source: Any, *, bundle: Bundle | None = None, managed: bool | None
         return in_memory(trust.TrustStore(source, list(user_anchors or ()), managed is True))
     if not _is_device(source):
         raise ValueError("expected a trust.TrustStore, a Bundle or a device")
-    if bundle is None:
-        bundle = source.agent.bundle
+    bundle = source.active_bundle()
     if bundle is None:
         where = getattr(source, "state_dir", "this device")
         raise DeviceError(f"{where} has no bundle installed: nothing to check TLS against")
@@ -371,8 +370,7 @@ def store_for(source: Any, *, bundle: Bundle | None = None, managed: bool | None
 
 def _clock_for(source: Any, clock: Callable[[], float]) -> Callable[[], int]:
     if _is_device(source):
-        agent = source.agent
-        return lambda: agent.trusted_time(int(clock()))
+        return lambda: source.trusted_time(int(clock()))
     return lambda: int(clock())
 
 
@@ -445,16 +443,15 @@ def check(host: str, port: int, device: Any, timeout: float = 10.0, *,
 # --------------------------------------------------------------------------- health check
 
 
-def health_check_for(endpoints: Iterable[str], device_or_store_loader: Any, timeout: float = 10.0,
-                     *, managed: bool | None = None, user_anchors: Iterable[bytes] | None = None,
-                     clock: Callable[[], float] = time.time) -> Callable[[int], tuple[bool, str]]:
-    """The `health_check(version) -> (ok, detail)` the runner calls while an install is on trial.
+def health_check_for(endpoints: Iterable[str], timeout: float = 10.0, *, managed: bool = False,
+                     user_anchors: Iterable[bytes] | None = None
+                     ) -> Callable[[Bundle, int], tuple[bool, str]]:
+    """The `health_check(bundle, trusted_time) -> (ok, detail)` the runner calls while an install is on trial.
 
-    Every endpoint ("host:port") is reached over TLS with the NEW store: the
-    trial bundle (`agent.trial_bundle()`) when there is one, else the active one.
-    ok means every endpoint's decision was accept or accept-fail-open.
-    device_or_store_loader: a device, a TrustStore, or a callable returning
-    one (the device is made with its health check, so it may not exist yet).
+    Every endpoint ("host:port") is reached over TLS with the NEW store,
+    built from `bundle` (the one on trial, handed over by the runner) and
+    judged at `trusted_time`. ok means every endpoint's decision was accept
+    or accept-fail-open. managed and user_anchors: as for context_for.
 
     Raises:
         ValueError: an endpoint is malformed (checked here, not at install time).
@@ -462,11 +459,13 @@ def health_check_for(endpoints: Iterable[str], device_or_store_loader: Any, time
     targets = [parse_endpoint(e) for e in endpoints]
     anchors = list(user_anchors or ())
 
-    def health_check(version: int) -> tuple[bool, str]:
+    def health_check(bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
         if not targets:
             return True, "no endpoints configured"
+        version = bundle.version
         try:
-            ctx = _trial_context(device_or_store_loader, managed, anchors, clock)
+            store = store_for(bundle, managed=managed, user_anchors=anchors)
+            ctx = TrustContext(store, lambda: trusted_time)
         except Exception as exc:  # the health check must answer, never crash a trial
             return False, f"cannot build the trial store for v{version}: {exc}"
         good, bad = [], []
@@ -486,14 +485,3 @@ def health_check_for(endpoints: Iterable[str], device_or_store_loader: Any, time
         return True, f"v{version} reaches {len(good)} endpoint(s): " + ", ".join(good)
 
     return health_check
-
-
-def _trial_context(source: Any, managed: bool | None, anchors: list[bytes],
-                   clock: Callable[[], float]) -> TrustContext:
-    if callable(source) and not _is_device(source) and not isinstance(source, trust.TrustStore):
-        source = source()
-    bundle = None
-    if _is_device(source) and source.agent.trial_bundle() is not None:
-        bundle = source.agent.trial_bundle()
-    store = store_for(source, bundle=bundle, managed=managed, user_anchors=anchors)
-    return TrustContext(store, _clock_for(source, clock))

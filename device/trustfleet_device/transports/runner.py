@@ -4,6 +4,18 @@ The agent decides; this loop applies persistence actions to the store,
 runs health checks through a caller-supplied function and collects
 reports and refusals. It is MicroPython-safe, so the board's main.py, the
 Raspberry Pi agent and the tests all drive the core the same way.
+
+    agent action                        -> what run() does
+    slots.WRITE_SLOT ... slots.SAVE     -> Store.apply
+    HEALTH_CHECK (bundle, trusted_time, deadline)
+                                        -> health_check(bundle, trusted_time)
+                                           returns (ok, detail), fed to agent.health()
+    REFUSED (kind, reason)              -> Result.refused
+    REPORT (dict)                       -> Result.reports (and .reverted)
+
+Everything a caller needs to read about the device (root version, active
+bundle, bad versions, busy, trusted time) is a Device method, so nothing
+outside reaches into `device.agent`.
 """
 
 import hashlib
@@ -13,7 +25,7 @@ from trustfleet_device import policy, slots
 from trustfleet_device.errors import StorageError
 
 
-def no_endpoints(version):
+def no_endpoints(bundle, trusted_time):
     """Health check used when no endpoints are configured: nothing to lose touch with."""
     return True, "no endpoints configured"
 
@@ -63,6 +75,26 @@ class Device:
     def now(self):
         return int(self.clock())
 
+    def trusted_time(self, clock=None):
+        """The agent's trusted time at a clock reading (default: this device's clock now)."""
+        return self.agent.trusted_time(self.now() if clock is None else clock)
+
+    def root_version(self):
+        """The version of the trusted root."""
+        return self.agent.root.version
+
+    def active_bundle(self):
+        """The committed, verified Bundle in use, or None."""
+        return self.agent.bundle
+
+    def bad_versions(self):
+        """Bundle versions reverted as bad on this device (a copy)."""
+        return list(self.agent.state["bad"])
+
+    def busy(self):
+        """True while an install waits for its health check."""
+        return self.agent.busy()
+
     def offer(self, kind, raw):
         """Offer a root, bundle or timestamp document. Returns a Result."""
         if kind == "bundle":
@@ -85,9 +117,9 @@ class Device:
         of this document is added to it. Returns a Result.
         """
         agent = self.agent
-        if agent.busy():
-            return self.run(agent._refuse("bundle", "an install is already waiting for its health check"))
-        slot = agent.inactive_slot()
+        slot, refusal = agent.begin_stream()
+        if refusal:
+            return self.run(refusal)
         name = slots.slot_file(slot)
         limit = self.config.limits.max_document
         h = hashlib.sha256()
@@ -98,7 +130,7 @@ class Device:
                 size += len(chunk)
                 if size > limit:
                     writer.abort()
-                    return self.run(agent._refuse("bundle", "document is over %d bytes, the limit" % limit))
+                    return self.run(agent.stream_too_large(limit))
                 h.update(chunk)
                 writer.write(chunk)
         except BaseException:
@@ -112,7 +144,7 @@ class Device:
                 return Result()
             seen.append(digest)
         source = self.store.storage.source(name)
-        return self.run(agent.offer_stored_bundle(slot, source, self.now(), digest))
+        return self.run(agent.offer_bundle(source, self.now(), slot, digest))
 
     def tick(self):
         return self.run(self.agent.tick(self.now()))
@@ -132,7 +164,7 @@ class Device:
                     result.committed = action[1]["version"]
                 continue
             if kind == core.HEALTH_CHECK:
-                ok, detail = self.health_check(action[1])
+                ok, detail = self.health_check(action[1], action[2])
                 pending = self.agent.health(ok, detail, self.now()) + pending
             elif kind == core.REFUSED:
                 result.refused.append((action[1], action[2]))

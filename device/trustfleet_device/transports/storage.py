@@ -2,9 +2,10 @@
 
 Each adapter offers the same calls: read, write (atomic replace), remove,
 exists, names, plus open_write (the same atomic replace, fed in chunks) and
-source (a document read by offset, see source.py). `write` is the single durability primitive the A/B
-store builds on: after a power cut a file holds either its old content or
-its new content, never a mix.
+source (a document read by offset: FileSource here, source.BytesSource in
+memory). `write` is the single durability primitive the A/B store builds
+on: after a power cut a file holds either its old content or its new
+content, never a mix.
 
 - DirStorage: a directory, through `os`. On Linux it writes a temp file,
   fsyncs it, renames it over the target and fsyncs the directory. On a
@@ -20,9 +21,29 @@ Knows nothing about crypto or documents.
 import os
 
 from trustfleet_device.errors import StorageError
-from trustfleet_device.source import BytesSource, FileSource
+from trustfleet_device.source import BytesSource
 
 _TMP = ".tmp"
+
+
+class FileSource:
+    """A document in a file, opened on first read and kept open until close()."""
+
+    def __init__(self, path, size):
+        self.path = path
+        self.size = size
+        self.f = None
+
+    def read_at(self, offset, n):
+        if self.f is None:
+            self.f = open(self.path, "rb")
+        self.f.seek(offset)
+        return self.f.read(n)
+
+    def close(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
 
 
 class PowerCut(Exception):

@@ -7,8 +7,8 @@ connection of its own (client id, retained status, last will). Devices of
 one worker share a single event loop (no thread per device); `processes`
 workers split the fleet and the coordinator adds their figures up.
 
-Health check, without sockets: the device's trial store
-(`agent.trial_bundle()`) judges a fixed server chain for a fixed host with
+Health check, without sockets: the trial store (the bundle the runner
+hands to the health check) judges a fixed server chain for a fixed host with
 `trust.TrustStore.evaluate` at the device's trusted time, the same decision
 a TLS handshake with the new store would take (samples/: the chain of
 api.demo-fleet.example). A device in the health-fail subset fails whatever
@@ -71,6 +71,7 @@ from typing import Any
 
 from trustfleet_device import agent as core
 from trustfleet_device import cbor, cose, topics, trust
+from trustfleet_device.documents import Bundle
 from trustfleet_device.session import Session
 from trustfleet_device.transports import runner
 from trustfleet_device.transports.storage import MemStorage, PowerCut
@@ -482,20 +483,20 @@ class SimDevice:
         self.bricked: str | None = None
 
     def installed(self) -> int | None:
-        b = self.device.agent.bundle if self.device is not None else None
+        b = self.device.active_bundle() if self.device is not None else None
         return b.version if b is not None else None
 
     def settled_for(self, version: int) -> bool:
         """Online and idle, and runs `version` (or newer) or has reverted it as bad."""
         if self.off or not self.online or self.reboot is not None or self.device is None:
             return False
-        agent = self.device.agent
-        if agent.busy():
+        device = self.device
+        if device.busy():
             return False
-        b = agent.bundle
+        b = device.active_bundle()
         if b is not None and b.version >= version:
             return True
-        return version in agent.state["bad"]
+        return version in device.bad_versions()
 
 
 def factory_image(cfg: SimConfig) -> dict[str, bytes]:
@@ -714,7 +715,7 @@ class Worker:
     def _feed(self, d: SimDevice, kind: str | None, topic: str, payload: bytes) -> None:
         storage = d.storage
         arm = (d.flags & POWER_CUT and not d.cuts and kind == "bundle" and payload
-               and not d.device.agent.busy())
+               and not d.device.busy())
         if arm:
             storage.cut_after = storage.ops + self.rng.randrange(INSTALL_OPS)
         try:
@@ -786,16 +787,12 @@ class Worker:
         before, _ = d.after_cut[-1]
         d.after_cut[-1] = (before, d.version)
 
-    def _health(self, d: SimDevice, version: int) -> tuple[bool, str]:
+    def _health(self, d: SimDevice, bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
         """The trial store judges the endpoint's chain at the device's trusted time."""
         host = self.cfg.endpoint
         if d.flags & HEALTH_FAIL:
             return False, f"TLS to {host}:443 failed (simulated: health-fail subset)"
-        agent = d.device.agent
-        b = agent.trial_bundle()
-        if b is None:
-            return False, "no store on trial"
-        decision = trust.TrustStore(b).evaluate(host, self.chain, agent.trusted_time(d.device.now()))
+        decision = trust.TrustStore(bundle).evaluate(host, self.chain, trusted_time)
         if decision.accepted():
             return True, f"{host}: {decision.result}"
         return False, f"TLS to {host}:443 refused: {decision.reason}"
@@ -814,13 +811,14 @@ class Worker:
             versions[d.version] += 1
             if d.device is None:
                 continue
-            agent = d.device.agent
+            device = d.device
             if d.reboot is not None:
                 states["rebooting"] += 1
             else:
-                states["trial" if agent.busy() else ("no-store" if agent.bundle is None else "ok")] += 1
+                states["trial" if device.busy() else
+                       ("no-store" if device.active_bundle() is None else "ok")] += 1
             verified.update(d.commits)
-            verified.update(agent.state["bad"])
+            verified.update(device.bad_versions())
         candidates = set(verified)
         if self.cfg.until_version is not None:
             candidates.add(self.cfg.until_version)
@@ -844,7 +842,7 @@ class Worker:
                 state, bad = "bricked", []
             else:
                 state = d.device.status()["state"]
-                bad = list(d.device.agent.state["bad"])
+                bad = d.device.bad_versions()
             rows.append((d.id, d.group, d.flags, d.online, state, d.installed() if d.device else None,
                          bad, dict(d.commits), d.cuts, list(d.after_cut), d.bricked))
         return {"rows": rows, "snapshot": self.snapshot(),
