@@ -22,7 +22,7 @@ Usage: .venv/bin/python benchmarks/bench_bundle.py [--json] [--quick]
     ESP-IDF's esp_crt_bundle layout for the same roots. Target: compact not
     larger than ESP-IDF; reported for the anchors array, the unsigned
     payload and the signed document.
-(c) The same checks inside the real MicroPython VM (WebAssembly, tests/mpyvm),
+(c) The same checks inside the real MicroPython VM (WebAssembly, tests/support/mpyvm),
     timed with time.ticks_ms over loops; allocation totals and the live heap
     at the end of the check. No target: information for board sizing.
 
@@ -524,7 +524,7 @@ def _ms_stats(per_check):
 
 def run_micropython(root_raw, docs, rounds):
     try:
-        from mpyvm import MicroPythonVM, available
+        from support.mpyvm import MicroPythonVM, available
     except ImportError as exc:
         return {"measured": False, "reason": f"harness not importable: {exc}"}
     ok, why = available()

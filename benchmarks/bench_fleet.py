@@ -39,8 +39,8 @@ for _sub in ("device", "server", "tests"):
     sys.path.insert(0, str(REPO / _sub))
 
 from cryptography import x509  # noqa: E402
-from fleetkit import Repo, compact_anchor, pin, pinset  # noqa: E402
 
+from support.fleetkit import Repo, compact_anchor, pin, pinset  # noqa: E402
 from trustfleet_device import topics  # noqa: E402
 from trustfleet_server import mqtturl  # noqa: E402
 from trustfleet_server.broker.aioclient import AioClient  # noqa: E402

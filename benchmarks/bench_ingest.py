@@ -281,7 +281,7 @@ def publish_burst(port: int, fleet: str, n: int) -> list[subprocess.Popen]:
 
 def e2e_serve(port: int, n: int, workdir: Path) -> float:
     sys.path.insert(0, str(REPO / "tests"))
-    from fleetkit import Repo
+    from support.fleetkit import Repo
 
     fleet = f"b{uuid.uuid4().hex[:8]}"
     repo = Repo(fleet=fleet)

@@ -127,7 +127,7 @@ def _fresh(n):
 
 def vm_figures(root_raw, docs, rounds):
     try:
-        from mpyvm import MicroPythonVM, available
+        from support.mpyvm import MicroPythonVM, available
     except ImportError as exc:
         return {"measured": False, "reason": str(exc)}
     ok, reason = available()

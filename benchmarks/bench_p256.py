@@ -21,7 +21,7 @@ Fairness notes:
   2.0x target is against the default use.
 
 MicroPython (information, no target): the same signatures are written into
-the real MicroPython VM (WebAssembly, tests/mpyvm) and verified there with
+the real MicroPython VM (WebAssembly, tests/support/mpyvm) and verified there with
 p256.verify_digest_pure, hashing included, timed with time.ticks_ms over
 loops (1 ms ticks): warm (each key's tables built untimed, then that key's
 messages timed in a loop, since MicroPython caches only two keys), key
@@ -125,7 +125,7 @@ def micropython_figures(rounds=MPY_ROUNDS):
     package is missing.
     """
     try:
-        from mpyvm import MicroPythonVM, available
+        from support.mpyvm import MicroPythonVM, available
     except ImportError as exc:
         return {"measured": False, "reason": f"harness not importable: {exc}"}
     ok, why = available()

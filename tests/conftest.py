@@ -1,22 +1,22 @@
 """Shared pytest configuration for trustfleet: the MicroPython VM, real MQTT brokers, and the
-no-skip rule under CI (see tests/environment.py)."""
+no-skip rule under CI (see tests/support/environment.py)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import brokers
 import pytest
-from environment import in_ci, require_tool, skip_or_fail
 
-from mpyvm import MicroPythonVM, available
+from support import brokers
+from support.environment import in_ci, require_tool, skip_or_fail
+from support.mpyvm import MicroPythonVM, available
 
 _MPY_FIXTURES = ("mpy", "mpy_fresh")
 
 
 # --------------------------------------------------------------------------- no skips in CI
-# Tests ask for what they need through tests/environment.py (skip here, fail under CI). These
+# Tests ask for what they need through tests/support/environment.py (skip here, fail under CI). These
 # hooks catch every other way a test or a module can end up skipped (pytest.skip, skipif and
 # skip marks, importorskip, allow_module_level) and, under CI=true, report it as a failure
 # with its reason. A test module that collects nothing fails under CI as well. There are no
@@ -81,7 +81,7 @@ def mpy_fresh(mpy):
 
 
 # --------------------------------------------------------------------------- MQTT brokers
-# See tests/brokers.py. Every broker a fixture starts is stopped by PID at the end.
+# See tests/support/brokers.py. Every broker a fixture starts is stopped by PID at the end.
 
 
 def _require_binary(name: str, package: str) -> str:

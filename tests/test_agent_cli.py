@@ -1,6 +1,6 @@
 """`trustfleet-agent` check, export, config and post-commit hook, one subprocess per command.
 
-The TLS servers are real (loopback threads from test_agent_tls); bundles
+The TLS servers are real (loopback threads from tests/support/tlsagent.py); bundles
 are real signed documents; the agent runs on the real clock, so the test
 certificates are valid around today. Exit codes are the contract: check
 0 accepted / 1 rejected / 2 no connection or usage; install 0 / 1 / 2. No
@@ -13,12 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-import fleetkit as fk
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from test_agent_tls import HOST, OTHER, PKI, T0, agent, make_bundle, tls_server
 
+from support import fleetkit as fk
+from support.tlsagent import HOST, OTHER, PKI, T0, agent, make_bundle, tls_server
 from trustfleet_pi.config import ConfigError, load_config
 
 

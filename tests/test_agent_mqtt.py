@@ -27,18 +27,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import fleetkit as fk
 import paho.mqtt.client as paho
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from environment import skip_or_fail
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
-from test_agent_tls import ENV, OTHER, PKI, T0, make_bundle
-from test_streaming import many_anchors
-from test_x509 import key, make_cert
 
+from support import fleetkit as fk
+from support.environment import skip_or_fail
+from support.fleetkit import many_anchors
+from support.pki import key, make_cert
+from support.tlsagent import ENV, OTHER, PKI, T0, make_bundle
 from trustfleet_device import topics
 from trustfleet_device.transports.mqtt import Backoff
 from trustfleet_pi.config import MqttConfig

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from fleetkit import DAY, NOW, Repo, encode, flip_payload_byte
 
+from support.fleetkit import DAY, NOW, Repo, encode, flip_payload_byte
 from trustfleet_device import VERSION, policy, slots
 from trustfleet_device import agent as core
 from trustfleet_device.errors import BundleError

@@ -1,10 +1,10 @@
 """The board's TLS health check on the real MicroPython unix port, against real TLS servers.
 
 device/board/main.py runs here on the native unix port (`.venv/bin/micropython`,
-see tests/mpunix.py) with its real `socket`, `ssl` and `tls` modules
+see tests/support/mpunix.py) with its real `socket`, `ssl` and `tls` modules
 (mbedTLS 3.6); only `machine`, `network` and `ntptime` are stand-ins. The
 servers are trustfleet_server.demo.tlsserver.LoopbackTLSServer threads on
-127.0.0.1 in this process, serving the chains of tests/test_agent_tls.py
+127.0.0.1 in this process, serving the chains of tests/support/tlsagent.py
 (valid around today, since mbedTLS reads the real clock). Bundles are real
 signed documents (fleetkit.Repo) that the port verifies and streams from a
 file, as a board does.
@@ -47,11 +47,12 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import fleetkit as fk
-import mpunix
 import pytest
-from test_agent_tls import DAY, HOST, OTHER, PKI, ROGUE, T0, Hierarchy, pinsets, tls_server
-from test_x509 import der, key, make_cert, pin
+
+from support import fleetkit as fk
+from support import mpunix
+from support.pki import der, key, make_cert, pin
+from support.tlsagent import DAY, HOST, OTHER, PKI, ROGUE, T0, Hierarchy, pinsets, tls_server
 
 PORT_HOST = "localhost"  # in the test leaves' names, and resolves to 127.0.0.1 on the port
 FULL, COMPACT = "full", "compact"

@@ -19,12 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import brokers
 import paho.mqtt.client as mqtt
 import pytest
-from environment import require_tool, skip_or_fail
-from fleetkit import Repo
 
+from support import brokers
+from support.environment import require_tool, skip_or_fail
+from support.fleetkit import Repo
 from trustfleet_device import topics
 from trustfleet_server import brokerconfig, cli
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import os
 
-import brokers
 import paho.mqtt.client as mqtt
 import pytest
-from fleetkit import Repo
 
+from support import brokers
+from support.fleetkit import Repo
 from trustfleet_device import topics
 
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5

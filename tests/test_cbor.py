@@ -24,8 +24,7 @@ for _sub in ("device", "server"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
-from vectors import cose_examples, load_json  # noqa: E402
-
+from support.vectors import cose_examples, load_json  # noqa: E402
 from trustfleet_device import cbor  # noqa: E402
 from trustfleet_device.cbor import Tag  # noqa: E402
 from trustfleet_device.errors import DecodeError, LimitError  # noqa: E402

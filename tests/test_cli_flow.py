@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import fleetkit as fk
 import pytest
+
+from support import fleetkit as fk
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}

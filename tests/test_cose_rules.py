@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 
-import fleetkit as fk
 import pytest
 
+from support import fleetkit as fk
 from trustfleet_device import cbor, cose, policy
 from trustfleet_device.cbor import Tag
 from trustfleet_device.errors import BundleError, DecodeError, LimitError, SignatureError

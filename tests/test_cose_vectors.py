@@ -25,8 +25,7 @@ for _sub in ("device", "server"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
-from vectors import cose_examples  # noqa: E402
-
+from support.vectors import cose_examples  # noqa: E402
 from trustfleet_device import cose  # noqa: E402
 from trustfleet_device.errors import DecodeError  # noqa: E402
 

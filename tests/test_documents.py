@@ -1,6 +1,6 @@
 """Acceptance of signed roots, bundles and timestamps, named by the attack or rule.
 
-Documents are real: built and signed by tests/fleetkit.py with real P-256
+Documents are real: built and signed by tests/support/fleetkit.py with real P-256
 keys and certificates, then verified by the device core (policy.py) as a
 board would. Every refusal checks the error class and that the message
 names the value at fault. The rules are those of docs/format.md.
@@ -8,11 +8,11 @@ names the value at fault. The rules are those of docs/format.md.
 
 from __future__ import annotations
 
-import fleetkit as fk
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from support import fleetkit as fk
 from trustfleet_device import cbor, cose, limits, policy
 from trustfleet_device.errors import (
     DecodeError,

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from environment import require_tool
 
+from support.environment import require_tool
 from trustfleet_server.sim import simulator as simulate
 
 TIMEOUT = 120

@@ -14,8 +14,8 @@ import os
 import uuid
 
 import pytest
-from environment import skip_or_fail
 
+from support.environment import skip_or_fail
 from trustfleet_device import status as status_schema
 from trustfleet_device import topics
 from trustfleet_server import rollout

@@ -10,7 +10,7 @@ nothing. The faster tests reuse this Python through a stand-in venv
 
 What the machine may lack (systemd-analyze and systemctl from Debian's
 systemd package, shellcheck, root for the service user) is asked for through
-tests/environment.py: the test skips saying what was not checked, and fails
+tests/support/environment.py: the test skips saying what was not checked, and fails
 under CI=true.
 """
 
@@ -28,9 +28,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from environment import require_tool, skip_or_fail
-from fleetkit import Repo
 
+from support.environment import require_tool, skip_or_fail
+from support.fleetkit import Repo
 from trustfleet_pi.config import load_config
 from trustfleet_server import cli
 

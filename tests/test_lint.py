@@ -18,10 +18,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import certifi
-import fleetkit as fk
 import pytest
 from cryptography import x509
 
+from support import fleetkit as fk
 from trustfleet_server import cli, keys, lint, x509util
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,14 +21,14 @@ import re
 import statistics
 from pathlib import Path
 
-import fleetkit as fk
 import pytest
-from mpunix import BOARD_SHIMS
-from test_agent import _cut_points
-from test_trust import HOST
-from test_x509 import pin, pki
 
 import trustfleet_device
+from support import fleetkit as fk
+from support.devices import cut_points
+from support.mpunix import BOARD_SHIMS
+from support.pki import pin, pki
+from support.truststores import HOST
 from trustfleet_device import documents as device_docs
 from trustfleet_server import keys, x509util
 
@@ -448,7 +448,7 @@ def test_vm_power_cut_at_every_point_leaves_a_verified_store(rt, repo, bundles, 
     _check_invariants(got)
     versions = [o["version"] for o in got]
     # The same outcomes as the CPython test of the agent (tests/test_agent.py).
-    assert [(o["k"], o["version"]) for o in got] == _cut_points(repo, bundles, tuple(answers))
+    assert [(o["k"], o["version"]) for o in got] == cut_points(repo, bundles, tuple(answers))
     assert got[-1]["cut"] is False and all(o["cut"] for o in got[:-1])
     assert len(got) >= 6
     if case == "install":
@@ -576,7 +576,7 @@ def test_board_files_compile_under_micropython(mpy):
         assert out.strip() == "code", name
 
 
-# Fake board modules for driving main.py's functions in the VM: the shims of tests/mpunix.py
+# Fake board modules for driving main.py's functions in the VM: the shims of tests/support/mpunix.py
 # for machine, network and ntptime, plus fake socket and tls. The tls fake plays mbedTLS: it hands the server's
 # chain to verify_callback (top first, as mbedTLS does) and returns the leaf.
 FAKES = {

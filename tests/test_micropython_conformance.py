@@ -2,7 +2,7 @@
 
 On a device there is no cbor2 and no OpenSSL: `cbor.decode` is the pure decoder
 and `p256.verify_digest` the pure verifier. These tests run them in the
-WebAssembly MicroPython VM (tests/mpyvm) on data read from the published vector
+WebAssembly MicroPython VM (tests/support/mpyvm) on data read from the published vector
 files at test time, and compare with CPython:
 
 - Wycheproof P-256 P1363 vectors through `p256.verify_digest_pure`;
@@ -29,8 +29,7 @@ for _sub in ("device", "server"):
     if str(REPO / _sub) not in sys.path:
         sys.path.insert(0, str(REPO / _sub))
 
-from vectors import cose_examples, load_json, require, vectors_dir  # noqa: E402
-
+from support.vectors import cose_examples, load_json, require, vectors_dir  # noqa: E402
 from trustfleet_device import cbor  # noqa: E402
 from trustfleet_device.errors import DecodeError  # noqa: E402
 

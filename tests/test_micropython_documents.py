@@ -1,6 +1,6 @@
 """The device core in the real MicroPython VM verifies documents signed on CPython.
 
-Roots, bundles and timestamps are built and signed by tests/fleetkit.py
+Roots, bundles and timestamps are built and signed by tests/support/fleetkit.py
 (CPython, `cryptography`), written into the VM's filesystem, and verified
 there by the same device code, which on MicroPython uses the pure-Python
 P-256 and CBOR paths. The same `check` function (CHECK below) also runs on
@@ -14,8 +14,9 @@ import hashlib
 import json
 import statistics
 
-import fleetkit as fk
 import pytest
+
+from support import fleetkit as fk
 
 # Runs unchanged on both runtimes: no f-strings with `=`, no typing, nothing CPython-only.
 CHECK = r'''

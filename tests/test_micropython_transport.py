@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import fleetkit as fk
 import paho.mqtt.client as paho
 import pytest
-from environment import skip_or_fail
-from test_streaming import many_anchors
 
+from support import fleetkit as fk
+from support.environment import skip_or_fail
+from support.fleetkit import many_anchors
 from trustfleet_device import topics
 from trustfleet_device.agent import Config
 from trustfleet_device.session import Session

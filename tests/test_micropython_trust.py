@@ -1,7 +1,7 @@
 """Trust decisions inside the real MicroPython VM equal the CPython ones.
 
 Certificates (EC P-256 and RSA-2048 with SHA-256: what the pure path
-checks) are made on the host by the PKI helpers of test_x509.py, written
+checks) are made on the host by the PKI helpers of tests/support/pki.py, written
 into the VM's filesystem with `mpy.write`, and evaluated there by the same
 device code, which on MicroPython uses the pure-Python signature paths.
 The same DECIDE code runs on CPython (where signatures go through
@@ -17,8 +17,9 @@ import random
 import statistics
 
 import pytest
-from test_trust import HOST, LATER, compact, full
-from test_x509 import DAY, NOW, Pki, der, make_cert, pin, pki
+
+from support.pki import DAY, NOW, Pki, der, make_cert, pin, pki
+from support.truststores import HOST, LATER, compact, full
 
 # Runs unchanged on both runtimes: no f-strings with `=`, no typing, nothing CPython-only.
 DECIDE = r'''

@@ -27,10 +27,10 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import fleetkit as fk
 import pytest
 from cryptography import x509
 
+from support import fleetkit as fk
 from trustfleet_server import mobile, spec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The MicroPython VM harness itself, against the real VM (tests/mpyvm)."""
+"""The MicroPython VM harness itself, against the real VM (tests/support/mpyvm)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mpyvm import REPO_ROOT, MicroPythonError, MicroPythonTimeout, MicroPythonVM
+from support.mpyvm import REPO_ROOT, MicroPythonError, MicroPythonTimeout, MicroPythonVM
 
 
 def test_print_comes_back(mpy):

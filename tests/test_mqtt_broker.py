@@ -27,10 +27,10 @@ from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 import pytest
-from environment import skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from support.environment import skip_or_fail
 from trustfleet_server.broker import AioClient, ConnectRefused, EmbeddedBroker, NotConnected
 from trustfleet_server.broker import packets as p
 from trustfleet_server.broker.embedded import (

@@ -1,4 +1,4 @@
-"""The no-skip rule (tests/environment.py, tests/conftest.py) on a throwaway suite.
+"""The no-skip rule (tests/support/environment.py, tests/conftest.py) on a throwaway suite.
 
 A small suite with every way of skipping runs in a child pytest that loads
 this directory's conftest as a plugin: without CI each case skips with its
@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 CASES = '''
 import pytest
-from environment import require, require_tool, skip_or_fail
+from support.environment import require, require_tool, skip_or_fail
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "device"))
 
-from vectors import load_json  # noqa: E402
-
+from support.vectors import load_json  # noqa: E402
 from trustfleet_device import p256  # noqa: E402
 from trustfleet_device.errors import DecodeError  # noqa: E402
 

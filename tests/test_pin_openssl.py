@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from environment import require_tool
 
+from support.environment import require_tool
 from trustfleet_server import cli, keys, x509util
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 import pytest
-from environment import require, skip_or_fail
-from fleetkit import Repo
 
+from support.environment import require, skip_or_fail
+from support.fleetkit import Repo
 from trustfleet_device import topics
 from trustfleet_server import brokerconfig, cli, provision
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from test_trust import HOST, NOW, full, pin, pinset, pki, store
 
+from support.pki import NOW, pin, pki
+from support.truststores import HOST, full, pinset, store
 from trustfleet_device.reports import ReportQueue, report_key, report_kind
 
 DAY = 86_400

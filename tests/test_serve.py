@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import brokers
 import paho.mqtt.client as mqtt
 import pytest
-from fleetkit import Repo
 from paho.mqtt.enums import CallbackAPIVersion
 
+from support import brokers
+from support.fleetkit import Repo
 from trustfleet_device import agent as core
 from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.session import Session

@@ -42,12 +42,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import brokers
-import fleetkit as fk
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from support import brokers
+from support import fleetkit as fk
 from trustfleet_device import policy, topics
 from trustfleet_server import brokerconfig, keys
 from trustfleet_server.fleet import db as fleetdb

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fleetkit import DAY, NOW, Repo
 
+from support.fleetkit import DAY, NOW, Repo
 from trustfleet_device import agent as core
 from trustfleet_device import session, topics
 from trustfleet_device.transports import runner

@@ -17,12 +17,12 @@ import json
 import time
 from functools import cached_property
 
-import brokers
 import pytest
 from cryptography import x509
-from environment import skip_or_fail
-from fleetkit import Repo, compact_anchor, pin, pinset
 
+from support import brokers
+from support.environment import skip_or_fail
+from support.fleetkit import Repo, compact_anchor, pin, pinset
 from trustfleet_device import topics
 from trustfleet_server import cli, mqtturl
 from trustfleet_server.errors import UsageError

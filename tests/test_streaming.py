@@ -7,10 +7,10 @@ decisions), whatever the chunk size, and survive power cuts like it.
 
 from __future__ import annotations
 
-import fleetkit as fk
 import pytest
-from fleetkit import DAY, NOW, Repo
 
+from support import fleetkit as fk
+from support.fleetkit import DAY, NOW, Repo, many_anchors
 from trustfleet_device import agent as core
 from trustfleet_device import policy, trust
 from trustfleet_device.errors import BundleError
@@ -51,16 +51,6 @@ def outcome(fn, *args, **kwargs):
         return "ok", summary(fn(*args, **kwargs))
     except BundleError as exc:
         return type(exc).__name__, str(exc)
-
-
-def many_anchors(n: int) -> list:
-    """n compact anchors with distinct names (keys reused: only parsing is exercised)."""
-    base = fk.compact_anchor(fk.chain("acme").ca)
-    out = []
-    for i in range(n):
-        name = base[0][:-2] + bytes([0x30 + i % 10, 0x30 + i // 10 % 10])
-        out.append([name, base[1], base[2], base[3] + i])
-    return out
 
 
 # --------------------------------------------------------------- same answers as in memory

@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from environment import require_tool
 
+from support.environment import require_tool
 from trustfleet_pi.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]

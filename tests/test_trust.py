@@ -1,7 +1,7 @@
 """Trust decisions on the device: path validation, distrust, pins, enterprise anchors, reports.
 
-Chains are real certificates made by the PKI helpers in test_x509.py;
-bundles are built directly from trustfleet_device.documents objects. Every
+Chains are real certificates made by tests/support/pki.py; bundles are built
+directly from trustfleet_device.documents objects (tests/support/truststores.py). Every
 scenario here is also run with the pure signature path forced, and must
 give the same decision (the MicroPython VM runs the core ones again in
 test_micropython_trust.py).
@@ -17,47 +17,12 @@ import time
 import pytest
 from cryptography import x509 as cx509
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
-from test_x509 import DAY, NOW, Pki, der, key, make_cert, pin, pki, spki_der
 
 import trustfleet_device
+from support.pki import DAY, NOW, Pki, der, key, make_cert, pin, pki, spki_der
+from support.truststores import HOST, bundle, compact, evaluate, full, pinset, store
 from trustfleet_device import sigcheck, trust
-from trustfleet_device.documents import Anchor, Bundle, PinSet, Policy
-
-HOST = "api.example.com"
-LATER = NOW + 365 * DAY
-
-
-# --------------------------------------------------------------------------- bundle helpers
-
-
-def full(cert) -> Anchor:
-    return Anchor(der(cert), None, None, None, None)
-
-
-def compact(cert, label=None) -> Anchor:
-    return Anchor(None, cert.subject.public_bytes(), spki_der(cert),
-                  int(cert.not_valid_after_utc.timestamp()),
-                  label or cert.subject.rfc4514_string())
-
-
-def pinset(domain="api.example.com", pins=(), *, subdomains=False, expires=LATER,
-           mode="enforce") -> PinSet:
-    pins = list(pins)
-    return PinSet(domain, subdomains, pins, expires, mode, ["https://reports.example/"],
-                  len(pins) < 2)
-
-
-def bundle(anchors, pinsets=(), distrust=(), user_anchors=False) -> Bundle:
-    return Bundle("fleet", 1, NOW - DAY, NOW + 30 * DAY, list(anchors), list(pinsets),
-                  list(distrust), Policy(user_anchors, 7 * DAY))
-
-
-def store(anchors, pinsets=(), distrust=(), *, user_anchors=None, allow=False, managed=False):
-    return trust.TrustStore(bundle(anchors, pinsets, distrust, allow), user_anchors, managed)
-
-
-def evaluate(st, chain, host=HOST, now=NOW):
-    return st.evaluate(host, chain, now)
+from trustfleet_device.documents import Anchor
 
 
 @pytest.fixture(params=["ec", "rsa"])

@@ -9,8 +9,8 @@ with self-issued certificates, the signature budget, pin-set expiry (fail
 open to CA validation, never to none), distrust, enterprise anchors,
 reports, and anchors left in flash (bundle.StoredAnchors).
 
-Certificates are real (the PKI helpers of test_x509.py); bundles are built
-as in test_trust.py. Like test_trust.py every test runs on both signature
+Certificates are real (tests/support/pki.py); bundles are built
+with tests/support/truststores.py. Like test_trust.py every test runs on both signature
 paths (the pure one forced, then cryptography).
 """
 
@@ -21,8 +21,8 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
-from test_trust import HOST, LATER, bundle, compact, evaluate, full, pinset, store
-from test_x509 import (
+
+from support.pki import (
     DAY,
     NOW,
     Pki,
@@ -38,7 +38,7 @@ from test_x509 import (
     spki_der,
     utc,
 )
-
+from support.truststores import HOST, LATER, bundle, compact, evaluate, full, pinset, store
 from trustfleet_device import cbor, sigcheck, trust
 from trustfleet_device import documents as device_docs
 from trustfleet_device.documents import Anchor, Bundle, Policy, StoredAnchors

@@ -2,7 +2,7 @@
 
 A file changed by hand (or by an editor's end-of-line conversion), a missing
 file or an unlisted one fails here. The tests read the copies through
-tests/vectors.py, which looks nowhere else unless TRUSTFLEET_VECTORS says so.
+tests/support/vectors.py, which looks nowhere else unless TRUSTFLEET_VECTORS says so.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import hashlib
 import re
 
 import pytest
-import vectors
+
+from support import vectors
 
 ROW = re.compile(r"^\| `([^`]+)` \| `([0-9a-f]{64})` \|$")
 NOT_VECTORS = {"README.md", ".gitattributes"}

@@ -8,7 +8,7 @@ encodings, every date field at its limits, names and their labels, each
 extension's rules and caps, algorithm parameters, ECDSA signature values,
 unique identifiers, and the field-by-field results.
 
-Malformed certificates are assembled from the raw DER parts of test_x509.py
+Malformed certificates are assembled from the raw DER parts of tests/support/pki.py
 (one TLV changed per test); well-formed ones there and here are read back
 field by field. The parser has one path on CPython and MicroPython.
 """
@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
-from test_x509 import (
+
+from support.pki import (
     ECDSA_SHA256,
     ECDSA_SIG,
     NAME,
@@ -42,7 +43,6 @@ from test_x509 import (
     tlv,
     utc,
 )
-
 from trustfleet_device import x509
 from trustfleet_device.errors import DecodeError, LimitError
 

@@ -333,7 +333,8 @@ class _Tracker:
 
 def _fingerprint():
     h = hashlib.sha256()
-    files = [REPO / t for t in FAST_TESTS] + [REPO / "tests" / "conftest.py"]
+    files = ([REPO / t for t in FAST_TESTS] + [REPO / "tests" / "conftest.py"]
+             + list((REPO / "tests" / "support").rglob("*.py")))
     for p in sorted(files) + sorted(CORE.glob("*.py")):
         h.update(str(p.relative_to(REPO)).encode())
         h.update(p.read_bytes())

@@ -38,7 +38,7 @@ __all__ = [
     "available",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RUNNER = Path(__file__).resolve().with_name("runner.mjs")
 PACKAGE_DIR = REPO_ROOT / "device" / "trustfleet_device"
 NPM_PACKAGE = "@micropython/micropython-webassembly-pyscript"

@@ -365,3 +365,13 @@ class Repo:
     @staticmethod
     def sign(payload: bytes, signers: Iterable) -> bytes:
         return sign(payload, list(signers))
+
+
+def many_anchors(n: int) -> list:
+    """n compact anchors with distinct names (keys reused: only parsing is exercised)."""
+    base = compact_anchor(chain("acme").ca)
+    out = []
+    for i in range(n):
+        name = base[0][:-2] + bytes([0x30 + i % 10, 0x30 + i // 10 % 10])
+        out.append([name, base[1], base[2], base[3] + i])
+    return out

@@ -1,5 +1,5 @@
 // Runs the real MicroPython VM (WebAssembly build) and serves requests as
-// JSON lines on stdin/stdout. Driven by tests/mpyvm/__init__.py.
+// JSON lines on stdin/stdout. Driven by tests/support/mpyvm/__init__.py.
 //
 // Usage:
 //   node runner.mjs --package <host dir> [--package <dir> ...] [--heap <bytes|256k|1m>]

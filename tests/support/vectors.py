@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-COPIES = Path(__file__).resolve().parent / "vectors"
+COPIES = Path(__file__).resolve().parents[1] / "vectors"
 
 
 def vectors_dir() -> Path:

