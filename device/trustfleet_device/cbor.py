@@ -432,13 +432,17 @@ def encode(value):
     return b"".join(out)
 
 
-try:
-    # CPython with cbor2: same answers, several times faster (see _cbor_fast).
-    from trustfleet_device._cpython.cbor import decode as _decode_fast
-except ImportError:
-    _decode_fast = None
+# A decoder with the same answers that may take over decode(): on CPython,
+# _cpython/cbor.py registers the cbor2 path when the package is imported.
+_decode_fast = None
+BACKEND = "pure"
 
-BACKEND = "pure" if _decode_fast is None else "cbor2"
+
+def use_fast_decoder(fn, name):
+    """Let `fn(data, limits, tags)` answer decode() from now on (None: back to the pure decoder)."""
+    global _decode_fast, BACKEND
+    _decode_fast = fn
+    BACKEND = "pure" if fn is None else name
 
 
 def decode(data, limits=DEFAULT, tags=()):

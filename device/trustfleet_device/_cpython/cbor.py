@@ -1,6 +1,7 @@
 """CPython fast path for cbor.decode, through cbor2.
 
-Not shipped to boards: cbor.decode imports this only when it can.
+Not shipped to boards. Importing the package registers it with
+cbor.use_fast_decoder when cbor2 imports (trustfleet_device/__init__.py).
 
 cbor2 is fast but lenient (it accepts duplicate-free but unordered maps,
 non-shortest integers, trailing bytes, floats, many tags). So this path
@@ -26,6 +27,7 @@ from io import BytesIO
 
 import cbor2
 
+from trustfleet_device import cbor as _strict
 from trustfleet_device.cbor import Decoder, Tag, head
 
 _MAX_INT = 0xFFFFFFFFFFFFFFFF
@@ -209,3 +211,6 @@ def decode(data, limits, tags):
         except (_NotStrict, Exception):  # noqa: BLE001 - any doubt goes to the strict decoder
             pass
     return Decoder(data, limits, tags).decode_all()
+
+
+_strict.use_fast_decoder(decode, "cbor2")
