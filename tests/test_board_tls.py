@@ -52,6 +52,7 @@ import pytest
 from support import fleetkit as fk
 from support import mpunix
 from support.pki import der, key, make_cert, pin
+from support.scenarios import scenario
 from support.tlsagent import DAY, HOST, OTHER, PKI, ROGUE, T0, Hierarchy, pinsets, tls_server
 
 PORT_HOST = "localhost"  # in the test leaves' names, and resolves to 127.0.0.1 on the port
@@ -62,157 +63,12 @@ NATIVE, SSL_WRAPPER, LEAF_ONLY = "native", "ssl-wrapper", "leaf-only"
 # verify_callback but whose sockets show the leaf (getpeercert). All the
 # TLS and every check is the real mbedTLS underneath; the callback only
 # keeps the leaf and returns 0, which leaves mbedTLS's verdict as it is.
-LEAF_ONLY_SSL = '''
-import tls as _tls
-from tls import CERT_NONE, CERT_OPTIONAL, CERT_REQUIRED, PROTOCOL_TLS_CLIENT
-
-
-class _Socket:
-    def __init__(self, conn, leaf):
-        self._conn = conn
-        self._leaf = leaf
-
-    def getpeercert(self, binary_form=False):
-        return self._leaf
-
-    def close(self):
-        self._conn.close()
-
-
-class SSLContext:
-    def __init__(self, protocol):
-        self._ctx = _tls.SSLContext(protocol)
-        self.verify_mode = CERT_NONE  # as the ssl wrapper starts
-
-    def load_verify_locations(self, cafile=None, cadata=None):
-        self._ctx.load_verify_locations(cadata)
-
-    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True,
-                    server_hostname=None):
-        kept = {}
-
-        def keep_leaf(cert, depth):
-            if depth == 0:
-                kept[0] = bytes(cert)
-            return 0
-
-        self._ctx.verify_callback = keep_leaf
-        # mbedTLS calls the callback only while it verifies: CERT_OPTIONAL verifies and
-        # ignores the outcome, which is what CERT_NONE means to the caller.
-        mode = self.verify_mode
-        self._ctx.verify_mode = CERT_OPTIONAL if mode == CERT_NONE else mode
-        conn = self._ctx.wrap_socket(sock, server_hostname=server_hostname)
-        return _Socket(conn, kept.get(0))
-'''
+LEAF_ONLY_SSL = scenario("board_leaf_only_ssl.py")
 
 # Runs on the unix port. argv[-1] is a JSON spec: the root, the bundles,
 # trusted time, the kind of port, and the steps to run; prints one marked
 # JSON line with each step's answer.
-DRIVER = r'''
-import binascii
-import json
-import os
-import sys
-
-with open(sys.argv[-1]) as _f:
-    SPEC = json.loads(_f.read())
-
-if SPEC["port"] != "native":
-    # Hide `tls` from main.py; it falls back to `ssl`: this port's wrapper
-    # (imported first, so that it keeps its own `tls`) or LEAF_ONLY_SSL.
-    import builtins
-    import ssl
-    import leafonly_ssl
-
-    _real_import = builtins.__import__
-    _ssl = leafonly_ssl if SPEC["port"] == "leaf-only" else ssl
-
-    def _port_import(name, *rest):
-        if name == "tls":
-            raise ImportError("no module named 'tls'")
-        if name == "ssl":
-            return _ssl
-        return _real_import(name, *rest)
-
-    builtins.__import__ = _port_import
-
-import main as board
-from trustfleet_device import policy, trust
-from trustfleet_device.transports.storage import FileSource
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-ROOT = policy.load_trusted_root(_read(SPEC["root"]), fleet=SPEC["fleet"])
-NOW = SPEC["now"]
-
-
-def bundle(name):
-    """The named bundle, verified and streamed from its file as a board installs it."""
-    path = SPEC["bundles"][name]
-    if SPEC["stream"]:
-        return policy.verify_bundle(ROOT, FileSource(path, os.stat(path)[6]), now=NOW)
-    return policy.verify_bundle(ROOT, _read(path), now=NOW)
-
-
-class Recording:
-    """A real SSLContext that notes what load_verify_locations was given and what it refused."""
-
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self.given = []
-
-    def load_verify_locations(self, *args, **kw):
-        data = args[0] if args else kw["cadata"]
-        try:
-            self.ctx.load_verify_locations(*args, **kw)
-        except ValueError as e:
-            self.given.append([binascii.hexlify(data).decode(), "ValueError: " + str(e)])
-            raise
-        self.given.append([binascii.hexlify(data).decode(), "taken"])
-
-
-def boot_and_install(state):
-    """Boot main.py's device over `state` and offer what its inbox holds, as main() does."""
-    board.STATE_DIR = state
-    board.CONFIG_FILE = state + "/config.json"
-    board.INBOX_DIR = state + "/inbox"
-    board.FACTORY_ROOT = state + "/factory-root.cose"
-    del board.LOG[:]
-    device = board.build_device(board.load_config(board.CONFIG_FILE), lambda: NOW)
-    results = board.process_inbox(device, True)
-    return {"inbox": [[n, r.committed, r.reverted, r.reason()] for n, r in results],
-            "status": device.status(), "log": list(board.LOG)}
-
-
-def step(s):
-    op = s["op"]
-    if op == "can_see_chain":
-        return board.can_see_chain()
-    if op == "boot":
-        return boot_and_install(s["state"])
-    b = bundle(s["bundle"])
-    if op == "anchors":
-        mod, ctx, native = board._tls_context()
-        rec = Recording(ctx)
-        return [board.load_full_anchors(rec, native, b), rec.given]
-    host, port = s["host"], s["port"]
-    if op == "check":
-        del board.LOG[:]
-        ok, detail = board.check_endpoints([(host, port)], b, NOW)
-        return [ok, detail, list(board.LOG)]
-    if op == "judge":
-        chain, complete = board.tls_chain(host, port, b)
-        ok, detail = board.judge_mbedtls(trust.TrustStore(b), host, port, chain, complete, NOW)
-        return [ok, detail, complete, [binascii.hexlify(c).decode() for c in chain]]
-    raise ValueError("unknown step " + op)
-
-
-print(SPEC["mark"] + json.dumps([step(s) for s in SPEC["steps"]]))
-'''
+DRIVER = scenario("board_driver.py")
 
 
 # --------------------------------------------------------------------------- PKI and servers
