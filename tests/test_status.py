@@ -209,3 +209,18 @@ print(json.dumps([json.loads(raw), status.validate(json.loads(raw)), refused]))
         assert got == [json.loads(schema.encode(msg)), schema.validate(json.loads(schema.encode(msg))),
                        "state 'fine' is not one of ok, stale, trial, no-store, offline"]
     assert got[0]["reasons"] == ["r" * 10] and got[0]["last_revert"] == "x" * 10
+
+
+def test_a_size_capped_message_from_micropython_fits_the_server_with_non_ascii_text(mpy, monkeypatch):
+    # MicroPython's json writes UTF-8; the server counts the \u-escaped form.
+    got = mpy.run_json("""
+import json
+from trustfleet_device import status
+status.MAX_BYTES = 400
+raw = status.encode(status.build({"state": "stale", "reasons": ["\\u00e9" * 30] * 6}))
+print(json.dumps([raw.decode(), len(raw)]))
+""")
+    payload, size = got[0].encode(), got[1]
+    monkeypatch.setattr(schema, "MAX_BYTES", 400)
+    row = messages.normalise_status("acme", DEVICE, payload)
+    assert 0 < len(row["reasons"]) < 6 and size <= 400

@@ -127,17 +127,23 @@ def encode(msg):
     """JSON bytes of a built message, at most MAX_BYTES: list items are dropped from the end
     of the longest list until it fits. Raises ValueError if it cannot fit."""
     raw = json.dumps(msg).encode()
-    while len(raw) > MAX_BYTES:
+    while _size(raw) > MAX_BYTES:
         longest = None
         for name in NAMES:
             v = msg.get(name)
             if KIND[name] in (TEXTS, INTS) and v and (longest is None or len(v) > len(msg[longest])):
                 longest = name
         if longest is None:
-            raise ValueError("status is %d bytes, limit is %d" % (len(raw), MAX_BYTES))
+            raise ValueError("status is %d bytes, limit is %d" % (_size(raw), MAX_BYTES))
         msg[longest] = msg[longest][:-1]
         raw = json.dumps(msg).encode()
     return raw
+
+
+def _size(raw):
+    """Bytes as the server counts them: MicroPython writes non-ASCII as UTF-8, the server
+    re-encodes it as \\u escapes (up to 3 times longer)."""
+    return len(raw) + 2 * sum(1 for b in raw if b >= 0x80)
 
 
 def validate(msg):
