@@ -37,14 +37,16 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
 from cryptography import x509
 
+from trustfleet_device import cbor
 from trustfleet_device import documents as device_docs
 from trustfleet_device.errors import DecodeError, TrustfleetError
-from trustfleet_server import x509util
+from trustfleet_server import documents, spec, x509util
 from trustfleet_server.times import iso
 
 ANCHOR_CHOICES = ("system", "bundle", "both")
@@ -616,3 +618,21 @@ def pinsets_json(result: NscImport) -> str:
                      "mode": p["mode"]} for p in result.pinsets],
         "warnings": result.warnings,
     }, indent=2) + "\n"
+
+
+def load_bundle_payload(path: Path) -> tuple[dict, list[str]]:
+    """(bundle payload map, build warnings) of a spec (.toml) or a bundle document (not verified).
+
+    Raises: DecodeError, SpecError, ExportRefused.
+    """
+    if path.suffix.lower() == ".toml":
+        payload, report = spec.load_spec(path)
+        return payload, list(report.warnings)
+    try:
+        doc = documents.read_document(documents.read_file(path))
+    except DecodeError as exc:
+        raise DecodeError(f"{path}: not a trustfleet bundle ({exc}); a bundle spec must end "
+                          "in .toml") from None
+    if doc.doc_type != "bundle":
+        raise ExportRefused(f"{path}: is a {doc.doc_type}, not a bundle")
+    return cbor.decode(doc.payload), []

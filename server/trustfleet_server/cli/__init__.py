@@ -1,9 +1,10 @@
 """The `trustfleet` operator command line.
 
 Each command group lives in its own module exposing ``register(subparsers)``
-and ``cmd_*`` handlers that parse, call the library and print (common.py holds
-what two groups share); this file only wires them together and turns typed errors into one-line
-messages and exit codes:
+and ``cmd_*`` handlers that parse arguments, call the library and print. The
+groups never import each other; common.py holds the options they share. This
+file only wires them together and turns typed errors into one-line messages
+and exit codes:
 
     0  success
     1  the input was refused (bad document, failed verification, lint error)
@@ -26,13 +27,17 @@ from trustfleet_server.cli import (
     fleet,
     keys,
     lint,
+    publish,
+    rollout,
     root,
+    serve,
     simulate,
 )
 from trustfleet_server.errors import OperatorError
 
 # In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
-GROUPS = (keys, root, bundle, lint, export, fleet, simulate, broker, brokerconfig, device)
+GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, simulate, broker, brokerconfig,
+          device)
 
 
 def build_parser() -> argparse.ArgumentParser:

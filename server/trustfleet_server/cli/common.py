@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_server import describe, documents, keys, lint
@@ -59,3 +60,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = describe.describe(documents.read_document(raw), raw)
     print(json.dumps(info, indent=2) if args.json else describe.render(info))
     return 0
+
+
+# --------------------------------------------------------------------------- fleet store and broker commands
+
+RAW = argparse.RawDescriptionHelpFormatter
+
+
+def db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", required=True, metavar="PATH_OR_URL",
+                   help="fleet store: a SQLite file (created if missing) or a postgresql:// URL")
+
+
+def fleet_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fleet", required=True, help="fleet name (as in the root)")
+
+
+def root_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, action="append", required=True, metavar="ROOT",
+                   help="trusted root (signed); repeat to walk a rotation chain, oldest first")
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=None, sort_keys=False, default=str))

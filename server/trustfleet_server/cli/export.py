@@ -13,11 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from trustfleet_device import cbor
 from trustfleet_device._cpython.files import read_capped, write_atomic
-from trustfleet_device.errors import DecodeError
-from trustfleet_device.limits import DEFAULT
-from trustfleet_server import documents, mobile, spec, x509util
+from trustfleet_server import mobile, spec, x509util
 from trustfleet_server.errors import UsageError
 
 SOURCE_HELP = ("a bundle (unsigned payload or signed COSE document; signatures are NOT checked: "
@@ -102,23 +99,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_import_nsc)
 
 
-def load_payload(path: Path) -> dict:
-    """The bundle payload map of a spec (.toml) or a bundle document. Raises: DecodeError, SpecError."""
-    if path.suffix.lower() == ".toml":
-        payload, report = spec.load_spec(path)
-        for w in report.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        return payload
-    try:
-        doc = documents.read_document(read_capped(path, DEFAULT.max_document))
-    except DecodeError as exc:
-        raise DecodeError(f"{path}: not a trustfleet bundle ({exc}); a bundle spec must end "
-                          "in .toml") from None
-    if doc.doc_type != "bundle":
-        raise mobile.ExportRefused(f"{path}: is a {doc.doc_type}, not a bundle")
-    return cbor.decode(doc.payload)
-
-
 def _emit(text: str, out: Path | None) -> None:
     if out is None:
         sys.stdout.write(text)
@@ -136,7 +116,8 @@ def cmd_export_nsc(args: argparse.Namespace) -> int:
     if not mobile.RAW_NAME.match(args.raw_prefix):
         raise UsageError(f"--raw-prefix {args.raw_prefix!r}: use lower-case letters, digits and "
                            "'_', starting with a letter (Android resource names)")
-    payload = load_payload(args.source)
+    payload, warnings = mobile.load_bundle_payload(args.source)
+    _warn(warnings)
     debug_cas = [x509util.cert_der(c) for f in args.debug_overrides
                  for c in x509util.load_certificates(f)]
     cleartext = None if args.cleartext_permitted is None else args.cleartext_permitted == "true"
@@ -160,7 +141,8 @@ def cmd_export_nsc(args: argparse.Namespace) -> int:
 
 
 def cmd_export_trustkit(args: argparse.Namespace) -> int:
-    payload = load_payload(args.source)
+    payload, warnings = mobile.load_bundle_payload(args.source)
+    _warn(warnings)
     now = int(time.time())
     if args.format == "android":
         result = mobile.trustkit_android_xml(payload, now=now)

@@ -16,7 +16,7 @@ from pathlib import Path
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_server import documents, keys, spec, times
+from trustfleet_server import documents, roots, spec, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 
@@ -76,58 +76,6 @@ def _add_role_arguments(p: argparse.ArgumentParser, required: bool) -> None:
                    help="signatures required for a role (default 1)")
 
 
-def _split(item: str, what: str) -> tuple[str, str]:
-    role, sep, value = item.partition("=")
-    if not sep or role not in device_docs.ROLES:
-        raise UsageError(f"{what} {item!r}: expected ROLE=VALUE with ROLE one of "
-                           f"{', '.join(device_docs.ROLES)}")
-    return role, value
-
-
-def _apply_changes(keymap: dict[bytes, bytes], roles: dict[str, dict], args: argparse.Namespace) -> None:
-    for item in getattr(args, "remove_key", []):
-        role, prefix = _split(item, "--remove-key")
-        if len(prefix) < 8:
-            raise UsageError(f"--remove-key {item!r}: give at least 8 hex characters of the kid")
-        matches = [k for k in roles[role]["keys"] if k.hex().startswith(prefix.lower())]
-        if len(matches) != 1:
-            raise UsageError(f"--remove-key {item!r}: matches {len(matches)} {role} keys")
-        roles[role]["keys"].remove(matches[0])
-    for item in args.key:
-        role, path = _split(item, "--key")
-        public = keys.load_public_key(path)
-        kid = keys.kid_of(public)
-        keymap[kid] = keys.spki_der(public)
-        if kid in roles[role]["keys"]:
-            raise UsageError(f"--key {item!r}: key {kid.hex()[:8]} is already a {role} key")
-        roles[role]["keys"].append(kid)
-    for item in args.threshold:
-        role, value = _split(item, "--threshold")
-        if not value.isdigit() or int(value) < 1:
-            raise UsageError(f"--threshold {item!r}: expected a positive integer")
-        roles[role]["threshold"] = int(value)
-    for role in device_docs.ROLES:
-        r = roles[role]
-        if not r["keys"]:
-            raise UsageError(f"role {role!r} has no keys; add one with --key {role}=PUBKEY")
-        if r["threshold"] > len(r["keys"]):
-            raise UsageError(f"role {role!r}: threshold {r['threshold']} but only "
-                               f"{len(r['keys'])} key(s); it could never be met")
-    # Keep only keys some role still uses: a removed key must not linger.
-    used = {k for r in roles.values() for k in r["keys"]}
-    for kid in list(keymap):
-        if kid not in used:
-            del keymap[kid]
-
-
-def _payload(fleet: str, version: int, expires: int, keymap: dict, roles: dict) -> bytes:
-    return documents.encode_payload({
-        "type": "root", "spec": device_docs.SPEC, "fleet": fleet, "version": version,
-        "expires": expires, "keys": sorted(keymap.values()),
-        "roles": {name: {"keys": r["keys"], "threshold": r["threshold"]} for name, r in roles.items()},
-    })
-
-
 def _report(args: argparse.Namespace, payload: bytes, version: int, roles: dict) -> int:
     write_atomic(args.out, payload)
     if args.json:
@@ -148,8 +96,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     now = int(time.time())
     keymap: dict[bytes, bytes] = {}
     roles = {name: {"keys": [], "threshold": 1} for name in device_docs.ROLES}
-    _apply_changes(keymap, roles, args)
-    payload = _payload(args.fleet, 1, spec.parse_time(args.expires, "--expires", now), keymap, roles)
+    roots.apply_changes(keymap, roles, add=args.key, remove=getattr(args, "remove_key", []),
+                        thresholds=args.threshold)
+    expires = spec.parse_time(args.expires, "--expires", now)
+    payload = roots.root_payload(args.fleet, 1, expires, keymap, roles)
     return _report(args, payload, 1, roles)
 
 
@@ -158,10 +108,11 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     old = policy.load_trusted_root(raw)
     keymap = dict(old.spki)
     roles = {name: {"keys": list(r.kids), "threshold": r.threshold} for name, r in old.roles.items()}
-    _apply_changes(keymap, roles, args)
+    roots.apply_changes(keymap, roles, add=args.key, remove=getattr(args, "remove_key", []),
+                        thresholds=args.threshold)
     version = old.version + 1
-    payload = _payload(old.fleet, version, spec.parse_time(args.expires, "--expires", int(time.time())),
-                       keymap, roles)
+    expires = spec.parse_time(args.expires, "--expires", int(time.time()))
+    payload = roots.root_payload(old.fleet, version, expires, keymap, roles)
     return _report(args, payload, version, roles)
 
 

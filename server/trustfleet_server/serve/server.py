@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -473,3 +474,28 @@ class FleetServer:
         self.db.add_event(r.id, now, text)
         self.stats.events = self.stats.events[-99:] + [f"rollout {r.id}: {text}"]
         log.info("rollout %s: %s", r.id, text)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under pytest)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def log_to_stderr(verbose: bool) -> None:
+    """Log the `trustfleet` loggers to stderr, INFO (or DEBUG with `verbose`), once."""
+    logger = logging.getLogger("trustfleet")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)

@@ -1,0 +1,152 @@
+"""`trustfleet rollout start|status|pause|resume|abort`: staged rollouts in the fleet store (fleetops.py)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from trustfleet_server import fleetops, mqtturl, render, rollout, times
+from trustfleet_server.cli import common
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.times import iso
+
+ROLLOUT_EPILOG = """\
+examples:
+  trustfleet rollout start --db fleet.db --fleet acme --root root.cose --bundle bundle-v8.cose
+  trustfleet rollout start ... --groups canary,beta,all --success 0.95 --wave-deadline 30m
+  trustfleet rollout status --db fleet.db --fleet acme
+  trustfleet rollout pause --db fleet.db --fleet acme
+  trustfleet rollout abort --db fleet.db --fleet acme --broker mqtt://broker   # clear topics now
+
+`trustfleet serve` drives the rollout: it publishes each wave, watches the
+device statuses, and halts by itself past the failure ratio.
+"""
+
+START_EPILOG = """\
+waves:
+  --waves 1%,10%,50%,100%    cumulative shares of the fleet by hash bucket (the default);
+                             a device's bucket is SHA-256(device id) mod 100, stable
+  --groups canary,beta,all   rollout groups, one wave each ('a+b' puts two groups in one
+                             wave); `all` is the whole fleet and must come last
+  The last wave must reach 100% of the fleet; it also publishes tf/<fleet>/bundle.
+
+gates:
+  A wave passes when --success of its counted devices run the new version (state ok or
+  stale). It halts, and its topics are cleared, when more than --max-failure of them
+  reverted, marked the version bad, or still have no trust store at the deadline, or
+  when --wave-deadline passes without success. Offline devices are not counted; devices
+  silent since the wave began are not counted once the deadline has passed.
+
+going back:
+  There is no rollback to a lower version: devices never accept one. To undo a bundle,
+  build the old content again with a HIGHER version and roll that out:
+    trustfleet bundle build old.toml --version 9 -o bundle-v9.cose   # v8 was the bad one
+    trustfleet bundle sign --key ... bundle-v9.cose
+    trustfleet rollout start --db fleet.db --fleet acme --root root.cose --bundle bundle-v9.cose
+"""
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("rollout", help="staged rollouts: start, status, pause, resume, abort",
+                           description="Staged rollouts of a signed bundle, wave by wave, gated on "
+                                       "device reports. `trustfleet serve` carries them out.",
+                           epilog=ROLLOUT_EPILOG, formatter_class=common.RAW)
+    rsub = group.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+
+    p = rsub.add_parser("start", help="start a rollout of a signed bundle",
+                        description="Start a staged rollout. The bundle must verify against the root "
+                                    "chain and be newer than every version the fleet runs.",
+                        epilog=START_EPILOG, formatter_class=common.RAW)
+    common.db_argument(p)
+    common.fleet_argument(p)
+    p.add_argument("--bundle", type=Path, required=True, help="the signed bundle to roll out")
+    common.root_argument(p)
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--waves", help="cumulative bucket percents (default 1%%,10%%,50%%,100%%)")
+    w.add_argument("--groups", help="rollout groups, one wave each, ending with `all`")
+    p.add_argument("--success", type=float, default=rollout.DEFAULT_SUCCESS,
+                   help="share of a wave's devices that must run the version (default 0.9)")
+    p.add_argument("--max-failure", type=float, default=rollout.DEFAULT_MAX_FAILURE,
+                   help="halt when more than this share failed (default 0.2)")
+    p.add_argument("--wave-deadline", default=str(rollout.DEFAULT_DEADLINE), metavar="DURATION",
+                   help="time for a wave to pass, seconds or 10m/1h (default 600)")
+    p.add_argument("--json", action="store_true", help="print the new rollout as JSON")
+    p.set_defaults(func=cmd_rollout_start)
+
+    p = rsub.add_parser("status", help="show the latest (or a given) rollout and its waves")
+    common.db_argument(p)
+    common.fleet_argument(p)
+    p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
+    p.add_argument("--json", action="store_true", help="rollout, per-wave progress and events as JSON")
+    p.set_defaults(func=cmd_rollout_status)
+
+    for name, helptext in (("pause", "stop advancing; published waves stay"),
+                           ("resume", "continue a paused rollout"),
+                           ("abort", "stop for good and clear the wave topics")):
+        p = rsub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        common.db_argument(p)
+        common.fleet_argument(p)
+        p.add_argument("--id", type=int, help="rollout id (default: the fleet's active rollout)")
+        if name == "abort":
+            p.add_argument("--reason", default="aborted by the operator",
+                           help="recorded with the rollout and shown by `rollout status`")
+            p.add_argument("--broker", metavar="URL",
+                           help="clear the wave topics now (else `serve` clears them on its next step)")
+        p.add_argument("--json", action="store_true", help="print the rollout as JSON")
+        p.set_defaults(func=cmd_rollout_change, action=name)
+
+
+def cmd_rollout_start(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    now = int(time.time())
+    deadline = int(times.positive_seconds(args.wave_deadline, "--wave-deadline"))
+    plan = fleetops.plan_rollout(fleet, args.root, args.bundle, now, waves=args.waves, groups=args.groups,
+                                 success=args.success, max_failure=args.max_failure, deadline=deadline)
+    with fleetdb.open_db(args.db) as db:
+        r = fleetops.start_rollout(db, plan, args.bundle, now)
+    if args.json:
+        common.print_json(render.rollout_json(r))
+    else:
+        names = ", ".join(w.name for w in r.waves)
+        print(f"rollout {r.id} started: bundle v{r.version} for fleet {fleet} in {len(r.waves)} "
+              f"waves ({names}); `trustfleet serve` publishes the first wave on its next step")
+        print(f"watch it: trustfleet fleet watch --db {args.db} --fleet {fleet}")
+    return 0
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    now = int(time.time())
+    with fleetdb.open_db(args.db) as db:
+        r = fleetops.find_rollout(db, fleet, args.id)
+        waves = rollout.progress(r, db.devices(fleet), now)
+        events = db.events(r.id, 10)
+    if args.json:
+        common.print_json(render.rollout_json(r, waves, events))
+        return 0
+    print("\n".join(render.render_rollout(r, waves, now, tty=False)))
+    if events:
+        print("events:")
+        for e in events:
+            print(f"  {iso(e['time'])}  {e['text']}")
+    return 0
+
+
+def cmd_rollout_change(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    now = int(time.time())
+    url = mqtturl.parse(args.broker) if getattr(args, "broker", None) else None
+    with fleetdb.open_db(args.db) as db:
+        r, cleared = fleetops.change_rollout(db, fleet, args.id, args.action, now,
+                                             getattr(args, "reason", ""), url)
+    if args.json:
+        common.print_json({**render.rollout_json(r), "cleared": cleared})
+        return 0
+    print(f"rollout {r.id} (v{r.version}) is {r.state}")
+    if args.action == "abort":
+        if cleared:
+            print(f"cleared {len(cleared)} wave topic(s)")
+        elif r.published:
+            print(f"{len(r.published)} wave topic(s) still hold the bundle: `trustfleet serve` clears "
+                  f"them on its next step (or run this again with --broker)")
+    return 0
