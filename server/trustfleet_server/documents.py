@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustfleet_device import cbor, cose, documents, policy
 from trustfleet_device._cpython.files import read_capped
-from trustfleet_device.errors import DecodeError, PolicyError
+from trustfleet_device.errors import DecodeError, PolicyError, TrustfleetError
 from trustfleet_device.limits import DEFAULT, Limits
 from trustfleet_server import keys
+from trustfleet_server.errors import UsageError
 
 PROTECTED_ES256 = cose.PROTECTED_ES256  # {alg: ES256}
 
@@ -111,6 +112,33 @@ def sign1(payload: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
     sig = keys.sign(key, tbs + payload)
     return cbor.encode(cbor.Tag(cose.TAG_SIGN1, [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)},
                                                  payload, sig]))
+
+
+def sign_timestamp(bundle_raw: bytes, when: int, key: ec.EllipticCurvePrivateKey,
+                   where: str) -> tuple[bytes, documents.Bundle]:
+    """A timestamp (COSE_Sign1 by `key`) naming the signed bundle `bundle_raw`, and that bundle.
+
+    Raises: UsageError when `bundle_raw` is not a signed bundle (`where` names it), DecodeError.
+    """
+    doc = read_document(bundle_raw)
+    if doc.doc_type != "bundle" or not doc.signed:
+        raise UsageError(f"{where}: expected a signed bundle")
+    b = documents.parse_bundle(doc.payload)
+    payload = encode_payload({
+        "type": "timestamp", "spec": documents.SPEC, "fleet": b.fleet, "time": when,
+        "bundle_version": b.version, "bundle_sha256": sha256(bundle_raw),
+    })
+    return sign1(payload, key), b
+
+
+def claimed_version(raw: bytes) -> int | None:
+    """The version a document claims, unverified, for error reports; None when unreadable."""
+    try:
+        value = cbor.decode(cose.parse(raw).unverified_payload)
+    except TrustfleetError:
+        return None
+    version = value.get("version") if isinstance(value, dict) else None
+    return version if isinstance(version, int) else None
 
 
 def sha256(raw: bytes) -> bytes:

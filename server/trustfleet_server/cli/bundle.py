@@ -146,7 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except TrustfleetError as exc:
         result["reason"] = str(exc)
         if raw is not None:
-            result["version"] = _claimed_version(raw)
+            result["version"] = documents.claimed_version(raw)
         if args.json:
             print(json.dumps(result))
         else:
@@ -161,18 +161,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"valid: bundle v{b.version} for fleet {b.fleet}, signed by a threshold of root "
               f"v{root.version}'s bundle keys, expires {result['expires_at']}")
     return 0
-
-
-def _claimed_version(raw: bytes) -> int | None:
-    """The version the document claims, for error reports; None when unreadable."""
-    from trustfleet_device import cbor, cose
-
-    try:
-        value = cbor.decode(cose.parse(raw).unverified_payload)
-    except TrustfleetError:
-        return None
-    version = value.get("version") if isinstance(value, dict) else None
-    return version if isinstance(version, int) else None
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -191,18 +179,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_timestamp(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
-    raw = documents.read_file(args.bundle)
-    doc = documents.read_document(raw)
-    if doc.doc_type != "bundle" or not doc.signed:
-        raise spec.SpecError(f"{args.bundle}: expected a signed bundle")
-    from trustfleet_device import documents as device_docs
-
-    b = device_docs.parse_bundle(doc.payload)
     when = spec.parse_time(args.time, "--time") if args.time else int(time.time())
-    payload = documents.encode_payload({
-        "type": "timestamp", "spec": device_docs.SPEC, "fleet": b.fleet, "time": when,
-        "bundle_version": b.version, "bundle_sha256": documents.sha256(raw),
-    })
-    write_atomic(args.out, documents.sign1(payload, key))
+    signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
+    write_atomic(args.out, signed)
     print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
     return 0
