@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from trustfleet_server.errors import BrokerError
+
 HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
@@ -38,7 +40,7 @@ _LISTENER = re.compile(r"^\s*listener\s+(\d+)(?:\s+(\S+))?", re.MULTILINE)
 _USER = re.compile(r"^\s*user\s+\S+", re.MULTILINE)
 
 
-class MosquittoError(RuntimeError):
+class MosquittoError(BrokerError, RuntimeError):
     """A broker did not come up (the message carries its stderr), or mosquitto is not installed."""
 
 
