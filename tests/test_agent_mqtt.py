@@ -42,7 +42,7 @@ from support.tlsagent import ENV, OTHER, PKI, T0, make_bundle
 from trustfleet_device import topics
 from trustfleet_device.transports.mqtt import Backoff
 from trustfleet_pi.config import MqttConfig
-from trustfleet_pi.paho import AgentTransport
+from trustfleet_pi.paho import PahoTransport
 from trustfleet_server.broker.mosquitto import (
     PrivateMosquitto,
     free_port,
@@ -549,7 +549,7 @@ def test_backoff_resets_only_after_a_successful_connack():
         return c
 
     settings = MqttConfig(broker="mqtt://broker:1883", host="broker", port=1883, tls=False)
-    t = AgentTransport(session, settings, client_factory=factory, clock=clock, rand=lambda: 0.0,
+    t = PahoTransport(session, settings, client_factory=factory, clock=clock, rand=lambda: 0.0,
                        log=lines.append, first_s=1.0, cap_s=60.0, tick_s=0.01,
                        connack_timeout_s=15.0)
     t.run(stop)

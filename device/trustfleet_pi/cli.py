@@ -27,7 +27,7 @@ from trustfleet_device.errors import BundleError, DeviceError
 from trustfleet_device.limits import DEFAULT
 from trustfleet_pi import export as exports
 from trustfleet_pi import tls
-from trustfleet_pi.config import AgentConfig, ConfigError, MqttConfig, load_config
+from trustfleet_pi.config import ConfigError, MqttConfig, PiConfig, load_config
 from trustfleet_pi.local import LocalDevice
 
 DEFAULT_STATE = Path("/var/lib/trustfleet")
@@ -223,18 +223,18 @@ class UsageError(Exception):
     """A command line that cannot be carried out (exit 2)."""
 
 
-def _config(args: argparse.Namespace) -> AgentConfig:
-    return load_config(args.config) if getattr(args, "config", None) else AgentConfig()
+def _config(args: argparse.Namespace) -> PiConfig:
+    return load_config(args.config) if getattr(args, "config", None) else PiConfig()
 
 
-def _state(args: argparse.Namespace, cfg: AgentConfig, default: Path | None = None) -> Path:
+def _state(args: argparse.Namespace, cfg: PiConfig, default: Path | None = None) -> Path:
     state = args.state or cfg.state_dir or default
     if state is None:
         raise UsageError("--state is required (or state_dir in --config)")
     return state
 
 
-def _core_config(args: argparse.Namespace, cfg: AgentConfig) -> Config:
+def _core_config(args: argparse.Namespace, cfg: PiConfig) -> Config:
     # Without --config, the same Config() as before config files existed.
     return cfg.core_config() if getattr(args, "config", None) else Config()
 
@@ -276,7 +276,7 @@ class _Recorder:
         return self.answer
 
 
-def _install(args: argparse.Namespace, cfg: AgentConfig, state: Path, file: Path,
+def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
              as_json: bool) -> int:
     endpoints = list(getattr(args, "endpoint", None) or cfg.endpoints)
     timeout = getattr(args, "health_timeout", None) or cfg.health_timeout
@@ -306,7 +306,7 @@ def _install(args: argparse.Namespace, cfg: AgentConfig, state: Path, file: Path
     return 0 if result["installed"] else 1
 
 
-def _after_commit(device: LocalDevice, cfg: AgentConfig, anchors: list[bytes], state: Path,
+def _after_commit(device: LocalDevice, cfg: PiConfig, anchors: list[bytes], state: Path,
                   version: int, notes: list[str]) -> dict[str, Any]:
     """Exports and the post-commit hook; failures are reported, the install stays."""
     out: dict[str, Any] = {}
@@ -441,7 +441,7 @@ class _RunDevice(LocalDevice):
         return result
 
 
-def _run_settings(cfg: AgentConfig, state: Path) -> MqttConfig:
+def _run_settings(cfg: PiConfig, state: Path) -> MqttConfig:
     if cfg.mqtt is None:
         raise UsageError(f"{cfg.path}: no [mqtt] table: `run` needs broker = "
                          "\"mqtt://host:port\" (or mqtts://)")
@@ -484,7 +484,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         context = mqtt.broker_context(device, settings, managed=cfg.managed, user_anchors=anchors)
     settings.read_password()  # an unreadable password file is a config error: exit 2 now
     session = Session(device, cfg.fleet, cfg.device_id, settings.group)
-    transport = mqtt.AgentTransport(session, settings, tls_context=context,
+    transport = mqtt.PahoTransport(session, settings, tls_context=context,
                                     max_packet=cfg.core_config().limits.max_document + 4096)
     stop = mqtt.StopFlag()
 

@@ -130,7 +130,7 @@ class MqttConfig:
 
 
 @dataclass
-class AgentConfig:
+class PiConfig:
     """The settings of one Raspberry Pi agent (see the module docstring for the file)."""
 
     path: Path | None = None
@@ -175,7 +175,7 @@ class AgentConfig:
         return out
 
 
-def load_config(path: str | Path) -> AgentConfig:
+def load_config(path: str | Path) -> PiConfig:
     """Read and check an agent.toml.
 
     Raises:
@@ -196,12 +196,12 @@ def load_config(path: str | Path) -> AgentConfig:
     return parse_config(data, path)
 
 
-def parse_config(data: dict[str, Any], path: Path | None = None) -> AgentConfig:
-    """Build an AgentConfig from parsed TOML. Raises: ConfigError."""
+def parse_config(data: dict[str, Any], path: Path | None = None) -> PiConfig:
+    """Build an PiConfig from parsed TOML. Raises: ConfigError."""
     where = str(path) if path is not None else "config"
     base = path.parent if path is not None else Path.cwd()
     _refuse_unknown(data, _TOP, where, "")
-    cfg = AgentConfig(path=path)
+    cfg = PiConfig(path=path)
     r = _Reader(data, where, "", base)
     cfg.state_dir = r.path("state_dir")
     cfg.device_id = r.text("device_id")

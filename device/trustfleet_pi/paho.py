@@ -95,7 +95,7 @@ def _stderr(text: str) -> None:
     print(f"trustfleet-agent: {text}", file=sys.stderr, flush=True)
 
 
-class AgentTransport:
+class PahoTransport:
     """Runs one device's MQTT session over paho until stop is set (see the module docstring).
 
     Args:
