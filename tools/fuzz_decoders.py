@@ -950,6 +950,14 @@ def mqtt_join(rng: random.Random, frames: list[list]) -> bytes:
     return b"".join(out)
 
 
+def next_mqtt_input(rng: random.Random, corpus: list[bytes]) -> bytes:
+    """A corpus entry, mutated packet-aware most of the time, byte-wise otherwise."""
+    seed = rng.choice(corpus)
+    if rng.random() < 0.7:
+        return mutate_mqtt(rng, seed, corpus)
+    return mutate_bytes(rng, seed, corpus)
+
+
 def mutate_mqtt(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
     frames = mqtt_frames(data)
     if not frames:
@@ -1075,11 +1083,7 @@ class MQTTFuzzer(Harness):
                     self.violation("roundtrip", target, problem, data)
 
     def next_input(self) -> bytes:
-        rng = self.rng
-        seed = rng.choice(self.corpus)
-        if rng.random() < 0.7:
-            return mutate_mqtt(rng, seed, self.corpus)
-        return mutate_bytes(rng, seed, self.corpus)
+        return next_mqtt_input(self.rng, self.corpus)
 
 
 # ---------------------------------------- target "mqtt-device": the device's MQTT reading
@@ -1256,11 +1260,7 @@ class DeviceMQTTFuzzer(Harness):
             self.violation("invalid", "device.Transport.poll", "; ".join(problems)[:300], data)
 
     def next_input(self) -> bytes:
-        rng = self.rng
-        seed = rng.choice(self.corpus)
-        if rng.random() < 0.7:
-            return mutate_mqtt(rng, seed, self.corpus)
-        return mutate_bytes(rng, seed, self.corpus)
+        return next_mqtt_input(self.rng, self.corpus)
 
 
 # --------------------------------------------- target "status": what serve ingests from devices
