@@ -183,6 +183,29 @@ class Message:
         return parts
 
 
+# --- topic tries (subscriptions and retained messages) -----------------------------------------
+
+def _trie_path(root, name: str) -> list | None:
+    """[(level, node), ...] from the root (level None) down to the node of `name`; None if absent."""
+    path = [(None, root)]
+    node = root
+    for level in name.split("/"):
+        node = node.children.get(level)
+        if node is None:
+            return None
+        path.append((level, node))
+    return path
+
+
+def _prune(path: list) -> None:
+    """Unlink the empty nodes at the end of a _trie_path, deepest first."""
+    for index in range(len(path) - 1, 0, -1):
+        level, node = path[index]
+        if not node.empty():
+            break
+        del path[index - 1][1].children[level]
+
+
 # --- subscription tree ------------------------------------------------------------------------
 
 class _Node:
@@ -253,13 +276,10 @@ class _SubscriptionTree:
         return shared.add(conn, entry)
 
     def remove(self, conn, group: str | None, filt: str) -> None:
-        path = [(None, self.root)]
-        node = self.root
-        for level in filt.split("/"):
-            node = node.children.get(level)
-            if node is None:
-                return
-            path.append((level, node))
+        path = _trie_path(self.root, filt)
+        if path is None:
+            return
+        node = path[-1][1]
         if group is None:
             node.subs.pop(conn, None)
         else:
@@ -268,11 +288,7 @@ class _SubscriptionTree:
                 shared.remove(conn)
                 if not shared.members:
                     del node.shared[group]
-        for index in range(len(path) - 1, 0, -1):
-            level, node = path[index]
-            if not node.empty():
-                break
-            del path[index - 1][1].children[level]
+        _prune(path)
 
     def match(self, topic: str, sender) -> tuple[dict, list]:
         """Receivers of `topic`: ({conn: (qos, rap)}, [shared groups])."""
@@ -329,6 +345,9 @@ class _RNode:
         self.children: dict[str, _RNode] = {}
         self.msg: Message | None = None
 
+    def empty(self) -> bool:
+        return self.msg is None and not self.children
+
 
 class _RetainedStore:
     """Retained messages in a topic trie, so a filter only visits what it can match."""
@@ -349,21 +368,14 @@ class _RetainedStore:
         node.msg = msg
 
     def clear(self, topic: str) -> None:
-        path = [(None, self.root)]
-        node = self.root
-        for level in topic.split("/"):
-            node = node.children.get(level)
-            if node is None:
-                return
-            path.append((level, node))
+        path = _trie_path(self.root, topic)
+        if path is None:
+            return
+        node = path[-1][1]
         if node.msg is not None:
             node.msg = None
             self.count -= 1
-        for index in range(len(path) - 1, 0, -1):
-            level, node = path[index]
-            if node.msg is not None or node.children:
-                break
-            del path[index - 1][1].children[level]
+        _prune(path)
 
     def get(self, topic: str) -> Message | None:
         node = self.root
