@@ -237,7 +237,22 @@ def _verify(conn: TrustSocket | TrustObject, openssl_error: ssl.SSLCertVerificat
     return decision
 
 
-class TrustSocket(ssl.SSLSocket):
+class _TrustGated:
+    """read and write wait for the trust decision (the class's _trust_gate), then pass through.
+
+    Mixed in before ssl.SSLSocket (TrustSocket) and ssl.SSLObject (TrustObject).
+    """
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        self._trust_gate()
+        return super().read(len, buffer)
+
+    def write(self, data: Any) -> int:
+        self._trust_gate()
+        return super().write(data)
+
+
+class TrustSocket(_TrustGated, ssl.SSLSocket):
     """An SSLSocket that lets no data through until the trust store accepted the server.
 
     trust_decision: the trust.Decision, once the handshake finished.
@@ -274,20 +289,12 @@ class TrustSocket(ssl.SSLSocket):
         if not self._trust_done and self._sslobj is not None:
             self.do_handshake()
 
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        self._trust_gate()
-        return super().read(len, buffer)
-
-    def write(self, data: Any) -> int:
-        self._trust_gate()
-        return super().write(data)
-
     def send(self, data: Any, flags: int = 0) -> int:
         self._trust_gate()
         return super().send(data, flags)
 
 
-class TrustObject(ssl.SSLObject):
+class TrustObject(_TrustGated, ssl.SSLObject):
     """The SSLObject (memory BIO, used by asyncio) counterpart of TrustSocket."""
 
     trust_decision: trust.Decision | None = None
@@ -309,14 +316,6 @@ class TrustObject(ssl.SSLObject):
     def _trust_gate(self) -> None:
         if not self._trust_done:
             self.do_handshake()
-
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
-        self._trust_gate()
-        return super().read(len, buffer)
-
-    def write(self, data: Any) -> int:
-        self._trust_gate()
-        return super().write(data)
 
 
 TrustContext.sslsocket_class = TrustSocket
