@@ -44,9 +44,12 @@ from support.fleetkit import Repo, compact_anchor, pin, pinset  # noqa: E402
 from trustfleet_device import topics  # noqa: E402
 from trustfleet_server import mqtturl  # noqa: E402
 from trustfleet_server.broker.aioclient import AioClient  # noqa: E402
+from trustfleet_server.broker.mosquitto import mosquitto_binary  # noqa: E402
 from trustfleet_server.fleet import db as fleetdb  # noqa: E402
 from trustfleet_server.serve.server import FleetServer  # noqa: E402
-from trustfleet_server.sim import simulator as simulate  # noqa: E402
+from trustfleet_server.sim.brokers import BrokerHandle, open_broker  # noqa: E402
+from trustfleet_server.sim.config import SAMPLE_HOST, SimConfig, sample_file  # noqa: E402
+from trustfleet_server.sim.simulator import BackgroundSimulation, Simulation  # noqa: E402
 
 TARGET_S = 5.0
 DAY = 86_400
@@ -59,15 +62,15 @@ class Fleet:
         self.name = name
         self.now = int(time.time())
         self.repo = Repo(fleet=name, now=self.now)
-        load = lambda n: x509.load_pem_x509_certificate(simulate.sample_file(n))  # noqa: E731
+        load = lambda n: x509.load_pem_x509_certificate(sample_file(n))  # noqa: E731
         self.root_ca, self.backup_ca = load("demo-fleet-root-ca.pem"), load("demo-fleet-backup-ca.pem")
 
     def bundle(self, version: int) -> bytes:
-        ps = pinset(simulate.SAMPLE_HOST, [pin(self.root_ca), pin(self.backup_ca)], expires=self.now + 180 * DAY)
+        ps = pinset(SAMPLE_HOST, [pin(self.root_ca), pin(self.backup_ca)], expires=self.now + 180 * DAY)
         return self.repo.bundle(version, anchors=[compact_anchor(self.root_ca)], pinsets=[ps])
 
 
-def system_mosquitto() -> simulate.BrokerHandle | None:
+def system_mosquitto() -> BrokerHandle | None:
     """The machine's Mosquitto on 1883 if it answers an anonymous CONNECT."""
     url = mqtturl.BrokerURL("127.0.0.1", 1883)
 
@@ -81,7 +84,7 @@ def system_mosquitto() -> simulate.BrokerHandle | None:
             c.abort()
             return False
 
-    return simulate.BrokerHandle(url) if asyncio.run(probe()) else None
+    return BrokerHandle(url) if asyncio.run(probe()) else None
 
 
 def wait_until(done, timeout: float, what: str, poll: float = 0.05) -> float:
@@ -97,7 +100,7 @@ def wait_until(done, timeout: float, what: str, poll: float = 0.05) -> float:
 # --------------------------------------------------------------------------- (a)
 
 
-def bench_convergence(broker: simulate.BrokerHandle, devices: int, rounds: int, processes: int) -> dict:
+def bench_convergence(broker: BrokerHandle, devices: int, rounds: int, processes: int) -> dict:
     fleet = Fleet(f"bench-{time.time_ns() % 10**9}")
     tmp = Path(tempfile.mkdtemp(prefix="trustfleet-bench-"))
     db_path = str(tmp / "fleet.db")
@@ -106,9 +109,9 @@ def bench_convergence(broker: simulate.BrokerHandle, devices: int, rounds: int, 
     thread = threading.Thread(target=server.run, kwargs={"duration": 3600}, daemon=True)
     thread.start()
     reader = fleetdb.open_db(db_path)
-    cfg = simulate.SimConfig(devices=devices, broker=broker.url, fleet=fleet.name,
+    cfg = SimConfig(devices=devices, broker=broker.url, fleet=fleet.name,
                              root_raw=fleet.repo.root_raw, initial=fleet.bundle(1), id_prefix="b")
-    sim = simulate.BackgroundSimulation(cfg, broker, processes)
+    sim = BackgroundSimulation(cfg, broker, processes)
 
     def on_server(version: int) -> bool:
         rows = reader.devices(fleet.name)
@@ -194,11 +197,11 @@ async def raw_fanout(url: mqtturl.BrokerURL, n: int, payload: bytes, rounds: int
 
 def bench_scale(devices: int, processes: int) -> dict:
     fleet = Fleet(f"scale-{time.time_ns() % 10**9}")
-    broker = simulate.open_broker("mosquitto" if simulate.mosquitto_binary() else "embedded")
+    broker = open_broker("mosquitto" if mosquitto_binary() else "embedded")
     try:
-        cfg = simulate.SimConfig(devices=devices, broker=broker.url, fleet=fleet.name,
+        cfg = SimConfig(devices=devices, broker=broker.url, fleet=fleet.name,
                                  root_raw=fleet.repo.root_raw, initial=fleet.bundle(1), id_prefix="s")
-        sim = simulate.Simulation(cfg, broker, processes)
+        sim = Simulation(cfg, broker, processes)
         t = time.time()
         report = asyncio.run(sim.run(300, (topics.bundle(fleet.name), fleet.bundle(2))))
         elapsed = time.time() - t
@@ -225,7 +228,7 @@ def main() -> int:
     broker = system_mosquitto()
     own = None
     if broker is None:
-        own = broker = simulate.open_broker("mosquitto")
+        own = broker = open_broker("mosquitto")
     try:
         a = bench_convergence(broker, 1000, 1 if args.quick else 3, args.processes)
     finally:

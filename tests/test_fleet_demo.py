@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from support.environment import require_tool
-from trustfleet_server.sim import simulator as simulate
+from trustfleet_server.broker.mosquitto import mosquitto_binary, port_open
+from trustfleet_server.sim import brokers
 
 TIMEOUT = 120
 
@@ -66,7 +67,7 @@ def check_run(out: Path, stdout: str) -> None:
     # Nothing left: no process mentions the demo's directory, the broker's port is closed.
     m = re.search(r"broker stopped \(port (\d+) closed\)", stdout)
     assert m, stdout[-2000:]
-    assert not simulate.port_open("127.0.0.1", int(m.group(1)))
+    assert not port_open("127.0.0.1", int(m.group(1)))
     assert processes_mentioning(str(out)) == []
 
 
@@ -74,7 +75,7 @@ def check_run(out: Path, stdout: str) -> None:
 def test_fleet_demo_rolls_out_then_halts_a_bad_bundle_on_a_private_mosquitto(tmp_path):
     # What `make demo` runs: no --broker, so a private Mosquitto when one is installed.
     require_tool("mosquitto", "apt-get install mosquitto", ["/usr/sbin/mosquitto"])
-    assert simulate.mosquitto_binary(), "the demo would not find the mosquitto found here"
+    assert mosquitto_binary(), "the demo would not find the mosquitto found here"
     out = tmp_path / "demo-out"
     stdout = run_demo(out)
     check_run(out, stdout)
@@ -82,11 +83,11 @@ def test_fleet_demo_rolls_out_then_halts_a_bad_bundle_on_a_private_mosquitto(tmp
 
 
 def test_default_broker_is_the_embedded_one_when_mosquitto_is_missing(monkeypatch):
-    monkeypatch.setattr(simulate, "mosquitto_binary", lambda: None)
-    handle = simulate.open_broker("auto")
+    monkeypatch.setattr(brokers, "mosquitto_binary", lambda: None)
+    handle = brokers.open_broker("auto")
     try:
         assert handle.kind == "embedded"
-        assert simulate.port_open(handle.url.host, handle.url.port)
+        assert port_open(handle.url.host, handle.url.port)
     finally:
         handle.stop()
 

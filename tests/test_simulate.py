@@ -25,9 +25,22 @@ from support.environment import skip_or_fail
 from support.fleetkit import Repo, compact_anchor, pin, pinset
 from trustfleet_device import topics
 from trustfleet_server import cli, mqtturl
+from trustfleet_server.broker.mosquitto import mosquitto_binary, port_open
 from trustfleet_server.errors import UsageError
-from trustfleet_server.sim import simulator as simulate
-from trustfleet_server.sim.simulator import Faults, SimConfig, Simulation
+from trustfleet_server.sim.brokers import BrokerHandle, open_broker
+from trustfleet_server.sim.config import (
+    DUPLICATE,
+    POWER_CUT,
+    SAMPLE_HOST,
+    Faults,
+    Plan,
+    SimConfig,
+    parse_group_split,
+    parse_share,
+    sample_file,
+)
+from trustfleet_server.sim.report import Report
+from trustfleet_server.sim.simulator import Simulation
 
 RUN_TIMEOUT = 40.0
 NO_FAULTS = Faults()
@@ -35,7 +48,7 @@ DAY = 86_400
 
 
 def _cert(name: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(simulate.sample_file(name))
+    return x509.load_pem_x509_certificate(sample_file(name))
 
 
 class Fleet:
@@ -61,7 +74,7 @@ class Fleet:
         if key not in self._bundles:
             pins = [pin(self.backup_ca)] if bad else [pin(self.root_ca), pin(self.backup_ca)]
             extra = {"allow_single_pin": True} if bad else {}
-            ps = pinset(simulate.SAMPLE_HOST, pins, expires=self.now + 180 * DAY, **extra)
+            ps = pinset(SAMPLE_HOST, pins, expires=self.now + 180 * DAY, **extra)
             self._bundles[key] = self.repo.bundle(version, anchors=[compact_anchor(self.root_ca)],
                                                   pinsets=[ps])
         return self._bundles[key]
@@ -72,9 +85,9 @@ def url_of(broker) -> mqtturl.BrokerURL:
 
 
 def run(fleet: Fleet, url: mqtturl.BrokerURL, *, devices: int = 40, faults: Faults = NO_FAULTS,
-        groups: tuple = (), processes: int = 1, handle: simulate.BrokerHandle | None = None,
+        groups: tuple = (), processes: int = 1, handle: BrokerHandle | None = None,
         publish: bytes | None = None, until: int | None = None, timeout: float = RUN_TIMEOUT,
-        clear: bool = True) -> simulate.Report:
+        clear: bool = True) -> Report:
     """Devices start with v1 installed; v2 (or `publish`) goes to the fleet topic once they are up."""
     cfg = SimConfig(devices=devices, broker=url, fleet=fleet.name, root_raw=fleet.repo.root_raw,
                     groups=groups, faults=faults, initial=fleet.bundle(1), seed=7, until_version=until)
@@ -83,7 +96,7 @@ def run(fleet: Fleet, url: mqtturl.BrokerURL, *, devices: int = 40, faults: Faul
     return asyncio.run(sim.run(timeout, (topics.bundle(fleet.name), doc), clear=clear))
 
 
-def assert_converged(report: simulate.Report, version: int = 2) -> None:
+def assert_converged(report: Report, version: int = 2) -> None:
     assert report.converged, (report.states, report.versions, report.faults)
     assert report.target == version
     assert report.online == len(report.devices)
@@ -110,7 +123,7 @@ def embedded(embedded_broker, fleet):
 
 
 def _require_mosquitto() -> None:
-    if simulate.mosquitto_binary():
+    if mosquitto_binary():
         return
     skip_or_fail("mosquitto not installed (apt-get install mosquitto)")
 
@@ -248,7 +261,7 @@ def test_duplicates_and_reordering_change_nothing(broker, fleet):
 def test_broker_restart_mid_rollout_still_converges(kind, fleet):
     if kind == "mosquitto":
         _require_mosquitto()
-    handle = simulate.open_broker(kind)
+    handle = open_broker(kind)
     try:
         port = handle.url.port
         # A quarter of the fleet boots after the restart: the rollout is still under way.
@@ -260,14 +273,14 @@ def test_broker_restart_mid_rollout_still_converges(kind, fleet):
     assert report.faults["broker_restart"]["restarts"] == 1
     assert report.versions == {"v2": 40}
     assert all(d.commits[2] > report.t0 + 0.2 for d in report.by_fault("offline"))
-    assert not simulate.port_open("127.0.0.1", port)
+    assert not port_open("127.0.0.1", port)
 
 
 def test_broker_restart_is_refused_on_an_external_broker(mosquitto, fleet):
     cfg = SimConfig(devices=5, broker=url_of(mosquitto), fleet=fleet.name, root_raw=fleet.repo.root_raw,
                     faults=Faults(broker_restart_at=1.0))
     with pytest.raises(UsageError, match="broker the simulator controls"):
-        Simulation(cfg, simulate.BrokerHandle(url_of(mosquitto)))
+        Simulation(cfg, BrokerHandle(url_of(mosquitto)))
 
 
 # --------------------------------------------------------------------------- the command
@@ -318,30 +331,30 @@ def test_cli_refuses_a_bundle_of_another_root(fleet, tmp_path, capsys):
 
 @pytest.mark.parametrize("text, share", [("5%", 0.05), ("0.25", 0.25), ("100%", 1.0)])
 def test_shares_read_as_percent_or_fraction(text, share):
-    assert simulate.parse_share(text, "--x") == pytest.approx(share)
+    assert parse_share(text, "--x") == pytest.approx(share)
 
 
 @pytest.mark.parametrize("text", ["150%", "-0.1", "lots"])
 def test_bad_shares_are_refused(text):
     with pytest.raises(UsageError):
-        simulate.parse_share(text, "--x")
+        parse_share(text, "--x")
 
 
 def test_group_split_assigns_groups_in_id_order():
-    groups = simulate.parse_group_split("canary:5%,beta:20%")
+    groups = parse_group_split("canary:5%,beta:20%")
     cfg = SimConfig(devices=100, broker=mqtturl.BrokerURL("h", 1), fleet="f", root_raw=b"", groups=groups)
-    plan = simulate.Plan.make(cfg)
+    plan = Plan.make(cfg)
     assert plan.groups.count("canary") == 5 and plan.groups.count("beta") == 20
     assert plan.groups[:5] == ("canary",) * 5 and plan.groups[5] == "beta"
     with pytest.raises(UsageError):
-        simulate.parse_group_split("a:60%,b:50%")
+        parse_group_split("a:60%,b:50%")
 
 
 def test_fault_subsets_are_reproducible_and_sized():
     cfg = SimConfig(devices=200, broker=mqtturl.BrokerURL("h", 1), fleet="f", root_raw=b"",
                     faults=Faults(power_cut=0.05, duplicate=0.1, clock_skew=60))
-    a, b = simulate.Plan.make(cfg), simulate.Plan.make(cfg)
+    a, b = Plan.make(cfg), Plan.make(cfg)
     assert a == b
-    assert sum(1 for f in a.flags if f & simulate.POWER_CUT) == 10
-    assert sum(1 for f in a.flags if f & simulate.DUPLICATE) == 20
+    assert sum(1 for f in a.flags if f & POWER_CUT) == 10
+    assert sum(1 for f in a.flags if f & DUPLICATE) == 20
     assert all(-60 <= s <= 60 for s in a.skews) and len(set(a.skews)) > 1

@@ -10,10 +10,25 @@ from pathlib import Path
 
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import documents, times
+from trustfleet_server import documents, mqtturl, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.publish import bundle_topic
-from trustfleet_server.sim import simulator as simulate
+from trustfleet_server.sim.brokers import open_broker
+from trustfleet_server.sim.config import (
+    SAMPLE_HOST,
+    Faults,
+    SimConfig,
+    chain_ders,
+    parse_group_split,
+    parse_share,
+)
+from trustfleet_server.sim.report import render
+from trustfleet_server.sim.simulator import (
+    MANY_DEVICES,
+    Simulation,
+    default_processes,
+    progress_printer,
+)
 
 EPILOG = """\
 examples:
@@ -63,11 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="topic for --publish: fleet (default), group:NAME or bucket:N")
     p.add_argument("--group-split", metavar="G:SHARE,...", help="rollout groups, e.g. canary:5%%,beta:20%%")
     p.add_argument("--processes", type=int, metavar="P",
-                   help=f"worker processes (default 1, or one per CPU above {simulate.MANY_DEVICES} devices)")
+                   help=f"worker processes (default 1, or one per CPU above {MANY_DEVICES} devices)")
     p.add_argument("--timeout", default="120s", metavar="DURATION", help="give up after this (default 120s)")
     p.add_argument("--until-version", type=int, metavar="V", help="the version to converge on")
-    p.add_argument("--endpoint", default=simulate.SAMPLE_HOST, metavar="HOST",
-                   help=f"host the health check judges (default {simulate.SAMPLE_HOST})")
+    p.add_argument("--endpoint", default=SAMPLE_HOST, metavar="HOST",
+                   help=f"host the health check judges (default {SAMPLE_HOST})")
     p.add_argument("--chain", type=Path, metavar="PEM", help="server chain, leaf first (default: the sample)")
     p.add_argument("--id-prefix", default="sim", help="device ids are PREFIX-00000... (default sim)")
     p.add_argument("--seed", type=int, default=1, help="fault subsets and clock skews (default 1)")
@@ -90,7 +105,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_simulate)
 
 
-def faults_from(args: argparse.Namespace) -> simulate.Faults:
+def faults_from(args: argparse.Namespace) -> Faults:
     """Raises: UsageError."""
     if args.clock_skew < 0:
         raise UsageError("--clock-skew: must be 0 or more seconds")
@@ -100,8 +115,8 @@ def faults_from(args: argparse.Namespace) -> simulate.Faults:
             topics.check_name(group, "--health-fail-group")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    share = simulate.parse_share
-    return simulate.Faults(
+    share = parse_share
+    return Faults(
         offline=share(args.offline, "--offline"),
         offline_for=times.parse_duration(args.offline_for, "--offline-for", strict=False),
         clock_skew=args.clock_skew,
@@ -126,7 +141,7 @@ def _verified_bundle(root_raw: bytes, path: Path, fleet: str) -> bytes:
     return raw
 
 
-def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tuple[str, bytes] | None]:
+def config_from(args: argparse.Namespace, url) -> tuple[SimConfig, tuple[str, bytes] | None]:
     """The SimConfig and the (topic, bundle) to publish. Raises: UsageError, TrustfleetError."""
     try:
         fleet = topics.check_name(args.fleet, "fleet")
@@ -143,10 +158,10 @@ def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tupl
     publish = None
     if args.publish:
         publish = (bundle_topic(fleet, args.to), _verified_bundle(root_raw, args.publish, fleet))
-    chain = simulate.chain_ders(documents.read_file(args.chain), str(args.chain)) if args.chain else ()
-    cfg = simulate.SimConfig(
+    chain = chain_ders(documents.read_file(args.chain), str(args.chain)) if args.chain else ()
+    cfg = SimConfig(
         devices=args.devices, broker=url, fleet=fleet, root_raw=root_raw,
-        groups=simulate.parse_group_split(args.group_split) if args.group_split else (),
+        groups=parse_group_split(args.group_split) if args.group_split else (),
         faults=faults_from(args), endpoint=args.endpoint, chain=chain, initial=initial,
         id_prefix=args.id_prefix, seed=args.seed, until_version=args.until_version)
     return cfg, publish
@@ -154,22 +169,22 @@ def config_from(args: argparse.Namespace, url) -> tuple[simulate.SimConfig, tupl
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     timeout = times.parse_duration(args.timeout, "--timeout", strict=False)
-    processes = args.processes if args.processes else simulate.default_processes(args.devices)
+    processes = args.processes if args.processes else default_processes(args.devices)
     if processes < 1:
         raise UsageError("--processes must be at least 1")
     if args.broker_restart_at and args.broker not in ("embedded", "mosquitto"):
         raise UsageError(f"--broker-restart-at: the simulator can only restart a broker it started "
                            f"(--broker embedded or --broker mosquitto), not {args.broker}")
     # Check everything that can be checked before starting a broker.
-    cfg, publish = config_from(args, simulate.mqtturl.BrokerURL("127.0.0.1", 1))
-    broker = simulate.open_broker(args.broker)
+    cfg, publish = config_from(args, mqtturl.BrokerURL("127.0.0.1", 1))
+    broker = open_broker(args.broker)
     try:
-        cfg = simulate.SimConfig(**{**cfg.__dict__, "broker": broker.url})
-        sim = simulate.Simulation(cfg, broker, processes)
+        cfg = SimConfig(**{**cfg.__dict__, "broker": broker.url})
+        sim = Simulation(cfg, broker, processes)
         if not args.json:
             print(f"simulating {cfg.devices} devices of fleet {cfg.fleet} on {broker.describe()}, "
                   f"{sim.processes} process(es)", flush=True)
-        show = simulate.progress_printer(cfg.until_version)
+        show = progress_printer(cfg.until_version)
         try:
             # On a shared broker the devices clear their retained statuses on the way out.
             clear = not broker.controlled and not args.keep_retained
@@ -181,5 +196,5 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        print("\n".join(simulate.render(report)))
+        print("\n".join(render(report)))
     return 0 if report.converged else 1

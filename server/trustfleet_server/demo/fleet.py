@@ -39,7 +39,9 @@ from trustfleet_server import keys, render, rollout
 from trustfleet_server.broker import mosquitto
 from trustfleet_server.demo.offline import Step
 from trustfleet_server.fleet import db as fleetdb
-from trustfleet_server.sim import simulator as simulate
+from trustfleet_server.sim.brokers import BrokerHandle, MosquittoHandle, open_broker
+from trustfleet_server.sim.config import SAMPLE_FILES, SAMPLE_HOST, SimConfig, sample_file
+from trustfleet_server.sim.simulator import BackgroundSimulation
 
 FLEET = "demo-fleet"
 DEVICES = 50
@@ -80,11 +82,11 @@ class FleetDemo:
     def __init__(self, out: Path, broker: str, devices: int, trustfleet: Callable[[list[str]], int]) -> None:
         self.out, self.broker_spec, self.devices = out, broker, devices
         self.s = Step(out, trustfleet)
-        self.broker: simulate.BrokerHandle | None = None
+        self.broker: BrokerHandle | None = None
         self.server = None
         self.server_thread: threading.Thread | None = None
         self.server_errors: list[BaseException] = []
-        self.sim: simulate.BackgroundSimulation | None = None
+        self.sim: BackgroundSimulation | None = None
         self.db: fleetdb.FleetDB | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -143,11 +145,11 @@ class FleetDemo:
         if spec == "auto":
             spec = "mosquitto" if mosquitto.mosquitto_binary() else "embedded"
         if spec == "mosquitto":
-            self.broker = simulate.MosquittoHandle(self.out / "broker", persistence=False)
+            self.broker = MosquittoHandle(self.out / "broker", persistence=False)
             print(f"$ mosquitto -c {self.broker.conf} &    # a private broker on a free port, "
                   f"stopped at the end")
         else:
-            self.broker = simulate.open_broker(spec)
+            self.broker = open_broker(spec)
             if self.broker.controlled:
                 print("# no mosquitto installed: trustfleet's embedded broker runs in this process")
             else:
@@ -178,10 +180,10 @@ class FleetDemo:
                              "--key", f"timestamp={k / 'timestamp.pub.pem'}", "-o", root])
         for name in ("root-1", "root-2"):
             s.run("trustfleet", ["root", "sign", "--key", _q(k / f"{name}.pem"), root])
-        s.title(f"The sample PKI (trustfleet_server/samples): the server of {simulate.SAMPLE_HOST} "
+        s.title(f"The sample PKI (trustfleet_server/samples): the server of {SAMPLE_HOST} "
                 "chains to the Demo Fleet Root CA; the Backup CA's key is the spare pin")
-        for name in simulate.SAMPLE_FILES:
-            (self.out / "certs" / name).write_bytes(simulate.sample_file(name))
+        for name in SAMPLE_FILES:
+            (self.out / "certs" / name).write_bytes(sample_file(name))
         for name in ("demo-fleet-root-ca.pem", "demo-fleet-backup-ca.pem"):
             s.run("trustfleet", ["pin", _q(self.out / "certs" / name)])
         s.title("Bundle v1: the root CA as anchor, pins on the root CA and the backup CA (rule of two)")
@@ -194,7 +196,7 @@ class FleetDemo:
         spec = self.out / f"bundle-v{version}.toml"
         quoted = lambda names: ", ".join(f'"certs/{n}"' for n in names)  # noqa: E731
         spec.write_text(SPEC.format(version=version, anchors=quoted(anchors), pins=quoted(pins),
-                                    host=simulate.SAMPLE_HOST.split(".", 1)[1], extra=extra))
+                                    host=SAMPLE_HOST.split(".", 1)[1], extra=extra))
         path = self.out / f"bundle-v{version}.cose"
         self.s.run("trustfleet", ["bundle", "build", _q(spec), "-o", _q(path)])
         for name in ("bundle-1", "bundle-2"):
@@ -234,10 +236,10 @@ class FleetDemo:
         self.s.title(f"{n} devices (simulated agents, real verification): canary 10 %, the rest by hash bucket")
         print(f"$ trustfleet simulate --devices {n} --broker {self.broker.url} --fleet {FLEET} "
               f"--root {self.root} --group-split canary:10% --keep-running --timeout 10m &")
-        cfg = simulate.SimConfig(devices=n, broker=self.broker.url, fleet=FLEET,
+        cfg = SimConfig(devices=n, broker=self.broker.url, fleet=FLEET,
                                  root_raw=self.root.read_bytes(), groups=(("canary", 0.1),),
                                  id_prefix="dev")
-        self.sim = simulate.BackgroundSimulation(cfg, self.broker)
+        self.sim = BackgroundSimulation(cfg, self.broker)
         p = self.sim.start(connect_timeout=WAIT)
         print(f"{p.online} devices connected, each with its own MQTT session, retained status and last will; "
               f"no trust store yet")

@@ -1,0 +1,166 @@
+"""What a simulation found: the fleet's progress added up over workers, the report and its text."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Progress:
+    """The fleet, added up over workers, at one moment."""
+
+    devices: int
+    online: int
+    off: int
+    versions: Counter
+    states: Counter
+    verified: list[int]
+    settled: dict[int, int]
+    commits: dict[int, list]
+    first_seen: dict[int, float]
+    t0: float | None
+    counters: Counter
+    elapsed: float = 0.0
+    last_error: str | None = None
+
+    @classmethod
+    def add(cls, snaps: list[dict], elapsed: float = 0.0) -> Progress:
+        versions: Counter = Counter()
+        states: Counter = Counter()
+        counters: Counter = Counter()
+        settled: Counter = Counter()
+        verified: set[int] = set()
+        commits: dict[int, list] = {}
+        first: dict[int, float] = {}
+        t0s = []
+        for s in snaps:
+            versions.update(s["versions"])
+            states.update(s["states"])
+            counters.update(s["counters"])
+            settled.update(s["settled"])
+            verified.update(s["verified"])
+            for v, (n, lo, hi) in s["commits"].items():
+                c = commits.setdefault(v, [0, lo, hi])
+                c[0] += n
+                c[1], c[2] = min(c[1], lo), max(c[2], hi)
+            for v, t in s["first_seen"].items():
+                first[v] = min(first.get(v, t), t)
+            if s["t0"] is not None:
+                t0s.append(s["t0"])
+        return cls(sum(s["devices"] for s in snaps), sum(s["online"] for s in snaps),
+                   sum(s["off"] for s in snaps), versions, states, sorted(verified), dict(settled),
+                   commits, first, min(t0s) if t0s else None, counters, elapsed,
+                   next((s["last_error"] for s in snaps if s.get("last_error")), None))
+
+    def target(self, until: int | None) -> int | None:
+        if until is not None:
+            return until
+        return max(self.verified) if self.verified else None
+
+    def line(self, until: int | None) -> str:
+        target = self.target(until)
+        parts = [f"[{self.elapsed:6.1f}s]", f"online {self.online}/{self.devices}"]
+        if target is not None:
+            runs = sum(n for v, n in self.versions.items() if v is not None and v >= target)
+            parts.append(f"v{target}: {runs} run it, {self.settled.get(target, 0)} settled")
+        for state in ("trial", "rebooting"):
+            if self.states.get(state):
+                parts.append(f"{self.states[state]} {'on trial' if state == 'trial' else state}")
+        if self.off:
+            parts.append(f"{self.off} powered off")
+        for key in ("power_cuts", "reordered", "duplicated"):
+            if self.counters.get(key):
+                parts.append(f"{key.replace('_', ' ')} {self.counters[key]}")
+        return "  ".join(parts)
+
+
+@dataclass
+class DeviceResult:
+    id: str
+    group: str | None
+    faults: tuple[str, ...]
+    online: bool
+    state: str
+    version: int | None
+    bad: list[int]
+    commits: dict[int, float]
+    cuts: int
+    after_cut: list[tuple[Any, Any]]
+    bricked: str | None
+
+
+@dataclass
+class Report:
+    """What a simulation found. `to_json()` is what `simulate --json` prints."""
+
+    devices: list[DeviceResult]
+    target: int | None
+    converged: bool
+    convergence_s: float | None
+    from_publish_s: float | None
+    committed: int
+    online: int
+    states: dict[str, int]
+    versions: dict[str, int]
+    faults: dict[str, Any]
+    elapsed_s: float
+    peak_rss_kb: dict[str, Any]
+    broker: str
+    processes: int
+    t0: float | None = None
+    last_commit: float | None = None
+    reverted: list[dict] = field(default_factory=list)
+
+    def by_fault(self, name: str) -> list[DeviceResult]:
+        return [d for d in self.devices if name in d.faults]
+
+    def to_json(self) -> dict:
+        return {"devices": len(self.devices), "processes": self.processes, "broker": self.broker,
+                "target_version": self.target, "converged": self.converged,
+                "convergence_s": _round(self.convergence_s), "from_publish_s": _round(self.from_publish_s),
+                "committed": self.committed, "online": self.online, "states": self.states,
+                "versions": self.versions, "faults": self.faults, "reverted": self.reverted[:50],
+                "elapsed_s": _round(self.elapsed_s), "peak_rss_kb": self.peak_rss_kb}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def render(report: Report) -> list[str]:
+    """The report as text lines (what `simulate` prints without --json)."""
+    n = len(report.devices)
+    lines = [f"{n} devices on {report.broker}, {report.processes} process(es), "
+             f"{report.elapsed_s:.1f} s"]
+    if report.target is None:
+        lines.append("no bundle reached the devices: nothing to converge on")
+    else:
+        head = "converged" if report.converged else "NOT converged (timeout)"
+        conv = f" in {report.convergence_s:.2f} s" if report.convergence_s is not None else ""
+        pub = f" ({report.from_publish_s:.2f} s from the publish)" if report.from_publish_s is not None else ""
+        lines.append(f"{head}: {report.committed}/{n} devices run v{report.target}{conv}{pub}; "
+                     f"{report.online} online at the end")
+    lines.append("states:   " + ", ".join(f"{k} {v}" for k, v in sorted(report.states.items())))
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(report.versions.items())))
+    for name, value in report.faults.items():
+        text = (", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
+                if isinstance(value, dict) else str(value))
+        lines.append(f"fault {name}: {text}")
+    for r in report.reverted[:10]:
+        lines.append(f"  reverted: {r['device']} ({r['group'] or 'no group'}) stays on v{r['version']}")
+    if len(report.reverted) > 10:
+        lines.append(f"  ... and {len(report.reverted) - 10} more reverted")
+    rss = report.peak_rss_kb
+    mem = f"peak RSS {rss['total'] / 1024:.0f} MB (coordinator {rss['coordinator'] / 1024:.0f} MB"
+    if "workers" in rss:
+        mem += ", workers " + " + ".join(f"{w / 1024:.0f}" for w in rss["workers"])
+    mem += ")"
+    if "broker" in rss:
+        mem += f"; broker {rss['broker'] / 1024:.0f} MB"
+    lines.append(mem)
+    return lines
