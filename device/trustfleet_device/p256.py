@@ -449,6 +449,15 @@ def _fast_key(point):
     return pub
 
 
+def _openssl_verify(pub, digest, der_sig):
+    """Return True when OpenSSL accepts der_sig (DER) for the 32-byte digest under pub."""
+    try:
+        pub.verify(bytes(der_sig), bytes(digest), _ECDSA_PREHASHED)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def verify_digest_fast(point, digest, sig):
     """Same contract as verify_digest_pure, computed by OpenSSL through cryptography.
 
@@ -462,28 +471,17 @@ def verify_digest_fast(point, digest, sig):
     rs = _split_signature(sig)
     if rs is None:
         return False
-    try:
-        pub.verify(encode_dss_signature(rs[0], rs[1]), bytes(digest), _ECDSA_PREHASHED)
-    except InvalidSignature:
-        return False
-    return True
+    return _openssl_verify(pub, digest, encode_dss_signature(rs[0], rs[1]))
 
 
 def verify_der_fast(point, digest, der_sig):
     """Return True when der_sig (DER ECDSA-Sig-Value) is valid for the digest; CPython only.
 
-    Raises:
-        RuntimeError: cryptography is not installed.
-        DecodeError: the public key is invalid.
-        ValueError: the digest is not 32 bytes.
+    Raises what verify_digest_fast raises, for the same reasons.
     """
     pub = _fast_key(point)
     _check_digest(digest)
-    try:
-        pub.verify(bytes(der_sig), bytes(digest), _ECDSA_PREHASHED)
-    except InvalidSignature:
-        return False
-    return True
+    return _openssl_verify(pub, digest, der_sig)
 
 
 def verify_digest(point, digest, sig):
