@@ -184,24 +184,23 @@ class _Cursor:
         self.pos = pos + length
         return tag, pos, pos + length, start
 
-    def take(self, tag, what):
-        """Return (start, stop) of the next element's content, which must have this tag."""
+    def expect(self, tag, what):
+        """Return element() of the next element, which must be there and have this tag."""
         got = self.peek()
         if got is None:
             self.fail("missing %s" % what)
         if got != tag:
             self.fail("%s: expected tag 0x%02x, got 0x%02x" % (what, tag, got))
-        _, start, stop, _ = self.element()
+        return self.element()
+
+    def take(self, tag, what):
+        """Return (start, stop) of the next element's content, which must have this tag."""
+        _, start, stop, _ = self.expect(tag, what)
         return start, stop
 
     def take_raw(self, tag, what):
         """Like take, but return (header_start, stop): the whole element."""
-        got = self.peek()
-        if got is None:
-            self.fail("missing %s" % what)
-        if got != tag:
-            self.fail("%s: expected tag 0x%02x, got 0x%02x" % (what, tag, got))
-        _, _, stop, head = self.element()
+        _, _, stop, head = self.expect(tag, what)
         return head, stop
 
     def enter(self, tag, what):
