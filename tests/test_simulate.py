@@ -358,3 +358,104 @@ def test_fault_subsets_are_reproducible_and_sized():
     assert sum(1 for f in a.flags if f & POWER_CUT) == 10
     assert sum(1 for f in a.flags if f & DUPLICATE) == 20
     assert all(-60 <= s <= 60 for s in a.skews) and len(set(a.skews)) > 1
+
+
+# --------------------------------------------------------------------------- faults end before convergence counts
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_a_restart_after_convergence_is_waited_out(kind, fleet):
+    """Issue 10 finding 10: the fleet converges, then the broker restarts; "converged" must come
+    from the state after the restart (every device back online), not from a snapshot before it."""
+    if kind == "mosquitto":
+        _require_mosquitto()
+    handle = open_broker(kind)
+    try:
+        report = run(fleet, handle.url, devices=20, handle=handle,
+                     faults=Faults(broker_restart_at=2.0))
+    finally:
+        handle.stop()
+    assert report.faults["broker_restart"]["restarts"] == 1
+    assert_converged(report)
+    assert report.states == {"ok": 20}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_a_kill_9_restart_drops_every_device_and_the_fleet_comes_back(kind, fleet):
+    """kill -9: no clean shutdown, nothing saved. The fleet had converged; it must reconnect to the
+    new broker on the same port before the run counts as converged."""
+    if kind == "mosquitto":
+        _require_mosquitto()
+    handle = open_broker(kind)
+    try:
+        pid = handle.mosquitto.proc.pid if kind == "mosquitto" else None
+        report = run(fleet, handle.url, devices=20, handle=handle,
+                     faults=Faults(broker_restart_at=1.0, broker_restart_signal="kill"))
+        if kind == "embedded":
+            # Its state went with it: the retained bundle is gone from the new broker.
+            assert handle.broker.call(handle.broker.broker.retained, topics.bundle(fleet.name)) is None
+        else:
+            assert handle.mosquitto.proc.pid != pid
+            assert "--- start 2" in handle.log.read_text()
+    finally:
+        handle.stop()
+    assert_converged(report)
+    assert report.faults["broker_restart"]["signal"] == "kill"
+    assert report.faults["broker_restart"]["restarts"] == 1
+    assert report.why is None
+
+
+@pytest.mark.timeout(90)
+def test_a_run_that_does_not_converge_says_why(fleet, tmp_path, capsys):
+    """A kill -9 of the embedded broker loses the retained bundle; the devices powered off until
+    after it never see v2. The JSON names them, their state, their faults and the restart."""
+    paths = {}
+    for name, raw in (("root", fleet.repo.root_raw), ("v1", fleet.bundle(1)), ("v2", fleet.bundle(2))):
+        paths[name] = tmp_path / f"{name}.cose"
+        paths[name].write_bytes(raw)
+    code = cli.main(["simulate", "--devices", "20", "--broker", "embedded", "--fleet", fleet.name,
+                     "--root", str(paths["root"]), "--initial", str(paths["v1"]),
+                     "--publish", str(paths["v2"]), "--offline", "25%", "--offline-for", "1.5s",
+                     "--broker-restart-at", "0.3s", "--broker-restart-signal", "kill",
+                     "--timeout", "8s", "--json"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    report = json.loads(out)
+    assert report["converged"] is False
+    why = report["not_converged"]
+    assert why["unsettled"] == 5, why
+    assert why["faults_pending"] == []
+    assert "--timeout" in why["reason"] and "kill" in why["reason"], why["reason"]
+    for d in why["devices"]:
+        assert d["online"] and d["version"] == 1 and d["faults"] == ["offline"], d
+        assert "never received or never installed v2" in d["why"]
+    assert report["versions"] == {"v1": 5, "v2": 15}
+
+
+@pytest.mark.timeout(120)
+def test_packet_loss_and_latency_slow_the_fleet_but_it_converges(broker, fleet):
+    report = run(fleet, url_of(broker), devices=30,
+                 faults=Faults(loss=0.1, latency=0.05), timeout=60)
+    assert_converged(report)
+    assert report.versions == {"v2": 30}
+    assert report.faults["loss"]["lost"] > 0
+    assert report.faults["latency"]["delayed"] > 0
+    assert report.convergence_s is not None and report.convergence_s >= 0.05
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--loss", "60%"], "--loss: 60% would cut nearly every connection"),
+    (["--loss", "lots"], "--loss: 'lots' is not a share"),
+    (["--latency", "soon"], "--latency: 'soon' is not a duration"),
+    (["--broker-restart-signal", "kill"], "--broker-restart-signal: needs --broker-restart-at"),
+])
+def test_bad_fault_options_are_one_clear_line(fleet, tmp_path, capsys, extra, message):
+    root = tmp_path / "root.cose"
+    root.write_bytes(fleet.repo.root_raw)
+    code = cli.main(["simulate", "--devices", "5", "--broker", "embedded", "--fleet", fleet.name,
+                     "--root", str(root), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and "Traceback" not in err

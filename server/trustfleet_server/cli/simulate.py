@@ -48,11 +48,22 @@ faults (shares are of the fleet, 0.05 or 5%; subsets are reproducible with --see
   --duplicate 0.1 --reorder 0.1     messages handed over again; older documents delivered around newer
   --broker-restart-at 5s            restart the broker 5 s after the new bundle first arrives
                                     (only a broker the simulator started: embedded or mosquitto)
+  --broker-restart-signal kill      ... as kill -9: nothing saved, retained messages since the
+                                    last autosave lost (embedded: all of them)
+  --loss 5%                         each message, either way, lost with this chance; a loss cuts
+                                    the connection and the device reconnects
+  --latency 50ms                    every message, either way, arrives this much later
+
+  trustfleet simulate --devices 50 --broker mosquitto ... --broker-restart-at 3s \\
+      --broker-restart-signal kill --loss 2% --latency 50ms --json
 
 The new bundle comes from --publish (published once every device is connected) or
 from elsewhere (`trustfleet publish`, a rollout driven by `trustfleet serve`). The run
 ends when every device runs the target version (--until-version, else the newest one
-any device verified) or reverted it as bad, or at --timeout (exit 1).
+any device verified) or reverted it as bad, or at --timeout (exit 1). Convergence is
+judged after the faults end: after a broker restart, every device must be back online
+on a new connection. A run that does not converge says why (JSON: not_converged, with
+the unsettled devices, their state and faults).
 Health check: each device's trial store judges --chain for --endpoint (default: the
 sample chain of api.demo-fleet.example shipped in trustfleet_server/samples).
 """
@@ -102,6 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--duplicate", default="0", metavar="SHARE")
     f.add_argument("--reorder", default="0", metavar="SHARE")
     f.add_argument("--broker-restart-at", metavar="DURATION")
+    f.add_argument("--broker-restart-signal", choices=("term", "kill"), default="term",
+                   help="term: clean stop (default); kill: kill -9, state not saved")
+    f.add_argument("--loss", default="0", metavar="SHARE")
+    f.add_argument("--latency", default="0s", metavar="DURATION")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -115,6 +130,11 @@ def faults_from(args: argparse.Namespace) -> Faults:
             topics.check_name(group, "--health-fail-group")
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if args.broker_restart_signal != "term" and not args.broker_restart_at:
+        raise UsageError("--broker-restart-signal: needs --broker-restart-at (when to restart)")
+    loss = parse_share(args.loss, "--loss")
+    if loss > 0.5:
+        raise UsageError(f"--loss: {args.loss} would cut nearly every connection; at most 50%")
     share = parse_share
     return Faults(
         offline=share(args.offline, "--offline"),
@@ -127,7 +147,10 @@ def faults_from(args: argparse.Namespace) -> Faults:
         duplicate=share(args.duplicate, "--duplicate"),
         reorder=share(args.reorder, "--reorder"),
         broker_restart_at=(times.parse_duration(args.broker_restart_at, "--broker-restart-at", strict=False)
-                           if args.broker_restart_at else None))
+                           if args.broker_restart_at else None),
+        broker_restart_signal=args.broker_restart_signal,
+        loss=loss,
+        latency=times.parse_duration(args.latency, "--latency", strict=False))
 
 
 def _verified_bundle(root_raw: bytes, path: Path, fleet: str) -> bytes:

@@ -27,7 +27,7 @@ class BrokerHandle:
     def describe(self) -> str:
         return f"broker {self.url}"
 
-    def restart(self) -> None:
+    def restart(self, hard: bool = False) -> None:
         raise UsageError(f"cannot restart {self.url}: the simulator did not start it; use "
                            f"--broker embedded or --broker mosquitto for --broker-restart-at")
 
@@ -53,11 +53,36 @@ class EmbeddedHandle(BrokerHandle):
     def describe(self) -> str:
         return f"embedded broker on {self.url.host}:{self.url.port}"
 
-    def restart(self) -> None:
-        # The Broker object, with its retained store, outlives its listener:
-        # a restart drops every connection and listens again on the same port.
-        self.broker.stop()
-        self.broker.start()
+    def restart(self, hard: bool = False) -> None:
+        """Clean: the Broker object, with its retained store, outlives its listener; every
+        connection is closed and it listens again on the same port. Hard (kill -9 emulated):
+        every socket is aborted without a word, no will goes out, the broker thread is left
+        and its state (retained messages, sessions) is thrown away; a fresh broker listens
+        on the same port."""
+        if not hard:
+            self.broker.stop()
+            self.broker.start()
+            return
+        from trustfleet_server.broker.embedded import EmbeddedBroker
+
+        old = self.broker
+
+        def crash() -> None:
+            b = old.broker
+            server, b._server = b._server, None
+            if server is not None:
+                server.close()
+            for conn in list(b._conns):
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+        old.call(crash)
+        loop, thread, old._thread = old._loop, old._thread, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(10)
+        self.broker = EmbeddedBroker(self.url.host, self.url.port).start()
 
     def stop(self) -> None:
         self.broker.stop()
@@ -113,8 +138,14 @@ class MosquittoHandle(BrokerHandle):
         self._note_peak()
         return self._peak_kb
 
-    def restart(self) -> None:
+    def restart(self, hard: bool = False) -> None:
+        """Clean: SIGTERM (a persistent Mosquitto saves its database). Hard: kill -9, nothing
+        saved since the last autosave."""
         self._note_peak()
+        proc = self.mosquitto.proc
+        if hard and proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
         self.mosquitto.stop()
         self._start()
 

@@ -55,6 +55,9 @@ class Faults:
     duplicate: float = 0.0
     reorder: float = 0.0
     broker_restart_at: float | None = None
+    broker_restart_signal: str = "term"   # "term": clean stop; "kill": kill -9, state not saved
+    loss: float = 0.0                      # share of messages lost (each cuts its connection)
+    latency: float = 0.0                   # seconds added to every message, both directions
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ class Progress:
     counters: Counter
     elapsed: float = 0.0
     last_error: str | None = None
+    oldest_connect: float | None = None   # wall time of the oldest connection still up
 
     @classmethod
     def add(cls, snaps: list[dict], elapsed: float = 0.0) -> Progress:
@@ -35,6 +36,7 @@ class Progress:
         commits: dict[int, list] = {}
         first: dict[int, float] = {}
         t0s = []
+        connects = [s["oldest_connect"] for s in snaps if s.get("oldest_connect") is not None]
         for s in snaps:
             versions.update(s["versions"])
             states.update(s["states"])
@@ -52,7 +54,8 @@ class Progress:
         return cls(sum(s["devices"] for s in snaps), sum(s["online"] for s in snaps),
                    sum(s["off"] for s in snaps), versions, states, sorted(verified), dict(settled),
                    commits, first, min(t0s) if t0s else None, counters, elapsed,
-                   next((s["last_error"] for s in snaps if s.get("last_error")), None))
+                   next((s["last_error"] for s in snaps if s.get("last_error")), None),
+                   min(connects) if connects else None)
 
     def target(self, until: int | None) -> int | None:
         if until is not None:
@@ -112,6 +115,7 @@ class Report:
     t0: float | None = None
     last_commit: float | None = None
     reverted: list[dict] = field(default_factory=list)
+    why: dict | None = None   # set when not converged: which devices, in what state, after which fault
 
     def by_fault(self, name: str) -> list[DeviceResult]:
         return [d for d in self.devices if name in d.faults]
@@ -122,6 +126,7 @@ class Report:
                 "convergence_s": _round(self.convergence_s), "from_publish_s": _round(self.from_publish_s),
                 "committed": self.committed, "online": self.online, "states": self.states,
                 "versions": self.versions, "faults": self.faults, "reverted": self.reverted[:50],
+                "not_converged": self.why,
                 "elapsed_s": _round(self.elapsed_s), "peak_rss_kb": self.peak_rss_kb}
 
 
@@ -140,7 +145,7 @@ def render(report: Report) -> list[str]:
     if report.target is None:
         lines.append("no bundle reached the devices: nothing to converge on")
     else:
-        head = "converged" if report.converged else "NOT converged (timeout)"
+        head = "converged" if report.converged else "NOT converged"
         conv = f" in {report.convergence_s:.2f} s" if report.convergence_s is not None else ""
         pub = f" ({report.from_publish_s:.2f} s from the publish)" if report.from_publish_s is not None else ""
         lines.append(f"{head}: {report.committed}/{n} devices run v{report.target}{conv}{pub}; "
@@ -155,6 +160,13 @@ def render(report: Report) -> list[str]:
         lines.append(f"  reverted: {r['device']} ({r['group'] or 'no group'}) stays on v{r['version']}")
     if len(report.reverted) > 10:
         lines.append(f"  ... and {len(report.reverted) - 10} more reverted")
+    if report.why:
+        lines.append(f"why not converged: {report.why['reason']}")
+        for d in report.why["devices"][:10]:
+            lines.append(f"  {d['device']}: {d['why']}"
+                         + (f" (faults: {', '.join(d['faults'])})" if d["faults"] else ""))
+        if report.why["unsettled"] > 10:
+            lines.append(f"  ... and {report.why['unsettled'] - 10} more")
     rss = report.peak_rss_kb
     mem = f"peak RSS {rss['total'] / 1024:.0f} MB (coordinator {rss['coordinator'] / 1024:.0f} MB"
     if "workers" in rss:
@@ -164,3 +176,47 @@ def render(report: Report) -> list[str]:
         mem += f"; broker {rss['broker'] / 1024:.0f} MB"
     lines.append(mem)
     return lines
+
+
+# --------------------------------------------------------------------------- why not converged
+
+
+def unsettled_reason(d: DeviceResult, target: int | None) -> str | None:
+    """Why this device does not count as settled on `target` at the end (None: it does)."""
+    if d.bricked:
+        return f"bricked: {d.bricked}"
+    if not d.online:
+        return f"offline at the end (store: {'v' + str(d.version) if d.version else 'none'})"
+    if target is None:
+        return "no bundle newer than the factory image reached it"
+    if d.state == "trial":
+        return f"still on trial of a bundle (store v{d.version})"
+    if (d.version or 0) >= target or target in d.bad:
+        return None
+    return f"still on v{d.version}: never received or never installed v{target}"
+
+
+def explain(report: Report, cause: str, pending: list[str]) -> dict:
+    """The not_converged object of the JSON report: the run's cause, the faults that had not
+    happened yet, and every unsettled device (the first 50) with its state and faults."""
+    rows = []
+    kinds: dict[str, int] = {}
+    for d in report.devices:
+        why = unsettled_reason(d, report.target)
+        if why is None:
+            continue
+        kind = why.split(":")[0].split(" (")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        rows.append({"device": d.id, "group": d.group, "online": d.online, "state": d.state,
+                     "version": d.version, "faults": list(d.faults), "why": why})
+    parts = [cause]
+    if pending:
+        parts.append("faults not yet applied: " + ", ".join(pending))
+    if rows:
+        parts.append(f"{len(rows)} of {len(report.devices)} devices unsettled ("
+                     + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) + ")")
+    restart = report.faults.get("broker_restart")
+    if restart and restart.get("restarts") and rows:
+        parts.append(f"after the broker restart ({restart['signal']}) at t0+{restart['at_s']:g}s")
+    return {"reason": "; ".join(parts), "cause": cause, "faults_pending": pending,
+            "unsettled": len(rows), "by_reason": kinds, "devices": rows[:50]}

@@ -28,9 +28,16 @@ placed relative to t0:
 - offline: the subset is powered off from the start and boots
   `offline_for` seconds after t0;
 - broker restart: at t0 + `broker_restart_at` the broker is stopped and
-  started on the same port with its retained messages (the embedded broker
-  keeps them in memory, a private Mosquitto runs with persistence); only a
-  broker this simulator started can be restarted;
+  started on the same port. With signal "term" it keeps its retained
+  messages (the embedded broker keeps them in memory, a private Mosquitto
+  saves them on SIGTERM); with "kill" it dies without saving (Mosquitto:
+  kill -9; embedded: every socket dropped, its state thrown away, a fresh
+  broker on the same port), so what it lost stays lost unless someone
+  publishes again. Only a broker this simulator started can be restarted;
+- loss: each message, either way, is lost with this probability; the lost
+  message cuts its connection (as a stalled TCP connection would be given
+  up) and the device reconnects; latency: every message, either way, is
+  handed over this many seconds late;
 - power cut: on the subset's first install, MemStorage is cut at a random
   one of the install's six storage operations (slot write, switch, commit
   or revert: two each); the device then boots on what survived, must find a
@@ -42,10 +49,13 @@ placed relative to t0:
 - clock skew (uniform within +-skew) and stuck-2000 (the clock reads
   2000-01-01 and counts from there; firmware_time is a month-old build).
 
-Convergence: the run ends when every device is online, idle and either
-runs the target (or newer) or has reverted it and marked it bad, and every
-scheduled fault has happened; convergence time is from t0 to the last
-commit of the target.
+Convergence is measured after the faults end: the run ends when every
+scheduled fault has happened and then, on a snapshot taken after the last
+one, every device is online on a connection made after it, idle, and either
+runs the target (or newer) or has reverted it and marked it bad;
+convergence time is from t0 to the last commit of the target. A run that
+does not converge says why in `Report.why` (JSON `not_converged`): the
+cause, the faults still pending and each unsettled device's state.
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ from trustfleet_server.errors import UsageError
 from trustfleet_server.sim.brokers import BrokerHandle
 from trustfleet_server.sim.config import SimConfig, flag_names
 from trustfleet_server.sim.links import LocalLink, ProcessLink
-from trustfleet_server.sim.report import DeviceResult, Progress, Report
+from trustfleet_server.sim.report import DeviceResult, Progress, Report, explain
 
 MANY_DEVICES = 2000                # above this, default to one worker per CPU
 
@@ -100,6 +110,8 @@ class Simulation:
         self.published_at: float | None = None
         self.restarts = 0
         self.restart_done = cfg.faults.broker_restart_at is None
+        self.fault_at: float | None = None    # wall time the last fault (broker restart) began
+        self.restart_s: float | None = None   # how long the restart took
         self._stopped: Report | None = None
 
     async def start(self) -> None:
@@ -146,19 +158,31 @@ class Simulation:
             client.abort()
             raise UsageError(f"cannot publish to {u}: {exc}") from None
 
-    async def step_faults(self, p: Progress) -> None:
-        """Restart the broker once t0 + broker_restart_at has come."""
-        at = self.cfg.faults.broker_restart_at
-        if self.restart_done or p.t0 is None or time.time() < p.t0 + at:
-            return
-        await asyncio.get_running_loop().run_in_executor(None, self.broker.restart)
+    async def step_faults(self, p: Progress) -> bool:
+        """Restart the broker once t0 + broker_restart_at has come. Returns: whether it did."""
+        f = self.cfg.faults
+        if self.restart_done or p.t0 is None or time.time() < p.t0 + f.broker_restart_at:
+            return False
+        self.fault_at = time.time()
+        hard = f.broker_restart_signal == "kill"
+        await asyncio.get_running_loop().run_in_executor(None, self.broker.restart, hard)
+        self.restart_s = time.time() - self.fault_at
         self.restarts += 1
         self.restart_done = True
+        return True
 
     def done(self, p: Progress) -> bool:
+        """Converged on this snapshot: every fault happened, every device settled on the target
+        and, after a fault, on a connection made after it (a snapshot from before the fault
+        or a device the fault has not reached yet does not count)."""
         target = p.target(self.cfg.until_version)
-        return (target is not None and self.restart_done
-                and p.settled.get(target, 0) >= p.devices)
+        if target is None or not self.restart_done or p.settled.get(target, 0) < p.devices:
+            return False
+        return self.fault_at is None or (p.oldest_connect is not None
+                                         and p.oldest_connect > self.fault_at)
+
+    def pending_faults(self) -> list[str]:
+        return [] if self.restart_done else ["broker_restart"]
 
     async def run(self, timeout: float, publish: tuple[str, bytes] | None = None,
                   on_progress: Callable[[Progress], None] | None = None, clear: bool = False,
@@ -180,9 +204,10 @@ class Simulation:
             converged = False
             while True:
                 p = await self.progress()
-                await self.step_faults(p)
                 if on_progress is not None:
                     on_progress(p)
+                if await self.step_faults(p):
+                    continue  # p is from before the fault: judge a fresh snapshot
                 converged = self.done(p)
                 if converged and not keep_running:
                     break
@@ -194,6 +219,12 @@ class Simulation:
             raise
         report = await self.stop(clear)
         report.converged = converged
+        if not converged:
+            cause = (f"still running at --timeout ({timeout:g} s)" if not keep_running
+                     else f"not settled at the end of --keep-running ({timeout:g} s)")
+            if report.target is None:
+                cause += "; no bundle newer than the factory image reached any device"
+            report.why = explain(report, cause, self.pending_faults())
         return report
 
     async def _abandon(self) -> None:
@@ -277,7 +308,13 @@ class Simulation:
             out["reorder"] = {"devices": count("reorder"),
                               "older_first": p.counters.get("reordered", 0)}
         if f.broker_restart_at is not None:
-            out["broker_restart"] = {"at_s": f.broker_restart_at, "restarts": self.restarts}
+            out["broker_restart"] = {"at_s": f.broker_restart_at, "signal": f.broker_restart_signal,
+                                     "restarts": self.restarts,
+                                     "took_s": None if self.restart_s is None else round(self.restart_s, 3)}
+        if f.loss:
+            out["loss"] = {"share": f.loss, "lost": p.counters.get("lost", 0)}
+        if f.latency:
+            out["latency"] = {"s": f.latency, "delayed": p.counters.get("delayed", 0)}
         if p.counters.get("connect_failures"):
             out["connect_failures"] = p.counters["connect_failures"]
         return out

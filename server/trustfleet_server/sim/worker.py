@@ -111,7 +111,7 @@ class SimDevice:
 
     __slots__ = ("index", "id", "group", "flags", "config", "clock", "storage", "device", "session",
                  "client", "online", "off", "reboot", "version", "commits", "cuts", "after_cut",
-                 "task", "bricked")
+                 "task", "bricked", "connected_at")
 
     def __init__(self, index: int, ident: str, group: str | None, flags: int, config: core.Config,
                  clock: _Clock) -> None:
@@ -130,6 +130,7 @@ class SimDevice:
         self.after_cut: list[tuple[Any, Any]] = []  # (version before the cut, version after the reboot)
         self.task: asyncio.Task | None = None
         self.bricked: str | None = None
+        self.connected_at = 0.0                 # wall time of the current connection's CONNACK
 
     def installed(self) -> int | None:
         b = self.device.active_bundle() if self.device is not None else None
@@ -307,6 +308,7 @@ class Worker:
                 continue
             failures = 0
             d.online = True
+            d.connected_at = time.time()
             self.counters["connects"] += 1
             self._send(d, client, d.session.connected())
             await client.wait_closed()
@@ -328,8 +330,31 @@ class Worker:
 
     # -- messages ---------------------------------------------------------------------
 
+    def _lost(self, client: AioClient) -> bool:
+        """Packet loss: with probability `loss` this message is lost. Over MQTT/TCP a lost packet
+        stalls the connection until it is given up; we cut it at once, the device reconnects and
+        the broker hands the retained documents over again."""
+        loss = self.cfg.faults.loss
+        if loss and self.rng.random() < loss:
+            self.counters["lost"] += 1
+            client.abort()
+            return True
+        return False
+
     def _on_message(self, d: SimDevice, client: AioClient, topic: str, payload: bytes) -> None:
         if client is not d.client or d.reboot is not None or d.session is None:
+            return
+        if self._lost(client):
+            return
+        latency = self.cfg.faults.latency
+        if latency:
+            self.counters["delayed"] += 1
+            asyncio.get_running_loop().call_later(latency, self._arrive, d, client, topic, payload)
+            return
+        self._arrive(d, client, topic, payload)
+
+    def _arrive(self, d: SimDevice, client: AioClient, topic: str, payload: bytes) -> None:
+        if client is not d.client or client.closed or d.reboot is not None or d.session is None:
             return
         kind, _ = topics.classify(self.cfg.fleet, topic)
         doc = None
@@ -398,9 +423,13 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _publish(client: AioClient, messages: list) -> None:
+    async def _publish(self, client: AioClient, messages: list) -> None:
+        latency = self.cfg.faults.latency
         for topic, payload, retain, qos in messages:
+            if latency:
+                await asyncio.sleep(latency)
+            if client.closed or self._lost(client):
+                return  # the status goes out again after the reconnect (Session.connected)
             try:
                 await client.publish(topic, payload, retain, qos)
             except ClientError:
@@ -454,8 +483,11 @@ class Worker:
         states: Counter = Counter()
         verified: set[int] = set()
         online = off = 0
+        oldest_connect = None
         for d in self.devices:
             online += d.online
+            if d.online and (oldest_connect is None or d.connected_at < oldest_connect):
+                oldest_connect = d.connected_at
             off += bool(d.off or d.reboot is not None)
             versions[d.version] += 1
             if d.device is None:
@@ -482,7 +514,8 @@ class Worker:
         return {"devices": len(self.devices), "online": online, "off": off,
                 "versions": dict(versions), "states": dict(states), "verified": sorted(verified),
                 "settled": settled, "commits": commits, "first_seen": dict(self.first_seen),
-                "t0": self.t0, "counters": dict(self.counters), "last_error": self.last_error}
+                "t0": self.t0, "counters": dict(self.counters), "last_error": self.last_error,
+                "oldest_connect": oldest_connect}
 
     def final(self) -> dict:
         rows = []
