@@ -1,4 +1,5 @@
-"""The Raspberry Pi agent's systemd unit (tools/systemd/trustfleet-agent.service).
+"""The systemd units: the Raspberry Pi agent's (tools/systemd/trustfleet-agent.service) and
+`trustfleet serve`'s (tools/systemd/trustfleet-serve.service).
 
 The unit is parsed here (a small systemd-style parser: repeated keys add
 values, an empty assignment resets the list) and its hardening checked key
@@ -18,6 +19,7 @@ import pytest
 
 from support.environment import require_tool
 from trustfleet_pi.cli import build_parser
+from trustfleet_server.cli import build_parser as server_parser
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "tools" / "systemd" / "trustfleet-agent.service"
@@ -103,6 +105,73 @@ def test_unit_is_hardened(unit):
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
     exe = require_tool("systemd-analyze", "apt-get install systemd")
     proc = subprocess.run([exe, "verify", str(UNIT)], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    unexpected = [ln for ln in lines
+                  if not any(f"Unknown key '{k}'" in ln or f"Unknown key name '{k}'" in ln
+                             for k in NEWER_KEYS)]
+    assert proc.returncode == 0 and unexpected == [], lines
+
+
+# --------------------------------------------------------------------------- trustfleet serve
+
+SERVE_UNIT = REPO / "tools" / "systemd" / "trustfleet-serve.service"
+
+
+@pytest.fixture(scope="module")
+def serve_unit() -> dict[str, dict[str, list[str]]]:
+    return parse_unit(SERVE_UNIT.read_text())
+
+
+def test_serve_unit_runs_serve_with_its_options_from_the_environment_file(serve_unit):
+    exec_start = one(serve_unit, "Service", "ExecStart")
+    env = {"BROKER": "mqtts://broker:8883", "FLEET": "acme", "DB": "postgresql://trustfleet@db/fleet",
+           "SERVE_OPTIONS": "--timestamp-key /etc/trustfleet/serve/timestamp.pem --client-id w1"}
+    assert one(serve_unit, "Service", "EnvironmentFile") == "/etc/trustfleet/serve.env"
+    # systemd: ${X} is one word, $X splits on spaces.
+    argv = []
+    for word in shlex.split(exec_start):
+        if word.startswith("${") and word.endswith("}"):
+            argv.append(env[word[2:-1]])
+        elif word.startswith("$"):
+            argv.extend(env[word[1:]].split())
+        else:
+            argv.append(word)
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert argv[0] == "/usr/bin/env" and argv[1] in scripts
+    args = server_parser().parse_args(argv[2:])
+    assert (args.fleet, args.db, args.client_id) == ("acme", env["DB"], "w1")
+    assert not args.once and args.duration is None  # long-running
+    assert "network-online.target" in serve_unit["Unit"]["After"][0]
+    assert one(serve_unit, "Install", "WantedBy") == "multi-user.target"
+
+
+def test_serve_unit_always_comes_back_with_a_growing_delay(serve_unit):
+    assert one(serve_unit, "Service", "Restart") == "on-failure"
+    assert "RestartPreventExitStatus" not in serve_unit["Service"]  # exit 2 may be a store not up yet
+    assert one(serve_unit, "Service", "RestartSec") == "5s"
+    assert one(serve_unit, "Service", "RestartSteps") and one(serve_unit, "Service", "RestartMaxDelaySec")
+    assert one(serve_unit, "Unit", "StartLimitIntervalSec") == "0"
+    assert one(serve_unit, "Service", "KillSignal") == "SIGTERM"
+
+
+def test_serve_unit_is_hardened(serve_unit):
+    s = serve_unit["Service"]
+    assert one(serve_unit, "Service", "User") == "trustfleet-serve"
+    assert one(serve_unit, "Service", "StateDirectory") == "trustfleet-serve"
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "RestrictNamespaces",
+                "RestrictSUIDSGID", "LockPersonality", "RestrictRealtime"):
+        assert one(serve_unit, "Service", key) == "yes", key
+    assert one(serve_unit, "Service", "ProtectSystem") == "strict"
+    assert one(serve_unit, "Service", "CapabilityBoundingSet") == ""
+    assert set(" ".join(s["RestrictAddressFamilies"]).split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
+    assert s["SystemCallFilter"][0] == "@system-service"
+    assert one(serve_unit, "Service", "UMask") == "0077"
+
+
+def test_systemd_analyze_verify_accepts_the_serve_unit(tmp_path):
+    exe = require_tool("systemd-analyze", "apt-get install systemd")
+    proc = subprocess.run([exe, "verify", str(SERVE_UNIT)], capture_output=True, text=True, timeout=60,
                           cwd=tmp_path)
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
     unexpected = [ln for ln in lines

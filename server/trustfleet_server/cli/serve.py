@@ -21,6 +21,9 @@ examples:
 On MQTT 5 brokers the ingest uses the shared subscription
 $share/trustfleet/tf/<fleet>/status/+ so several `serve` workers split the
 load; on MQTT 3.1.1 run one worker. Stop with SIGTERM or Ctrl-C.
+Broker outages never end serve: it reconnects with backoff (1 s doubling to
+60 s) and then publishes again the retained documents the broker lost.
+Under systemd: tools/systemd/trustfleet-serve.service.
 """
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds (or 5m, 1h) between timestamps (default 300)")
     p.add_argument("--step-every", default="5", metavar="DURATION",
                    help="seconds between rollout steps (default 5)")
-    p.add_argument("--client-id", help="MQTT client id (default: random per process)")
+    p.add_argument("--client-id",
+                   help="MQTT client id (default: tfserve-<fleet>-<host name>, stable across restarts "
+                        "so a restarted worker takes back its MQTT 5 session at once; give each "
+                        "worker on one host its own id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--once", action="store_true",
                    help="one round: read retained statuses, ingest, step the rollout, one timestamp, exit")
@@ -68,8 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stats = server.run(once=args.once, duration=duration)
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
                "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,
-               "cleared": stats.cleared, "protocol": stats.protocol, "shared": stats.shared,
-               "events": stats.events}
+               "cleared": stats.cleared, "restored": stats.restored, "protocol": stats.protocol,
+               "shared": stats.shared, "events": stats.events}
     if args.json:
         common.print_json(summary)
     elif args.once or duration:

@@ -46,15 +46,21 @@ class Link:
         client_id: MQTT client id (kept across reconnects, so an MQTT 5
             session with its queued QoS 1 messages survives a short outage).
         on_message: called with each paho message, in the caller's thread.
+        session_expiry: MQTT 5 Session Expiry Interval (s) sent with CONNECT.
+        resume: also resume an existing session on the first connect
+            (clean start off): with a stable client id, a restarted process
+            takes over the session a dead one left, its queued messages and
+            its share of the shared subscriptions, at once.
     """
 
     def __init__(self, url: BrokerURL, client_id: str | None = None,
                  on_message: Callable[[Any], None] | None = None,
-                 session_expiry: int = SESSION_EXPIRY) -> None:
+                 session_expiry: int = SESSION_EXPIRY, resume: bool = False) -> None:
         self.url = url
         self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
         self.on_message = on_message
         self.session_expiry = session_expiry
+        self.resume = resume
         self.protocol: int | None = None  # chosen on the first successful connect
         self.client: mqtt.Client | None = None
         self.connected = False
@@ -71,7 +77,12 @@ class Link:
     def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
         """Connect (MQTT 5, else 3.1.1). Raises: BrokerError."""
         if self.protocol is not None:
-            self._attempt(self.protocol, timeout)
+            try:
+                self._attempt(self.protocol, timeout)
+            except _Unsupported as exc:
+                # The protocol is settled: a hang-up before CONNACK (a broker mid-restart, a
+                # proxy that accepts and closes) is an ordinary failure to retry, not a fallback.
+                raise BrokerError(f"{self.url}: {exc}") from None
             return
         try:
             self._attempt(mqtt.MQTTv5, timeout)
@@ -104,7 +115,7 @@ class Link:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = self.session_expiry
                 c.connect(self.url.host, self.url.port, KEEPALIVE,
-                          clean_start=not self._ever_connected, properties=props)
+                          clean_start=not (self._ever_connected or self.resume), properties=props)
             else:
                 c.connect(self.url.host, self.url.port, KEEPALIVE)
         except (OSError, ValueError) as exc:

@@ -30,20 +30,30 @@ timestamps share one thread and one database connection:
   wave topics before publishing them, and saves the new state after.
 - SIGTERM/SIGINT: finish the current step, flush the queue, disconnect.
   On MQTT 5 the disconnect ends the session, so the broker stops handing
-  this worker its share of the shared subscriptions; after a crash the
-  session (and that share) lives SESSION_EXPIRY seconds unless a worker
-  with the same --client-id comes back.
+  this worker its share of the shared subscriptions. The client id is
+  stable by default (default_client_id: fleet and host name), and serve
+  resumes its session on connect: a worker restarted after a crash takes
+  back the dead one's session, its queued statuses and its share at once.
+  A worker that never comes back loses its session after SESSION_EXPIRY s.
+- Retained state is owned: after every connect serve compares what the
+  broker holds on the document topics with what they must hold (roots it
+  knows beyond its first, the fleet bundle, the running rollout's wave
+  topics, a timestamp) and publishes again what the broker lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
+import re
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,7 +79,24 @@ MAX_PENDING_ROOTS = 8
 RECONNECT_FIRST_MS = 1000     # reconnect delays: 1 s doubling to 60 s, equal jitter (backoff.py)
 RECONNECT_CAP_MS = 60000
 
+MAX_CLIENT_ID = 64
+
 _SUB_DOCS, _SUB_LIVE, _SUB_BOOT = 1, 2, 3
+
+
+def default_client_id(fleet: str, host: str | None = None) -> str:
+    """`tfserve-<fleet>-<host>`: the same for every restart of serve for this fleet on this host.
+
+    Longer than MAX_CLIENT_ID characters: cut, with 8 hex digits of its SHA-256
+    so that two long names stay apart. Several workers of one fleet on one
+    host need distinct ids (--client-id), else they take the id from each other.
+    """
+    host = host if host is not None else socket.gethostname().split(".")[0]
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", host) or "host"
+    cid = f"tfserve-{fleet}-{host}"
+    if len(cid) > MAX_CLIENT_ID:
+        cid = cid[:MAX_CLIENT_ID - 9] + "-" + hashlib.sha256(cid.encode()).hexdigest()[:8]
+    return cid
 
 
 # --------------------------------------------------------------------------- the service
@@ -85,6 +112,7 @@ class Stats:
     waves: int = 0
     cleared: int = 0
     connects: int = 0
+    restored: int = 0             # retained documents published again after the broker lost them
     protocol: str | None = None
     shared: bool = False
     events: list[str] = dataclasses.field(default_factory=list)
@@ -102,6 +130,7 @@ class FleetServer:
         timestamp_every: seconds between timestamps.
         step_every: seconds between rollout steps.
         clock: wall-clock seconds (tests pass a fake).
+        client_id: MQTT client id; default_client_id(fleet) when None.
 
     Raises:
         BundleError: the root chain does not verify.
@@ -120,10 +149,18 @@ class FleetServer:
         self.timestamp_key = timestamp_key
         self.timestamp_every, self.step_every = timestamp_every, step_every
         self.clock = clock
-        self.link = Link(url, client_id, self._on_message)
+        self._default_id = client_id is None
+        self.link = Link(url, client_id or default_client_id(fleet), self._on_message, resume=True)
         self.stats = Stats()
         self._pending_roots: dict[int, bytes] = {}
         self._fleet_bundle: tuple[int, bytes] | None = None  # (version, sha256) on tf/<fleet>/bundle
+        self._fleet_doc: tuple[int, bytes] | None = None  # (version, raw): the newest seen there
+        # Roots serve answers for: those given beyond the first, and those the broker held.
+        first = policy.load_trusted_root(root_raws[0]).version
+        self._chain = {first + i: bytes(raw) for i, raw in enumerate(root_raws)}
+        self._owned_roots = {v: raw for v, raw in self._chain.items() if v > first}
+        self._held: dict[str, bytes] = {}  # what the broker holds on document topics, since connect
+        self._restore_due = False
         self._queue: list[tuple[str, str, bytes, int]] = []
         self._boot: dict[str, Any] | None = None
         self.synced = False
@@ -153,6 +190,9 @@ class FleetServer:
         restore = self._install_signals()
         if once:
             self.link.session_expiry = 0  # nothing to resume: leave no session behind
+            self.link.resume = False
+            if self._default_id:  # never take the stable id from a long-running worker
+                self.link.client_id = f"{self.link.client_id[:MAX_CLIENT_ID - 12]}-once-{uuid.uuid4().hex[:6]}"
         end = time.monotonic() + duration if duration else None
         backoff = Backoff(RECONNECT_FIRST_MS, RECONNECT_CAP_MS)
         stepped = timestamped = False
@@ -179,6 +219,8 @@ class FleetServer:
                     self._next_flush = mono + FLUSH_EVERY
                 if not self.synced or not self.link.connected:
                     continue
+                if self._restore_due and self._guard(self._restore_retained, fatal=once):
+                    self._restore_due = False
                 if mono >= self._next_step:
                     self._guard(self._drive_rollout, fatal=once)
                     self._next_step = mono + self.step_every
@@ -241,8 +283,13 @@ class FleetServer:
         log.info("connected to %s (%s%s)", self.url, self.stats.protocol,
                  ", shared subscriptions" if shared else "")
         f = self.fleet
+        self._held = {}  # the broker may have lost anything: read it again
         self.link.subscribe(topics.roots(f), _SUB_DOCS)
         self.link.subscribe(topics.bundle(f), _SUB_DOCS)
+        self.link.subscribe(topics.bundle(f) + "/+/+", _SUB_DOCS)  # group and bucket topics
+        self.link.subscribe(topics.timestamp(f), _SUB_DOCS)
+        # The retained documents came before the SUBACKs that followed them: compare once synced.
+        self._restore_due = True
         if shared:
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.statuses(f)}", _SUB_LIVE)
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.reports(f)}", _SUB_LIVE)
@@ -283,10 +330,16 @@ class FleetServer:
                 self._queue.pop(0)
                 log.warning("ingest queue full (%d); dropping the oldest message", MAX_QUEUE)
             self._queue.append((kind, arg, bytes(msg.payload), self._now()))
-        elif kind == "root":
-            self._on_root(arg, bytes(msg.payload))
-        elif kind == "bundle" and msg.topic == topics.bundle(self.fleet):
-            self._on_fleet_bundle(bytes(msg.payload))
+        elif kind in ("root", "bundle", "timestamp"):
+            raw = bytes(msg.payload)
+            if raw:
+                self._held[msg.topic] = raw
+            else:
+                self._held.pop(msg.topic, None)
+            if kind == "root":
+                self._on_root(arg, raw)
+            elif msg.topic == topics.bundle(self.fleet):
+                self._on_fleet_bundle(raw)
 
     def _note_boot(self, msg: Any, kind: str) -> None:
         b = self._boot
@@ -303,6 +356,8 @@ class FleetServer:
             self._end_boot()
 
     def _on_root(self, version: int, raw: bytes) -> None:
+        if raw and self._chain.get(version) == raw:
+            self._owned_roots[version] = raw  # the broker carried it: keep it there
         if not raw or version <= self.root.version:
             return
         if len(self._pending_roots) >= MAX_PENDING_ROOTS and version not in self._pending_roots:
@@ -316,13 +371,14 @@ class FleetServer:
                 log.warning("refusing root v%d from the broker: %s", self.root.version + 1, exc)
                 return
             log.info("now trusting root v%d of fleet %s", self.root.version, self.fleet)
+            self._chain[self.root.version] = self._owned_roots[self.root.version] = nxt
             if self.timestamp_key is not None:
                 with contextlib.suppress(UsageError):
                     self._check_timestamp_key()
 
     def _on_fleet_bundle(self, raw: bytes) -> None:
-        if not raw:
-            self._fleet_bundle = None
+        if not raw:  # cleared on purpose (a lost message is absent, never empty)
+            self._fleet_bundle = self._fleet_doc = None
             return
         try:
             b = policy.verify_bundle(self.root, raw, now=self._now())
@@ -330,6 +386,8 @@ class FleetServer:
             log.warning("the bundle retained on %s does not verify: %s", topics.bundle(self.fleet), exc)
             return
         seen = (b.version, documents.sha256(raw))
+        if self._fleet_doc is None or b.version >= self._fleet_doc[0]:
+            self._fleet_doc = (b.version, raw)
         if seen != self._fleet_bundle:
             self._fleet_bundle = seen
             self._next_timestamp = 0.0  # name the new bundle in a timestamp at once
@@ -356,6 +414,52 @@ class FleetServer:
         if rejected:
             device, why = rejected[0]
             log.warning("rejected %d malformed message(s); first from %s: %s", len(rejected), device, why)
+
+    # -- retained state ----------------------------------------------------------------
+
+    def owned_documents(self) -> dict[str, bytes]:
+        """{topic: document} the broker must hold for this fleet (timestamps aside).
+
+        Roots serve knows beyond its first (and any the broker carried), the
+        fleet bundle (the newer of the last done rollout's and the newest
+        verified one seen on the fleet topic), and the bundle of a running or
+        paused rollout on each topic it has published. Bundles that no longer
+        verify against the current root are left out (and logged).
+        """
+        f, now = self.fleet, self._now()
+        want = {topics.root(f, v): raw for v, raw in sorted(self._owned_roots.items())}
+        fleet_doc = self._fleet_doc
+        done = self.db.latest_done(f)
+        if done is not None and (fleet_doc is None or done.version > fleet_doc[0]):
+            fleet_doc = (done.version, done.bundle)
+        if fleet_doc is not None:
+            want[topics.bundle(f)] = fleet_doc[1]
+        r = self.db.rollout_to_drive(f)
+        if r is not None and r.state in (rollout.RUNNING, rollout.PAUSED):
+            for t in r.published:
+                want[t] = r.bundle
+        bad: dict[bytes, str] = {}
+        for raw in {raw for t, raw in want.items() if topics.classify(f, t)[0] == "bundle"}:
+            try:
+                policy.verify_bundle(self.root, raw, now=now)
+            except BundleError as exc:
+                bad[raw] = str(exc)
+        for t in [t for t, raw in want.items() if raw in bad and topics.classify(f, t)[0] == "bundle"]:
+            log.warning("not publishing %s again: it does not verify: %s", t, bad.pop(want.pop(t), "(above)"))
+        return want
+
+    def _restore_retained(self) -> None:
+        """Publish again what the broker lost (or holds wrong) of the documents serve owns."""
+        lost = [(t, raw) for t, raw in self.owned_documents().items() if self._held.get(t) != raw]
+        if lost:
+            names = ", ".join(t for t, _ in lost[:5]) + (" ..." if len(lost) > 5 else "")
+            log.warning("the broker lost %d retained document(s) of fleet %s; publishing them again: %s",
+                        len(lost), self.fleet, names)
+            self.link.publish(lost)
+            self._held.update(lost)
+            self.stats.restored += len(lost)
+        if self.timestamp_key is not None and topics.timestamp(self.fleet) not in self._held:
+            self._next_timestamp = 0.0  # a timestamp at once, retained
 
     # -- timestamps -------------------------------------------------------------------
 
