@@ -166,6 +166,38 @@ def test_serve_keeps_retrying_when_the_broker_port_accepts_and_closes_before_con
         wait_for(lambda: "after" in s.devices(), "a status after the reconnect")
 
 
+def test_serve_started_against_a_port_that_hangs_up_waits_and_then_speaks_mqtt_5(private_mosquitto, tmp_path):
+    port = brokers.free_port()
+    closer = Closer(port)
+    s = Setup(brokers.Broker(brokers.HOST, port, "mosquitto"), tmp_path)
+    db = fleetdb.open_db(s.db)
+    srv = server.FleetServer(mqtturl.parse(s.url), s.fleet, [s.repo.root_raw], db, step_every=0.2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            srv.run(duration=120)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: closer.accepted >= 3 or errors, "serve to retry against the closer")
+        closer.close()
+        assert not errors, errors
+        private_mosquitto(brokers.private_mosquitto_conf(port))
+        wait_for(lambda: srv.synced or errors, "serve to connect once Mosquitto listens", 60)
+        # The hang-ups were not a refusal of MQTT 5: serve did not settle on 3.1.1 for good.
+        assert (srv.stats.protocol, srv.stats.shared) == ("MQTT 5", True)
+    finally:
+        closer.close()
+        srv.stop()
+        thread.join(20)
+        db.close()
+    assert not errors, errors
+
+
 # --------------------------------------------------------------------------- finding 6
 
 
