@@ -39,6 +39,15 @@ queued messages). A client that falls that far behind is disconnected
 rather than being buffered without bound. Retained messages sent on
 SUBSCRIBE are paced by the socket and do not count towards `max_queue`.
 
+Fences (each has an option on Broker and `trustfleet broker run`): it
+listens on loopback only unless `allow_remote`; `max_connections` TCP
+connections; `max_partial_bytes` of client input held across all clients
+(the client that goes over is closed); `max_retained` messages and
+`max_retained_bytes` in the retained store (a retained publish over either
+is refused: MQTT 5 PUBACK 0x97, else the publisher is closed); keep-alive 0
+or over `max_keepalive` becomes `max_keepalive` (MQTT 5: Server Keep Alive);
+optional `password_file` (Mosquitto $7$ lines, as broker-config writes).
+
 Not implemented: persistent sessions, QoS 2, will delay, topic aliases,
 subscription identifiers, enhanced authentication (AUTH), request/response
 information, per-topic access control. The broker runs in one asyncio loop
@@ -48,15 +57,20 @@ and keeps everything in memory.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
+import ipaddress
 import logging
 import math
+import socket
 import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from trustfleet_server.broker import packets as p
+from trustfleet_server.brokerconfig import check_password
 
 log = logging.getLogger("trustfleet.mqtt.broker")
 
@@ -128,6 +142,58 @@ def topic_matches(filt: str, topic: str) -> bool:
         if f != "+" and f != tlevels[index]:
             return False
     return len(flevels) == len(tlevels)
+
+
+# --- fences: where it listens, who may connect -------------------------------------------------
+
+def is_loopback(host: str | None) -> bool:
+    """Whether every address `host` names is a loopback one (None or "" = all interfaces: no)."""
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def password_file_auth(path) -> AuthFn:
+    """An auth callable from a Mosquitto password file of $7$ lines (what broker-config writes).
+
+    Raises: ValueError naming the file (and line) when it cannot be read or a
+    line is not `username:$7$<iterations>$<salt>$<hash>`.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read password file {path}: {exc}") from None
+    hashes: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        user, sep, hashed = line.partition(":")
+        parts = hashed.split("$")
+        try:
+            ok = (sep and user and len(parts) == 5 and parts[:2] == ["", "7"]
+                  and int(parts[2]) > 0 and binascii.a2b_base64(parts[3], strict_mode=True)
+                  and binascii.a2b_base64(parts[4], strict_mode=True))
+        except (ValueError, binascii.Error):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}:{number}: not 'username:$7$...' (a Mosquitto 2 hash; "
+                             "write it with trustfleet broker-config or mosquitto_passwd)")
+        hashes[user] = hashed
+
+    def check(username: str | None, password: str | None) -> bool:
+        hashed = hashes.get(username or "")
+        if hashed is None or password is None:
+            return False
+        try:
+            return check_password(password, hashed)
+        except UnicodeEncodeError:   # not UTF-8: no stored password can match
+            return False
+
+    return check
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -355,6 +421,7 @@ class _RetainedStore:
     def __init__(self):
         self.root = _RNode()
         self.count = 0
+        self.bytes = 0   # sum of Message.size of the stored messages
 
     def set(self, msg: Message) -> None:
         node = self.root
@@ -365,6 +432,9 @@ class _RetainedStore:
             node = child
         if node.msg is None:
             self.count += 1
+        else:
+            self.bytes -= node.msg.size
+        self.bytes += msg.size
         node.msg = msg
 
     def clear(self, topic: str) -> None:
@@ -373,9 +443,17 @@ class _RetainedStore:
             return
         node = path[-1][1]
         if node.msg is not None:
+            self.bytes -= node.msg.size
             node.msg = None
             self.count -= 1
         _prune(path)
+
+    def fits(self, msg: Message, max_count: int, max_bytes: int) -> bool:
+        """Whether storing `msg` (replacing what its topic holds) stays within both caps."""
+        old = self.get(msg.topic)
+        count = self.count + (0 if old is not None else 1)
+        size = self.bytes - (old.size if old is not None else 0) + msg.size
+        return count <= max_count and size <= max_bytes
 
     def get(self, topic: str) -> Message | None:
         node = self.root
@@ -433,7 +511,7 @@ class _Connection(asyncio.Protocol):
     __slots__ = ("broker", "transport", "reader", "state", "version", "client_id", "will",
                  "keepalive", "last_rx", "timer", "grace", "subs", "inflight", "next_pid",
                  "recv_max", "max_out", "pending", "pending_bytes", "pending_stored",
-                 "write_paused", "peer")
+                 "write_paused", "peer", "held")
 
     def __init__(self, broker: Broker):
         self.broker = broker
@@ -457,6 +535,7 @@ class _Connection(asyncio.Protocol):
         self.pending_stored = 0
         self.write_paused = False
         self.peer = None
+        self.held = 0   # bytes of this client's input the broker holds (counted in partial_bytes)
 
     def __repr__(self) -> str:
         return f"<mqtt client {self.client_id!r} from {self.peer}>"
@@ -469,8 +548,16 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        transport.set_write_buffer_limits(high=HIGH_WATER)
         broker = self.broker
+        if len(broker._conns) >= broker.max_connections:
+            # Refused before anything is read or buffered for it.
+            self.state = _CLOSED
+            broker.stats["refused_connections"] += 1
+            log.warning("refusing a connection from %s: already %d connections (max_connections)",
+                        self.peer, len(broker._conns))
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=HIGH_WATER)
         broker._conns.add(self)
         self.last_rx = broker._loop.time()
         self.timer = broker._loop.call_later(broker.connect_timeout, self._connect_timed_out)
@@ -519,6 +606,22 @@ class _Connection(asyncio.Protocol):
             self.broker.stats["internal_errors"] += 1
             log.exception("internal error handling %r; closing it", self)
             self._close(will=True, reason=p.UNSPECIFIED_ERROR, abort=True)
+        self._count_held()
+
+    def _count_held(self) -> None:
+        """Account this client's buffered input; close it if all clients' input is over the cap."""
+        if self.state == _CLOSED:
+            return
+        broker = self.broker
+        held = self.reader.buffered()
+        broker.partial_bytes += held - self.held
+        self.held = held
+        if held and broker.partial_bytes > broker.max_partial_bytes:
+            broker.stats["partial_refused"] += 1
+            log.warning("closing %r: %d bytes of unfinished packets held for all clients "
+                        "(max_partial_bytes %d)", self, broker.partial_bytes,
+                        broker.max_partial_bytes)
+            self._close(will=True, reason=p.QUOTA_EXCEEDED, abort=True)
 
     def eof_received(self):
         return False
@@ -593,11 +696,13 @@ class _Connection(asyncio.Protocol):
         self.client_id = client_id
         self.will = will
         self.state = _CONNECTED
+        # Keep-alive 0 ("never") or over the maximum gets the maximum: MQTT 5 clients are
+        # told so (Server Keep Alive); 3.1.1 clients are closed when idle that long.
         self.keepalive = pkt.keepalive
+        if not 0 < self.keepalive <= broker.max_keepalive:
+            self.keepalive = broker.max_keepalive
         self.timer.cancel()
-        self.timer = None
-        if self.keepalive:
-            self.timer = broker._loop.call_later(self.keepalive * 1.5, self._check_keepalive)
+        self.timer = broker._loop.call_later(self.keepalive * 1.5, self._check_keepalive)
         ack_props = {}
         if version >= p.MQTT5:
             ack_props = {
@@ -605,6 +710,8 @@ class _Connection(asyncio.Protocol):
                 p.MAXIMUM_PACKET_SIZE: broker.max_packet,
                 p.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 0,
             }
+            if self.keepalive != pkt.keepalive:
+                ack_props[p.SERVER_KEEP_ALIVE] = self.keepalive
             if props.get(p.SESSION_EXPIRY_INTERVAL):
                 ack_props[p.SESSION_EXPIRY_INTERVAL] = 0  # sessions end with the connection
             if assigned:
@@ -637,8 +744,18 @@ class _Connection(asyncio.Protocol):
         if props:
             props = {key: value for key, value in props.items() if key in _FORWARDED}
         broker = self.broker
-        broker._route(Message(pkt.topic, pkt.payload, pkt.qos, pkt.retain, props,
-                              broker._loop.time()), self)
+        msg = Message(pkt.topic, pkt.payload, pkt.qos, pkt.retain, props, broker._loop.time())
+        if pkt.retain and pkt.payload and not broker._retained_fits(msg):
+            broker.stats["retained_refused"] += 1
+            log.warning("refusing a retained message to %r from %r: the retained store is full "
+                        "(%d messages, %d bytes)", pkt.topic, self, broker._retained.count,
+                        broker._retained.bytes)
+            if pkt.qos and self.version >= p.MQTT5:
+                self.transport.write(p.Puback(pkt.packet_id, p.QUOTA_EXCEEDED).encode(self.version))
+            else:  # QoS 0 or 3.1.1: no way to say no but closing
+                self._close(will=True, reason=p.QUOTA_EXCEEDED)
+            return
+        broker._route(msg, self)
         if pkt.qos and self.state == _CONNECTED:
             self.transport.write(p.Puback(pkt.packet_id).encode(self.version))
 
@@ -783,6 +900,9 @@ class _Connection(asyncio.Protocol):
         self.pending_bytes = 0
         self.pending_stored = 0
         broker = self.broker
+        broker.partial_bytes -= self.held
+        self.held = 0
+        self.reader = p.FrameReader(broker.max_packet)   # drop what it sent but we never used
         if was_connected:
             broker._forget(self)
         transport = self.transport
@@ -839,17 +959,54 @@ class Broker:
         max_subscriptions: topic filters per client.
         connect_timeout: seconds a new connection has to send CONNECT.
         ssl: an ssl.SSLContext to listen with TLS instead of plain TCP.
+        allow_remote: listen on an address that is not loopback (refused
+            otherwise: this broker is for demos and tests).
+        max_connections: open TCP connections; one more is closed at once.
+        max_partial_bytes: bytes of input held for all clients together
+            (packets not yet complete, or waiting while a client's output is
+            paused); the client whose input goes over it is closed. One
+            client can never hold more than max_packet of an unfinished packet.
+        max_retained, max_retained_bytes: caps on the retained store
+            (Message.size: payload + topic + 16). A retained publish that does
+            not fit is refused: MQTT 5 QoS 1 gets PUBACK 0x97, otherwise the
+            publisher is closed. Replacing or clearing a topic within the caps
+            is always allowed.
+        max_keepalive: seconds; a client asking keep-alive 0 or more gets this
+            (MQTT 5: Server Keep Alive in CONNACK) and is closed after 1.5 x
+            it without input.
+        password_file: a Mosquitto password file with $7$ (PBKDF2-SHA512)
+            lines, as `trustfleet broker-config` writes; read once at start.
+            Replaces `auth`.
     """
 
     def __init__(self, host: str | None = "127.0.0.1", port: int = 0, *,
                  max_packet: int = p.DEFAULT_MAX_PACKET, auth: AuthFn | None = None,
                  max_queue: int | None = None, max_inflight: int = 100,
                  max_subscriptions: int = 1000, connect_timeout: float = 10.0,
-                 backlog: int = 4096, ssl=None):
+                 backlog: int = 4096, ssl=None, allow_remote: bool = False,
+                 max_connections: int = 10_000, max_partial_bytes: int = 64 << 20,
+                 max_retained: int = 100_000, max_retained_bytes: int = 64 << 20,
+                 max_keepalive: int = 3600, password_file=None):
         if not 16 <= max_packet <= p.MAX_REMAINING + 5:
             raise ValueError(f"max_packet {max_packet} outside 16..{p.MAX_REMAINING + 5}")
         if not 1 <= max_inflight <= 0xFFFF:
             raise ValueError(f"max_inflight {max_inflight} outside 1..65535")
+        if not 1 <= max_keepalive <= 0xFFFF:
+            raise ValueError(f"max_keepalive {max_keepalive} outside 1..65535")
+        for name, value in (("max_connections", max_connections),
+                            ("max_partial_bytes", max_partial_bytes),
+                            ("max_retained", max_retained),
+                            ("max_retained_bytes", max_retained_bytes)):
+            if value < 1:
+                raise ValueError(f"{name} {value} must be at least 1")
+        if not allow_remote and not is_loopback(host):
+            raise ValueError(f"refusing to listen on {host or 'all interfaces'}: the embedded "
+                             "broker is for demos and tests and listens on loopback only "
+                             "(allow_remote=True to override)")
+        if password_file is not None:
+            if auth is not None:
+                raise ValueError("give auth or password_file, not both")
+            auth = password_file_auth(password_file)
         self.host = host
         self.port = port
         self.max_packet = max_packet
@@ -860,9 +1017,16 @@ class Broker:
         self.connect_timeout = connect_timeout
         self.backlog = backlog
         self.ssl = ssl
+        self.max_connections = max_connections
+        self.max_partial_bytes = max_partial_bytes
+        self.max_retained = max_retained
+        self.max_retained_bytes = max_retained_bytes
+        self.max_keepalive = max_keepalive
+        self.partial_bytes = 0   # input held for all clients (see max_partial_bytes)
         self.stats = dict.fromkeys((
             "connects", "messages_in", "messages_out", "protocol_errors", "keepalive_timeouts",
-            "slow_disconnects", "dropped_too_large", "internal_errors"), 0)
+            "slow_disconnects", "dropped_too_large", "internal_errors", "refused_connections",
+            "partial_refused", "retained_refused"), 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[_Connection] = set()
@@ -880,6 +1044,10 @@ class Broker:
     @property
     def retained_count(self) -> int:
         return self._retained.count
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._retained.bytes
 
     async def start(self) -> None:
         """Start listening. Raises: OSError if the address cannot be bound."""
@@ -928,7 +1096,10 @@ class Broker:
             raise ValueError(why)
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} not in 0..1")
-        self._route(Message(topic, bytes(payload), qos, retain), None)
+        msg = Message(topic, bytes(payload), qos, retain)
+        if retain and payload and not self._retained_fits(msg):
+            raise ValueError(f"retained store full: {topic!r} not published")
+        self._route(msg, None)
 
     def retained(self, topic: str) -> bytes | None:
         """The retained payload stored for `topic`, if any."""
@@ -936,6 +1107,9 @@ class Broker:
         return None if msg is None else msg.payload
 
     # internals used by connections
+
+    def _retained_fits(self, msg: Message) -> bool:
+        return self._retained.fits(msg, self.max_retained, self.max_retained_bytes)
 
     def _check_auth(self, username: str | None, password: bytes | None) -> bool:
         secret = None if password is None else password.decode("utf-8", "surrogateescape")
@@ -992,7 +1166,11 @@ class Broker:
     def _route_one(self, msg: Message, sender: _Connection | None) -> None:
         self.stats["messages_in"] += 1
         if msg.retain:
-            if msg.payload:
+            if msg.payload and not self._retained_fits(msg):
+                # Only a will gets here (publishes are checked first): sent, not stored.
+                self.stats["retained_refused"] += 1
+                log.warning("retained store full: %r delivered but not retained", msg.topic)
+            elif msg.payload:
                 self._retained.set(msg)
             else:
                 self._retained.clear(msg.topic)
