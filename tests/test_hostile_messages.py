@@ -20,16 +20,38 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_fleetdb import F, T, pg_target, status, target  # noqa: F401 - fixtures
 
 from support import brokers
 from support.fleetkit import Repo
+from support.pgdb import fresh_schema
 from trustfleet_device import status as schema
 from trustfleet_device import topics
 from trustfleet_server.fleet import db as fleetdb
 
+F = "acme"
+T = 1_800_000_000
 GOOD = "good-device"
 _SEQ = itertools.count(1)
+
+
+
+@pytest.fixture
+def pg_target():
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.db")
+    return request.getfixturevalue("pg_target")
+
+
+def status(device: str, seq: int, time: int) -> dict:
+    return {"device": device, "fleet": F, "state": "ok", "version": 2, "floor": 2, "bad": [],
+            "root_version": 1, "agent_version": "0.1.0", "time": time, "seq": seq}
+
 
 # --------------------------------------------------------------------------- payloads
 
@@ -116,7 +138,7 @@ def _assert_one_batch(db: fleetdb.FleetDB, batch: list, now: int) -> None:
     assert newest["device"] == GOOD and newest["report"]["now"] == now
 
 
-def test_every_adversarial_payload_is_one_counted_rejection_and_the_rest_lands(target):  # noqa: F811
+def test_every_adversarial_payload_is_one_counted_rejection_and_the_rest_lands(target):
     with fleetdb.open_db(target) as db:
         for payload in ADVERSARIAL:
             _assert_one_batch(db, [payload], T + 10 + next(_SEQ))
@@ -130,7 +152,7 @@ def test_every_adversarial_payload_is_one_counted_rejection_and_the_rest_lands(t
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(batch=st.lists(payloads, min_size=1, max_size=4))
-def test_random_and_adversarial_payloads_never_escape_the_ingest_path(target, batch):  # noqa: F811
+def test_random_and_adversarial_payloads_never_escape_the_ingest_path(target, batch):
     with fleetdb.open_db(target) as db:
         _assert_one_batch(db, batch, T + 10_000 + next(_SEQ))
 
