@@ -450,6 +450,7 @@ def test_packet_loss_and_latency_slow_the_fleet_but_it_converges(broker, fleet):
     (["--loss", "lots"], "--loss: 'lots' is not a share"),
     (["--latency", "soon"], "--latency: 'soon' is not a duration"),
     (["--broker-restart-signal", "kill"], "--broker-restart-signal: needs --broker-restart-at"),
+    (["--republish"], "--republish: needs --broker-restart-at and --publish"),
 ])
 def test_bad_fault_options_are_one_clear_line(fleet, tmp_path, capsys, extra, message):
     root = tmp_path / "root.cose"
@@ -459,3 +460,24 @@ def test_bad_fault_options_are_one_clear_line(fleet, tmp_path, capsys, extra, me
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["embedded", "mosquitto"])
+def test_kill_9_with_devices_offline_reconverges_when_the_bundle_is_published_again(kind, fleet):
+    """The same kill -9 as above, mid-rollout with a quarter of the fleet still powered off; the
+    simulator publishes its bundle again once the broker is back (what serve does), so the late
+    devices get v2 and the report gives the time from the kill to convergence."""
+    if kind == "mosquitto":
+        _require_mosquitto()
+    handle = open_broker(kind)
+    try:
+        report = run(fleet, handle.url, devices=20, handle=handle,
+                     faults=Faults(broker_restart_at=0.3, broker_restart_signal="kill", republish=True,
+                                   offline=0.25, offline_for=1.5))
+    finally:
+        handle.stop()
+    assert_converged(report)
+    restart = report.faults["broker_restart"]
+    assert restart["republished"] == 1 and restart["reconverged_s"] > 0
+    assert all(d.commits[2] > report.t0 + 0.3 for d in report.by_fault("offline"))

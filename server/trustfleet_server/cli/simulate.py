@@ -50,6 +50,8 @@ faults (shares are of the fleet, 0.05 or 5%; subsets are reproducible with --see
                                     (only a broker the simulator started: embedded or mosquitto)
   --broker-restart-signal kill      ... as kill -9: nothing saved, retained messages since the
                                     last autosave lost (embedded: all of them)
+  --republish                       after the restart, publish the --publish bundle again, as
+                                    `serve` re-publishes what it owns (else a lost bundle stays lost)
   --loss 5%                         each message, either way, lost with this chance; a loss cuts
                                     the connection and the device reconnects
   --latency 50ms                    every message, either way, arrives this much later
@@ -115,6 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--broker-restart-at", metavar="DURATION")
     f.add_argument("--broker-restart-signal", choices=("term", "kill"), default="term",
                    help="term: clean stop (default); kill: kill -9, state not saved")
+    f.add_argument("--republish", action="store_true",
+                   help="after the restart, publish the --publish bundle again (as serve does)")
     f.add_argument("--loss", default="0", metavar="SHARE")
     f.add_argument("--latency", default="0s", metavar="DURATION")
     p.set_defaults(func=cmd_simulate)
@@ -132,6 +136,8 @@ def faults_from(args: argparse.Namespace) -> Faults:
             raise UsageError(str(exc)) from None
     if args.broker_restart_signal != "term" and not args.broker_restart_at:
         raise UsageError("--broker-restart-signal: needs --broker-restart-at (when to restart)")
+    if args.republish and not (args.broker_restart_at and args.publish):
+        raise UsageError("--republish: needs --broker-restart-at and --publish (what to publish again)")
     loss = parse_share(args.loss, "--loss")
     if loss > 0.5:
         raise UsageError(f"--loss: {args.loss} would cut nearly every connection; at most 50%")
@@ -149,6 +155,7 @@ def faults_from(args: argparse.Namespace) -> Faults:
         broker_restart_at=(times.parse_duration(args.broker_restart_at, "--broker-restart-at", strict=False)
                            if args.broker_restart_at else None),
         broker_restart_signal=args.broker_restart_signal,
+        republish=args.republish,
         loss=loss,
         latency=times.parse_duration(args.latency, "--latency", strict=False))
 

@@ -58,6 +58,7 @@ class Faults:
     broker_restart_signal: str = "term"   # "term": clean stop; "kill": kill -9, state not saved
     loss: float = 0.0                      # share of messages lost (each cuts its connection)
     latency: float = 0.0                   # seconds added to every message, both directions
+    republish: bool = False                # after a restart, publish the bundle again (as serve does)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ placed relative to t0:
   saves them on SIGTERM); with "kill" it dies without saving (Mosquitto:
   kill -9; embedded: every socket dropped, its state thrown away, a fresh
   broker on the same port), so what it lost stays lost unless someone
-  publishes again. Only a broker this simulator started can be restarted;
+  publishes again (`republish`: the simulator publishes its bundle again
+  once the broker is back, as `serve` re-publishes what it owns). Only a
+  broker this simulator started can be restarted;
 - loss: each message, either way, is lost with this probability; the lost
   message cuts its connection (as a stalled TCP connection would be given
   up) and the device reconnects; latency: every message, either way, is
@@ -112,6 +114,9 @@ class Simulation:
         self.restart_done = cfg.faults.broker_restart_at is None
         self.fault_at: float | None = None    # wall time the last fault (broker restart) began
         self.restart_s: float | None = None   # how long the restart took
+        self.reconverged_s: float | None = None  # from the restart's start to convergence
+        self.republished = 0
+        self._doc: tuple[str, bytes] | None = None
         self._stopped: Report | None = None
 
     async def start(self) -> None:
@@ -144,14 +149,15 @@ class Simulation:
                                    f"{self.cfg.broker} within {timeout:.0f} s{why}")
             await asyncio.sleep(0.05)
 
-    async def publish(self, topic: str, raw: bytes) -> None:
+    async def publish(self, topic: str, raw: bytes, again: bool = False) -> None:
         """Publish a document retained at QoS 1 (as `trustfleet publish` does). Raises: UsageError."""
         u = self.cfg.broker
         client = AioClient(f"tf-simulate-{os.getpid()}-{random.getrandbits(32):08x}", u.host, u.port,
                            username=u.username, password=u.password, ssl=True if u.tls else None)
         try:
             await client.connect()
-            self.published_at = time.time()
+            if not again:
+                self.published_at = time.time()
             await client.publish(topic, raw, True, 1)
             await client.disconnect()
         except ClientError as exc:
@@ -169,6 +175,9 @@ class Simulation:
         self.restart_s = time.time() - self.fault_at
         self.restarts += 1
         self.restart_done = True
+        if f.republish and self._doc is not None:
+            await self.publish(*self._doc, again=True)
+            self.republished += 1
         return True
 
     def done(self, p: Progress) -> bool:
@@ -200,6 +209,7 @@ class Simulation:
             await self.start()
             await self.wait_connected(max(1.0, deadline - time.monotonic()), on_progress)
             if publish is not None:
+                self._doc = publish
                 await self.publish(*publish)
             converged = False
             while True:
@@ -209,6 +219,8 @@ class Simulation:
                 if await self.step_faults(p):
                     continue  # p is from before the fault: judge a fresh snapshot
                 converged = self.done(p)
+                if converged and self.fault_at is not None and self.reconverged_s is None:
+                    self.reconverged_s = time.time() - self.fault_at
                 if converged and not keep_running:
                     break
                 if time.monotonic() > deadline:
@@ -310,7 +322,9 @@ class Simulation:
         if f.broker_restart_at is not None:
             out["broker_restart"] = {"at_s": f.broker_restart_at, "signal": f.broker_restart_signal,
                                      "restarts": self.restarts,
-                                     "took_s": None if self.restart_s is None else round(self.restart_s, 3)}
+                                     "took_s": _round(self.restart_s),
+                                     "republished": self.republished,
+                                     "reconverged_s": _round(self.reconverged_s)}
         if f.loss:
             out["loss"] = {"share": f.loss, "lost": p.counters.get("lost", 0)}
         if f.latency:
@@ -318,6 +332,10 @@ class Simulation:
         if p.counters.get("connect_failures"):
             out["connect_failures"] = p.counters["connect_failures"]
         return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 # --------------------------------------------------------------------------- callers
