@@ -21,6 +21,7 @@ import pytest
 from trustfleet_server import brokerconfig
 from trustfleet_server.broker import EmbeddedBroker
 from trustfleet_server.broker import packets as p
+from trustfleet_server.broker.embedded import is_loopback
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,8 +113,10 @@ def test_refuses_to_listen_beyond_loopback_unless_allowed():
         EmbeddedBroker(host=None)
     with EmbeddedBroker(host="0.0.0.0", allow_remote=True) as broker:
         round_trip(broker.port)
-    with EmbeddedBroker(host="::1" if socket.has_ipv6 else "127.0.0.2") as broker:
-        assert broker.port
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", None, "10.1.2.3", "192.0.2.1", "no-such-host.invalid"):
+        assert not is_loopback(host), host
 
 
 def test_cli_refuses_a_public_address_in_one_line():
