@@ -161,6 +161,7 @@ class FleetServer:
         self._owned_roots = {v: raw for v, raw in self._chain.items() if v > first}
         self._held: dict[str, bytes] = {}  # what the broker holds on document topics, since connect
         self._restore_due = False
+        self._next_restore = 0.0
         self._queue: list[tuple[str, str, bytes, int]] = []
         self._boot: dict[str, Any] | None = None
         self.synced = False
@@ -217,10 +218,12 @@ class FleetServer:
                 if mono >= self._next_flush or len(self._queue) >= BATCH_MAX:
                     self._flush()
                     self._next_flush = mono + FLUSH_EVERY
+                if self._restore_due and self.link.connected and mono >= self._next_restore:
+                    # Needs only the store, not the statuses: at once; after a failure, next step.
+                    self._restore_due = not self._guard(self._restore_retained, fatal=once)
+                    self._next_restore = mono + self.step_every
                 if not self.synced or not self.link.connected:
                     continue
-                if self._restore_due and self._guard(self._restore_retained, fatal=once):
-                    self._restore_due = False
                 if mono >= self._next_step:
                     self._guard(self._drive_rollout, fatal=once)
                     self._next_step = mono + self.step_every
@@ -289,7 +292,7 @@ class FleetServer:
         self.link.subscribe(topics.bundle(f) + "/+/+", _SUB_DOCS)  # group and bucket topics
         self.link.subscribe(topics.timestamp(f), _SUB_DOCS)
         # The retained documents came before the SUBACKs that followed them: compare once synced.
-        self._restore_due = True
+        self._restore_due, self._next_restore = True, 0.0
         if shared:
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.statuses(f)}", _SUB_LIVE)
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.reports(f)}", _SUB_LIVE)
