@@ -39,7 +39,7 @@ from trustfleet_server.sim.config import (
     parse_share,
     sample_file,
 )
-from trustfleet_server.sim.report import Report
+from trustfleet_server.sim.report import Report, render
 from trustfleet_server.sim.simulator import Simulation
 
 RUN_TIMEOUT = 40.0
@@ -428,6 +428,7 @@ def test_a_run_that_does_not_converge_says_why(fleet, tmp_path, capsys):
     assert why["unsettled"] == 5, why
     assert why["faults_pending"] == []
     assert "--timeout" in why["reason"] and "kill" in why["reason"], why["reason"]
+    assert "must be published again" in why["reason"]
     for d in why["devices"]:
         assert d["online"] and d["version"] == 1 and d["faults"] == ["offline"], d
         assert "never received or never installed v2" in d["why"]
@@ -481,3 +482,22 @@ def test_kill_9_with_devices_offline_reconverges_when_the_bundle_is_published_ag
     restart = report.faults["broker_restart"]
     assert restart["republished"] == 1 and restart["reconverged_s"] > 0
     assert all(d.commits[2] > report.t0 + 0.3 for d in report.by_fault("offline"))
+
+
+@pytest.mark.timeout(60)
+def test_a_fault_still_pending_at_the_timeout_is_named(fleet):
+    """Every device settled, but the restart was due after --timeout: not converged, and why."""
+    handle = open_broker("embedded")
+    try:
+        report = run(fleet, handle.url, devices=10, handle=handle,
+                     faults=Faults(broker_restart_at=60.0), timeout=3)
+    finally:
+        handle.stop()
+    assert not report.converged
+    assert report.versions == {"v2": 10}
+    assert report.why["faults_pending"] == ["broker_restart"]
+    assert report.why["unsettled"] == 0
+    assert "faults not yet applied: broker_restart" in report.why["reason"]
+    assert report.to_json()["not_converged"] == report.why
+    assert "why not converged: still running at --timeout (3 s); faults not yet applied: broker_restart" \
+        in render(report)

@@ -218,5 +218,9 @@ def explain(report: Report, cause: str, pending: list[str]) -> dict:
     restart = report.faults.get("broker_restart")
     if restart and restart.get("restarts") and rows:
         parts.append(f"after the broker restart ({restart['signal']}) at t0+{restart['at_s']:g}s")
+        behind = any(r["why"].startswith("still on v") for r in rows)
+        if restart["signal"] == "kill" and not restart.get("republished") and behind:
+            parts.append("a kill -9 loses the retained bundle: it must be published again "
+                         "(--republish, or serve)")
     return {"reason": "; ".join(parts), "cause": cause, "faults_pending": pending,
             "unsettled": len(rows), "by_reason": kinds, "devices": rows[:50]}
