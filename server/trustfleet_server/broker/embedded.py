@@ -946,7 +946,8 @@ class Broker:
     """An asyncio MQTT broker; see the module docstring for what it does and refuses.
 
     Args:
-        host: address to listen on (default loopback only; None or "" = all).
+        host: address to listen on (default 127.0.0.1). One that is not
+            loopback, or None/"" for all interfaces, needs allow_remote.
         port: TCP port, 0 for any free one (read `.port` after start()).
         max_packet: largest packet accepted or sent, in bytes (whole packet).
         auth: optional callable (username, password) -> bool, called on every
