@@ -176,8 +176,10 @@ class TLSClient:
         self.subacks: dict[int, list] = {}
         self.pubacks: dict[int, object] = {}
         self.messages: list[mqtt.MQTTMessage] = []
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{username}-{uuid.uuid4().hex[:8]}",
-                        protocol=mqtt.MQTTv5)
+        # A device may connect only under its own client id (broker-config binds it).
+        cid = (brokerconfig.device_client_id(fleet.fleet, username) if username in DEVICES
+               else f"{username}-{uuid.uuid4().hex[:8]}")
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         c.username_pw_set(username, fleet.secrets[username])
         c.tls_set(ca_certs=str(fleet.ca))
         c.on_connect = self._note(lambda cl, ud, flags, rc, props: self.connack.append(rc))
@@ -304,21 +306,24 @@ def test_a_device_identity_cannot_publish_a_bundle_through_publish(tls_fleet):
     newer = f.write_bundle(2)                # valid and signed: only the ACL stands in its way
     device = f.url(DEVICES[0])
     refused = tf(*f.publish_args(device, newer), env=f.env(password=f.secrets[DEVICES[0]]), code=2)
-    assert one_line(refused) == (f"trustfleet: error: {device} refused the publish on "
-                                 f"{topics.bundle(f.fleet)}: Not authorized")
+    # Not even connected: a device identity is bound to its own client id.
+    assert one_line(refused) == f"trustfleet: error: {device} refused the connection: Not authorized"
     assert retained(f, topics.bundle(f.fleet)) == good.read_bytes()
 
 
 def test_serve_once_under_a_device_identity_fails_on_the_refused_timestamp(tls_fleet):
-    """The ACL lets a device read but not write the timestamp: `--once` must not exit 0."""
+    """The broker refuses a device what serve needs: `--once` must not exit 0."""
     f = tls_fleet
     tf(*f.publish_args(f.url(OPERATOR), f.write_bundle(1)), env=f.env(password=f.secrets[OPERATOR]))
     device = f.url(DEVICES[0])
-    run = tf(*f.serve_args(device, "--once"), env=f.env(password=f.secrets[DEVICES[0]]), code=2)
+    run = tf(*f.serve_args(device, "--once", "--client-id",
+                           brokerconfig.device_client_id(f.fleet, DEVICES[0])),
+             env=f.env(password=f.secrets[DEVICES[0]]), code=2)
     assert run.stdout == ""
+    # Under its own client id it gets in, but the server's shared group is not a device's.
     assert run.stderr.strip().splitlines()[-1] == (
-        f"trustfleet: error: {device} refused the publish on {topics.timestamp(f.fleet)}: "
-        "Not authorized")
+        f"trustfleet: error: {device} refused the subscription to "
+        f"$share/trustfleet/{topics.statuses(f.fleet)}: Not authorized")
 
 
 def test_a_broker_certificate_from_another_ca_is_refused_in_one_line(tls_fleet):
@@ -393,3 +398,28 @@ def test_a_long_running_serve_reports_every_refused_login_and_stops_cleanly(tls_
     assert code == 0, "\n".join(serve.lines)
     assert not any("Traceback" in ln for ln in serve.lines), "\n".join(serve.lines)
     assert len(tries) >= 2
+
+
+def test_serve_says_once_that_the_acl_keeps_it_from_restoring_a_root_and_goes_on(tls_fleet):
+    """broker-config lets only the operator write roots: serve, missing root v2 on the broker,
+    tries to put it back once, logs the refusal once, and keeps serving (timestamps)."""
+    f = tls_fleet
+    tf(*f.publish_args(f.url(OPERATOR), f.write_bundle(1)), env=f.env(password=f.secrets[OPERATOR]))
+    v2 = f.dir / "root-v2.cose"
+    v2.write_bytes(f.repo.rotate("bundle"))
+    watcher = TLSClient(f, "pi-02")
+    serve = Running(f.serve_args(f.url(SERVER), "--root", str(v2), "--step-every", "0.2",
+                                 "--timestamp-every", "0.5"), f.env(password=f.secrets[SERVER]))
+    try:
+        refused = serve.wait_lines(f"refused the publish on {topics.root(f.fleet, 2)}")
+        assert "serve will not publish" in refused[0]
+        watcher.subscribe(topics.timestamp(f.fleet))
+        raw = watcher.received(topics.timestamp(f.fleet)).payload
+        assert policy.verify_timestamp(policy.load_trusted_root(f.repo.root_raw), raw).bundle_version == 1
+        time.sleep(2.0)  # ten rollout steps: a retry on each would log ten more refusals
+        assert serve.proc.poll() is None
+        assert len([ln for ln in serve.lines if "refused the publish" in ln]) == 1, serve.lines
+    finally:
+        watcher.close()
+        assert serve.stop() == 0
+    assert "Traceback" not in "\n".join(serve.lines)

@@ -206,8 +206,10 @@ class Link:
         """Publish each (topic, payload) retained at QoS 1 and wait for every PUBACK.
 
         Raises:
-            BrokerError: not connected, disconnected meanwhile, a PUBACK with
-                a failure reason (MQTT 5), or no PUBACK within `timeout`.
+            BrokerError: not connected, disconnected meanwhile, or no PUBACK
+                within `timeout`.
+            PublishRefused: a PUBACK with a failure reason (MQTT 5, e.g. the
+                ACL); the other messages were published.
         """
         c = self._live()
         pending = []
@@ -218,10 +220,16 @@ class Link:
             pending.append((topic, info))
         self._wait(lambda: all(i.mid in self._acks for _, i in pending), timeout,
                    f"{len(pending)} publishes not acknowledged")
+        refused = []
         for topic, info in pending:
             rc = self._acks.pop(info.mid)
             if getattr(rc, "is_failure", False):
-                raise BrokerError(f"{self.url} refused the publish on {topic}: {rc}")
+                refused.append((topic, rc))
+        if refused:
+            topic, rc = refused[0]
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise PublishRefused(f"{self.url} refused the publish on {topic}: {rc}{more}",
+                                 [t for t, _ in refused])
 
     def _live(self) -> mqtt.Client:
         if self.client is None or not self.connected:
@@ -256,6 +264,14 @@ class Link:
             sock = c.socket()
             if sock is not None:
                 sock.close()
+
+
+class PublishRefused(BrokerError):
+    """The broker acknowledged some publishes with a failure reason; `topics` names them."""
+
+    def __init__(self, message: str, topics: list[str]) -> None:
+        super().__init__(message)
+        self.topics = topics
 
 
 class _Unsupported(Exception):

@@ -65,7 +65,7 @@ from trustfleet_server import documents, keys, rollout
 from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL
-from trustfleet_server.serve.link import Link
+from trustfleet_server.serve.link import Link, PublishRefused
 
 log = logging.getLogger("trustfleet.serve")
 
@@ -160,6 +160,7 @@ class FleetServer:
         self._chain = {first + i: bytes(raw) for i, raw in enumerate(root_raws)}
         self._owned_roots = {v: raw for v, raw in self._chain.items() if v > first}
         self._held: dict[str, bytes] = {}  # what the broker holds on document topics, since connect
+        self._not_ours: set[str] = set()  # topics the broker refused to take from serve (its ACL)
         self._restore_due = False
         self._next_restore = 0.0
         self._queue: list[tuple[str, str, bytes, int]] = []
@@ -453,12 +454,20 @@ class FleetServer:
 
     def _restore_retained(self) -> None:
         """Publish again what the broker lost (or holds wrong) of the documents serve owns."""
-        lost = [(t, raw) for t, raw in self.owned_documents().items() if self._held.get(t) != raw]
+        lost = [(t, raw) for t, raw in self.owned_documents().items()
+                if self._held.get(t) != raw and t not in self._not_ours]
         if lost:
             names = ", ".join(t for t, _ in lost[:5]) + (" ..." if len(lost) > 5 else "")
             log.warning("the broker lost %d retained document(s) of fleet %s; publishing them again: %s",
                         len(lost), self.fleet, names)
-            self.link.publish(lost)
+            try:
+                self.link.publish(lost)
+            except PublishRefused as exc:
+                # Not serve's to write (broker-config gives roots to the operator): say so once.
+                self._not_ours.update(exc.topics)
+                log.warning("%s; serve will not publish %s again: the operator must", exc,
+                            ", ".join(exc.topics))
+                lost = [(t, raw) for t, raw in lost if t not in exc.topics]
             self._held.update(lost)
             self.stats.restored += len(lost)
         if self.timestamp_key is not None and topics.timestamp(self.fleet) not in self._held:
