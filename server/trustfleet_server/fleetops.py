@@ -56,18 +56,24 @@ def plan_rollout(fleet: str, root_paths: Sequence[Path], bundle_path: Path, now:
 def start_rollout(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path, now: int) -> rollout.Rollout:
     """Store the planned rollout; `serve` publishes its first wave.
 
-    Raises: RollbackError when the fleet already runs this version or a newer one.
+    The floor is the fleet's published history (versions recorded by rollout
+    start and `publish --db`, and the newest finished rollout), never what
+    devices claim: one device saying it runs v2^62 must not block the fleet
+    (such a status is stored as suspect and rollouts do not count it).
+
+    Raises: RollbackError when the fleet already published this version or a newer one.
     """
     fleet = plan.fleet
-    running = db.max_version(fleet)
+    published = db.newest_published(fleet)
     done = db.latest_done(fleet)
-    floor = max(v for v in (running, done.version if done else None, 0) if v is not None)
+    floor = max(v for v in (published, done.version if done else None, 0) if v is not None)
     if plan.version <= floor:
         raise RollbackError(
             f"{bundle_path}: bundle v{plan.version} is not newer than v{floor}, which the fleet "
-            f"already runs; going back means a new bundle with a higher version and the old "
+            f"already published; going back means a new bundle with a higher version and the old "
             f"content (see `trustfleet rollout start --help`)")
     r = db.create_rollout(plan)
+    db.record_published(fleet, r.version, r.sha256, f"rollout {r.id}", now)
     names = ", ".join(w.name for w in r.waves)
     db.add_event(r.id, now, f"started: v{r.version} in waves {names} (pass at "
                             f"{r.success:.2f} within {r.deadline} s, halt above {r.max_failure:.2f})")
@@ -124,3 +130,35 @@ def fleet_summary(db: fleetdb.FleetDB, fleet: str, now: int, silent_after: int, 
         s["rollout"] = {"id": r.id, "version": r.version, "state": r.state,
                         "wave": r.wave.name if r.wave else None}
     return s
+
+
+DEVICE_ACTIONS = ("quarantine", "release", "forget")
+
+
+def operator_name() -> str:
+    """Who ran the command, for the audit trail: user@host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def device_action(db: fleetdb.FleetDB, fleet: str, device_id: str, action: str, who: str, why: str,
+                  now: int) -> dict:
+    """Quarantine, release or forget one device; returns the audit event. Raises: UsageError."""
+    try:
+        topics.check_name(device_id, "device id")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not why.strip():
+        raise UsageError("--reason must say why (it goes in the audit trail)")
+    try:
+        if action == "forget":
+            return db.forget_device(fleet, device_id, who, why, now)
+        return db.set_quarantined(fleet, device_id, action == "quarantine", who, why, now)
+    except fleetdb.NotFound as exc:
+        raise UsageError(str(exc)) from None

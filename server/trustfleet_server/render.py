@@ -54,9 +54,13 @@ def render_summary(s: dict, now: int) -> list[str]:
                 ("fail_open", "fail-open (pins expired, CA validation only)",
                  lambda d: ", ".join(d["domains"])),
                 ("offline", "offline", lambda d: f"last seen {_ago(now, d['last_seen'])}"),
-                ("silent", "silent", lambda d: f"{d['state']}, last seen {_ago(now, d['last_seen'])}"))
+                ("silent", "silent", lambda d: f"{d['state']}, last seen {_ago(now, d['last_seen'])}"),
+                ("suspect", "suspect (claims a version the fleet never published; rollouts skip it)",
+                 lambda d: f"last seen {_ago(now, d['last_seen'])}"),
+                ("quarantined", "quarantined (rollouts skip it)",
+                 lambda d: f"last seen {_ago(now, d['last_seen'])}"))
     for key, title, detail in sections:
-        count = s[f"{key}_count"]
+        count = s.get(f"{key}_count", 0)
         if not count:
             continue
         lines.append(f"{title}: {count}")

@@ -326,6 +326,7 @@ class WaveProgress:
     pending: int = 0
     offline: int = 0
     silent: int = 0
+    excluded: int = 0  # suspect (claims a version never published) or quarantined: not counted
     failing: list[dict] = field(default_factory=list)
     deadline_at: int | None = None
 
@@ -365,6 +366,10 @@ def wave_progress(r: Rollout, devices: Iterable[Mapping[str, Any]], now: int, in
     p = WaveProgress(index, r.waves[index].name, status, deadline_at=deadline_at)
     for d in devices:
         if not in_wave(d, r.waves, index):
+            continue
+        if d.get("suspect") or d.get("quarantined"):
+            # A claim the published history does not back, or a device set aside by hand.
+            p.excluded += 1
             continue
         p.members += 1
         kind, reason = verdict(d, r.version, started, past)

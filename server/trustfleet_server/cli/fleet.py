@@ -1,4 +1,4 @@
-"""`trustfleet fleet status|watch`: what the fleet runs, from the statuses `trustfleet serve` ingested."""
+"""`trustfleet fleet status|watch|device`: what the fleet runs, from the statuses `trustfleet serve` ingested."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ examples:
   trustfleet fleet status --db fleet.db --fleet acme
   trustfleet fleet status --db postgresql://trustfleet@db/fleet --fleet acme --json
   trustfleet fleet watch --db fleet.db --fleet acme     # exit 0 when done, 1 halted/aborted
+"""
+DEVICE_EPILOG = """\
+examples:
+  trustfleet fleet device quarantine pi-17 --db fleet.db --fleet acme --reason "claims v2^62"
+  trustfleet fleet device release pi-17 --db fleet.db --fleet acme --reason "re-provisioned"
+  trustfleet fleet device forget pi-17 --db fleet.db --fleet acme --reason "decommissioned" --json
 """
 
 
@@ -44,6 +50,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     p.set_defaults(func=cmd_fleet_watch)
+
+    p = fsub.add_parser("device", help="set one device aside: quarantine, release or forget (audited)",
+                        description="Quarantine a device (its statuses are still stored, rollouts "
+                                    "never count it), release it, or forget its row (it comes back "
+                                    "if it publishes again). Each is an audit event: who, when, why.",
+                        epilog=DEVICE_EPILOG, formatter_class=common.RAW)
+    p.add_argument("action", choices=fleetops.DEVICE_ACTIONS)
+    p.add_argument("device", metavar="ID", help="device id")
+    common.db_argument(p)
+    common.fleet_argument(p)
+    p.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+    p.add_argument("--by", help="who (default: user@host)")
+    p.add_argument("--json", action="store_true", help="print the audit event as JSON")
+    p.set_defaults(func=cmd_fleet_device)
+
+
+def cmd_fleet_device(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    who = args.by or fleetops.operator_name()
+    with fleetdb.open_db(args.db) as db:
+        event = fleetops.device_action(db, fleet, args.device, args.action, who, args.reason,
+                                       int(time.time()))
+    if args.json:
+        common.print_json(event)
+    else:
+        print(f"{iso(event['time'])} {args.action} {event['device']} of fleet {fleet} by {event['who']}: "
+              f"{event['why']}")
+    return 0
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:

@@ -50,7 +50,9 @@ from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "RolloutConflict", "SCHEMA_VERSION",
            "SchemaError", "StatusError", "is_postgres", "open_db"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
+# .quarantined, tf_device_events (audited quarantine/forget). _MIGRATIONS upgrades v1 in place.
 
 
 class SchemaError(FleetDBError):
@@ -110,6 +112,8 @@ CREATE TABLE IF NOT EXISTS tf_devices (
     first_seen BIGINT NOT NULL,
     last_seen BIGINT NOT NULL,
     raw TEXT NOT NULL,
+    suspect INTEGER NOT NULL DEFAULT 0,
+    quarantined INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (fleet, device_id)
 );
 CREATE INDEX IF NOT EXISTS tf_devices_fleet_state ON tf_devices (fleet, state);
@@ -149,7 +153,43 @@ CREATE TABLE IF NOT EXISTS tf_rollout_events (
     text TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tf_rollout_events_rollout ON tf_rollout_events (rollout_id, id);
+CREATE TABLE IF NOT EXISTS tf_published (
+    fleet TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    source TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    PRIMARY KEY (fleet, version)
+);
+CREATE TABLE IF NOT EXISTS tf_device_events (
+    id {serial},
+    fleet TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    action TEXT NOT NULL,
+    who TEXT NOT NULL,
+    why TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tf_device_events_device ON tf_device_events (fleet, device_id, id);
 """
+
+# Schema upgrades, by the version they upgrade from. Tables new in a version are created by
+# _TABLES (IF NOT EXISTS); columns added to existing tables, and data to fill, come here.
+_SUSPECT_FROM_HISTORY = (
+    "UPDATE tf_devices SET suspect = CASE WHEN version IS NOT NULL AND version > COALESCE("
+    "(SELECT MAX(p.version) FROM tf_published p WHERE p.fleet = tf_devices.fleet), 0) "
+    "THEN 1 ELSE 0 END")
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE tf_devices ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tf_devices ADD COLUMN quarantined INTEGER NOT NULL DEFAULT 0",
+        # What rollouts already published is history the fleet can trust.
+        "INSERT INTO tf_published (fleet, version, sha256, source, time) "
+        "SELECT fleet, version, MIN(bundle_sha256), 'rollout', MIN(started) FROM tf_rollouts "
+        "GROUP BY fleet, version",
+        _SUSPECT_FROM_HISTORY,
+    ),
+}
 
 # Status field -> tf_devices column: the field's own name, except these (GROUP is an SQL
 # keyword; the table's names predate the schema and existing databases keep them).
@@ -157,7 +197,7 @@ _COLUMN = {"device": "device_id", "group": "grp", "time": "status_time"}
 _FIELD_COLUMNS = tuple((name, _COLUMN.get(name, name)) for name in schema.NAMES)
 _JSON_FIELDS = tuple(name for name, kind in schema.FIELDS if kind in (schema.INTS, schema.TEXTS))
 _ZERO_IF_NULL = ("time", "seq")  # NOT NULL DEFAULT 0: the ordering compares them
-_STATUS_COLUMNS = tuple(c for _, c in _FIELD_COLUMNS) + ("first_seen", "last_seen", "raw")
+_STATUS_COLUMNS = tuple(c for _, c in _FIELD_COLUMNS) + ("first_seen", "last_seen", "raw", "suspect")
 _KEEP_ON_UPDATE = ("fleet", "device_id", "first_seen")
 
 _UPSERT_STATUS = (
@@ -178,15 +218,16 @@ _UPSERT_OFFLINE = (
 )
 
 _DEVICE_SELECT = ("SELECT " + ", ".join(c for _, c in _FIELD_COLUMNS)
-                  + ", first_seen, last_seen FROM tf_devices ")
+                  + ", first_seen, last_seen, suspect, quarantined FROM tf_devices ")
 
 _ROLLOUT_SELECT = ("SELECT id, fleet, version, bundle_sha256, bundle, waves, current_wave, state, "
                    "started, wave_started, paused_at, finished, thresholds, halt_reason, failing, "
                    "published, revision FROM tf_rollouts ")
 
 
-def _status_row(row: dict, now: int) -> tuple:
-    """The values of _STATUS_COLUMNS for a normalised status."""
+def _status_row(row: dict, now: int, newest_published: int) -> tuple:
+    """The values of _STATUS_COLUMNS for a normalised status: suspect when it claims a version
+    above everything the fleet published (a claim, stored, never believed by rollouts)."""
     values = []
     for name, _ in _FIELD_COLUMNS:
         v = row[name]
@@ -195,7 +236,8 @@ def _status_row(row: dict, now: int) -> tuple:
         elif name in _ZERO_IF_NULL:
             v = v or 0
         values.append(v)
-    return (*values, now, now, row["raw"])
+    suspect = int(row["version"] is not None and row["version"] > newest_published)
+    return (*values, now, now, row["raw"], suspect)
 
 
 def _device_dict(r: Mapping) -> dict:
@@ -204,6 +246,8 @@ def _device_dict(r: Mapping) -> dict:
         d[name] = json.loads(d[name])
     d["first_seen"] = r["first_seen"]
     d["last_seen"] = r["last_seen"]
+    d["suspect"] = bool(r["suspect"])
+    d["quarantined"] = bool(r["quarantined"])
     return d
 
 
@@ -255,10 +299,16 @@ class FleetDB(sql.Connection):
                 found = SCHEMA_VERSION
             else:
                 found = int(row[0])
+            if found < SCHEMA_VERSION:
+                # In the same transaction as the check: a failed upgrade leaves v{found} whole.
+                for version in range(found, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[version]:
+                        cur.execute(statement)
+                self._exec(cur, "UPDATE tf_meta SET value = ? WHERE key = 'schema_version'",
+                           (str(SCHEMA_VERSION),))
         if found > SCHEMA_VERSION:
             raise SchemaError(f"{self.where}: schema v{found} is newer than this trustfleet "
                               f"understands (v{SCHEMA_VERSION}); upgrade trustfleet")
-        # Older schemas would be migrated here, one version at a time.
 
     def schema_version(self) -> int:
         with self._tx("reading the schema version") as cur:
@@ -292,6 +342,7 @@ class FleetDB(sql.Connection):
         """
         result = IngestResult()
         runs: list[tuple[str, list[tuple]]] = []  # consecutive (kind, rows): keeps the order
+        newest: dict[str, int] = {}
         for fleet, device_id, status, now in batch:
             if not status:
                 result.ignored += 1
@@ -305,7 +356,9 @@ class FleetDB(sql.Connection):
                 params = (fleet, device_id, row["bucket"], now, now, row["raw"])
                 kind = "offline"
             else:
-                params, kind = _status_row(row, now), "status"
+                if fleet not in newest:
+                    newest[fleet] = self.newest_published(fleet) or 0
+                params, kind = _status_row(row, now, newest[fleet]), "status"
             if runs and runs[-1][0] == kind:
                 runs[-1][1].append(params)
             else:
@@ -339,6 +392,78 @@ class FleetDB(sql.Connection):
         with self._tx("reading versions") as cur:
             self._exec(cur, "SELECT MAX(version) FROM tf_devices WHERE fleet = ?", (fleet,))
             return cur.fetchone()[0]
+
+    # -- published history and device claims ------------------------------------
+
+    def record_published(self, fleet: str, version: int, sha256: str, source: str, now: int) -> None:
+        """Record that the fleet published bundle `version` (rollout start, publish --db).
+
+        The first record of a version stays. Devices at or below the newest
+        published version stop being suspect.
+        """
+        with self._tx("recording a published version", write=True) as cur:
+            self._exec(cur, "INSERT INTO tf_published (fleet, version, sha256, source, time) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (fleet, version) DO NOTHING",
+                       (fleet, version, sha256, source[:64], now))
+            self._exec(cur, "UPDATE tf_devices SET suspect = 0 WHERE fleet = ? AND suspect = 1 AND "
+                            "version <= (SELECT MAX(version) FROM tf_published WHERE fleet = ?)",
+                       (fleet, fleet))
+
+    def newest_published(self, fleet: str) -> int | None:
+        """The highest bundle version the fleet published (None: no history)."""
+        with self._tx("reading published versions") as cur:
+            self._exec(cur, "SELECT MAX(version) FROM tf_published WHERE fleet = ?", (fleet,))
+            return cur.fetchone()[0]
+
+    def published(self, fleet: str) -> list[dict]:
+        """The fleet's published versions, newest first: version, sha256, source, time."""
+        with self._tx("reading published versions") as cur:
+            self._exec(cur, "SELECT version, sha256, source, time FROM tf_published WHERE fleet = ? "
+                            "ORDER BY version DESC", (fleet,))
+            return self.rows(cur)
+
+    def set_quarantined(self, fleet: str, device_id: str, on: bool, who: str, why: str,
+                        now: int) -> dict:
+        """Quarantine a device (rollouts skip it; its statuses are still stored) or release it.
+
+        Audited in tf_device_events. Returns the event. Raises: NotFound (no such device).
+        """
+        action = "quarantine" if on else "release"
+        with self._tx(f"{action} of a device", write=True) as cur:
+            self._exec(cur, "UPDATE tf_devices SET quarantined = ? WHERE fleet = ? AND device_id = ?",
+                       (int(on), fleet, device_id))
+            if cur.rowcount != 1:
+                raise NotFound(f"no device {device_id} in fleet {fleet}")
+            return self._device_event(cur, fleet, device_id, now, action, who, why)
+
+    def forget_device(self, fleet: str, device_id: str, who: str, why: str, now: int) -> dict:
+        """Delete a device's row (it comes back if it publishes a status again; quarantine keeps
+        it out). Audited in tf_device_events. Returns the event. Raises: NotFound."""
+        with self._tx("forgetting a device", write=True) as cur:
+            self._exec(cur, "DELETE FROM tf_devices WHERE fleet = ? AND device_id = ?", (fleet, device_id))
+            if cur.rowcount != 1:
+                raise NotFound(f"no device {device_id} in fleet {fleet}")
+            return self._device_event(cur, fleet, device_id, now, "forget", who, why)
+
+    def _device_event(self, cur: Any, fleet: str, device_id: str, now: int, action: str, who: str,
+                      why: str) -> dict:
+        event = {"fleet": fleet, "device": device_id, "time": now, "action": action,
+                 "who": who[:200], "why": why[:2000]}
+        self._exec(cur, "INSERT INTO tf_device_events (fleet, device_id, time, action, who, why) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                   (fleet, device_id, now, action, event["who"], event["why"]))
+        return event
+
+    def device_events(self, fleet: str, device_id: str | None = None, limit: int = 50) -> list[dict]:
+        """Quarantine/release/forget events, oldest first (of one device, or the fleet)."""
+        where, params = ("fleet = ?", (fleet,)) if device_id is None else \
+            ("fleet = ? AND device_id = ?", (fleet, device_id))
+        with self._tx("reading device events") as cur:
+            self._exec(cur, f"SELECT id, device_id, time, action, who, why FROM tf_device_events "
+                            f"WHERE {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+            rows = self.rows(cur)
+        return [{"device": r["device_id"], "time": r["time"], "action": r["action"], "who": r["who"],
+                 "why": r["why"]} for r in reversed(rows)]
 
     # -- reports ------------------------------------------------------------------
 
@@ -407,6 +532,8 @@ class FleetDB(sql.Connection):
             fo_n, fo = listed("fail_open <> '[]'", (), "device_id, version, fail_open, last_seen")
             off_n, off = listed("state = 'offline'", ())
             sil_n, sil = listed("state <> 'offline' AND last_seen < ?", (now - silent_after,))
+            sus_n, sus = listed("suspect = 1", ())
+            qua_n, qua = listed("quarantined = 1", ())
         by_state: dict[str, int] = {}
         by_version: dict[str, int] = {}
         for t in table:
@@ -425,6 +552,10 @@ class FleetDB(sql.Connection):
                         for d in off], "offline_count": off_n,
             "silent": [{"device": d["device_id"], "version": d["version"], "state": d["state"],
                         "last_seen": d["last_seen"]} for d in sil], "silent_count": sil_n,
+            "suspect": [{"device": d["device_id"], "version": d["version"], "last_seen": d["last_seen"]}
+                        for d in sus], "suspect_count": sus_n,
+            "quarantined": [{"device": d["device_id"], "version": d["version"], "last_seen": d["last_seen"]}
+                            for d in qua], "quarantined_count": qua_n,
             "reports": self.reports(fleet, recent),
         }
 
