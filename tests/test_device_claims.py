@@ -181,3 +181,20 @@ def test_a_schema_v1_database_is_upgraded_in_place_with_history_from_its_rollout
         db.set_quarantined("claims", "liar", True, "t", "test", 9)
     with fleetdb.open_db(target) as db:  # a second open changes nothing
         assert db.schema_version() == 2 and db.device("claims", "liar")["quarantined"]
+
+
+def test_publish_with_db_records_the_bundle_versions_rollouts_start_above(
+        capsys, tmp_path, repo, target, private_mosquitto):
+    broker = private_mosquitto()
+    bundle = tmp_path / "bundle-v4.cose"
+    bundle.write_bytes(repo.bundle(4))
+    code, _, err = run(capsys, "publish", "--broker", broker.url, "--root", str(tmp_path / "root.cose"),
+                       "--db", target, str(bundle))
+    assert code == 0, err
+    with fleetdb.open_db(target) as db:
+        assert [(p["version"], p["source"]) for p in db.published(repo.fleet)] == \
+            [(4, "publish tf/claims/bundle")]
+        db.ingest_statuses([(repo.fleet, "d", status(4), 1), (repo.fleet, "e", status(5), 1)])
+        assert not db.device(repo.fleet, "d")["suspect"] and db.device(repo.fleet, "e")["suspect"]
+    code, _, err = start(capsys, tmp_path, repo, target, 4)
+    assert code != 0 and "not newer than v4, which the fleet already published" in err

@@ -94,3 +94,14 @@ def plan_publish(root_paths: list[Path], files: list[Path], target: str, now: in
         plan.append({"file": str(path), "type": kind, "topic": topic, "bytes": len(raw),
                      "sha256": documents.sha256(raw).hex(), "raw": raw, **info})
     return plan
+
+
+def record_history(db: Any, fleet: str, plan: list[dict], now: int) -> list[int]:
+    """Record the bundle versions of a published plan in the fleet store (FleetDB), so that
+    statuses claiming them are believed and rollouts start above them. Returns the versions."""
+    versions = []
+    for p in plan:
+        if p["type"] == "bundle":
+            db.record_published(fleet, p["version"], p["sha256"], f"publish {p['topic']}", now)
+            versions.append(p["version"])
+    return versions

@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from trustfleet_server import mqtturl, publish
+from trustfleet_server import documents, mqtturl, publish
 from trustfleet_server.cli import common
+from trustfleet_server.fleet import db as fleetdb
 
 PUBLISH_EPILOG = """\
 examples:
@@ -34,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.root_argument(p)
     p.add_argument("--to", default="fleet", metavar="TARGET",
                    help="where bundles go: fleet (default), group:NAME or bucket:N (0-99)")
+    p.add_argument("--db", metavar="PATH_OR_URL",
+                   help="fleet store: record the bundle versions published, the history rollouts "
+                        "and device statuses are checked against")
     p.add_argument("--json", action="store_true", help="print what was published as JSON")
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="signed root, bundle or timestamp")
     p.set_defaults(func=cmd_publish)
@@ -45,6 +49,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from trustfleet_server.serve.link import publish_retained
 
     protocol = publish_retained(url, [(p["topic"], p["raw"]) for p in plan])
+    if args.db:
+        fleet = documents.load_root_chain(args.root).fleet
+        with fleetdb.open_db(args.db) as db:
+            publish.record_history(db, fleet, plan, int(time.time()))
     for p in plan:
         del p["raw"]
     if args.json:
