@@ -106,6 +106,8 @@ def test_quarantine_release_and_forget_are_audited_and_unknown_devices_are_named
         assert db.device(f, "odd")["quarantined"]
     code, out, err = run(capsys, "fleet", "status", *base)
     assert code == 0 and "quarantined" in out and "odd" in out
+    code, out, err = run(capsys, "rollout", "status", *base)
+    assert code == 0 and "1 excluded (suspect or quarantined)" in out, out
     code, out, err = run(capsys, "fleet", "device", "release", "odd", *base, "--reason", "fixed")
     assert code == 0 and "release odd" in out
     code, out, err = run(capsys, "fleet", "device", "forget", "odd", *base, "--reason", "scrapped")

@@ -106,6 +106,8 @@ def render_rollout(r: rollout.Rollout, waves: list[rollout.WaveProgress], now: i
             counts += f", {p.pending} pending"
         if p.offline or p.silent:
             counts += f", {p.offline + p.silent} offline/silent"
+        if p.excluded:
+            counts += f", {p.excluded} excluded (suspect or quarantined)"
         tail = p.status
         if p.status == "running" and p.deadline_at is not None:
             tail += f", deadline in {max(0, p.deadline_at - now)}s"
