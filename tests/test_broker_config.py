@@ -56,6 +56,8 @@ class FleetBroker:
         return {"username": name, "password": self.secrets[name]}
 
     def connect(self, name: str, protocol: int = V311, **kw) -> brokers.Client:
+        if name not in (self.operator, self.server):
+            kw.setdefault("client_id", brokerconfig.device_client_id(self.fleet, name))
         return brokers.connect(self.proc, protocol=protocol, **self.creds(name), **kw)
 
     @property
@@ -107,7 +109,7 @@ def test_writes_config_acl_passwords_and_private_secrets(tmp_path, capsys):
     doc = json.loads(stdout)
     assert doc["url"] == "mqtt://127.0.0.1:1883"
     assert doc["devices"] == 2
-    for name in ("secrets", "passwords"):
+    for name in ("secrets", "passwords", "dynsec"):
         assert stat.S_IMODE(os.stat(doc["files"][name]).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(out / "data").st_mode) == 0o700
     secrets = json.loads((out / "secrets.json").read_text())
@@ -180,14 +182,36 @@ def test_config_refuses_anonymous_persists_and_fits_a_512_kib_document(tmp_path)
     conf = dict(ln.split(" ", 1) for ln in (out / "mosquitto.conf").read_text().splitlines()
                 if ln and not ln.startswith("#"))
     assert conf["allow_anonymous"] == "false"
-    assert conf["password_file"] == str((out / "passwords").resolve())
-    assert conf["acl_file"] == str((out / "acl").resolve())
+    # The dynamic security plugin enforces; password_file/acl_file would let any SUBSCRIBE through.
+    assert "password_file" not in conf and "acl_file" not in conf
+    assert conf["plugin"].endswith("mosquitto_dynamic_security.so")
+    assert conf["plugin_opt_config_file"] == str((out / "dynamic-security.json").resolve())
     assert conf["persistence"] == "true"
     assert conf["persistence_location"] == f"{(out / 'data').resolve()}/"
     assert "message_size_limit" not in conf
     assert 512 * 1024 < int(conf["max_packet_size"]) <= 520 * 1024
     assert conf["listener"] == "8883 0.0.0.0"
     assert conf["certfile"] == str(cert.resolve()) and conf["keyfile"] == str(key.resolve())
+
+
+def test_dynamic_security_file_binds_device_client_ids_and_denies_by_default(tmp_path, capsys):
+    out = tmp_path / "b"
+    broker_config(out, "--fleet", "acme", "--device", "pi-01", "--dynsec-plugin", tmp_path / "none.so",
+                  capsys=capsys)
+    assert "none.so is not here" in capsys.err  # the broker would not start: say so
+    doc = json.loads((out / "dynamic-security.json").read_text())
+    assert doc["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": True,
+                                       "subscribe": False, "unsubscribe": True}
+    clients = {c["username"]: c for c in doc["clients"]}
+    assert clients["pi-01"]["clientid"] == "tf-acme-pi-01"
+    assert "clientid" not in clients["trustfleet-server"]  # several serve workers, own ids
+    assert "clientid" not in clients["trustfleet-operator"]
+    shares = [a["topic"] for r in doc["roles"] for a in r["acls"] if a["topic"].startswith("$share/")]
+    assert shares == ["$share/trustfleet/tf/acme/#"]
+    assert [r["rolename"] for r in doc["roles"] if "$share/trustfleet/tf/acme/#" in
+            [a["topic"] for a in r["acls"]]] == ["server"]
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"plugin {tmp_path / 'none.so'}\n" in conf
 
 
 def test_no_persistence_on_request(tmp_path):
@@ -207,7 +231,7 @@ def test_user_option_hands_the_password_file_and_database_to_the_broker_user(tmp
     if os.geteuid() != 0:
         skip_or_fail("handing files to the broker user needs root; the config line was checked")
     nobody = pwd.getpwnam("nobody")
-    for name in ("passwords", "data"):
+    for name in ("passwords", "dynamic-security.json", "data"):
         assert (out / name).stat().st_uid == nobody.pw_uid, name
     assert (out / "secrets.json").stat().st_uid == 0  # the broker never reads the secrets
     assert stat.S_IMODE((out / "secrets.json").stat().st_mode) == 0o600
@@ -323,8 +347,8 @@ def test_device_writes_its_own_status_and_report_but_reads_no_others(fleet_broke
     srv.subscribe(topics.statuses(f))
     srv.subscribe(topics.reports(f))
     snoop = fb.connect("pi-02")
-    # Mosquitto grants any SUBSCRIBE and checks `read` per message on delivery.
-    assert snoop.subscribe(topics.statuses(f))[0].value == 1
+    # The plugin refuses the SUBSCRIBE itself (3.1.1: 0x80 failure).
+    assert snoop.subscribe(topics.statuses(f))[0].value == 128
     snoop.subscribe(topics.bundle(f))
     dev = fb.connect("pi-01", V5)
     assert not dev.publish(topics.status(f, "pi-01"), b"s1", retain=True).is_failure
@@ -351,7 +375,9 @@ def test_anonymous_and_wrong_passwords_are_refused(fleet_broker, protocol):
 def test_operator_publishes_every_document_topic(fleet_broker, repo):
     fb, f = fleet_broker, fleet_broker.fleet
     dev = fb.connect("pi-01")
-    dev.subscribe(f"tf/{f}/#")
+    assert dev.subscribe(f"tf/{f}/#")[0].value == 128  # a device reads documents only
+    for t in brokerconfig.document_topics(f):
+        assert dev.subscribe(t)[0].value == 1, t
     op = fb.connect(fb.operator, V5)
     docs = {topics.root(f, 2): b"root2", topics.bundle(f): repo.bundle(),
             topics.group_bundle(f, "lab"): b"g", topics.bucket_bundle(f, 7): b"b7",
@@ -396,9 +422,10 @@ def test_server_ingests_statuses_through_a_shared_subscription(fleet_broker):
     assert workers[0].wait(lambda: sum(len(w.messages) for w in workers) >= len(DEVICES))
     got = sorted(m.payload for w in workers for m in w.messages)
     assert got == sorted(d.encode() for d in DEVICES)
-    # A device has no read on statuses: its $share subscription is granted but gets nothing.
+    # A device may not subscribe to statuses, through $share or not (issue 10, finding 3).
     snoop = fb.connect("pi-01", V5)
-    snoop.subscribe(f"$share/snoop/{topics.statuses(f)}")
+    assert snoop.subscribe(f"$share/snoop/{topics.statuses(f)}")[0].value == NOT_AUTHORIZED
+    assert snoop.subscribe(f"$share/trustfleet/{topics.statuses(f)}")[0].value == NOT_AUTHORIZED
     snoop.subscribe(topics.bundle(f))
     devs["pi-02"].publish(topics.status(f, "pi-02"), b"again", retain=True)
     assert_never_delivered(snoop, fb.connect(fb.operator), topics.status(f, "pi-02"),
@@ -450,7 +477,8 @@ def test_mosquitto_accepts_the_builtin_password_hashes(tmp_path, private_mosquit
     assert result["hashed_by"] == "builtin"
     proc = private_mosquitto(Path(result["files"]["config"]))
     dev = cfg.identities[-1]
-    c = brokers.connect(proc, username=dev.username, password=dev.password)
+    cid = brokerconfig.device_client_id(fleet, dev.username)
+    c = brokers.connect(proc, username=dev.username, password=dev.password, client_id=cid)
     c.close()
     with pytest.raises(ConnectionRefusedError):
-        brokers.connect(proc, username=dev.username, password=dev.password + "x")
+        brokers.connect(proc, username=dev.username, password=dev.password + "x", client_id=cid)

@@ -5,10 +5,15 @@ is still the fleet's access control: only the operator and the server may
 write documents, and a device may write nothing but its own status and
 reports. `generate()` builds the texts; `write()` puts them in a directory:
 
-    mosquitto.conf   listener, allow_anonymous false, password/ACL files,
-                     persistence (retained documents survive a restart), limits
-    acl              who may read and write which topic (docs/topics.md)
-    passwords        one PBKDF2-SHA512 ($7$) hash per identity, mode 0600
+    mosquitto.conf   listener, allow_anonymous false, the dynamic security
+                     plugin, persistence (retained documents survive a restart), limits
+    dynamic-security.json
+                     what Mosquitto enforces: every identity's password hash,
+                     each device's one client id, and who may publish and
+                     subscribe to what (default: nothing), mode 0600
+    acl              the same rules in Mosquitto's acl_file syntax, and
+    passwords        one PBKDF2-SHA512 ($7$) hash per identity, mode 0600: for
+                     a file-based broker (the embedded one reads `passwords`)
     secrets.json     every identity's username and password, mode 0600, for
                      provisioning devices and configuring the server
     data/            the persistence directory, mode 0700
@@ -17,6 +22,18 @@ Identities are MQTT usernames: each device's id, one operator identity
 (`trustfleet publish`) and one server identity (`trustfleet serve`). ACL
 `pattern` rules use %u, the authenticated username, never the client id,
 which any client may choose.
+
+Why the plugin and not password_file/acl_file (checked against Mosquitto
+2.0.11 in tests/test_broker_identity.py): the acl_file never checks a
+SUBSCRIBE (not even `topic deny`), so a device could join the server's
+shared group `$share/trustfleet/...`, take its round-robin turn and have
+the message dropped by the read check, swallowing other devices' statuses;
+and nothing there ties a client id to a username, so a device could connect
+as `tf-<fleet>-<other>` and knock that device off. The dynamic security
+plugin checks every SUBSCRIBE against the full filter (`$share/<group>/`
+included) with default deny, and refuses a device whose client id is not
+its own (DEVICE_CLIENT_ID). The server and operator may use any client id,
+so several `serve` workers keep their own stable ids.
 
 Passwords are 24 random bytes (URL-safe base64), so the 101 PBKDF2
 iterations that `mosquitto_passwd` uses cost nothing in security and keep a
@@ -53,6 +70,17 @@ ACL_NAME = "acl"
 PASSWORDS_NAME = "passwords"
 SECRETS_NAME = "secrets.json"
 DATA_NAME = "data"
+DYNSEC_NAME = "dynamic-security.json"
+
+# The server's shared-subscription group (serve/server.py SHARE_GROUP): only
+# the server identity may subscribe through it.
+SHARE_GROUP = "trustfleet"
+DEVICE_CLIENT_ID = "tf-{fleet}-{device}"  # what the agent uses (trustfleet_pi/paho.py)
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian amd64
+DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
+                       "/usr/local/lib/mosquitto_dynamic_security.so",
+                       "/usr/local/lib/*/mosquitto_dynamic_security.so",
+                       "/usr/lib/mosquitto/mosquitto_dynamic_security.so")
 
 # A signed document is at most limits.max_document bytes (512 KiB); the
 # packet adds the topic and a few header bytes, so allow 8 KiB on top.
@@ -90,6 +118,7 @@ class BrokerConfig:
     persistence: bool = True
     user: str | None = None
     reused: list[str] = field(default_factory=list)
+    dynsec_plugin: str = DYNSEC_PLUGIN
 
     @property
     def url(self) -> str:
@@ -156,6 +185,71 @@ def write_password_file(path: Path, identities: list[Identity], tool: str | None
 # --------------------------------------------------------------------------- texts
 
 
+def find_dynsec_plugin() -> str:
+    """The installed mosquitto_dynamic_security.so, or the Debian amd64 path when none is found."""
+    import glob
+
+    for pattern in DYNSEC_PLUGIN_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return DYNSEC_PLUGIN
+
+
+def device_client_id(fleet: str, device: str) -> str:
+    """The one MQTT client id the broker accepts from `device`."""
+    return DEVICE_CLIENT_ID.format(fleet=fleet, device=device)
+
+
+def _dynsec_client(identity: Identity, roles: list[str], clientid: str | None) -> dict:
+    salt = os.urandom(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", identity.password.encode(), salt, PBKDF2_ITERATIONS)
+    client = {"username": identity.username, "textdescription": identity.role,
+              "password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+              "iterations": PBKDF2_ITERATIONS, "roles": [{"rolename": r} for r in roles]}
+    if clientid is not None:
+        client["clientid"] = clientid
+    return client
+
+
+def _acls(kind: str, topic_filters: list[str]) -> list[dict]:
+    return [{"acltype": kind, "topic": t, "allow": True} for t in topic_filters]
+
+
+def dynsec_doc(cfg: BrokerConfig) -> dict:
+    """The dynamic security plugin's configuration: the same rules as `acl_text`, enforced on SUBSCRIBE.
+
+    Default deny for publishing and subscribing; receiving is allowed, so a
+    client gets exactly what it was allowed to subscribe to. Devices get a
+    role each (their own status and report topics) and a bound client id.
+    """
+    f = cfg.fleet
+    base = f"{topics.PREFIX}/{f}"
+    docs = document_topics(f)
+    roles = [
+        {"rolename": OPERATOR, "acls": _acls("publishClientSend", docs) + _acls("subscribePattern", [f"{base}/#"])},
+        {"rolename": SERVER, "acls": _acls("publishClientSend", [
+            topics.timestamp(f), topics.bundle(f), f"{base}/bundle/group/+", f"{base}/bundle/bucket/+"])
+            + _acls("subscribePattern", [f"{base}/#", f"$share/{SHARE_GROUP}/{base}/#"])},
+    ]
+    clients = []
+    for i in cfg.identities:
+        if i.role == DEVICE:
+            role = f"{DEVICE}-{i.username}"
+            roles.append({"rolename": role, "acls": _acls("subscribePattern", docs) + _acls(
+                "publishClientSend", [topics.status(f, i.username), topics.report(f, i.username)])})
+            clients.append(_dynsec_client(i, [role], device_client_id(f, i.username)))
+        else:
+            clients.append(_dynsec_client(i, [i.role], None))
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": True,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+
+
 def document_topics(fleet: str) -> list[str]:
     """The topic filters of the fleet's signed documents (docs/topics.md)."""
     base = f"{topics.PREFIX}/{fleet}"
@@ -163,12 +257,12 @@ def document_topics(fleet: str) -> list[str]:
 
 
 def acl_text(fleet: str, operator: str, server: str) -> str:
-    """The Mosquitto ACL file for one fleet.
+    """The Mosquitto ACL file for one fleet (what `dynsec_doc` enforces, in acl_file syntax).
 
     Anonymous clients get nothing (and are refused by allow_anonymous false).
-    Reads are checked by Mosquitto on delivery against the message's real
-    topic, so a `$share/<group>/...` subscription gets exactly what the
-    underlying filter would.
+    An acl_file checks reads only on delivery, never the SUBSCRIBE, so on its
+    own it cannot keep a device out of the server's `$share` group, and it
+    cannot bind client ids: the generated mosquitto.conf uses the plugin.
     """
     base = f"{topics.PREFIX}/{fleet}"
     docs = document_topics(fleet)
@@ -212,8 +306,12 @@ def conf_text(cfg: BrokerConfig, out: Path) -> str:
         "",
         "per_listener_settings false",
         "allow_anonymous false",
-        f"password_file {out / PASSWORDS_NAME}",
-        f"acl_file {out / ACL_NAME}",
+        "",
+        "# Passwords, client ids bound to devices and every publish/subscribe rule",
+        f"# (default deny) are in {DYNSEC_NAME}. Mosquitto reads it at start: restart",
+        "# the broker after adding devices (a SIGHUP does not reload it).",
+        f"plugin {cfg.dynsec_plugin}",
+        f"plugin_opt_config_file {out / DYNSEC_NAME}",
         "",
         "# Retained documents (roots, bundles, timestamp) and statuses survive a restart.",
         f"persistence {'true' if cfg.persistence else 'false'}",
@@ -305,7 +403,8 @@ def load_secrets(path: Path) -> dict[tuple[str, str], str]:
 def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR,
              server: str = DEFAULT_SERVER, host: str = "127.0.0.1", port: int | None = None,
              tls_cert: str | None = None, tls_key: str | None = None, persistence: bool = True,
-             user: str | None = None, previous: dict[tuple[str, str], str] | None = None) -> BrokerConfig:
+             user: str | None = None, previous: dict[tuple[str, str], str] | None = None,
+             dynsec_plugin: str | None = None) -> BrokerConfig:
     """Check the names and pick a password per identity (reusing `previous` ones).
 
     Raises: UsageError for a bad or duplicate name or a half-given TLS pair.
@@ -338,12 +437,13 @@ def generate(fleet: str, devices: list[str], *, operator: str = DEFAULT_OPERATOR
         if password:
             reused.append(name)
         identities.append(Identity(name, password or new_password(), role))
-    return BrokerConfig(fleet, identities, host, port, tls_cert, tls_key, persistence, user, reused)
+    return BrokerConfig(fleet, identities, host, port, tls_cert, tls_key, persistence, user, reused,
+                        dynsec_plugin or find_dynsec_plugin())
 
 
 def write_identities(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto",
                      broker_url: str | None = None) -> tuple[dict[str, str], str]:
-    """Write secrets.json, the password file and the ACL; leave mosquitto.conf alone.
+    """Write secrets.json, the dynamic security file, the password file and the ACL; leave mosquitto.conf alone.
 
     Used by `write` and by `trustfleet device add`, which changes identities
     without regenerating the broker's configuration. `broker_url` replaces
@@ -352,20 +452,24 @@ def write_identities(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_t
     broker's user, when broker-config gave it away as root).
     """
     out = Path(out)
-    files = {"secrets": out / SECRETS_NAME, "passwords": out / PASSWORDS_NAME, "acl": out / ACL_NAME}
+    files = {"secrets": out / SECRETS_NAME, "passwords": out / PASSWORDS_NAME, "acl": out / ACL_NAME,
+             "dynsec": out / DYNSEC_NAME}
     text = secrets_json(cfg)
     if broker_url is not None:
         doc = json.loads(text)
         doc["broker"] = broker_url
         text = json.dumps(doc, indent=2) + "\n"
     write_atomic(files["secrets"], text.encode(), mode=0o600)
-    owner = None
-    with contextlib.suppress(FileNotFoundError):
-        st = files["passwords"].stat()
-        owner = (st.st_uid, st.st_gid)
+    owners = {}
+    for name in ("passwords", "dynsec"):
+        with contextlib.suppress(FileNotFoundError):
+            st = files[name].stat()
+            owners[name] = (st.st_uid, st.st_gid)
     hashed_by = write_password_file(files["passwords"], cfg.identities, passwd_tool)
-    if owner is not None and os.geteuid() == 0 and owner != (0, 0):
-        os.chown(files["passwords"], *owner)
+    write_atomic(files["dynsec"], (json.dumps(dynsec_doc(cfg), indent=2) + "\n").encode(), mode=0o600)
+    for name, owner in owners.items():
+        if os.geteuid() == 0 and owner != (0, 0):
+            os.chown(files[name], *owner)
     write_atomic(files["acl"], acl_text(cfg.fleet, cfg.identity(OPERATOR).username,
                                         cfg.identity(SERVER).username).encode(), mode=0o644)
     return {k: str(v) for k, v in files.items()}, hashed_by
@@ -380,10 +484,11 @@ def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | 
         "acl": out / ACL_NAME,
         "passwords": out / PASSWORDS_NAME,
         "secrets": out / SECRETS_NAME,
+        "dynsec": out / DYNSEC_NAME,
     }
     _, hashed_by = write_identities(cfg, out, passwd_tool=passwd_tool)
     write_atomic(files["config"], conf_text(cfg, out).encode(), mode=0o644)
-    owned = [files["passwords"]]
+    owned = [files["passwords"], files["dynsec"]]
     if cfg.persistence:
         data = out / DATA_NAME
         data.mkdir(mode=0o700, exist_ok=True)

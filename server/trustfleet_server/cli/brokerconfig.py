@@ -20,14 +20,19 @@ from trustfleet_server.errors import UsageError
 DESCRIPTION = """\
 Generate a Mosquitto 2.0 configuration for one fleet in DIR:
 
-  mosquitto.conf  listener, allow_anonymous false, password_file, acl_file,
-                  persistence (retained documents survive a restart) and
-                  limits fitting a 512 KiB document
-  acl             devices read the fleet's documents and write only their own
-                  status and report topics; the operator writes documents;
-                  the server reads statuses/reports (also via $share/...)
-                  and writes the timestamp and rollout-wave topics
-  passwords       PBKDF2-SHA512 hashes ($7$), mode 0600
+  mosquitto.conf  listener, allow_anonymous false, the dynamic security
+                  plugin, persistence (retained documents survive a restart)
+                  and limits fitting a 512 KiB document
+  dynamic-security.json
+                  what the broker enforces, default deny: devices subscribe
+                  only to the fleet's documents, write only their own status
+                  and report topics, and must connect with client id
+                  tf-<fleet>-<device id>; the operator writes documents; the
+                  server reads statuses/reports (only it may join the shared
+                  group $share/trustfleet/...) and writes the timestamp and
+                  rollout-wave topics; password hashes; mode 0600
+  acl, passwords  the same rules and $7$ hashes in Mosquitto's file syntax,
+                  for a file-based broker (not used by mosquitto.conf)
   secrets.json    each identity's username, password and role, mode 0600:
                   hand each device its own entry at provisioning
   data/           persistence directory
@@ -35,7 +40,8 @@ Generate a Mosquitto 2.0 configuration for one fleet in DIR:
 Running it again in the same DIR keeps the passwords of identities already
 in secrets.json (so adding devices does not re-provision the fleet) and
 drops identities no longer listed; --rotate gives everyone a new password.
-Run the broker with `mosquitto -c DIR/mosquitto.conf`.
+Run the broker with `mosquitto -c DIR/mosquitto.conf`, and restart it after
+any change: the plugin reads its file at start only (SIGHUP does not).
 """
 
 EPILOG = """\
@@ -76,6 +82,8 @@ def register(sub: Any) -> None:
     p.add_argument("--user", metavar="NAME",
                    help="system user Mosquitto runs as when started as root (e.g. mosquitto);"
                         " when run as root, the password file and data/ are given to it")
+    p.add_argument("--dynsec-plugin", metavar="FILE",
+                   help="path of mosquitto_dynamic_security.so (default: found under /usr/lib)")
     p.add_argument("--rotate", action="store_true",
                    help="new passwords for every identity, even those in an existing secrets.json")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -97,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = brokerconfig.generate(
         args.fleet, devices, operator=args.operator, server=args.server, host=host, port=port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, persistence=not args.no_persistence,
-        user=args.user, previous=previous)
+        user=args.user, previous=previous, dynsec_plugin=args.dynsec_plugin)
     result = brokerconfig.write(cfg, out)
+    if not Path(cfg.dynsec_plugin).is_file():
+        print(f"trustfleet: warning: {cfg.dynsec_plugin} is not here: Mosquitto will not start"
+              " without its dynamic security plugin; give --dynsec-plugin FILE", file=sys.stderr)
     if not cfg.tls_cert and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"trustfleet: warning: listener {host}:{port} has no TLS: passwords cross the"
               " network in clear; give --tls-cert and --tls-key", file=sys.stderr)

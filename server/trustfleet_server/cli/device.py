@@ -29,8 +29,9 @@ Put a device on the fleet (docs/provisioning.md):
   add        give device ids a broker identity (MQTT username = device id,
              a random password) in a directory made by `trustfleet
              broker-config`: secrets.json, the password file and the ACL
-             stay consistent; passwords of known ids are kept. Reload the
-             broker afterwards (SIGHUP) so that it reads the new files.
+             stay consistent; passwords of known ids are kept. Restart the
+             broker afterwards so that it reads the new files (its dynamic
+             security plugin ignores SIGHUP).
   provision  build an ESP32's files (agent package, boot.py/main.py, factory
              root, optional first bundle, config.json with the device's own
              MQTT credentials) and copy them with mpremote.
@@ -175,8 +176,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     if result.kept:
         _note(f"already known, password kept: {', '.join(result.kept)}")
     _note(f"updated {result.files['secrets']}, {result.files['passwords']} "
-          f"({result.hashed_by}) and {result.files['acl']}; reload the broker so that it reads "
-          "them: kill -HUP $(pidof mosquitto), or systemctl reload mosquitto")
+          f"({result.hashed_by}), {result.files['acl']} and {result.files['dynsec']}; reload the broker"
+          " so that it reads them: systemctl restart mosquitto (its dynamic security plugin"
+          " ignores SIGHUP)")
     return 0
 
 
