@@ -3,12 +3,12 @@
 Usage: .venv/bin/python benchmarks/bench_serve_restore.py [--json] [--quick] [--runs R] [--devices N]
 
 A private Mosquitto without persistence (a kill -9 loses every retained
-message), a real FleetServer on a thread with a timestamp key, the fleet
-bundle v2 published and a rollout of v3 in its first wave (20 % of the
-buckets). The devices are offline during the kill: N of them connect
-afterwards, each subscribing to what a device subscribes to, and count as
-converged when they hold the fleet bundle, their wave's bundle if any and a
-timestamp. Per run, from the kill -9:
+message), a real FleetServer on a thread with a timestamp key and the root
+chain v1, v2, root v2 and the fleet bundle v2 retained. (The wave topics of
+a running rollout are restored the same way: tests/test_serve_resilience.py.)
+The devices are offline during the kill: N of them connect afterwards and
+count as converged when they hold root v2, the fleet bundle and a timestamp.
+Per run, from the kill -9:
 
     broker   the restarted Mosquitto accepts connections again
     serve    serve is connected again
@@ -40,7 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from support.fleetkit import Repo  # noqa: E402
 from trustfleet_device import topics  # noqa: E402
-from trustfleet_server import documents, mqtturl, rollout  # noqa: E402
+from trustfleet_server import mqtturl  # noqa: E402
 from trustfleet_server.broker.mosquitto import PrivateMosquitto, mosquitto_binary, port_open  # noqa: E402
 from trustfleet_server.fleet import db as fleetdb  # noqa: E402
 from trustfleet_server.serve import server  # noqa: E402
@@ -89,26 +89,18 @@ def one_run(workdir: Path, n_devices: int) -> dict[str, float]:
     broker = PrivateMosquitto(workdir=workdir / "mosquitto").start()
     f = repo.fleet
     url = mqtturl.parse(broker.url)
-    bundle2, bundle3 = repo.bundle(2), repo.bundle(3)
-    # Two devices on v2 in the first wave's buckets keep the wave open (they never move).
-    low = [n for n in (f"w-{i:03d}" for i in range(400)) if topics.bucket(n) < 20][:2]
-    statuses = [(topics.status(f, n), json.dumps({"device": n, "fleet": f, "state": "ok", "version": 2,
-                                                  "seq": 1}).encode()) for n in low]
-    publish_retained(url, [(topics.bundle(f), bundle2), *statuses])
+    root1 = repo.root_raw
+    root2 = repo.rotate("bundle")
+    bundle2 = repo.bundle(2)
+    publish_retained(url, [(topics.root(f, 2), root2), (topics.bundle(f), bundle2)])
     db = fleetdb.open_db(workdir / "fleet.db")
-    srv = server.FleetServer(url, f, [repo.root_raw], db, repo.keys["timestamp"][0],
+    srv = server.FleetServer(url, f, [root1, root2], db, repo.keys["timestamp"][0],
                              timestamp_every=300, step_every=0.2)
     thread = threading.Thread(target=lambda: srv.run(duration=600), daemon=True)
     thread.start()
     try:
         wait(lambda: srv.synced, "serve to connect")
-        waves = rollout.parse_waves("20%,100%")
-        r = rollout.new_rollout(f, 3, documents.sha256(bundle3).hex(), bundle3, waves, int(time.time()),
-                                deadline=3600)
-        db.create_rollout(r)
-        wave = rollout.wave_topics(f, waves, 0)
-        wait(lambda: (d := db.latest_rollout(f)) is not None and set(wave) <= set(d.published),
-             "the first wave")
+        owned = [topics.root(f, 2), topics.bundle(f), topics.timestamp(f)]
         wait(lambda: topics.timestamp(f) in retained(broker.host, broker.port, [topics.timestamp(f)]),
              "the first timestamp")
         connects = srv.stats.connects
@@ -119,17 +111,11 @@ def one_run(workdir: Path, n_devices: int) -> dict[str, float]:
         broker.start()
         t_broker = wait(lambda: port_open(broker.host, broker.port), "the broker")
         t_serve = wait(lambda: srv.stats.connects > connects, "serve to reconnect")
-        owned = [topics.bundle(f), topics.timestamp(f), *wave]
         t_docs = wait(lambda: len(retained(broker.host, broker.port, owned, 0.5)) == len(owned),
                       "the documents")
 
-        def device_ok(name: str) -> bool:
-            mine = [topics.bundle(f), topics.timestamp(f)]
-            b = topics.bucket_bundle(f, topics.bucket(name))
-            if b in wave:
-                mine.append(b)
-            return len(retained(broker.host, broker.port, mine, 0.5)) == len(mine)
-        t_devices = max(wait(lambda n=n: device_ok(n), f"device {n}") for n in devices)
+        t_devices = max(wait(lambda: len(retained(broker.host, broker.port, owned, 0.5)) == len(owned),
+                             f"device {n}") for n in devices)
         return {"broker": t_broker - t0, "serve": t_serve - t0, "docs": t_docs - t0,
                 "devices": t_devices - t0}
     finally:
