@@ -1189,6 +1189,10 @@ class Broker:
 
 # --- a thread wrapper for synchronous code --------------------------------------------------
 
+async def _call(fn: Callable) -> None:
+    fn()
+
+
 class EmbeddedBroker:
     """Run a Broker in a background thread with its own event loop.
 
@@ -1287,6 +1291,29 @@ class EmbeddedBroker:
         thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError(f"embedded broker thread still running after {timeout} s")
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """Stop as a kill -9 would: abort every socket without a word (no will goes out, no
+        DISCONNECT), stop listening and drop the thread. The Broker's state (retained
+        messages, sessions) goes with it: start a new EmbeddedBroker to listen again."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        broker = self.broker
+
+        def crash() -> None:
+            server, broker._server = broker._server, None
+            if server is not None:
+                server.close()
+            for conn in list(broker._conns):
+                if conn.transport is not None:
+                    conn.transport.abort()
+
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(_call(crash), loop).result(timeout)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

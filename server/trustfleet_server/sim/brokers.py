@@ -65,23 +65,7 @@ class EmbeddedHandle(BrokerHandle):
             return
         from trustfleet_server.broker.embedded import EmbeddedBroker
 
-        old = self.broker
-
-        def crash() -> None:
-            b = old.broker
-            server, b._server = b._server, None
-            if server is not None:
-                server.close()
-            for conn in list(b._conns):
-                if conn.transport is not None:
-                    conn.transport.abort()
-
-        old.call(crash)
-        loop, thread, old._thread = old._loop, old._thread, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(10)
+        self.broker.kill()
         self.broker = EmbeddedBroker(self.url.host, self.url.port).start()
 
     def stop(self) -> None:
