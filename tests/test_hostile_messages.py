@@ -83,6 +83,8 @@ ADVERSARIAL = [
     b'{"state":"ok","detail":"' + b"x" * (schema.MAX_BYTES) + b'"}',
     b'{"state":"ok","bad":[' + b"1," * 3000 + b"1]}",
     b'{"event":"e","x":[' + b"0," * 5000 + b"0]}",
+    b'{"a":' + b'"\\' * 8000 + b"}",                # unterminated quoted escapes: stays linear
+    json.dumps({"state": "ok", "detail": '\\"' * 2000, "x": [[[[[[[[[[1]]]]]]]]]]}).encode(),
     b'{"state":"ok","reasons":' + json.dumps(["x" * 100] * 100).encode() + b"}",
     b'{"state":' + json.dumps("s" * 100).encode() + b"}",
     b'{"state":"ok","version":true}',

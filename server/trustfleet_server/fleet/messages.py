@@ -11,6 +11,7 @@ MessageError: bad input, counted and dropped by the callers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 from trustfleet_device import status as schema
@@ -28,8 +29,7 @@ class StatusError(MessageError):
 MAX_DEPTH = 8
 MAX_VALUES = 2048     # JSON values (scalars, arrays, objects) in one message
 MAX_NUMBER = 32      # characters in one number: an int up to MAX_INT has 19 digits
-_OPEN = frozenset(b"[{")
-_CLOSE = frozenset(b"]}")
+_EVENT = re.compile(r'[\[\]{},"\\]')  # what _check_shape looks at
 
 
 def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> dict:
@@ -76,32 +76,34 @@ def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> 
 
 
 def _check_shape(text: str) -> None:
-    """Nesting depth and value count, by one scan outside strings. Raises: StatusError."""
+    """Nesting depth and value count, outside strings, before parsing: one linear pass over
+    the structural characters only. Raises: StatusError."""
     depth = values = 0
-    in_string = escaped = False
-    for ch in text.encode("utf-8", "surrogatepass"):
+    in_string = False
+    skip = -1  # the character after a backslash
+    for m in _EVENT.finditer(text):
+        i, ch = m.start(), m.group()
+        if i == skip:
+            continue
         if in_string:
-            if escaped:
-                escaped = False
-            elif ch == 0x5C:  # backslash
-                escaped = True
-            elif ch == 0x22:
+            if ch == "\\":
+                skip = i + 1
+            elif ch == '"':
                 in_string = False
             continue
-        if ch == 0x22:
+        if ch == '"':
             in_string = True
-            values += 1
-        elif ch in _OPEN:
+        elif ch in "[{":
             depth += 1
             values += 1
             if depth > MAX_DEPTH:
                 raise StatusError(f"JSON nested too deeply (more than {MAX_DEPTH} levels)")
-        elif ch in _CLOSE:
+        elif ch in "]}":
             depth -= 1
-        elif ch == 0x2C:  # comma
+        elif ch == ",":
             values += 1
-        if values > MAX_VALUES:
-            raise StatusError(f"message holds more than {MAX_VALUES} JSON values")
+            if values > MAX_VALUES:
+                raise StatusError(f"message holds more than {MAX_VALUES} JSON values")
 
 
 def _object(pairs: list) -> dict:
