@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -22,6 +21,7 @@ import pytest
 
 from support import brokers
 from support.fleetkit import Repo
+from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_server import cli, mqtturl
 from trustfleet_server.fleet import db as fleetdb
@@ -33,16 +33,6 @@ NOT_AUTHORIZED = (5, 135)  # MQTT 3.1.1 CONNACK / MQTT 5 reason code
 SUBACK_FAILURE = (128, 135)  # 3.1.1 "failure" / 5 "Not authorized"
 DEVICES = [f"dev-{i:02d}" for i in range(10)]
 ATTACKER = "mallory"
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Fleet:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from support import waiting
 from trustfleet_server import brokerconfig
 from trustfleet_server.broker import EmbeddedBroker
 from trustfleet_server.broker import packets as p
@@ -30,14 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_for(predicate, what: str, limit: float = TIMEOUT):
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return waiting.wait_for(predicate, what, limit, step=0.01)
 
 
 def recv_packet(sock: socket.socket) -> tuple[int, bytes]:

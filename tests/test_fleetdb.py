@@ -8,60 +8,26 @@ server these cases are skipped with the reason; under CI=true they fail.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import os
-import uuid
 
 import pytest
 
-from support.environment import skip_or_fail
+from support.pgdb import fresh_schema
 from trustfleet_device import status as status_schema
 from trustfleet_device import topics
 from trustfleet_server import rollout
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.fleet.messages import StatusError
 
-PG_URL = os.environ.get("TRUSTFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-RUN = uuid.uuid4().hex[:8]
 F = "acme"
 T = 1_800_000_000
-
-
-@functools.cache
-def _pg_unavailable() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install '.[postgres]')"
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except psycopg.Error as exc:
-        return f"PostgreSQL not reachable at {PG_URL}: {str(exc).strip().splitlines()[0]}"
-
-
-def pg_schema_url(schema: str) -> str:
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture
 def pg_target():
     """A fresh schema on the real PostgreSQL; yields a URL that uses it."""
-    why = _pg_unavailable()
-    if why:
-        skip_or_fail(why)
-    import psycopg
-
-    schema = f"tf_test_{RUN}_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with fresh_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,7 +14,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from support import brokers
 from support.fleetkit import Repo
+from support.waiting import wait_for
 from trustfleet_device import agent as core
 from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.session import Session
@@ -35,16 +35,6 @@ from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.serve import server
 
 WAIT = 20.0
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # --------------------------------------------------------------------------- devices

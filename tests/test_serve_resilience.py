@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support import brokers
+from support import brokers, waiting
 from support.fleetkit import Repo
 from trustfleet_device import policy, topics
 from trustfleet_server import cli, keys, mqtturl, rollout
@@ -33,13 +33,7 @@ TRUSTFLEET = Path(sys.executable).with_name("trustfleet")
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return waiting.wait_for(predicate, what, timeout)
 
 
 class Setup:
