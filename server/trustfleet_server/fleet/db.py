@@ -24,6 +24,12 @@ Ordering of statuses from one device (`ingest_status`, `ingest_statuses`):
 an UPSERT whose WHERE clause does the ordering), which is what makes
 thousands of messages a second possible on SQLite.
 
+Failure reports are kept within `Retention` limits (newest N per device, newest
+N overall, a maximum age; open_db's `retention`): `add_reports` prunes, in the
+batch's transaction, every `every` stored reports, with index range deletes
+(tf_reports_device for the per-device cap). Statuses, devices and events are
+never pruned.
+
 Rollouts are stored whole (rollout.Rollout) with an optimistic lock
 (`revision`): `claim_rollout` and `save_rollout` only succeed against the
 revision read, so two `serve` workers, or a worker and the CLI, never act on
@@ -47,8 +53,8 @@ from trustfleet_server.fleet import sql
 from trustfleet_server.fleet.messages import StatusError, normalise_report, normalise_status
 from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 
-__all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "RolloutConflict", "SCHEMA_VERSION",
-           "SchemaError", "StatusError", "is_postgres", "open_db"]
+__all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
+           "SCHEMA_VERSION", "SchemaError", "StatusError", "is_postgres", "open_db"]
 
 SCHEMA_VERSION = 2
 # v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
@@ -80,6 +86,23 @@ class IngestResult:
         self.ignored += other.ignored
         self.rejected.extend(other.rejected)
         return self
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many failure reports the store keeps (0 turns a limit off).
+
+    per_device: the newest N reports of each device; total: the newest N of the
+    whole table; max_age: seconds (by the report's stored time). Enforced by
+    add_reports every `every` stored reports (and on the first batch after
+    opening), so between two prunes a table may hold up to `every` rows more.
+    Newest = highest id (insertion order). Events and devices are never pruned.
+    """
+
+    per_device: int = 1000
+    total: int = 1_000_000
+    max_age: int = 30 * 86_400
+    every: int = 1000
 
 
 # --------------------------------------------------------------------------- schema
@@ -126,6 +149,7 @@ CREATE TABLE IF NOT EXISTS tf_reports (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tf_reports_fleet_time ON tf_reports (fleet, time);
+CREATE INDEX IF NOT EXISTS tf_reports_device ON tf_reports (fleet, device_id, id);
 CREATE TABLE IF NOT EXISTS tf_rollouts (
     id {serial},
     fleet TEXT NOT NULL,
@@ -269,8 +293,12 @@ def _rollout_from_row(r: Mapping) -> ro.Rollout:
 class FleetDB(sql.Connection):
     """One connection to the fleet store. Not thread-safe: one per thread or process."""
 
-    def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None) -> None:
+    def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None,
+                 retention: Retention | None = None) -> None:
         super().__init__(conn, dialect, where, reconnect)
+        self.retention = Retention() if retention is None else retention
+        self._unpruned = self.retention.every  # prune on the first batch after opening
+        self._touched: set[tuple[str, str]] = set()
         self._create_schema()
 
     def __enter__(self) -> FleetDB:
@@ -485,12 +513,51 @@ class FleetDB(sql.Connection):
                 continue
             rows.append((fleet, device_id, now, kind, body))
         if rows:
+            self._touched.update((r[0], r[1]) for r in rows)
+            self._unpruned += len(rows)
+            prune = self._unpruned >= max(self.retention.every, 1)
             with self._tx("storing reports", write=True) as cur:
                 cur.executemany(self._sql(
                     "INSERT INTO tf_reports (fleet, device_id, time, kind, body) VALUES (?, ?, ?, ?, ?)"),
                     rows)
+                if prune:
+                    self._prune(cur, max(r[2] for r in rows))
         result.accepted = len(rows)
         return result
+
+    def prune_reports(self, now: int | None = None) -> int:
+        """Apply the retention limits now (to every device). Returns the rows deleted."""
+        now = int(time.time()) if now is None else now
+        with self._tx("pruning reports", write=True) as cur:
+            self._exec(cur, "SELECT DISTINCT fleet, device_id FROM tf_reports")
+            self._touched.update((r[0], r[1]) for r in cur.fetchall())
+            return self._prune(cur, now)
+
+    def _prune(self, cur: Any, now: int) -> int:
+        """Retention, inside the writer's transaction; every delete is an index range:
+        per device on tf_reports_device, by age on tf_reports_fleet_time, total on the id."""
+        keep = self.retention
+        deleted = 0
+        fleets = {fleet for fleet, _ in self._touched}
+        if keep.per_device > 0:
+            for fleet, device_id in sorted(self._touched):
+                self._exec(cur, "DELETE FROM tf_reports WHERE fleet = ? AND device_id = ? AND id <= "
+                                "(SELECT id FROM tf_reports WHERE fleet = ? AND device_id = ? "
+                                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                           (fleet, device_id, fleet, device_id, keep.per_device))
+                deleted += max(cur.rowcount, 0)
+        if keep.max_age > 0:
+            for fleet in sorted(fleets):
+                self._exec(cur, "DELETE FROM tf_reports WHERE fleet = ? AND time < ?",
+                           (fleet, now - keep.max_age))
+                deleted += max(cur.rowcount, 0)
+        if keep.total > 0:
+            self._exec(cur, "DELETE FROM tf_reports WHERE id <= "
+                            "(SELECT id FROM tf_reports ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep.total,))
+            deleted += max(cur.rowcount, 0)
+        self._touched.clear()
+        self._unpruned = 0
+        return deleted
 
     def reports(self, fleet: str, limit: int = 20, since: int | None = None) -> list[dict]:
         """The newest reports of the fleet, newest first."""
@@ -696,14 +763,15 @@ class FleetDB(sql.Connection):
 # --------------------------------------------------------------------------- opening
 
 
-def open_db(target: str | os.PathLike[str]) -> FleetDB:
+def open_db(target: str | os.PathLike[str], retention: Retention | None = None) -> FleetDB:
     """Open (and create if needed) the fleet store.
 
     Args:
         target: a file path for SQLite, or a postgresql:// URL. libpq URL
             options work, e.g. `?options=-csearch_path%3Dtrustfleet` for a schema.
+        retention: report limits (None: the Retention defaults).
 
     Raises:
         FleetDBError: cannot open, or the schema is newer than this code.
     """
-    return FleetDB(*sql.connect(os.fspath(target)))
+    return FleetDB(*sql.connect(os.fspath(target)), retention=retention)

@@ -1,0 +1,108 @@
+"""Report retention in the fleet store (issue 10 finding 8, database side), on SQLite and the real
+PostgreSQL: a report flood through add_reports (the API serve ingests with) stays within the
+per-device and total caps, the newest reports are the ones kept, other devices keep theirs, and
+reports older than the maximum age go."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from support.pgdb import fresh_schema
+from trustfleet_server.fleet import db as fleetdb
+
+F = "acme"
+T = 1_800_000_000
+DAY = 86_400
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    if request.param == "sqlite":
+        yield str(tmp_path / "fleet.db")
+        return
+    with fresh_schema() as url:
+        yield url
+
+
+def report(device: str, n: int) -> dict:
+    return {"validation-result": "pin-failure", "device": device, "n": n}
+
+
+def flood(db, device: str, count: int, now: int = T, batch: int = 250) -> None:
+    for start in range(0, count, batch):
+        result = db.add_reports([(F, device, report(device, n), now)
+                                 for n in range(start, min(start + batch, count))])
+        assert result.accepted == min(batch, count - start) and not result.rejected
+
+
+def rows(db, device: str | None = None) -> list[int]:
+    """The stored reports' n, oldest first (of one device, or all)."""
+    with db._tx("test read") as cur:
+        if device is None:
+            db._exec(cur, "SELECT body FROM tf_reports ORDER BY id")
+        else:
+            db._exec(cur, "SELECT body FROM tf_reports WHERE fleet = ? AND device_id = ? ORDER BY id",
+                     (F, device))
+        return [json.loads(r[0])["n"] for r in cur.fetchall()]
+
+
+def test_a_report_flood_from_one_device_keeps_its_newest_reports_and_spares_the_others(target):
+    with fleetdb.open_db(target) as db:  # the default retention
+        for quiet in ("q1", "q2", "q3"):
+            flood(db, quiet, 20)
+        flood(db, "noisy", 20_000)
+        kept = rows(db, "noisy")
+        # Pruned every `every` reports: never more than that over the cap.
+        assert 1000 <= len(kept) <= 2000, f"{len(kept)} reports of the flood kept"
+        keep = db.retention
+        assert (keep.per_device, keep.every) == (1000, 1000)
+        assert kept == list(range(20_000 - len(kept), 20_000))  # the newest, in order
+        for quiet in ("q1", "q2", "q3"):
+            assert rows(db, quiet) == list(range(20))
+        db.prune_reports(T)
+        assert rows(db, "noisy") == list(range(20_000 - keep.per_device, 20_000))
+        assert len(rows(db)) == keep.per_device + 60
+    with fleetdb.open_db(target) as db:  # still within the caps when reopened
+        assert len(rows(db, "noisy")) == keep.per_device
+
+
+def test_the_total_cap_keeps_the_newest_reports_of_the_fleet(target):
+    keep = fleetdb.Retention(per_device=0, total=3000, max_age=0, every=500)
+    with fleetdb.open_db(target, retention=keep) as db:
+        for d in range(40):
+            flood(db, f"d{d:02}", 250)
+        stored = len(rows(db))
+        assert keep.total <= stored <= keep.total + keep.every
+        db.prune_reports(T)
+        assert len(rows(db)) == keep.total
+        # 40 devices x 250 in order: the newest 3000 are the last 12 devices' reports.
+        newest = {r["device"] for r in db.reports(F, limit=keep.total)}
+        assert newest == {f"d{d:02}" for d in range(28, 40)}
+
+
+def test_reports_older_than_the_maximum_age_are_dropped_on_ingest(target):
+    keep = fleetdb.Retention(max_age=30 * DAY, every=1)
+    with fleetdb.open_db(target, retention=keep) as db:
+        db.add_reports([(F, "old", report("old", 0), T - 31 * DAY),
+                        (F, "young", report("young", 0), T - 29 * DAY)])
+        db.add_report(F, "now", report("now", 0), T)
+        assert sorted(r["device"] for r in db.reports(F)) == ["now", "young"]
+
+
+def test_a_zero_limit_turns_retention_off(target):
+    keep = fleetdb.Retention(per_device=0, total=0, max_age=0, every=1)
+    with fleetdb.open_db(target, retention=keep) as db:
+        db.add_report(F, "old", report("old", 0), T - 365 * DAY)
+        flood(db, "d", 3000)
+        assert len(rows(db)) == 3001
+
+
+def test_a_database_made_before_retention_gets_the_index_on_open(tmp_path):
+    path = tmp_path / "fleet.db"
+    with fleetdb.open_db(path) as db, db._tx("drop", write=True) as cur:
+        cur.execute("DROP INDEX tf_reports_device")
+    with fleetdb.open_db(path) as db, db._tx("read") as cur:
+        cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tf_reports'")
+        assert "tf_reports_device" in {r[0] for r in cur.fetchall()}
