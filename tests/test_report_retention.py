@@ -106,3 +106,20 @@ def test_a_database_made_before_retention_gets_the_index_on_open(tmp_path):
     with fleetdb.open_db(path) as db, db._tx("read") as cur:
         cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tf_reports'")
         assert "tf_reports_device" in {r[0] for r in cur.fetchall()}
+
+
+def test_fleet_prune_applies_the_limits_at_once_and_refuses_a_negative_one(target, capsys):
+    from trustfleet_server import cli
+
+    off = fleetdb.Retention(per_device=0, total=0, max_age=0, every=1)
+    with fleetdb.open_db(target, retention=off) as db:
+        flood(db, "noisy", 1500)
+        flood(db, "quiet", 10)
+    code = cli.main(["fleet", "prune", "--db", target, "--per-device", "200", "--json"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and json.loads(out) == {"deleted": 1300, "left": 210}
+    with fleetdb.open_db(target, retention=off) as db:
+        assert rows(db, "noisy") == list(range(1300, 1500)) and rows(db, "quiet") == list(range(10))
+    code = cli.main(["fleet", "prune", "--db", target, "--total", "-1"])
+    out, err = capsys.readouterr()
+    assert code != 0 and err.strip().count("\n") == 0 and "--total" in err and "Traceback" not in err

@@ -1,4 +1,6 @@
-"""`trustfleet fleet status|watch|device`: what the fleet runs, from the statuses `trustfleet serve` ingested."""
+"""`trustfleet fleet status|watch|device|prune`: what the fleet runs, from the statuses `trustfleet serve`
+ingested; `prune` applies report retention (retention_arguments/retention_from: the same options
+for any command that opens the store)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import time
 
 from trustfleet_server import fleetops, render, rollout, times
 from trustfleet_server.cli import common
+from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.times import iso
 
@@ -16,6 +19,7 @@ examples:
   trustfleet fleet status --db fleet.db --fleet acme
   trustfleet fleet status --db postgresql://trustfleet@db/fleet --fleet acme --json
   trustfleet fleet watch --db fleet.db --fleet acme     # exit 0 when done, 1 halted/aborted
+  trustfleet fleet prune --db fleet.db --per-device 200 --max-age 7d
 """
 DEVICE_EPILOG = """\
 examples:
@@ -64,6 +68,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--by", help="who (default: user@host)")
     p.add_argument("--json", action="store_true", help="print the audit event as JSON")
     p.set_defaults(func=cmd_fleet_device)
+
+    p = fsub.add_parser("prune", help="apply report retention now (per device, total, age)",
+                        description="Delete the failure reports beyond the retention limits (every "
+                                    "fleet of the store). Ingest applies the same limits as it goes; "
+                                    "this applies them at once, e.g. after lowering them.",
+                        epilog=FLEET_EPILOG, formatter_class=common.RAW)
+    common.db_argument(p)
+    retention_arguments(p)
+    p.add_argument("--json", action="store_true", help="print {deleted, left} as JSON")
+    p.set_defaults(func=cmd_fleet_prune)
+
+
+def retention_arguments(p: argparse.ArgumentParser) -> None:
+    """--per-device, --total, --max-age: report retention (0 turns one off; defaults: Retention)."""
+    d = fleetdb.Retention()
+    p.add_argument("--per-device", type=int, default=d.per_device, metavar="N",
+                   help=f"newest reports kept per device (default {d.per_device:,}; 0: no limit)")
+    p.add_argument("--total", type=int, default=d.total, metavar="N",
+                   help=f"newest reports kept in all (default {d.total:,}; 0: no limit)")
+    p.add_argument("--max-age", default=f"{d.max_age // 86_400}d", metavar="DURATION",
+                   help=f"drop reports older than this (default {d.max_age // 86_400}d; 0: keep)")
+
+
+def retention_from(args: argparse.Namespace) -> fleetdb.Retention:
+    """The Retention of retention_arguments' options. Raises: UsageError."""
+    for option, value in (("--per-device", args.per_device), ("--total", args.total)):
+        if value < 0:
+            raise UsageError(f"{option}: must be 0 (no limit) or more, got {value}")
+    max_age = times.parse_duration(args.max_age, "--max-age", strict=False)
+    if max_age < 0:
+        raise UsageError(f"--max-age: must be 0 (keep) or more, got {args.max_age}")
+    return fleetdb.Retention(per_device=args.per_device, total=args.total, max_age=int(max_age))
+
+
+def cmd_fleet_prune(args: argparse.Namespace) -> int:
+    retention = retention_from(args)
+    with fleetdb.open_db(args.db, retention=retention) as db:
+        deleted = db.prune_reports(int(time.time()))
+        left = db.report_count()
+    if args.json:
+        common.print_json({"deleted": deleted, "left": left})
+    else:
+        print(f"deleted {deleted:,} reports; {left:,} left")
+    return 0
 
 
 def cmd_fleet_device(args: argparse.Namespace) -> int:

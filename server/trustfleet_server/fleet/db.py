@@ -525,6 +525,12 @@ class FleetDB(sql.Connection):
         result.accepted = len(rows)
         return result
 
+    def report_count(self) -> int:
+        """How many reports the store holds (all fleets)."""
+        with self._tx("counting reports") as cur:
+            self._exec(cur, "SELECT COUNT(*) FROM tf_reports")
+            return cur.fetchone()[0]
+
     def prune_reports(self, now: int | None = None) -> int:
         """Apply the retention limits now (to every device). Returns the rows deleted."""
         now = int(time.time()) if now is None else now
@@ -552,9 +558,15 @@ class FleetDB(sql.Connection):
                            (fleet, now - keep.max_age))
                 deleted += max(cur.rowcount, 0)
         if keep.total > 0:
-            self._exec(cur, "DELETE FROM tf_reports WHERE id <= "
-                            "(SELECT id FROM tf_reports ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep.total,))
-            deleted += max(cur.rowcount, 0)
+            # MAX - MIN + 1 bounds the row count from above in two index lookups: the OFFSET
+            # walk (up to `total` ids) runs only when the table may be over the cap.
+            self._exec(cur, "SELECT MAX(id) - MIN(id) + 1 FROM tf_reports")
+            span = cur.fetchone()[0] or 0
+            if span > keep.total:
+                self._exec(cur, "DELETE FROM tf_reports WHERE id <= "
+                                "(SELECT id FROM tf_reports ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                           (keep.total,))
+                deleted += max(cur.rowcount, 0)
         self._touched.clear()
         self._unpruned = 0
         return deleted
