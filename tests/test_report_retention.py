@@ -99,13 +99,22 @@ def test_a_zero_limit_turns_retention_off(target):
         assert len(rows(db)) == 3001
 
 
-def test_a_database_made_before_retention_gets_the_index_on_open(tmp_path):
-    path = tmp_path / "fleet.db"
-    with fleetdb.open_db(path) as db, db._tx("drop", write=True) as cur:
-        cur.execute("DROP INDEX tf_reports_device")
-    with fleetdb.open_db(path) as db, db._tx("read") as cur:
-        cur.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tf_reports'")
-        assert "tf_reports_device" in {r[0] for r in cur.fetchall()}
+def test_a_database_made_before_retention_gets_the_index_on_open_and_is_pruned(target):
+    off = fleetdb.Retention(per_device=0, total=0, max_age=0, every=1)
+    with fleetdb.open_db(target, retention=off) as db:
+        with db._tx("drop", write=True) as cur:  # the schema as the code before retention made it
+            cur.execute("DROP INDEX tf_reports_device")
+        flood(db, "noisy", 1200)
+    with fleetdb.open_db(target) as db:
+        with db._tx("read") as cur:
+            if db.dialect == "sqlite":
+                cur.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+            else:
+                cur.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
+            assert "tf_reports_device" in {r[0] for r in cur.fetchall()}
+        assert db.schema_version() == fleetdb.SCHEMA_VERSION
+        db.add_report(F, "noisy", report("noisy", 1200), T)  # the first batch after opening prunes
+        assert rows(db, "noisy") == list(range(201, 1201))
 
 
 def test_fleet_prune_applies_the_limits_at_once_and_refuses_a_negative_one(target, capsys):
