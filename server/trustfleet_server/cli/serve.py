@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stats = server.run(once=args.once, duration=duration)
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
                "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,
-               "cleared": stats.cleared, "restored": stats.restored, "protocol": stats.protocol,
+               "cleared": stats.cleared, "restored": stats.restored, "rate_limited": stats.rate_limited,
+               "coalesced": stats.coalesced, "dropped": stats.dropped, "protocol": stats.protocol,
                "shared": stats.shared, "events": stats.events}
     if args.json:
         common.print_json(summary)
@@ -82,6 +83,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"ingested {stats.statuses} status(es) ({stats.ignored} unchanged, {stats.rejected} "
               f"rejected) and {stats.reports} report(s); published {stats.timestamps} timestamp(s), "
               f"{stats.waves} wave(s); cleared {stats.cleared} topic(s) [{stats.protocol}]")
+        if stats.rate_limited or stats.dropped:
+            print(f"dropped {stats.rate_limited} message(s) over a device's rate limit and "
+                  f"{stats.dropped} report(s) over the pending cap")
         for e in stats.events:
             print(e)
     return 0

@@ -43,6 +43,7 @@ timestamps share one thread and one database connection:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -59,6 +60,7 @@ from typing import Any
 
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy, topics
+from trustfleet_device import status as status_schema
 from trustfleet_device.backoff import Backoff
 from trustfleet_device.errors import BundleError
 from trustfleet_server import documents, keys, rollout
@@ -74,7 +76,14 @@ BOOT_IDLE = 1.0               # retained statuses are in when none came for this
 BOOT_MAX = 30.0
 FLUSH_EVERY = 0.2
 BATCH_MAX = 2000
-MAX_QUEUE = 200_000
+# Flood limits (issue 10 finding 8): one device cannot starve the others or grow serve's memory.
+# Pending statuses are one per device (a newer status replaces the pending one: nothing is
+# lost, a status is the device's whole state); pending reports are capped. Each device has a
+# token bucket per kind: RATE per second, BURST at once; the excess is dropped and counted.
+STATUS_RATE, STATUS_BURST = 2.0, 20.0
+REPORT_RATE, REPORT_BURST = 1.0, 30.0
+MAX_PENDING_REPORTS = 10_000
+DROP_LOG_EVERY = 60.0          # one log line per device and kind per this many seconds
 MAX_PENDING_ROOTS = 8
 RECONNECT_FIRST_MS = 1000     # reconnect delays: 1 s doubling to 60 s, equal jitter (backoff.py)
 RECONNECT_CAP_MS = 60000
@@ -113,6 +122,9 @@ class Stats:
     cleared: int = 0
     connects: int = 0
     restored: int = 0             # retained documents published again after the broker lost them
+    rate_limited: int = 0         # statuses and reports dropped by a device's rate limit
+    coalesced: int = 0            # pending statuses replaced by a newer one from the same device
+    dropped: int = 0              # reports dropped because the pending reports were full
     protocol: str | None = None
     shared: bool = False
     events: list[str] = dataclasses.field(default_factory=list)
@@ -163,7 +175,11 @@ class FleetServer:
         self._not_ours: set[str] = set()  # topics the broker refused to take from serve (its ACL)
         self._restore_due = False
         self._next_restore = 0.0
-        self._queue: list[tuple[str, str, bytes, int]] = []
+        self._statuses: dict[str, tuple[bytes, int]] = {}  # device -> newest pending status
+        self._reports: collections.deque[tuple[str, bytes, int]] = collections.deque()
+        self._buckets: dict[tuple[str, str], list[float]] = {}  # (kind, device) -> [tokens, at]
+        self._drop_logged: dict[tuple[str, str], float] = {}
+        self._recorded: tuple[int, bytes] | None = None  # fleet bundle recorded as published
         self._boot: dict[str, Any] | None = None
         self.synced = False
         self._stop = threading.Event()
@@ -216,7 +232,7 @@ class FleetServer:
                 self.link.loop(0.05)
                 mono = time.monotonic()
                 self._check_boot(mono)
-                if mono >= self._next_flush or len(self._queue) >= BATCH_MAX:
+                if mono >= self._next_flush or self.pending() >= BATCH_MAX:
                     self._flush()
                     self._next_flush = mono + FLUSH_EVERY
                 if self._restore_due and self.link.connected and mono >= self._next_restore:
@@ -330,10 +346,23 @@ class FleetServer:
         kind, arg = topics.classify(self.fleet, msg.topic)
         if kind in ("status", "report"):
             self._note_boot(msg, kind)
-            if len(self._queue) >= MAX_QUEUE:
-                self._queue.pop(0)
-                log.warning("ingest queue full (%d); dropping the oldest message", MAX_QUEUE)
-            self._queue.append((kind, arg, bytes(msg.payload), self._now()))
+            limit = status_schema.MAX_BYTES if kind == "status" else status_schema.MAX_REPORT_BYTES
+            if len(msg.payload) > limit:  # refused now: never held, never parsed
+                self.stats.rejected += 1
+                self._note_drop(kind, arg, f"{len(msg.payload)} bytes, limit is {limit}")
+                return
+            if not self._admit(kind, arg, bool(msg.retain)):
+                return
+            if kind == "status":
+                if self._statuses.pop(arg, None) is not None:
+                    self.stats.coalesced += 1
+                self._statuses[arg] = (bytes(msg.payload), self._now())
+            elif msg.payload:
+                if len(self._reports) >= MAX_PENDING_REPORTS:
+                    self.stats.dropped += 1
+                    self._note_drop("report", arg, f"pending reports full ({MAX_PENDING_REPORTS})")
+                    return
+                self._reports.append((arg, bytes(msg.payload), self._now()))
         elif kind in ("root", "bundle", "timestamp"):
             raw = bytes(msg.payload)
             if raw:
@@ -344,6 +373,47 @@ class FleetServer:
                 self._on_root(arg, raw)
             elif msg.topic == topics.bundle(self.fleet):
                 self._on_fleet_bundle(raw)
+
+    def pending(self) -> int:
+        """Statuses and reports received and not yet written."""
+        return len(self._statuses) + len(self._reports)
+
+    def _admit(self, kind: str, device: str, retained: bool) -> bool:
+        """The device's token bucket for `kind`: False (counted, logged) when it is over its rate."""
+        if retained and kind == "status":
+            return True  # the broker's copy, read once per connect
+        rate, burst = (STATUS_RATE, STATUS_BURST) if kind == "status" else (REPORT_RATE, REPORT_BURST)
+        mono = time.monotonic()
+        b = self._buckets.get((kind, device))
+        if b is None:
+            b = self._buckets[(kind, device)] = [burst, mono]
+        b[0] = min(burst, b[0] + (mono - b[1]) * rate)
+        b[1] = mono
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return True
+        self.stats.rate_limited += 1
+        self._note_drop(kind, device, f"over {rate:g}/s (burst {burst:g})")
+        return False
+
+    def _note_drop(self, kind: str, device: str, why: str) -> None:
+        mono = time.monotonic()
+        key = (kind, device)
+        if mono - self._drop_logged.get(key, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
+            self._drop_logged[key] = mono
+            log.warning("dropping %ss from device %s: %s (logged once per %.0f s)",
+                        kind, device, why, DROP_LOG_EVERY)
+
+    def _prune_buckets(self) -> None:
+        """Forget full buckets and old log marks: memory follows the devices active now."""
+        mono = time.monotonic()
+        for key, (tokens, at) in list(self._buckets.items()):
+            rate, burst = (STATUS_RATE, STATUS_BURST) if key[0] == "status" else (REPORT_RATE, REPORT_BURST)
+            if tokens + (mono - at) * rate >= burst:
+                del self._buckets[key]
+        for key, at in list(self._drop_logged.items()):
+            if mono - at >= DROP_LOG_EVERY:
+                del self._drop_logged[key]
 
     def _note_boot(self, msg: Any, kind: str) -> None:
         b = self._boot
@@ -390,24 +460,46 @@ class FleetServer:
             log.warning("the bundle retained on %s does not verify: %s", topics.bundle(self.fleet), exc)
             return
         seen = (b.version, documents.sha256(raw))
+        self._record_published(seen)
         if self._fleet_doc is None or b.version >= self._fleet_doc[0]:
             self._fleet_doc = (b.version, raw)
         if seen != self._fleet_bundle:
             self._fleet_bundle = seen
             self._next_timestamp = 0.0  # name the new bundle in a timestamp at once
 
-    def _flush(self) -> None:
-        if not self._queue:
+    def _record_published(self, seen: tuple[int, bytes]) -> None:
+        """Record the verified fleet bundle as published (a bundle published by hand, without
+        `publish --db`, is then history too: devices running it are not suspect)."""
+        if seen == self._recorded:
             return
-        batch, self._queue = self._queue, []
-        statuses = [(self.fleet, d, p, t) for k, d, p, t in batch if k == "status"]
-        reports = [(self.fleet, d, p, t) for k, d, p, t in batch if k == "report" and p]
+        try:
+            self.db.record_published(self.fleet, seen[0], seen[1].hex(),
+                                     "serve: retained on the fleet topic", self._now())
+        except FleetStoreError as exc:
+            log.warning("%s; will record bundle v%d when it is seen again", exc, seen[0])
+            return
+        self._recorded = seen
+
+    def _flush(self) -> None:
+        self._prune_buckets()
+        if not self._statuses and not self._reports:
+            return
+        pending_statuses, self._statuses = self._statuses, {}
+        pending_reports, self._reports = self._reports, collections.deque()
+        statuses = [(self.fleet, d, p, t) for d, (p, t) in pending_statuses.items()]
+        reports = [(self.fleet, d, p, t) for d, p, t in pending_reports]
         try:
             result = self.db.ingest_statuses(statuses) if statuses else fleetdb.IngestResult()
             rep = self.db.add_reports(reports) if reports else fleetdb.IngestResult()
         except FleetStoreError as exc:
-            # Keep them for the next flush: statuses are idempotent, order is kept.
-            self._queue = (batch + self._queue)[-MAX_QUEUE:]
+            # Keep them for the next flush: statuses are idempotent, a newer one wins.
+            for d, entry in pending_statuses.items():
+                self._statuses.setdefault(d, entry)
+            pending_reports.extend(self._reports)
+            while len(pending_reports) > MAX_PENDING_REPORTS:
+                pending_reports.popleft()
+                self.stats.dropped += 1
+            self._reports = pending_reports
             log.warning("%s; will retry", exc)
             return
         self.stats.statuses += result.accepted

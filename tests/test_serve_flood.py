@@ -1,0 +1,170 @@
+"""`trustfleet serve` under a flood from one device (issue 10 finding 8), and the fleet bundle
+serve verifies recorded as published.
+
+A private Mosquitto and the real FleetServer on a thread. One device publishes
+statuses and reports as fast as its socket takes them; another publishes one
+status, which must land. Bounds are generous: nothing here measures time
+(benchmarks/bench_serve_flood.py prints the figures).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from support import brokers
+from support.fleetkit import Repo
+from support.waiting import wait_for
+from trustfleet_device import topics
+from trustfleet_server import mqtturl
+from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.serve import server
+
+FLOOD_SECONDS = 6.0
+
+
+def status_body(fleet: str, device: str, seq: int, version: int = 1) -> bytes:
+    return json.dumps({"device": device, "fleet": fleet, "state": "ok", "version": version,
+                       "seq": seq}).encode()
+
+
+def report_body(fleet: str, device: str, seq: int) -> bytes:
+    return json.dumps({"device": device, "fleet": fleet, "event": "flood", "seq": seq}).encode()
+
+
+@contextmanager
+def serving(broker, repo: Repo, db_path: Path) -> Iterator[server.FleetServer]:
+    db = fleetdb.open_db(str(db_path))
+    srv = server.FleetServer(mqtturl.parse(broker.url), repo.fleet, [repo.root_raw], db,
+                             None, step_every=0.5)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            srv.run(duration=120)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: srv.synced or errors, "the server to connect")
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(30)
+        db.close()
+    assert not thread.is_alive(), "the server did not stop"
+    assert not errors, errors
+
+
+class Flooder:
+    """One device publishing statuses and reports (QoS 0) as fast as its socket takes them."""
+
+    def __init__(self, broker, fleet: str, device: str, pad: int = 0) -> None:
+        self.fleet, self.device, self.pad = fleet, device, pad
+        self.sent = 0
+        self._stop = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{fleet}-{device}",
+                                  protocol=mqtt.MQTTv311)
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        seq = 0
+        while not self._stop.is_set():
+            seq += 1
+            body = status_body(self.fleet, self.device, seq)
+            if self.pad:
+                body = body[:-1] + b', "pad": "' + b"x" * self.pad + b'"}'
+            self.client.publish(topics.status(self.fleet, self.device), body, qos=0)
+            info = self.client.publish(topics.report(self.fleet, self.device),
+                                       report_body(self.fleet, self.device, seq), qos=0)
+            self.sent += 2
+            if seq % 100 == 0:  # keep paho's own send queue short: the socket sets the pace
+                info.wait_for_publish(5)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def publish_status(broker, fleet: str, device: str, version: int = 1) -> None:
+    c = brokers.connect(broker)
+    try:
+        c.publish(topics.status(fleet, device), status_body(fleet, device, 1, version), retain=True)
+    finally:
+        c.close()
+
+
+def test_a_flooding_device_cannot_delay_another_devices_status_or_grow_serves_queue(
+        private_mosquitto, tmp_path):
+    broker = private_mosquitto()
+    repo = Repo(fleet=brokers.unique_fleet(), now=int(time.time()))
+    db_path = tmp_path / "fleet.db"
+    with serving(broker, repo, db_path) as srv:
+        flood = Flooder(broker, repo.fleet, "flood-1")
+        peak = [0]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                peak[0] = max(peak[0], srv.pending())
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            wait_for(lambda: flood.sent > 2000, "the flood to start")
+            start = time.monotonic()
+            publish_status(broker, repo.fleet, "normal-1")
+            with fleetdb.open_db(str(db_path)) as reader:
+                wait_for(lambda: reader.device(repo.fleet, "normal-1") is not None,
+                         "the normal device's status to land during the flood", timeout=10)
+            landed = time.monotonic() - start
+            time.sleep(max(0.0, FLOOD_SECONDS - (time.monotonic() - start)))
+            flooded = time.monotonic() - start
+        finally:
+            flood.stop()
+            sampling.set()
+            sampler.join(5)
+        stats = srv.stats
+        assert flood.sent > 10_000, flood.sent  # the flood was real
+        # Its effect is bounded: a short queue, reports stored at the device's rate ...
+        assert peak[0] <= 200, f"serve held {peak[0]} pending messages"
+        allowed = server.REPORT_BURST + server.REPORT_RATE * (flooded + 10)
+        assert stats.reports <= allowed, (stats.reports, allowed)
+        # ... and the excess was dropped and counted.
+        assert stats.rate_limited > flood.sent // 4, (stats.rate_limited, flood.sent)
+    assert landed < 10
+
+
+def test_serve_records_the_fleet_bundle_it_verifies_as_published(private_mosquitto, tmp_path):
+    broker = private_mosquitto()
+    repo = Repo(fleet=brokers.unique_fleet(), now=int(time.time()))
+    db_path = tmp_path / "fleet.db"
+    # Published by hand (no `publish --db`): the store knows nothing of v2 yet.
+    c = brokers.connect(broker)
+    try:
+        c.publish(topics.bundle(repo.fleet), repo.bundle(2), retain=True)
+    finally:
+        c.close()
+    publish_status(broker, repo.fleet, "dev-1", version=2)
+    with serving(broker, repo, db_path), fleetdb.open_db(str(db_path)) as reader:
+        wait_for(lambda: reader.newest_published(repo.fleet) == 2,
+                 "serve to record the fleet bundle as published")
+        wait_for(lambda: (reader.device(repo.fleet, "dev-1") or {}).get("version") == 2,
+                 "the device's status")
+        assert reader.device(repo.fleet, "dev-1")["suspect"] is False
+        assert reader.published(repo.fleet)[0]["source"].startswith("serve")
