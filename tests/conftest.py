@@ -11,6 +11,7 @@ import pytest
 from support import brokers
 from support.environment import in_ci, require_tool, skip_or_fail
 from support.mpyvm import MicroPythonVM, available
+from support.pgdb import fresh_schema
 
 _MPY_FIXTURES = ("mpy", "mpy_fresh")
 
@@ -172,3 +173,18 @@ _ANY_BROKER = {"mosquitto": "mosquitto", "nats": "nats_mqtt", "embedded": "embed
 def any_broker(request):
     """Each kind of broker in turn (brokers.Broker; .kind says which)."""
     return request.getfixturevalue(_ANY_BROKER[request.param])
+
+
+@pytest.fixture
+def pg_target():
+    """A fresh schema on the real PostgreSQL (support.pgdb); yields a URL that uses it."""
+    with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path):
+    """Where a fleet store lives: a SQLite file, then a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fleet.db")
+    return request.getfixturevalue("pg_target")

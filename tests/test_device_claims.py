@@ -16,20 +16,10 @@ import time
 import pytest
 
 from support.fleetkit import Repo
-from support.pgdb import fresh_schema
 from trustfleet_server import cli, rollout
 from trustfleet_server.fleet import db as fleetdb
 
 HUGE = 1 << 62
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "fleet.db")
-        return
-    with fresh_schema() as url:
-        yield url
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 
 import pytest
 
-from support.pgdb import fresh_schema
 from trustfleet_device import status as status_schema
 from trustfleet_device import topics
 from trustfleet_server import rollout
@@ -21,20 +20,6 @@ from trustfleet_server.fleet.messages import StatusError
 
 F = "acme"
 T = 1_800_000_000
-
-
-@pytest.fixture
-def pg_target():
-    """A fresh schema on the real PostgreSQL; yields a URL that uses it."""
-    with fresh_schema() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "fleet.db")
-    return request.getfixturevalue("pg_target")
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from support import brokers
 from support.fleetkit import Repo
-from support.pgdb import fresh_schema
 from trustfleet_device import status as schema
 from trustfleet_device import topics
 from trustfleet_server.fleet import db as fleetdb
@@ -32,20 +31,6 @@ F = "acme"
 T = 1_800_000_000
 GOOD = "good-device"
 _SEQ = itertools.count(1)
-
-
-
-@pytest.fixture
-def pg_target():
-    with fresh_schema() as url:
-        yield url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        return str(tmp_path / "fleet.db")
-    return request.getfixturevalue("pg_target")
 
 
 def status(device: str, seq: int, time: int) -> dict:

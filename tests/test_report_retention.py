@@ -7,23 +7,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from support.pgdb import fresh_schema
 from trustfleet_server.fleet import db as fleetdb
 
 F = "acme"
 T = 1_800_000_000
 DAY = 86_400
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path):
-    if request.param == "sqlite":
-        yield str(tmp_path / "fleet.db")
-        return
-    with fresh_schema() as url:
-        yield url
 
 
 def report(device: str, n: int) -> dict:
