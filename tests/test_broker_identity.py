@@ -12,7 +12,6 @@ knock that device off the broker; it must be refused and the victim stay.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 from support import brokers
 from support.fleetkit import Repo
+from support.serving import ServerThread
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_server import cli, mqtturl
@@ -78,16 +78,8 @@ def test_a_device_cannot_join_the_servers_shared_group_and_every_status_lands(fl
     db = fleetdb.open_db(tmp_path / "fleet.db")
     srv = server.FleetServer(mqtturl.parse(fleet.server_url()), fleet.fleet, [fleet.repo.root_raw], db,
                              timestamp_every=300, step_every=0.2, client_id="serve-1")
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.run(duration=120)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    run = ServerThread(srv)
+    errors, thread = run.errors, run.thread
     attacker = None
     try:
         wait_for(lambda: srv.synced or errors, "the server to connect")

@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from support import brokers
 from support.fleetkit import Repo
+from support.serving import running
 from support.waiting import wait_for
 from trustfleet_device import agent as core
 from trustfleet_device import cbor, cose, policy, topics
@@ -188,25 +189,8 @@ def serving(e: Env, step_every: float = 0.2, timestamp_every: float = 1.0):
     key = keys.load_private_key(e.timestamp_key)
     srv = server.FleetServer(mqtturl.parse(e.url), e.fleet, [e.repo.root_raw], db, key,
                              timestamp_every=timestamp_every, step_every=step_every)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.run(duration=120)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: srv.synced or errors, "the server to connect and read the retained statuses")
+    with running(srv, db, "the server to connect and read the retained statuses", join=15):
         yield srv
-    finally:
-        srv.stop()
-        thread.join(15)
-        db.close()
-    assert not thread.is_alive(), "the server did not stop"
-    assert not errors, errors
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -21,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from support import brokers
 from support.fleetkit import Repo
+from support.serving import running
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_server import mqtturl
@@ -44,25 +45,8 @@ def serving(broker, repo: Repo, db_path: Path) -> Iterator[server.FleetServer]:
     db = fleetdb.open_db(str(db_path))
     srv = server.FleetServer(mqtturl.parse(broker.url), repo.fleet, [repo.root_raw], db,
                              None, step_every=0.5)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.run(duration=120)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: srv.synced or errors, "the server to connect")
+    with running(srv, db):
         yield srv
-    finally:
-        srv.stop()
-        thread.join(30)
-        db.close()
-    assert not thread.is_alive(), "the server did not stop"
-    assert not errors, errors
 
 
 class Flooder:

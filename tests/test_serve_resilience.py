@@ -23,6 +23,7 @@ import pytest
 
 from support import brokers, waiting
 from support.fleetkit import Repo
+from support.serving import ServerThread, running
 from trustfleet_device import policy, topics
 from trustfleet_server import cli, keys, mqtturl, rollout
 from trustfleet_server.fleet import db as fleetdb
@@ -84,27 +85,9 @@ def serving(s: Setup, **kw) -> Iterator[server.FleetServer]:
     key = keys.load_private_key(s.dir / "timestamp.pem")
     srv = server.FleetServer(mqtturl.parse(s.url), s.fleet, [s.repo.root_raw], db, key,
                              timestamp_every=kw.get("timestamp_every", 300), step_every=0.2)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.run(duration=180)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    srv.errors = errors  # type: ignore[attr-defined]
-    srv.thread = thread  # type: ignore[attr-defined]
-    try:
-        wait_for(lambda: srv.synced or errors, "the server to connect")
+    with running(srv, db, duration=180, join=20) as run:
+        srv.errors, srv.thread = run.errors, run.thread  # type: ignore[attr-defined]
         yield srv
-    finally:
-        srv.stop()
-        thread.join(20)
-        db.close()
-    assert not thread.is_alive(), "the server did not stop"
-    assert not errors, errors
 
 
 class Closer:
@@ -166,16 +149,8 @@ def test_serve_started_against_a_port_that_hangs_up_waits_and_then_speaks_mqtt_5
     s = Setup(brokers.Broker(brokers.HOST, port, "mosquitto"), tmp_path)
     db = fleetdb.open_db(s.db)
     srv = server.FleetServer(mqtturl.parse(s.url), s.fleet, [s.repo.root_raw], db, step_every=0.2)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.run(duration=120)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    run = ServerThread(srv)
+    errors, thread = run.errors, run.thread
     try:
         wait_for(lambda: closer.accepted >= 3 or errors, "serve to retry against the closer")
         closer.close()
