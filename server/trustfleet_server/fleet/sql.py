@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,9 +33,12 @@ def first_line(exc: BaseException) -> str:
 
 
 class Connection:
-    """A connection and its dialect. Not thread-safe: one per thread or process."""
+    """A connection and its dialect. One transaction at a time: a lock serialises them, so
+    another thread may share it (a reader beside serve's thread); for throughput open one
+    per thread or process."""
 
     def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None) -> None:
+        self._lock = threading.RLock()
         self._conn = conn
         self.dialect = dialect
         self.where = where
@@ -55,22 +59,23 @@ class Connection:
         On SQLite a writer takes the write lock up front (BEGIN IMMEDIATE), so
         two writers queue on the busy timeout instead of failing on upgrade.
         """
-        if self._reconnect is not None and getattr(self._conn, "closed", False):
-            self._conn = self._reconnect()
-        try:
-            if self.dialect == "sqlite":
-                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            cur = self._conn.cursor()
+        with self._lock:
+            if self._reconnect is not None and getattr(self._conn, "closed", False):
+                self._conn = self._reconnect()
             try:
-                yield cur
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._conn.commit()
-        except self._errors as exc:
-            with contextlib.suppress(Exception):
-                self._conn.rollback()
-            raise FleetDBError(f"{self.where}: {what} failed: {first_line(exc)}") from None
+                if self.dialect == "sqlite":
+                    self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                cur = self._conn.cursor()
+                try:
+                    yield cur
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+                self._conn.commit()
+            except self._errors as exc:
+                with contextlib.suppress(Exception):
+                    self._conn.rollback()
+                raise FleetDBError(f"{self.where}: {what} failed: {first_line(exc)}") from None
 
     def _exec(self, cur: Any, sql: str, params: Sequence = ()) -> Any:
         cur.execute(self._sql(sql), tuple(params))
