@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from support import brokers
-from support.fleetkit import Repo
+from support.securedfleet import SecuredFleet
 from support.serving import ServerThread
 from support.waiting import wait_for
 from trustfleet_device import topics
-from trustfleet_server import cli, mqtturl
+from trustfleet_server import mqtturl
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.serve import server
+from trustfleet_server.serve.server import DYNSEC_RESPONSE, DYNSEC_TOPIC
 
 V311, V5 = mqtt.MQTTv311, mqtt.MQTTv5
 WAIT = 20.0
@@ -35,40 +35,9 @@ DEVICES = [f"dev-{i:02d}" for i in range(10)]
 ATTACKER = "mallory"
 
 
-class Fleet:
-    """A private Mosquitto started from `broker-config` output, and its identities."""
-
-    def __init__(self, tmp_path: Path, private_mosquitto) -> None:
-        self.repo = Repo(fleet=brokers.unique_fleet("id"), now=int(time.time()))
-        self.dir = tmp_path
-        out = tmp_path / "broker"
-        args = [a for d in [*DEVICES, ATTACKER] for a in ("--device", d)]
-        rc = cli.main(["broker-config", "--out", str(out), "--fleet", self.fleet, *args,
-                       "--port", str(brokers.free_port()), "--no-persistence"])
-        assert rc == 0
-        doc = json.loads((out / "secrets.json").read_text())
-        self.secrets = {i["username"]: i["password"] for i in doc["identities"]}
-        self.proc = private_mosquitto(out / "mosquitto.conf")
-
-    fleet = property(lambda self: self.repo.fleet)
-
-    def client_id(self, device: str) -> str:
-        """What the agent uses by default (trustfleet_pi.paho): tf-<fleet>-<device id>."""
-        return f"tf-{self.fleet}-{device}"
-
-    def device(self, name: str, protocol: int = V5, client_id: str | None = None,
-               **kw) -> brokers.Client:
-        return brokers.connect(self.proc, username=name, password=self.secrets[name], protocol=protocol,
-                               client_id=client_id or self.client_id(name), **kw)
-
-    def server_url(self) -> str:
-        user = "trustfleet-server"
-        return f"mqtt://{user}:{self.secrets[user]}@{self.proc.host}:{self.proc.port}"
-
-
 @pytest.fixture
-def fleet(tmp_path, private_mosquitto) -> Fleet:
-    return Fleet(tmp_path, private_mosquitto)
+def fleet(tmp_path, private_mosquitto) -> SecuredFleet:
+    return SecuredFleet(tmp_path, private_mosquitto, [*DEVICES, ATTACKER], prefix="id")
 
 
 # --------------------------------------------------------------------------- finding 3
@@ -96,8 +65,9 @@ def test_a_device_cannot_join_the_servers_shared_group_and_every_status_lands(fl
                                    retain=True).is_failure
             dev.close()
 
-        def landed() -> set[str]:
-            return {d["device"] for d in db.devices(fleet.fleet)}
+        def landed() -> set[str]:  # on a connection of its own: the server's is busy on its thread
+            with fleetdb.open_db(tmp_path / "fleet.db") as reader:
+                return {d["device"] for d in reader.devices(fleet.fleet)}
 
         try:
             wait_for(lambda: set(DEVICES) <= landed() or errors, "every status to land", 10)
@@ -158,3 +128,33 @@ def test_several_server_workers_share_the_ingest_under_their_own_client_ids(flee
     assert sorted(m.payload for w in workers for m in w.messages) == sorted(d.encode() for d in DEVICES[:4])
     assert all(w.messages for w in workers), "one worker got nothing: not shared"
     assert not any(w.disconnects for w in workers)
+
+
+def test_only_the_server_may_command_the_brokers_identities(fleet):
+    """serve fences a flooding device through the dynamic security plugin; a device must not
+    be able to do the same to another device (or read the plugin's answers)."""
+    victim = fleet.device(DEVICES[0])
+    attacker = fleet.device(ATTACKER)
+    try:
+        sub = attacker.subscribe(DYNSEC_RESPONSE)
+        assert sub[0].value in SUBACK_FAILURE, sub
+        command = json.dumps({"commands": [{"command": "disableClient", "username": DEVICES[0]}]})
+        assert attacker.publish(DYNSEC_TOPIC, command).value in (135,)  # Not authorized
+        time.sleep(0.5)
+        assert not victim.disconnects, victim.disconnects
+    finally:
+        attacker.close()
+        victim.close()
+    # The server identity may, and reads the answer.
+    user = "trustfleet-server"
+    admin = brokers.connect(fleet.proc, username=user, password=fleet.secrets[user], protocol=V5)
+    try:
+        assert admin.subscribe(DYNSEC_RESPONSE)[0].value == 1
+        admin.publish(DYNSEC_TOPIC, json.dumps({"commands": [{"command": "getClient",
+                                                              "username": DEVICES[0]}]}))
+        answer = json.loads(admin.wait_messages(1, topic=DYNSEC_RESPONSE)[0].payload)
+        got = answer["responses"][0]
+        assert got["command"] == "getClient" and "error" not in got, got
+        assert not got["data"]["client"].get("disabled", False), got  # the attack did nothing
+    finally:
+        admin.close()

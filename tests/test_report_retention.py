@@ -6,7 +6,15 @@ reports older than the maximum age go."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
+import paho.mqtt.client as mqtt
+
+from support import brokers
+from support.fleetkit import Repo
+from trustfleet_device import topics
+from trustfleet_server import cli
 from trustfleet_server.fleet import db as fleetdb
 
 F = "acme"
@@ -120,3 +128,31 @@ def test_fleet_prune_applies_the_limits_at_once_and_refuses_a_negative_one(targe
     code = cli.main(["fleet", "prune", "--db", target, "--total", "-1"])
     out, err = capsys.readouterr()
     assert code != 0 and err.strip().count("\n") == 0 and "--total" in err and "Traceback" not in err
+
+
+def test_serve_applies_the_retention_it_is_given_as_reports_arrive(private_mosquitto, tmp_path):
+    """`serve --reports-per-device 3` keeps about a device's three newest reports (the default
+    would keep all 18)."""
+    broker = private_mosquitto()
+    repo = Repo(fleet=brokers.unique_fleet("ret"), now=int(time.time()))
+    (tmp_path / "root.cose").write_bytes(repo.root_raw)
+    db_path = tmp_path / "fleet.db"
+    rc: list[int] = []
+    serve = threading.Thread(target=lambda: rc.append(cli.main(
+        ["serve", "--broker", broker.url, "--fleet", repo.fleet, "--root", str(tmp_path / "root.cose"),
+         "--db", str(db_path), "--duration", "6s", "--reports-per-device", "3", "--client-id", "ret-test"])))
+    serve.start()
+    dev = brokers.connect(broker, protocol=mqtt.MQTTv5)
+    try:
+        for n in range(18):  # some before serve subscribes: those are not counted
+            dev.publish(topics.report(repo.fleet, "pi-1"), json.dumps({"device": "pi-1", "n": n}))
+            time.sleep(0.25)
+    finally:
+        dev.close()
+        serve.join(30)
+    assert rc == [0]
+    with fleetdb.open_db(str(db_path)) as db, db._tx("test read") as cur:
+        db._exec(cur, "SELECT body FROM tf_reports WHERE device_id = 'pi-1' ORDER BY id")
+        kept = [json.loads(r[0])["n"] for r in cur.fetchall()]
+    # The newest, and at most per_device more than the limit between two prunes (Retention).
+    assert kept == list(range(18 - len(kept), 18)) and 3 <= len(kept) <= 6, kept

@@ -75,6 +75,9 @@ DYNSEC_NAME = "dynamic-security.json"
 # The server's shared-subscription group (serve/server.py SHARE_GROUP): only
 # the server identity may subscribe through it.
 SHARE_GROUP = "trustfleet"
+# serve fences a flooding device by disabling it here (serve/server.py, _fence_step). The
+# plugin has no narrower grant: whoever holds the server's password administers the broker.
+DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"
 DEVICE_CLIENT_ID = "tf-{fleet}-{device}"  # what the agent uses (trustfleet_pi/paho.py)
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"  # Debian amd64
 DYNSEC_PLUGIN_GLOBS = ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_dynamic_security.so",
@@ -229,8 +232,12 @@ def dynsec_doc(cfg: BrokerConfig) -> dict:
     roles = [
         {"rolename": OPERATOR, "acls": _acls("publishClientSend", docs) + _acls("subscribePattern", [f"{base}/#"])},
         {"rolename": SERVER, "acls": _acls("publishClientSend", [
-            topics.timestamp(f), topics.bundle(f), f"{base}/bundle/group/+", f"{base}/bundle/bucket/+"])
-            + _acls("subscribePattern", [f"{base}/#", f"$share/{SHARE_GROUP}/{base}/#"])},
+            topics.timestamp(f), topics.bundle(f), f"{base}/bundle/group/+", f"{base}/bundle/bucket/+",
+            DYNSEC_CONTROL])
+            + _acls("subscribePattern", [f"{base}/#", f"$share/{SHARE_GROUP}/{base}/#",
+                                         DYNSEC_CONTROL + "/response"])
+            # The plugin's answers: $-topics are not covered by the default receive access.
+            + _acls("publishClientReceive", [DYNSEC_CONTROL + "/response"])},
     ]
     clients = []
     for i in cfg.identities:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_server import describe, documents, keys, lint
+from trustfleet_server import describe, documents, keys, lint, times
+from trustfleet_server.errors import UsageError
+from trustfleet_server.fleet import db as fleetdb
 
 DEFAULT_HORIZON = f"{lint.DEFAULT_HORIZON // 86400}d"
 
@@ -83,3 +85,29 @@ def root_argument(p: argparse.ArgumentParser) -> None:
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=None, sort_keys=False, default=str))
+
+
+def retention_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--[prefix]per-device, --[prefix]total, --[prefix]max-age: report retention (0 turns one
+    off; defaults: fleetdb.Retention)."""
+    d = fleetdb.Retention()
+    p.add_argument(f"--{prefix}per-device", type=int, default=d.per_device, metavar="N",
+                   help=f"newest reports kept per device (default {d.per_device:,}; 0: no limit)")
+    p.add_argument(f"--{prefix}total", type=int, default=d.total, metavar="N",
+                   help=f"newest reports kept in all (default {d.total:,}; 0: no limit)")
+    p.add_argument(f"--{prefix}max-age", default=f"{d.max_age // 86_400}d", metavar="DURATION",
+                   help=f"drop reports older than this (default {d.max_age // 86_400}d; 0: keep)")
+
+
+def retention_from(args: argparse.Namespace, prefix: str = "") -> fleetdb.Retention:
+    """The Retention of retention_arguments' options. Raises: UsageError."""
+    dest = prefix.replace("-", "_")
+    per_device, total = getattr(args, f"{dest}per_device"), getattr(args, f"{dest}total")
+    for option, value in ((f"--{prefix}per-device", per_device), (f"--{prefix}total", total)):
+        if value < 0:
+            raise UsageError(f"{option}: must be 0 (no limit) or more, got {value}")
+    raw_age = getattr(args, f"{dest}max_age")
+    max_age = times.parse_duration(raw_age, f"--{prefix}max-age", strict=False)
+    if max_age < 0:
+        raise UsageError(f"--{prefix}max-age: must be 0 (keep) or more, got {raw_age}")
+    return fleetdb.Retention(per_device=per_device, total=total, max_age=int(max_age))

@@ -1,6 +1,6 @@
-"""`trustfleet fleet status|watch|device|prune`: what the fleet runs, from the statuses `trustfleet serve`
-ingested; `prune` applies report retention (retention_arguments/retention_from: the same options
-for any command that opens the store)."""
+"""`trustfleet fleet status|watch|device|events|prune`: what the fleet runs, from the statuses `trustfleet serve`
+ingested; `prune` applies report retention (the options of common.retention_arguments, which
+`serve` takes too)."""
 
 from __future__ import annotations
 
@@ -69,41 +69,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the audit event as JSON")
     p.set_defaults(func=cmd_fleet_device)
 
+    p = fsub.add_parser("events", help="the audit trail of device actions: quarantine, release, forget, "
+                                       "and serve's fences",
+                        description="Device events, oldest first: quarantine, release and forget by "
+                                    "operators; fence and unfence by serve (a flooding device "
+                                    "disabled at the broker, and enabled again).",
+                        epilog="examples:\n  trustfleet fleet events --db fleet.db --fleet acme\n"
+                               "  trustfleet fleet events --db fleet.db --fleet acme --device pi-17 --json\n",
+                        formatter_class=common.RAW)
+    common.db_argument(p)
+    common.fleet_argument(p)
+    p.add_argument("--device", metavar="ID", help="only this device's events")
+    p.add_argument("--limit", type=int, default=50, help="the newest N events (default 50)")
+    p.add_argument("--json", action="store_true", help="print the events as JSON")
+    p.set_defaults(func=cmd_fleet_events)
+
     p = fsub.add_parser("prune", help="apply report retention now (per device, total, age)",
                         description="Delete the failure reports beyond the retention limits (every "
                                     "fleet of the store). Ingest applies the same limits as it goes; "
                                     "this applies them at once, e.g. after lowering them.",
                         epilog=FLEET_EPILOG, formatter_class=common.RAW)
     common.db_argument(p)
-    retention_arguments(p)
+    common.retention_arguments(p)
     p.add_argument("--json", action="store_true", help="print {deleted, left} as JSON")
     p.set_defaults(func=cmd_fleet_prune)
 
 
-def retention_arguments(p: argparse.ArgumentParser) -> None:
-    """--per-device, --total, --max-age: report retention (0 turns one off; defaults: Retention)."""
-    d = fleetdb.Retention()
-    p.add_argument("--per-device", type=int, default=d.per_device, metavar="N",
-                   help=f"newest reports kept per device (default {d.per_device:,}; 0: no limit)")
-    p.add_argument("--total", type=int, default=d.total, metavar="N",
-                   help=f"newest reports kept in all (default {d.total:,}; 0: no limit)")
-    p.add_argument("--max-age", default=f"{d.max_age // 86_400}d", metavar="DURATION",
-                   help=f"drop reports older than this (default {d.max_age // 86_400}d; 0: keep)")
-
-
-def retention_from(args: argparse.Namespace) -> fleetdb.Retention:
-    """The Retention of retention_arguments' options. Raises: UsageError."""
-    for option, value in (("--per-device", args.per_device), ("--total", args.total)):
-        if value < 0:
-            raise UsageError(f"{option}: must be 0 (no limit) or more, got {value}")
-    max_age = times.parse_duration(args.max_age, "--max-age", strict=False)
-    if max_age < 0:
-        raise UsageError(f"--max-age: must be 0 (keep) or more, got {args.max_age}")
-    return fleetdb.Retention(per_device=args.per_device, total=args.total, max_age=int(max_age))
-
-
 def cmd_fleet_prune(args: argparse.Namespace) -> int:
-    retention = retention_from(args)
+    retention = common.retention_from(args)
     with fleetdb.open_db(args.db, retention=retention) as db:
         deleted = db.prune_reports(int(time.time()))
         left = db.report_count()
@@ -125,6 +118,22 @@ def cmd_fleet_device(args: argparse.Namespace) -> int:
     else:
         print(f"{iso(event['time'])} {args.action} {event['device']} of fleet {fleet} by {event['who']}: "
               f"{event['why']}")
+    return 0
+
+
+def cmd_fleet_events(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    if args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    with fleetdb.open_db(args.db) as db:
+        events = db.device_events(fleet, args.device, args.limit)
+    if args.json:
+        common.print_json({"fleet": fleet, "events": events})
+        return 0
+    if not events:
+        print(f"no device events in fleet {fleet}" + (f" for {args.device}" if args.device else ""))
+    for e in events:
+        print(f"{iso(e['time'])} {e['action']:<10} {e['device']} by {e['who']}: {e['why']}")
     return 0
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from trustfleet_server import documents, keys, mqtturl, times
 from trustfleet_server.cli import common
+from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.fleetops import check_fleet
+from trustfleet_server.serve.limits import Limits
 
 SERVE_EPILOG = """\
 examples:
@@ -23,6 +25,9 @@ $share/trustfleet/tf/<fleet>/status/+ so several `serve` workers split the
 load; on MQTT 3.1.1 run one worker. Stop with SIGTERM or Ctrl-C.
 Broker outages never end serve: it reconnects with backoff (1 s doubling to
 60 s) and then publishes again the retained documents the broker lost.
+A device over its limits has the excess dropped; one that keeps flooding is
+disabled at the broker for --fence-for (Mosquitto's dynamic security plugin,
+as broker-config sets it up), then enabled again.
 Under systemd: tools/systemd/trustfleet-serve.service.
 """
 
@@ -46,6 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MQTT client id (default: tfserve-<fleet>-<host name>, stable across restarts "
                         "so a restarted worker takes back its MQTT 5 session at once; give each "
                         "worker on one host its own id)")
+    lim = Limits()
+    p.add_argument("--status-limit", default=f"{lim.status_rate:g},{lim.status_burst:g}", metavar="RATE,BURST",
+                   help="statuses taken from one device: per second, and at once (default %(default)s)")
+    p.add_argument("--report-limit", default=f"{lim.report_rate:g},{lim.report_burst:g}", metavar="RATE,BURST",
+                   help="reports taken from one device: per second, and at once (default %(default)s)")
+    p.add_argument("--fence-after", type=int, default=lim.fence_after, metavar="N",
+                   help="disable a device at the broker after N messages over its limits within "
+                        "10 s (default %(default)s)")
+    p.add_argument("--fence-for", default=f"{lim.fence_for:g}", metavar="DURATION",
+                   help="how long a fenced device stays disabled (default %(default)s s; 0: never fence)")
+    common.retention_arguments(p.add_argument_group(
+        "report retention", "applied as reports arrive (as `trustfleet fleet prune` applies it at once)"),
+        prefix="reports-")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--once", action="store_true",
                    help="one round: read retained statuses, ingest, step the rollout, one timestamp, exit")
@@ -53,6 +71,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the final counters as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     p.set_defaults(func=cmd_serve)
+
+
+def rate_and_burst(value: str, flag: str) -> tuple[float, float]:
+    """"2,20" -> (2.0, 20.0). Raises: UsageError."""
+    rate, sep, burst = value.partition(",")
+    try:
+        r, b = float(rate), float(burst if sep else rate)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: expected RATE,BURST (e.g. 2,20)") from None
+    if not (0 < r < 1e6 and 1 <= b < 1e6):
+        raise UsageError(f"{flag} {value!r}: the rate must be above 0 and the burst at least 1")
+    return r, b
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The per-device limits from --status-limit, --report-limit, --fence-after and --fence-for."""
+    status, report = rate_and_burst(args.status_limit, "--status-limit"), \
+        rate_and_burst(args.report_limit, "--report-limit")
+    if args.fence_after < 1:
+        raise UsageError("--fence-after must be at least 1")
+    fence_for = times.parse_duration(args.fence_for, "--fence-for", strict=False)
+    if fence_for < 0:
+        raise UsageError(f"--fence-for: must be 0 or more, got {args.fence_for}")
+    return Limits(status[0], status[1], report[0], report[1], args.fence_after, fence_for)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -67,15 +109,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     every = times.positive_seconds(args.timestamp_every, "--timestamp-every")
     step = times.positive_seconds(args.step_every, "--step-every")
     duration = times.positive_seconds(args.duration, "--duration") if args.duration else None
+    limits = limits_from(args)
+    retention = common.retention_from(args, prefix="reports-")
     log_to_stderr(args.verbose)
-    with fleetdb.open_db(args.db) as db:
+    with fleetdb.open_db(args.db, retention=retention) as db:
         server = FleetServer(url, fleet, [documents.read_file(p) for p in args.root], db, key, every, step,
-                             client_id=args.client_id)
+                             client_id=args.client_id, limits=limits)
         stats = server.run(once=args.once, duration=duration)
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
                "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,
                "cleared": stats.cleared, "restored": stats.restored, "rate_limited": stats.rate_limited,
-               "coalesced": stats.coalesced, "dropped": stats.dropped, "protocol": stats.protocol,
+               "coalesced": stats.coalesced, "dropped": stats.dropped, "fenced": stats.fenced,
+               "resyncs": stats.resyncs, "protocol": stats.protocol,
                "shared": stats.shared, "events": stats.events}
     if args.json:
         common.print_json(summary)

@@ -94,8 +94,9 @@ class Retention:
 
     per_device: the newest N reports of each device; total: the newest N of the
     whole table; max_age: seconds (by the report's stored time). Enforced by
-    add_reports every `every` stored reports (and on the first batch after
-    opening), so between two prunes a table may hold up to `every` rows more.
+    add_reports every `every` stored reports, or every `per_device` when that
+    is smaller (and on the first batch after opening), so between two prunes a
+    table may hold that many rows more.
     Newest = highest id (insertion order). Events and devices are never pruned.
     """
 
@@ -473,6 +474,24 @@ class FleetDB(sql.Connection):
                 raise NotFound(f"no device {device_id} in fleet {fleet}")
             return self._device_event(cur, fleet, device_id, now, "forget", who, why)
 
+    def add_device_event(self, fleet: str, device_id: str, action: str, who: str, why: str,
+                         now: int) -> dict:
+        """Record an action on a device that has no row of its own to change (serve's
+        "fence"/"unfence" at the broker). Returns the event."""
+        with self._tx(f"recording a device {action}", write=True) as cur:
+            return self._device_event(cur, fleet, device_id, now, action, who, why)
+
+    def open_fences(self, fleet: str) -> list[tuple[str, int]]:
+        """(device, time) of each device whose latest "fence"/"unfence" event is a fence."""
+        with self._tx("reading device fences") as cur:
+            self._exec(cur, "SELECT e.device_id, e.time, e.action FROM tf_device_events e "
+                            "WHERE e.fleet = ? AND e.action IN ('fence', 'unfence') AND e.id = ("
+                            "SELECT MAX(l.id) FROM tf_device_events l WHERE l.fleet = e.fleet "
+                            "AND l.device_id = e.device_id AND l.action IN ('fence', 'unfence'))",
+                       (fleet,))
+            rows = self.rows(cur)
+        return [(r["device_id"], int(r["time"])) for r in rows if r["action"] == "fence"]
+
     def _device_event(self, cur: Any, fleet: str, device_id: str, now: int, action: str, who: str,
                       why: str) -> dict:
         event = {"fleet": fleet, "device": device_id, "time": now, "action": action,
@@ -483,7 +502,7 @@ class FleetDB(sql.Connection):
         return event
 
     def device_events(self, fleet: str, device_id: str | None = None, limit: int = 50) -> list[dict]:
-        """Quarantine/release/forget events, oldest first (of one device, or the fleet)."""
+        """Quarantine/release/forget/fence/unfence events, oldest first (of one device, or the fleet)."""
         where, params = ("fleet = ?", (fleet,)) if device_id is None else \
             ("fleet = ? AND device_id = ?", (fleet, device_id))
         with self._tx("reading device events") as cur:
@@ -515,7 +534,8 @@ class FleetDB(sql.Connection):
         if rows:
             self._touched.update((r[0], r[1]) for r in rows)
             self._unpruned += len(rows)
-            prune = self._unpruned >= max(self.retention.every, 1)
+            keep = self.retention
+            prune = self._unpruned >= max(min(keep.every, keep.per_device or keep.every), 1)
             with self._tx("storing reports", write=True) as cur:
                 cur.executemany(self._sql(
                     "INSERT INTO tf_reports (fleet, device_id, time, kind, body) VALUES (?, ?, ?, ?, ?)"),

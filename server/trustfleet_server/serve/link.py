@@ -180,7 +180,8 @@ class Link:
         return self.connected
 
     def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError."""
+        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError (SubscribeRefused
+        when the SUBACK says no)."""
         c = self._live()
         if self.mqtt5:
             props = None
@@ -196,14 +197,16 @@ class Link:
         codes = self._subacks.pop(mid)
         bad = [c for c in codes if getattr(c, "is_failure", False) or c == 128]
         if bad:
-            raise BrokerError(f"{self.url} refused the subscription to {topic}: {bad[0]}")
+            raise SubscribeRefused(f"{self.url} refused the subscription to {topic}: {bad[0]}")
 
     def unsubscribe(self, topic: str) -> None:
         with contextlib.suppress(Exception):
             self._live().unsubscribe(topic)
 
-    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float = PUBLISH_TIMEOUT) -> None:
-        """Publish each (topic, payload) retained at QoS 1 and wait for every PUBACK.
+    def publish(self, messages: Sequence[tuple[str, bytes]], timeout: float = PUBLISH_TIMEOUT,
+                retain: bool = True) -> None:
+        """Publish each (topic, payload) at QoS 1, retained unless `retain` is False, and wait
+        for every PUBACK.
 
         Raises:
             BrokerError: not connected, disconnected meanwhile, or no PUBACK
@@ -214,7 +217,7 @@ class Link:
         c = self._live()
         pending = []
         for topic, payload in messages:
-            info = c.publish(topic, payload, qos=1, retain=True)
+            info = c.publish(topic, payload, qos=1, retain=retain)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise BrokerError(f"{self.url}: publish {topic}: {mqtt.error_string(info.rc)}")
             pending.append((topic, info))
@@ -272,6 +275,10 @@ class PublishRefused(BrokerError):
     def __init__(self, message: str, topics: list[str]) -> None:
         super().__init__(message)
         self.topics = topics
+
+
+class SubscribeRefused(BrokerError):
+    """The broker answered a SUBSCRIBE with a failure code (its ACL)."""
 
 
 class _Unsupported(Exception):

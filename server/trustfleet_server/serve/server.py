@@ -46,7 +46,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import json
 import logging
 import re
 import signal
@@ -67,7 +69,8 @@ from trustfleet_server import documents, keys, rollout
 from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL
-from trustfleet_server.serve.link import Link, PublishRefused
+from trustfleet_server.serve.limits import FENCE_WINDOW, Limits
+from trustfleet_server.serve.link import Link, PublishRefused, SubscribeRefused
 
 log = logging.getLogger("trustfleet.serve")
 
@@ -79,10 +82,15 @@ BATCH_MAX = 2000
 # Flood limits (issue 10 finding 8): one device cannot starve the others or grow serve's memory.
 # Pending statuses are one per device (a newer status replaces the pending one: nothing is
 # lost, a status is the device's whole state); pending reports are capped. Each device has a
-# token bucket per kind: RATE per second, BURST at once; the excess is dropped and counted.
-STATUS_RATE, STATUS_BURST = 2.0, 20.0
-REPORT_RATE, REPORT_BURST = 1.0, 30.0
+# token bucket per kind (Limits): the excess is dropped and counted. A device that keeps going
+# is fenced: disabled at the broker for a while (see _fence).
 MAX_PENDING_REPORTS = 10_000
+RESYNC_QUIET = 0.25            # after a fence, re-read retained statuses once drops pause this long
+RESYNC_MAX_WAIT = 5.0          # ... or this long after the fence at the latest
+FENCE_ANSWER_WAIT = 2.0        # the broker's dynamic security plugin answers within this
+FENCE_RETRY = 5.0              # seconds between tries to lift a fence the broker did not lift
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"
+DYNSEC_RESPONSE = DYNSEC_TOPIC + "/response"
 DROP_LOG_EVERY = 60.0          # one log line per device and kind per this many seconds
 MAX_PENDING_ROOTS = 8
 RECONNECT_FIRST_MS = 1000     # reconnect delays: 1 s doubling to 60 s, equal jitter (backoff.py)
@@ -125,9 +133,15 @@ class Stats:
     rate_limited: int = 0         # statuses and reports dropped by a device's rate limit
     coalesced: int = 0            # pending statuses replaced by a newer one from the same device
     dropped: int = 0              # reports dropped because the pending reports were full
+    fenced: int = 0               # devices disabled at the broker for flooding
+    resyncs: int = 0              # retained-status re-reads after a fence
     protocol: str | None = None
     shared: bool = False
     events: list[str] = dataclasses.field(default_factory=list)
+
+
+class FenceUnavailable(BrokerError):
+    """The broker does not let serve disable devices (no dynamic security plugin, or its ACL)."""
 
 
 class FleetServer:
@@ -143,6 +157,7 @@ class FleetServer:
         step_every: seconds between rollout steps.
         clock: wall-clock seconds (tests pass a fake).
         client_id: MQTT client id; default_client_id(fleet) when None.
+        limits: per-device rate limits and fencing (Limits()).
 
     Raises:
         BundleError: the root chain does not verify.
@@ -152,7 +167,8 @@ class FleetServer:
 
     def __init__(self, url: BrokerURL, fleet: str, root_raws: Sequence[bytes], db: fleetdb.FleetDB,
                  timestamp_key: Any = None, timestamp_every: float = 300, step_every: float = 5,
-                 clock: Callable[[], float] = time.time, client_id: str | None = None) -> None:
+                 clock: Callable[[], float] = time.time, client_id: str | None = None,
+                 limits: Limits | None = None) -> None:
         root = policy.load_trusted_root(root_raws[0])
         root = policy.walk_root_chain(root, list(root_raws[1:])) if len(root_raws) > 1 else root
         if root.fleet != fleet:
@@ -179,6 +195,14 @@ class FleetServer:
         self._reports: collections.deque[tuple[str, bytes, int]] = collections.deque()
         self._buckets: dict[tuple[str, str], list[float]] = {}  # (kind, device) -> [tokens, at]
         self._drop_logged: dict[tuple[str, str], float] = {}
+        self.limits = limits or Limits()
+        self._over: dict[str, list[float]] = {}  # device -> [drops in window, window start]
+        self._fence_due: dict[str, int] = {}  # device -> drops that earned it a fence
+        self._fenced: dict[str, float] = {}  # device -> monotonic time its fence ends
+        self._fences_loaded = False
+        self._can_fence: bool | None = None  # None: not tried since the last connect
+        self._resync_at: float | None = None  # re-read retained statuses by then (fencing)
+        self._last_drop = 0.0
         self._recorded: tuple[int, bytes] | None = None  # fleet bundle recorded as published
         self._boot: dict[str, Any] | None = None
         self.synced = False
@@ -241,6 +265,8 @@ class FleetServer:
                     self._next_restore = mono + self.step_every
                 if not self.synced or not self.link.connected:
                     continue
+                if self._can_fence is not False:
+                    self._guard(functools.partial(self._fence_step, mono), fatal=once)
                 if mono >= self._next_step:
                     self._guard(self._drive_rollout, fatal=once)
                     self._next_step = mono + self.step_every
@@ -317,6 +343,7 @@ class FleetServer:
         else:
             self.link.subscribe(topics.statuses(f), _SUB_LIVE)
             self.link.subscribe(topics.reports(f), _SUB_LIVE)
+        self._can_fence = None  # this broker (or its config) may be new: ask again when needed
         now = time.monotonic()
         self._boot = {"shared": shared, "last": now, "start": now}
 
@@ -360,7 +387,8 @@ class FleetServer:
             elif msg.payload:
                 if len(self._reports) >= MAX_PENDING_REPORTS:
                     self.stats.dropped += 1
-                    self._note_drop("report", arg, f"pending reports full ({MAX_PENDING_REPORTS})")
+                    self._note_drop("report", arg, f"pending reports full ({MAX_PENDING_REPORTS})",
+                                    flood=False)
                     return
                 self._reports.append((arg, bytes(msg.payload), self._now()))
         elif kind in ("root", "bundle", "timestamp"):
@@ -382,7 +410,7 @@ class FleetServer:
         """The device's token bucket for `kind`: False (counted, logged) when it is over its rate."""
         if retained and kind == "status":
             return True  # the broker's copy, read once per connect
-        rate, burst = (STATUS_RATE, STATUS_BURST) if kind == "status" else (REPORT_RATE, REPORT_BURST)
+        rate, burst = self.limits.bucket(kind)
         mono = time.monotonic()
         b = self._buckets.get((kind, device))
         if b is None:
@@ -396,24 +424,156 @@ class FleetServer:
         self._note_drop(kind, device, f"over {rate:g}/s (burst {burst:g})")
         return False
 
-    def _note_drop(self, kind: str, device: str, why: str) -> None:
+    def _note_drop(self, kind: str, device: str, why: str, flood: bool = True) -> None:
         mono = time.monotonic()
+        if flood:
+            self._count_flood(device, mono)
         key = (kind, device)
         if mono - self._drop_logged.get(key, -DROP_LOG_EVERY) >= DROP_LOG_EVERY:
             self._drop_logged[key] = mono
-            log.warning("dropping %ss from device %s: %s (logged once per %.0f s)",
-                        kind, device, why, DROP_LOG_EVERY)
+            log.warning("dropping %s from device %s: %s (logged once per %.0f s)",
+                        "statuses" if kind == "status" else "reports", device, why, DROP_LOG_EVERY)
 
     def _prune_buckets(self) -> None:
         """Forget full buckets and old log marks: memory follows the devices active now."""
         mono = time.monotonic()
         for key, (tokens, at) in list(self._buckets.items()):
-            rate, burst = (STATUS_RATE, STATUS_BURST) if key[0] == "status" else (REPORT_RATE, REPORT_BURST)
+            rate, burst = self.limits.bucket(key[0])
             if tokens + (mono - at) * rate >= burst:
                 del self._buckets[key]
         for key, at in list(self._drop_logged.items()):
             if mono - at >= DROP_LOG_EVERY:
                 del self._drop_logged[key]
+        for device, (_, start) in list(self._over.items()):
+            if mono - start >= FENCE_WINDOW:
+                del self._over[device]
+
+    # -- fencing: a flooding device is disabled at the broker for a while --------------
+    #
+    # Serve's rate limits keep its memory and store bounded, but the flood still fills the
+    # broker's outgoing queue for serve (Mosquitto: max_queued_messages), and whatever else
+    # arrives for serve then is dropped by the broker, other devices' statuses included.
+    # Only the broker can stop a device from sending, so serve asks it: "disableClient" on the
+    # dynamic security plugin (broker-config grants serve this), which also disconnects it.
+    # When the flood has stopped reaching serve, serve reads the retained statuses again:
+    # they hold the latest status of every device, also of those the broker dropped.
+    # The fence is lifted ("enableClient") after Limits.fence_for seconds; both are audited
+    # as device events, so a restarted serve lifts the fences of its predecessor on time.
+
+    def _count_flood(self, device: str, mono: float) -> None:
+        self._last_drop = mono
+        lim = self.limits
+        if (not lim.fence_for or self._can_fence is False or device in self._fenced
+                or device in self._fence_due):
+            return
+        w = self._over.get(device)
+        if w is None or mono - w[1] >= FENCE_WINDOW:
+            w = self._over[device] = [0.0, mono]
+        w[0] += 1
+        if w[0] >= lim.fence_after:
+            self._fence_due[device] = int(w[0])
+            del self._over[device]
+
+    def _fence_step(self, mono: float) -> None:
+        """Fence who earned it, lift fences that ended, and re-read the retained statuses once
+        a fenced flood has stopped arriving."""
+        if not self._fences_loaded:
+            now = self._now()
+            for device, at in self.db.open_fences(self.fleet):
+                self._fenced[device] = mono + max(0.0, at + self.limits.fence_for - now)
+            self._fences_loaded = True
+        for device, drops in list(self._fence_due.items()):
+            del self._fence_due[device]
+            self._fence(device, drops, mono)
+        for device, until in list(self._fenced.items()):
+            if mono >= until and self._can_fence is not False:
+                self._unfence(device, mono)
+        if self._resync_at is not None and (mono - self._last_drop >= RESYNC_QUIET
+                                            or mono >= self._resync_at):
+            self._resync_at = None
+            self._reread_statuses()
+
+    def _fence(self, device: str, drops: int, mono: float) -> None:
+        self._fenced[device] = mono + self.limits.fence_for  # counted as fenced while asking
+        try:
+            error = self._dynsec("disableClient", device)
+        except FenceUnavailable as exc:
+            del self._fenced[device]
+            self._can_fence = False
+            log.warning("cannot fence flooding devices at this broker (%s); serve only drops their "
+                        "messages (docs/operations.md, 'Floods')", exc)
+            return
+        except BrokerError:
+            del self._fenced[device]
+            raise
+        if error:
+            del self._fenced[device]
+            log.warning("the broker would not disable flooding device %s: %s", device, error)
+            return
+        self._can_fence = True
+        why = (f"flooding: {drops} messages over its limits within {FENCE_WINDOW:g} s; "
+               f"disabled at the broker for {self.limits.fence_for:g} s")
+        self.db.add_device_event(self.fleet, device, "fence", "serve", why, self._now())
+        self.stats.fenced += 1
+        self.stats.events.append(f"fenced device {device}: {why}")
+        log.warning("fenced device %s: %s", device, why)
+        self._resync_at = mono + RESYNC_MAX_WAIT
+
+    def _unfence(self, device: str, mono: float) -> None:
+        try:
+            error = self._dynsec("enableClient", device)
+        except (FenceUnavailable, BrokerError) as exc:
+            error = str(exc)
+        if error and error != "Client not found":
+            # It stays disabled at the broker until this works: say so, and try again.
+            self._fenced[device] = mono + FENCE_RETRY
+            log.warning("could not lift the fence of device %s (%s); retrying in %g s",
+                        device, error, FENCE_RETRY)
+            return
+        del self._fenced[device]
+        self.db.add_device_event(self.fleet, device, "unfence", "serve",
+                                 error or f"the fence of {self.limits.fence_for:g} s ended", self._now())
+        log.info("lifted the fence of device %s", device)
+
+    def _dynsec(self, command: str, device: str) -> str | None:
+        """One command to the broker's dynamic security plugin, on a connection of its own:
+        the main one may sit behind a flood at the broker. Returns the plugin's error, None
+        when done. Raises: FenceUnavailable (refused or unanswered), BrokerError."""
+        answers: list[bytes] = []
+        ctl = Link(self.url, f"{self.link.client_id[:MAX_CLIENT_ID - 4]}-ctl",
+                   lambda msg: answers.append(bytes(msg.payload)), session_expiry=0)
+        body = {"commands": [{"command": command, "username": device}]}
+        ctl.open()
+        try:
+            ctl.subscribe(DYNSEC_RESPONSE)
+            ctl.publish([(DYNSEC_TOPIC, json.dumps(body).encode())], retain=False)
+            deadline = time.monotonic() + FENCE_ANSWER_WAIT
+            while not answers and time.monotonic() < deadline:
+                if not ctl.loop(0.01):
+                    raise BrokerError(f"{self.url}: connection lost waiting for the {command} answer")
+                self.link.loop(0)  # keep reading: the broker drops what serve does not take
+        except (SubscribeRefused, PublishRefused) as exc:
+            raise FenceUnavailable(str(exc)) from None
+        finally:
+            ctl.close()
+        if not answers:
+            raise FenceUnavailable("no answer from its dynamic security plugin")
+        try:
+            answer = next(a for a in json.loads(answers[0])["responses"] if a.get("command") == command)
+        except (ValueError, KeyError, TypeError, AttributeError, StopIteration, RecursionError):
+            raise FenceUnavailable("an unreadable answer from its dynamic security plugin") from None
+        error = answer.get("error")
+        return str(error)[:200] if error else None
+
+    def _reread_statuses(self) -> None:
+        """Subscribe to the retained statuses again, as after a connect."""
+        if not self.link.connected:
+            return
+        shared = bool(self._boot and self._boot.get("shared"))
+        now = time.monotonic()
+        self._boot = {"shared": shared, "last": now, "start": now}
+        self.link.subscribe(topics.statuses(self.fleet), _SUB_BOOT)
+        self.stats.resyncs += 1
 
     def _note_boot(self, msg: Any, kind: str) -> None:
         b = self._boot
