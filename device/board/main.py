@@ -15,7 +15,10 @@ Order on every boot (boot.py has made sure STATE_DIR exists):
 3. Wi-Fi, then NTP. NTP is unauthenticated: the agent's trusted time is
    max(clock, last authenticated time, FIRMWARE_TIME, persisted reading),
    and it persists a clock reading only within 400 days of authenticated time.
-4. Loop: offline inbox, MQTT hook (a later issue), tick, feed the watchdog.
+4. Loop: feed the watchdog; poll MQTT (config "mqtt": subscribe to the
+   fleet's root, timestamp and bundle topics, stream bundles to flash,
+   publish the retained status and the reports); every TICK_S the offline
+   inbox, Wi-Fi and the deadlines.
 
 Health check of a trial store (the runner hands over the bundle on trial
 and the trusted time): a TLS connection to every configured endpoint, then
@@ -47,6 +50,7 @@ FIRMWARE_TIME = 1767225600
 
 WATCHDOG_MS = 120000  # longest gap between feeds: Wi-Fi, NTP or one endpoint's TLS
 TICK_S = 60
+IDLE_MS = 100  # MQTT poll interval when nothing arrives
 TLS_TIMEOUT_S = 15
 WIFI_TIMEOUT_MS = 20000
 KINDS = ("root", "bundle", "timestamp")  # inbox order: a new root before what it signs
@@ -351,15 +355,63 @@ def process_inbox(device, online):
     return results
 
 
-def mqtt_hook(device, cfg, online):
-    """HOOK(mqtt): the MQTT transport arrives in a later issue.
+# ------------------------------------------------------------------ MQTT
 
-    It will connect to cfg["mqtt"] (umqtt.simple over TLS, checked like the
-    endpoints), subscribe to the fleet's retained root/bundle/timestamp
-    topics, pass each payload to device.offer(kind, raw), and publish
-    device.status() (retained) and the reports. Until then: nothing.
+
+def broker_tls(m, device):
+    """The TLS context for the broker, or None for plain MQTT ("tls" false, or port not 8883).
+
+    Anchors: the CA certificate the provisioning wrote ("ca": a DER file),
+    and the full anchors of the installed bundle, so a bundle can bring the
+    CA of a renewed broker certificate. A distrusted one is never loaded.
+    mbedTLS checks the path and the host name (CERT_REQUIRED). Raises:
+    OSError (the CA file), ValueError (no anchor at all: fail closed).
     """
-    return None
+    if not m.get("tls", m.get("port") == 8883):
+        return None
+    mod, ctx, native = _tls_context()
+    bundle = device.active_bundle()
+    taken = 0
+    if m.get("ca"):
+        with open(m["ca"], "rb") as f:
+            der = f.read()
+        if bundle is None or not _distrusted_anchor(der, bundle):
+            if native:
+                ctx.load_verify_locations(der)
+            else:
+                ctx.load_verify_locations(cadata=der)
+            taken += 1
+    if bundle is not None:
+        taken += load_full_anchors(ctx, native, bundle)
+    if not taken:
+        raise ValueError("no anchor to check the broker's certificate with")
+    ctx.verify_mode = mod.CERT_REQUIRED
+    return ctx
+
+
+def make_link(device, cfg):
+    """(session, transport): the board's MQTT link (transports/mqtt.py) from config's "mqtt".
+
+    The client id is tf-<fleet>-<device id>, the one broker-config lets this
+    device's credentials use. Each connect builds a new TLS context, so it
+    trusts what the store holds then. Bundles are streamed into the
+    inactive slot in 1 KiB pieces; a failed connect waits for the capped,
+    jittered backoff; the last will marks the device offline.
+    """
+    from trustfleet_device import session
+    from trustfleet_device.transports import mqtt
+
+    m = cfg["mqtt"]
+    fleet, device_id = cfg["fleet"], cfg["device_id"]
+    sess = session.Session(device, fleet, device_id, cfg.get("group"))
+    cid = "tf-" + fleet + "-" + device_id
+
+    def client():
+        return mqtt.MQTTClient(cid, m["host"], m.get("port", 0), m.get("user"), m.get("password"),
+                               keepalive=m.get("keepalive", 60), ssl=broker_tls(m, device),
+                               timeout_s=TLS_TIMEOUT_S)
+
+    return sess, mqtt.Transport(sess, client, time.ticks_ms, time.sleep_ms, log=log)
 
 
 # ------------------------------------------------------------------ network
@@ -374,7 +426,9 @@ def connect_wifi(cfg):
     """Join the configured network; True when connected."""
     w = cfg.get("wifi")
     if not w:
-        return False
+        # No Wi-Fi settings: online only if the interface already is (a port
+        # whose network is up by other means, such as the PC run).
+        return wlan().isconnected()
     sta = wlan()
     sta.active(True)
     if not sta.isconnected():
@@ -402,11 +456,16 @@ def sync_time(cfg):
 # ------------------------------------------------------------------ main loop
 
 
-def step(device, cfg, online):
-    """One pass of the loop: inbox, MQTT, deadlines and clock bookkeeping."""
-    process_inbox(device, online)
-    mqtt_hook(device, cfg, online)
-    log_result("tick", device.tick())
+def step(device, cfg, online, link=None):
+    """Every TICK_S: the inbox, then deadlines and clock bookkeeping (with a link, its poll
+    ticks the session instead, and what the inbox did is published as status and reports)."""
+    results = process_inbox(device, online)
+    if link is None:
+        log_result("tick", device.tick())
+        return
+    sess, transport = link
+    for _, r in results:
+        transport.send(sess.after(r))
 
 
 def main():
@@ -421,15 +480,19 @@ def main():
     if online:
         sync_time(cfg)
     log("status", json.dumps(device.status()))
+    link = make_link(device, cfg) if cfg.get("mqtt") else None
+    next_step = time.ticks_ms()
     while True:
         feed()
-        if not online:
-            online = connect_wifi(cfg)
-        step(device, cfg, online)
-        for _ in range(TICK_S):
-            feed()
-            time.sleep(1)
-        online = online and wlan().isconnected()
+        if time.ticks_diff(time.ticks_ms(), next_step) >= 0:
+            online = (online and wlan().isconnected()) or connect_wifi(cfg)
+            step(device, cfg, online, link if online else None)
+            next_step = time.ticks_add(time.ticks_ms(), TICK_S * 1000)
+        if link is not None and online:
+            if not link[1].poll():
+                time.sleep_ms(IDLE_MS)
+        else:
+            time.sleep_ms(1000)
 
 
 if __name__ == "__main__":

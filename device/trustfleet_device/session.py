@@ -75,8 +75,8 @@ class Session:
         if kind == "root":
             return self._root(arg, payload)
         if kind == "bundle":
-            return self._after(self.device.offer("bundle", payload))
-        return self._after(self.device.offer("timestamp", payload), quiet=True)
+            return self.after(self.device.offer("bundle", payload))
+        return self.after(self.device.offer("timestamp", payload), quiet=True)
 
     def on_bundle_chunks(self, topic, chunks):
         """A bundle read piece by piece (large payloads on a board): streamed into the inactive slot."""
@@ -86,14 +86,14 @@ class Session:
                 pass
             return []
         # A repeat cannot be recognised before it is read; it is written but not verified again.
-        out = self._after(self.device.receive_bundle(chunks, self.seen))
+        out = self.after(self.device.receive_bundle(chunks, self.seen))
         while len(self.seen) > _SEEN_MAX:
             self.seen.pop(0)
         return out
 
     def tick(self):
         """Time passes: health-check deadlines, clock bookkeeping, queued reports."""
-        return self._after(self.device.tick(), quiet=True)
+        return self.after(self.device.tick(), quiet=True)
 
     # --------------------------------------------------------------- helpers
 
@@ -112,14 +112,15 @@ class Session:
         out = []
         while current + 1 in self.pending_roots:
             raw = self.pending_roots.pop(current + 1)
-            out.extend(self._after(self.device.offer("root", raw)))
+            out.extend(self.after(self.device.offer("root", raw)))
             if self.device.root_version() == current:
                 break  # refused: the rest cannot follow
             current += 1
         return out
 
-    def _after(self, result, quiet=False):
-        """Turn a runner.Result into status and report messages."""
+    def after(self, result, quiet=False):
+        """Turn a runner.Result into status and report messages (also for results that came
+        some other way than MQTT, such as a board's inbox)."""
         changed = result.committed is not None or result.reverted is not None or bool(result.reports)
         now = self.device.now()
         for r in result.reports:

@@ -550,6 +550,10 @@ class Transport:
         self._send_all(self.session.tick())
         return worked
 
+    def send(self, messages):
+        """Publish [(topic, payload, retain, qos)] now, or queue them until connected."""
+        self._send_all(messages)
+
     def close(self):
         """Publish the offline status, then DISCONNECT (the broker drops the will)."""
         if self.client is None:

@@ -18,6 +18,7 @@ import sys
 
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server.cli import (
+    board,
     broker,
     brokerconfig,
     bundle,
@@ -37,7 +38,7 @@ from trustfleet_server.errors import OperatorError
 
 # In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
 GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, simulate, broker, brokerconfig,
-          device)
+          device, board)
 
 
 def build_parser() -> argparse.ArgumentParser:
