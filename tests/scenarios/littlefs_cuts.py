@@ -10,8 +10,9 @@ then runs unchanged: build_device over DirStorage, process_inbox, tick. Provisio
 follows the board README: mkfs, factory-root.cose and config.json, first
 boot, then bundle v1 from the inbox.
 
-A phase (install, revert, root) starts from an image with a document in
-the inbox and runs one boot and one pass of the loop, logging every block
+A phase (install, revert, root, trial) starts from an image with a
+document in the inbox (for trial: a bundle left on trial by a power loss
+during its health check) and runs one boot and one pass of the loop, logging every block
 write (each prog and each erase is one write). A power cut at write k
 leaves the image before the phase plus writes 0..k-1: write k and every
 later one never reach the blocks. Each such image is mounted and booted as
@@ -166,8 +167,29 @@ def stage(base, phase):
     put("config.json", json.dumps(cfg).encode())
     for name in phase["inbox"]:
         put("inbox/" + name, DOCS[phase["inbox"][name]])
+    if phase.get("lost_in_health_check"):
+        lose_power_in_health_check()
     unmount()
     return flash.data
+
+
+def lose_power_in_health_check():
+    """Boot and take the inbox bundle until its health check, where the power goes.
+
+    What is left: the new bundle switched in and on trial, its inbox file
+    still there (it is removed only after the offer returns).
+    """
+    device = boot()
+
+    def dies(bundle, trusted_time):
+        raise PowerCut("power lost during the health check of v%d" % bundle.version)
+
+    device.health_check = dies
+    try:
+        board.process_inbox(device, True)
+    except PowerCut:
+        return
+    raise RuntimeError("the inbox held no bundle to take to its health check")
 
 
 def run_phase(flash):
