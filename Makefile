@@ -4,6 +4,8 @@
 #   make bench  the benchmarks, printing tables
 #   make mutate every mutant of the trusted device core (tools/mutate.py; ~35 min on 2 cores)
 #   make fuzz   a longer fuzz run of every decoder (60 s a target)
+#   make firmware  the firmware stand-in: 32-bit MicroPython with the device package frozen
+#                  in, built into ~/.cache/trustfleet/firmware (docs/firmware.md)
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: all test demo bench lint fuzz mutate clean
+.PHONY: all test demo bench lint fuzz mutate firmware toolchain32 clean
 
 all: test
 
@@ -52,6 +54,24 @@ bench: setup
 
 fuzz: setup
 	$(PY) tools/fuzz_decoders.py --target all --seconds 60
+
+# The firmware stand-in is built 32-bit: install Debian's gcc-multilib when gcc
+# cannot link a 32-bit program (as root; otherwise say what to run).
+toolchain32:
+	@tmp=$$(mktemp -d) && printf 'int main(void) { return 0; }\n' > $$tmp/t.c && \
+	if gcc -m32 $$tmp/t.c -o $$tmp/t 2>/dev/null; then rm -rf $$tmp; else rm -rf $$tmp; \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing gcc-multilib (32-bit toolchain for the firmware stand-in)"; \
+	        apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc-multilib; \
+	    else \
+	        echo "the firmware stand-in needs a 32-bit C toolchain: sudo apt-get install gcc-multilib" >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+# Built once into the cache; rebuilt only when the frozen code or the build inputs change.
+firmware: setup toolchain32
+	$(PY) tools/firmware.py build
 
 clean:
 	rm -rf $(VENV) node_modules demo-out .pytest_cache .ruff_cache .hypothesis .mutate-cache
