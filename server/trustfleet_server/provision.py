@@ -14,6 +14,7 @@ Two parts, both used by `trustfleet device` (cmd_device.py):
       lib/trustfleet_device/*.mpy (or .py)    the package files of device/manifest.py
       trustfleet/factory-root.cose            the fleet's root (main.py's FACTORY_ROOT)
       trustfleet/inbox/bundle-initial.cose    optional first bundle (installed once online)
+      trustfleet/broker-ca.der                optional CA of the broker's TLS certificate (DER)
       trustfleet/config.json                  ids, endpoints, Wi-Fi, MQTT credentials: SECRET
 
   `plan()` turns a staging into `mpremote` steps (pure: nothing runs), and
@@ -52,7 +53,7 @@ from typing import Any
 from trustfleet_device import policy, topics
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import brokerconfig
+from trustfleet_server import brokerconfig, lint, x509util
 from trustfleet_server.errors import UsageError
 
 # Where main.py and boot.py look (device/board/main.py: STATE_DIR, FACTORY_ROOT, INBOX_DIR).
@@ -61,6 +62,8 @@ FACTORY_ROOT = f"{STATE_DIR}/factory-root.cose"
 INBOX_DIR = f"{STATE_DIR}/inbox"
 INITIAL_BUNDLE = f"{INBOX_DIR}/bundle-initial.cose"
 CONFIG_FILE = f"{STATE_DIR}/config.json"
+BROKER_CA = f"{STATE_DIR}/broker-ca.der"  # config.json mqtt "ca" names it as "/" + BROKER_CA
+MAX_BROKER_CA_BYTES = 64 << 10  # one certificate; a PEM CA is a few KiB
 LIB_DIR = "lib"  # on sys.path of every MicroPython port, where mip installs too
 BOARD_FILES = ("boot.py", "main.py")
 
@@ -269,6 +272,56 @@ class BoardSettings:
     firmware_time: int = 0
     keepalive: int = DEFAULT_KEEPALIVE
     ntp_host: str | None = None
+    broker_ca: bytes | None = None  # DER, from load_broker_ca
+    broker_tls: bool | None = None  # None: TLS when there is a broker CA or the port is 8883
+
+    @property
+    def tls(self) -> bool:
+        """Whether the board talks TLS to the broker (config.json mqtt "tls").
+
+        A broker CA means TLS (there is nothing else to use it for); without
+        one and without an explicit choice, the board's own rule applies:
+        TLS on port 8883, plain MQTT elsewhere.
+        """
+        if self.broker_tls is not None:
+            return self.broker_tls
+        return self.broker_ca is not None or self.broker_port == DEFAULT_BROKER_PORT
+
+
+def read_broker_ca(path: str | os.PathLike[str]) -> bytes:
+    """load_broker_ca of a file (at most MAX_BROKER_CA_BYTES). Raises: ProvisionError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BROKER_CA_BYTES + 1)
+    except OSError as exc:
+        raise ProvisionError(f"--broker-ca {path}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > MAX_BROKER_CA_BYTES:
+        raise ProvisionError(f"--broker-ca {path}: larger than {MAX_BROKER_CA_BYTES} bytes; "
+                             "not one certificate")
+    return load_broker_ca(data, str(path))
+
+
+def load_broker_ca(data: bytes, name: str) -> bytes:
+    """The DER of the one CA certificate in `data` (PEM or DER). Raises: ProvisionError.
+
+    The board loads this file into mbedTLS as its anchor for the broker's
+    certificate, one DER certificate per file, so a file with several
+    certificates is refused rather than cut down to its first. So is a
+    certificate that can anchor nothing: not a CA and not self-signed (most
+    likely the broker's own certificate, given instead of its issuer).
+    """
+    try:
+        certs, _ = x509util.parse_certificates(data, name, strict=True)
+    except UsageError as exc:
+        raise ProvisionError(f"--broker-ca {exc}") from None
+    if len(certs) != 1:
+        raise ProvisionError(f"--broker-ca {name}: holds {len(certs)} certificates; give the one CA "
+                             "certificate that issued the broker's certificate")
+    cert = certs[0]
+    if not lint.is_ca(cert) and not lint.is_self_issued(cert):
+        raise ProvisionError(f"--broker-ca {name}: {x509util.subject_label(cert.subject)!r} is "
+                             "not a CA certificate (the broker's own?); give the CA that issued it")
+    return x509util.cert_der(cert)
 
 
 def board_config(s: BoardSettings) -> dict[str, Any]:
@@ -284,8 +337,11 @@ def board_config(s: BoardSettings) -> dict[str, Any]:
         cfg["ntp_host"] = s.ntp_host
     cfg["managed"] = False
     cfg["firmware_time"] = s.firmware_time
-    cfg["mqtt"] = {"host": s.broker_host, "port": s.broker_port, "user": c.username,
-                   "password": c.password, "keepalive": s.keepalive}
+    mqtt: dict[str, Any] = {"host": s.broker_host, "port": s.broker_port, "tls": s.tls}
+    if s.broker_ca is not None:
+        mqtt["ca"] = "/" + BROKER_CA
+    mqtt.update(user=c.username, password=c.password, keepalive=s.keepalive)
+    cfg["mqtt"] = mqtt
     return cfg
 
 
@@ -423,6 +479,8 @@ def stage(settings: BoardSettings, out: str | os.PathLike[str], *,
     put(FACTORY_ROOT, settings.root)
     if settings.bundle is not None:
         put(INITIAL_BUNDLE, settings.bundle)
+    if settings.broker_ca is not None:
+        put(BROKER_CA, settings.broker_ca)
     cfg = json.dumps(board_config(settings), indent=2) + "\n"
     put(CONFIG_FILE, cfg.encode(), mode=0o600, secret=True)
     return Staging(out, package, files, bool(cmd), version, notes)
@@ -501,6 +559,10 @@ def plan(staging: Staging, port: str) -> list[Step]:
             step("copy the initial bundle into the inbox",
                  "fs", "cp", local(INITIAL_BUNDLE), f":{INITIAL_BUNDLE}"),
         ]
+    if staging.has(BROKER_CA):
+        # Before config.json: a board whose config names the CA file always has it.
+        steps.append(step("copy the broker's CA certificate (config.json mqtt \"ca\")",
+                          "fs", "cp", local(BROKER_CA), f":{BROKER_CA}"))
     steps += [
         step("copy config.json (SECRET: MQTT and Wi-Fi passwords)",
              "fs", "cp", local(CONFIG_FILE), f":{CONFIG_FILE}"),

