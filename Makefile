@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check device server tests benchmarks tools
 
 # A sampled mutation run (60 mutants, the seed rotates daily), then every test.
-test: setup lint
+test: setup lint firmware
 	$(PY) tools/mutate.py --sample 60 --seed daily --strict
 	$(PY) -m pytest
 

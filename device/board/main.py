@@ -35,7 +35,7 @@ import machine
 
 from trustfleet_device import slots, trust, x509
 from trustfleet_device.agent import Config
-from trustfleet_device.errors import DecodeError
+from trustfleet_device.errors import DecodeError, StorageError
 from trustfleet_device.transports import runner
 from trustfleet_device.transports.storage import DirStorage
 
@@ -116,6 +116,11 @@ def build_device(cfg, clock=clock):
     storage = DirStorage(STATE_DIR)
     conf = agent_config(cfg)
     if not storage.exists(slots.ROOT):
+        if storage.exists(slots.STATE):
+            # Starting over from the factory root would put the rollback floor back to 0.
+            raise StorageError(STATE_DIR + "/" + slots.ROOT + " is missing but " + slots.STATE
+                               + " is there: not re-initialising (restore the root, or wipe "
+                               + STATE_DIR + " to provision again)")
         with open(FACTORY_ROOT, "rb") as f:
             runner.initialise(storage, f.read(), conf)
         log("initialised from", FACTORY_ROOT)

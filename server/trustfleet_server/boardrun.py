@@ -43,7 +43,8 @@ MARK = "@@trustfleet-board@@ "
 STATE_MOUNT = "/trustfleet"
 STOP_GRACE = 10.0     # seconds between SIGINT and SIGKILL
 POLL_EVERY = 0.2      # seconds between looks at state.json
-UNTIL = ("committed",)
+LINGER = 3.0          # seconds the board runs on once --until holds: its status goes out
+UNTIL = ("committed", "reverted")
 
 SHIMS = {
     "machine.py": '''
@@ -228,11 +229,22 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def committed_newer(state: dict[str, Any] | None, start_version: int | None) -> bool:
+def committed_newer(state: dict[str, Any] | None, start: dict[str, Any] | None) -> bool:
     """A bundle newer than the one at the start is active and off trial."""
     if not state or state.get("version") is None or state.get("trial"):
         return False
-    return start_version is None or state["version"] > start_version
+    before = start.get("version") if start else None
+    return before is None or state["version"] > before
+
+
+def reverted_more(state: dict[str, Any] | None, start: dict[str, Any] | None) -> bool:
+    """A version was reverted and marked bad since the start, and no trial is open."""
+    if not state or state.get("trial"):
+        return False
+    return len(state.get("bad") or []) > len((start or {}).get("bad") or [])
+
+
+_DONE = {"committed": committed_newer, "reverted": reverted_more}
 
 
 def prepare_state(state_dir: Path, config: Path | None, root: Path | None) -> list[str]:
@@ -279,7 +291,6 @@ def run(binary: str, state_dir: Path, *, heap: int | None, seconds: float | None
     for name, text in SHIMS.items():
         (shims / name).write_text(text)
     start = read_state(state_dir)
-    start_version = start.get("version") if start else None
     env = dict(os.environ)
     # Frozen modules first (a firmware stand-in), then the package from files.
     env["MICROPYPATH"] = os.pathsep.join([str(shims), str(board), ".frozen", str(package_parent)])
@@ -299,8 +310,10 @@ def run(binary: str, state_dir: Path, *, heap: int | None, seconds: float | None
     ended = None
     try:
         while proc.poll() is None:
-            if until == "committed" and committed_newer(read_state(state_dir), start_version):
-                ended = "committed"
+            if until is not None and _DONE[until](read_state(state_dir), start):
+                # state.json changes before the status that tells the fleet: let it go out.
+                ended = until
+                _still(proc, LINGER)
                 break
             if seconds is not None and time.monotonic() - t0 >= seconds:
                 ended = "time-up"
@@ -351,6 +364,15 @@ class _LineReader:
 
     def join(self) -> None:
         self.thread.join(STOP_GRACE + 5)
+
+
+def _still(proc: subprocess.Popen, seconds: float) -> bool:
+    """Wait up to `seconds` for the process to exit; True when it is still running."""
+    try:
+        proc.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the board's flash partition (created if missing)")
     p.add_argument("--seconds", metavar="DURATION", help="stop after this long (e.g. 90, 5m)")
     p.add_argument("--until", choices=boardrun.UNTIL,
-                   help="stop once a bundle newer than the one at the start is committed")
+                   help="stop once a bundle newer than the one at the start is committed, or once "
+                        "a version was reverted and marked bad")
     p.add_argument("--quiet", action="store_true", help="do not echo the board's log lines")
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_run)
