@@ -12,7 +12,8 @@ from trustfleet_server.demo import offline as offline_demo
 
 def register(sub: argparse._SubParsersAction, trustfleet: Callable[[list[str]], int]) -> None:
     """Add `demo`; its steps run `trustfleet` commands in-process through `trustfleet` (main)."""
-    p = sub.add_parser("demo", help="the fleet demo: broker, 50 devices, staged rollout, a bad bundle halted",
+    p = sub.add_parser("demo", help="the fleet demo: broker, 50 devices and a MicroPython board, "
+                                    "staged rollout, a bad bundle halted",
                        description=fleet_demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="scratch directory (replaced)")
     p.add_argument("--offline", action="store_true",

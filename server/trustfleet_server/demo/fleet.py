@@ -13,6 +13,10 @@ process and are printed with a trailing `&`:
   serve    ingest into SQLite in the demo directory, rollouts, timestamps;
   devices  50 simulated agents (real verification, A/B slots, health check of
            the trial store against the sample server chain), canary 10 %;
+  board    one real MicroPython board (demo/board.py): the unmodified board
+           main.py run by `trustfleet board run` in the firmware stand-in at
+           111,936 B of heap when built, else the venv's unix port; it joins
+           the same broker, is counted in the waves and commits v2 in its own wave;
   rollout  v2 in waves canary -> 50 % -> 100 %, each gated on success;
   bad      v3 pins a key the sample server does not use: the canary devices
            fail their health check and revert, the rollout halts itself and
@@ -37,6 +41,7 @@ from pathlib import Path
 from trustfleet_device import topics
 from trustfleet_server import keys, render, rollout
 from trustfleet_server.broker import mosquitto
+from trustfleet_server.demo import board as demo_board
 from trustfleet_server.demo.offline import Step
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.sim.brokers import BrokerHandle, MosquittoHandle, open_broker
@@ -87,6 +92,7 @@ class FleetDemo:
         self.server_thread: threading.Thread | None = None
         self.server_errors: list[BaseException] = []
         self.sim: BackgroundSimulation | None = None
+        self.board: demo_board.DemoBoard | None = None
         self.db: fleetdb.FleetDB | None = None
         self._log_handler: logging.Handler | None = None
 
@@ -119,6 +125,7 @@ class FleetDemo:
             self.operator_setup()
             self.start_server()
             self.start_devices()
+            self.start_board()
             self.baseline()
             self.good_rollout()
             self.bad_rollout()
@@ -159,7 +166,8 @@ class FleetDemo:
     def clear_topics(self) -> None:
         """Empty the fleet's retained documents on a broker the demo does not own."""
         f = FLEET
-        names = [topics.root(f, 1), topics.bundle(f), topics.timestamp(f), topics.group_bundle(f, "canary")]
+        names = [topics.root(f, 1), topics.bundle(f), topics.timestamp(f), topics.group_bundle(f, "canary"),
+                 topics.status(f, demo_board.BOARD_ID)]
         names += [topics.bucket_bundle(f, n) for n in range(topics.BUCKETS)]
         from trustfleet_server.serve.link import publish_retained
 
@@ -244,13 +252,48 @@ class FleetDemo:
         print(f"{p.online} devices connected, each with its own MQTT session, retained status and last will; "
               f"no trust store yet")
 
+    def start_board(self) -> None:
+        """The real board, when a MicroPython binary runs here; the demo says which and why."""
+        self.s.title("A real MicroPython board: the unmodified device/board/main.py, in the same fleet")
+        if self.broker.url.tls:
+            print("# no board: the broker speaks TLS and the demo has no CA file to give the board")
+            return
+        runtime, why = demo_board.find_runtime()
+        if runtime is None:
+            print(f"# no board: {why}")
+            return
+        board = demo_board.DemoBoard(runtime, self.out, FLEET, self.broker.url, self.root)
+        how = ("package frozen, a stock ESP32's GC heap" if runtime.kind == "firmware stand-in" else
+               f"package from .py files, so a larger heap; {why}")
+        print(f"$ trustfleet {' '.join(board.command())} > {board.log_path} 2>&1 &")
+        print(f"# {demo_board.BOARD_ID}: {runtime.describe()}, {how}; bucket "
+              f"{topics.bucket(demo_board.BOARD_ID)}, so rollouts reach it in wave "
+              f"{demo_board.first_wave(WAVES)}; no health-check endpoint (the sample server's name "
+              f"does not resolve here)")
+        board.start()
+        self.board = board
+
+    @property
+    def members(self) -> int:
+        """Devices the server should count: the simulated ones and the board."""
+        return self.devices + (1 if self.board is not None else 0)
+
+    def board_line(self) -> None:
+        if self.board is not None:
+            row = next((d for d in self.db.devices(FLEET) if d.get("device") == demo_board.BOARD_ID), None)
+            print(self.board.summary(row))
+
+    def composition(self) -> str:
+        return f" ({self.devices} simulated, 1 board)" if self.board is not None else ""
+
     def baseline(self) -> None:
         self.s.title("Bundle v1 to the whole fleet at once (the fleet topic)")
         path = self.out / "bundle-v1.cose"
         self.s.run("trustfleet", ["publish", "--broker", str(self.broker.url), "--root", _q(self.root),
                                   _q(path)])
-        self.wait(lambda: self.count(1) >= self.devices, f"{self.devices} devices to report v1")
-        print(f"the server's view: {self.count(1)}/{self.devices} devices run v1")
+        self.wait(lambda: self.count(1) >= self.members, f"{self.members} devices to report v1")
+        print(f"the server's view: {self.count(1)}/{self.members} devices run v1{self.composition()}")
+        self.board_line()
 
     def good_rollout(self) -> None:
         self.s.title("Bundle v2 (adds the backup CA as an anchor) in a staged rollout: canary, 50 %, 100 %")
@@ -260,8 +303,9 @@ class FleetDemo:
         final = self.watch(r.id)
         if final.state != rollout.DONE:
             raise SystemExit(f"demo: rollout of v2 ended {final.state}: {final.halt_reason}")
-        self.wait(lambda: self.count(2) >= self.devices, f"{self.devices} devices to report v2")
-        print(f"rollout {r.id} done: {self.count(2)}/{self.devices} devices run v2")
+        self.wait(lambda: self.count(2) >= self.members, f"{self.members} devices to report v2")
+        print(f"rollout {r.id} done: {self.count(2)}/{self.members} devices run v2{self.composition()}")
+        self.board_line()
 
     def bad_rollout(self) -> None:
         self.s.title("A bad bundle: v3 pins only the backup CA's key, which the sample server does not use")
@@ -277,9 +321,10 @@ class FleetDemo:
         reverted = sum(1 for d in canary if 3 in (d.get("bad") or []) and d.get("version") == 2)
         cleared = "cleared" if not self.db.rollout(r.id).published else "NOT cleared"
         print(f"{reverted}/{len(canary)} canary devices reverted to v2 and marked v3 bad (never retried); "
-              f"{self.count(2)}/{self.devices} devices run v2, {self.count(3)} run v3; "
+              f"{self.count(2)}/{self.members} devices run v2, {self.count(3)} run v3; "
               f"the wave topics were {cleared}")
         print(f"(the rollout's events: trustfleet rollout status --db {self.db_path} --fleet {FLEET})")
+        self.board_line()
 
     def fleet_table(self) -> None:
         self.s.title("The fleet, as the server sees it")
@@ -330,6 +375,9 @@ class FleetDemo:
             time.sleep(0.1)
 
     def check_server(self) -> None:
+        """Stop the demo when the server (or the board run) has failed, instead of waiting on."""
+        if self.board is not None and (why := self.board.failed()):
+            raise SystemExit(f"demo: {demo_board.BOARD_ID}: {why}")
         if self.server_errors:
             raise SystemExit(f"demo: the server failed: {self.server_errors[0]}")
         if self.server_thread is not None and not self.server_thread.is_alive():
@@ -345,7 +393,9 @@ class FleetDemo:
         self._log_handler = handler
 
     def shutdown(self) -> None:
-        """Stop devices, server and broker, whatever happened before."""
+        """Stop the board, devices, server and broker, whatever happened before."""
+        if self.board is not None:
+            self.board.stop()
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 self.sim.stop(clear=not self.broker.controlled)
