@@ -127,7 +127,8 @@ def test_device_installs_a_streamed_bundle_and_boots_from_flash(repo, tmp_path, 
     again = runner.Device(storage if where == "directory" else storage.reboot(), config(repo),
                           runner.no_endpoints, lambda: NOW)
     assert again.status()["version"] == 2
-    assert type(again.agent.bundle.anchors).__name__ == "StoredAnchors"
+    assert type(again.agent.bundle.anchors).__name__ == "StoredItems"
+    assert type(again.agent.bundle.pinsets).__name__ == "StoredItems"
 
 
 def test_streamed_bundle_over_the_size_limit_is_refused_and_the_store_kept(repo):

@@ -7,7 +7,7 @@ anchors at the trusted time exactly and one second either side, CA
 constraints of full anchors (none for compact or v1 ones), path length
 with self-issued certificates, the signature budget, pin-set expiry (fail
 open to CA validation, never to none), distrust, enterprise anchors,
-reports, and anchors left in flash (bundle.StoredAnchors).
+reports, and anchors left in flash (documents.StoredItems).
 
 Certificates are real (tests/support/pki.py); bundles are built
 with tests/support/truststores.py. Like test_trust.py every test runs on both signature
@@ -41,7 +41,7 @@ from support.pki import (
 from support.truststores import HOST, LATER, bundle, compact, evaluate, full, pinset, store
 from trustfleet_device import cbor, sigcheck, trust
 from trustfleet_device import documents as device_docs
-from trustfleet_device.documents import Anchor, Bundle, Policy, StoredAnchors
+from trustfleet_device.documents import Anchor, Bundle, Policy, StoredAnchors, StoredItems
 from trustfleet_device.limits import DEFAULT
 from trustfleet_device.source import BytesSource
 
@@ -563,7 +563,7 @@ class CountingSource(BytesSource):
         return BytesSource.read_at(self, offset, n)
 
 
-def stored(values: list) -> StoredAnchors:
+def stored(values: list) -> StoredItems:
     """Anchors as they sit in flash: their CBOR one after another, read back by offset."""
     data = b""
     offsets = []

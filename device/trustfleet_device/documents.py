@@ -416,8 +416,8 @@ def parse_bundle(payload, limits=DEFAULT, fleet=None, offset=0, length=None):
     """Parse a verified bundle payload: bytes, or `length` bytes at `offset` in a source. Raises: DecodeError.
 
     Bytes are decoded in one go (offset and length unused). From a source
-    (flash) only one item is in memory at a time; anchors are checked as
-    they pass and then kept as offsets (StoredAnchors).
+    (flash) only one item is in memory at a time; anchors and pin-sets are
+    checked as they pass and then kept as offsets (StoredItems).
     """
     if hasattr(payload, "read_at"):
         if length is None:
@@ -426,8 +426,9 @@ def parse_bundle(payload, limits=DEFAULT, fleet=None, offset=0, length=None):
     return bundle_from_map(cbor.decode(payload, limits), limits, fleet)
 
 
-def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None):
-    """Check a decoded bundle map and build the Bundle. `anchors`: already parsed (streaming). Raises: DecodeError."""
+def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None, pinsets=None):
+    """Check a decoded bundle map and build the Bundle. `anchors`, `pinsets`: already checked
+    (streaming). Raises: DecodeError."""
     f = Fields(value, "bundle", BUNDLE_FIELDS)
     fleet = _header(f, "bundle", fleet)
     version = f.uint("version")
@@ -441,9 +442,8 @@ def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None):
     if anchors is None:
         anchors = [parse_anchor(raw_anchors[i], limits, i) for i in range(len(raw_anchors))]
     raw_pinsets = f.array("pinsets", limits.max_pinsets)
-    pinsets = []
-    for i in range(len(raw_pinsets)):
-        pinsets.append(parse_pinset(raw_pinsets[i], limits, i))
+    if pinsets is None:
+        pinsets = [parse_pinset(raw_pinsets[i], limits, i) for i in range(len(raw_pinsets))]
     distrust = f.array("distrust", limits.max_distrust)
     for i in range(len(distrust)):
         _digest32(distrust[i], "bundle.distrust[%d]" % i)
@@ -452,18 +452,20 @@ def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None):
     return Bundle(fleet, version, issued_at, expires_at, anchors, pinsets, distrust, policy)
 
 
-class StoredAnchors:
-    """A bundle's anchors left where they are (a file in flash); each is read back when used.
+class StoredItems:
+    """A bundle's anchors or pin-sets left where they are (a file in flash); each is read back
+    and parsed again when used, so a large bundle costs a few bytes of RAM per entry.
 
-    Every anchor was fully checked while the bundle streamed past
+    Every entry was fully checked while the bundle streamed past
     (parse_bundle from a source), so reading one back cannot fail unless the
     flash changed under us, which raises DecodeError.
     """
 
-    def __init__(self, source, offsets, limits):
+    def __init__(self, source, offsets, limits, parse):
         self.source = source
-        self.offsets = offsets  # start of each anchor, then the end of the last
+        self.offsets = offsets  # start of each entry, then the end of the last
         self.limits = limits
+        self.parse = parse      # parse_anchor or parse_pinset
 
     def __len__(self):
         return len(self.offsets) - 1
@@ -473,13 +475,18 @@ class StoredAnchors:
         if i < 0:
             i += n
         if i < 0 or i >= n:
-            raise IndexError("anchor index out of range")
+            raise IndexError("index out of range")
         d = cbor.StreamDecoder(self.source, self.offsets[i], self.offsets[i + 1], self.limits)
-        return parse_anchor(d.decode_all(), self.limits, i)
+        return self.parse(d.decode_all(), self.limits, i)
 
     def __iter__(self):
         for i in range(len(self.offsets) - 1):
             yield self[i]
+
+
+def StoredAnchors(source, offsets, limits):
+    """Anchors left in flash (StoredItems of parse_anchor)."""
+    return StoredItems(source, offsets, limits, parse_anchor)
 
 
 def _parse_bundle_source(source, offset, length, limits, fleet):
@@ -493,33 +500,37 @@ def _parse_bundle_source(source, offset, length, limits, fleet):
     if n > limits.max_items:
         raise LimitError("map of %d entries, limit is %d" % (n, limits.max_items))
     value = {}
-    anchors = None
+    anchors = pinsets = None
     previous = None
     for _ in range(n):
         key, previous = d.map_key(1, previous)
         if key == "anchors":
-            anchors = _stream_anchors(d, source, limits)
+            anchors = _stream_items(d, source, limits, "anchors", limits.max_anchors, parse_anchor)
             value[key] = []  # checked already; Fields only needs its type
+        elif key == "pinsets":
+            pinsets = _stream_items(d, source, limits, "pinsets", limits.max_pinsets, parse_pinset)
+            value[key] = []
         else:
             value[key] = d.item(1)
     if d.remaining():
         raise DecodeError("%d trailing bytes after the bundle" % d.remaining())
-    return bundle_from_map(value, limits, fleet, anchors)
+    return bundle_from_map(value, limits, fleet, anchors, pinsets)
 
 
-def _stream_anchors(d, source, limits):
+def _stream_items(d, source, limits, what, most, parse):
+    """Check each entry of the array `what` as it passes; keep only where each one starts."""
     major, n = d.head()
     if major != 4:
-        raise DecodeError("bundle.anchors: expected an array")
-    if n > limits.max_anchors:
-        raise LimitError("bundle.anchors: %d entries, limit is %d" % (n, limits.max_anchors))
+        raise DecodeError("bundle.%s: expected an array" % what)
+    if n > most:
+        raise LimitError("bundle.%s: %d entries, limit is %d" % (what, n, most))
     d._count()
     offsets = []
     for i in range(n):
         offsets.append(d.tell())
-        parse_anchor(d.item(2), limits, i)
+        parse(d.item(2), limits, i)
     offsets.append(d.tell())
-    return StoredAnchors(source, offsets, limits)
+    return StoredItems(source, offsets, limits, parse)
 
 
 # -------------------------------------------------------------- timestamp

@@ -111,7 +111,7 @@ def verify_bundle(root, doc, limits=DEFAULT, installed_version=None, now=None):
 
     From a source the bundle is never held whole: the payload streams
     through SHA-256 for each signature, then is parsed item by item, and
-    the anchors stay in the source (documents.StoredAnchors).
+    the anchors and pin-sets stay in the source (documents.StoredItems).
     """
     msg = cose.parse(doc, limits)
     check_threshold(msg, root, "bundle", "bundle")

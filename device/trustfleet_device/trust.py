@@ -55,7 +55,6 @@ except ImportError:
 
 
 MAX_CHAIN = const(16)
-_NAME_KEY = const(8)     # bytes of SHA-256(subject) kept per stored anchor
 _LOADED_MAX = const(8)   # stored anchors kept loaded at once
 MAX_DEPTH = const(8)
 MAX_VERIFIES = const(24)
@@ -157,6 +156,13 @@ def _make_anchor(value, user, where):
     return a
 
 
+def _name_key(name):
+    """24 bits of SHA-256(subject DER) as a small int: a stored anchor's index entry costs no
+    object of its own on any port. Equal keys are told apart by the names themselves."""
+    d = hashlib.sha256(name).digest()
+    return (d[0] << 16) | (d[1] << 8) | d[2]
+
+
 class TrustStore:
     """Anchors, pin-sets and distrust from one bundle, ready to evaluate TLS chains.
 
@@ -174,9 +180,9 @@ class TrustStore:
         self._anchors = []
         self.skipped = []
         self._by_name = {}
-        # Anchors left in flash (bundle.StoredAnchors) are indexed by a short
-        # digest of their subject and loaded when a chain names them, so a
-        # 150-root store costs a few KB of RAM, not the whole anchor set.
+        # Anchors left in flash (documents.StoredItems) are indexed by a short
+        # digest of their subject (a small int, to a small int) and loaded when
+        # a chain names them, so a 150-root store costs a few KB of RAM.
         self._lazy = type(bundle.anchors) is not list
         self._index = {}
         self._loaded = {}
@@ -198,10 +204,12 @@ class TrustStore:
         except DecodeError as e:
             self.skipped.append("anchor %d: %s" % (i, e))
             return
-        key = hashlib.sha256(a.name).digest()[:_NAME_KEY]
+        key = _name_key(a.name)
         same = self._index.get(key)
         if same is None:
-            self._index[key] = [i]
+            self._index[key] = i  # the common case: a small int, nothing allocated
+        elif type(same) is int:
+            self._index[key] = [same, i]
         else:
             same.append(i)
 
@@ -223,9 +231,11 @@ class TrustStore:
         found = self._by_name.get(name, ())
         if not self._lazy:
             return found
-        hits = self._index.get(hashlib.sha256(name).digest()[:_NAME_KEY])
-        if not hits:
+        hits = self._index.get(_name_key(name))
+        if hits is None:
             return found
+        if type(hits) is int:
+            hits = (hits,)
         out = list(found)
         for i in hits:
             a = self._loaded.get(i)
