@@ -1,7 +1,8 @@
 # ruff: noqa: F821 -- metadata() and package() are provided by MicroPython's manifest tool.
 # The trustfleet device core, for freezing into firmware (FROZEN_MANIFEST) or
-# `mpremote mip install`. Board entry points (board/boot.py, board/main.py)
-# are copied to the filesystem, not frozen: see board/README.md.
+# `mpremote mip install`. The board's application is transports/board.py, frozen
+# with the rest; the entry points board/boot.py and board/main.py (a few lines that
+# start it) are copied to the filesystem: see board/README.md.
 # _cpython/ is left out on purpose: it is CPython-only (the cbor2 path, host files).
 # The core files come first; transports/ (storage, runner, MQTT) are the I/O around it.
 # tests/test_micropython_agent.py checks this list against the package.
@@ -36,6 +37,7 @@ package(
         "trust.py",
         "x509.py",
         "transports/__init__.py",
+        "transports/board.py",
         "transports/mqtt.py",
         "transports/runner.py",
         "transports/storage.py",

@@ -1,6 +1,7 @@
 """`trustfleet board run`: the board's own main.py, unmodified, in a MicroPython unix binary.
 
-What runs is device/board/main.py's main(), as a board runs it, in one
+What runs is device/board/main.py (which starts trustfleet_device.transports.board.main),
+as a board runs it, in one
 MicroPython unix-port process capped with `-X heapsize`: the firmware
 stand-in (tools/firmware.py: 32-bit, package frozen, heap in two areas) or
 the PyPI unix port (package imported from files). Only what a board has and
@@ -162,7 +163,7 @@ import machine
 ended = "stopped"
 try:
     import main
-    main.main()
+    main.main(main.FIRMWARE_TIME)
 except KeyboardInterrupt:
     pass
 except MemoryError as e:

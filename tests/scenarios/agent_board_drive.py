@@ -2,15 +2,14 @@ import json
 import os
 import sys
 
-for _m in ("machine", "network", "ntptime", "socket", "tls", "board_main"):
+_APP = "trustfleet_device.transports.board"  # what the board's main.py starts
+for _m in ("machine", "network", "ntptime", "socket", "tls", _APP):
     sys.modules.pop(_m, None)
 sys.path.insert(0, "/boardfakes")
 import tls  # noqa: E402 (the fakes first on the path)
 
-with open("/board/main.py") as f:
-    _src = f.read()
-board = {"__name__": "board_main"}
-exec(compile(_src, "main.py", "exec"), board)
+__import__(_APP)
+board = sys.modules[_APP].__dict__
 
 
 def _unhex_all(xs):

@@ -26,9 +26,8 @@ if SPEC["port"] != "native":
 
     builtins.__import__ = _port_import
 
-import main as board
-
 from trustfleet_device import policy, trust
+from trustfleet_device.transports import board
 from trustfleet_device.transports.storage import FileSource
 
 

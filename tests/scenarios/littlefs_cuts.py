@@ -35,10 +35,10 @@ import os
 import sys
 
 import esp32
-import main as board
 import vfs
 
 from trustfleet_device import slots
+from trustfleet_device.transports import board
 
 with open(sys.argv[-1]) as _f:
     SPEC = json.loads(_f.read())
