@@ -104,10 +104,25 @@ def key_meeting(target, e, r, s):
     return mul(pow(u2, -1, N), add(target, neg(mul(u1, G))))
 
 
+def pure_on_every_path(point, digest, sig):
+    """The pure verdict, after checking that all of its key paths agree on it.
+
+    First sighting (chunk-0 table for this call only, one long chain), second
+    sighting (full tables built and cached), cached, and pinned by prepare().
+    """
+    p256.clear_caches()
+    verdicts = [p256.verify_digest_pure(point, digest, sig) for _ in range(3)]
+    assert p256.prepare([point]) == 1
+    verdicts.append(p256.verify_digest_pure(point, digest, sig))
+    p256.clear_caches()
+    assert verdicts in ([True] * 4, [False] * 4), verdicts
+    return verdicts[0]
+
+
 def both(point, e, sig):
     digest = e.to_bytes(32, "big") if isinstance(e, int) else e
     return (
-        p256.verify_digest_pure(encode(point), digest, sig),
+        pure_on_every_path(encode(point), digest, sig),
         p256.verify_digest_fast(encode(point), digest, sig),
     )
 
@@ -379,11 +394,14 @@ def test_cancellation_at_the_last_addition_is_infinity_and_refused():
 
 
 @pytest.mark.parametrize("key_sign", [1, -1], ids=["Q=G doubles", "Q=-G cancels"])
-def test_same_x_addition_in_the_middle_of_a_position_keeps_going(key_sign):
-    # u1 = 1 + 2^64 and u2 = 1 put G, Q and 2^64*G, in that order, at position 0.
-    # Q = G: G + G must double (2G); Q = -G: G - G is infinity, then 2^64*G is added onto it.
+@pytest.mark.parametrize("u1", [1 + 2**29, 2**30 - 1], ids=["1+2^29", "2^30-1"])
+def test_same_x_addition_in_the_middle_of_a_position_keeps_going(key_sign, u1):
+    # With full tables, u1 = 1 + 2^29 and u2 = 1 put G, Q and 2^29*G, in that order, at
+    # position 0. Q = G: G + G must double (2G); Q = -G: G - G is infinity, then 2^29*G is
+    # added onto it. On the one long chain of a first sighting, u1 = 2^30 - 1 puts -G and
+    # Q at position 0 (wNAF digit -1 of chunk 0), then chunk 0's carry G and chunk 1's G
+    # at position 29: the same-x cases again, and a doubling between two additions.
     q = G if key_sign == 1 else neg(G)
-    u1 = 1 + 2**64
     target = mul(u1 + key_sign, G)
     r = target[0] % N
     # u2 = r/s = 1 needs s = r; u1 = e/s then needs e = u1*r.
@@ -431,33 +449,132 @@ def signed_by(d, e):
     return mul(d, G), raw(r, s)
 
 
-def test_key_tables_are_built_once_and_clear_caches_drops_everything(monkeypatch):
-    p256.clear_caches()
+def counting_builds(monkeypatch):
+    """Record (x, y, window, split) of every table build p256 does from now on."""
     built = []
     real = p256._build_tables
 
-    def counting(x, y, window):
-        built.append((x, y, window))
-        return real(x, y, window)
+    def counting(x, y, window, split):
+        built.append((x, y, window, split))
+        return real(x, y, window, split)
 
     monkeypatch.setattr(p256, "_build_tables", counting)
+    return built
+
+
+def test_generator_tables_are_constants_and_never_built(monkeypatch):
+    p256.clear_caches()
+    built = counting_builds(monkeypatch)
+    q, sig = signed_by(5, 99)
+    for _ in range(3):
+        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), sig)
+    assert all(b[:2] == q for b in built)
+    p256.clear_caches()
+
+
+def test_first_sighting_builds_chunk_zero_only_the_second_builds_and_caches(monkeypatch):
+    p256.clear_caches()
+    built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
     digest = (99).to_bytes(32, "big")
+    key = encode(q)
+    assert p256.verify_digest_pure(key, digest, sig)
+    assert built == [(q[0], q[1], p256._Q_WINDOW, 1)]
+    assert p256._q_cache == {} and list(p256._seen) == [key]
+    assert p256.verify_digest_pure(bytearray(key), digest, sig)
+    assert built[1:] == [(q[0], q[1], p256._Q_WINDOW, p256._SPLIT)]
+    assert list(p256._q_cache) == [key] and p256._seen == {}
+    assert len(p256._q_cache[key]) == 2 * p256._SPLIT << (p256._Q_WINDOW - 2)
     for _ in range(3):
-        assert p256.verify_digest_pure(encode(q), digest, sig)
-        assert p256.verify_digest_fast(encode(q), digest, sig)
-    assert [b[:2] for b in built] == [q, G]  # the key's tables, then G's, each once
-    assert list(p256._q_cache) == [encode(q)]
-    assert list(p256._fast_cache) == [encode(q)]
-    assert p256._fast_key(encode(q)) is p256._fast_key(bytearray(encode(q)))
-    assert p256._g_tables is not None
+        assert p256.verify_digest_pure(key, digest, sig)
+        assert p256.verify_digest_fast(key, digest, sig)
+    assert len(built) == 2
+    assert list(p256._fast_cache) == [key]
+    assert p256._fast_key(key) is p256._fast_key(bytearray(key))
 
     p256.clear_caches()
-    assert p256._g_tables is None
-    assert p256._q_cache == {}
-    assert p256._fast_cache == {}
+    assert p256._q_cache == {} and p256._fast_cache == {} and p256._seen == {}
+    assert p256.verify_digest_pure(key, digest, sig)
+    assert len(built) == 3 and built[2][3] == 1
+
+
+def test_a_malformed_signature_marks_nothing_and_builds_nothing(monkeypatch):
+    p256.clear_caches()
+    built = counting_builds(monkeypatch)
+    q, sig = signed_by(5, 99)
+    for bad in (raw(0, 1), raw(1, N), sig[:63]):
+        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), bad) is False
+    assert built == [] and p256._seen == {} and p256._q_cache == {}
+
+
+def test_seen_keys_are_bounded_and_cleared_when_full():
+    p256.clear_caches()
+    digest = (7).to_bytes(32, "big")
+    limit = p256._SEEN_MAX
+    for i in range(limit + 3):
+        q, sig = signed_by(100 + i, 7)
+        assert p256.verify_digest_pure(encode(q), digest, sig)
+        assert len(p256._seen) == (i % limit) + 1
+    # The first key was forgotten when _seen was cleared: a first sighting again.
+    q, sig = signed_by(100, 7)
     assert p256.verify_digest_pure(encode(q), digest, sig)
-    assert len(built) == 4
+    assert encode(q) in p256._seen and encode(q) not in p256._q_cache
+    p256.clear_caches()
+
+
+def test_prepared_keys_are_warm_at_first_use_and_never_evicted(monkeypatch):
+    p256.clear_caches()
+    digest = (77).to_bytes(32, "big")
+    pinned = [signed_by(d, 77) for d in range(21, 21 + p256._PINNED_MAX)]
+    assert p256.prepare([encode(q) for q, _ in pinned]) == p256._PINNED_MAX
+    built = counting_builds(monkeypatch)
+    # Many other keys, each verified twice: they fill and clear the unpinned cache.
+    for d in range(40, 40 + p256._Q_CACHE_MAX + 3):
+        q, sig = signed_by(d, 77)
+        for _ in range(2):
+            assert p256.verify_digest_pure(encode(q), digest, sig)
+        assert len(p256._q_cache) <= p256._Q_CACHE_MAX
+    count = len(built)
+    for q, sig in pinned:
+        assert p256.verify_digest_pure(encode(q), digest, sig)
+        assert not p256.verify_digest_pure(encode(q), digest, raw(1, 1))
+        assert encode(q) not in p256._q_cache and encode(q) not in p256._seen
+    assert len(built) == count  # no table built for a pinned key
+    p256.clear_caches()
+    assert p256._pinned == {}
+
+
+def test_prepare_replaces_the_pinned_set_reuses_tables_and_stops_at_the_limit(monkeypatch):
+    p256.clear_caches()
+    keys = [encode(mul(d, G)) for d in range(31, 31 + p256._PINNED_MAX + 2)]
+    digest = (5).to_bytes(32, "big")
+    # keys[0] gets cached tables by two verifies; prepare must take those, not rebuild.
+    for _ in range(2):
+        p256.verify_digest_pure(keys[0], digest, raw(1, 1))
+    cached = p256._q_cache[keys[0]]
+    built = counting_builds(monkeypatch)
+    assert p256.prepare([keys[0], bytearray(keys[0])] + keys[1:]) == p256._PINNED_MAX
+    assert p256._pinned[keys[0]] is cached and keys[0] not in p256._q_cache
+    assert sorted(p256._pinned) == sorted(keys[: p256._PINNED_MAX])
+    assert len(built) == p256._PINNED_MAX - 1
+    # A second prepare keeps the tables of a key pinned before, and drops the others.
+    kept = p256._pinned[keys[1]]
+    assert p256.prepare([keys[1], keys[-1]]) == 2
+    assert sorted(p256._pinned) == sorted([keys[1], keys[-1]])
+    assert p256._pinned[keys[1]] is kept
+    assert len(built) == p256._PINNED_MAX
+    assert p256.prepare([]) == 0 and p256._pinned == {}
+    p256.clear_caches()
+
+
+def test_prepare_with_a_bad_key_raises_and_keeps_the_pinned_set():
+    p256.clear_caches()
+    good = encode(mul(3, G))
+    assert p256.prepare([good]) == 1
+    with pytest.raises(DecodeError, match="not a point on the curve"):
+        p256.prepare([encode(mul(4, G)), encode((G[0], G[1] ^ 1))])
+    assert list(p256._pinned) == [good]
+    p256.clear_caches()
 
 
 def test_openssl_key_cache_is_cleared_when_full():
@@ -516,23 +633,30 @@ def p256_as_on_micropython(monkeypatch):
 
 
 def test_micropython_build_keeps_tables_within_the_ram_budget_and_still_verifies(monkeypatch):
-    # The docstring's budget for ~100 KB boards: 4 chunks x 4 points for G and for each
-    # key, at most two keys cached. And window 4 must give the same verdicts as OpenSSL.
+    # The docstring's budget for ~100 KB boards: window 4, 9 chunks x 4 points per key,
+    # two pinned keys and one cached, four keys remembered as seen; G comes from
+    # constants. And window 4 must give the same verdicts as OpenSSL on every path.
     mp = p256_as_on_micropython(monkeypatch)
-    assert (mp._G_WINDOW, mp._Q_WINDOW, mp._Q_CACHE_MAX) == (4, 4, 2)
-    assert (p256._G_WINDOW, p256._Q_WINDOW) != (4, 4)  # CPython affords bigger windows
+    assert (mp._G_WINDOW, mp._Q_WINDOW, mp._Q_CACHE_MAX, mp._PINNED_MAX, mp._SEEN_MAX) == (
+        5, 4, 1, 2, 4)
+    assert p256._Q_WINDOW != 4  # CPython affords bigger key tables
+    assert mp._G_TABLES == p256._G_TABLES
+    mp.prepare([encode(signed_by(3, 0x4245)[0])])
     for d in (3, 4, 5):
         e = 0x4242 + d
         q, sig = signed_by(d, e)
         digest = e.to_bytes(32, "big")
-        assert mp.verify_digest_pure(encode(q), digest, sig) is True
-        assert mp.verify_digest_pure(encode(q), digest, raw(1, 1)) is False
-        assert len(mp._q_cache) <= 2
-        for tables in list(mp._q_cache.values()) + [mp._g_tables]:
-            assert [len(t) for t in tables] == [4, 4, 4, 4]
-    # The crafted group-law cases again, with the small windows.
-    q = neg(G)
-    u1 = 1 + 2**64
-    r = mul(u1 - 1, G)[0] % N
-    assert mp.verify_digest_pure(encode(q), (u1 * r % N).to_bytes(32, "big"), raw(r, r))
+        for _ in range(3):
+            assert mp.verify_digest_pure(encode(q), digest, sig) is True
+            assert mp.verify_digest_pure(encode(q), digest, raw(1, 1)) is False
+        assert len(mp._q_cache) <= 1 and len(mp._pinned) == 1
+        for tables in list(mp._q_cache.values()) + list(mp._pinned.values()):
+            assert len(tables) == 9 * 4 * 2
+    # The crafted group-law cases again, with the small windows, on every path.
+    for u1 in (1 + 2**29, 2**30 - 1):
+        r = mul(u1 - 1, G)[0] % N
+        mp.clear_caches()
+        for _ in range(3):
+            assert mp.verify_digest_pure(encode(neg(G)), (u1 * r % N).to_bytes(32, "big"),
+                                         raw(r, r))
     assert not mp.verify_digest_pure(encode(neg(G)), (1).to_bytes(32, "big"), raw(1, 1))
