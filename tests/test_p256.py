@@ -336,12 +336,16 @@ def test_key_cache_stays_bounded_and_results_survive_eviction():
     digest = hashlib.sha256(b"bounded").digest()
     first_key = ec.derive_private_key(11, ec.SECP256R1())
     first_sig = craft_signature(11, int.from_bytes(digest, "big"), 99)
+    points = []
     for d in range(11, 11 + p256._Q_CACHE_MAX + 5):
         point = point_of(ec.derive_private_key(d, ec.SECP256R1()))
+        points.append(point)
         sig = craft_signature(d, int.from_bytes(digest, "big"), 99)
-        for _ in range(2):  # the second verify builds and caches the key's tables
-            assert p256.verify_digest_pure(point, digest, sig)
-        assert len(p256._q_cache) <= p256._Q_CACHE_MAX
-        assert len(p256._seen) <= p256._SEEN_MAX
+        assert p256.verify_digest_pure(point, digest, sig)
         assert len(p256._fast_cache) <= p256._FAST_CACHE_MAX
+    assert p256.prepare(points) == p256._Q_CACHE_MAX
+    assert len(p256._q_cache) == p256._Q_CACHE_MAX
     assert p256.verify_digest_pure(point_of(first_key), digest, first_sig)
+    p256.prepare(points[1:])
+    assert p256.verify_digest_pure(point_of(first_key), digest, first_sig)
+    p256.clear_caches()

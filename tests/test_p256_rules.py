@@ -105,17 +105,17 @@ def key_meeting(target, e, r, s):
 
 
 def pure_on_every_path(point, digest, sig):
-    """The pure verdict, after checking that all of its key paths agree on it.
+    """The pure verdict, after checking that both key paths agree on it.
 
-    First sighting (chunk-0 table for this call only, one long chain), second
-    sighting (full tables built and cached), cached, and pinned by prepare().
+    Not prepared (chunk-0 table for this call only, one long chain), and
+    prepared (full tables, the 30-doubling chain).
     """
     p256.clear_caches()
-    verdicts = [p256.verify_digest_pure(point, digest, sig) for _ in range(3)]
+    verdicts = [p256.verify_digest_pure(point, digest, sig) for _ in range(2)]
     assert p256.prepare([point]) == 1
     verdicts.append(p256.verify_digest_pure(point, digest, sig))
     p256.clear_caches()
-    assert verdicts in ([True] * 4, [False] * 4), verdicts
+    assert verdicts in ([True] * 3, [False] * 3), verdicts
     return verdicts[0]
 
 
@@ -472,108 +472,93 @@ def test_generator_tables_are_constants_and_never_built(monkeypatch):
     p256.clear_caches()
 
 
-def test_first_sighting_builds_chunk_zero_only_the_second_builds_and_caches(monkeypatch):
+def test_a_key_not_prepared_gets_a_chunk_zero_table_per_call_and_nothing_kept(monkeypatch):
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
     digest = (99).to_bytes(32, "big")
     key = encode(q)
-    assert p256.verify_digest_pure(key, digest, sig)
-    assert built == [(q[0], q[1], p256._Q_WINDOW, 1)]
-    assert p256._q_cache == {} and list(p256._seen) == [key]
-    assert p256.verify_digest_pure(bytearray(key), digest, sig)
-    assert built[1:] == [(q[0], q[1], p256._Q_WINDOW, p256._SPLIT)]
-    assert list(p256._q_cache) == [key] and p256._seen == {}
+    for i in range(3):
+        assert p256.verify_digest_pure(bytearray(key) if i else key, digest, sig)
+        assert p256.verify_digest_fast(key, digest, sig)
+    assert built == [(q[0], q[1], p256._Q_WINDOW, 1)] * 3
+    assert p256._q_cache == {}
+    assert list(p256._fast_cache) == [key]
+    assert p256._fast_key(key) is p256._fast_key(bytearray(key))
+    p256.clear_caches()
+    assert p256._fast_cache == {}
+
+
+def test_a_prepared_key_is_built_once_and_clear_caches_drops_it(monkeypatch):
+    p256.clear_caches()
+    built = counting_builds(monkeypatch)
+    q, sig = signed_by(5, 99)
+    digest = (99).to_bytes(32, "big")
+    key = encode(q)
+    assert p256.prepare([bytearray(key)]) == 1
+    assert built == [(q[0], q[1], p256._Q_WINDOW, p256._SPLIT)]
+    assert list(p256._q_cache) == [key]
     assert len(p256._q_cache[key]) == 64 * p256._SPLIT << (p256._Q_WINDOW - 2)
     for _ in range(3):
         assert p256.verify_digest_pure(key, digest, sig)
-        assert p256.verify_digest_fast(key, digest, sig)
-    assert len(built) == 2
-    assert list(p256._fast_cache) == [key]
-    assert p256._fast_key(key) is p256._fast_key(bytearray(key))
-
+        assert not p256.verify_digest_pure(key, digest, raw(1, 1))
+    assert len(built) == 1
     p256.clear_caches()
-    assert p256._q_cache == {} and p256._fast_cache == {} and p256._seen == {}
+    assert p256._q_cache == {}
     assert p256.verify_digest_pure(key, digest, sig)
-    assert len(built) == 3 and built[2][3] == 1
+    assert built[1:] == [(q[0], q[1], p256._Q_WINDOW, 1)]
 
 
-def test_a_malformed_signature_marks_nothing_and_builds_nothing(monkeypatch):
+def test_a_malformed_signature_builds_nothing(monkeypatch):
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
     for bad in (raw(0, 1), raw(1, N), sig[:63]):
         assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), bad) is False
-    assert built == [] and p256._seen == {} and p256._q_cache == {}
+    assert built == [] and p256._q_cache == {}
 
 
-def test_seen_keys_are_bounded_and_cleared_when_full():
-    p256.clear_caches()
-    digest = (7).to_bytes(32, "big")
-    limit = p256._SEEN_MAX
-    for i in range(limit + 3):
-        q, sig = signed_by(100 + i, 7)
-        assert p256.verify_digest_pure(encode(q), digest, sig)
-        assert len(p256._seen) == (i % limit) + 1
-    # The first key was forgotten when _seen was cleared: a first sighting again.
-    q, sig = signed_by(100, 7)
-    assert p256.verify_digest_pure(encode(q), digest, sig)
-    assert encode(q) in p256._seen and encode(q) not in p256._q_cache
-    p256.clear_caches()
-
-
-def test_prepared_keys_are_warm_at_first_use_and_never_evicted(monkeypatch):
+def test_prepared_keys_stay_however_many_other_keys_verify(monkeypatch):
     p256.clear_caches()
     digest = (77).to_bytes(32, "big")
-    pinned = [signed_by(d, 77) for d in range(21, 21 + p256._PINNED_MAX)]
-    assert p256.prepare([encode(q) for q, _ in pinned]) == p256._PINNED_MAX
+    kept = [signed_by(d, 77) for d in range(21, 21 + p256._Q_CACHE_MAX)]
+    assert p256.prepare([encode(q) for q, _ in kept]) == p256._Q_CACHE_MAX
+    tables = dict(p256._q_cache)
     built = counting_builds(monkeypatch)
-    # Many other keys, each verified twice: they fill and clear the unpinned cache.
-    for d in range(40, 40 + p256._Q_CACHE_MAX + 3):
+    for d in range(40, 45):
         q, sig = signed_by(d, 77)
-        for _ in range(2):
-            assert p256.verify_digest_pure(encode(q), digest, sig)
-        assert len(p256._q_cache) <= p256._Q_CACHE_MAX
-    count = len(built)
-    for q, sig in pinned:
         assert p256.verify_digest_pure(encode(q), digest, sig)
-        assert not p256.verify_digest_pure(encode(q), digest, raw(1, 1))
-        assert encode(q) not in p256._q_cache and encode(q) not in p256._seen
-    assert len(built) == count  # no table built for a pinned key
+    assert p256._q_cache == tables
+    for q, sig in kept:
+        assert p256.verify_digest_pure(encode(q), digest, sig)
+    assert all(b[3] == 1 for b in built)  # only the chunk-0 tables of the others
     p256.clear_caches()
-    assert p256._pinned == {}
 
 
-def test_prepare_replaces_the_pinned_set_reuses_tables_and_stops_at_the_limit(monkeypatch):
+def test_prepare_replaces_the_kept_set_reuses_tables_and_stops_at_the_limit(monkeypatch):
     p256.clear_caches()
-    keys = [encode(mul(d, G)) for d in range(31, 31 + p256._PINNED_MAX + 2)]
-    digest = (5).to_bytes(32, "big")
-    # keys[0] gets cached tables by two verifies; prepare must take those, not rebuild.
-    for _ in range(2):
-        p256.verify_digest_pure(keys[0], digest, raw(1, 1))
-    cached = p256._q_cache[keys[0]]
+    keys = [encode(mul(d, G)) for d in range(31, 31 + p256._Q_CACHE_MAX + 2)]
     built = counting_builds(monkeypatch)
-    assert p256.prepare([keys[0], bytearray(keys[0])] + keys[1:]) == p256._PINNED_MAX
-    assert p256._pinned[keys[0]] is cached and keys[0] not in p256._q_cache
-    assert sorted(p256._pinned) == sorted(keys[: p256._PINNED_MAX])
-    assert len(built) == p256._PINNED_MAX - 1
-    # A second prepare keeps the tables of a key pinned before, and drops the others.
-    kept = p256._pinned[keys[1]]
+    assert p256.prepare([keys[0], bytearray(keys[0])] + keys[1:]) == p256._Q_CACHE_MAX
+    assert sorted(p256._q_cache) == sorted(keys[: p256._Q_CACHE_MAX])
+    assert len(built) == p256._Q_CACHE_MAX
+    # A second prepare keeps the tables of a key kept before, and drops the others.
+    first = p256._q_cache[keys[1]]
     assert p256.prepare([keys[1], keys[-1]]) == 2
-    assert sorted(p256._pinned) == sorted([keys[1], keys[-1]])
-    assert p256._pinned[keys[1]] is kept
-    assert len(built) == p256._PINNED_MAX
-    assert p256.prepare([]) == 0 and p256._pinned == {}
+    assert sorted(p256._q_cache) == sorted([keys[1], keys[-1]])
+    assert p256._q_cache[keys[1]] is first
+    assert len(built) == p256._Q_CACHE_MAX + 1
+    assert p256.prepare([]) == 0 and p256._q_cache == {}
     p256.clear_caches()
 
 
-def test_prepare_with_a_bad_key_raises_and_keeps_the_pinned_set():
+def test_prepare_with_a_bad_key_raises_and_keeps_the_kept_set():
     p256.clear_caches()
     good = encode(mul(3, G))
     assert p256.prepare([good]) == 1
     with pytest.raises(DecodeError, match="not a point on the curve"):
         p256.prepare([encode(mul(4, G)), encode((G[0], G[1] ^ 1))])
-    assert list(p256._pinned) == [good]
+    assert list(p256._q_cache) == [good]
     p256.clear_caches()
 
 
@@ -634,28 +619,30 @@ def p256_as_on_micropython(monkeypatch):
 
 def test_micropython_build_keeps_tables_within_the_ram_budget_and_still_verifies(monkeypatch):
     # The docstring's budget for ~100 KB boards: window 5, 9 chunks x 8 points per key as
-    # 4,608 bytes, two pinned keys and one cached, four keys remembered as seen; G comes
-    # from constants. CPython keeps more keys; the verdicts must not depend on that.
+    # 4,608 bytes, at most two keys prepared; G comes from constants. CPython keeps more
+    # keys; the verdicts must not depend on that.
     mp = p256_as_on_micropython(monkeypatch)
-    assert (mp._Q_CACHE_MAX, mp._PINNED_MAX, mp._SEEN_MAX) == (1, 2, 4)
-    assert (p256._Q_CACHE_MAX, p256._PINNED_MAX, p256._SEEN_MAX) == (32, 8, 64)
+    assert (mp._Q_CACHE_MAX, p256._Q_CACHE_MAX) == (2, 32)
     assert mp._G_TABLES == p256._G_TABLES
-    mp.prepare([encode(signed_by(3, 0x4245)[0])])
+    keys = [encode(signed_by(d, 0)[0]) for d in (3, 4, 5)]
+    assert mp.prepare(keys) == 2
     for d in (3, 4, 5):
         e = 0x4242 + d
         q, sig = signed_by(d, e)
         digest = e.to_bytes(32, "big")
-        for _ in range(3):
+        for _ in range(2):
             assert mp.verify_digest_pure(encode(q), digest, sig) is True
             assert mp.verify_digest_pure(encode(q), digest, raw(1, 1)) is False
-        assert len(mp._q_cache) <= 1 and len(mp._pinned) == 1
-        for tables in list(mp._q_cache.values()) + list(mp._pinned.values()):
+        assert sorted(mp._q_cache) == sorted(keys[:2])
+        for tables in mp._q_cache.values():
             assert len(tables) == 9 * 8 * 64
     # The crafted group-law cases again, with the small windows, on every path.
     for u1 in (1 + 2**29, 2**30 - 1):
         r = mul(u1 - 1, G)[0] % N
         mp.clear_caches()
-        for _ in range(3):
+        for i in range(2):
+            if i:
+                mp.prepare([encode(neg(G))])
             assert mp.verify_digest_pure(encode(neg(G)), (u1 * r % N).to_bytes(32, "big"),
                                          raw(r, r))
     assert not mp.verify_digest_pure(encode(neg(G)), (1).to_bytes(32, "big"), raw(1, 1))

@@ -31,13 +31,12 @@ scalar multiplies 2^(29*i) times the base point, whose odd multiples are
 kept in affine form. All 2*_SPLIT wNAF streams then share one chain of
 only 30 doublings (a = -3 Jacobian formulas) and use mixed Jacobian-affine
 additions. The tables for G are constants in this file (flash, once
-frozen). A key's full tables cost about as much as one verify to build, so
-they are built for keys that earn them: the ones prepare() pins (the
-root's bundle keys, named when a root is accepted) and keys verified a
-second time. A key's first verify uses a table for chunk 0 only and one
-chain of 262 doublings. The result is checked in projective form
-(r*Z^2 == X), so a verify does one modular inversion besides table
-building: s^-1 mod n, by extended Euclid.
+frozen). A key's full tables cost more to build than a verify without
+them, so they are built only for the keys prepare() is given (the root's
+bundle keys, named when a root is accepted); any other key is verified
+with a table for chunk 0 only and one chain of 262 doublings. The result
+is checked in projective form (r*Z^2 == X), so a verify does one modular
+inversion besides table building: s^-1 mod n, by extended Euclid.
 """
 
 import hashlib
@@ -101,14 +100,12 @@ _SPKI_PREFIX = bytes(
 # into the firmware they live in flash: no heap and no build time.
 #
 # Public keys: window 5, 9 * 8 points, 4,608 bytes per key (as bytes, 64 per
-# point). Tables are kept for:
-# - the keys prepare() pins: the root's bundle keys, so that an install is
-#   never key-cold; nothing else evicts them (_PINNED_MAX);
-# - keys verified a second time (_Q_CACHE_MAX, cleared when full).
-# A key's first verify builds only its chunk-0 table and drops it: most
-# keys (certificate issuers) are used once, and that is cheaper than the
-# full tables. _seen remembers the last _SEEN_MAX such keys.
-# On MicroPython that is at most 3 keys, 13.8 KB; CPython keeps more.
+# point). A key's full tables cost more to build than one verify without
+# them, so they are built only for the keys prepare() is given: the root's
+# bundle keys, named when a root is accepted, so that an install is never
+# key-cold. Every other key (root, timestamp, certificate issuers) is
+# verified with a table for chunk 0 only, built for that call and dropped,
+# and one chain of 262 doublings.
 # Plain globals, not const(): the value depends on the platform.
 _SPLIT = const(9)
 _CHUNK_BITS = const(29)
@@ -116,57 +113,47 @@ _CHUNK_MASK = const(0x1FFFFFFF)
 _G_WINDOW = const(6)
 _Q_WINDOW = const(5)
 if sys.implementation.name == "micropython":
-    _Q_CACHE_MAX = 1
-    _PINNED_MAX = 2
-    _SEEN_MAX = 4
+    _Q_CACHE_MAX = 2  # 9,216 bytes; the firmware's previous G + 2 keys held 10,896
 else:
     _Q_CACHE_MAX = 32
-    _PINNED_MAX = 8
-    _SEEN_MAX = 64
 _FAST_CACHE_MAX = const(64)
 
 _q_cache = {}
-_pinned = {}
-_seen = {}
 _fast_cache = {}
 
 
 def clear_caches():
-    """Drop every cached and pinned key, e.g. to free RAM before installing a bundle."""
+    """Drop every prepared key's tables and OpenSSL key, e.g. to free RAM."""
     _q_cache.clear()
-    _pinned.clear()
-    _seen.clear()
     _fast_cache.clear()
 
 
 def prepare(points):
-    """Pin the tables of these keys (the root's bundle keys) so their first verify is warm.
+    """Build and keep the tables of these keys (the root's bundle keys): their verifies are warm.
 
     Call it when a root is accepted: the keys that will sign bundles are
-    known then. The pinned set is replaced by the first _PINNED_MAX keys
-    given; keys beyond that are left to the unpinned cache. Tables already
-    built for a key are reused. Returns the number of keys pinned.
+    known then. The kept set is replaced by the first _Q_CACHE_MAX keys
+    given; the rest are verified without tables. Tables already built for
+    a key are reused. Returns the number of keys kept.
 
     Raises:
-        DecodeError: a key is not a valid uncompressed P-256 point (nothing is pinned then).
+        DecodeError: a key is not a valid uncompressed P-256 point (the kept set is unchanged).
     """
     keep = {}
     for point in points:
-        if len(keep) >= _PINNED_MAX:
+        if len(keep) >= _Q_CACHE_MAX:
             break
         key = bytes(point)
         if key in keep:
             continue
-        tables = _pinned.get(key)
-        if tables is None:
-            tables = _q_cache.pop(key, None)
+        tables = _q_cache.get(key)
         if tables is None:
             x, y = decode_point(key)
             tables = _build_tables(x, y, _Q_WINDOW, _SPLIT)
         keep[key] = tables
-    _pinned.clear()
+    _q_cache.clear()
     for key in keep:
-        _pinned[key] = keep[key]
+        _q_cache[key] = keep[key]
     return len(keep)
 
 
@@ -379,47 +366,6 @@ def _build_tables(x, y, window, split):
     return _to_affine(flat, out)
 
 
-def _find_key(point):
-    """Return (key bytes, its tables or None, decoded (x, y) or None); validates an unknown key.
-
-    Tables come from the pinned set, then the unpinned cache. A key with
-    neither is decoded here, so a bad key raises before any other check.
-
-    Raises:
-        DecodeError: the key is not a valid uncompressed P-256 point.
-    """
-    key = bytes(point)
-    tables = _pinned.get(key)
-    if tables is None:
-        tables = _q_cache.get(key)
-    if tables is not None:
-        return key, tables, None
-    return key, None, decode_point(key)
-
-
-def _cache_tables(key, xy):
-    """Build the full tables of a key used for the second time, cache them and return them.
-
-    A key seen once is only remembered (_seen): most keys verify one
-    certificate and are never seen again, and a one-off verify without
-    full tables is cheaper than building them (see verify_digest_pure).
-    Returns None on a first sighting.
-    """
-    if key not in _seen:
-        # Clearing beats evicting one entry: no reliance on dict order.
-        if len(_seen) >= _SEEN_MAX:
-            _seen.clear()
-        _seen[key] = True
-        return None
-    del _seen[key]
-    tables = _build_tables(xy[0], xy[1], _Q_WINDOW, _SPLIT)
-    # The keys that matter most are pinned (prepare), out of reach of this.
-    if len(_q_cache) >= _Q_CACHE_MAX:
-        _q_cache.clear()
-    _q_cache[key] = tables
-    return tables
-
-
 def _schedule(sched, k, table, base, window, pos):
     """Recode k (< 2^29) in width-w NAF; append the signed table points to sched[pos + position].
 
@@ -460,8 +406,8 @@ def _mul_add(u1, u2, q_tables, spread):
 
     spread False: q_tables covers all _SPLIT chunks, so every chunk's digits
     share one chain of 30 doublings. spread True: q_tables covers chunk 0
-    only (a key seen once); chunk i's digits then go in at position 29 i of
-    one chain of 262 doublings, and G uses its chunk-0 table the same way.
+    only (a key not prepared); chunk i's digits then go in at position 29 i
+    of one chain of 262 doublings, and G uses its chunk-0 table the same way.
     """
     p = _P
     g_step = 1 << (_G_WINDOW - 2)
@@ -521,17 +467,18 @@ def _mul_add(u1, u2, q_tables, spread):
 def verify_digest_pure(point, digest, sig):
     """Return True when sig (raw r||s) is a valid ECDSA P-256 signature of the 32-byte digest.
 
-    Three paths, one answer: a pinned or cached key uses its full tables
-    (30 doublings); a key seen for the second time gets them built and
-    cached first; a key seen for the first time is verified with tables for
-    chunk 0 only, built for this call and dropped (262 doublings, no
-    eviction, less work than building the full tables).
+    Two paths, one answer: a prepared key uses its full tables (one chain of
+    30 doublings); any other key is validated, then verified with a table
+    for chunk 0 only (one chain of 262 doublings).
 
     Raises:
         DecodeError: the public key is invalid.
         ValueError: the digest is not 32 bytes.
     """
-    key, q_tables, xy = _find_key(point)
+    key = bytes(point)
+    q_tables = _q_cache.get(key)
+    if q_tables is None:
+        x, y = decode_point(key)
     _check_digest(digest)
     rs = _split_signature(sig)
     if rs is None:
@@ -539,12 +486,9 @@ def verify_digest_pure(point, digest, sig):
     r, s = rs
     n = _N
     p = _P
-    spread = False
-    if q_tables is None:
-        q_tables = _cache_tables(key, xy)
-        if q_tables is None:
-            q_tables = _build_tables(xy[0], xy[1], _Q_WINDOW, 1)
-            spread = True
+    spread = q_tables is None
+    if spread:
+        q_tables = _build_tables(x, y, _Q_WINDOW, 1)
     # SEC 1 v2, 4.1.4: e is the leftmost 256 bits of the hash, i.e. all of it.
     e = int.from_bytes(digest, "big")
     w = _inverse(s, n)
