@@ -611,6 +611,15 @@ def test_stored_anchors_sharing_a_name_are_all_found(p):
     assert evaluate(st, p.chain()).anchor == "real"
 
 
+def test_three_stored_anchors_sharing_a_name_are_all_found(p):
+    """A CA re-keyed twice under one name: the index keeps all three (int, then a list)."""
+    old = [make_cert("EC Root CA", key("ec", 300 + i), ca=True) for i in range(2)]
+    st, _ = flash_store([der(old[0]), der(old[1]), flash_compact(p.root, "real")])
+    named = st.anchors_named(p.root.subject.public_bytes())
+    assert [a.label for a in named] == ["EC Root CA", "EC Root CA", "real"]
+    assert evaluate(st, p.chain()).anchor == "real"
+
+
 def test_stored_anchors_are_bundle_anchors_not_enterprise_ones(p):
     corp = Pki("ec", tag="Corp", keys=10)
     ps = pinset(pins=[pin(p.backup_key), pin(p.backup_root)])
