@@ -11,7 +11,8 @@ Two boards:
   carries as a full anchor. Its heap (HEAP) is not yet a stock ESP32's: the package imported
   from .py files on a 64-bit port does not fit 111,936 B.
 - "standin-plain": the firmware stand-in (tools/firmware.py: 32-bit, package frozen, heap
-  growing from 56 KiB to 111,936 B in two areas) over plain MQTT (it has no TLS); no endpoints,
+  growing from 56 KiB in two areas) capped at 87,360 B, 24 KiB under a stock ESP32's 111,936,
+  over plain MQTT (it has no TLS); no endpoints,
   so its bad bundle is one with too few signatures put on its topic by hand (`rollout start`
   refuses such a bundle): refused and reported.
 
@@ -44,8 +45,9 @@ from trustfleet_server.demo.tlsserver import LoopbackTLSServer
 REPO = Path(__file__).resolve().parents[1]
 DEVICE = "esp-1"
 WAIT = 90.0
-# The heap each board runs in (bytes). 111,936 is a stock ESP32's GC heap without PSRAM.
-HEAP = {"native-tls": 1_000_000, "standin-plain": 111_936}
+# The heap each board runs in (bytes). A stock ESP32 without PSRAM has 111,936; the stand-in
+# runs in 24 KiB less, the margin issue 11 asks for at every step's worst point.
+HEAP = {"native-tls": 1_000_000, "standin-plain": 111_936 - 24 * 1024}
 
 
 def tf(*args: str, env: dict[str, str] | None = None, code: int | None = 0,
