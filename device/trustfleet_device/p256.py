@@ -141,16 +141,13 @@ def prepare(points):
     """
     keep = {}
     for point in points:
-        if len(keep) >= _Q_CACHE_MAX:
-            break
         key = bytes(point)
-        if key in keep:
-            continue
-        tables = _q_cache.get(key)
-        if tables is None:
-            x, y = decode_point(key)
-            tables = _build_tables(x, y, _Q_WINDOW, _SPLIT)
-        keep[key] = tables
+        if len(keep) < _Q_CACHE_MAX and key not in keep:
+            tables = _q_cache.get(key)
+            if tables is None:
+                x, y = decode_point(key)
+                tables = _build_tables(x, y, _Q_WINDOW, _SPLIT)
+            keep[key] = tables
     _q_cache.clear()
     for key in keep:
         _q_cache[key] = keep[key]
