@@ -491,3 +491,24 @@ def test_operator_signature_added_to_empty_protected_map_body_verifies(repo, roo
     raw = fk.cose_sign(payload, [first], body_protected=b"\xa0")
     signed = documents.add_signature(raw, repo.keys["bundle"][1])
     assert policy.verify_bundle(root, signed, now=fk.NOW).version == 9
+
+
+def test_an_accepted_root_prepares_its_bundle_keys_on_the_pure_path(fresh_repo, monkeypatch):
+    """On a board (no OpenSSL) the root's bundle keys get their P-256 tables when the root is
+    accepted, so the first bundle install verifies warm; a root update prepares its own."""
+    from trustfleet_device import p256
+
+    monkeypatch.setattr(p256, "BACKEND", "pure")
+    monkeypatch.setattr(p256, "_Q_CACHE_MAX", 8)
+    monkeypatch.setattr(p256, "_q_cache", {})
+    r = fresh_repo
+    trusted = policy.load_trusted_root(r.root_raw)
+    bundle_keys = {trusted.keys[k] for k in trusted.roles["bundle"].kids}
+    assert set(p256._q_cache) == bundle_keys and len(bundle_keys) == 3
+    new = policy.verify_root_update(trusted, r.rotate("bundle", new_keys=1, remove=1))
+    assert set(p256._q_cache) == {new.keys[k] for k in new.roles["bundle"].kids} != bundle_keys
+    # With OpenSSL there is nothing to prepare.
+    monkeypatch.setattr(p256, "BACKEND", "cryptography")
+    monkeypatch.setattr(p256, "_q_cache", {})
+    policy.load_trusted_root(r.root_raw)
+    assert p256._q_cache == {}

@@ -15,7 +15,7 @@ A new root must be signed by a threshold of the old root's root keys and by
 a threshold of its own root keys, and its version must be exactly one more.
 """
 
-from trustfleet_device import cose, documents
+from trustfleet_device import cose, documents, p256
 from trustfleet_device.errors import (
     ExpiredError,
     PolicyError,
@@ -78,7 +78,17 @@ def load_trusted_root(raw, limits=DEFAULT, fleet=None):
     msg = cose.parse(raw, limits)
     root = documents.parse_root(msg.unverified_payload, limits, fleet)
     check_threshold(msg, root, "root", "root v%d" % root.version)
+    _prepare_bundle_keys(root)
     return root
+
+
+def _prepare_bundle_keys(root):
+    """Keep the P-256 tables of the keys that sign bundles (pure path only): a bundle's
+    signatures then verify warm, also on the first install after boot."""
+    if p256.BACKEND == "pure":
+        role = root.roles.get("bundle")
+        if role is not None:
+            p256.prepare([root.keys[k] for k in role.kids])
 
 
 def verify_root_update(trusted, raw, limits=DEFAULT):
@@ -93,6 +103,7 @@ def verify_root_update(trusted, raw, limits=DEFAULT):
         raise PolicyError("root version %d skips versions: expected %d"
                           % (new.version, trusted.version + 1))
     check_threshold(msg, new, "root", "new root v%d (checked with its own keys)" % new.version)
+    _prepare_bundle_keys(new)
     return new
 
 
