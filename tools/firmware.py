@@ -21,7 +21,8 @@ answered by us (HEAP_C below) instead of by the IDF heap. See
 docs/firmware.md for what it does not copy.
 
 Source: --src, else $TRUSTFLEET_MICROPYTHON_SRC, else
-../shared/micropython/micropython-1.27.0.tar.gz beside the repository. A
+shared/micropython/micropython-1.27.0.tar.gz beside the repository (or beside a
+folder above it). A
 tarball or an unpacked tree; it is never written to: the build runs in a
 copy under the cache. Cache: ${XDG_CACHE_HOME:-~/.cache}/trustfleet/firmware/<key>/,
 where the key covers the source's identity, the bytes of every frozen file,
@@ -243,9 +244,19 @@ def frozen_files(manifest: Path = DEVICE_MANIFEST) -> dict[str, bytes]:
 
 # --- the source and the cache key ------------------------------------------
 
+def default_tarball() -> Path:
+    """shared/micropython/<release tarball> beside the repository, or beside any folder above
+    it (a checkout may sit deeper than the workspace's shared/); else the usual place."""
+    for folder in REPO_ROOT.parents:
+        candidate = folder / "shared" / "micropython" / DEFAULT_TARBALL.name
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_TARBALL
+
+
 def resolve_source(src: str | None) -> Path:
     """The MicroPython source to build: --src, else $TRUSTFLEET_MICROPYTHON_SRC, else the default."""
-    chosen = src or os.environ.get(SRC_ENV) or str(DEFAULT_TARBALL)
+    chosen = src or os.environ.get(SRC_ENV) or str(default_tarball())
     path = Path(chosen).expanduser().resolve()
     if not path.exists():
         raise FirmwareError(
