@@ -44,13 +44,21 @@ mutate: setup
 demo: setup
 	$(VENV)/bin/trustfleet demo --out demo-out
 
-bench: setup
+bench: setup firmware
 	$(PY) benchmarks/bench_p256.py
 	$(PY) benchmarks/bench_bundle.py
 	$(PY) benchmarks/bench_install.py
+	$(PY) benchmarks/bench_board.py
+	$(PY) benchmarks/bench_board_p256.py
 	$(PY) benchmarks/bench_broker.py
+	$(PY) benchmarks/bench_broker_caps.py
 	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_message_decode.py
 	$(PY) benchmarks/bench_fleet.py
+	$(PY) benchmarks/bench_serve_flood.py
+	$(PY) benchmarks/bench_serve_restore.py
+	$(PY) benchmarks/bench_report_retention.py
+	$(PY) benchmarks/bench_sim_faults.py
 
 fuzz: setup
 	$(PY) tools/fuzz_decoders.py --target all --seconds 60
