@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from support.environment import skip_or_fail
+from trustfleet_server import boardrun
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICE_DIR = REPO_ROOT / "device"
@@ -32,53 +33,9 @@ BOARD_DIR = DEVICE_DIR / "board"
 RESULT_MARK = "@@mpunix-result@@ "
 DEFAULT_TIMEOUT = 60.0
 
-# Stand-ins for the board-only modules main.py imports. The real ones exist
-# only on a board; these do nothing but record what they were asked.
-BOARD_SHIMS = {
-    "machine.py": '''
-"""Stand-in for the board's machine module: a watchdog that counts feeds."""
-
-
-class WDT:
-    fed = 0
-
-    def __init__(self, id=0, timeout=5000):
-        self.timeout = timeout
-
-    def feed(self):
-        WDT.fed += 1
-''',
-    "network.py": '''
-"""Stand-in for the board's network module: a station that is always up."""
-STA_IF = 0
-
-
-class WLAN:
-    def __init__(self, interface):
-        self.up = False
-
-    def active(self, on=None):
-        if on is not None:
-            self.up = on
-        return self.up
-
-    def isconnected(self):
-        return self.up
-
-    def connect(self, ssid, key=""):
-        self.up = True
-''',
-    "ntptime.py": '''
-"""Stand-in for the board's ntptime module: settime() only counts calls."""
-host = "pool.ntp.org"
-calls = 0
-
-
-def settime():
-    global calls
-    calls += 1
-''',
-}
+# Stand-ins for the board-only modules the board's application imports (network, machine,
+# ntptime): the same ones `trustfleet board run` uses. The real ones exist only on a board.
+BOARD_SHIMS = dict(boardrun.SHIMS)
 
 
 class MicroPythonUnixError(RuntimeError):
