@@ -33,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,10 +288,16 @@ def run(binary: str, state_dir: Path, *, heap: int | None, seconds: float | None
     if until is not None and until not in UNTIL:
         raise UsageError(f"--until {until}: expected one of {', '.join(UNTIL)}")
     package_parent, board = device_dirs()
-    shims = state_dir.parent / f".{state_dir.name}.shims"
-    shims.mkdir(exist_ok=True)
-    for name, text in SHIMS.items():
-        (shims / name).write_text(text)
+    with tempfile.TemporaryDirectory(prefix="trustfleet-board-shims-") as shims:
+        for name, text in SHIMS.items():
+            (Path(shims) / name).write_text(text)
+        return _run(binary, state_dir, Path(shims), package_parent, board, heap=heap,
+                    seconds=seconds, until=until, log_lines=log_lines, on_line=on_line)
+
+
+def _run(binary: str, state_dir: Path, shims: Path, package_parent: Path, board: Path, *,
+         heap: int | None, seconds: float | None, until: str | None, log_lines: int,
+         on_line: Any) -> BoardRun:
     start = read_state(state_dir)
     env = dict(os.environ)
     # Frozen modules first (a firmware stand-in), then the package from files.
@@ -331,7 +338,6 @@ def run(binary: str, state_dir: Path, *, heap: int | None, seconds: float | None
     elif result.get("ended") in ("out-of-memory", "crashed"):
         ended = result["ended"]
     state = read_state(state_dir)
-    shutil.rmtree(shims, ignore_errors=True)
     return BoardRun(ended=ended, seconds=elapsed, heap_cap=heap, heap_total=result.get("heap_total"),
                     peak_live=result.get("peak_live"), feeds=result.get("feeds", 0), state=state,
                     log=lines[-log_lines:], binary=binary)
