@@ -137,14 +137,7 @@ class Env:
         return str(path)
 
     def retained(self, topic: str, timeout: float = 1.0) -> bytes | None:
-        """What a new subscriber gets on `topic` right now (None: nothing retained)."""
-        c = brokers.connect(self.broker)
-        try:
-            c.subscribe(topic)
-            got = c.wait_messages(1, topic, timeout=timeout)
-        finally:
-            c.close()
-        return got[0].payload if got and got[0].payload else None
+        return brokers.retained(self.broker, topic, timeout)
 
 
 @pytest.fixture

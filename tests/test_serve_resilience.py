@@ -70,13 +70,7 @@ class Setup:
             return {d["device"] for d in db.devices(self.fleet)}
 
     def retained(self, topic: str, timeout: float = 1.0) -> bytes | None:
-        c = brokers.connect(self.b)
-        try:
-            c.subscribe(topic)
-            got = c.wait_messages(1, topic, timeout=timeout)
-        finally:
-            c.close()
-        return got[0].payload if got and got[0].payload else None
+        return brokers.retained(self.b, topic, timeout)
 
 
 @contextmanager

@@ -305,6 +305,17 @@ def connect(broker: Broker | Any, *, username: str | None = None, password: str 
     return c
 
 
+def retained(broker: Broker | Any, topic: str, timeout: float = 1.0, **kw: Any) -> bytes | None:
+    """What a new subscriber gets on `topic` right now (None: nothing retained)."""
+    c = connect(broker, **kw)
+    try:
+        c.subscribe(topic)
+        got = c.wait_messages(1, topic, timeout=timeout)
+    finally:
+        c.close()
+    return got[0].payload if got and got[0].payload else None
+
+
 def clear_retained(broker: Broker | Any, topic_names: Iterable[str], **kw: Any) -> None:
     """Publish empty retained messages so a persistent broker forgets what a test left."""
     c = connect(broker, **kw)
