@@ -145,7 +145,7 @@ class BoardFleet:
 
     def rollout(self, bundle: Path) -> None:
         tf("rollout", "start", "--db", str(self.dir / "fleet.db"), "--fleet", self.fleet, "--bundle",
-           str(bundle), "--root", str(self.dir / "root.cose"), "--waves", "100%",
+           str(bundle), "--root", str(self.dir / "root.cose"), "--waves", "100%", "--allow-empty-waves",
            "--wave-deadline", "120", env=self.env)
 
     def put_retained(self, topic: str, payload: bytes) -> None:

@@ -403,7 +403,7 @@ def test_a_rollout_halts_when_canaries_revert_and_clears_its_wave_topics(env, ca
 def test_abort_with_a_broker_clears_the_published_wave_at_once(env, capsys):
     bundle2 = env.write_bundle(2)
     assert run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root",
-                   env.root, "--bundle", bundle2, "--groups", "canary,all")[0] == 0
+                   env.root, "--bundle", bundle2, "--groups", "canary,all", "--allow-empty-waves")[0] == 0
     assert run_cli(capsys, "serve", "--broker", env.url, "--fleet", env.fleet, "--root", env.root,
                    "--db", env.db, "--once")[0] == 0
     group = topics.group_bundle(env.fleet, "canary")
@@ -423,7 +423,7 @@ def test_abort_with_a_broker_clears_the_published_wave_at_once(env, capsys):
 def test_abort_without_a_broker_leaves_the_clearing_to_the_next_serve_step(env, capsys):
     bundle2 = env.write_bundle(2)
     assert run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root",
-                   env.root, "--bundle", bundle2, "--waves", "5%,100%")[0] == 0
+                   env.root, "--bundle", bundle2, "--waves", "5%,100%", "--allow-empty-waves")[0] == 0
     serve = ("serve", "--broker", env.url, "--fleet", env.fleet, "--root", env.root, "--db", env.db,
              "--once")
     assert run_cli(capsys, *serve)[0] == 0
@@ -432,7 +432,7 @@ def test_abort_without_a_broker_leaves_the_clearing_to_the_next_serve_step(env, 
     code, out, _ = run_cli(capsys, "rollout", "abort", "--db", env.db, "--fleet", env.fleet)
     assert code == 0 and "5 wave topic(s) still hold the bundle" in out
     code, _, err = run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet,
-                           "--root", env.root, "--bundle", env.write_bundle(3))
+                           "--root", env.root, "--bundle", env.write_bundle(3), "--allow-empty-waves")
     assert code == 2 and "not cleared yet" in err
     code, out, _ = run_cli(capsys, *serve)
     assert code == 0 and "cleared 5 topic(s)" in out
@@ -445,7 +445,8 @@ def test_rollout_start_refuses_an_unverifiable_bundle_and_a_second_rollout(env, 
     code, _, err = run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet,
                            "--root", env.root, "--bundle", weak)
     assert code == 1 and "needs 2" in err
-    args = ["rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root", env.root]
+    args = ["rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root", env.root,
+            "--allow-empty-waves"]
     assert run_cli(capsys, *args, "--bundle", env.write_bundle(2))[0] == 0
     code, _, err = run_cli(capsys, *args, "--bundle", env.write_bundle(3))
     assert code == 2 and "is running" in err
@@ -457,7 +458,7 @@ def test_serve_follows_a_root_rotation_and_refuses_what_no_longer_verifies(env, 
     """Root v2 (published on the broker) drops every bundle key and the timestamp key."""
     bundle2 = env.write_bundle(2)  # signed by the v1 bundle keys
     assert run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root",
-                   env.root, "--bundle", bundle2)[0] == 0
+                   env.root, "--bundle", bundle2, "--allow-empty-waves")[0] == 0
     v2, v3 = env.dir / "root-v2.cose", env.dir / "root-v3.cose"
     v2.write_bytes(env.repo.rotate("bundle", new_keys=3, remove=3))
     v3.write_bytes(env.repo.rotate("timestamp", new_keys=1, remove=1))
@@ -479,7 +480,7 @@ def test_serve_follows_a_root_rotation_and_refuses_what_no_longer_verifies(env, 
 
 def test_fleet_watch_redraws_in_place_on_a_terminal(env, capsys, monkeypatch):
     assert run_cli(capsys, "rollout", "start", "--db", env.db, "--fleet", env.fleet, "--root",
-                   env.root, "--bundle", env.write_bundle(2))[0] == 0
+                   env.root, "--bundle", env.write_bundle(2), "--allow-empty-waves")[0] == 0
     with store(env) as db:
         db.update_rollout(1, lambda r: rollout.abort(r, int(time.time()), "test"))
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)

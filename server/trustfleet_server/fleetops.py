@@ -64,20 +64,39 @@ def start_rollout(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path,
     Raises: RollbackError when the fleet already published this version or a newer one.
     """
     fleet = plan.fleet
-    published = db.newest_published(fleet)
-    done = db.latest_done(fleet)
-    floor = max(v for v in (published, done.version if done else None, 0) if v is not None)
-    if plan.version <= floor:
-        raise RollbackError(
-            f"{bundle_path}: bundle v{plan.version} is not newer than v{floor}, which the fleet "
-            f"already published; going back means a new bundle with a higher version and the old "
-            f"content (see `trustfleet rollout start --help`)")
+    check_floor(db, plan, bundle_path)
     r = db.create_rollout(plan)
     db.record_published(fleet, r.version, r.sha256, f"rollout {r.id}", now)
     names = ", ".join(w.name for w in r.waves)
     db.add_event(r.id, now, f"started: v{r.version} in waves {names} (pass at "
                             f"{r.success:.2f} within {r.deadline} s, halt above {r.max_failure:.2f})")
     return r
+
+
+def check_floor(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path) -> int:
+    """The fleet's published floor; raises RollbackError when the plan's version is not above it."""
+    published = db.newest_published(plan.fleet)
+    done = db.latest_done(plan.fleet)
+    floor = max(v for v in (published, done.version if done else None, 0) if v is not None)
+    if plan.version <= floor:
+        raise RollbackError(
+            f"{bundle_path}: bundle v{plan.version} is not newer than v{floor}, which the fleet "
+            f"already published; going back means a new bundle with a higher version and the old "
+            f"content (see `trustfleet rollout start --help`)")
+    return floor
+
+
+def check_reach(plan: rollout.Rollout, devices: Sequence[dict], allow_empty: bool) -> list[dict]:
+    """Each wave's reach in the fleet as stored now (rollout.reach).
+
+    Raises: UsageError for a wave naming a group no device is in, or reaching no
+    device (the first such wave), unless `allow_empty`.
+    """
+    reached = rollout.reach(plan.waves, devices, plan.version)
+    problem = rollout.empty_wave_problem(reached, rollout.known_groups(devices))
+    if problem and not allow_empty:
+        raise UsageError(f"{problem}; fix the waves, or pass --allow-empty-waves to start anyway")
+    return reached
 
 
 def find_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None,

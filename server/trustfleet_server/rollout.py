@@ -194,6 +194,63 @@ def in_wave(device: Mapping[str, Any], waves: Sequence[Wave], index: int) -> boo
     return False
 
 
+def reach(waves: Sequence[Wave], devices: Iterable[Mapping[str, Any]], target: int) -> list[dict]:
+    """How many devices each wave reaches, as `rollout start` of version `target` sees the fleet now.
+
+    Per wave: {"name", "devices": counted members (cumulative, as the gates count
+    them), "new": members no earlier wave reached, "excluded": members the gates
+    will not count (quarantined, or suspect of a version above `target`: starting
+    the rollout publishes `target`, which clears the suspicion of devices at or
+    below it), "unknown_groups": groups the wave names that no device is in}.
+    """
+    devices = list(devices)
+    known = {d.get("group") for d in devices}
+
+    def excluded(d: Mapping[str, Any]) -> bool:
+        version = _int(d.get("version"))
+        return bool(d.get("quarantined")) or (bool(d.get("suspect")) and (version or 0) > target)
+
+    out, before = [], 0
+    for i, w in enumerate(waves):
+        members = [d for d in devices if in_wave(d, waves, i)]
+        counted = sum(1 for d in members if not excluded(d))
+        out.append({"name": w.name, "devices": counted, "new": counted - before,
+                    "excluded": len(members) - counted,
+                    "unknown_groups": [g for g in (w.groups or ()) if g not in known]})
+        before = counted
+    return out
+
+
+def known_groups(devices: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The rollout groups devices of the fleet are in, sorted."""
+    return sorted({d["group"] for d in devices if isinstance(d.get("group"), str)})
+
+
+def empty_wave_problem(reached: Sequence[dict], groups: Sequence[str]) -> str | None:
+    """The first reason to refuse a plan: a wave naming a group no device is in, or a wave
+    reaching no (counted) device, which `step` would pass at once; None when every wave gates."""
+    known = ", ".join(groups) if groups else "none: no device reports a group"
+    for w in reached:
+        if w["unknown_groups"]:
+            names = ", ".join(w["unknown_groups"])
+            return (f"wave {w['name']}: no device is in group {names} (known groups: {known}); "
+                    f"an empty wave passes at once and the next one goes out unguarded")
+    for w in reached:
+        if w["devices"] == 0:
+            return (f"wave {w['name']}: reaches no device of the fleet"
+                    + (f" ({w['excluded']} suspect or quarantined)" if w["excluded"] else "")
+                    + "; an empty wave passes at once and the next one goes out unguarded")
+    return None
+
+
+def halt_rule(r: Rollout) -> str:
+    """The gates of a rollout in one sentence (`rollout start --dry-run`)."""
+    return (f"a wave passes when {r.success:.2f} of its counted devices run v{r.version} (ok or stale); "
+            f"it halts and its topics are cleared when more than {r.max_failure:.2f} of them reverted, "
+            f"marked v{r.version} bad or have no trust store at the deadline, or when {r.deadline} s "
+            f"pass without success; offline devices, and devices silent past the deadline, are not counted")
+
+
 # --------------------------------------------------------------------------- rollout
 
 

@@ -30,6 +30,9 @@ waves:
   --groups canary,beta,all   rollout groups, one wave each ('a+b' puts two groups in one
                              wave); `all` is the whole fleet and must come last
   The last wave must reach 100% of the fleet; it also publishes tf/<fleet>/bundle.
+  A wave naming a group no device is in, or reaching no device, is refused: it would
+  pass at once (--allow-empty-waves to start anyway). --dry-run shows each wave's
+  devices and the halt rule, and publishes and stores nothing.
 
 gates:
   A wave passes when --success of its counted devices run the new version (state ok or
@@ -70,7 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="halt when more than this share failed (default 0.2)")
     p.add_argument("--wave-deadline", default=str(rollout.DEFAULT_DEADLINE), metavar="DURATION",
                    help="time for a wave to pass, seconds or 10m/1h (default 600)")
-    p.add_argument("--json", action="store_true", help="print the new rollout as JSON")
+    p.add_argument("--allow-empty-waves", action="store_true",
+                   help="start even when a wave names a group no device is in, or reaches no device "
+                        "(such a wave passes at once: the next one goes out unguarded)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the waves, the devices each reaches now and the halt rule; "
+                        "publish nothing, store nothing")
+    p.add_argument("--json", action="store_true", help="print the new rollout (or the dry run) as JSON")
     p.set_defaults(func=cmd_rollout_start)
 
     p = rsub.add_parser("status", help="show the latest (or a given) rollout and its waves")
@@ -102,7 +111,11 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
     deadline = int(times.positive_seconds(args.wave_deadline, "--wave-deadline"))
     plan = fleetops.plan_rollout(fleet, args.root, args.bundle, now, waves=args.waves, groups=args.groups,
                                  success=args.success, max_failure=args.max_failure, deadline=deadline)
+    if args.dry_run:
+        return _dry_run(args, plan)
     with fleetdb.open_db(args.db) as db:
+        fleetops.check_floor(db, plan, args.bundle)
+        fleetops.check_reach(plan, db.devices(fleet), args.allow_empty_waves)
         r = fleetops.start_rollout(db, plan, args.bundle, now)
     if args.json:
         common.print_json(render.rollout_json(r))
@@ -112,6 +125,39 @@ def cmd_rollout_start(args: argparse.Namespace) -> int:
               f"waves ({names}); `trustfleet serve` publishes the first wave on its next step")
         print(f"watch it: trustfleet fleet watch --db {args.db} --fleet {fleet}")
     return 0
+
+
+def _dry_run(args: argparse.Namespace, plan: rollout.Rollout) -> int:
+    """What `rollout start` would do, from the store as it is; nothing is published or stored."""
+    if fleetdb_exists(args.db):
+        with fleetdb.open_db(args.db) as db:
+            devices = db.devices(plan.fleet)
+            floor = fleetops.check_floor(db, plan, args.bundle)
+    else:
+        devices, floor = [], 0  # no store yet: an empty fleet, and no file is created
+    reached = fleetops.check_reach(plan, devices, args.allow_empty_waves)
+    rule = rollout.halt_rule(plan)
+    waves = [{**w.to_json(), **reach, "topics": len(rollout.wave_topics(plan.fleet, plan.waves, i))}
+             for i, (w, reach) in enumerate(zip(plan.waves, reached, strict=True))]
+    if args.json:
+        common.print_json({"dry_run": True, "fleet": plan.fleet, "version": plan.version,
+                           "sha256": plan.sha256, "floor": floor, "fleet_devices": len(devices),
+                           "waves": waves, "thresholds": plan.thresholds(), "halt_rule": rule})
+        return 0
+    print(f"dry run: bundle v{plan.version} for fleet {plan.fleet} ({len(devices)} device(s) known); "
+          f"nothing published, nothing stored")
+    width = max(len(w["name"]) for w in waves)
+    for i, w in enumerate(waves, 1):
+        extra = f", {w['excluded']} excluded (suspect or quarantined)" if w["excluded"] else ""
+        print(f"  wave {i} {w['name']:<{width}}  {w['devices']:>6} device(s), {w['new']} new{extra}; "
+              f"{w['topics']} topic(s)")
+    print(f"halt rule: {rule}")
+    return 0
+
+
+def fleetdb_exists(target: str) -> bool:
+    """False for a SQLite path with no file yet (a dry run must not create it)."""
+    return "://" in target or Path(target).exists()
 
 
 def cmd_rollout_status(args: argparse.Namespace) -> int:
