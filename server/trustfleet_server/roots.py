@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trustfleet_device import documents as device_docs
-from trustfleet_server import documents, keys
+from trustfleet_server import documents, keys, spec
 from trustfleet_server.errors import UsageError
 
 
@@ -60,7 +60,10 @@ def apply_changes(keymap: dict[bytes, bytes], roles: dict[str, dict], *, add: Se
 
 
 def root_payload(fleet: str, version: int, expires: int, keymap: dict, roles: dict) -> bytes:
-    """The unsigned root payload."""
+    """The unsigned root payload. Raises: UsageError for a version devices would refuse."""
+    if not 1 <= version <= spec.MAX_VERSION:
+        raise UsageError(f"root v{version}: versions run from 1 to {spec.MAX_VERSION}, the highest "
+                         f"version devices accept; a root at the top can never be rotated")
     return documents.encode_payload({
         "type": "root", "spec": device_docs.SPEC, "fleet": fleet, "version": version,
         "expires": expires, "keys": sorted(keymap.values()),

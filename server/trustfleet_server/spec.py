@@ -32,6 +32,10 @@ class SpecError(UsageError):
     """The bundle spec is invalid; the message names the key (exit code 2)."""
 
 
+# The highest document version a device accepts (docs/operations.md, "Versions"). A version at
+# the top could never be followed, so builders refuse anything above it with one line.
+MAX_VERSION: int = getattr(device_docs, "MAX_VERSION", 2**30 - 1)
+
 TOP_KEYS = {"fleet", "version", "issued_at", "expires", "policy", "anchors", "pinsets", "distrust"}
 POLICY_KEYS = {"user_anchors", "max_timestamp_age"}
 ANCHOR_KEYS = {"files", "certifi", "match", "form", "labels"}
@@ -78,6 +82,18 @@ def parse_time(value: Any, where: str, base: int | None = None) -> int:
             raise SpecError(f"{where}: {value!r} is not a date, datetime or duration like '90d'") from None
         return parse_time(parsed, where)
     raise SpecError(f"{where}: expected a date, a duration like '90d', or seconds")
+
+
+def parse_version(value: Any, where: str, lowest: int = 1) -> int:
+    """A document version: a whole number from `lowest` (1; 0 for "none installed") to MAX_VERSION,
+    given as an int (TOML) or decimal text (a command-line flag). Raises: SpecError."""
+    if isinstance(value, str) and where.startswith("--") and re.fullmatch(r"[+-]?[0-9]{1,400}", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= MAX_VERSION:
+        shown = value if isinstance(value, int) and len(str(value)) <= 40 else repr(value)[:40]
+        raise SpecError(f"{where}: {shown} is not a version: expected a whole number from {lowest} to "
+                        f"{MAX_VERSION}, the highest version devices accept")
+    return value
 
 
 def parse_duration(value: Any, where: str) -> int:
@@ -286,9 +302,8 @@ def load_spec(path: Path, *, version: int | None = None, now: int | None = None,
     fleet = _require(spec, "fleet", "spec")
     if not isinstance(fleet, str) or not fleet:
         raise SpecError("fleet: expected a non-empty string")
-    version = version if version is not None else _require(spec, "version", "spec")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SpecError("version: expected an integer of at least 1")
+    version = parse_version(version if version is not None else _require(spec, "version", "spec"),
+                            "--version" if version is not None else "version")
     issued_at = parse_time(spec["issued_at"], "issued_at") if "issued_at" in spec else int(now or time.time())
     expires_at = parse_time(_require(spec, "expires", "spec"), "expires", issued_at)
     if expires_at <= issued_at:

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         epilog=EXAMPLE_SPEC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path, help="bundle spec (TOML)")
     p.add_argument("-o", "--out", type=Path, required=True, help="where to write the unsigned payload")
-    p.add_argument("--version", type=int, help="override the spec's version")
+    p.add_argument("--version", help=f"override the spec's version (1 to {spec.MAX_VERSION})")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     common.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
     p.set_defaults(func=cmd_build)
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trusted root (signed); repeat to walk a rotation chain oldest first")
     p.add_argument("file", type=Path, help="signed bundle")
     p.add_argument("--at", help="check expiry at this time (date or epoch seconds; default now)")
-    p.add_argument("--installed-version", type=int, help="also refuse versions not above this")
+    p.add_argument("--installed-version", help="also refuse versions not above this")
     p.add_argument("--json", action="store_true", help="print {valid, version, reason, ...} as JSON")
     p.set_defaults(func=cmd_verify)
 
@@ -137,12 +137,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     now = spec.parse_time(args.at, "--at") if args.at else int(time.time())
+    installed = (spec.parse_version(args.installed_version, "--installed-version", lowest=0)
+                 if args.installed_version is not None else None)
     raw = None
     result = {"valid": False, "version": None, "reason": None, "file": str(args.file)}
     try:
         raw = documents.read_file(args.file)
         root = documents.load_root_chain(args.root)
-        b = policy.verify_bundle(root, raw, installed_version=args.installed_version, now=now)
+        b = policy.verify_bundle(root, raw, installed_version=installed, now=now)
     except TrustfleetError as exc:
         result["reason"] = str(exc)
         if raw is not None:
