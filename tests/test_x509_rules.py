@@ -475,10 +475,26 @@ def test_san_cap_is_100_entries():
     bad(san(*[tlv(0x87, b"\x0a\x00\x00\x01")] * 101), "more than 100 entries", kind=LimitError)
 
 
-@pytest.mark.parametrize("tag", [0x80, 0x81, 0x83, 0x84, 0x86, 0x87, 0x88, 0xA0, 0xA4, 0xA5, 0xA8])
+# iPAddress (0x87) is read, not read past: see the tests below.
+@pytest.mark.parametrize("tag", [0x80, 0x81, 0x83, 0x84, 0x86, 0x88, 0xA0, 0xA4, 0xA5, 0xA7, 0xA8])
 def test_general_names_of_every_context_tag_up_to_8_are_read_past(tag):
     got = x509.parse(san(tlv(tag, b"\x01\x02"), tlv(0x82, b"after.example")))
-    assert got.dns_names == ["after.example"]
+    assert got.dns_names == ["after.example"] and got.ip_addresses == []
+
+
+def test_ip_addresses_are_kept_in_order_beside_the_dns_names():
+    v4, v6 = b"\x0a\x00\x00\x01", bytes(range(16))
+    got = x509.parse(san(tlv(0x87, v4), tlv(0x82, b"a.example"), tlv(0x87, v6), tlv(0x82, b"b.example"),
+                         tlv(0x87, v4)))
+    assert got.ip_addresses == [v4, v6, v4]
+    assert got.dns_names == ["a.example", "b.example"]
+    assert x509.parse(san(tlv(0x82, b"a.example"))).ip_addresses == []
+    assert x509.parse(raw_cert(raw_tbs(extensions=[]))).ip_addresses == []
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 5, 8, 15, 17, 32])
+def test_ip_address_of_other_than_4_or_16_bytes_is_refused(size):
+    bad(san(tlv(0x87, bytes(size))), f"iPAddress of {size} bytes (4 for IPv4, 16 for IPv6)")
 
 
 @pytest.mark.parametrize("tag", [0x89, 0x8F, 0xA9, 0x30, 0x04, 0x42, 0xC2, 0x0C])

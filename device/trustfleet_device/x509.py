@@ -10,6 +10,8 @@ What it refuses, always as CertificateError (a DecodeError) or LimitError:
 - certificates over MAX_CERT bytes (checked first, before any work), names
   over MAX_NAME bytes, more than MAX_SAN subjectAltName entries, DNS names
   over MAX_DNS_NAME characters, nesting deeper than MAX_DEPTH;
+- a subjectAltName iPAddress that is not 4 (IPv4) or 16 (IPv6) bytes
+  (RFC 5280, 4.2.1.6);
 - version 2 certificates, extensions in version 1 ones, duplicate
   extensions, an outer signatureAlgorithm that differs from the one inside
   tbsCertificate (RFC 5280, 4.1.1.2), algorithm parameters other than those
@@ -64,6 +66,7 @@ _CTX1_PRIM = const(0x81)
 _CTX2_PRIM = const(0x82)
 _CTX3 = const(0xA3)
 _DNS_NAME = const(0x82)
+_IP_ADDRESS = const(0x87)
 
 OID_BASIC_CONSTRAINTS = "2.5.29.19"
 OID_KEY_USAGE = "2.5.29.15"
@@ -481,6 +484,7 @@ def _ext_subject_alt_name(cert, cur):
     if seq.at_end():
         seq.fail("empty GeneralNames")
     names = []
+    ips = []
     count = 0
     while not seq.at_end():
         count += 1
@@ -489,9 +493,14 @@ def _ext_subject_alt_name(cert, cur):
         tag, start, stop, _ = seq.element()
         if tag & 0xC0 != 0x80 or tag & 0x1F > 8:
             seq.fail("GeneralName with tag 0x%02x" % tag)
+        n = stop - start
+        if tag == _IP_ADDRESS:
+            if n != 4 and n != 16:
+                seq.fail("iPAddress of %d bytes (4 for IPv4, 16 for IPv6)" % n)
+            ips.append(bytes(seq.buf[start:stop]))
+            continue
         if tag != _DNS_NAME:
             continue
-        n = stop - start
         if n == 0 or n > MAX_DNS_NAME:
             seq.fail("dNSName of %d characters (1..%d)" % (n, MAX_DNS_NAME))
         buf = seq.buf
@@ -501,6 +510,7 @@ def _ext_subject_alt_name(cert, cur):
                 seq.fail("dNSName holds a byte 0x%02x outside printable ASCII" % c)
         names.append(bytes(buf[start:stop]).decode())
     cert.dns_names = names
+    cert.ip_addresses = ips
 
 
 def _ext_ext_key_usage(cert, cur):
@@ -616,7 +626,9 @@ class Certificate:
     version: 1 or 3. serial: INTEGER content bytes.
     is_ca, path_len: basicConstraints (False/None if absent).
     key_cert_sign: keyUsage keyCertSign bit, None if there is no keyUsage.
-    dns_names: subjectAltName dNSName entries as text. ext_key_usage: OIDs or None.
+    dns_names: subjectAltName dNSName entries as text.
+    ip_addresses: subjectAltName iPAddress entries, 4 or 16 bytes each.
+    ext_key_usage: OIDs or None.
     unknown_critical: OIDs of critical extensions we do not implement, and nameConstraints.
     """
 
@@ -639,6 +651,7 @@ class Certificate:
         self.path_len = None
         self.key_cert_sign = None
         self.dns_names = []
+        self.ip_addresses = []
         self.ext_key_usage = None
         self.unknown_critical = []
 
