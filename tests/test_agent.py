@@ -164,7 +164,8 @@ def test_stale_without_fresh_timestamp_but_keeps_store(repo, bundles):
 
 def test_refuses_timestamp_older_than_last(repo, bundles):
     device, _ = fresh_device(repo)
-    device.offer("timestamp", repo.timestamp(bundles[1], time=NOW + 10))
+    assert device.offer("bundle", bundles[1]).committed == 1
+    assert not device.offer("timestamp", repo.timestamp(bundles[1], time=NOW + 10)).refused
     result = device.offer("timestamp", repo.timestamp(bundles[1], time=NOW + 5))
     assert "older than the last accepted" in result.reason()
 

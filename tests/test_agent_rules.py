@@ -35,13 +35,14 @@ TIMEOUT = 60
 DEVICE = "sensor-17"
 EXPIRES = NOW + 90 * DAY        # expires_at of every fleetkit bundle
 MAX_AGE = 2 * DAY               # max_timestamp_age of every fleetkit bundle
-LEAD = 400 * DAY                # how far a clock reading may run ahead and still be saved
+LEAD = 100 * DAY                # the root's max_time_lead: how far past authenticated time
 STEP = 3600                     # a clock reading is saved only when this much newer
 
 
 @pytest.fixture(scope="module")
 def repo() -> Repo:
-    return Repo()
+    # A lead past the bundles' 90-day expiry, so timestamps can carry a device to it.
+    return Repo(time_lead=LEAD)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def boot(repo: Repo, st: dict | None = None, slot_docs: dict | None = None, cloc
 
 def committed(repo: Repo, raw: bytes, version: int, **changes):
     """An agent booted on `raw` committed in slot a (floor = version)."""
-    st = state(active="a", version=version, floor=version, time=NOW, **changes)
+    st = state(active="a", version=version, floor=version, time=NOW, vouched=NOW, **changes)
     agent, actions = boot(repo, st, {"a": raw, "b": None})
     assert actions == [] and agent.bundle.version == version
     return agent
@@ -203,19 +204,25 @@ def _fallback_case(repo, bundles, active, other_raw, **changes):
 
 
 @pytest.mark.parametrize("active", ["a", "b"])
-def test_boot_falls_back_to_the_other_slot_when_the_active_one_fails(repo, bundles, active):
+def test_boot_falls_back_to_the_other_slot_on_trial_when_it_was_never_committed(repo, bundles, active):
     # The other slot holds v4: installed, then reverted once by a reboot before commit
-    # (retried, not bad). It is above the floor, so the device falls back to it.
+    # (retried, not bad). It is above the floor, so it was never proven: the device
+    # falls back to it ON TRIAL, with a health check, and nothing to go back to.
     agent, actions, st, other, detail = _fallback_case(repo, bundles, active, bundles[4], retried=[4])
-    after = dict(st, active=other, version=4, trial=False)
-    assert actions == [report("store-invalid", detail), (slots.COMMIT, after)]
-    assert agent.state == after and agent.bundle.version == 4
-    assert agent.status(NOW)["state"] == "ok"
+    after = dict(st, active=other, version=4, trial=True, previous=None, previous_version=None,
+                 vouched=NOW)
+    assert shown_for(agent, actions) == [report("store-invalid", detail), (slots.SWITCH, after),
+                                         (core.HEALTH_CHECK, 4, NOW, NOW + TIMEOUT)]
+    assert agent.state == after and agent.bundle is None and agent.busy()
+    assert agent.status(NOW)["state"] == "trial"
+    done = dict(after, trial=False, floor=4)
+    assert agent.health(True, "reachable", NOW + 1) == [(slots.COMMIT, done),
+                                                         report("installed", "bundle v4 committed")]
 
 
 def test_boot_falls_back_to_a_slot_exactly_at_the_floor(repo, bundles):
     agent, actions, st, other, detail = _fallback_case(repo, bundles, "a", bundles[3])
-    after = dict(st, active="b", version=3)
+    after = dict(st, active="b", version=3, vouched=NOW)
     assert actions == [report("store-invalid", detail), (slots.COMMIT, after)]
     assert agent.bundle.version == 3
 
@@ -238,7 +245,8 @@ def test_boot_on_trial_reverts_once_then_marks_bad(repo, bundles):
     st = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1, time=NOW)
     docs = {"a": bundles[1], "b": bundles[2]}
     agent, actions = boot(repo, st, docs)
-    first = state(active="a", version=1, floor=1, time=NOW, retried=[2], reason="reboot before commit")
+    first = state(active="a", version=1, floor=1, time=NOW, retried=[2], reason="reboot before commit",
+                  vouched=NOW)
     assert actions == [(slots.REVERT, first),
                        report("reverted", "bundle v2: reboot before commit", version=2)]
     assert agent.bundle.version == 1 and not agent.busy()
@@ -297,18 +305,22 @@ def test_tick_when_idle_saves_the_clock(repo):
     assert agent.tick(NOW + STEP + 1) == [(slots.SAVE, state(time=NOW + STEP + 1))]
 
 
-def test_timestamp_is_saved_as_authenticated_time(repo, bundles):
+def test_timestamp_is_saved_as_authenticated_time_with_its_freshness(repo, bundles):
     agent, _ = boot(repo)
     raw = repo.timestamp(bundles[1], time=NOW + 10)
-    assert agent.offer_timestamp(raw, 0) == [(slots.SAVE, state(time=NOW + 10, last_timestamp=NOW + 10))]
-    assert agent.latest == (1, sha(bundles[1]))
+    latest = [1, sha(bundles[1]).hex(), NOW + 10]   # version, digest, when this version was first named
+    assert agent.offer_timestamp(raw, 0) == [(slots.SAVE, state(last_timestamp=NOW + 10, latest=latest))]
     assert agent.trusted_time(0) == NOW + 10
+    # The same version named again keeps the time it was first named.
+    later = repo.timestamp(bundles[1], time=NOW + 20)
+    assert agent.offer_timestamp(later, 0) == [(slots.SAVE, state(last_timestamp=NOW + 20, latest=latest))]
 
 
 def test_timestamp_older_than_saved_time_keeps_the_saved_time(repo, bundles):
     agent, _ = boot(repo, state(time=NOW + 100))
     actions = agent.offer_timestamp(repo.timestamp(bundles[1], time=NOW), NOW)
-    assert actions == [(slots.SAVE, state(time=NOW + 100, last_timestamp=NOW))]
+    latest = [1, sha(bundles[1]).hex(), NOW]
+    assert actions == [(slots.SAVE, state(time=NOW + 100, last_timestamp=NOW, latest=latest))]
 
 
 def test_timestamp_older_than_the_last_is_refused(repo, bundles):
@@ -316,7 +328,7 @@ def test_timestamp_older_than_the_last_is_refused(repo, bundles):
     agent, _ = boot(repo, st)
     actions = agent.offer_timestamp(repo.timestamp(bundles[1], time=NOW + 9), NOW)
     assert actions == refused("timestamp", f"timestamp time {NOW + 9} is older than the last accepted {NOW + 10}")
-    assert agent.state == st and agent.latest is None
+    assert agent.state == st
 
 
 # ------------------------------------------------------------------ install, health, deadline
@@ -325,13 +337,13 @@ def test_timestamp_older_than_the_last_is_refused(repo, bundles):
 @pytest.mark.parametrize("path", PATHS)
 def test_install_switches_on_trial_then_commits(repo, bundles, path):
     agent, _ = boot(repo, clock=NOW)
-    trial = state(active="a", version=1, trial=True, time=NOW)    # time: the bundle's issued_at
+    trial = state(active="a", version=1, trial=True, vouched=NOW)    # vouched: the bundle's issued_at
     assert offer(agent, bundles[1], NOW, path) == install_actions("a", bundles[1], path, trial, 1,
                                                                   NOW + TIMEOUT)
     assert agent.state == trial and agent.busy() and agent.bundle is None
     assert agent.trial_bundle().version == 1
 
-    done = state(active="a", version=1, floor=1, time=NOW)
+    done = state(active="a", version=1, floor=1, vouched=NOW)
     assert agent.health(True, "endpoints reachable", NOW + 1) == [
         (slots.COMMIT, done), report("installed", "bundle v1 committed")]
     assert agent.state == done and agent.bundle.version == 1
@@ -339,7 +351,8 @@ def test_install_switches_on_trial_then_commits(repo, bundles, path):
     assert agent.health(True, "again", NOW + 2) == [], "no trial: nothing to commit"
 
     # The next install goes to the other slot and remembers the way back.
-    trial2 = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1, time=NOW)
+    trial2 = state(active="b", version=2, trial=True, previous="a", previous_version=1, floor=1,
+                   vouched=NOW)
     assert offer(agent, bundles[2], NOW + 5, path) == install_actions("b", bundles[2], path, trial2, 2,
                                                                       NOW + 5 + TIMEOUT)
 
@@ -356,7 +369,7 @@ def test_health_check_deadline_is_reached_then_passed(repo, bundles):
     agent.offer_bundle(bundles[2], NOW)
     assert agent.tick(NOW + TIMEOUT) == [] and agent.busy()
     reason = "health check gave no answer before the deadline"
-    back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
+    back = state(active="a", version=1, floor=1, time=NOW, vouched=NOW, bad=[2], reason=reason)
     assert agent.tick(NOW + TIMEOUT + 1) == [(slots.REVERT, back),
                                              report("reverted", "bundle v2: " + reason, version=2)]
     assert agent.state == back and agent.bundle.version == 1
@@ -375,7 +388,7 @@ def test_failed_health_check_reverts_marks_bad_and_frees_the_agent(repo, bundles
     agent = committed(repo, bundles[1], 1)
     offer(agent, bundles[2], NOW, path)
     reason = "health check failed: TLS to api.acme.example failed"
-    back = state(active="a", version=1, floor=1, time=NOW, bad=[2], reason=reason)
+    back = state(active="a", version=1, floor=1, time=NOW, vouched=NOW, bad=[2], reason=reason)
     assert agent.health(False, "TLS to api.acme.example failed", NOW + 1) == [
         (slots.REVERT, back), report("reverted", "bundle v2: " + reason, version=2)]
     assert agent.state == back and agent.bundle.version == 1
@@ -443,7 +456,7 @@ def test_bundle_not_above_the_floor_is_refused(repo, bundles, path, version):
     agent = committed(repo, bundles[2], 2)
     assert offer(agent, bundles[version], NOW, path) == refused(
         "bundle", f"bundle version {version} is not newer than installed version 2")
-    assert not agent.busy() and agent.state == state(active="a", version=2, floor=2, time=NOW)
+    assert not agent.busy() and agent.state == state(active="a", version=2, floor=2, time=NOW, vouched=NOW)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -456,9 +469,9 @@ def test_bundle_reverted_as_bad_is_refused(repo, bundles, path):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_bundle_not_newer_than_the_active_one_is_refused(repo, bundles, path):
-    # After a boot fallback the active version (4) is above the floor (3): the
-    # floor alone would let v4 be installed again over itself.
-    agent, actions, *_ = _fallback_case(repo, bundles, "a", bundles[4], retried=[4])
+    # A state whose active version (4) is above the floor (3), as an older agent's boot
+    # fallback left it: the floor alone would let v4 be installed again over itself.
+    agent, _ = boot(repo, state(active="a", version=4, floor=3, time=NOW), {"a": bundles[4], "b": None})
     assert agent.state["floor"] == 3 and agent.bundle.version == 4
     assert offer(agent, bundles[4], NOW, path) == refused(
         "bundle", "bundle version 4 is not newer than active version 4")
@@ -600,11 +613,12 @@ def test_fallback_after_flash_corruption_is_persisted_through_the_store(repo, bu
     device.store.apply_all(device.agent.offer_bundle(bundles[2], NOW)[:2])
     device = runner.Device(storage.reboot(), config(repo), runner.no_endpoints, lambda: NOW)
     assert device.status()["version"] == 1 and device.agent.state["retried"] == [2]
-    # Slot a rots on flash: the next boot falls back to v2 and commits that choice.
+    # Slot a rots on flash: the next boot falls back to v2, on trial; its health
+    # check (no endpoints here) passes and commits that choice.
     storage = device.store.storage.reboot()
     storage.files["slot-a.cose"] = flip_payload_byte(bundles[1])
     device = runner.Device(storage, config(repo), runner.no_endpoints, lambda: NOW)
-    assert [r["event"] for r in device.boot_result.reports] == ["store-invalid"]
+    assert [r["event"] for r in device.boot_result.reports] == ["store-invalid", "installed"]
     assert device.boot_result.committed == 2
     again = runner.Device(storage.reboot(), config(repo), runner.no_endpoints, lambda: NOW)
     assert again.boot_result.reports == [] and again.status()["version"] == 2

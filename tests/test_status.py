@@ -209,7 +209,7 @@ print(json.dumps([json.loads(raw), status.validate(json.loads(raw)), refused]))
         m.setattr(schema, "MAX_LIST", 1)
         msg = schema.build(fields)
         assert got == [json.loads(schema.encode(msg)), schema.validate(json.loads(schema.encode(msg))),
-                       "state 'fine' is not one of ok, stale, trial, no-store, offline"]
+                       "state 'fine' is not one of ok, behind, stale, trial, no-store, offline"]
     assert got[0]["reasons"] == ["r" * 10] and got[0]["last_revert"] == "x" * 10
 
 

@@ -25,7 +25,11 @@ store, waiting for the health check). Table of transitions:
     IDLE   valid newer bundle         -> WRITE_SLOT, SWITCH, HEALTH_CHECK TRIAL
     IDLE   invalid/older/bad bundle   -> REFUSED, REPORT               IDLE
     TRIAL  health ok                  -> COMMIT, REPORT                IDLE
-    TRIAL  health failed / deadline   -> REVERT, REPORT                IDLE
+    TRIAL  health failed / deadline   -> REVERT, REPORT (marked bad)   IDLE
+    TRIAL  health inconclusive        -> (HEALTH_CHECK again later,    TRIAL
+           (network, not trust)           with backoff, from tick)
+    TRIAL  deadline, only inconclusive-> REVERT, REPORT (not bad)      IDLE
+                                         ("keep" policy: stay on trial)
     TRIAL  bundle                     -> REFUSED (busy)                TRIAL
     any    valid next root            -> WRITE_ROOT, REPORT            same
     any    valid newer timestamp      -> SAVE                          same
@@ -33,11 +37,27 @@ store, waiting for the health check). Table of transitions:
                                          before commit means the new store did not prove itself)
 
 Rules: never accept a bundle version <= the committed floor or one reverted
-as bad; trusted time = max(clock, last authenticated time, firmware build
-time, persisted clock reading); an expired bundle or an old timestamp makes
-the device "stale" but it keeps the store it has.
+as bad; an expired bundle or an old timestamp makes the device "stale" but
+it keeps the store it has; a timestamp naming a newer bundle than the one
+held makes it "behind" (stale after the policy's max_timestamp_age).
+
+Time (docs/format.md, "Trusted time"): trusted time = max(clock, vouched,
+last timestamp, firmware build time, persisted clock reading), where
+- vouched is the newest time the offline keys vouch for: the issued_at of
+  bundles installed here, each moving it at most the root's max_time_lead
+  past the trusted time of its install (a future-dated bundle cannot push
+  time years ahead);
+- a timestamp (the online key) is refused when dated more than
+  max_time_lead past max(vouched, firmware build time), so a thief of that
+  key can neither expire pins early beyond that nor freeze the device with
+  a far-future time; a root that removes a timestamp key forgets the time
+  and freshness the old keys taught;
+- a clock reading is persisted (for boards whose RTC resets) only when it
+  is at most max_time_lead past authenticated time (vouched, the last
+  timestamp, the firmware build time).
 """
 
+import binascii
 import hashlib
 
 from trustfleet_device import VERSION, policy, slots
@@ -58,17 +78,26 @@ IDLE = "idle"
 TRIAL = "trial"
 
 # A clock reading is persisted (so a board whose RTC resets still knows
-# roughly the date) only when it is within this much of authenticated time:
-# an NTP attacker cannot make a far-future time permanent.
-_MAX_CLOCK_LEAD = const(400 * 86400)
+# roughly the date) at most once per step.
 _CLOCK_SAVE_STEP = const(3600)
+# An inconclusive health check (the network, not the trust store) is asked
+# again after this long, doubling up to the cap.
+_RETRY_FIRST = const(5)
+_RETRY_CAP = const(300)
+
+REVERT_ON_UNREACHABLE = "revert"
+KEEP_ON_UNREACHABLE = "keep"
 
 
 class Config:
     """Per-device settings that do not come from signed documents."""
 
     def __init__(self, fleet=None, firmware_time=0, health_timeout=120, limits=DEFAULT,
-                 device_id=None, managed=False, agent_version=VERSION):
+                 device_id=None, managed=False, agent_version=VERSION,
+                 on_unreachable=REVERT_ON_UNREACHABLE):
+        if on_unreachable not in (REVERT_ON_UNREACHABLE, KEEP_ON_UNREACHABLE):
+            raise ValueError("on_unreachable must be 'revert' or 'keep', not %r" % (on_unreachable,))
+        self.on_unreachable = on_unreachable
         self.fleet = fleet
         self.firmware_time = firmware_time
         self.health_timeout = health_timeout
@@ -88,8 +117,8 @@ class Agent:
         self.state = slots.fresh_state()
         self.bundle = None
         self.phase = IDLE
-        self.pending = None  # (bundle, deadline) while on TRIAL
-        self.latest = None   # (bundle version, sha256) from the last timestamp
+        # While on TRIAL: [bundle, deadline, retry at, next delay, last inconclusive detail]
+        self.pending = None
 
     # ------------------------------------------------------------ boot
 
@@ -104,14 +133,19 @@ class Agent:
             # here. Revert either way; allow one more try, then call it bad.
             again = self.state["version"] in self.state["retried"]
             actions.extend(self._revert("reboot before commit", mark_bad=again))
-        self.bundle = self._load_active(slot_docs, actions)
+        self.bundle = self._load_active(slot_docs, actions, clock)
+        b = self.bundle if self.bundle is not None else self.trial_bundle()
+        if b is not None and self.state["vouched"] == 0:
+            # A state written before "vouched" existed: the installed bundle vouches
+            # (again at every boot until the next state write persists it).
+            self._vouch(self.state, b.issued_at, clock)
         return actions
 
     def _verify(self, doc, installed_version=None, now=None):
         """Verify a bundle given as bytes (in RAM) or as a source (in flash). Raises: BundleError."""
         return policy.verify_bundle(self.root, doc, self.config.limits, installed_version, now)
 
-    def _load_active(self, slot_docs, actions):
+    def _load_active(self, slot_docs, actions, clock):
         s = self.state
         if s["active"] is None:
             return None
@@ -130,12 +164,20 @@ class Agent:
                 try:
                     b = self._verify(alt)
                     # Never fall back below the anti-rollback floor, even now.
-                    if b.version >= s["floor"] and b.version not in s["bad"]:
+                    if b.version == s["floor"] and b.version not in s["bad"]:
                         new = slots.copy_state(s)
                         new["active"], new["version"], new["trial"] = other, b.version, False
                         self.state = new
                         actions.append((slots.COMMIT, new))
                         return b
+                    if b.version > s["floor"] and b.version not in s["bad"]:
+                        # Never committed, so never proven: it goes on trial with a
+                        # health check like any new bundle, with nothing to go back to.
+                        new = slots.copy_state(s)
+                        new["active"], new["version"] = None, None
+                        self.state = new
+                        actions.extend(self._switch_to(other, b, clock))
+                        return None
                 except BundleError:
                     pass
             new = slots.copy_state(s)
@@ -147,28 +189,49 @@ class Agent:
     # ------------------------------------------------------------ time
 
     def trusted_time(self, clock):
-        """max(clock, authenticated time, firmware build time, persisted clock reading)."""
+        """max(clock, vouched time, last timestamp, firmware build time, persisted clock reading)."""
         s = self.state
         t = clock
-        for other in (s["time"], s["last_timestamp"], self.config.firmware_time):
+        for other in (s["time"], s["vouched"], s["last_timestamp"], self.config.firmware_time):
             if other > t:
                 t = other
         return t
 
-    def _note_time(self, new_state, authenticated=None, clock=None):
-        if authenticated is not None and authenticated > new_state["time"]:
-            new_state["time"] = authenticated
-        if clock is not None:
-            anchor = new_state["time"]
-            if anchor < self.config.firmware_time:
-                anchor = self.config.firmware_time
-            if new_state["time"] + _CLOCK_SAVE_STEP < clock <= anchor + _MAX_CLOCK_LEAD:
-                new_state["time"] = clock
+    def time_bound(self, state=None):
+        """The latest time a timestamp may teach: max_time_lead past what the offline keys vouch for."""
+        s = self.state if state is None else state
+        base = s["vouched"]
+        if base < self.config.firmware_time:
+            base = self.config.firmware_time
+        return base + self.root.time_lead
+
+    def _vouch(self, new_state, issued_at, clock):
+        """An offline-signed issued_at moves vouched time, by at most max_time_lead past now."""
+        most = self.trusted_time(clock) + self.root.time_lead
+        t = issued_at if issued_at < most else most
+        if t > new_state["vouched"]:
+            new_state["vouched"] = t
+
+    def _note_clock(self, new_state, clock):
+        """Persist a clock reading now and then, only when it is at most max_time_lead past
+        authenticated time (an NTP liar's far future would otherwise stay, refusing every
+        bundle as expired); a reading further ahead still counts, but only while it lasts."""
+        known = new_state["time"]
+        for other in (new_state["vouched"], new_state["last_timestamp"], self.config.firmware_time):
+            if other > known:
+                known = other
+        base = new_state["last_timestamp"]
+        if base < new_state["vouched"]:
+            base = new_state["vouched"]
+        if base < self.config.firmware_time:
+            base = self.config.firmware_time
+        if known + _CLOCK_SAVE_STEP < clock <= base + self.root.time_lead:
+            new_state["time"] = clock
 
     def observe_clock(self, clock):
         """Persist a plausible clock reading now and then. Returns actions."""
         new = slots.copy_state(self.state)
-        self._note_time(new, clock=clock)
+        self._note_clock(new, clock)
         if new["time"] == self.state["time"]:
             return []
         self.state = new
@@ -183,6 +246,14 @@ class Agent:
     def trial_bundle(self):
         """The verified bundle on trial (what a health check must use), or None."""
         return self.pending[0] if self.pending is not None else None
+
+    def next_health_retry(self, clock):
+        """Seconds until an inconclusive health check is asked again, or None."""
+        p = self.pending
+        if p is None or p[2] is None:
+            return None
+        wait = p[2] - self.trusted_time(clock)
+        return wait if wait > 0 else 0
 
     def busy(self):
         """True while a trial waits for its health check: the inactive slot is then the way back."""
@@ -233,8 +304,8 @@ class Agent:
             if self.bundle is not None and b.version <= self.bundle.version:
                 raise RollbackError("bundle version %d is not newer than active version %d"
                                     % (b.version, self.bundle.version))
-            latest = self.latest
-            if latest is not None and latest[0] == b.version and latest[1] != digest:
+            latest = s["latest"]
+            if latest is not None and latest[0] == b.version and latest[1] != _hex(digest):
                 # Mix-and-match: a validly signed document with the version
                 # the timestamp names, but not the one it vouches for.
                 raise PolicyError("bundle v%d does not match the digest in the latest timestamp"
@@ -248,19 +319,33 @@ class Agent:
         new = slots.copy_state(s)
         new["previous"], new["previous_version"] = s["active"], s["version"]
         new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
-        self._note_time(new, authenticated=b.issued_at)
+        self._vouch(new, b.issued_at, clock)
         self.state = new
         now = self.trusted_time(clock)
         deadline = now + self.config.health_timeout
-        self.pending = (b, deadline)
+        self.pending = [b, deadline, None, _RETRY_FIRST, None]
         self.phase = TRIAL
         return [(slots.SWITCH, new), (HEALTH_CHECK, b, now, deadline)]
 
     def health(self, ok, detail, clock):
-        """The health check of the trial store finished. Returns actions."""
+        """The health check of the trial store finished. Returns actions.
+
+        ok: True (every endpoint accepted), False (the trust store or the server
+        said no: the version is marked bad) or None (inconclusive: the network
+        failed before any trust decision; asked again later, never marked bad).
+        """
         if self.phase != TRIAL:
             return []
-        b = self.pending[0]
+        p = self.pending
+        b = p[0]
+        if ok is None:
+            p[4] = detail
+            now = self.trusted_time(clock)
+            if now >= p[1] and self.config.on_unreachable != KEEP_ON_UNREACHABLE:
+                return self._revert("endpoints unreachable, not marked bad: %s" % detail, False)
+            p[2] = now + p[3]
+            p[3] = p[3] * 2 if p[3] * 2 < _RETRY_CAP else _RETRY_CAP
+            return []
         if not ok:
             return self._revert("health check failed: %s" % detail)
         new = slots.copy_state(self.state)
@@ -274,10 +359,30 @@ class Agent:
         return [(slots.COMMIT, new), self._report("installed", "bundle v%d committed" % b.version)]
 
     def tick(self, clock):
-        """Time passes: enforce the health-check deadline. Returns actions."""
-        if self.phase == TRIAL and self.trusted_time(clock) > self.pending[1]:
-            return self._revert("health check gave no answer before the deadline")
+        """Time passes: retry an inconclusive health check, enforce its deadline. Returns actions."""
+        if self.phase == TRIAL:
+            p = self.pending
+            now = self.trusted_time(clock)
+            if p[2] is not None and now >= p[2]:
+                p[2] = None
+                return [(HEALTH_CHECK, p[0], now, p[1])]
+            if now > p[1] and p[4] is None:
+                return self._revert("health check gave no answer before the deadline")
         return self.observe_clock(clock)
+
+    def clear_bad(self, version):
+        """An operator clears a bad mark: `version` may be installed again. Returns actions.
+        Raises: ValueError when it is not marked bad."""
+        s = self.state
+        if version not in s["bad"]:
+            raise ValueError("version %r is not marked bad on this device (bad: %s)"
+                             % (version, ", ".join([str(v) for v in s["bad"]]) or "none"))
+        new = slots.copy_state(s)
+        new["bad"].remove(version)
+        if version in new["retried"]:
+            new["retried"].remove(version)
+        self.state = new
+        return [(slots.SAVE, new), self._report("bad-cleared", "bundle v%d may be installed again" % version)]
 
     def offer_root(self, raw, clock):
         """The next root version arrived. Returns actions."""
@@ -285,8 +390,22 @@ class Agent:
             new_root = policy.verify_root_update(self.root, raw, self.config.limits)
         except BundleError as exc:
             return self._refuse("root", str(exc))
+        old = self.root
         self.root, self.root_raw = new_root, raw
-        return [(slots.WRITE_ROOT, raw), self._report("root-updated", "root v%d" % new_root.version)]
+        actions = []
+        kept = new_root.roles["timestamp"].kids
+        for kid in old.roles["timestamp"].kids:
+            if kid not in kept:
+                # A timestamp key rotated out: forget the time and freshness it taught
+                # (what a thief taught with it goes too), before the new root is written.
+                new = slots.copy_state(self.state)
+                new["last_timestamp"], new["latest"] = 0, None
+                self.state = new
+                actions.append((slots.SAVE, new))
+                break
+        actions.append((slots.WRITE_ROOT, raw))
+        actions.append(self._report("root-updated", "root v%d" % new_root.version))
+        return actions
 
     def offer_timestamp(self, raw, clock):
         """A signed timestamp arrived. Returns actions."""
@@ -295,37 +414,60 @@ class Agent:
                                          last_time=self.state["last_timestamp"])
         except BundleError as exc:
             return self._refuse("timestamp", str(exc))
+        bound = self.time_bound()
+        if ts.time > bound:
+            return self._refuse("timestamp", "dated %d, more than %d s past %d, the newest time the "
+                                "offline keys vouch for" % (ts.time, self.root.time_lead,
+                                                            bound - self.root.time_lead))
         new = slots.copy_state(self.state)
         new["last_timestamp"] = ts.time
-        self._note_time(new, authenticated=ts.time)
+        old = new["latest"]
+        since = old[2] if old is not None and old[0] == ts.bundle_version else ts.time
+        new["latest"] = [ts.bundle_version, _hex(ts.bundle_sha256), since]
         self.state = new
-        self.latest = (ts.bundle_version, ts.bundle_sha256)
         return [(slots.SAVE, new)]
 
     # ------------------------------------------------------------ status
+
+    def state_name(self, clock):
+        """(state, reasons): trial, no-store, ok, behind or stale, and why."""
+        if self.phase == TRIAL:
+            return "trial", []
+        b = self.bundle
+        if b is None:
+            return "no-store", []
+        now = self.trusted_time(clock)
+        s = self.state
+        age = b.policy.max_timestamp_age
+        reasons = []
+        if now >= b.expires_at:
+            reasons.append("bundle v%d expired at %d" % (b.version, b.expires_at))
+        since = s["last_timestamp"] or b.issued_at
+        if now - since > age:
+            reasons.append("no timestamp newer than %d s" % age)
+        if now >= self.root.expires:
+            # Still trusted: refusing it would cut the only path to a new root.
+            reasons.append("root v%d expired at %d" % (self.root.version, self.root.expires))
+        state = "stale" if reasons else "ok"
+        latest = s["latest"]
+        if latest is not None and latest[0] > b.version:
+            why = "the latest timestamp names v%d, this device holds v%d" % (latest[0], b.version)
+            if latest[0] in s["bad"]:
+                why += " (v%d was reverted as bad here)" % latest[0]
+            reasons.append(why)
+            if now - latest[2] > age:
+                reasons.append("behind for more than %d s" % age)
+                state = "stale"
+            elif state == "ok":
+                state = "behind"
+        return state, reasons
 
     def status(self, clock):
         """A JSON-able summary: version, state and why."""
         now = self.trusted_time(clock)
         s = self.state
-        reasons = []
+        state, reasons = self.state_name(clock)
         b = self.bundle
-        if b is None:
-            state = "no-store"
-        elif self.phase == TRIAL:
-            state = "trial"
-        else:
-            state = "ok"
-            if now >= b.expires_at:
-                reasons.append("bundle v%d expired at %d" % (b.version, b.expires_at))
-            since = s["last_timestamp"] or b.issued_at
-            if now - since > b.policy.max_timestamp_age:
-                reasons.append("no timestamp newer than %d s" % b.policy.max_timestamp_age)
-            if now >= self.root.expires:
-                # Still trusted: refusing it would cut the only path to a new root.
-                reasons.append("root v%d expired at %d" % (self.root.version, self.root.expires))
-            if reasons:
-                state = "stale"
         return {
             "device": self.config.device_id,
             "state": state,
@@ -369,3 +511,7 @@ class Agent:
 
     def _report(self, event, detail):
         return (REPORT, {"event": event, "detail": detail, "device": self.config.device_id})
+
+
+def _hex(digest):
+    return binascii.hexlify(digest).decode()

@@ -25,13 +25,23 @@ MAX_DOMAIN = const(253)
 MAX_LABEL = const(128)
 MAX_REPORT_URIS = const(4)
 MAX_URI = const(512)
+# The highest bundle or root version: a small int on a 32-bit MicroPython; at one
+# bundle a minute it lasts 2,000 years. A version at the top could never be followed,
+# so a builder refuses to get near it and a device refuses anything above it.
+MAX_VERSION = const(0x3FFFFFFF)
+# How far a timestamp (signed by the online key) may move trusted time past the newest
+# time the offline keys vouch for: the root's policy.max_time_lead, else this.
+DEFAULT_TIME_LEAD = const(30 * 86400)
+MIN_TIME_LEAD = const(3600)
+MAX_TIME_LEAD = const(400 * 86400)
 
 ROLES = ("root", "bundle", "timestamp")
 MODES = ("enforce", "report")
 
 _DNS_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789-."
 
-ROOT_FIELDS = ("type", "spec", "fleet", "version", "expires", "keys", "roles")
+ROOT_FIELDS = ("type", "spec", "fleet", "version", "expires", "keys", "roles", "policy")
+ROOT_POLICY_FIELDS = ("max_time_lead",)
 BUNDLE_FIELDS = ("type", "spec", "fleet", "version", "issued_at", "expires_at",
                  "anchors", "pinsets", "distrust", "policy")
 PINSET_FIELDS = ("domain", "subdomains", "pins", "expires", "mode", "report_to",
@@ -98,8 +108,15 @@ class Fields:
             raise LimitError("%s.%s: %d entries, limit is %d" % (self.where, key, len(v), max_len))
         return v
 
-    def raw(self, key):
-        return self._get(key, False)
+    def version(self):
+        """The document's "version": 1..MAX_VERSION."""
+        v = self.uint("version")
+        if v < 1 or v > MAX_VERSION:
+            raise DecodeError("%s.version: %d is not in 1..%d" % (self.where, v, MAX_VERSION))
+        return v
+
+    def raw(self, key, optional=False):
+        return self._get(key, optional)
 
     def done(self):
         """Refuse any field the schema does not name. Raises: DecodeError."""
@@ -148,13 +165,14 @@ class Role:
 class Root:
     """Keys and thresholds for every role. `keys` maps kid to a 65-byte P-256 point."""
 
-    def __init__(self, fleet, version, expires, keys, roles, spki):
+    def __init__(self, fleet, version, expires, keys, roles, spki, time_lead=DEFAULT_TIME_LEAD):
         self.fleet = fleet
         self.version = version
         self.expires = expires
         self.keys = keys
         self.roles = roles
         self.spki = spki
+        self.time_lead = time_lead
 
 
 def parse_root(payload, limits=DEFAULT, fleet=None):
@@ -163,9 +181,7 @@ def parse_root(payload, limits=DEFAULT, fleet=None):
 
     f = _payload_map(payload, limits, "root", ROOT_FIELDS)
     fleet = _header(f, "root", fleet)
-    version = f.uint("version")
-    if version < 1:
-        raise DecodeError("root.version: must be at least 1")
+    version = f.version()
     expires = f.uint("expires")
     spkis = f.array("keys", limits.max_keys)
     if not spkis:
@@ -185,8 +201,17 @@ def parse_root(payload, limits=DEFAULT, fleet=None):
     for name in ROLES:
         roles[name] = _parse_role(roles_map.raw(name), "root.roles." + name, keys, limits)
     roles_map.done()
+    lead = DEFAULT_TIME_LEAD
+    pol = f.raw("policy", True)
+    if pol is not None:
+        p = Fields(pol, "root.policy", ROOT_POLICY_FIELDS)
+        lead = p.uint("max_time_lead")
+        p.done()
+        if lead < MIN_TIME_LEAD or lead > MAX_TIME_LEAD:
+            raise DecodeError("root.policy.max_time_lead: %d s is not in %d..%d"
+                              % (lead, MIN_TIME_LEAD, MAX_TIME_LEAD))
     f.done()
-    return Root(fleet, version, expires, keys, roles, spki)
+    return Root(fleet, version, expires, keys, roles, spki, lead)
 
 
 def _parse_role(value, where, keys, limits):
@@ -431,9 +456,7 @@ def bundle_from_map(value, limits=DEFAULT, fleet=None, anchors=None, pinsets=Non
     (streaming). Raises: DecodeError."""
     f = Fields(value, "bundle", BUNDLE_FIELDS)
     fleet = _header(f, "bundle", fleet)
-    version = f.uint("version")
-    if version < 1:
-        raise DecodeError("bundle.version: must be at least 1")
+    version = f.version()
     issued_at = f.uint("issued_at")
     expires_at = f.uint("expires_at")
     if expires_at <= issued_at:
@@ -552,6 +575,8 @@ def parse_timestamp(payload, limits=DEFAULT, fleet=None):
     fleet = _header(f, "timestamp", fleet)
     time = f.uint("time")
     version = f.uint("bundle_version")
+    if version > MAX_VERSION:
+        raise DecodeError("timestamp.bundle_version: %d is above %d" % (version, MAX_VERSION))
     digest = _digest32(f.raw("bundle_sha256"), "timestamp.bundle_sha256")
     f.done()
     return Timestamp(fleet, time, version, digest)

@@ -12,8 +12,9 @@ What it decides (docs/topics.md):
 - The same document arrives on several topics (fleet, group, bucket) and
   again after every reconnect: one already seen is not verified twice.
 - After anything that changes the device's state it publishes the status,
-  retained; refusals and trust failures go out as reports, deduplicated and
-  rate-limited (reports.ReportQueue).
+  retained, and also when the state alone changed (a timestamp made the
+  device behind, time made it stale); refusals and trust failures go out
+  as reports, deduplicated and rate-limited (reports.ReportQueue).
 """
 
 import hashlib
@@ -46,6 +47,7 @@ class Session:
         self.pending_roots = {}
         self.last = None  # (event, detail) of the last thing that happened
         self.seq = 0
+        self.shown = None  # the state in the last status published
 
     # ------------------------------------------------------------ connection
 
@@ -129,9 +131,16 @@ class Session:
             # Rate-limited per document kind, like TrustKit per host and result.
             self.reports.add({"validation-result": "document-refused", "noted-hostname": kind,
                               "reason": reason, "device": self.device_id, "date-time": now}, now)
+        if result.reverted is not None and result.reverted not in self.device.bad_versions():
+            # Reverted without a bad mark (its endpoints were unreachable): the next
+            # delivery of the same bundle is a new try, not a repeat to skip.
+            self.seen = []
         out = []
         if changed and not (quiet and result.committed is None and result.reverted is None
                             and not result.refused):
+            out.append(self.status_message())
+        elif self.shown is not None and self.device.state_name() != self.shown:
+            # Behind or stale since the last status (a timestamp, time passing): say so now.
             out.append(self.status_message())
         for report in self.reports.drain():
             out.append((topics.report(self.fleet, self.device_id), json.dumps(report).encode(), False, 1))
@@ -150,6 +159,7 @@ class Session:
         s["fail_open"] = self.expired_pinsets(s["trusted_time"])
         if self.last is not None:
             s["event"], s["detail"] = self.last
+        self.shown = s["state"]
         return topics.status(self.fleet, self.device_id), status.encode(status.build(s)), True, 1
 
     def expired_pinsets(self, now):

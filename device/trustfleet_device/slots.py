@@ -53,8 +53,10 @@ def fresh_state():
         "floor": 0,                # highest committed version: never accept <= this
         "bad": [],                 # versions reverted as bad: never retried
         "retried": [],             # versions reverted once by a reboot: one more try allowed
-        "time": 0,                 # last trusted time seen (seconds)
-        "last_timestamp": 0,       # time inside the last verified timestamp
+        "time": 0,                 # persisted clock reading (seconds), bounded (agent._note_clock)
+        "vouched": 0,              # newest time the offline keys vouch for: a bundle's issued_at
+        "last_timestamp": 0,       # time inside the last accepted timestamp
+        "latest": None,            # [version, sha256 hex, since] the last timestamp named
         "reason": None,            # why the last revert happened
     }
 

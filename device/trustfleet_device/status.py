@@ -40,7 +40,7 @@ MAX_BYTES = 16 * 1024
 MAX_REPORT_BYTES = 16 * 1024
 
 OFFLINE = "offline"
-STATES = ("ok", "stale", "trial", "no-store", OFFLINE)
+STATES = ("ok", "behind", "stale", "trial", "no-store", OFFLINE)
 
 # Every field, in the order the fleet store keeps them.
 FIELDS = (

@@ -266,6 +266,7 @@ class Repo:
     fleet: str = "acme-sensors"
     sizes: dict = field(default_factory=lambda: {"root": (2, 2), "bundle": (3, 2), "timestamp": (1, 1)})
     now: int = NOW
+    time_lead: int | None = None  # the root's policy.max_time_lead; None: the field is left out
     keys: dict = field(init=False)
     thresholds: dict = field(init=False)
     version: int = field(init=False, default=1)
@@ -302,6 +303,8 @@ class Repo:
             "roles": {role: {"keys": [keys.kid_of(k) for k in key_sets[role]],
                              "threshold": thresholds[role]} for role in ROLES},
         }
+        if self.time_lead is not None:
+            value["policy"] = {"max_time_lead": self.time_lead}
         value.update(overrides)
         return value
 

@@ -9,7 +9,10 @@ Raspberry Pi agent and the tests all drive the core the same way.
     slots.WRITE_SLOT ... slots.SAVE     -> Store.apply
     HEALTH_CHECK (bundle, trusted_time, deadline)
                                         -> health_check(bundle, trusted_time)
-                                           returns (ok, detail), fed to agent.health()
+                                           returns (ok, detail), fed to agent.health():
+                                           ok True, False (refused: marks the
+                                           version bad) or None (unreachable:
+                                           asked again from tick())
     REFUSED (kind, reason)              -> Result.refused
     REPORT (dict)                       -> Result.reports (and .reverted)
 
@@ -147,7 +150,21 @@ class Device:
         return self.run(agent.offer_bundle(source, self.now(), slot, digest))
 
     def tick(self):
+        """Time passes: health-check retries and deadlines, clock bookkeeping. Returns a Result."""
         return self.run(self.agent.tick(self.now()))
+
+    def next_health_retry(self):
+        """Seconds until an inconclusive health check is asked again (call tick() then), or None."""
+        return self.agent.next_health_retry(self.now())
+
+    def clear_bad(self, version):
+        """An operator clears a bad mark so `version` may be installed again. Returns a Result.
+        Raises: ValueError when it is not marked bad."""
+        return self.run(self.agent.clear_bad(version))
+
+    def state_name(self):
+        """The status's state alone (cheap): ok, trial, no-store, behind or stale."""
+        return self.agent.state_name(self.now())[0]
 
     def status(self):
         return self.agent.status(self.now())
