@@ -65,7 +65,7 @@ from trustfleet_device import policy, topics
 from trustfleet_device import status as status_schema
 from trustfleet_device.backoff import Backoff
 from trustfleet_device.errors import BundleError
-from trustfleet_server import documents, keys, rollout
+from trustfleet_server import documents, keys, rollout, times
 from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL
@@ -86,6 +86,7 @@ BATCH_MAX = 2000
 # is fenced: disabled at the broker for a while (see _fence).
 MAX_PENDING_REPORTS = 10_000
 RESYNC_QUIET = 0.25            # after a fence, re-read retained statuses once drops pause this long
+TIME_LEAD_WARNING = 7 * 86400   # warn this long before devices would refuse timestamps
 RESYNC_MAX_WAIT = 5.0          # ... or this long after the fence at the latest
 FENCE_ANSWER_WAIT = 2.0        # the broker's dynamic security plugin answers within this
 FENCE_RETRY = 5.0              # seconds between tries to lift a fence the broker did not lift
@@ -183,6 +184,8 @@ class FleetServer:
         self._pending_roots: dict[int, bytes] = {}
         self._fleet_bundle: tuple[int, bytes] | None = None  # (version, sha256) on tf/<fleet>/bundle
         self._fleet_doc: tuple[int, bytes] | None = None  # (version, raw): the newest seen there
+        self._vouched = 0  # the newest issued_at among the fleet bundles seen: devices bound time by it
+        self._lead_warned = -1.0  # when the time-lead warning was last logged
         # Roots serve answers for: those given beyond the first, and those the broker held.
         first = policy.load_trusted_root(root_raws[0]).version
         self._chain = {first + i: bytes(raw) for i, raw in enumerate(root_raws)}
@@ -620,6 +623,7 @@ class FleetServer:
             log.warning("the bundle retained on %s does not verify: %s", topics.bundle(self.fleet), exc)
             return
         seen = (b.version, documents.sha256(raw))
+        self._vouched = max(self._vouched, b.issued_at)
         self._record_published(seen)
         if self._fleet_doc is None or b.version >= self._fleet_doc[0]:
             self._fleet_doc = (b.version, raw)
@@ -772,9 +776,31 @@ class FleetServer:
                 log.warning("no bundle has reached fleet %s yet; no timestamp to publish", self.fleet)
                 self._warned_no_bundle = True
             return
+        self._warn_time_lead(now)
         self.link.publish([(topics.timestamp(self.fleet), raw)])
         self.stats.timestamps += 1
         log.debug("published a timestamp at %d", now)
+
+    def _warn_time_lead(self, now: int) -> None:
+        """Devices refuse a timestamp more than the root's max_time_lead past the newest bundle's
+        issued_at (docs/format.md, "Trusted time"): say so a week ahead, then hourly."""
+        if not self._vouched:
+            return
+        limit = self._vouched + self.root.time_lead
+        if now < limit - TIME_LEAD_WARNING or (self._lead_warned >= 0 and now - self._lead_warned < 3600):
+            return
+        self._lead_warned = now
+        newest = self._fleet_doc[0] if self._fleet_doc else "?"
+        if now > limit:
+            log.error("devices refuse these timestamps: they are more than root v%d's max_time_lead "
+                      "(%s) past %s, when the fleet bundle v%s was issued; sign and publish a new "
+                      "bundle version (the same content is enough)", self.root.version,
+                      f"{self.root.time_lead // 86400} days", times.iso(self._vouched), newest)
+        else:
+            log.warning("from %s devices will refuse timestamps: root v%d's max_time_lead (%s) past "
+                        "the fleet bundle v%s's issued_at; sign and publish a new bundle version "
+                        "before then", times.iso(limit), self.root.version,
+                        f"{self.root.time_lead // 86400} days", newest)
 
     # -- rollouts ---------------------------------------------------------------------
 
