@@ -69,12 +69,40 @@ def render_summary(s: dict, now: int) -> list[str]:
             lines.append(f"  {d['device']:<24} {v:>6}  {detail(d)}")
         if count > len(s[key]):
             lines.append(f"  ... and {count - len(s[key])} more")
+    lines.extend(_report_overview(s.get("report_overview"), now))
     if s["reports"]:
         lines.append("recent reports:")
         for rep in s["reports"]:
             body = rep["report"]
             what = body.get("reason") or body.get("noted-hostname") or ""
-            lines.append(f"  {iso(rep['time'])}  {rep['device']:<20} {rep['kind']}  {str(what)[:80]}")
+            lines.append(f"  {iso(rep['time'])}  {rep['device']:<20} {_safe(rep['kind'], 64)}  {_safe(what, 80)}")
+    return lines
+
+
+def _safe(value: Any, width: int) -> str:
+    """Device-supplied text for a terminal: control characters escaped, clipped to width."""
+    text = "-" if value is None else str(value)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)[:width]
+
+
+def _report_overview(o: dict | None, now: int) -> list[str]:
+    """The reports section of `fleet status`: by kind, then by domain."""
+    if not o or not o["reports"]:
+        return []
+    dup = f", {o['duplicates']} duplicate(s) not counted" if o["duplicates"] else ""
+    lines = [f"reports: {o['reports']} from {o['devices']} device(s), newest {_ago(now, o['newest'])}{dup}",
+             f"  {'kind':<28} {'reports':>8} {'devices':>8}  newest"]
+    for k in o["kinds"]:
+        lines.append(f"  {_safe(k['kind'], 28):<28} {k['reports']:>8} {k['devices']:>8}  {iso(k['newest'])}")
+    lines.append(f"  {'by domain (hostname / noted-hostname)':<44} {'kind':<22} {'reports':>8} "
+                 f"{'devices':>8}  newest")
+    for d in o["domains"]:
+        host, noted = _safe(d["hostname"], 60), _safe(d["noted"], 60)
+        where = host if host == noted else f"{host} / {noted}"
+        lines.append(f"  {where[:44]:<44} {_safe(d['kind'], 22):<22} {d['reports']:>8} {d['devices']:>8}  "
+                     f"{iso(d['newest'])}")
+    if o["domains_count"] > len(o["domains"]):
+        lines.append(f"  ... and {o['domains_count'] - len(o['domains'])} more")
     return lines
 
 

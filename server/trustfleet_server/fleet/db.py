@@ -600,6 +600,61 @@ class FleetDB(sql.Connection):
             return [{"id": r["id"], "device": r["device_id"], "time": r["time"], "kind": r["kind"],
                      "report": json.loads(r["body"])} for r in self.rows(cur)]
 
+    def report_overview(self, fleet: str, limit: int = 50) -> dict:
+        """The fleet's stored reports counted by kind and by domain, duplicates left out.
+
+        A duplicate is the same report body from the same device stored again (a
+        QoS 1 redelivery, a device sending its queue twice). Domain is the report's
+        "hostname" (the name the device connected to) and "noted-hostname" (the
+        pin-set's domain, or the document kind for "document-refused").
+
+        Returns {"reports": distinct reports, "duplicates": left out, "devices":
+        devices that reported, "newest": time, "kinds": [{kind, reports, devices,
+        newest}], "domains": [{hostname, noted, kind, reports, devices, newest}]},
+        lists by reports then newest, descending; at most `limit` domains
+        (domains_count has the full number).
+        """
+        with self._tx("counting reports") as cur:
+            self._exec(cur, "SELECT kind, device_id, body, COUNT(*) AS copies, MAX(time) AS newest "
+                            "FROM tf_reports WHERE fleet = ? GROUP BY kind, device_id, body", (fleet,))
+            rows = self.rows(cur)
+        kinds: dict[str, dict] = {}
+        domains: dict[tuple, dict] = {}
+        devices: set[str] = set()
+        duplicates = 0
+
+        def count(table: dict, key: Any, base: dict, device: str, newest: int) -> None:
+            entry = table.setdefault(key, {**base, "reports": 0, "devices": set(), "newest": 0})
+            entry["reports"] += 1
+            entry["devices"].add(device)
+            entry["newest"] = max(entry["newest"], newest)
+
+        for r in rows:
+            duplicates += r["copies"] - 1
+            devices.add(r["device_id"])
+            try:
+                body = json.loads(r["body"])
+            except ValueError:
+                body = {}
+            host, noted = (body.get(k) if isinstance(body, dict) else None
+                           for k in ("hostname", "noted-hostname"))
+            host = host if isinstance(host, str) else None
+            noted = noted if isinstance(noted, str) else None
+            count(kinds, r["kind"], {"kind": r["kind"]}, r["device_id"], r["newest"])
+            count(domains, (host, noted, r["kind"]), {"hostname": host, "noted": noted, "kind": r["kind"]},
+                  r["device_id"], r["newest"])
+
+        def listed(table: dict) -> list[dict]:
+            out = [{**e, "devices": len(e["devices"])} for e in table.values()]
+            out.sort(key=lambda e: (-e["reports"], -e["newest"], str(e.get("kind")),
+                                    str(e.get("hostname")), str(e.get("noted"))))
+            return out
+
+        domain_list = listed(domains)
+        return {"reports": len(rows), "duplicates": duplicates, "devices": len(devices),
+                "newest": max((r["newest"] for r in rows), default=None),
+                "kinds": listed(kinds), "domains": domain_list[:limit], "domains_count": len(domain_list)}
+
     # -- summary ------------------------------------------------------------------
 
     def summary(self, fleet: str, now: int | None = None, silent_after: int = 86_400, limit: int = 50,
@@ -609,7 +664,8 @@ class FleetDB(sql.Connection):
         Returns a dict: devices (total), table ([{version, state, count}]),
         by_state, by_version, stale / fail_open / offline / silent (lists of
         at most `limit` devices, with *_count for the full number), reports
-        (the `recent` newest). Silent = not offline but not heard from for
+        (the `recent` newest), report_overview (report_overview: counts by kind
+        and domain). Silent = not offline but not heard from for
         `silent_after` seconds.
         """
         now = int(time.time()) if now is None else now
@@ -656,6 +712,7 @@ class FleetDB(sql.Connection):
             "quarantined": [{"device": d["device_id"], "version": d["version"], "last_seen": d["last_seen"]}
                             for d in qua], "quarantined_count": qua_n,
             "reports": self.reports(fleet, recent),
+            "report_overview": self.report_overview(fleet, limit),
         }
 
     # -- rollouts -------------------------------------------------------------------
