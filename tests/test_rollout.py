@@ -218,6 +218,21 @@ def test_a_revert_event_for_the_target_counts_even_without_bad_but_not_for_anoth
     assert rollout.verdict(older, 5, T0, False)[0] == rollout.PENDING
 
 
+def test_a_device_whose_health_endpoints_were_unreachable_is_pending_not_failed():
+    # Its trust store was never judged: it reverted without a bad mark and tries again,
+    # so a rollout must not halt naming it.
+    d = {**dev("a"), "event": "reverted",
+         "detail": "bundle v5: endpoints unreachable, not marked bad: api.acme.example:443 unreachable"}
+    kind, why = rollout.verdict(d, 5, T0, False)
+    assert kind == rollout.PENDING and "will try again" in why
+    devices = fleet_in_buckets({2: 10})
+    r, _ = rollout.step(make(), devices, T0)
+    devices[:5] = [{**x, "event": d["event"], "detail": d["detail"], "last_seen": T0 + 5}
+                   for x in devices[:5]]
+    _, actions = rollout.step(r, devices, T0 + 5)
+    assert not any(a[0] == "halt" for a in actions)
+
+
 def test_success_wins_over_an_old_revert_of_the_same_version():
     d = reverted(dev("a"), T0)
     assert rollout.verdict({**d, "version": 5, "bad": []}, 5, T0, False)[0] == rollout.OK

@@ -85,6 +85,10 @@ _CLOCK_SAVE_STEP = const(3600)
 _RETRY_FIRST = const(5)
 _RETRY_CAP = const(300)
 
+# How a revert without a bad mark starts its reason (after "bundle vN: "): the
+# server's rollouts count such a device as pending, not failed.
+UNREACHABLE = "endpoints unreachable, not marked bad"
+
 REVERT_ON_UNREACHABLE = "revert"
 KEEP_ON_UNREACHABLE = "keep"
 
@@ -342,7 +346,7 @@ class Agent:
             p[4] = detail
             now = self.trusted_time(clock)
             if now >= p[1] and self.config.on_unreachable != KEEP_ON_UNREACHABLE:
-                return self._revert("endpoints unreachable, not marked bad: %s" % detail, False)
+                return self._revert(UNREACHABLE + ": " + detail, False)
             p[2] = now + p[3]
             p[3] = p[3] * 2 if p[3] * 2 < _RETRY_CAP else _RETRY_CAP
             return []

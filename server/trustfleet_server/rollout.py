@@ -22,8 +22,10 @@ Verdict of one device of the wave, for target version T, in this order:
 
 1. success: `version >= T` and state "ok" or "stale";
 2. failure: T is in `bad`, or the last event is "reverted" for T (detail
-   "bundle vT: ..."), or, once the wave's deadline has passed, the device
-   still reports "no-store" (it was offered the bundle for a whole wave);
+   "bundle vT: ..."; not when the reason is that its health endpoints were
+   unreachable, agent.UNREACHABLE: that device is pending and tries again),
+   or, once the wave's deadline has passed, the device still reports
+   "no-store" (it was offered the bundle for a whole wave);
 3. offline: state "offline" (its last will): counts as neither;
 4. silent: after the deadline only, a device not heard from since the wave
    started: counts as neither;
@@ -57,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustfleet_device import topics
+from trustfleet_device.agent import UNREACHABLE
 
 RUNNING, PAUSED, HALTED, ABORTED, DONE = "running", "paused", "halted", "aborted", "done"
 STATES = (RUNNING, PAUSED, HALTED, ABORTED, DONE)
@@ -357,6 +360,9 @@ def verdict(device: Mapping[str, Any], target: int, wave_started: int | None,
     detail = device.get("detail")
     if device.get("event") == "reverted" and isinstance(detail, str) \
             and detail.startswith(f"bundle v{target}:"):
+        if detail.startswith(f"bundle v{target}: {UNREACHABLE}"):
+            # Its health endpoints were down, not its trust store: it tries again.
+            return PENDING, f"reverted, will try again: {detail}"
         return FAILED, f"reverted: {detail}"
     if state == "offline":
         return OFFLINE, "offline"
