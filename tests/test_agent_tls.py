@@ -215,11 +215,9 @@ def test_uses_trusted_time_not_a_pi_clock_reset_to_2000(repo, server, tmp_path):
 def test_refuses_to_make_a_socket_without_a_server_name(repo, server, tmp_path):
     device = installed(repo, tmp_path / "state", make_bundle(repo))
     ctx = tls.context_for(device)
-    for name, message in ((None, "server_hostname is required"),
-                          ("127.0.0.1", "is an IP address")):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
-                pytest.raises(ValueError, match=message):
-            ctx.wrap_socket(raw, server_hostname=name)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+            pytest.raises(ValueError, match="server_hostname is required"):
+        ctx.wrap_socket(raw, server_hostname=None)
     with socket.socket() as raw, pytest.raises(ValueError, match="cannot be used server-side"):
         ctx.wrap_socket(raw, server_side=True)
     with pytest.raises(ValueError, match="server_hostname is required"):
@@ -297,14 +295,18 @@ def test_health_check_reverts_an_install_whose_new_store_cannot_reach_the_endpoi
     assert device.install(make_bundle(repo, 3, form="full")).committed == 3
 
 
-def test_health_check_reverts_when_an_endpoint_is_unreachable(repo, tmp_path):
+def test_health_check_keeps_the_trial_when_an_endpoint_is_unreachable(repo, tmp_path):
+    # The network, not the trust store, failed: nothing is decided (issue 12;
+    # tests/test_health_inconclusive.py follows the trial to its end).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]  # nothing listens here once closed
+    check = tls.health_check_for([f"localhost:{closed}"], 2)
+    ok, detail = check(tls.store_for(installed(repo, tmp_path / "v1", make_bundle(repo))).bundle, T0)
+    assert ok is None and f"localhost:{closed} unreachable" in detail
     device = health_device(repo, tmp_path / "state", [f"localhost:{closed}"], timeout=2)
     result = device.install(make_bundle(repo, 1))
-    assert result.reverted == 1
-    assert f"localhost:{closed} unreachable" in result.reason()
+    assert result.reverted is None and device.busy() and device.bad_versions() == []
 
 
 def test_health_check_without_endpoints_commits(repo, tmp_path):

@@ -9,8 +9,10 @@ its loop (process_inbox, tick). Each phase starts from a
 provisioned board with bundle v1 committed and one document in its inbox:
 
 - install: bundle v2 (typical size, 5.4 KB), the health check passes (no endpoints configured);
-- revert: bundle v2, the health check fails (the only endpoint refuses
-  connections), so v2 goes on trial and is reverted and marked bad;
+- revert: bundle v2, the health check fails (the only endpoint, a loopback
+  TLS server, sends a chain v2 does not anchor: a refusal, not the network,
+  which would only be inconclusive), so v2 goes on trial and is reverted and
+  marked bad;
 - root: root v2 (root keys rotated), signed by old and new root keys;
 - trial: bundle v2 already on trial, the power lost during its health
   check: the boot reverts it, the loop takes it again from the inbox.
@@ -45,13 +47,14 @@ import pytest
 from support import fleetkit as fk
 from support import mpunix
 from support.scenarios import scenario
+from support.tlsagent import PKI, tls_server
 
 SCRIPT = scenario("littlefs_cuts.py")
 
 # An ESP32's flash erases 4 KiB sectors; a small data partition of 32 of them.
 BLOCK_SIZE = 4096
 BLOCKS = 32
-UNREACHABLE = "127.0.0.1:1"  # nothing listens there: every health check fails
+REFUSED = "localhost:{port}"  # a TLS server whose chain no bundle here anchors
 LIVE_CUTS = [0, 1, 5, 17, 40, 90]  # cut points also run live (those below the phase's writes)
 TIMEOUT = 600.0
 HEAP = 16 * 1024 * 1024  # room for the flash images of a phase; memory is not what is tested here
@@ -78,7 +81,7 @@ ROOT_VERSION = {"root1": 1, "root2": 2}
 
 PHASES = [
     {"name": "install", "config": {}, "inbox": {"bundle-2.cose": "b2"}},
-    {"name": "revert", "config": {"endpoints": [UNREACHABLE]}, "inbox": {"bundle-2.cose": "b2"}},
+    {"name": "revert", "config": {"endpoints": [REFUSED]}, "inbox": {"bundle-2.cose": "b2"}},
     {"name": "root", "config": {}, "inbox": {"root-2.cose": "root2"}},
     {"name": "trial", "config": {}, "inbox": {"bundle-2.cose": "b2"},
      "lost_in_health_check": True},
@@ -113,15 +116,19 @@ def cuts(tmp_path_factory) -> dict:
         (folder / f"{name}.cose").write_bytes(raw)
         paths[name] = str(folder / f"{name}.cose")
     config = {"device_id": "esp-lfs", "fleet": repo.fleet, "endpoints": []}
-    spec = {"docs": paths, "fleet": repo.fleet, "now": fk.NOW, "config": config,
-            "boot_py": str(mpunix.BOARD_DIR / "boot.py"), "block_size": BLOCK_SIZE,
-            "blocks": BLOCKS, "mark": mpunix.RESULT_MARK,
-            "phases": [{**p, "live": LIVE_CUTS} for p in PHASES]}
-    spec_path = folder / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    shims = mpunix.write_shims(folder / "shims", {**mpunix.BOARD_SHIMS, "esp32.py": ESP32_SHIM})
-    return port.run_json(SCRIPT, path=[shims, mpunix.DEVICE_DIR, mpunix.BOARD_DIR],
-                         args=[str(spec_path)], cwd=folder, timeout=TIMEOUT)
+    with tls_server(PKI) as server:
+        phases = []
+        for p in PHASES:
+            eps = [e.format(port=server.port) for e in p["config"].get("endpoints", [])]
+            phases.append({**p, "config": {**p["config"], "endpoints": eps}, "live": LIVE_CUTS})
+        spec = {"docs": paths, "fleet": repo.fleet, "now": fk.NOW, "config": config,
+                "boot_py": str(mpunix.BOARD_DIR / "boot.py"), "block_size": BLOCK_SIZE,
+                "blocks": BLOCKS, "mark": mpunix.RESULT_MARK, "phases": phases}
+        spec_path = folder / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        shims = mpunix.write_shims(folder / "shims", {**mpunix.BOARD_SHIMS, "esp32.py": ESP32_SHIM})
+        return port.run_json(SCRIPT, path=[shims, mpunix.DEVICE_DIR, mpunix.BOARD_DIR],
+                             args=[str(spec_path)], cwd=folder, timeout=TIMEOUT)
 
 
 def problems_of(facts: dict) -> list[str]:

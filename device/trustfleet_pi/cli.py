@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,11 @@ from trustfleet_device import trust, x509
 from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.agent import Config
 from trustfleet_device.documents import Bundle
+
+try:  # the documented maximum (issue 12); the same value where documents.py predates it
+    from trustfleet_device.documents import MAX_VERSION
+except ImportError:  # pragma: no cover
+    MAX_VERSION = 2**30 - 1
 from trustfleet_device.errors import BundleError, DeviceError
 from trustfleet_device.limits import DEFAULT
 from trustfleet_pi import export as exports
@@ -43,6 +49,7 @@ examples:
   trustfleet-agent check 10.0.0.7:8883 --servername mqtt.acme.example --json
   trustfleet-agent export --pem /etc/trustfleet/ca.pem --pins /etc/trustfleet/pins.json
   trustfleet-agent status --state /var/lib/trustfleet --json
+  trustfleet-agent clear-bad 8 --state /var/lib/trustfleet   # v8 may be installed again
   trustfleet-agent run --config /etc/trustfleet/agent.toml   # the service (systemd)
 
 agent.toml (every key optional; unknown keys are refused):
@@ -55,6 +62,7 @@ agent.toml (every key optional; unknown keys are refused):
   [health]
   endpoints = ["api.acme.example:443"]   # TLS with the new store before it is committed
   timeout = 10
+  on_unreachable = "revert"              # or "keep": no endpoint answered by the deadline
   [export]
   pem = "/etc/trustfleet/ca-bundle.pem"  # for SSL_CERT_FILE / curl --cacert
   pins = "/etc/trustfleet/pins.json"
@@ -82,21 +90,39 @@ through the same health check, exports and hook as `install`.
 INSTALL_EPILOG = """\
 The bundle is verified, written to the inactive slot and switched to; then
 every endpoint (--endpoint, else [health] endpoints in --config) must be
-reached over TLS with the NEW store, or the device switches back and never
-retries that version. After a commit the [export] files are rewritten and
-the [post_commit] command runs; their failures are reported, not reverted.
+reached over TLS with the NEW store. A TLS verification failure (chain,
+name, pins, distrust) switches back and marks the version bad: it is never
+retried (`clear-bad` undoes that). An endpoint that cannot be reached at
+all (DNS, refused, timeout) decides nothing: the check is retried, one
+line per retry on stderr, until the trial deadline (--health-deadline);
+then the device switches back WITHOUT marking the version bad. After a
+commit the [export] files are rewritten and the [post_commit] command
+runs; their failures are reported, not reverted.
 Exit 0 installed, 1 refused or reverted (reason on stderr), 2 usage.
 
 examples:
   trustfleet-agent install --state /var/lib/trustfleet bundle-v8.cose
   trustfleet-agent install --state /var/lib/trustfleet --endpoint api.acme.example:443 bundle-v8.cose
   trustfleet-agent install --config /etc/trustfleet/agent.toml --json bundle-v8.cose
+  trustfleet-agent install --state /var/lib/trustfleet --endpoint 10.0.0.7:443 bundle-v8.cose
+"""
+
+CLEAR_BAD_EPILOG = """\
+A version reverted because its health check failed is refused from then
+on. Once the cause is fixed (a server's certificate, a wrong endpoint), an
+operator with access to the device's state directory clears the mark and
+the version can be installed again. Nothing else changes.
+Exit 0 cleared, 2 the version is not marked bad (or usage).
+
+examples:
+  trustfleet-agent clear-bad 8 --state /var/lib/trustfleet
+  trustfleet-agent clear-bad 8 --config /etc/trustfleet/agent.toml --json
 """
 
 CHECK_EPILOG = """\
 The connection is made to HOST:PORT (default port 443); the certificate is
-checked for --servername (default HOST; an IP address needs --servername)
-with the installed store at the device's trusted time: path to an anchor,
+checked for --servername (default HOST; an IP address is matched against
+the certificate's IP address SANs) with the installed store at the device's trusted time: path to an anchor,
 hostname, distrust list, pins (past their expiry: CA validation only).
 Exit 0 accept or accept-fail-open, 1 reject, 2 no TLS connection or usage.
 
@@ -150,6 +176,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _version(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if not 0 < value <= MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bundle version from 1 to {MAX_VERSION}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "committing (repeatable; replaces [health] endpoints)")
     p.add_argument("--health-timeout", type=_seconds, metavar="SECONDS",
                    help="per-endpoint timeout (default: [health] timeout, else 10)")
+    p.add_argument("--health-deadline", type=_seconds, metavar="SECONDS",
+                   help="how long the trial may wait for reachable endpoints before it is "
+                        "reverted (default: every endpoint's timeout + 30, at least 120)")
     p.add_argument("file", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_install)
@@ -186,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = command("clear-bad", "let a version reverted as bad be installed again", CLEAR_BAD_EPILOG)
+    p.add_argument("version", type=_version, metavar="VERSION")
+    p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
+    p.add_argument("--config", type=Path, help="agent.toml (state_dir)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_clear_bad)
 
     p = command("check", "connect to a TLS server and judge it with the installed store",
                 CHECK_EPILOG)
@@ -236,7 +282,11 @@ def _state(args: argparse.Namespace, cfg: PiConfig, default: Path | None = None)
 
 def _core_config(args: argparse.Namespace, cfg: PiConfig) -> Config:
     # Without --config, the same Config() as before config files existed.
-    return cfg.core_config() if getattr(args, "config", None) else Config()
+    conf = cfg.core_config() if getattr(args, "config", None) else Config()
+    deadline = getattr(args, "health_deadline", None)
+    if deadline is not None:
+        conf.health_timeout = max(1, math.ceil(deadline))
+    return conf
 
 
 def _warn(text: str) -> None:
@@ -269,11 +319,42 @@ class _Recorder:
 
     def __init__(self, check: Any):
         self.check = check
-        self.answer: tuple[bool, str] | None = None
+        self.answer: tuple[bool | None, str] | None = None
 
-    def __call__(self, bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
+    def __call__(self, bundle: Bundle, trusted_time: int) -> tuple[bool | None, str]:
         self.answer = self.check(bundle, trusted_time)
         return self.answer
+
+
+def _merge(into: Any, more: Any) -> Any:
+    """Add a later runner.Result to an earlier one (what the whole install did)."""
+    into.refused.extend(more.refused)
+    into.reports.extend(more.reports)
+    if more.committed is not None:
+        into.committed = more.committed
+    if more.reverted is not None:
+        into.reverted = more.reverted
+    return into
+
+
+def _settle(device: LocalDevice, outcome: Any, health: _Recorder) -> Any:
+    """While the trial waits for reachable endpoints, retry when the agent says, until it is
+    committed or reverted (the agent enforces the trial deadline); one stderr line per retry.
+
+    With [health] on_unreachable = "keep" the trial outlives its deadline: stop asking then
+    (`run` keeps retrying)."""
+    next_retry = getattr(device, "next_health_retry", None)
+    deadline = time.monotonic() + device.config.health_timeout
+    keep = getattr(device.config, "on_unreachable", "revert") == "keep"
+    while device.busy() and next_retry is not None:
+        wait = next_retry()
+        if wait is None or (keep and time.monotonic() + wait > deadline):
+            break
+        why = health.answer[1] if health.answer else "no answer yet"
+        _warn(f"endpoint unreachable, retrying in {max(0, wait):g} s ({why})")
+        time.sleep(max(0, wait))
+        _merge(outcome, device.tick())
+    return outcome
 
 
 def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
@@ -284,10 +365,12 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
     health = _Recorder(tls.health_check_for(endpoints, timeout, managed=cfg.managed,
                                             user_anchors=anchors))
     device = LocalDevice(state, _core_config(args, cfg), health)
-    outcome = device.install(_read(file))
+    outcome = _settle(device, device.install(_read(file)), health)
+    marked_bad = outcome.reverted is not None and outcome.reverted in device.bad_versions()
     result: dict[str, Any] = {
         "installed": outcome.committed is not None, "version": outcome.committed,
-        "reverted": outcome.reverted, "reason": outcome.reason(), "status": device.status()}
+        "reverted": outcome.reverted, "marked_bad": marked_bad, "on_trial": device.busy(),
+        "reason": outcome.reason(), "status": device.status()}
     if endpoints:
         result["health"] = health.answer[1] if health.answer else None
     notes: list[str] = []
@@ -299,6 +382,12 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
         print(f"installed bundle v{outcome.committed}")
         if endpoints and health.answer:
             print(f"  health check: {health.answer[1]}")
+    elif outcome.reverted is not None and not marked_bad:
+        print(f"reverted: endpoints unreachable; v{outcome.reverted} is not marked bad "
+              f"({result.get('health') or result['reason']})", file=sys.stderr)
+    elif result["on_trial"]:
+        print("still on trial: endpoints unreachable; `trustfleet-agent run` keeps retrying "
+              f"({result['health']})", file=sys.stderr)
     else:
         print(f"refused: {result['reason']}", file=sys.stderr)
     for note in notes:
@@ -359,6 +448,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  refused as bad: {', '.join(map(str, status['bad']))}")
         if status["last_revert"]:
             print(f"  last revert: {status['last_revert']}")
+    return 0
+
+
+def cmd_clear_bad(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    state = _state(args, cfg)
+    device = LocalDevice(state, _core_config(args, cfg))
+    version = args.version
+    if version not in device.bad_versions():
+        raise UsageError(f"v{version} is not marked bad on {state}: nothing to clear "
+                         f"(bad: {', '.join(map(str, device.bad_versions())) or 'none'})")
+    clear = getattr(device, "clear_bad", None)
+    if clear is None:
+        raise UsageError("this device core cannot clear a bad mark (no Device.clear_bad)")
+    result = clear(version)
+    detail = "; ".join(r["detail"] for r in result.reports) or f"v{version} is no longer bad"
+    if args.json:
+        print(json.dumps({"cleared": version, "detail": detail, "bad": device.bad_versions(),
+                          "status": device.status()}))
+    else:
+        print(f"cleared the bad mark of v{version}: it may be installed again ({detail})")
     return 0
 
 
@@ -462,8 +572,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     state = _state(args, cfg)
     settings = _run_settings(cfg, state)
     anchors = cfg.user_anchor_ders()
+    # One report queue for the device: the broker's TLS, every health check and the MQTT
+    # session, which publishes what they queue on tf/<fleet>/report/<device>.
+    reports = tls.SharedReports()
     health = tls.health_check_for(cfg.endpoints, cfg.health_timeout, managed=cfg.managed,
-                                  user_anchors=anchors)
+                                  user_anchors=anchors, reports=reports)
     device = _RunDevice(state, cfg.core_config(), health)
     for r in device.boot_result.reports:
         _warn(f"boot: {r['event']}: {r['detail']}")
@@ -481,9 +594,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"{settings.url()}: the broker's certificate is checked with the "
                              "installed trust store, and none is installed: give `init` a "
                              "factory bundle (--bundle), or use mqtt://")
-        context = mqtt.broker_context(device, settings, managed=cfg.managed, user_anchors=anchors)
+        context = mqtt.broker_context(device, settings, managed=cfg.managed, user_anchors=anchors,
+                                      reports=reports)
     settings.read_password()  # an unreadable password file is a config error: exit 2 now
-    session = Session(device, cfg.fleet, cfg.device_id, settings.group)
+    session = Session(device, cfg.fleet, cfg.device_id, settings.group, reports=reports)
     transport = mqtt.PahoTransport(session, settings, tls_context=context,
                                     max_packet=cfg.core_config().limits.max_document + 4096)
     stop = mqtt.StopFlag()

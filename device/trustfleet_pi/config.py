@@ -16,6 +16,8 @@ apply only when `managed = true` AND the signed bundle's policy allows them.
     [health]                                # TLS with the new store before committing it
     endpoints = ["api.acme.example:443", "mqtt.acme.example:8883"]
     timeout = 10                            # seconds per endpoint (connect + handshake)
+    on_unreachable = "revert"               # or "keep": what a trial whose endpoints never
+                                            # answered does at its deadline (never marked bad)
 
     [export]                                # rewritten after every commit
     pem = "/etc/trustfleet/ca-bundle.pem"   # whole-certificate anchors, for SSL_CERT_FILE
@@ -66,11 +68,12 @@ DEFAULT_HEALTH_TIMEOUT = 10.0
 DEFAULT_HOOK_TIMEOUT = 30.0
 # The agent's deadline for a trial is at least this (agent.Config's default).
 _MIN_TRIAL_DEADLINE = 120
+ON_UNREACHABLE = ("revert", "keep")
 
 _TOP = ("state_dir", "device_id", "fleet", "managed", "firmware_time", "user_anchors",
         "health", "export", "post_commit", "mqtt")
 _TABLES = {
-    "health": ("endpoints", "timeout"),
+    "health": ("endpoints", "timeout", "on_unreachable"),
     "export": ("pem", "pins"),
     "post_commit": ("command", "timeout"),
     "mqtt": ("broker", "username", "password", "password_file", "client_cert", "client_key",
@@ -142,6 +145,7 @@ class PiConfig:
     user_anchors: list[Path] = field(default_factory=list)
     endpoints: list[str] = field(default_factory=list)
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    on_unreachable: str = "revert"
     export_pem: Path | None = None
     export_pins: Path | None = None
     post_commit: list[str] = field(default_factory=list)
@@ -156,8 +160,10 @@ class PiConfig:
         """
         deadline = max(_MIN_TRIAL_DEADLINE,
                        math.ceil(self.health_timeout * max(1, len(self.endpoints))) + 30)
-        return Config(fleet=self.fleet, firmware_time=self.firmware_time, health_timeout=deadline,
+        conf = Config(fleet=self.fleet, firmware_time=self.firmware_time, health_timeout=deadline,
                       device_id=self.device_id, managed=self.managed)
+        conf.on_unreachable = self.on_unreachable
+        return conf
 
     def user_anchor_ders(self) -> list[bytes]:
         """The enterprise anchors as certificate DER; none unless managed. Raises: ConfigError."""
@@ -222,6 +228,9 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> PiConfig:
         except ValueError as exc:
             raise ConfigError(f"{where}: health.endpoints: {exc}") from None
     cfg.health_timeout = health.seconds("timeout", DEFAULT_HEALTH_TIMEOUT)
+    cfg.on_unreachable = health.text("on_unreachable") or "revert"
+    if cfg.on_unreachable not in ON_UNREACHABLE:
+        raise ConfigError(f"{where}: health.on_unreachable must be \"revert\" or \"keep\"")
     export = _Reader(data.get("export", {}), where, "export.", base)
     cfg.export_pem = export.path("pem")
     cfg.export_pins = export.path("pins")

@@ -392,12 +392,17 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
 
 
 def broker_context(device: Any, settings: MqttConfig, *, managed: bool | None = None,
-                   user_anchors: list[bytes] | None = None) -> Callable[[], ssl.SSLContext]:
-    """The tls_context factory for an mqtts:// broker: the installed store, bound to its host name."""
+                   user_anchors: list[bytes] | None = None,
+                   reports: Any = None) -> Callable[[], ssl.SSLContext]:
+    """The tls_context factory for an mqtts:// broker: the installed store, bound to its host name.
+
+    reports: the device's queue (the session's), so that a report-only pin
+    mismatch of the broker goes out over the connection it let through.
+    """
     from trustfleet_pi import tls
 
     def make() -> ssl.SSLContext:
         return tls.context_for(device, host=settings.host, managed=managed,
-                               user_anchors=user_anchors)
+                               user_anchors=user_anchors, reports=reports)
 
     return make

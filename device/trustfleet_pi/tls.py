@@ -17,8 +17,12 @@ to the bundle's anchors, hostname, distrust, then pins with their expiry.
 A "reject" closes the socket and raises TrustVerificationError, an
 ssl.SSLCertVerificationError whose message carries the decision's reason;
 "accept-fail-open" (pins past their expiry, chain still valid) connects.
-Every report a decision carries goes into `context.reports` (a
-deduplicated, rate-limited ReportQueue).
+Every report a decision carries (TrustKit's format, from trust.evaluate)
+goes into `context.reports`, a deduplicated, rate-limited ReportQueue. The
+agent gives every context it makes (broker, health checks, context_for)
+the device's one SharedReports, which its MQTT session drains into
+tf/<fleet>/report/<device>; SharedReports locks, since handshakes and the
+session may run on different threads.
 
 OpenSSL's own verification, and why it is sometimes off:
 - A compact anchor is only a subject and an SPKI: there is no certificate
@@ -36,9 +40,10 @@ OpenSSL's own verification, and why it is sometimes off:
 - In both modes the handshake proves the server holds the leaf's key.
 
 Refused: creating a socket without server_hostname (pins and names are
-checked against it), an IP literal as the name (certificates are matched
-by DNS name only), server-side use, and a name other than `host` when the
-context was made for one host. A resumed session carries no chain and is
+checked against it), server-side use, and a name other than `host` when the
+context was made for one host. An IP literal as the name is checked against
+the certificate's iPAddress SANs (Python sends no SNI for it, and OpenSSL,
+when it verifies, matches the address too). A resumed session carries no chain and is
 therefore rejected: do not pass `session=`.
 
 A context is a snapshot of the store it was made from, anchors loaded into
@@ -67,6 +72,26 @@ DEFAULT_PORT = 443
 _NO_CHECK_TIME = 0x200000
 # OpenSSL's X509_V_ERR_APPLICATION_VERIFICATION: "rejected by the application".
 _APPLICATION_VERIFICATION = 50
+
+
+class SharedReports(ReportQueue):
+    """A ReportQueue that several threads may add to and drain (one per device on the Pi)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+
+    def add(self, report: dict, now: int) -> bool:
+        with self.lock:
+            return super().add(report, now)
+
+    def drain(self) -> list[dict]:
+        with self.lock:
+            return super().drain()
+
+    def __len__(self) -> int:
+        with self.lock:
+            return super().__len__()
 
 
 class TrustVerificationError(ssl.SSLCertVerificationError):
@@ -151,8 +176,8 @@ class TrustContext(ssl.SSLContext):
         self.trust_store = store
         self.trust_now = now
         self.host = _name_for(host, None, None) if host is not None else None
-        self.reports = reports if reports is not None else ReportQueue()
-        self._reports_lock = threading.Lock()
+        self.reports = reports if reports is not None else SharedReports()
+        self._reports_lock = threading.Lock()  # for a plain ReportQueue given by the caller
         self.minimum_version = ssl.TLSVersion.TLSv1_2
         ders = [a.der for a in store.anchors]
         self.openssl_verifies = bool(ders) and all(d is not None for d in ders)
@@ -179,13 +204,16 @@ class TrustContext(ssl.SSLContext):
         name = _name_for(server_hostname, self.host, server_side)
         return super().wrap_bio(incoming, outgoing, server_side, name, session)
 
-    def decide(self, host: str, chain: Sequence[bytes]) -> trust.Decision:
-        """Evaluate a chain for host at the trusted time; queue its report, if any."""
+    def decide(self, host: str, chain: Sequence[bytes], port: int = DEFAULT_PORT) -> trust.Decision:
+        """Evaluate a chain for host (reached on port) at the trusted time; queue its report."""
         now = int(self.trust_now())
-        decision = self.trust_store.evaluate(host, list(chain), now)
+        decision = self.trust_store.evaluate(host, list(chain), now, port)
         if decision.report is not None:
-            with self._reports_lock:
+            if isinstance(self.reports, SharedReports):
                 self.reports.add(decision.report, now)
+            else:
+                with self._reports_lock:
+                    self.reports.add(decision.report, now)
         return decision
 
 
@@ -202,11 +230,20 @@ def _name_for(server_hostname: str | bytes | None, bound: str | None,
                              "names and the pins against it")
         server_hostname = bound
     if is_ip(server_hostname):
-        raise ValueError(f"server_hostname {server_hostname!r} is an IP address; certificates are "
-                         "matched by DNS name only: connect to the address, pass the DNS name")
+        # Checked against iPAddress SANs; Python sends no SNI for an address.
+        server_hostname = ipaddress.ip_address(server_hostname.strip("[]")).compressed
     if bound is not None and trust.normalize_host(server_hostname) != trust.normalize_host(bound):
         raise ValueError(f"this context is for {bound}, not {server_hostname}")
     return server_hostname
+
+
+def _peer_port(conn: Any) -> int:
+    """The server's port, for the report (a memory-BIO connection has none: 443)."""
+    try:
+        port = conn.getpeername()[1]
+    except (AttributeError, OSError, IndexError, TypeError):
+        return DEFAULT_PORT
+    return port if isinstance(port, int) else DEFAULT_PORT
 
 
 def _verify(conn: TrustSocket | TrustObject, openssl_error: ssl.SSLCertVerificationError | None
@@ -220,7 +257,7 @@ def _verify(conn: TrustSocket | TrustObject, openssl_error: ssl.SSLCertVerificat
                                   "a resumed session carries no certificate chain to check",
                                   None, None, None, [])
     else:
-        decision = ctx.decide(host, chain)
+        decision = ctx.decide(host, chain, _peer_port(conn))
     if openssl_error is not None:
         why = f"OpenSSL refused the chain: {openssl_error.verify_message}"
         if decision.accepted():
@@ -396,7 +433,7 @@ def context_for(store_or_device: Any, *, host: str | None = None, managed: bool 
 
     Raises:
         DeviceError: the device has no bundle installed.
-        ValueError: a caller mistake (unknown source type, IP address as host).
+        ValueError: a caller mistake (unknown source type).
     """
     store = store_for(store_or_device, managed=managed, user_anchors=user_anchors)
     return TrustContext(store, _clock_for(store_or_device, clock), host=host, reports=reports)
@@ -413,7 +450,7 @@ def probe(ctx: TrustContext, host: str, port: int, timeout: float,
 
     Raises:
         OSError: no TCP or TLS connection could be made (no decision was possible).
-        ValueError: the name to check is an IP address (give servername).
+        ValueError: a caller mistake (a name other than the context's host).
     """
     name = _name_for(servername or host, ctx.host, False)  # before connecting: fail fast
     with socket.create_connection((host, port), timeout=timeout) as raw:
@@ -426,16 +463,18 @@ def probe(ctx: TrustContext, host: str, port: int, timeout: float,
 
 def check(host: str, port: int, device: Any, timeout: float = 10.0, *,
           servername: str | None = None, clock: Callable[[], float] = time.time,
-          managed: bool | None = None, user_anchors: Iterable[bytes] | None = None
-          ) -> trust.Decision:
+          managed: bool | None = None, user_anchors: Iterable[bytes] | None = None,
+          reports: ReportQueue | None = None) -> trust.Decision:
     """A real TLS connection to host:port, evaluated with the device's installed store.
+
+    reports: the device's queue, for the decision's report (a new one by default).
 
     Raises:
         DeviceError: no bundle installed.
         OSError: the connection or handshake failed before any decision.
-        ValueError: the server name is an IP address.
     """
-    ctx = context_for(device, managed=managed, user_anchors=user_anchors, clock=clock)
+    ctx = context_for(device, managed=managed, user_anchors=user_anchors, clock=clock,
+                      reports=reports)
     return probe(ctx, host, port, timeout, servername)
 
 
@@ -443,14 +482,22 @@ def check(host: str, port: int, device: Any, timeout: float = 10.0, *,
 
 
 def health_check_for(endpoints: Iterable[str], timeout: float = 10.0, *, managed: bool = False,
-                     user_anchors: Iterable[bytes] | None = None
-                     ) -> Callable[[Bundle, int], tuple[bool, str]]:
+                     user_anchors: Iterable[bytes] | None = None,
+                     reports: ReportQueue | None = None
+                     ) -> Callable[[Bundle, int], tuple[bool | None, str]]:
     """The `health_check(bundle, trusted_time) -> (ok, detail)` the runner calls while an install is on trial.
 
     Every endpoint ("host:port") is reached over TLS with the NEW store,
     built from `bundle` (the one on trial, handed over by the runner) and
-    judged at `trusted_time`. ok means every endpoint's decision was accept
-    or accept-fail-open. managed and user_anchors: as for context_for.
+    judged at `trusted_time`. managed and user_anchors: as for context_for.
+    reports: the device's queue; each decision's report goes there.
+
+    ok is True when every endpoint's decision was accept or
+    accept-fail-open; False when any decision rejected (trust store or
+    OpenSSL: chain, name, pins, distrust); otherwise None when some
+    endpoint gave no decision at all (DNS failure, refused, timeout, reset
+    before the certificate was judged): the network, not the trust store,
+    failed, and the version must not be marked bad for it.
 
     Raises:
         ValueError: an endpoint is malformed (checked here, not at install time).
@@ -458,29 +505,40 @@ def health_check_for(endpoints: Iterable[str], timeout: float = 10.0, *, managed
     targets = [parse_endpoint(e) for e in endpoints]
     anchors = list(user_anchors or ())
 
-    def health_check(bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
+    def health_check(bundle: Bundle, trusted_time: int) -> tuple[bool | None, str]:
         if not targets:
             return True, "no endpoints configured"
         version = bundle.version
         try:
             store = store_for(bundle, managed=managed, user_anchors=anchors)
-            ctx = TrustContext(store, lambda: trusted_time)
+            ctx = TrustContext(store, lambda: trusted_time, reports=reports)
         except Exception as exc:  # the health check must answer, never crash a trial
             return False, f"cannot build the trial store for v{version}: {exc}"
-        good, bad = [], []
+        good, bad, unreachable = [], [], []
         for host, port in targets:
             where = f"{host}:{port}"
             try:
                 d = probe(ctx, host, port, timeout)
-            except (OSError, ValueError) as exc:
-                bad.append(f"{where} unreachable: {exc}")
+            except ValueError as exc:
+                bad.append(f"{where} cannot be checked: {exc}")
+                continue
+            except OSError as exc:  # no certificate was judged: DNS, refused, timeout, reset
+                unreachable.append(f"{where} unreachable: {_oserror_text(exc)}")
                 continue
             if d.accepted():
                 good.append(f"{where} {d.result}")
             else:
                 bad.append(f"{where} {d.result}: {d.reason}")
         if bad:
-            return False, "; ".join(bad)
+            return False, "; ".join(bad + unreachable)
+        if unreachable:
+            return None, "; ".join(unreachable)
         return True, f"v{version} reaches {len(good)} endpoint(s): " + ", ".join(good)
 
     return health_check
+
+
+def _oserror_text(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out"
+    return str(exc) or type(exc).__name__

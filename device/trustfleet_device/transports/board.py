@@ -27,7 +27,17 @@ Order on every boot (boot.py has made sure STATE_DIR exists):
 Health check of a trial store (the runner hands over the bundle on trial
 and the trusted time): a TLS connection to every configured endpoint, then
 TrustStore.evaluate on what the TLS stack shows us (see check_endpoint for
-what each side checks, and README.md).
+what each side checks, and README.md). A refusal (evaluate's or mbedTLS's)
+fails it and marks the version bad; an endpoint the network cannot reach
+(DNS, refused, timeout: an OSError, no certificate judged) makes it
+inconclusive (None): the agent retries and never marks the version bad.
+
+Reports: one ReportQueue per board (device.reports), shared by the health
+checks and the MQTT session, which publishes it on tf/<fleet>/report/<id>.
+Where the port shows the chain (verify_callback), a pin failure's report is
+TrustKit's, from evaluate. Where it shows only the leaf, the pins cannot be
+checked and there is no pin report; what mbedTLS refuses is reported by the
+revert alone.
 """
 
 import hashlib
@@ -38,6 +48,7 @@ import time
 from trustfleet_device import slots, trust, x509
 from trustfleet_device.agent import Config
 from trustfleet_device.errors import DecodeError, StorageError
+from trustfleet_device.reports import ReportQueue
 from trustfleet_device.transports import runner
 from trustfleet_device.transports.storage import DirStorage
 
@@ -54,6 +65,7 @@ WATCHDOG_MS = 120000  # longest gap between feeds: Wi-Fi, NTP or one endpoint's 
 TICK_S = 60
 IDLE_MS = 100  # MQTT poll interval when nothing arrives
 TLS_TIMEOUT_S = 15
+REPORTS_KEPT = 4  # pending pin-failure reports (each carries its chain as PEM)
 WIFI_TIMEOUT_MS = 20000
 KINDS = ("root", "bundle", "timestamp")  # inbox order: a new root before what it signs
 
@@ -127,12 +139,14 @@ def build_device(cfg, clock=clock):
             runner.initialise(storage, f.read(), conf)
         log("initialised from", FACTORY_ROOT)
     eps = endpoints(cfg)
+    reports = ReportQueue(REPORTS_KEPT)
 
     def health(bundle, now):
         # The runner hands over the bundle on trial and the trusted time.
-        return check_endpoints(eps, bundle, now, conf.managed)
+        return check_endpoints(eps, bundle, now, conf.managed, reports)
 
     device = runner.Device(storage, conf, health if eps else runner.no_endpoints, clock)
+    device.reports = reports  # the session publishes what the health checks queue
     for r in device.boot_result.reports:
         log("boot:", r["event"], r["detail"])
     return device
@@ -240,7 +254,17 @@ def tls_chain(host, port, bundle=None):
     return [leaf], False
 
 
-def judge_mbedtls(ts, host, port, chain, complete, now):
+def _queue(reports, report, now, result=None, reason=None):
+    """Queue a decision's TrustKit report (with the verdict judge_mbedtls reached, if given)."""
+    if reports is None or report is None:
+        return
+    if result is not None:
+        report["validation-result"] = result
+        report["reason"] = reason
+    reports.add(report, now)
+
+
+def judge_mbedtls(ts, host, port, chain, complete, now, reports=None):
     """(ok, detail) when mbedTLS validated the path against the full anchors.
 
     evaluate still decides when it can; where it cannot (only the leaf was
@@ -251,6 +275,7 @@ def judge_mbedtls(ts, host, port, chain, complete, now):
     where = f"{host}:{port}"
     d = ts.evaluate(host, chain, now, port)
     if d.result != trust.UNSUPPORTED and (complete or d.result != trust.CHAIN_INVALID):
+        _queue(reports, d.report, now)
         return d.accepted(), f"{where} {d.result}: {d.reason}"
     certs = []
     for raw in chain:
@@ -277,35 +302,49 @@ def judge_mbedtls(ts, host, port, chain, complete, now):
         if h in ps.pins:
             return True, f"{where} chain: path checked by mbedTLS, pins match"
     if ps.mode == "report":
+        _queue(reports, d.report, now, trust.REPORT_ONLY,
+               "no key in the chain matches the pins for " + ps.domain + " (report-only)")
         return True, f"{where} chain: no key matches the pins (report-only)"
-    return False, f"{where} pin-mismatch: no key in the chain matches the pins for {ps.domain}"
+    why = "no key in the chain matches the pins for " + ps.domain
+    _queue(reports, d.report, now, trust.PIN_MISMATCH, why)
+    return False, f"{where} pin-mismatch: {why}"
 
 
-def check_endpoint(ts, host, port, now):
-    """(ok, detail) for one endpoint with the trial store. Raises: OSError, ValueError."""
+def check_endpoint(ts, host, port, now, reports=None):
+    """(ok, detail) for one endpoint with the trial store; a decision's report goes to reports.
+    Raises: OSError (no certificate judged), ValueError (mbedTLS refused, or nothing to see)."""
     if can_see_chain():
         # evaluate alone: compact and full anchors, pins, distrust, trusted time.
         chain, complete = tls_chain(host, port, None)
         d = ts.evaluate(host, chain, now, port)
         if d.result != trust.UNSUPPORTED:
+            _queue(reports, d.report, now)
             return d.accepted(), f"{host}:{port} {d.result}: {d.reason}"
         log(f"{host}:{port} {d.reason}; asking mbedTLS")
     chain, complete = tls_chain(host, port, ts.bundle)
-    return judge_mbedtls(ts, host, port, chain, complete, now)
+    return judge_mbedtls(ts, host, port, chain, complete, now, reports)
 
 
-def check_endpoints(eps, bundle, now, managed=False):
-    """The health check of a trial bundle: every endpoint must pass. Returns (ok, detail)."""
+def check_endpoints(eps, bundle, now, managed=False, reports=None):
+    """The health check of a trial bundle. Returns (ok, detail): True when every endpoint
+    passed, False when one was refused, else None (inconclusive) when one was unreachable."""
     ts = trust.TrustStore(bundle, None, managed)
+    unreachable = []
     for host, port in eps:
         feed()
         try:
-            ok, detail = check_endpoint(ts, host, port, now)
-        except (OSError, ValueError) as e:
+            ok, detail = check_endpoint(ts, host, port, now, reports)
+        except OSError as e:  # DNS, refused, timeout, reset: no certificate was judged
+            ok, detail = None, f"{host}:{port} unreachable: {e}"
+        except ValueError as e:  # mbedTLS refused the chain, or nothing of it to be seen
             ok, detail = False, f"TLS to {host}:{port} failed: {e}"
         log(detail)
-        if not ok:
+        if ok is None:
+            unreachable.append(detail)
+        elif not ok:
             return False, detail
+    if unreachable:
+        return None, "; ".join(unreachable)
     return True, f"{len(eps)} endpoint(s) passed with the new store"
 
 
@@ -410,7 +449,8 @@ def make_link(device, cfg):
 
     m = cfg["mqtt"]
     fleet, device_id = cfg["fleet"], cfg["device_id"]
-    sess = session.Session(device, fleet, device_id, cfg.get("group"))
+    sess = session.Session(device, fleet, device_id, cfg.get("group"),
+                           reports=getattr(device, "reports", None))
     cid = "tf-" + fleet + "-" + device_id
 
     def client():
