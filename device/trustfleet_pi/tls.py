@@ -232,9 +232,16 @@ def _name_for(server_hostname: str | bytes | None, bound: str | None,
     if is_ip(server_hostname):
         # Checked against iPAddress SANs; Python sends no SNI for an address.
         server_hostname = ipaddress.ip_address(server_hostname.strip("[]")).compressed
-    if bound is not None and trust.normalize_host(server_hostname) != trust.normalize_host(bound):
+    if bound is not None and _name_key(server_hostname) != _name_key(bound):
         raise ValueError(f"this context is for {bound}, not {server_hostname}")
     return server_hostname
+
+
+def _name_key(name: str) -> Any:
+    """What two spellings of one server name have in common (an address, or the DNS name)."""
+    if is_ip(name):
+        return ipaddress.ip_address(name.strip("[]"))
+    return trust.normalize_host(name) or name
 
 
 def _peer_port(conn: Any) -> int:
