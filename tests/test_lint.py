@@ -30,6 +30,7 @@ DOMAIN = "api.lint.example"
 EXPECTED_SEVERITIES = {
     "TF101": "error", "TF102": "error", "TF103": "error", "TF104": "warning", "TF105": "warning",
     "TF106": "error", "TF107": "error", "TF108": "warning", "TF109": "warning", "TF110": "error",
+    "TF111": "error", "TF112": "warning",
 }
 
 
@@ -52,6 +53,9 @@ def pki(tmp_path_factory):
     fk.write_pem(d / "public-chain.pem", cdn_leaf, cdn)
     fk.write_pem(d / "public-roots.pem", pub_root)
     (d / "backup.pub.pem").write_bytes(keys.public_key_pem(k["backup"]))
+    repo = fk.Repo(fleet="acme")  # root v2 lets a timestamp lead by 200 days (TF112)
+    (d / "root-v1.cose").write_bytes(repo.root_raw)
+    (d / "root-v2.cose").write_bytes(repo.rotate("bundle", policy={"max_time_lead": 200 * fk.DAY}))
     return SimpleNamespace(
         dir=d, primary=fk.b64(fk.pin(issuing)), backup=fk.b64(fk.pin(k["backup"])),
         other=fk.b64(fk.pin(k["other"])), cdn=fk.b64(fk.pin(cdn)), ca=ca, issuing=issuing,
@@ -131,12 +135,21 @@ def _bad_specs(pki):
         "TF108": spec_text(pki, anchors='["ca.pem", "short.pem"]'),
         "TF109": spec_text(pki, anchors='["ca.pem", "ca-reissued.pem"]'),
         "TF110": spec_text(pki, tail=f'[distrust]\npins = ["{pki.backup}"]'),
+        "TF111": spec_text(pki, top='issued_at = "2026-03-01T00:00:00Z"'),  # after AT
+        "TF112": spec_text(pki),  # with EXTRA's root: pins expire 180 days after issue
     }
+
+
+def _extra(pki, code: str) -> tuple:
+    """Options a code needs to fire: TF112 needs the root."""
+    if code == "TF112":
+        return ("--root", pki.dir / "root-v1.cose", "--root", pki.dir / "root-v2.cose")
+    return ()
 
 
 @pytest.mark.parametrize("code", sorted(EXPECTED_SEVERITIES))
 def test_each_code_fires_alone_on_a_minimal_bad_spec(pki, code, capsys):
-    rc, report = run_lint(capsys, pki, _bad_specs(pki)[code])
+    rc, report = run_lint(capsys, pki, _bad_specs(pki)[code], *_extra(pki, code))
     assert codes(report) == [code]
     finding = report["findings"][0]
     assert finding["severity"] == EXPECTED_SEVERITIES[code]
@@ -146,7 +159,7 @@ def test_each_code_fires_alone_on_a_minimal_bad_spec(pki, code, capsys):
 
 @pytest.mark.parametrize("code", sorted(EXPECTED_SEVERITIES))
 def test_strict_lint_fails_on_every_code(pki, code, capsys):
-    rc, report = run_lint(capsys, pki, _bad_specs(pki)[code], "--strict")
+    rc, report = run_lint(capsys, pki, _bad_specs(pki)[code], "--strict", *_extra(pki, code))
     assert rc == 1 and report["ok"] is False and report["strict"] is True
 
 

@@ -25,7 +25,7 @@ from trustfleet_device import policy
 from trustfleet_server import keys
 
 REPO = Path(__file__).resolve().parents[1]
-MAX = getattr(device_docs, "MAX_VERSION", 2**30 - 1)
+MAX = device_docs.MAX_VERSION
 
 
 def tf(cwd: Path, *argv: str) -> subprocess.CompletedProcess:

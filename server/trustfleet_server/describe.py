@@ -12,6 +12,7 @@ from typing import Any
 
 from cryptography import x509
 
+from trustfleet_device import cbor
 from trustfleet_device import documents as device_docs
 from trustfleet_device import x509 as x509_device
 from trustfleet_server.documents import Document
@@ -71,8 +72,12 @@ def describe(doc: Document, raw: bytes) -> dict[str, Any]:
         })
     elif doc.doc_type == "root":
         r = device_docs.parse_root(doc.payload)
+        policy = cbor.decode(doc.payload).get("policy")
         out.update({
             "fleet": r.fleet, "version": r.version, "expires": iso(r.expires),
+            # How far a timestamp may move device time past what the offline keys vouch for.
+            "max_time_lead": r.time_lead,
+            "max_time_lead_default": not (isinstance(policy, dict) and "max_time_lead" in policy),
             "keys": [k.hex() for k in r.keys],
             "roles": {name: {"threshold": role.threshold, "keys": [k.hex() for k in role.kids]}
                       for name, role in r.roles.items()},
@@ -113,6 +118,11 @@ def render(info: dict[str, Any]) -> str:
             lines.append(f"    sha256/{d}")
     elif info["type"] == "root":
         lines.append(f"  expires {info['expires']}, {len(info['keys'])} key(s)")
+        lead = info["max_time_lead"]
+        shown = f"{lead // 86400} days" if lead % 86400 == 0 else f"{lead // 3600} h" if lead % 3600 == 0 \
+            else f"{lead} s"
+        lines.append(f"  max_time_lead {shown}" + (" (the default)" if info["max_time_lead_default"] else "")
+                     + ": how far a timestamp may move device time past what offline keys vouch for")
         for name, role in info["roles"].items():
             lines.append(f"    {name:<10} {role['threshold']} of {len(role['keys'])}: "
                          + ", ".join(k[:8] for k in role["keys"]))

@@ -42,6 +42,8 @@ from trustfleet_server.times import iso
 ERROR = "error"
 WARNING = "warning"
 DEFAULT_HORIZON = 400 * 86400  # a little over the longest public TLS lifetime (398 days)
+# How far a bundle's issued_at may be ahead of the clock that builds, signs or lints it (clock skew).
+FUTURE_TOLERANCE = 300
 
 
 class Rule(NamedTuple):
@@ -74,6 +76,12 @@ RULES: dict[str, Rule] = {r.code: r for r in (
          "remove the duplicate from [[anchors]]"),
     Rule("TF110", ERROR, "distrusted key still pinned or still an anchor",
          "remove that pin or anchor, or take the key off the distrust list"),
+    Rule("TF111", ERROR, "issued_at ahead of the signer's clock",
+         "leave issued_at out (the build uses the clock) or set it to now, and check this machine's "
+         "clock; --allow-future only for a bundle meant to be dated ahead"),
+    Rule("TF112", WARNING, "pin-set expires less than the root's max_time_lead after issue",
+         "make the pin-set expire at least the root's max_time_lead after issued_at, or give the root "
+         "a shorter max_time_lead (root rotate --max-time-lead)"),
 )}
 
 
@@ -239,6 +247,21 @@ def _days(seconds: int) -> str:
     return f"{seconds // 86400} days"
 
 
+def _span(seconds: int) -> str:
+    """A duration in the largest whole unit that fits: days, hours, minutes or seconds."""
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} seconds"
+
+
+def future_message(issued_at: int, now: int) -> str:
+    """Why a bundle dated ahead of the clock is refused (TF111, build, sign, verify)."""
+    return (f"issued_at {iso(issued_at)} is {_span(issued_at - now)} ahead of this clock ({iso(now)}); "
+            f"devices take issued_at as time the offline keys vouch for, so a bundle dated ahead "
+            f"moves their time forward (pins expire early, the next normal bundle looks expired)")
+
+
 def _is_time(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -309,7 +332,8 @@ def _anchor_info(entry: Any) -> _Anchor | None:
 def lint_payload(payload: Mapping[str, Any], *, now: int, horizon: int = DEFAULT_HORIZON,
                  chains: Sequence[Chain] = (),
                  pinset_chains: Mapping[int, Sequence[Chain]] | None = None,
-                 public_roots: PublicRoots | None = None) -> list[Finding]:
+                 public_roots: PublicRoots | None = None, allow_future: bool = False,
+                 time_lead: int | None = None) -> list[Finding]:
     """Lint a bundle payload map; return the findings (empty when clean).
 
     Args:
@@ -321,9 +345,11 @@ def lint_payload(payload: Mapping[str, Any], *, now: int, horizon: int = DEFAULT
             pin-sets it concerns (`chain_concerns`).
         pinset_chains: chains per pin-set index (the spec's `chains = [...]`).
         public_roots: the public roots for TF107 (certifi's, normally); None skips TF107.
+        allow_future: skip TF111 (issued_at more than FUTURE_TOLERANCE past `now`).
+        time_lead: the root's max_time_lead in seconds, when the root is known (TF112).
 
     Returns:
-        Findings in order: pin-sets (in order), then anchors.
+        Findings in order: issued_at, pin-sets (in order), then anchors.
     """
     pinset_chains = pinset_chains or {}
     roots = public_roots or PublicRoots(())
@@ -333,6 +359,8 @@ def lint_payload(payload: Mapping[str, Any], *, now: int, horizon: int = DEFAULT
     issued_at = payload.get("issued_at")
     base = issued_at if _is_time(issued_at) else now
     findings: list[Finding] = []
+    if _is_time(issued_at) and issued_at > now + FUTURE_TOLERANCE and not allow_future:
+        findings.append(_finding("TF111", "issued_at", future_message(issued_at, now)))
 
     pinsets = payload.get("pinsets", [])
     for i, pinset in enumerate(pinsets if isinstance(pinsets, list) else []):
@@ -342,6 +370,14 @@ def lint_payload(payload: Mapping[str, Any], *, now: int, horizon: int = DEFAULT
         applicable = own + [c for c in chains if chain_concerns(c, pinset)]
         findings.extend(_lint_pinset(i, pinset, now=now, base=base, horizon=horizon,
                                      chains=applicable, infra=infra, distrust=distrust))
+        expires = pinset.get("expires")
+        if time_lead is not None and _is_time(expires) and base < expires < base + time_lead:
+            findings.append(_finding(
+                "TF112", f"pinsets[{i}] {pinset.get('domain', '?')}",
+                f"pins expire {iso(expires)}, {_span(expires - base)} after issue, within the root's "
+                f"max_time_lead ({_span(time_lead)}): a timestamp may move a device's time that far past "
+                f"issued_at, so whoever holds the online timestamp key could make devices treat these "
+                f"pins as expired and fail open before their time"))
 
     findings.extend(_lint_anchors(payload, now=now, distrust=distrust))
     return findings
@@ -464,11 +500,22 @@ def spec_chains(report: spec.BuildReport) -> dict[int, list[Chain]]:
 
 
 def lint_built(payload: dict, report: spec.BuildReport, *, chain_files: Sequence[str | Path],
-               horizon: str, now: int | None = None) -> list[Finding]:
+               horizon: str, now: int | None = None, allow_future: bool = False,
+               time_lead: int | None = None) -> list[Finding]:
     """The lints `bundle build` runs on the payload it just built."""
     return lint_payload(payload, now=int(time.time()) if now is None else now,
                         horizon=horizon_seconds(horizon), chains=load_chains(chain_files),
-                        pinset_chains=spec_chains(report), public_roots=public_roots())
+                        pinset_chains=spec_chains(report), public_roots=public_roots(),
+                        allow_future=allow_future, time_lead=time_lead)
+
+
+def root_time_lead(root_paths: Sequence[str | Path] | None) -> int | None:
+    """The max_time_lead of the root (chain) given with --root, or None without one. Raises: UsageError
+    (unreadable), TrustfleetError (the chain does not verify)."""
+    if not root_paths:
+        return None
+    root = documents.load_root_chain(list(root_paths))
+    return root.time_lead
 
 
 def printable(text: str) -> str:

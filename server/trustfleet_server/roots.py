@@ -59,13 +59,29 @@ def apply_changes(keymap: dict[bytes, bytes], roles: dict[str, dict], *, add: Se
             del keymap[kid]
 
 
-def root_payload(fleet: str, version: int, expires: int, keymap: dict, roles: dict) -> bytes:
+MIN_TIME_LEAD: int = device_docs.MIN_TIME_LEAD
+MAX_TIME_LEAD: int = device_docs.MAX_TIME_LEAD
+
+
+def parse_time_lead(text: str) -> int:
+    """--max-time-lead: a duration from 1h to 400d, in seconds. Raises: UsageError."""
+    seconds = spec.parse_duration(text, "--max-time-lead")
+    if not MIN_TIME_LEAD <= seconds <= MAX_TIME_LEAD:
+        raise UsageError(f"--max-time-lead: {text} is not between 1h and 400d")
+    return seconds
+
+
+def root_payload(fleet: str, version: int, expires: int, keymap: dict, roles: dict,
+                 time_lead: int | None = None) -> bytes:
     """The unsigned root payload. Raises: UsageError for a version devices would refuse."""
     if not 1 <= version <= spec.MAX_VERSION:
         raise UsageError(f"root v{version}: versions run from 1 to {spec.MAX_VERSION}, the highest "
                          f"version devices accept; a root at the top can never be rotated")
-    return documents.encode_payload({
+    payload = {
         "type": "root", "spec": device_docs.SPEC, "fleet": fleet, "version": version,
         "expires": expires, "keys": sorted(keymap.values()),
         "roles": {name: {"keys": r["keys"], "threshold": r["threshold"]} for name, r in roles.items()},
-    })
+    }
+    if time_lead is not None:
+        payload["policy"] = {"max_time_lead": time_lead}
+    return documents.encode_payload(payload)

@@ -34,7 +34,7 @@ class SpecError(UsageError):
 
 # The highest document version a device accepts (docs/operations.md, "Versions"). A version at
 # the top could never be followed, so builders refuse anything above it with one line.
-MAX_VERSION: int = getattr(device_docs, "MAX_VERSION", 2**30 - 1)
+MAX_VERSION: int = device_docs.MAX_VERSION
 
 TOP_KEYS = {"fleet", "version", "issued_at", "expires", "policy", "anchors", "pinsets", "distrust"}
 POLICY_KEYS = {"user_anchors", "max_timestamp_age"}

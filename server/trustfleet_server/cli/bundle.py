@@ -13,6 +13,7 @@ from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import describe, documents, keys, lint, spec, times
 from trustfleet_server.cli import common
+from trustfleet_server.errors import UsageError
 
 EXAMPLE_SPEC = """\
 example spec (bundle.toml):
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "one is appended, so every key can stay on its own offline machine.",
                         epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "
                                "&& trustfleet bundle sign --key k2.pem bundle.cbor")
-    common.add_sign_arguments(p)
+    common.add_sign_arguments(p, future=True)
     p.set_defaults(func=common.cmd_sign)
 
     p = bsub.add_parser("verify", help="verify a signed bundle against a root",
@@ -100,14 +101,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", type=Path, required=True, help="the online timestamp key")
     p.add_argument("--passphrase-file")
     p.add_argument("--time", help="timestamp time (default now)")
+    p.add_argument("--allow-future", action="store_true",
+                   help=f"sign a --time more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of this "
+                        f"machine's clock (devices move their time to it, up to the root's "
+                        f"max_time_lead past what the offline keys vouch for)")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.set_defaults(func=cmd_timestamp)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    payload_map, report = spec.load_spec(args.spec, version=args.version)
+    now = int(time.time())
+    payload_map, report = spec.load_spec(args.spec, version=args.version, now=now)
     payload = documents.encode_payload(payload_map)
-    findings = lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon)
+    findings = lint.lint_built(payload_map, report, chain_files=args.chain, horizon=args.horizon,
+                               now=now, allow_future=args.allow_future,
+                               time_lead=lint.root_time_lead(args.lint_root))
+    future = [f for f in findings if f.code == "TF111"]
+    if future:
+        reason = (f"{future[0].message}; nothing written (fix issued_at, or --allow-future to build it "
+                  f"dated ahead)")
+        if args.json:
+            print(json.dumps({"out": None, "refused": reason, "lint": [f.as_dict() for f in findings]}))
+        print(lint.printable(f"trustfleet: refused: {reason}"), file=sys.stderr)
+        return 1
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for f in findings:
@@ -155,11 +171,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"invalid: {exc}", file=sys.stderr)
         return 1
     result.update({"valid": True, "version": b.version, "fleet": b.fleet,
-                   "expires_at": times.iso(b.expires_at), "root_version": root.version,
-                   "sha256": documents.sha256(raw).hex()})
+                   "issued_at": times.iso(b.issued_at), "expires_at": times.iso(b.expires_at),
+                   "root_version": root.version, "sha256": documents.sha256(raw).hex(), "warnings": []})
+    if b.issued_at > now + lint.FUTURE_TOLERANCE:
+        # The device installs it (its issued_at moves trusted time at most the root's lead), but
+        # it was dated ahead: say so, as build, sign and lint do.
+        result["warnings"].append(f"TF111: {lint.future_message(b.issued_at, now)}")
     if args.json:
         print(json.dumps(result))
     else:
+        for w in result["warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
         print(f"valid: bundle v{b.version} for fleet {b.fleet}, signed by a threshold of root "
               f"v{root.version}'s bundle keys, expires {result['expires_at']}")
     return 0
@@ -181,7 +203,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_timestamp(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
-    when = spec.parse_time(args.time, "--time") if args.time else int(time.time())
+    now = int(time.time())
+    when = spec.parse_time(args.time, "--time") if args.time else now
+    if when > now + lint.FUTURE_TOLERANCE and not args.allow_future:
+        raise UsageError(f"--time {times.iso(when)} is {when - now} s ahead of this machine's clock "
+                         f"({times.iso(now)}): devices would move their time to it; pass --allow-future "
+                         f"if that is meant")
     signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
     write_atomic(args.out, signed)
     print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")

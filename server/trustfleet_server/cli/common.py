@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+from trustfleet_device import cbor
 from trustfleet_device._cpython.files import write_atomic
+from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import describe, documents, keys, lint, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -29,9 +32,22 @@ def add_lint_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"pins expiring further out than this after issue are flagged (TF105; "
                         f"default {DEFAULT_HORIZON})")
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("--allow-future", action="store_true",
+                   help=f"accept an issued_at more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of "
+                        f"this machine's clock (TF111); devices then count the bundle's issued_at as "
+                        f"vouched time, so only for a bundle meant to be dated ahead")
+    p.add_argument("--root", dest="lint_root", type=Path, action="append", metavar="ROOT",
+                   help="the fleet's signed root (repeat for a rotation chain, oldest first): pin-sets "
+                        "expiring within its max_time_lead of issue are flagged (TF112)")
 
 
-def add_sign_arguments(p: argparse.ArgumentParser) -> None:
+def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False) -> None:
+    """Options of `bundle sign` and `root sign`; `future` adds --allow-future (bundles only)."""
+    if future:
+        p.add_argument("--allow-future", action="store_true",
+                       help=f"sign a bundle whose issued_at is more than {lint.FUTURE_TOLERANCE // 60} "
+                            f"minutes ahead of this machine's clock (devices count issued_at as vouched "
+                            f"time, so a bundle dated ahead moves their time forward)")
     p.add_argument("--key", type=Path, required=True, help="private key (PKCS#8 PEM)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
@@ -44,6 +60,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
     key = keys.load_private_key(args.key, passphrase)
     raw = documents.read_file(args.file)
+    check_not_future(raw, args.file, getattr(args, "allow_future", False))
     signed = documents.add_signature(raw, key)
     out = args.out or args.file
     write_atomic(out, signed)
@@ -55,6 +72,26 @@ def cmd_sign(args: argparse.Namespace) -> int:
     else:
         print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
     return 0
+
+
+def check_not_future(raw: bytes, path: Path, allow: bool, now: int | None = None) -> None:
+    """Refuse to sign a bundle dated more than lint.FUTURE_TOLERANCE ahead of the clock (TF111).
+
+    Raises: UsageError, unless `allow`. Documents that do not read are left to add_signature.
+    """
+    if allow:
+        return
+    try:
+        doc = documents.read_document(raw)
+    except TrustfleetError:
+        return
+    if doc.doc_type != "bundle":
+        return
+    issued_at = cbor.decode(doc.payload).get("issued_at")
+    now = int(time.time()) if now is None else now
+    if isinstance(issued_at, int) and issued_at > now + lint.FUTURE_TOLERANCE:
+        raise UsageError(f"{path}: not signed: {lint.future_message(issued_at, now)}; pass --allow-future "
+                         f"if it is meant to be dated ahead")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

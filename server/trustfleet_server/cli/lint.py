@@ -26,7 +26,8 @@ Lint a bundle spec (TOML) or a bundle for the mistakes that brick a fleet or
 quietly void its pins: no backup pin, pins that never expire or already did,
 pins that match none of your chains, pins on public CA infrastructure,
 anchors that expire before the bundle, duplicates, distrusted keys still in
-use. Each finding has a stable code (TF101-TF110, listed in docs/lints.md), a
+use, a bundle dated ahead of the clock, pins a timestamp-key thief could expire
+early. Each finding has a stable code (TF101-TF112, listed in docs/lints.md), a
 severity, where it is, and a one-line fix. `bundle build` runs the same lints.
 
 Exit 0 when no finding is an error (with --strict: no finding at all),
@@ -64,7 +65,9 @@ def cmd_lint(args: argparse.Namespace) -> int:
     roots = lint.public_roots(args.public_roots)
     kind, payload, pinset_chains, notes = lint.read_target(args.target, now)
     findings = lint.lint_payload(payload, now=now, horizon=horizon, chains=chains,
-                                 pinset_chains=pinset_chains, public_roots=roots)
+                                 pinset_chains=pinset_chains, public_roots=roots,
+                                 allow_future=args.allow_future,
+                                 time_lead=lint.root_time_lead(args.lint_root))
     failed = lint.failed(findings, strict=args.strict)
     totals = lint.counts(findings)
     if args.json:

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from trustfleet_device import cbor, policy
 from trustfleet_device import documents as device_docs
-from trustfleet_device import policy
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_server import documents, roots, spec, times
 from trustfleet_server.cli import common
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fleet", required=True, help="fleet id (lower-case name)")
     _add_role_arguments(p, required=True)
     p.add_argument("--expires", default="365d", help="expiry: date or duration (default 365d)")
+    _add_lead_argument(p, "absent: devices use 30d")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_create)
@@ -52,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--remove-key", action="append", default=[], metavar="ROLE=KID",
                    help="remove a key from a role (kid hex prefix, at least 8 characters)")
     p.add_argument("--expires", default="365d")
+    _add_lead_argument(p, "default: the current root's")
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_rotate)
@@ -76,16 +78,26 @@ def _add_role_arguments(p: argparse.ArgumentParser, required: bool) -> None:
                    help="signatures required for a role (default 1)")
 
 
-def _report(args: argparse.Namespace, payload: bytes, version: int, roles: dict) -> int:
+def _add_lead_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--max-time-lead", metavar="DURATION",
+                   help=f"how far a timestamp (online key) may move device time past what the offline "
+                        f"keys vouch for, 1h to 400d ({default}); written as policy.max_time_lead")
+
+
+def _report(args: argparse.Namespace, payload: bytes, version: int, roles: dict,
+            time_lead: int | None = None) -> int:
     write_atomic(args.out, payload)
     if args.json:
         print(json.dumps({"out": str(args.out), "version": version, "signed": False,
                           "roles": {n: {"threshold": r["threshold"], "keys": [k.hex() for k in r["keys"]]}
-                                    for n, r in roles.items()}}))
+                                    for n, r in roles.items()},
+                          "max_time_lead": time_lead}))
     else:
         print(f"unsigned root v{version} -> {args.out}")
         for name, r in roles.items():
             print(f"  {name:<10} {r['threshold']} of {len(r['keys'])}")
+        if time_lead is not None:
+            print(f"  max_time_lead {time_lead} s ({time_lead / 86400:g} days)")
         print(f"next: trustfleet root sign --key KEY {args.out}   (once per signing key)")
     return 0
 
@@ -99,8 +111,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     roots.apply_changes(keymap, roles, add=args.key, remove=getattr(args, "remove_key", []),
                         thresholds=args.threshold)
     expires = spec.parse_time(args.expires, "--expires", now)
-    payload = roots.root_payload(args.fleet, 1, expires, keymap, roles)
-    return _report(args, payload, 1, roles)
+    lead = roots.parse_time_lead(args.max_time_lead) if args.max_time_lead else None
+    payload = roots.root_payload(args.fleet, 1, expires, keymap, roles, lead)
+    return _report(args, payload, 1, roles, lead)
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
@@ -112,8 +125,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
                         thresholds=args.threshold)
     version = old.version + 1
     expires = spec.parse_time(args.expires, "--expires", int(time.time()))
-    payload = roots.root_payload(old.fleet, version, expires, keymap, roles)
-    return _report(args, payload, version, roles)
+    if args.max_time_lead:
+        lead = roots.parse_time_lead(args.max_time_lead)
+    else:  # keep the current root's policy
+        kept = cbor.decode(documents.read_document(raw).payload).get("policy")
+        lead = kept.get("max_time_lead") if isinstance(kept, dict) else None
+    payload = roots.root_payload(old.fleet, version, expires, keymap, roles, lead)
+    return _report(args, payload, version, roles, lead)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
