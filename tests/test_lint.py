@@ -315,6 +315,21 @@ def test_bundle_build_strict_fails_with_exit_1_on_a_finding_and_writes_nothing(p
     assert lines[-1] == "trustfleet: refused: 1 lint finding(s) with --strict; nothing written"
 
 
+@pytest.mark.parametrize("code", ["TF106", "TF110"])  # TF107: the build uses certifi's roots
+def test_bundle_build_refuses_an_error_level_finding_and_writes_nothing(pki, code):
+    proc, out = _build(pki, _bad_specs(pki)[code])
+    assert proc.returncode == 1 and not out.exists()
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith(f"error: {code} [error] ")
+    assert lines[-1].startswith("trustfleet: refused: 1 lint error(s); nothing written")
+
+
+def test_bundle_build_keeps_the_explicit_single_pin_override_as_a_warning(pki):
+    proc, out = _build(pki, _bad_specs(pki)["TF101"])
+    assert proc.returncode == 0 and out.exists()
+    assert proc.stderr.startswith("warning: TF101 [error] ") and "allow_single_pin" in proc.stderr
+
+
 def test_bundle_build_strict_passes_a_clean_spec(pki):
     proc, out = _build(pki, spec_text(pki), "--strict", "--json")
     assert proc.returncode == 0 and out.exists() and proc.stderr == ""

@@ -464,6 +464,23 @@ def counts(findings: Iterable[Finding]) -> dict[str, int]:
     return out
 
 
+def blocks_build(finding: Finding, payload: Mapping[str, Any], *, strict: bool) -> bool:
+    """Does this finding stop `bundle build`? Every error does (every finding with strict),
+    except TF101 on a pin-set whose spec says allow_single_pin: that is the operator's
+    explicit override, and the build keeps it (lint still reports it)."""
+    if strict:
+        return True
+    if finding.severity != ERROR:
+        return False
+    if finding.code == "TF101":
+        index = finding.location.split("]", 1)[0].removeprefix("pinsets[")
+        pinsets = payload.get("pinsets")
+        if index.isdigit() and isinstance(pinsets, list) and int(index) < len(pinsets):
+            pinset = pinsets[int(index)]
+            return not (isinstance(pinset, Mapping) and pinset.get("allow_single_pin") is True)
+    return True
+
+
 def failed(findings: Sequence[Finding], *, strict: bool) -> bool:
     """True when the findings should fail the command: any error, or any finding with strict."""
     return any(strict or f.severity == ERROR for f in findings)

@@ -126,11 +126,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    blocking = [f for f in findings if lint.blocks_build(f, payload_map, strict=args.strict)]
     for f in findings:
-        print(lint.printable(f"{'error' if args.strict else 'warning'}: {f.line()}"),
+        print(lint.printable(f"{'error' if f in blocking else 'warning'}: {f.line()}"),
               file=sys.stderr)
-    if args.strict and findings:
-        reason = f"{len(findings)} lint finding(s) with --strict; nothing written"
+    if blocking:
+        reason = (f"{len(findings)} lint finding(s) with --strict; nothing written" if args.strict else
+                  f"{len(blocking)} lint error(s); nothing written (trustfleet lint --help, docs/lints.md)")
         print(f"trustfleet: refused: {reason}", file=sys.stderr)
         if args.json:
             print(json.dumps({"out": None, "refused": reason, "lint": [f.as_dict() for f in findings]}))
