@@ -104,3 +104,11 @@ def test_root_rotate_refuses_to_write_a_root_above_the_highest_version(tmp_path)
     (tmp_path / "below.cose").write_bytes(repo.rotate("bundle", version=MAX - 1))
     proc = tf(tmp_path, "root", "rotate", "--from", "below.cose", "-o", "next.cbor")
     assert proc.returncode == 0 and f"unsigned root v{MAX}" in proc.stdout, proc.stderr
+
+
+def test_simulate_refuses_a_target_version_devices_would_refuse(tmp_path):
+    (tmp_path / "root.cose").write_bytes(Repo(fleet="acme", now=int(time.time())).root_raw)
+    for bad in (str(2**64), "0", "v2"):
+        line = one_line(tf(tmp_path, "simulate", "--broker", "mqtt://127.0.0.1:1", "--fleet", "acme",
+                           "--root", "root.cose", "--devices", "2", f"--until-version={bad}"))
+        assert "--until-version: " in line and f"1 to {MAX}" in line

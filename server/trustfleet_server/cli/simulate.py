@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import documents, mqtturl, times
+from trustfleet_server import documents, mqtturl, spec, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.publish import bundle_topic
 from trustfleet_server.sim.brokers import open_broker
@@ -93,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--processes", type=int, metavar="P",
                    help=f"worker processes (default 1, or one per CPU above {MANY_DEVICES} devices)")
     p.add_argument("--timeout", default="120s", metavar="DURATION", help="give up after this (default 120s)")
-    p.add_argument("--until-version", type=int, metavar="V", help="the version to converge on")
+    p.add_argument("--until-version", metavar="V", help="the version to converge on")
     p.add_argument("--endpoint", default=SAMPLE_HOST, metavar="HOST",
                    help=f"host the health check judges (default {SAMPLE_HOST})")
     p.add_argument("--chain", type=Path, metavar="PEM", help="server chain, leaf first (default: the sample)")
@@ -193,7 +193,9 @@ def config_from(args: argparse.Namespace, url) -> tuple[SimConfig, tuple[str, by
         devices=args.devices, broker=url, fleet=fleet, root_raw=root_raw,
         groups=parse_group_split(args.group_split) if args.group_split else (),
         faults=faults_from(args), endpoint=args.endpoint, chain=chain, initial=initial,
-        id_prefix=args.id_prefix, seed=args.seed, until_version=args.until_version)
+        id_prefix=args.id_prefix, seed=args.seed,
+        until_version=(spec.parse_version(args.until_version, "--until-version")
+                       if args.until_version is not None else None))
     return cfg, publish
 
 
