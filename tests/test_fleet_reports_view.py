@@ -168,3 +168,19 @@ def test_the_overview_counts_the_same_on_sqlite_and_postgresql(target):
     assert o["kinds"] == [{"kind": "pin-mismatch", "reports": 3, "devices": 2, "newest": now}]
     assert o["domains"] == [{"hostname": "api.example.com", "noted": "api.example.com",
                              "kind": "pin-mismatch", "reports": 3, "devices": 2, "newest": now}]
+
+
+def test_fleet_status_lists_devices_behind_the_latest_timestamp(target, capsys):
+    """status "behind" (issue 12): fleet status lists those devices, as it lists stale ones."""
+    now = int(time.time())
+    with fleetdb.open_db(target) as db:
+        db.record_published("acme", 2, "ab" * 32, "test", now)
+        db.ingest_statuses([("acme", "late", {"state": "behind", "version": 1, "seq": 1, "time": now}, now),
+                            ("acme", "fine", {"state": "ok", "version": 2, "seq": 1, "time": now}, now)])
+    assert cli.main(["fleet", "status", "--db", target, "--fleet", "acme", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["behind_count"] == 1 and [d["device"] for d in s["behind"]] == ["late"]
+    assert cli.main(["fleet", "status", "--db", target, "--fleet", "acme"]) == 0
+    out = capsys.readouterr().out
+    assert "behind (the latest timestamp names a newer bundle than it holds): 1" in out
+    assert any(line.split()[:2] == ["late", "v1"] for line in out.splitlines())

@@ -170,3 +170,16 @@ def test_a_refused_typo_publishes_nothing_when_serve_runs(capsys, tmp_path, repo
     finally:
         brokers.clear_retained(mosquitto, [topics.bundle(repo.fleet),
                                            topics.group_bundle(repo.fleet, "canray")])
+
+
+def test_a_device_running_the_target_but_behind_a_newer_timestamp_counts_as_a_success():
+    """status "behind" (issue 12): the latest timestamp names a newer bundle than the device holds.
+    A device that runs the rollout's version is a success even so; one below it is pending."""
+    from trustfleet_server import rollout
+
+    plan = rollout.new_rollout("acme", 5, "ab" * 32, b"b", rollout.parse_waves("100%"), 1000)
+    r, _ = rollout.step(plan, [], 1000)
+    devices = [{"device": "a", "bucket": 3, "state": "behind", "version": 5, "bad": [], "last_seen": 1001},
+               {"device": "b", "bucket": 4, "state": "behind", "version": 4, "bad": [], "last_seen": 1001}]
+    p = rollout.wave_progress(r, devices, 1002, 0)
+    assert (p.succeeded, p.pending, p.failed) == (1, 1, 0)

@@ -51,6 +51,8 @@ def render_summary(s: dict, now: int) -> list[str]:
         lines.append(f"rollout {ro_['id']}: v{ro_['version']} {ro_['state']}"
                      + (f", wave {ro_['wave']}" if ro_["wave"] else ""))
     sections = (("stale", "stale", lambda d: "; ".join(d["reasons"]) or "-"),
+                ("behind", "behind (the latest timestamp names a newer bundle than it holds)",
+                 lambda d: f"last seen {_ago(now, d['last_seen'])}"),
                 ("fail_open", "fail-open (pins expired, CA validation only)",
                  lambda d: ", ".join(d["domains"])),
                 ("offline", "offline", lambda d: f"last seen {_ago(now, d['last_seen'])}"),

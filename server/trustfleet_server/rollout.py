@@ -20,7 +20,8 @@ keeps counting. The last wave must reach the whole fleet (100 %).
 
 Verdict of one device of the wave, for target version T, in this order:
 
-1. success: `version >= T` and state "ok" or "stale";
+1. success: `version >= T` and state "ok", "stale" or "behind" (a timestamp names an
+   even newer version: the device still runs T);
 2. failure: T is in `bad`, or the last event is "reverted" for T (detail
    "bundle vT: ..."; not when the reason is that its health endpoints were
    unreachable, agent.UNREACHABLE: that device is pending and tries again),
@@ -248,7 +249,7 @@ def empty_wave_problem(reached: Sequence[dict], groups: Sequence[str]) -> str | 
 
 def halt_rule(r: Rollout) -> str:
     """The gates of a rollout in one sentence (`rollout start --dry-run`)."""
-    return (f"a wave passes when {r.success:.2f} of its counted devices run v{r.version} (ok or stale); "
+    return (f"a wave passes when {r.success:.2f} of its counted devices run v{r.version} (ok, stale or behind); "
             f"it halts and its topics are cleared when more than {r.max_failure:.2f} of them reverted, "
             f"marked v{r.version} bad or have no trust store at the deadline, or when {r.deadline} s "
             f"pass without success; offline devices, and devices silent past the deadline, are not counted")
@@ -351,7 +352,7 @@ def verdict(device: Mapping[str, Any], target: int, wave_started: int | None,
     """(OK | FAILED | PENDING | OFFLINE | SILENT, reason) for one device of the wave."""
     state = device.get("state")
     version = _int(device.get("version"))
-    if version is not None and version >= target and state in ("ok", "stale"):
+    if version is not None and version >= target and state in ("ok", "stale", "behind"):
         return OK, f"runs v{version}"
     bad = device.get("bad") or ()
     if target in bad:

@@ -35,8 +35,8 @@ waves:
   devices and the halt rule, and publishes and stores nothing.
 
 gates:
-  A wave passes when --success of its counted devices run the new version (state ok or
-  stale). It halts, and its topics are cleared, when more than --max-failure of them
+  A wave passes when --success of its counted devices run the new version (state ok,
+  stale or behind). It halts, and its topics are cleared, when more than --max-failure of them
   reverted, marked the version bad, or still have no trust store at the deadline, or
   when --wave-deadline passes without success. Offline devices are not counted; devices
   silent since the wave began are not counted once the deadline has passed.

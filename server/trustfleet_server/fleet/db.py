@@ -662,7 +662,7 @@ class FleetDB(sql.Connection):
         """Counts by version and state, and the devices that need a look.
 
         Returns a dict: devices (total), table ([{version, state, count}]),
-        by_state, by_version, stale / fail_open / offline / silent (lists of
+        by_state, by_version, stale / behind / fail_open / offline / silent (lists of
         at most `limit` devices, with *_count for the full number), reports
         (the `recent` newest), report_overview (report_overview: counts by kind
         and domain). Silent = not offline but not heard from for
@@ -684,6 +684,7 @@ class FleetDB(sql.Connection):
                 return count, self.rows(cur)
 
             stale_n, stale = listed("state = 'stale'", (), "device_id, version, reasons, last_seen")
+            behind_n, behind = listed("state = 'behind'", ())
             fo_n, fo = listed("fail_open <> '[]'", (), "device_id, version, fail_open, last_seen")
             off_n, off = listed("state = 'offline'", ())
             sil_n, sil = listed("state <> 'offline' AND last_seen < ?", (now - silent_after,))
@@ -700,6 +701,8 @@ class FleetDB(sql.Connection):
             "table": table, "by_state": by_state, "by_version": by_version,
             "stale": [{"device": d["device_id"], "version": d["version"], "reasons": json.loads(d["reasons"]),
                        "last_seen": d["last_seen"]} for d in stale], "stale_count": stale_n,
+            "behind": [{"device": d["device_id"], "version": d["version"], "last_seen": d["last_seen"]}
+                       for d in behind], "behind_count": behind_n,
             "fail_open": [{"device": d["device_id"], "version": d["version"],
                            "domains": json.loads(d["fail_open"]), "last_seen": d["last_seen"]}
                           for d in fo], "fail_open_count": fo_n,
