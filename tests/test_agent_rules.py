@@ -22,7 +22,7 @@ import hashlib
 import pytest
 
 from support.fleetkit import DAY, NOW, Repo, encode, flip_payload_byte
-from trustfleet_device import VERSION, policy, slots
+from trustfleet_device import VERSION, documents, policy, slots
 from trustfleet_device import agent as core
 from trustfleet_device.errors import BundleError
 from trustfleet_device.limits import DEFAULT
@@ -224,14 +224,15 @@ def test_boot_falls_back_to_a_slot_exactly_at_the_floor(repo, bundles):
     agent, actions, st, other, detail = _fallback_case(repo, bundles, "a", bundles[3])
     after = dict(st, active="b", version=3, vouched=NOW)
     assert actions == [report("store-invalid", detail), (slots.COMMIT, after)]
-    assert agent.bundle.version == 3
+    assert agent.bundle.version == 3 and agent.state == after
 
 
-@pytest.mark.parametrize("case", ["below-floor", "bad", "empty", "invalid"])
+@pytest.mark.parametrize("case", ["below-floor", "bad", "bad-at-floor", "empty", "invalid"])
 def test_boot_does_not_fall_back_below_the_floor_to_a_bad_or_unusable_slot(repo, bundles, case):
     other_raw, changes = {
         "below-floor": (bundles[2], {}),
         "bad": (bundles[4], {"bad": [4]}),
+        "bad-at-floor": (bundles[3], {"bad": [3]}),
         "empty": (None, {}),
         "invalid": (flip_payload_byte(bundles[4]), {}),
     }[case]
@@ -635,3 +636,205 @@ def test_streamed_install_through_the_store(repo, bundles):
     result = device.receive_bundle([bundles[1]])
     assert result.refused == [("bundle", "bundle version 1 is not newer than installed version 1")]
     assert device.status()["version"] == 1 and device.agent.state["active"] == "a"
+
+
+# ------------------------------------------------------------------ bounded time (docs/format.md "Trusted time")
+
+
+def test_config_on_unreachable_is_revert_or_keep():
+    assert core.Config().on_unreachable == "revert"
+    assert core.Config(on_unreachable="keep").on_unreachable == "keep"
+    with pytest.raises(ValueError, match="on_unreachable must be 'revert' or 'keep', not 'wait'"):
+        core.Config(on_unreachable="wait")
+
+
+@pytest.mark.parametrize("vouched, base", [(0, FIRMWARE_TIME), (NOW, NOW)])
+def test_timestamp_is_accepted_up_to_the_lead_past_vouched_time_and_refused_beyond(repo, bundles,
+                                                                                  vouched, base):
+    st = state(vouched=vouched)
+    agent, _ = boot(repo, st)
+    assert agent.time_bound() == base + LEAD
+    beyond = repo.timestamp(bundles[1], time=base + LEAD + 1)
+    assert agent.offer_timestamp(beyond, 0) == refused(
+        "timestamp", f"dated {base + LEAD + 1}, more than {LEAD} s past {base}, the newest time the "
+                     "offline keys vouch for")
+    assert agent.state == st, "a refused timestamp leaves no trace"
+    at = repo.timestamp(bundles[1], time=base + LEAD)
+    assert agent.offer_timestamp(at, 0)[0][0] == slots.SAVE
+    assert agent.trusted_time(0) == base + LEAD
+
+
+def test_the_root_sets_the_lead_and_the_default_is_thirty_days(bundles):
+    repo = Repo()
+    agent, _ = boot(repo, state(vouched=NOW))
+    assert agent.root.time_lead == 30 * DAY == agent.time_bound() - NOW
+
+
+def test_root_with_a_lead_out_of_range_is_refused(repo):
+    for lead in (3599, 400 * DAY + 1):
+        payload = encode(repo.root_map(policy={"max_time_lead": lead}), False)
+        with pytest.raises(BundleError, match=f"root.policy.max_time_lead: {lead} s is not in 3600..34560000"):
+            documents.parse_root(payload)
+    for lead in (3600, 400 * DAY):
+        assert documents.parse_root(encode(repo.root_map(policy={"max_time_lead": lead}))).time_lead == lead
+    with pytest.raises(BundleError, match="root.policy: unknown field 'lead'"):
+        documents.parse_root(encode(repo.root_map(policy={"max_time_lead": 3600, "lead": 1}), False))
+
+
+def test_a_bundle_moves_vouched_time_at_most_the_lead_past_trusted_time(repo, bundles):
+    agent, _ = boot(repo, state())
+    future = repo.bundle(version=1, issued_at=NOW + 5 * LEAD, expires_at=NOW + 6 * LEAD)
+    agent.offer_bundle(future, NOW)
+    assert agent.state["vouched"] == NOW + LEAD
+    # One just inside the bound moves it exactly there; an older one never lowers it.
+    agent, _ = boot(repo, state(vouched=NOW))
+    agent.offer_bundle(repo.bundle(version=1, issued_at=NOW + LEAD - 1, expires_at=NOW + 2 * LEAD), NOW)
+    assert agent.state["vouched"] == NOW + LEAD - 1
+    agent, _ = boot(repo, state(vouched=NOW + 10))
+    agent.offer_bundle(bundles[1], NOW)
+    assert agent.state["vouched"] == NOW + 10
+
+
+def test_boot_vouches_the_installed_bundle_only_for_a_state_without_vouched_time(repo, bundles):
+    agent, actions = boot(repo, state(active="a", version=1, floor=1), {"a": bundles[1], "b": None})
+    assert actions == [] and agent.state["vouched"] == NOW
+    agent, _ = boot(repo, state(active="a", version=1, floor=1, vouched=NOW - 5), {"a": bundles[1], "b": None})
+    assert agent.state["vouched"] == NOW - 5
+
+
+@pytest.mark.parametrize("st, base", [
+    (state(vouched=NOW + 50), NOW + 50),
+    (state(vouched=NOW, last_timestamp=NOW + 70), NOW + 70),
+    (state(vouched=FIRMWARE_TIME - 9), FIRMWARE_TIME),
+])
+def test_clock_reading_is_saved_up_to_the_lead_past_authenticated_time(repo, st, base):
+    agent, _ = boot(repo, st)
+    assert agent.observe_clock(base + LEAD + 1) == []
+    assert agent.observe_clock(base + LEAD) == [(slots.SAVE, dict(st, time=base + LEAD))]
+
+
+def test_clock_step_counts_from_the_latest_authenticated_time(repo):
+    agent, _ = boot(repo, state(time=NOW - 9 * STEP, vouched=NOW))
+    assert agent.observe_clock(NOW + STEP) == []
+    assert agent.observe_clock(NOW + STEP + 1)[0][1]["time"] == NOW + STEP + 1
+    agent, _ = boot(repo, state(last_timestamp=NOW, vouched=NOW - 9 * STEP))
+    assert agent.observe_clock(NOW + STEP) == []
+
+
+def test_a_root_that_rotates_timestamp_keys_out_forgets_what_they_taught():
+    repo = Repo(sizes={"root": (2, 2), "bundle": (3, 2), "timestamp": (2, 1)})
+    st = state(last_timestamp=NOW + 9, latest=[1, "ab" * 32, NOW + 9], time=NOW)
+    agent, _ = boot(repo, st)
+    raw = repo.rotate("timestamp", new_keys=1, remove=2)
+    forgot = dict(st, last_timestamp=0, latest=None)
+    assert agent.offer_root(raw, NOW) == [(slots.SAVE, forgot), (slots.WRITE_ROOT, raw),
+                                          report("root-updated", "root v2")]
+    assert agent.state == forgot and agent.trusted_time(0) == NOW
+
+
+def test_a_root_that_keeps_the_timestamp_keys_keeps_what_they_taught():
+    repo = Repo()
+    st = state(last_timestamp=NOW + 9, latest=[1, "ab" * 32, NOW + 9])
+    agent, _ = boot(repo, st)
+    raw = repo.rotate("timestamp", new_keys=1)  # a key added, none removed
+    assert agent.offer_root(raw, NOW) == [(slots.WRITE_ROOT, raw), report("root-updated", "root v2")]
+    assert agent.state == st
+
+
+# ------------------------------------------------------------------ freshness: behind
+
+
+def _behind(repo, bundles, **changes):
+    latest = [2, sha(bundles[2]).hex(), NOW + DAY]
+    return committed(repo, bundles[1], 1, last_timestamp=NOW + DAY, latest=latest, **changes)
+
+
+def test_behind_when_the_latest_timestamp_names_a_newer_version(repo, bundles):
+    agent = _behind(repo, bundles)
+    assert agent.state_name(NOW + DAY) == ("behind", ["the latest timestamp names v2, this device holds v1"])
+    assert agent.status(NOW + DAY)["state"] == "behind"
+    assert agent.state_name(NOW + DAY + MAX_AGE)[0] == "behind"
+    state_, reasons = agent.state_name(NOW + DAY + MAX_AGE + 1)
+    assert state_ == "stale" and reasons == [f"no timestamp newer than {MAX_AGE} s",
+                                             "the latest timestamp names v2, this device holds v1",
+                                             f"behind for more than {MAX_AGE} s"]
+
+
+def test_behind_says_when_the_named_version_was_reverted_as_bad_here(repo, bundles):
+    agent = _behind(repo, bundles, bad=[2])
+    assert agent.state_name(NOW + DAY) == ("behind", [
+        "the latest timestamp names v2, this device holds v1 (v2 was reverted as bad here)"])
+
+
+def test_not_behind_when_the_latest_timestamp_names_the_version_held_or_older(repo, bundles):
+    for named in (1, 0):
+        agent = committed(repo, bundles[1], 1, last_timestamp=NOW, latest=[named, "00" * 32, NOW])
+        assert agent.state_name(NOW) == ("ok", [])
+
+
+def test_stale_for_another_reason_stays_stale_when_also_behind(repo, bundles):
+    agent = _behind(repo, bundles)
+    assert agent.state_name(EXPIRES)[0] == "stale"
+
+
+# ------------------------------------------------------------------ inconclusive health checks
+
+
+def _trial(repo, bundles, timeout=TIMEOUT, **kw):
+    agent = committed(repo, bundles[1], 1, **kw) if not kw.get("on_unreachable") else None
+    if agent is None:
+        st = state(active="a", version=1, floor=1, time=NOW, vouched=NOW)
+        agent, _ = boot(repo, st, {"a": bundles[1], "b": None}, health_timeout=timeout, **kw)
+    elif timeout != TIMEOUT:
+        agent.config.health_timeout = timeout
+    agent.offer_bundle(bundles[2], NOW)
+    return agent
+
+
+def test_an_inconclusive_health_check_keeps_the_trial_and_asks_again_with_backoff(repo, bundles):
+    agent = _trial(repo, bundles, timeout=10_000)
+    assert agent.next_health_retry(NOW) is None, "no answer yet: nothing to retry"
+    assert agent.health(None, "unreachable", NOW) == [] and agent.busy()
+    assert agent.next_health_retry(NOW) == 5 and agent.next_health_retry(NOW + 4) == 1
+    assert agent.next_health_retry(NOW + 5) == 0 and agent.next_health_retry(NOW + 9) == 0
+    assert agent.tick(NOW + 4) == []
+    check = agent.tick(NOW + 5)
+    assert shown_for(agent, check) == [(core.HEALTH_CHECK, 2, NOW + 5, NOW + 10_000)]
+    assert agent.next_health_retry(NOW + 5) is None, "asked: the retry is used up"
+    t, delays = NOW + 5, []
+    for _ in range(8):
+        agent.health(None, "unreachable", t)
+        wait = agent.next_health_retry(t)
+        delays.append(wait)
+        t += wait
+    assert delays == [10, 20, 40, 80, 160, 300, 300, 300]
+    assert agent.state["bad"] == [] and agent.state["retried"] == []
+
+
+def test_an_inconclusive_answer_after_the_deadline_reverts_without_a_bad_mark(repo, bundles):
+    agent = _trial(repo, bundles)
+    assert agent.health(None, "api:443 unreachable", NOW + TIMEOUT - 1) == []
+    # Past the deadline, but a retry is pending: the deadline alone does not mark it bad.
+    assert agent.tick(NOW + TIMEOUT + 1) == [] and agent.busy()
+    reason = "endpoints unreachable, not marked bad: api:443 unreachable"
+    back = state(active="a", version=1, floor=1, time=NOW, vouched=NOW, reason=reason)
+    assert agent.health(None, "api:443 unreachable", NOW + TIMEOUT) == [
+        (slots.REVERT, back), report("reverted", "bundle v2: " + reason, version=2)]
+    assert agent.state == back and not agent.busy()
+
+
+def test_keep_on_unreachable_stays_on_trial_past_the_deadline(repo, bundles):
+    agent = _trial(repo, bundles, on_unreachable="keep")
+    assert agent.health(None, "unreachable", NOW + 10 * TIMEOUT) == [] and agent.busy()
+    assert agent.next_health_retry(NOW + 10 * TIMEOUT) == 5
+    assert agent.health(True, "reachable", NOW + 10 * TIMEOUT)[0][0] == slots.COMMIT
+
+
+def test_clear_bad_lets_a_version_be_installed_again(repo, bundles):
+    agent = committed(repo, bundles[1], 1, bad=[2, 3], retried=[3])
+    after = state(active="a", version=1, floor=1, time=NOW, vouched=NOW, bad=[2])
+    assert agent.clear_bad(3) == [(slots.SAVE, after), report("bad-cleared", "bundle v3 may be installed again")]
+    assert agent.state == after
+    with pytest.raises(ValueError, match=r"version 3 is not marked bad on this device \(bad: 2\)"):
+        agent.clear_bad(3)
+    assert agent.state == after

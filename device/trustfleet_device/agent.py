@@ -346,7 +346,7 @@ class Agent:
             p[4] = detail
             now = self.trusted_time(clock)
             if now >= p[1] and self.config.on_unreachable != KEEP_ON_UNREACHABLE:
-                return self._revert(UNREACHABLE + ": " + detail, False)
+                return self._revert(UNREACHABLE + ": " + detail, None)
             p[2] = now + p[3]
             p[3] = p[3] * 2 if p[3] * 2 < _RETRY_CAP else _RETRY_CAP
             return []
@@ -493,10 +493,12 @@ class Agent:
         new = slots.copy_state(s)
         bad = s["version"]
         if bad is not None:
+            # mark_bad: True, bad for good; False, one more try (a reboot during the
+            # trial); None, nothing learned (its endpoints were unreachable).
             if mark_bad:
                 if bad not in new["bad"]:
                     new["bad"].append(bad)
-            elif bad not in new["retried"]:
+            elif mark_bad is not None and bad not in new["retried"]:
                 new["retried"].append(bad)
         new["active"], new["version"] = s["previous"], s["previous_version"]
         new["previous"], new["previous_version"], new["trial"], new["reason"] = None, None, False, reason
