@@ -203,3 +203,47 @@ def test_broken_stream_leaves_no_partial_slot_file(repo, tmp_path):
     with pytest.raises(ConnectionError):
         device.receive_bundle(broken())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["root.cose", "state.json"]
+
+
+# --------------------------------------------------------------------------- freshness, retries
+
+
+def test_a_timestamp_naming_a_newer_bundle_publishes_behind_at_once_and_time_publishes_stale(repo):
+    clock = Clock()
+    s = make(repo, clock=clock)
+    v1, v2 = repo.bundle(version=1), repo.bundle(version=2)
+    s.on_message(topics.bundle(repo.fleet), v1)
+    quiet = s.on_message(topics.timestamp(repo.fleet), repo.timestamp(v1, time=NOW + 60))
+    assert published(quiet, "status") == [], "the same state: a timestamp alone publishes nothing"
+    out = s.on_message(topics.timestamp(repo.fleet), repo.timestamp(v2, time=NOW + 120))
+    [(_, status, retain, _)] = published(out, "status")
+    assert status["state"] == "behind" and retain
+    assert status["reasons"] == ["the latest timestamp names v2, this device holds v1"]
+    assert published(s.tick(), "status") == [], "still behind: nothing new to say"
+    clock.t = NOW + 120 + 2 * DAY + 1
+    [(_, status, _, _)] = published(s.tick(), "status")
+    assert status["state"] == "stale" and "behind for more than 172800 s" in status["reasons"]
+    assert published(s.tick(), "status") == []
+
+
+def test_a_bundle_reverted_because_its_endpoints_were_unreachable_is_tried_again_when_it_comes_again(repo):
+    answers = [True, None]
+    clock = Clock()
+
+    def health(bundle, trusted_time):
+        ok = answers.pop(0) if answers else True
+        return ok, "reachable" if ok else "api:443 unreachable"
+
+    s = make(repo, health=health, clock=clock)
+    v2 = repo.bundle(version=2)
+    s.on_message(topics.bundle(repo.fleet), repo.bundle(version=1))
+    s.on_message(topics.bundle(repo.fleet), v2)
+    answers.append(None)
+    clock.t += 3600  # past the deadline: the retry answers "unreachable" again and reverts
+    out = s.tick()
+    [(_, status, _, _)] = published(out, "status")
+    assert status["version"] == 1 and status["bad"] == [] and "unreachable" in status["last_revert"]
+    # The same retained bundle, delivered again (a reconnect): a new try, not a repeat.
+    out = s.on_message(topics.bundle(repo.fleet), v2)
+    [(_, status, _, _)] = published(out, "status")
+    assert status["version"] == 2 and status["state"] == "ok"
