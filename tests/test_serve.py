@@ -543,3 +543,29 @@ def test_backoff_grows_with_jitter_up_to_the_cap():
     assert [low.next_ms() / 1000 for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
     b.reset()
     assert b.next_ms() / 1000 == 1.0
+
+
+def test_a_device_whose_timestamp_names_a_newer_bundle_reports_behind_over_mqtt_at_once(env, capsys):
+    bundle = env.write_bundle(1)
+    assert run_cli(capsys, "publish", "--broker", env.url, "--root", env.root, bundle)[0] == 0
+    [dev] = start_devices(env, [("pi-behind", None, ())])
+    wait_for(lambda: dev.version == 1, "the device to install v1")
+    # The online key names v2 (published to a canary wave elsewhere): this device is behind.
+    ts = env.repo.timestamp(env.repo.bundle(2), time=int(time.time()))
+    c = brokers.connect(env.broker)
+    try:
+        c.publish(topics.timestamp(env.fleet), ts, retain=True)
+    finally:
+        c.close()
+
+    def state() -> str | None:
+        raw = env.retained(topics.status(env.fleet, "pi-behind"), 0.3)
+        return json.loads(raw)["state"] if raw else None
+
+    wait_for(lambda: state() == "behind", "the retained status to say behind")
+    assert run_cli(capsys, "serve", "--broker", env.url, "--fleet", env.fleet, "--root", env.root,
+                   "--db", env.db, "--once")[0] == 0
+    with store(env) as db:
+        [row] = db.devices(env.fleet)
+    assert row["state"] == "behind" and row["version"] == 1
+    assert row["reasons"] == ["the latest timestamp names v2, this device holds v1"]
