@@ -12,15 +12,18 @@ result code, reason text, anchor, pin-set and the whole report.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import random
 import statistics
 
 import pytest
+from cryptography import x509 as cx509
 
 from support.pki import DAY, NOW, Pki, der, make_cert, pin, pki
 from support.scenarios import scenario
 from support.truststores import HOST, LATER, compact, full
+from trustfleet_device import trust
 
 # Runs unchanged on both runtimes: no f-strings with `=`, no typing, nothing CPython-only.
 DECIDE = scenario("trust_decide.py")
@@ -210,3 +213,63 @@ def test_time_one_evaluate_in_the_vm(vm, cpython, cases, capsys):
                      f"then median {statistics.median(ms[1:])} ms")
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+# --------------------------------------------------------------------------- IP endpoints (issue 12)
+
+
+def _ip_chain(p: Pki, *entries: str, cn: str = "ip leaf") -> list[bytes]:
+    """p's chain with a leaf whose subjectAltName is `entries` ("dns:name", else an IP)."""
+    names = [cx509.DNSName(e[4:]) if e.startswith("dns:") else
+             cx509.IPAddress(ipaddress.ip_address(e)) for e in entries]
+    return p.chain(p.leaf(sans=(), cn=cn, extra=[(cx509.SubjectAlternativeName(names), False)]))
+
+
+IP_CASES = {
+    "ipv4 in the ip sans": ("192.0.2.10", ("dns:a.example", "192.0.2.10"), ("accept", "ok")),
+    "ipv6 in another form": ("2001:DB8:0::0:10", ("2001:db8::10",), ("accept", "ok")),
+    "mapped ipv6 is not the ipv4": ("::ffff:192.0.2.10", ("192.0.2.10",),
+                                    ("reject", "hostname-mismatch")),
+    "ip host, dns name spelling it": ("127.0.0.1", ("dns:127.0.0.1",),
+                                      ("reject", "hostname-mismatch")),
+    "dns host, ip san": ("localhost", ("127.0.0.1",), ("reject", "hostname-mismatch")),
+    "leading zero": ("127.0.0.01", ("dns:127.0.0.01", "127.0.0.1"),
+                     ("reject", "hostname-mismatch")),
+    "bad ipv6": ("::1::", ("::1",), ("reject", "hostname-mismatch")),
+    "ip host never pinned": ("127.0.0.1", ("127.0.0.1",), ("accept", "ok")),
+}
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+@pytest.mark.parametrize("case", sorted(IP_CASES))
+def test_vm_decides_ip_endpoints_like_cpython(vm, cpython, kind, case):
+    p = pki(kind)
+    host, entries, want = IP_CASES[case]
+    wrong = [pin(p.backup_key), pin(p.backup_root)]
+    data = spec(_ip_chain(p, *entries), [full(p.root)],
+                [(host.lower(), False, wrong, LATER, "enforce")], host=host)
+    got = both(vm, cpython, data)
+    assert (got["verdict"], got["result"]) == want, got["reason"]
+    # Only a DNS name reaches its pin-set (and gets a report for its mismatch).
+    assert got["pinset"] == ("localhost" if host == "localhost" else None)
+    assert (got["report"] is not None) is (host == "localhost")
+
+
+IP_TEXTS = ["0.0.0.0", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3", "::", "::1",
+            "1::", "2001:DB8::10", "1:0:0:2:0:0:3:4", "0:0:1:0:0:0:2:3", "::ffff:1.2.3.4",
+            "1:2:3:4:5:6:1.2.3.4", "1::2::3", "::1%lo", "[::1]", "12345::", "::g",
+            "abcd:ef01:2345:6789:ABCD:EF01:2345:6789", "1:2:3:4:5:6:7:8:9"]
+
+
+def test_vm_reads_ip_literals_like_cpython(vm):
+    code = ("def _ip(t):\n"
+            "    b = trust.ip_bytes(t)\n"
+            "    return None if b is None else [_hex(b), trust.ip_text(b)]\n"
+            f"print(json.dumps([_ip(t) for t in {IP_TEXTS!r}]))")
+    got = vm.run_json(code)
+    want = []
+    for t in IP_TEXTS:
+        b = trust.ip_bytes(t)
+        want.append(None if b is None else [b.hex(), trust.ip_text(b)])
+    assert got == want
+    assert [g is None for g in got].count(True) == 9

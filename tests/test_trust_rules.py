@@ -16,6 +16,8 @@ paths (the pure one forced, then cryptography).
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -135,7 +137,7 @@ def test_normalize_host_accepts_exactly_ascii_dns_names(host, want):
 def test_a_host_that_is_not_a_dns_name_is_rejected_without_looking_at_the_chain(p):
     d = root_store(p, pinset(pins=[pin(p.inter), pin(p.backup_key)])).evaluate("api example", p.chain(), NOW)
     assert (d.verdict, d.result, d.path, d.report) == ("reject", "hostname-mismatch", [], None)
-    assert d.reason == "host 'api example' is not a DNS name"
+    assert d.reason == "host 'api example' is neither a DNS name nor an IP address"
 
 
 @pytest.mark.parametrize("pattern, host, ok", [
@@ -641,3 +643,130 @@ def test_two_bundle_anchors_sharing_a_name_in_memory(p):
     st = store([full(rekeyed), compact(p.root, "real")])
     assert [a.label for a in st.anchors_named(p.root.subject.public_bytes())] == ["EC Root CA", "real"]
     assert evaluate(st, p.chain()).anchor == "real"
+
+
+# --------------------------------------------------------------------------- IP address hosts (issue 12)
+
+
+def _ip_leaf(p, *entries, **kw):
+    """A leaf whose subjectAltName is exactly `entries`: "dns:name", else an IP address."""
+    names = [cx509.DNSName(e[4:]) if e.startswith("dns:") else
+             cx509.IPAddress(ipaddress.ip_address(e)) for e in entries]
+    return p.leaf(sans=(), cn="ip leaf", extra=[(cx509.SubjectAlternativeName(names), False)], **kw)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("0.0.0.0", "00000000"), ("9.9.9.9", "09090909"), ("1.2.3.4", "01020304"),
+    ("255.255.255.255", "ffffffff"), ("10.20.199.250", "0a14c7fa"),
+    ("256.0.0.1", None), ("1.2.3.256", None), ("1000.0.0.1", None), ("01.2.3.4", None),
+    ("1.2.3.00", None), ("1.2.3", None), ("1.2.3.4.5", None), ("1..3.4", None), ("1.2.3.", None),
+    ("1.2.3./", None), ("1.2.3.a", None), ("", None), ("a.b.c.d", None),
+    ("::", "0" * 32), ("::1", "0" * 31 + "1"), ("1::", "0001" + "0" * 28),
+    ("1::8", "0001" + "0" * 24 + "0008"),
+    ("1:2:3:4:5:6:7:8", "00010002000300040005000600070008"),
+    ("1:2:3:4:5:6:7::", "00010002000300040005000600070000"),
+    ("::2:3:4:5:6:7:8", "00000002000300040005000600070008"),
+    ("1:2:3:4:5:6:7:8::", None), ("::1:2:3:4:5:6:7:8", None), ("1:2:3:4::5:6:7:8", None),
+    ("1:2:3:4:5:6:7", None), ("1:2:3:4:5:6:7:8:9", None), ("1::2::3", None), ("1:::2", None),
+    ("1:2:3:4:5:6:7:8::1::2", None),  # eight groups before a second "::"
+    (":1:2:3:4:5:6:7", None), ("1:2:3:4:5:6:7:", None),
+    ("abcd:ef01:2345:6789:ABCD:EF01:2345:6789", "abcdef0123456789abcdef0123456789"),
+    ("f::", "000f" + "0" * 28), ("A::", "000a" + "0" * 28), ("fF::", "00ff" + "0" * 28),
+    ("ffff::", "ffff" + "0" * 28), ("0000:0:0:0:0:0:0:1", "0" * 31 + "1"), ("10000::", None),
+    ("::g", None), ("::G", None), ("::1%lo", None), ("[::1]", None), ("::-1", None),
+    ("::1.2.3.4", "0" * 24 + "01020304"), ("::ffff:255.254.253.252", "0" * 20 + "fffffffefdfc"),
+    ("1:2:3:4:5:6:1.2.3.4", "000100020003000400050006" + "01020304"),
+    ("1.2.3.4::", None), ("::1.2.3", None), ("::1.2.3.256", None), ("::1.2.3.04", None),
+    ("::1.2.3.4:5", None), ("1:2:3:4:5:6:7:1.2.3.4", None),
+])
+def test_ip_bytes_reads_exactly_the_ip_literals(text, want):
+    got = trust.ip_bytes(text)
+    assert (got.hex() if got is not None else None) == want
+
+
+@pytest.mark.parametrize("packed, text", [
+    ("01020304", "1.2.3.4"), ("ff000ac8", "255.0.10.200"),
+    ("0" * 32, "::"), ("0" * 31 + "1", "::1"), ("0001" + "0" * 28, "1::"),
+    ("00010000000200030004000500060007", "1:0:2:3:4:5:6:7"),    # one zero group stays
+    ("00010000000000020003000400050006", "1::2:3:4:5:6"),      # two are the shortest run
+    ("00010000000000020000000000030004", "1::2:0:0:3:4"),      # the first of equal runs
+    ("00010000000000020000000000000003", "1:0:0:2::3"),        # the longest run
+    ("00000000000100000000000000020003", "0:0:1::2:3"),        # runs are counted afresh
+    ("abcdef0123456789000000000000000f", "abcd:ef01:2345:6789::f"),
+    ("20010db8000000000000000000000010", "2001:db8::10"),
+])
+def test_ip_text_is_the_dotted_quad_or_rfc_5952(packed, text):
+    assert trust.ip_text(bytes.fromhex(packed)) == text
+    assert trust.ip_bytes(text) == bytes.fromhex(packed)
+
+
+@pytest.mark.parametrize("host, shown", [
+    ("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("2001:DB8::10", "2001:db8::10"),
+    ("::ffff:1.2.3.4", "::ffff:102:304"),
+])
+def test_an_ip_host_matches_its_ip_san_byte_for_byte(p, host, shown):
+    leaf = _ip_leaf(p, "dns:api.example.com", "10.0.0.1", host, "fe80::1")
+    d = evaluate(root_store(p), p.chain(leaf), host=host)
+    assert (d.verdict, d.result, d.pinset, d.report) == ("accept", "ok", None, None)
+    assert d.reason == f"chain to anchor 'EC Root CA' is valid; {shown} is not pinned"
+
+
+@pytest.mark.parametrize("entries, shown", [
+    ((), "none"),
+    (("dns:127.0.0.1", "dns:localhost"), "none"),
+    (("10.0.0.1", "::ffff:127.0.0.1"), "10.0.0.1, ::ffff:7f00:1"),
+    (tuple(f"10.0.0.{i}" for i in range(2, 6)), "10.0.0.2, 10.0.0.3, 10.0.0.4, 10.0.0.5"),
+    (tuple(f"10.0.0.{i}" for i in range(2, 8)),
+     "10.0.0.2, 10.0.0.3, 10.0.0.4, 10.0.0.5 and 2 more"),
+])
+def test_an_ip_host_mismatch_names_the_certificate_ip_addresses(p, entries, shown):
+    leaf = _ip_leaf(p, *entries) if entries else p.leaf(sans=(), cn="127.0.0.1")
+    d = evaluate(root_store(p), p.chain(leaf), host="127.0.0.1")
+    assert (d.verdict, d.result, d.path) == ("reject", "hostname-mismatch", [])
+    assert d.reason == f"host 127.0.0.1 does not match the certificate's IP addresses ({shown})"
+
+
+def test_a_dns_host_never_reads_the_ip_sans(p):
+    chain = p.chain(_ip_leaf(p, "127.0.0.1"))
+    d = evaluate(root_store(p), chain, host="localhost")
+    assert d.reason == "host localhost does not match the certificate's DNS names (none)"
+    assert evaluate(root_store(p), chain, host="127.0.0.1").result == "ok"
+
+
+def test_an_ip_host_is_never_pinned_and_still_validated(p):
+    wrong = [pin(p.backup_key), pin(p.backup_root)]
+    st = root_store(p, pinset("127.0.0.1", wrong), pinset("10.0.0.1", wrong, subdomains=True))
+    leaf = _ip_leaf(p, "127.0.0.1")
+    d = evaluate(st, p.chain(leaf), host="127.0.0.1")
+    assert (d.verdict, d.result, d.pinset, d.report) == ("accept", "ok", None, None)
+    d = evaluate(st, p.chain(leaf), host="127.0.0.1", now=NOW + 91 * DAY)
+    assert (d.verdict, d.result) == ("reject", "chain-invalid")
+    assert d.reason == "leaf 'ip leaf' expired at 2026-04-01T00:00:00Z"
+
+
+def test_pinset_for_an_ip_or_a_numeric_name_is_none(p):
+    pins = [pin(p.root)]
+    st = trust.TrustStore(bundle([], [pinset(d, pins, subdomains=True)
+                                      for d in ("127.0.0.1", "::1", "a.1", "x1", "example.com")]))
+    for host in ("127.0.0.1", "::1", "a.1", "b.a.1", "127.0.0.01"):
+        assert st.pinset_for(host) is None, host
+    assert st.pinset_for("x1").domain == "x1"
+    assert st.pinset_for("b.example.com").domain == "example.com"
+
+
+@pytest.mark.parametrize("name, numeric", [
+    ("10.0.0.01", True), ("a.1", True), ("1", True), ("a.0x", True), ("a.0x1f", True),
+    ("0x7f", True), ("a.0123456789", True),
+    ("a.0xg1", False), ("a.x1", False), ("x1", False), ("a.1x", False), ("example.com", False),
+    ("a.0y1", False), ("1.a", False),
+])
+def test_a_name_whose_last_label_is_a_number_is_a_malformed_ip(p, name, numeric):
+    assert trust._numeric_tail(name) is numeric
+    leaf = p.leaf(sans=(name, "127.0.0.1"))
+    d = evaluate(root_store(p), p.chain(leaf), host=name)
+    if numeric:
+        assert (d.verdict, d.result, d.path) == ("reject", "hostname-mismatch", [])
+        assert d.reason == (f"host {name!r} is not a valid IP address "
+                            "(and a DNS name does not end in a number)")
+    else:
+        assert (d.verdict, d.result) == ("accept", "ok")

@@ -5,10 +5,21 @@ enterprise anchors when the bundle allows them and the device is managed,
 and the caller's `now` (the agent's trusted time). The chain is the
 server's and trusted for nothing until it validates.
 
+The host is a DNS name or an IP address literal (ip_bytes: IPv4 as four
+decimal octets without leading zeros, IPv6 in any RFC 4291 form, no zone,
+no brackets). An IP host is matched only against the leaf's iPAddress
+entries, byte for byte, and never against a dNSName or the CN; a DNS name
+never matches an iPAddress. A host that is neither, or whose last label is
+a number (a malformed IP such as 127.0.0.01 or 256.1.1.1, which resolvers
+may still read as an address), matches nothing. Pin-set domains are DNS
+names, so an IP host matches no pin-set: IP endpoints are CA-validated
+(and checked against distrust) only, never pinned.
+
 Order of work in evaluate (the same on MicroPython and CPython):
 1. The leaf: it parses; its subjectAltName dNSNames match the host (exact,
    or a `*.` wildcard as the whole left-most label that stands for exactly
-   one label; RFC 6125 6.4; no CN fallback); it is valid at `now`; it has
+   one label; RFC 6125 6.4; no CN fallback), or for an IP host one of its
+   iPAddress entries equals the address; it is valid at `now`; it has
    no unknown critical extension; extKeyUsage, if present, allows
    serverAuth.
 2. The path, built upward from the leaf, anchors first (the ESP-IDF
@@ -262,7 +273,12 @@ class TrustStore:
             same.append(a)
 
     def pinset_for(self, host):
-        """Return the pin-set with the longest domain matching the normalized host, or None."""
+        """Return the pin-set with the longest domain matching the normalized host, or None.
+
+        None for an IP address (or a malformed one): pin-sets name DNS domains only.
+        """
+        if ip_bytes(host) is not None or _numeric_tail(host):
+            return None
         best = None
         for ps in self.bundle.pinsets:
             d = ps.domain
@@ -278,12 +294,19 @@ class TrustStore:
             ValueError: host, chain, now or port have the wrong type (a caller mistake).
         """
         _check_arguments(host, chain, now, port)
+        ip = ip_bytes(host)
+        if ip is not None:
+            # Never pinned: see the module docstring.
+            return _Evaluation(self, ip_text(ip), chain, now, port, None, ip).run()
         name = normalize_host(host)
         if name is None:
-            return Decision(REJECT, HOST_MISMATCH, "host %r is not a DNS name" % host,
-                            None, None, None, [])
+            return Decision(REJECT, HOST_MISMATCH, "host %r is neither a DNS name nor an IP"
+                            " address" % host, None, None, None, [])
+        if _numeric_tail(name):
+            return Decision(REJECT, HOST_MISMATCH, "host %r is not a valid IP address (and a DNS"
+                            " name does not end in a number)" % host, None, None, None, [])
         pinset = self.pinset_for(name)
-        ev = _Evaluation(self, name, chain, now, port, pinset)
+        ev = _Evaluation(self, name, chain, now, port, pinset, None)
         return ev.run()
 
 
@@ -313,6 +336,139 @@ def normalize_host(host):
             if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-" or ch == "_"):
                 return None
     return h
+
+
+def _numeric_tail(name):
+    """Return True when the last label of a normalized name is a number, decimal or 0x-hex.
+
+    URL parsers (WHATWG) and inet_aton read such a host as an IPv4 address, and
+    no top-level domain is numeric: it is a malformed IP address, not a name.
+    """
+    last = name[name.rfind(".") + 1:]
+    digits = "0123456789"
+    if last[:2] == "0x":
+        last = last[2:]
+        digits = "0123456789abcdef"
+    for ch in last:
+        if ch not in digits:
+            return False
+    return True
+
+
+def _ipv4(text):
+    """Return the 4 bytes of a dotted-quad IPv4 address, or None.
+
+    Exactly four decimal octets 0..255 without leading zeros (RFC 3986's
+    dec-octet): "010" would be octal to inet_aton, so it is refused.
+    """
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    out = bytearray(4)
+    for i in range(4):
+        p = parts[i]
+        if not p or (p[0] == "0" and len(p) > 1):
+            return None
+        v = 0
+        for ch in p:
+            if ch < "0" or ch > "9":
+                return None
+            v = v * 10 + ord(ch) - 48
+            if v > 255:
+                return None
+        out[i] = v
+    return bytes(out)
+
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _groups(text):
+    """Return the values of colon-separated 16-bit hex groups ([] for ""), or None."""
+    if not text:
+        return []
+    out = []
+    for g in text.split(":"):
+        if not g or len(g) > 4:
+            return None
+        v = 0
+        for ch in g:
+            d = _HEX.find(ch)
+            if d < 0:
+                return None
+            if d > 15:
+                d -= 6  # A..F
+            v = v * 16 + d
+        out.append(v)
+    return out
+
+
+def _ipv6(text):
+    """Return the 16 bytes of an IPv6 address in an RFC 4291 (2.2) text form, or None."""
+    if "." in text:
+        # A dotted IPv4 address as the last 32 bits: rewrite it as two hex groups.
+        cut = text.rfind(":") + 1
+        v4 = _ipv4(text[cut:])
+        if v4 is None:
+            return None
+        text = "%s%x:%x" % (text[:cut], (v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3])
+    halves = text.split("::")
+    if len(halves) > 2:
+        return None
+    groups = _groups(halves[0])
+    if groups is None:
+        return None
+    if len(halves) == 2:
+        tail = _groups(halves[1])
+        if tail is None:
+            return None
+        n = len(groups) + len(tail)
+        if n > 7:
+            return None  # "::" stands for at least one zero group
+        groups = groups + [0] * (8 - n) + tail
+    elif len(groups) != 8:
+        return None
+    out = bytearray(16)
+    for i in range(8):
+        out[2 * i] = groups[i] >> 8
+        out[2 * i + 1] = groups[i] & 0xFF
+    return bytes(out)
+
+
+def ip_bytes(text):
+    """Return the 4 (IPv4) or 16 (IPv6) bytes of an IP address literal, or None.
+
+    IPv4: four decimal octets, no leading zeros. IPv6: any RFC 4291 text form
+    (hex in either case, "::", a dotted IPv4 tail), without brackets or a
+    %zone. Anything else (a DNS name, a malformed address) gives None. Pure
+    Python: MicroPython has no `ipaddress` module.
+    """
+    if ":" in text:
+        return _ipv6(text)
+    return _ipv4(text)
+
+
+def ip_text(ip):
+    """Return 4 or 16 address bytes as text: a dotted quad, or IPv6 as RFC 5952 recommends
+    (lower-case hex, no leading zeros, the first longest run of two or more zero groups as "::")."""
+    if len(ip) == 4:
+        return "%d.%d.%d.%d" % (ip[0], ip[1], ip[2], ip[3])
+    groups = []
+    for i in range(0, 16, 2):
+        groups.append("%x" % ((ip[i] << 8) | ip[i + 1]))
+    best_len = 1  # a single zero group is not shortened
+    run = 0
+    for i in range(8):
+        if groups[i] == "0":
+            run += 1
+            if run > best_len:
+                best = i + 1 - run  # set whenever best_len grows, read only then
+                best_len = run
+        else:
+            run = 0
+    if best_len == 1:
+        return ":".join(groups)
+    return ":".join(groups[:best]) + "::" + ":".join(groups[best + best_len:])
 
 
 def name_matches(pattern, host):
@@ -396,9 +552,10 @@ def _ca_problem(cert, path, who):
 class _Evaluation:
     """One evaluate() call: parse, build the path, then apply distrust and pins."""
 
-    def __init__(self, store, host, chain, now, port, pinset):
+    def __init__(self, store, host, chain, now, port, pinset, ip):
         self.store = store
         self.host = host
+        self.ip = ip
         self.chain = chain
         self.now = now
         self.port = port
@@ -471,19 +628,26 @@ class _Evaluation:
         return self.apply_rules(path, anchor)
 
     def leaf_problem(self, leaf):
-        matched = False
-        for n in leaf.dns_names:
-            if name_matches(n, self.host):
-                matched = True
-                break
+        if self.ip is None:
+            matched = False
+            for n in leaf.dns_names:
+                if name_matches(n, self.host):
+                    matched = True
+                    break
+            known = leaf.dns_names
+            kind = "DNS names"
+        else:
+            matched = self.ip in leaf.ip_addresses
+            known = [ip_text(b) for b in leaf.ip_addresses]
+            kind = "IP addresses"
         if not matched:
-            names = leaf.dns_names[:_MAX_NAMES_SHOWN]
-            more = len(leaf.dns_names) - len(names)
+            names = known[:_MAX_NAMES_SHOWN]
+            more = len(known) - len(names)
             shown = ", ".join(names) if names else "none"
             if more > 0:
                 shown += " and %d more" % more
-            return (HOST_MISMATCH, "host %s does not match the certificate's DNS names (%s)"
-                    % (self.host, shown))
+            return (HOST_MISMATCH, "host %s does not match the certificate's %s (%s)"
+                    % (self.host, kind, shown))
         problem = _cert_problem(leaf, self.now, "leaf")
         if problem is not None:
             return (CHAIN_INVALID, problem)
