@@ -205,6 +205,34 @@ def test_unreachable_health_endpoint_never_marks_the_bundle_bad(repo, server, tm
     assert (status(state)["version"], status(state)["bad"]) == (1, [])
 
 
+def test_ip_endpoint_with_ip_san_passes_health_check(repo, server, tmp_path):
+    with ip_server("127.0.0.1") as by_ip:
+        for form in ("compact", "full"):
+            raw = make_bundle(repo, 1, form=form)
+            bundle = trial_bundle(repo, tmp_path, raw)
+            ok, detail = tls.health_check_for([f"127.0.0.1:{by_ip.port}"], 5)(bundle, T0)
+            assert ok is True, detail
+            # PKI's own leaf names api.example.com and localhost, no address: refused.
+            ok, detail = tls.health_check_for([f"127.0.0.1:{server.port}"], 5)(bundle, T0)
+            assert ok is False and "hostname-mismatch" in detail, detail
+        state = init_state(repo, tmp_path)
+        out = agent("install", "--state", state, "--endpoint", f"127.0.0.1:{by_ip.port}",
+                    bundle_file(repo, tmp_path, 1), code=0).stdout
+        assert "installed bundle v1" in out
+        check = json.loads(agent("check", f"127.0.0.1:{by_ip.port}", "--state", state, "--json",
+                                 code=0).stdout)
+        assert check["verdict"] == "accept" and check["servername"] == "127.0.0.1"
+        agent("check", f"127.0.0.1:{server.port}", "--state", state, code=1)
+        # A context made for one address connects to that address only.
+        device = LocalDevice(state)
+        ctx = tls.context_for(device, host="127.0.0.1")
+        assert tls.probe(ctx, "127.0.0.1", by_ip.port, 5).accepted()
+        with pytest.raises(ValueError, match="this context is for 127.0.0.1, not ::1"):
+            tls.probe(ctx, "127.0.0.1", by_ip.port, 5, "[::1]")
+        with pytest.raises(ValueError, match="this context is for ::1, not ::2"):
+            tls.probe(tls.context_for(device, host="::1"), "127.0.0.1", by_ip.port, 5, "::2")
+
+
 def test_clear_bad_lets_the_version_install_again(repo, server, rogue, tmp_path):
     state = init_state(repo, tmp_path)
     v1 = bundle_file(repo, tmp_path, 1)
