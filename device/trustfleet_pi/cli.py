@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import math
 import sys
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trustfleet_device
 from trustfleet_device import trust, x509
 from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.agent import Config
@@ -186,9 +188,19 @@ def _version(text: str) -> int:
     return value
 
 
+def _package_version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    try:
+        return importlib.metadata.version("trustfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return trustfleet_device.VERSION
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}",
+                        help="print the version of trustfleet-agent and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, helptext: str, epilog: str | None = None) -> argparse.ArgumentParser:

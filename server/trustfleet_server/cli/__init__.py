@@ -14,8 +14,10 @@ and exit codes:
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 
+import trustfleet_device
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server.cli import (
     board,
@@ -41,6 +43,14 @@ GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, simu
           device, board)
 
 
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    try:
+        return importlib.metadata.version("trustfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return trustfleet_device.VERSION
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trustfleet",
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
+                        help="print the version of trustfleet and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
