@@ -27,8 +27,11 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
-.PHONY: setup
+# setup: the venv and node_modules (Node runs only the MicroPython VM tests and
+# benchmarks); setup-python: the venv alone, all the demo, firmware and fuzz need.
+.PHONY: setup setup-python
 setup: $(STAMP) $(NODE_STAMP)
+setup-python: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check device server tests benchmarks tools
@@ -41,7 +44,7 @@ test: setup lint firmware
 mutate: setup
 	$(PY) tools/mutate.py --strict
 
-demo: setup
+demo: setup-python
 	$(VENV)/bin/trustfleet demo --out demo-out
 
 bench: setup firmware
@@ -60,7 +63,7 @@ bench: setup firmware
 	$(PY) benchmarks/bench_report_retention.py
 	$(PY) benchmarks/bench_sim_faults.py
 
-fuzz: setup
+fuzz: setup-python
 	$(PY) tools/fuzz_decoders.py --target all --seconds 60
 
 # The firmware stand-in is built 32-bit: install Debian's gcc-multilib when gcc
@@ -78,7 +81,7 @@ toolchain32:
 	fi
 
 # Built once into the cache; rebuilt only when the frozen code or the build inputs change.
-firmware: setup toolchain32
+firmware: setup-python toolchain32
 	$(PY) tools/firmware.py build
 
 clean:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,30 @@ def test_the_installed_console_scripts_answer_version_too():
         proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True,
                               timeout=60, stdin=subprocess.DEVNULL)
         assert (proc.returncode, proc.stdout) == (0, f"{prog} {expected_version()}\n")
+
+
+# --------------------------------------------------------------------------- make targets
+
+
+def make_plan(target: str) -> str:
+    """What `make TARGET` would run were package.json and pyproject.toml just edited."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    proc = subprocess.run([make, "-n", "-C", str(REPO), "-W", "package.json",
+                           "-W", "pyproject.toml", target], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("target", ["demo", "firmware", "fuzz"])
+def test_make_targets_that_use_no_node_do_not_run_npm(target):
+    plan = make_plan(target)
+    assert "pip install" in plan  # the Python setup still runs
+    assert "npm" not in plan, plan
+
+
+def test_make_test_still_installs_the_node_packages_the_micropython_vm_tests_need():
+    plan = make_plan("test")
+    assert "npm ci" in plan and "pip install" in plan and "pytest" in plan
