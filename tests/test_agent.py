@@ -6,6 +6,8 @@ any primitive operation) and the clock is a number the test moves.
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from support.devices import FIRMWARE_TIME, Clock, Health, config, cut_points, fresh_device, reboot
@@ -43,10 +45,14 @@ def test_installs_verified_newer_bundle_into_inactive_slot(repo, bundles):
 def test_refuses_same_or_older_version_even_after_reboot(repo, bundles):
     device, storage = fresh_device(repo)
     device.offer("bundle", bundles[2])
-    for raw, v in ((bundles[2], 2), (bundles[1], 1)):
+    other2 = repo.bundle(version=2, distrust=[hashlib.sha256(b"other").digest()])
+    for raw, v in ((other2, 2), (bundles[1], 1)):
         result = reboot(storage, repo).offer("bundle", raw)
         assert result.committed is None
         assert f"version {v} is not newer than installed version 2" in result.reason()
+    # The installed document itself, retained and delivered after every restart: nothing to say.
+    again = reboot(storage, repo).offer("bundle", bundles[2])
+    assert again.refused == [] and again.reports == [] and again.committed is None
 
 
 def test_refuses_bundle_below_threshold_and_keeps_store(repo, bundles):

@@ -455,9 +455,46 @@ def test_the_device_shows_what_callers_read_without_reaching_into_the_agent(repo
 @pytest.mark.parametrize("version", [1, 2])
 def test_bundle_not_above_the_floor_is_refused(repo, bundles, path, version):
     agent = committed(repo, bundles[2], 2)
-    assert offer(agent, bundles[version], NOW, path) == refused(
+    raw = bundles[version] if version == 1 else repo.bundle(version=2, distrust=[sha(b"other")])
+    assert offer(agent, raw, NOW, path) == refused(
         "bundle", f"bundle version {version} is not newer than installed version 2")
     assert not agent.busy() and agent.state == state(active="a", version=2, floor=2, time=NOW, vouched=NOW)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_installed_bundle_offered_again_is_ignored_not_refused(repo, bundles, path):
+    # A retained copy arrives after every restart: no refusal, no report, nothing to save.
+    agent = committed(repo, bundles[2], 2)
+    before = slots.copy_state(agent.state)
+    assert offer(agent, bundles[2], NOW, path) == []
+    assert agent.state == before and not agent.busy()
+    # Known from the boot source, then from each commit.
+    assert agent.active_digest == sha(bundles[2])
+    offer(agent, bundles[3], NOW, path)
+    assert agent.active_digest is None, "on trial: the active document is not settled"
+    agent.health(True, "ok", NOW)
+    assert agent.active_digest == sha(bundles[3])
+    assert offer(agent, bundles[3], NOW, path) == []
+    assert offer(agent, bundles[2], NOW, path)[0][0] == core.REFUSED
+
+
+def test_the_active_digest_is_not_read_from_a_boot_source_once_a_slot_was_written(repo, bundles):
+    agent = committed(repo, bundles[1], 1)
+    agent.begin_stream()  # reads the active document first, then the inactive slot may change
+    assert agent.active_digest == sha(bundles[1])
+    agent = committed(repo, bundles[1], 1)
+    agent.offer_bundle(bundles[2], NOW)
+    agent.health(False, "refused", NOW)  # back to v1, whose digest this session never saw
+    assert agent.active_digest is None and agent._known_active_digest() is None
+    assert agent.offer_bundle(bundles[1], NOW)[0][0] == core.REFUSED
+
+
+def test_the_active_digest_of_a_streamed_boot_source_is_read_in_pieces(repo):
+    big = repo.bundle(version=1, distrust=[sha(bytes([i])) for i in range(40)])
+    assert len(big) > 1024
+    st = state(active="a", version=1, floor=1, time=NOW, vouched=NOW)
+    agent, _ = boot(repo, st, {"a": BytesSource(big), "b": None})
+    assert agent._known_active_digest() == sha(big)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -474,7 +511,8 @@ def test_bundle_not_newer_than_the_active_one_is_refused(repo, bundles, path):
     # fallback left it: the floor alone would let v4 be installed again over itself.
     agent, _ = boot(repo, state(active="a", version=4, floor=3, time=NOW), {"a": bundles[4], "b": None})
     assert agent.state["floor"] == 3 and agent.bundle.version == 4
-    assert offer(agent, bundles[4], NOW, path) == refused(
+    other4 = repo.bundle(version=4, distrust=[sha(b"other")])  # the same bytes would be ignored
+    assert offer(agent, other4, NOW, path) == refused(
         "bundle", "bundle version 4 is not newer than active version 4")
     assert offer(agent, bundles[3], NOW, path) == refused(
         "bundle", "bundle version 3 is not newer than installed version 3")
@@ -633,7 +671,11 @@ def test_streamed_install_through_the_store(repo, bundles):
     raw = bundles[1]
     assert device.receive_bundle([raw[:100], raw[100:]]).committed == 1
     assert storage.read("slot-a.cose") == raw
+    # The same document again (a retained copy): ignored; another v1 is refused.
     result = device.receive_bundle([bundles[1]])
+    assert result.refused == [] and result.reports == []
+    other = repo.bundle(version=1, distrust=[sha(b"other")])
+    result = device.receive_bundle([other])
     assert result.refused == [("bundle", "bundle version 1 is not newer than installed version 1")]
     assert device.status()["version"] == 1 and device.agent.state["active"] == "a"
 

@@ -121,8 +121,13 @@ class Agent:
         self.state = slots.fresh_state()
         self.bundle = None
         self.phase = IDLE
-        # While on TRIAL: [bundle, deadline, retry at, next delay, last inconclusive detail]
+        # While on TRIAL: [bundle, deadline, retry at, next delay, last inconclusive detail, sha256]
         self.pending = None
+        # SHA-256 of the active slot's document, once known: the same bytes offered again
+        # (a retained copy after every restart) are ignored, not refused and reported.
+        self.active_digest = None
+        self._slot_docs = {}
+        self._slots_touched = False  # a slot was written since boot: the boot sources may be stale
 
     # ------------------------------------------------------------ boot
 
@@ -131,6 +136,7 @@ class Agent:
         self.root = policy.load_trusted_root(root_raw, self.config.limits, self.config.fleet)
         self.root_raw = root_raw
         self.state = slots.copy_state(state)
+        self._slot_docs = slot_docs
         actions = []
         if self.state["trial"]:
             # A power cut and a crash caused by the new store look the same
@@ -267,7 +273,18 @@ class Agent:
         """A bundle is about to be streamed in. Returns (slot to write it to, None) or (None, refusal actions)."""
         if self.phase == TRIAL:
             return None, self._refuse_busy()
+        self._known_active_digest()  # before the inactive slot is written over
+        self._slots_touched = True
         return self.inactive_slot(), None
+
+    def _known_active_digest(self):
+        """The active document's SHA-256: read once from the boot sources while no slot has
+        been written since, then kept from the commits. None when not known."""
+        if self.active_digest is None and not self._slots_touched and self.bundle is not None:
+            doc = self._slot_docs.get(self.state["active"])
+            if doc is not None:
+                self.active_digest = _sha256_of(doc)
+        return self.active_digest
 
     def stream_too_large(self, limit):
         """The streamed bundle passed `limit` bytes and was dropped. Returns refusal actions."""
@@ -285,15 +302,20 @@ class Agent:
             if slot != self.inactive_slot():
                 raise ValueError("bundle staged in slot %s, but the inactive slot is %s"
                                  % (slot, self.inactive_slot()))
+            if self.phase != TRIAL and digest is not None and digest == self._known_active_digest():
+                return []  # the installed bundle again
             b, refusal = self._accept_bundle(doc, clock, digest)
             if refusal:
                 return refusal
-            return self._switch_to(slot, b, clock)
-        b, refusal = self._accept_bundle(doc, clock, hashlib.sha256(doc).digest())
+            return self._switch_to(slot, b, clock, digest)
+        digest = hashlib.sha256(doc).digest()
+        if self.phase != TRIAL and digest == self._known_active_digest():
+            return []  # the installed bundle again (a retained copy after a restart)
+        b, refusal = self._accept_bundle(doc, clock, digest)
         if refusal:
             return refusal
         slot = self.inactive_slot()
-        return [(slots.WRITE_SLOT, slot, doc)] + self._switch_to(slot, b, clock)
+        return [(slots.WRITE_SLOT, slot, doc)] + self._switch_to(slot, b, clock, digest)
 
     def _accept_bundle(self, doc, clock, digest):
         """Return (bundle, None) when doc may be installed, else (None, refusal actions)."""
@@ -318,8 +340,10 @@ class Agent:
             return None, self._refuse("bundle", str(exc))
         return b, None
 
-    def _switch_to(self, slot, b, clock):
+    def _switch_to(self, slot, b, clock, digest=None):
         s = self.state
+        self._slots_touched = True
+        self.active_digest = None
         new = slots.copy_state(s)
         new["previous"], new["previous_version"] = s["active"], s["version"]
         new["active"], new["version"], new["trial"], new["reason"] = slot, b.version, True, None
@@ -327,7 +351,7 @@ class Agent:
         self.state = new
         now = self.trusted_time(clock)
         deadline = now + self.config.health_timeout
-        self.pending = [b, deadline, None, _RETRY_FIRST, None]
+        self.pending = [b, deadline, None, _RETRY_FIRST, None, digest]
         self.phase = TRIAL
         return [(slots.SWITCH, new), (HEALTH_CHECK, b, now, deadline)]
 
@@ -358,6 +382,7 @@ class Agent:
             new["floor"] = b.version
         self.state = new
         self.bundle = b
+        self.active_digest = p[5]
         self.pending = None
         self.phase = IDLE
         return [(slots.COMMIT, new), self._report("installed", "bundle v%d committed" % b.version)]
@@ -521,3 +546,19 @@ class Agent:
 
 def _hex(digest):
     return binascii.hexlify(digest).decode()
+
+
+def _sha256_of(doc):
+    """SHA-256 of a document given as bytes or as a source, read in small pieces."""
+    h = hashlib.sha256()
+    if not hasattr(doc, "read_at"):
+        h.update(doc)
+        return h.digest()
+    at = 0
+    while at < doc.size:
+        piece = doc.read_at(at, 512)
+        if not piece:
+            break
+        h.update(piece)
+        at += len(piece)
+    return h.digest()
