@@ -564,3 +564,13 @@ def test_backoff_resets_only_after_a_successful_connack():
     assert made[4].subscribed == [[("tf/f/bundle", 1), ("tf/f/timestamp", 1)]]
     # The stop path published the offline status itself (a clean DISCONNECT drops the will).
     assert made[-1].published[-1] == ("tf/f/status/d", b'{"state": "offline"}', 1, True)
+
+
+def test_the_log_line_of_a_status_without_a_bundle_says_so():
+    # It printed "bundle vNone" before any bundle was installed.
+    lines: list[str] = []
+    settings = MqttConfig(broker="mqtt://broker:1883", host="broker", port=1883, tls=False)
+    t = PahoTransport(StubSession(), settings, client_factory=lambda *a: None, log=lines.append)
+    t._describe((t.status_topic, json.dumps({"state": "no-store", "version": None}).encode(), True, 1))
+    t._describe((t.status_topic, json.dumps({"state": "ok", "version": 3}).encode(), True, 1))
+    assert lines == ["status: no-store, no bundle yet", "status: ok, bundle v3"]

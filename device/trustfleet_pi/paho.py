@@ -299,7 +299,9 @@ class PahoTransport:
         except ValueError:
             return
         if m[0] == self.status_topic:
-            line = f"status: {body.get('state')}, bundle v{body.get('version')}"
+            version = body.get("version")
+            held = f"bundle v{version}" if version is not None else "no bundle yet"
+            line = f"status: {body.get('state')}, {held}"
             if body.get("event"):
                 line += f", {body['event']}: {body.get('detail')}"
         else:
