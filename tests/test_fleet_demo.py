@@ -30,6 +30,7 @@ import pytest
 
 from support import mpunix
 from support.environment import require_tool, skip_or_fail
+from trustfleet_server import demo
 from trustfleet_server.broker.mosquitto import mosquitto_binary, port_open
 from trustfleet_server.sim import brokers
 
@@ -78,6 +79,9 @@ def run_demo(out: Path, *extra: str) -> str:
 
 def check_run(out: Path, stdout: str) -> re.Match:
     """Checks what every fleet demo run must show; returns the board's line after the rollout of v2."""
+    # Everything the demo wrote is on its list (so a re-run replaces it all), next to its marker.
+    assert (out / demo.MARKER).is_file()
+    assert [n for n in os.listdir(out) if n != demo.MARKER and not demo.is_output(n)] == []
     # The board starts after the simulated devices and installs v1 with them.
     assert "$ trustfleet board run --micropython " in stdout, stdout
     assert "the server's view: 51/51 devices run v1 (50 simulated, 1 board)" in stdout, stdout

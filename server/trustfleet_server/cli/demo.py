@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction, trustfleet: Callable[[list[str]], 
     p = sub.add_parser("demo", help="the fleet demo: broker, 50 devices and a MicroPython board, "
                                     "staged rollout, a bad bundle halted",
                        description=fleet_demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("demo-out"), help="scratch directory (replaced)")
+    p.add_argument("--out", type=Path, default=Path("demo-out"),
+                   help="folder for the demo's files (default demo-out), created if missing; a non-empty "
+                        "folder is used only if a demo made it (it holds .trustfleet-demo)")
     p.add_argument("--offline", action="store_true",
                    help="the offline walkthrough instead: keys, bundle, install with a TLS health check")
     p.add_argument("--broker", metavar="URL|embedded|mosquitto",

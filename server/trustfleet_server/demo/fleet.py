@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
 import sys
 import threading
 import time
@@ -42,6 +41,7 @@ from trustfleet_device import topics
 from trustfleet_server import keys, render, rollout
 from trustfleet_server.broker import mosquitto
 from trustfleet_server.demo import board as demo_board
+from trustfleet_server.demo import prepare_out
 from trustfleet_server.demo.offline import Step
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.sim.brokers import BrokerHandle, MosquittoHandle, open_broker
@@ -114,9 +114,8 @@ class FleetDemo:
 
     def run(self) -> int:
         started = time.monotonic()
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        (self.out / "keys").mkdir(parents=True)
+        prepare_out(self.out)
+        (self.out / "keys").mkdir()
         (self.out / "certs").mkdir()
         port = None
         try:

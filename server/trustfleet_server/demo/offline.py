@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustfleet_pi import cli as agent_cli
+from trustfleet_server.demo import prepare_out
 from trustfleet_server.demo.tlsserver import LoopbackTLSServer
 
 
@@ -130,11 +130,10 @@ GOOD_PINS = '["certs/demo-fleet-root-ca.pem", "certs/demo-fleet-backup-ca.pem"]'
 
 
 def run(out: Path, trustfleet: Callable[[list[str]], int]) -> int:
-    """The offline walkthrough in `out` (replaced); `trustfleet` is the CLI's main()."""
+    """The offline walkthrough in `out` (see demo/__init__.py); `trustfleet` is the CLI's main()."""
     started = time.monotonic()
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "keys").mkdir(parents=True)
+    prepare_out(out)
+    (out / "keys").mkdir()
     (out / "certs").mkdir()
     pki = _pki(out / "certs")
     with LoopbackTLSServer(pki["server"]) as server, LoopbackTLSServer(pki["rogue"]) as rogue:
