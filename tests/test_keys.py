@@ -379,6 +379,7 @@ def test_empty_passphrase_file_is_refused(tmp_path):
 def test_prompted_passphrases_must_match(monkeypatch):
     answers = iter(["one", "two"])
     monkeypatch.setattr(keys.getpass, "getpass", lambda prompt="": next(answers))
+    monkeypatch.setattr(keys, "_has_terminal", lambda: True)
     with pytest.raises(UsageError, match="do not match"):
         keys.read_passphrase(None, confirm=True, ask=True)
 

@@ -10,8 +10,9 @@ message ever contains key material or a passphrase.
 
 Order of things when writing a private key:
   1. serialise to PKCS#8 PEM (encrypted when a passphrase is given);
-  2. create the file with mode 0600 in the open(2) call itself (O_EXCL), so
-     there is no moment at which another user could read it;
+  2. create missing folders above it with mode 0700, then the file with
+     mode 0600 in the open(2) call itself (O_EXCL), so there is no moment
+     at which another user could read it;
   3. for a forced overwrite, write a fresh 0600 temp file in the same
      directory and os.replace() it over the old one, so a reader sees the
      old key or the new key, never half of one.
@@ -28,6 +29,7 @@ import getpass
 import hashlib
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, decode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
-from trustfleet_device._cpython.files import fsync_directory, write_atomic, write_fd
+from trustfleet_device._cpython.files import fsync_directory, make_parents, write_atomic, write_fd
 from trustfleet_server.errors import UsageError
 
 PASSPHRASE_ENV = "TRUSTFLEET_PASSPHRASE"
@@ -51,6 +53,7 @@ DIGEST_BYTES = 32  # SHA-256
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
+KEY_FOLDER_MODE = 0o700  # a folder made for a new key: owner only
 
 KIND_PRIVATE = "private key"
 KIND_PUBLIC = "public key"
@@ -193,12 +196,44 @@ def _passphrase_from_file(path: str) -> bytes:
 
 
 def _ask_passphrase(confirm: bool) -> bytes:
-    first = getpass.getpass("Passphrase: ")
+    first = _prompt("Passphrase: ")
     if not first:
         raise UsageError("empty passphrase; refusing to use it")
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+    if confirm and _prompt("Repeat passphrase: ") != first:
         raise UsageError("the two passphrases do not match")
     return first.encode("utf-8")
+
+
+def _prompt(text: str) -> str:
+    """One passphrase from the terminal. Ctrl-C: one line on stderr, then KeyboardInterrupt (exit 130).
+
+    Raises:
+        UsageError: there is no terminal and standard input is closed or empty.
+    """
+    try:
+        if not _has_terminal():
+            # getpass would warn that the input may be echoed: there is nothing to echo to.
+            line = sys.stdin.readline() if sys.stdin is not None else ""
+            if not line:
+                raise EOFError
+            return line.removesuffix("\n").removesuffix("\r")
+        return getpass.getpass(text)
+    except EOFError:
+        raise UsageError(f"no passphrase given: standard input is closed (use {PASSPHRASE_HINT}, "
+                         f"or run on a terminal)") from None
+    except KeyboardInterrupt:
+        print("\ntrustfleet: interrupted at the passphrase prompt; nothing written", file=sys.stderr)
+        raise
+
+
+def _has_terminal() -> bool:
+    """Whether getpass can read without echo: /dev/tty opens, or standard input is a terminal."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin is not None and sys.stdin.isatty()
+    os.close(fd)
+    return True
 
 
 # --------------------------------------------------------------------------- writing
@@ -259,10 +294,13 @@ def write_public_key(path: str | os.PathLike[str], key: Any, *, overwrite: bool 
 
 
 def _write_file(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
+    if path.is_dir():
+        raise KeyFileError(f"{path}: is a folder; give the key's file name, e.g. {path / 'key.pem'}")
     if overwrite:
         # A 0600 temp file in the same directory, renamed over the old one.
-        write_atomic(path, data, mode)
+        write_atomic(path, data, mode, folder_mode=KEY_FOLDER_MODE)
         return
+    make_parents(path, KEY_FOLDER_MODE)
     _create_file(path, data, mode)
     fsync_directory(path.parent)
 

@@ -2,6 +2,7 @@
 
 Writes are atomic: a temp file in the same directory, fsync, rename, fsync
 of the directory, so a crash leaves the old file or the new one, never half.
+Missing parent folders are made first, and errors name the caller's path.
 Reads are capped so a wrong path (a disk image, /dev/zero) fails fast.
 The server imports this module too: imports point from server to device.
 """
@@ -9,6 +10,7 @@ The server imports this module too: imports point from server to device.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -16,18 +18,67 @@ from pathlib import Path
 from trustfleet_device.errors import LimitError
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically, with permission bits `mode`."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644, *,
+                 folder_mode: int = 0o777) -> None:
+    """Replace `path` with `data` atomically, with permission bits `mode`.
+
+    Missing parent folders are created (with `folder_mode`, narrowed by the
+    umask). Every OSError names `path` itself, never the temp file: a path
+    that is a folder, or under a file, is refused before anything is written.
+    """
+    named = os.fspath(path)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    if path.is_dir() or named.endswith(("/", os.sep)):
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give a file name", named)
+    make_parents(path, folder_mode)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         write_fd(fd, data, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from None
         raise
     fsync_directory(path.parent)
+
+
+def make_parents(path: str | os.PathLike[str], folder_mode: int = 0o777) -> None:
+    """Create the missing folders above `path`, each with `folder_mode` (narrowed by the umask).
+
+    Raises:
+        OSError naming `path`: an ancestor is a file, or a folder cannot be made.
+    """
+    path = Path(path)
+    missing = []
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():  # dangling: do not create its target
+            raise FileNotFoundError(errno.ENOENT, f"{parent} is a broken link", str(path))
+        missing.append(parent)
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder", str(path))
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=folder_mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder", str(path)) from None
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot create the folder {folder}: {exc.strerror or exc}",
+                          str(path)) from None
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error, naming the user's `path` rather than a temp file."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def write_fd(fd: int, data: bytes, mode: int) -> None:

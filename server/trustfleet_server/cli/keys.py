@@ -26,8 +26,8 @@ Generate an ECDSA P-256 signing key.
 Writes the private key as PKCS#8 PEM with mode 0600 (encrypted when a
 passphrase is given) and the public key as SubjectPublicKeyInfo PEM with
 mode 0644, then prints the key id (kid): SHA-256 of the public key's DER
-SubjectPublicKeyInfo, in hex. Existing files are never overwritten without
---force.
+SubjectPublicKeyInfo, in hex. Missing folders are created (mode 0700).
+Existing files are never overwritten without --force.
 """
 
 GENERATE_EPILOG = """\
@@ -176,6 +176,14 @@ def default_public_path(private_path: str) -> str:
 def _check_outputs(private_path: str, public_path: str, force: bool) -> None:
     if os.path.abspath(private_path) == os.path.abspath(public_path):
         raise UsageError(f"{public_path}: the public key cannot go to the private key's file")
+    # Checked up front so nothing is prompted for or written when an output cannot be made.
+    for path in (private_path, public_path):
+        if os.path.isdir(path) or path.endswith(("/", os.sep)):
+            raise keys.KeyFileError(f"{path}: is a folder; give the key's file name, "
+                                    f"e.g. {os.path.join(path, 'root-1.pem')}")
+        blocker = _file_in_the_way(path)
+        if blocker:
+            raise keys.KeyFileError(f"{path}: cannot create it: {blocker} is a file, not a folder")
     if force:
         return
     # Checked up front so nothing is written (or prompted for) when either
@@ -185,6 +193,17 @@ def _check_outputs(private_path: str, public_path: str, force: bool) -> None:
             raise keys.KeyFileError(
                 f"{path}: already exists; refusing to overwrite it (pass --force to replace it)"
             )
+
+
+def _file_in_the_way(path: str) -> str | None:
+    """The nearest existing ancestor of `path` when it is not a folder, else None."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isdir(parent):
+        return None
+    shown = os.path.relpath(parent) if not os.path.isabs(path) else parent
+    return shown
 
 
 def cmd_key_generate(args: argparse.Namespace) -> int:
