@@ -62,13 +62,14 @@ def make_parents(path: str | os.PathLike[str], folder_mode: int = 0o777) -> None
         missing.append(parent)
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a folder", str(path))
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot create it: {parent} is a file, not a folder", str(path))
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=folder_mode)
         except FileExistsError:
             if not folder.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a file, not a folder", str(path)) from None
+                raise NotADirectoryError(errno.ENOTDIR, f"cannot create it: {folder} is a file, not a folder",
+                                         str(path)) from None
         except OSError as exc:
             raise OSError(exc.errno, f"cannot create the folder {folder}: {exc.strerror or exc}",
                           str(path)) from None
