@@ -3,8 +3,9 @@
 Durations are written `48h`, `90d`, `10s` (units s, m, h, d, w). Documents
 (bundle specs) take exactly that, or a whole number of seconds. Command-line
 options are looser: a bare number of seconds, decimals and `ms` too
-(`1.5`, `500ms`). Times print as RFC 3339 UTC to the second:
-`2027-03-01T12:00:00Z`.
+(`1.5`, `500ms`). A point in time on the command line (`parse_moment`) is
+whole epoch seconds or an ISO 8601 date or date-time (UTC unless it says).
+Times print as RFC 3339 UTC to the second: `2027-03-01T12:00:00Z`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,34 @@ def positive_seconds(value: str, option: str) -> float:
     seconds = parse_duration(value, option, strict=False)
     if seconds <= 0:
         raise UsageError(f"{option}: must be positive, got {value}")
+    return seconds
+
+
+_EPOCH = re.compile(r"^[0-9]{1,12}$")  # up to year ~33658: beyond that it is a typo
+
+
+def parse_moment(text: str, option: str) -> int:
+    """Epoch seconds from a command-line time: whole epoch seconds (`1796515999`) or an ISO
+    8601 date or date-time (`2026-12-05`, `2026-12-05T23:33:19Z`; UTC without an offset).
+
+    Raises: UsageError, one line naming `option`.
+    """
+    value = text.strip()
+    if _EPOCH.match(value):
+        return int(value)
+    try:
+        if len(value) == 10 and value[4:5] == "-":
+            parsed = dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+        else:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{option}: {text[:40]!r} is not a time: expected epoch seconds "
+                         f"(1796515999) or an ISO date (2026-12-05, 2026-12-05T23:33:19Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    seconds = int(parsed.timestamp())
+    if seconds < 0:
+        raise UsageError(f"{option}: {text[:40]!r} is before 1970")
     return seconds
 
 

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "one is appended, so every key can stay on its own offline machine.",
                         epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "
                                "&& trustfleet bundle sign --key k2.pem bundle.cbor")
-    common.add_sign_arguments(p, future=True)
+    common.add_sign_arguments(p, future=True, root=True)
     p.set_defaults(func=common.cmd_sign)
 
     p = bsub.add_parser("verify", help="verify a signed bundle against a root",
@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=Path, action="append", required=True,
                    help="trusted root (signed); repeat to walk a rotation chain oldest first")
     p.add_argument("file", type=Path, help="signed bundle")
-    p.add_argument("--at", help="check expiry at this time (date or epoch seconds; default now)")
+    p.add_argument("--at", metavar="TIME",
+                   help="check expiry at this time: epoch seconds (1796515999) or an ISO date "
+                        "(2026-12-06, 2026-12-06T00:13:19Z); default now")
     p.add_argument("--installed-version", help="also refuse versions not above this")
     p.add_argument("--json", action="store_true", help="print {valid, version, reason, ...} as JSON")
     p.set_defaults(func=cmd_verify)
@@ -100,7 +102,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="the latest signed bundle")
     p.add_argument("--key", type=Path, required=True, help="the online timestamp key")
     p.add_argument("--passphrase-file")
-    p.add_argument("--time", help="timestamp time (default now)")
+    p.add_argument("--time", metavar="TIME",
+                   help="timestamp time: epoch seconds (1796515999) or an ISO date (2026-12-06, "
+                        "2026-12-06T00:13:19Z); default now")
+    p.add_argument("--root", type=Path, action="append", metavar="ROOT",
+                   help=common.ROOT_CHECK_HELP.format(role="timestamp keys"))
     p.add_argument("--allow-future", action="store_true",
                    help=f"sign a --time more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of this "
                         f"machine's clock (devices move their time to it, up to the root's "
@@ -154,7 +160,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    now = spec.parse_time(args.at, "--at") if args.at else int(time.time())
+    now = times.parse_moment(args.at, "--at") if args.at else int(time.time())
     installed = (spec.parse_version(args.installed_version, "--installed-version", lowest=0)
                  if args.installed_version is not None else None)
     raw = None
@@ -205,8 +211,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_timestamp(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
+    if args.root:
+        common.check_key_role(key, args.key, args.root, "timestamp")
     now = int(time.time())
-    when = spec.parse_time(args.time, "--time") if args.time else now
+    when = times.parse_moment(args.time, "--time") if args.time else now
     if when > now + lint.FUTURE_TOLERANCE and not args.allow_future:
         raise UsageError(f"--time {times.iso(when)} is {when - now} s ahead of this machine's clock "
                          f"({times.iso(now)}): devices would move their time to it; pass --allow-future "

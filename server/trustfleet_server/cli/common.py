@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device import cbor
+from trustfleet_device import documents as device_docs
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import describe, documents, keys, lint, times
@@ -41,8 +42,18 @@ def add_lint_arguments(p: argparse.ArgumentParser) -> None:
                         "expiring within its max_time_lead of issue are flagged (TF112)")
 
 
-def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False) -> None:
-    """Options of `bundle sign` and `root sign`; `future` adds --allow-future (bundles only)."""
+ROOT_CHECK_HELP = ("the fleet's signed root (repeat for a rotation chain, oldest first): refuse a key that "
+                   "is not one of its {role}, writing nothing. Without it that check cannot be made "
+                   "here; a wrong key shows only at verify or on the devices")
+
+
+def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False, root: bool = False) -> None:
+    """Options of `bundle sign` and `root sign`; `future` adds --allow-future (bundles only), `root`
+    adds --root (the key's role is checked against it)."""
+    if root:
+        p.add_argument("--root", dest="sign_root", type=Path, action="append", metavar="ROOT",
+                       help=ROOT_CHECK_HELP.format(role="keys for the document's role (bundle keys "
+                                                        "for a bundle)"))
     if future:
         p.add_argument("--allow-future", action="store_true",
                        help=f"sign a bundle whose issued_at is more than {lint.FUTURE_TOLERANCE // 60} "
@@ -61,6 +72,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
     key = keys.load_private_key(args.key, passphrase)
     raw = documents.read_file(args.file)
     check_not_future(raw, args.file, getattr(args, "allow_future", False))
+    if getattr(args, "sign_root", None):
+        doc = documents.read_document(raw)
+        extra: list[bytes] = []
+        if doc.doc_type == "root":  # a new root is signed by the current root's keys, or its own
+            extra = list(device_docs.parse_root(doc.payload).roles["root"].kids)
+        check_key_role(key, args.key, args.sign_root, doc.doc_type, extra)
     signed = documents.add_signature(raw, key)
     out = args.out or args.file
     write_atomic(out, signed)
@@ -72,6 +89,20 @@ def cmd_sign(args: argparse.Namespace) -> int:
     else:
         print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
     return 0
+
+
+def check_key_role(key: Any, key_path: Path, root_paths: list[Path], role: str,
+                   also: list[bytes] | None = None) -> None:
+    """Refuse a key that is not one of the root's keys for `role` (or in `also`).
+
+    Raises: UsageError naming the key's kid and the role; TrustfleetError when the root does
+    not verify.
+    """
+    root = documents.load_root_chain(root_paths)
+    kid = keys.kid_of(key)
+    if kid not in root.roles[role].kids and kid not in (also or []):
+        raise UsageError(f"{key_path}: key {kid.hex()[:16]} is not a {role} key of root v{root.version} "
+                         f"of fleet {root.fleet}; nothing written")
 
 
 def check_not_future(raw: bytes, path: Path, allow: bool, now: int | None = None) -> None:
@@ -106,9 +137,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 RAW = argparse.RawDescriptionHelpFormatter
 
 
-def db_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, metavar="PATH_OR_URL",
-                   help="fleet store: a SQLite file (created if missing) or a postgresql:// URL")
+# The commands that create the fleet store when it is missing (docs/operations.md); every other
+# command that takes --db refuses a store that does not exist, so a typo creates nothing.
+CREATES_DB = ("serve", "rollout start", "publish")
+
+
+def db_argument(p: argparse.ArgumentParser, create: bool | None = None) -> None:
+    """--db; `create` (default: the command is in CREATES_DB) lets the command create the store."""
+    if create is None:
+        create = p.prog.split(" ", 1)[-1] in CREATES_DB
+    what = "created if missing" if create else "must exist: serve, rollout start or publish --db create it"
+    p.add_argument("--db", required=True, metavar="PATH_OR_URL", type=lambda text: fleetdb.Target.of(text, create),
+                   help=f"fleet store: a SQLite file ({what}) or a postgresql:// URL")
 
 
 def fleet_argument(p: argparse.ArgumentParser) -> None:

@@ -111,6 +111,7 @@ def cmd_fleet_device(args: argparse.Namespace) -> int:
     fleet = fleetops.check_fleet(args.fleet)
     who = args.by or fleetops.operator_name()
     with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
         event = fleetops.device_action(db, fleet, args.device, args.action, who, args.reason,
                                        int(time.time()))
     if args.json:
@@ -126,6 +127,7 @@ def cmd_fleet_events(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError("--limit must be at least 1")
     with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
         events = db.device_events(fleet, args.device, args.limit)
     if args.json:
         common.print_json({"fleet": fleet, "events": events})
@@ -142,6 +144,7 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
     now = int(time.time())
     silent = int(times.positive_seconds(args.silent_after, "--silent-after"))
     with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
         s = fleetops.fleet_summary(db, fleet, now, silent, args.limit)
     if args.json:
         common.print_json(s)
@@ -156,6 +159,7 @@ def cmd_fleet_watch(args: argparse.Namespace) -> int:
     shown: list[str] = []
     try:
         with fleetdb.open_db(args.db) as db:
+            db.require_fleet(fleet)
             while True:
                 now = int(time.time())
                 r = fleetops.find_rollout(db, fleet, args.id)

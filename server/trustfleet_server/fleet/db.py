@@ -54,7 +54,7 @@ from trustfleet_server.fleet.messages import StatusError, normalise_report, norm
 from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
-           "SCHEMA_VERSION", "SchemaError", "StatusError", "is_postgres", "open_db"]
+           "SCHEMA_VERSION", "SchemaError", "StatusError", "Target", "is_postgres", "open_db"]
 
 SCHEMA_VERSION = 2
 # v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
@@ -295,12 +295,19 @@ class FleetDB(sql.Connection):
     """One connection to the fleet store. Not thread-safe: one per thread or process."""
 
     def __init__(self, conn: Any, dialect: str, where: str, reconnect: Any = None,
-                 retention: Retention | None = None) -> None:
+                 retention: Retention | None = None, create: bool = True) -> None:
         super().__init__(conn, dialect, where, reconnect)
         self.retention = Retention() if retention is None else retention
         self._unpruned = self.retention.every  # prune on the first batch after opening
         self._touched: set[tuple[str, str]] = set()
-        self._create_schema()
+        try:
+            if not create and not self._has_schema():
+                raise FleetDBError(f"{where}: has no trustfleet tables (serve, rollout start and "
+                                   f"publish --db create them)")
+            self._create_schema()
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> FleetDB:
         return self
@@ -338,6 +345,29 @@ class FleetDB(sql.Connection):
         if found > SCHEMA_VERSION:
             raise SchemaError(f"{self.where}: schema v{found} is newer than this trustfleet "
                               f"understands (v{SCHEMA_VERSION}); upgrade trustfleet")
+
+    def _has_schema(self) -> bool:
+        """Whether the store holds trustfleet's tables (tf_meta), without creating any."""
+        sql = ("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tf_meta'"
+               if self.dialect == "sqlite" else "SELECT to_regclass('tf_meta')")
+        with self._tx("looking for the trustfleet tables") as cur:
+            self._exec(cur, sql)
+            row = cur.fetchone()
+        return row is not None and row[0] is not None
+
+    def fleets(self) -> list[str]:
+        """The fleets the store knows: any device, report, rollout, publication or device event."""
+        union = " UNION ".join(f"SELECT fleet FROM {t}" for t in (
+            "tf_devices", "tf_reports", "tf_rollouts", "tf_published", "tf_device_events"))
+        with self._tx("listing fleets") as cur:
+            self._exec(cur, f"SELECT fleet FROM ({union}) AS f ORDER BY fleet")
+            return [r[0] for r in cur.fetchall()]
+
+    def require_fleet(self, fleet: str) -> None:
+        """Raises NotFound, naming the fleets the store has, when it has nothing of `fleet`."""
+        known = self.fleets()
+        if fleet not in known:
+            raise NotFound(f"fleet {fleet} is not in {self.where} (fleets: {', '.join(known) or 'none yet'})")
 
     def schema_version(self) -> int:
         with self._tx("reading the schema version") as cur:
@@ -855,15 +885,35 @@ class FleetDB(sql.Connection):
 # --------------------------------------------------------------------------- opening
 
 
-def open_db(target: str | os.PathLike[str], retention: Retention | None = None) -> FleetDB:
-    """Open (and create if needed) the fleet store.
+class Target(str):
+    """A --db value that knows whether its command may create the store (cli.common.db_argument)."""
+
+    create: bool = True
+
+    @classmethod
+    def of(cls, text: str, create: bool) -> Target:
+        t = cls(text)
+        t.create = create
+        return t
+
+
+def open_db(target: str | os.PathLike[str], retention: Retention | None = None,
+            create: bool | None = None) -> FleetDB:
+    """Open the fleet store, creating it (file and tables) if needed unless `create` is False.
 
     Args:
-        target: a file path for SQLite, or a postgresql:// URL. libpq URL
-            options work, e.g. `?options=-csearch_path%3Dtrustfleet` for a schema.
+        target: a file path for SQLite, or a postgresql:// URL (the scheme decides;
+            others are refused). libpq URL options work, e.g.
+            `?options=-csearch_path%3Dtrustfleet` for a schema.
         retention: report limits (None: the Retention defaults).
+        create: False refuses a SQLite file that does not exist and a store without
+            trustfleet's tables, creating nothing. None: the target's own `create`
+            (a Target), else True.
 
     Raises:
-        FleetDBError: cannot open, or the schema is newer than this code.
+        FleetDBError: cannot open, no store where one must exist, or the schema is newer
+            than this code.
     """
-    return FleetDB(*sql.connect(os.fspath(target)), retention=retention)
+    if create is None:
+        create = getattr(target, "create", True)
+    return FleetDB(*sql.connect(os.fspath(target), create=create), retention=retention, create=create)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,8 +25,17 @@ class FleetDBError(FleetStoreError):
     """The fleet database cannot be opened or used (exit code 2)."""
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def is_postgres(target: str) -> bool:
-    return target.startswith(("postgresql://", "postgres://"))
+    return url_scheme(target) in ("postgresql", "postgres")
+
+
+def url_scheme(target: str) -> str | None:
+    """The lowercased scheme of a `scheme://...` target; None for a path (SQLite)."""
+    m = _SCHEME.match(target)
+    return m.group(1).lower() if m else None
 
 
 def first_line(exc: BaseException) -> str:
@@ -108,27 +119,40 @@ class Connection:
             self._conn.close()
 
 
-def connect(target: str | os.PathLike[str]) -> tuple[Any, str, str, Any]:
+def connect(target: str | os.PathLike[str], create: bool = True) -> tuple[Any, str, str, Any]:
     """(driver connection, dialect, where, reconnect) for a path or a postgresql:// URL.
 
-    libpq URL options work, e.g. `?options=-csearch_path%3Dtrustfleet` for a
-    schema. `where` names the target for messages, without its password.
+    The URL scheme decides the kind: none (a path) is SQLite, postgresql:// or
+    postgres:// is PostgreSQL, any other is refused. libpq URL options work,
+    e.g. `?options=-csearch_path%3Dtrustfleet` for a schema. `where` names the
+    target for messages, without its password. `create=False`: a SQLite file
+    that does not exist is refused, and none is created.
 
     Raises:
-        FleetDBError: cannot open or connect.
+        FleetDBError: an unsupported scheme, no such file, cannot open or connect.
     """
     target = os.fspath(target)
-    if is_postgres(target):
+    scheme = url_scheme(target)
+    if scheme in ("postgresql", "postgres"):
         return _connect_postgres(target)
-    return _connect_sqlite(target), "sqlite", target, None
+    if scheme is not None:
+        raise FleetDBError(f"unsupported database URL scheme {scheme} (use a path for SQLite or "
+                           f"postgresql://...)")
+    return _connect_sqlite(target, create), "sqlite", target, None
 
 
-def _connect_sqlite(path: str) -> Any:
+def _connect_sqlite(path: str, create: bool = True) -> Any:
+    if not create and not os.path.exists(path):
+        raise FleetDBError(f"{path}: no such fleet database (serve, rollout start and publish --db "
+                           f"create one)")
+    # mode=rw: a file removed since the check is not created again either.
+    name, uri = (path, False) if create else (f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", True)
     try:
         # Autocommit at the driver level: transactions are explicit (BEGIN IMMEDIATE),
         # so a reader never holds a lock and writers queue on busy_timeout.
-        conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(name, uri=uri, timeout=10.0, isolation_level=None, check_same_thread=False)
+        if create:  # persistent: a store this code made is WAL already; others are left as they are
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
     except sqlite3.Error as exc:
