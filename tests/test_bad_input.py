@@ -107,7 +107,8 @@ def status(fleet: str, device: str) -> dict:
 
 
 @pytest.mark.parametrize("command", [("fleet", "status"), ("fleet", "watch"), ("fleet", "events"),
-                                     ("fleet", "device", "release", "pi-1", "--reason", "x")],
+                                     ("fleet", "device", "release", "pi-1", "--reason", "x"),
+                                     ("rollout", "status"), ("rollout", "pause")],
                          ids=lambda c: " ".join(c[:2]))
 def test_an_unknown_fleet_is_named_with_the_fleets_the_store_has(target, capsys, command):
     with fleetdb.open_db(target) as db:

@@ -164,6 +164,7 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     fleet = fleetops.check_fleet(args.fleet)
     now = int(time.time())
     with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
         r = fleetops.find_rollout(db, fleet, args.id)
         waves = rollout.progress(r, db.devices(fleet), now)
         events = db.events(r.id, 10)
@@ -183,6 +184,7 @@ def cmd_rollout_change(args: argparse.Namespace) -> int:
     now = int(time.time())
     url = mqtturl.parse(args.broker) if getattr(args, "broker", None) else None
     with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
         r, cleared = fleetops.change_rollout(db, fleet, args.id, args.action, now,
                                              getattr(args, "reason", ""), url)
     if args.json:
