@@ -48,12 +48,20 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
 
 
-def install(root: Path, *args: object, code: int = 0, timeout: float = 120) -> str:
-    """Run the script under a POSIX sh; returns stdout (stderr is shown on failure)."""
-    argv = [SH, str(SCRIPT), "--root", str(root), *map(str, args)]
+def run_script(root: Path, *args: object, code: int = 0, timeout: float = 120,
+               script: Path = SCRIPT, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess:
+    """Run the script under a POSIX sh and check its exit code."""
+    argv = [SH, str(script), "--root", str(root), *map(str, args)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
     assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def install(root: Path, *args: object, code: int = 0, timeout: float = 120) -> str:
+    """Run the script; returns stdout and stderr (both shown on a wrong exit code)."""
+    proc = run_script(root, *args, code=code, timeout=timeout)
     return proc.stdout + proc.stderr
 
 
@@ -326,11 +334,20 @@ def test_a_password_file_with_explicit_ids_works_without_credentials_json(root, 
       "--device-id", "pi/7", "--fleet", FLEET], "device id 'pi/7'"),
     (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS", "--bogus"],
      "unknown option"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS",
+      "--from", "TMP/nowhere"], "expected a wheel (.whl) or a checkout folder"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS",
+      "--from", "TMP/missing.whl"], "no such readable wheel"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS",
+      "--from", "TMP"], "not a trustfleet checkout (no pyproject.toml)"),
+    (["--factory-root", "ROOT", "--broker", BROKER, "--credentials", "CREDS",
+      "--from", str(REPO), "--from-index"], "give --from PATH or --from-index, not both"),
 ])
 def test_bad_input_is_refused_with_the_reason_before_anything_is_written(
-        root, docs, credentials, args, message):
+        root, docs, credentials, tmp_path, args, message):
     fake_venv(root)
-    args = [docs["root"] if a == "ROOT" else credentials if a == "CREDS" else a for a in args]
+    args = [docs["root"] if a == "ROOT" else credentials if a == "CREDS" else
+            a.replace("TMP", str(tmp_path)) for a in args]
     before = snapshot(root)
     out = install(root, *args, "--skip-pip", "--no-user", code=2)
     assert message in out
@@ -345,3 +362,77 @@ def test_script_is_posix_sh_and_shellcheck_clean():
     proc = subprocess.run([exe, "-s", "sh", str(SCRIPT)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------- the package source
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("install-pi.sh: error: "), stderr
+    return lines[0]
+
+
+@pytest.fixture
+def no_index() -> dict[str, str]:
+    """pip pointed at a closed port, with no retries and no config of this machine."""
+    env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple/", PIP_RETRIES="0",
+               PIP_TIMEOUT="2", PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1")
+    env.pop("PIP_FIND_LINKS", None)
+    env.pop("PIP_EXTRA_INDEX_URL", None)
+    return env
+
+
+@pytest.mark.parametrize("source, said", [
+    ("index", "package: trustfleet from the package index (--from-index)"),
+    ("wheel", "package: the wheel "),
+])
+def test_a_failed_pip_install_removes_the_venv_it_created_and_says_why_in_one_line(
+        root, docs, credentials, tmp_path, no_index, source, said):
+    if source == "index":
+        from_args = ["--from-index"]
+        spec = "trustfleet"
+    else:
+        wheel = tmp_path / "trustfleet-0.1.0-py3-none-any.whl"
+        wheel.write_bytes(b"not a zip file\n")
+        from_args = ["--from", wheel]
+        spec = str(wheel)
+    before = snapshot(root)
+    proc = run_script(root, "--credentials", credentials, "--broker", BROKER,
+                      "--factory-root", docs["root"], "--no-user", "--venv-python",
+                      sys.executable, *from_args, code=1, timeout=300, env=no_index)
+    assert said in proc.stdout
+    line = one_error_line(proc.stderr)
+    assert line.startswith(f"install-pi.sh: error: pip install {spec} failed: ")
+    assert line.endswith(f"; removed the venv {root}/opt/trustfleet this run had created")
+    assert snapshot(root) == before  # no venv, no /opt, no link, no config
+
+
+def test_a_venv_that_was_there_before_is_kept_when_pip_fails_and_the_checkout_is_the_default(
+        root, docs, credentials, no_index):
+    venv = root / "opt" / "trustfleet"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    before = snapshot(root)
+    proc = run_script(root, "--credentials", credentials, "--broker", BROKER,
+                      "--factory-root", docs["root"], "--no-user", code=1, env=no_index)
+    assert f"package: the checkout {REPO}\n" in proc.stdout  # the one this script is in
+    line = one_error_line(proc.stderr)
+    assert line.startswith(f"install-pi.sh: error: pip install {REPO} failed: ")
+    assert "No module named pip" in line and "removed" not in line
+    assert snapshot(root) == before
+
+
+def test_outside_a_checkout_without_from_it_asks_for_a_package_before_writing_anything(
+        root, docs, credentials, tmp_path):
+    script = tmp_path / "tools" / "install-pi.sh"
+    script.parent.mkdir()
+    shutil.copy2(SCRIPT, script)
+    before = snapshot(root)
+    proc = run_script(root, "--credentials", credentials, "--broker", BROKER,
+                      "--factory-root", docs["root"], "--no-user", "--unit", UNIT,
+                      "--venv-python", tmp_path / "no-python", code=2, script=script)
+    assert one_error_line(proc.stderr) == (
+        "install-pi.sh: error: no package to install: give --from PATH (a wheel or a checkout) "
+        "or --from-index")
+    assert snapshot(root) == before

@@ -36,7 +36,8 @@ PASSWORD_FILE=
 FACTORY_ROOT=
 BUNDLE=
 ENDPOINTS=
-FROM=trustfleet
+FROM=
+FROM_INDEX=0
 VENV_PYTHON=python3
 SKIP_PIP=0
 UPGRADE=0
@@ -49,7 +50,7 @@ usage() {
     cat <<EOF
 usage: $PROG --factory-root ROOT.cose --broker URL (--credentials FILE | --password-file FILE)
              [--device-id ID] [--fleet F] [--group G] [--username U] [--bundle FACTORY.cose]
-             [--endpoint HOST:PORT ...] [--root DIR] [--from PATH|REQUIREMENT] [--upgrade]
+             [--endpoint HOST:PORT ...] [--root DIR] [--from PATH | --from-index] [--upgrade]
              [--venv-python PYTHON] [--skip-pip] [--no-user] [--no-enable] [--unit FILE]
 
   --credentials FILE    the device's JSON from \`trustfleet device add --out\`: device id,
@@ -63,7 +64,9 @@ usage: $PROG --factory-root ROOT.cose --broker URL (--credentials FILE | --passw
                         is installed without it (the network may not be up yet)
   --root DIR            install into DIR instead of / (default /); the user is created in
                         DIR/etc/passwd when it exists and this runs as root, else skipped
-  --from SPEC           what pip installs (default: trustfleet), e.g. a checkout or a wheel
+  --from PATH           install the package from this wheel (.whl) or checkout folder
+                        (default: the checkout this script is in, when it is in one)
+  --from-index          install \`trustfleet\` from the package index pip is set up for
   --upgrade             pip install --upgrade even when the agent is installed already
   --venv-python PYTHON  the Python 3.11+ that creates the venv (default: python3)
   --skip-pip            use the venv already in DIR/opt/trustfleet (tests)
@@ -73,9 +76,31 @@ usage: $PROG --factory-root ROOT.cose --broker URL (--credentials FILE | --passw
 EOF
 }
 
+# What this run created and removes again when it fails: the venv (never one that
+# was there before), /opt when it made it, and the link into the venv.
+VENV_NEW=0
+OPT_NEW=0
+LINK_NEW=0
+CLEANED=
+cleanup_new() {
+    [ "$VENV_NEW" -eq 1 ] || return 0
+    VENV_NEW=0
+    rm -rf "$R$VENV"
+    [ "$OPT_NEW" -eq 0 ] || rmdir "$R/opt" 2>/dev/null || true
+    [ "$LINK_NEW" -eq 0 ] || rm -f "$R$LINK"
+    CLEANED="; removed the venv $R$VENV this run had created"
+}
+
+fail() {  # fail CODE MESSAGE: one line on stderr, after removing what this run created
+    code=$1
+    shift
+    cleanup_new
+    printf '%s: error: %s%s\n' "$PROG" "$*" "$CLEANED" >&2
+    exit "$code"
+}
+
 die() {
-    printf '%s: error: %s\n' "$PROG" "$*" >&2
-    exit 2
+    fail 2 "$@"
 }
 
 note() {
@@ -110,6 +135,7 @@ while [ $# -gt 0 ]; do
         --bundle) need "$@"; BUNDLE=$2; shift 2 ;;
         --endpoint) need "$@"; ENDPOINTS="$ENDPOINTS $2"; shift 2 ;;
         --from) need "$@"; FROM=$2; shift 2 ;;
+        --from-index) FROM_INDEX=1; shift ;;
         --venv-python) need "$@"; VENV_PYTHON=$2; shift 2 ;;
         --unit) need "$@"; UNIT_SRC=$2; shift 2 ;;
         --upgrade) UPGRADE=1; shift ;;
@@ -162,18 +188,54 @@ esac
 for e in $ENDPOINTS; do
     toml_safe "$e" || die "--endpoint $e: no quotes or backslashes"
 done
+# The package source: a wheel or a checkout, or the index only when asked.
+SRC_KIND=
+if [ -n "$FROM" ]; then
+    [ $FROM_INDEX -eq 0 ] || die "give --from PATH or --from-index, not both"
+    case $FROM in
+        *.whl) [ -f "$FROM" ] && [ -r "$FROM" ] || die "--from $FROM: no such readable wheel"
+            SRC_KIND=wheel ;;
+        *) if [ -d "$FROM" ]; then
+               [ -f "$FROM/pyproject.toml" ] \
+                   || die "--from $FROM: not a trustfleet checkout (no pyproject.toml)"
+               SRC_KIND=checkout
+           else
+               die "--from $FROM: expected a wheel (.whl) or a checkout folder (or --from-index)"
+           fi ;;
+    esac
+    FROM=$(CDPATH='' cd -- "$(dirname -- "$FROM")" && pwd)/$(basename -- "$FROM")
+elif [ $FROM_INDEX -eq 1 ]; then
+    SRC_KIND=index
+    FROM=trustfleet
+elif [ -f "$HERE/../pyproject.toml" ] && grep -q '^name = "trustfleet"' "$HERE/../pyproject.toml"; then
+    SRC_KIND=checkout
+    FROM=$(CDPATH='' cd -- "$HERE/.." && pwd)
+fi
+
 [ -d "$ROOT" ] || die "--root $ROOT: not a directory"
 ROOT=$(CDPATH='' cd -- "$ROOT" && pwd)
 if [ "$ROOT" = / ]; then R=; else R=$ROOT; fi
 IS_ROOT=0
 [ "$(id -u)" -ne 0 ] || IS_ROOT=1
+if [ $SKIP_PIP -eq 0 ] && [ -z "$SRC_KIND" ] \
+        && { [ ! -x "$R$VENV/bin/trustfleet-agent" ] || [ $UPGRADE -eq 1 ]; }; then
+    die "no package to install: give --from PATH (a wheel or a checkout) or --from-index"
+fi
 if [ -z "$R" ] && [ $IS_ROOT -eq 0 ]; then
     die "installing into / needs root (sudo); tests use --root DIR --no-user"
 fi
 
 TMP=$(mktemp -d)
 INIT_DIR=
-trap 'rm -rf "$TMP" ${INIT_DIR:+"$INIT_DIR"}' EXIT
+on_exit() {
+    status=$?
+    rm -rf "$TMP" ${INIT_DIR:+"$INIT_DIR"}
+    if [ "$status" -ne 0 ] && [ "$VENV_NEW" -eq 1 ]; then
+        cleanup_new
+        printf '%s: failed: removed the venv %s this run had created\n' "$PROG" "$R$VENV" >&2
+    fi
+}
+trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 note "installing the trustfleet agent into ${ROOT}"
@@ -299,27 +361,51 @@ if [ -n "$OWN_UID" ]; then ROOT_UID=0; ROOT_GID=$OWN_GID; else ROOT_UID=; ROOT_G
 
 PY=$R$VENV/bin/python
 AGENT=$R$VENV/bin/trustfleet-agent
+last_line() {  # the reason in a tool's output: its last ERROR line, else its last line
+    grep '^ERROR' "$1" | tail -n 1 | grep . || grep . "$1" | tail -n 1
+}
+
 if [ $SKIP_PIP -eq 1 ]; then
     [ -x "$AGENT" ] || die "--skip-pip: no $AGENT"
     kept "$R$VENV (--skip-pip)"
+elif [ -x "$AGENT" ] && [ $UPGRADE -eq 0 ]; then
+    kept "$R$VENV: venv"
+    kept "$AGENT: installed (--upgrade to reinstall)"
 else
+    case $SRC_KIND in
+        wheel) note "package: the wheel $FROM" ;;
+        checkout) note "package: the checkout $FROM" ;;
+        index) note "package: trustfleet from the package index (--from-index)" ;;
+    esac
     if [ ! -x "$PY" ]; then
         "$VENV_PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
             || die "$VENV_PYTHON: the agent needs Python 3.11 or later"
+        [ -e "$R$VENV" ] || VENV_NEW=1
+        [ -e "$R/opt" ] || OPT_NEW=1
         # umask 022: the service user runs the venv's files
-        (umask 022 && mkdir -p "$R/opt" && "$VENV_PYTHON" -m venv "$R$VENV")
+        (umask 022 && mkdir -p "$R/opt" && "$VENV_PYTHON" -m venv "$R$VENV") > "$TMP/venv.log" 2>&1 \
+            || fail 1 "$VENV_PYTHON -m venv $R$VENV failed: $(last_line "$TMP/venv.log")"
         changed "$R$VENV: venv created with $VENV_PYTHON"
     else
         kept "$R$VENV: venv"
     fi
-    if [ ! -x "$AGENT" ] || [ $UPGRADE -eq 1 ]; then
-        if [ $UPGRADE -eq 1 ]; then up=--upgrade; else up=; fi
-        # shellcheck disable=SC2086  # $up is empty or one word
-        (umask 022 && "$PY" -m pip install --quiet --disable-pip-version-check $up "$FROM")
-        changed "$R$VENV: pip install ${up:+$up }$FROM"
-    else
-        kept "$AGENT: installed (--upgrade to reinstall)"
+    spec=$FROM
+    if [ "$SRC_KIND" = checkout ]; then
+        # pip builds a folder in place: build from a copy, so nothing lands in the checkout.
+        mkdir "$TMP/src"
+        for f in pyproject.toml setup.py setup.cfg README.md LICENSE device server; do
+            [ ! -e "$FROM/$f" ] || cp -R "$FROM/$f" "$TMP/src/"
+        done
+        chmod -R a+rX "$TMP/src"
+        spec=$TMP/src
     fi
+    if [ $UPGRADE -eq 1 ]; then up=--upgrade; else up=; fi
+    # shellcheck disable=SC2086  # $up is empty or one word
+    (umask 022 && "$PY" -m pip install --quiet --disable-pip-version-check $up "$spec") \
+        > "$TMP/pip.log" 2>&1 \
+        || fail 1 "pip install ${up:+$up }$FROM failed: $(last_line "$TMP/pip.log")"
+    [ -x "$AGENT" ] || fail 1 "pip install $FROM installed no $VENV/bin/trustfleet-agent"
+    changed "$R$VENV: pip install ${up:+$up }$FROM"
 fi
 [ -x "$PY" ] || PY=$VENV_PYTHON
 
@@ -327,6 +413,7 @@ ensure_dir "$R/usr/local/bin" 755 "" ""
 if [ "$(readlink "$R$LINK" 2>/dev/null || true)" = "$VENV/bin/trustfleet-agent" ]; then
     kept "$R$LINK -> $VENV/bin/trustfleet-agent"
 else
+    [ -e "$R$LINK" ] || [ -L "$R$LINK" ] || LINK_NEW=1
     ln -sfn "$VENV/bin/trustfleet-agent" "$R$LINK"
     changed "$R$LINK -> $VENV/bin/trustfleet-agent (on systemd's PATH)"
 fi
@@ -406,9 +493,7 @@ else
     set -- init --config "$INIT_DIR/agent.toml" --state "$R$STATE" --root "$R$ETC/factory-root.cose"
     [ -z "$BUNDLE" ] || set -- "$@" --bundle "$R$ETC/factory-bundle.cose"
     if ! as_service_user "$AGENT" "$@"; then
-        printf '%s: error: trustfleet-agent init failed (above); fix the cause, remove %s and run again\n' \
-            "$PROG" "$R$STATE/root.cose" >&2
-        exit 1
+        fail 1 "trustfleet-agent init failed (above); fix the cause, remove $R$STATE/root.cose and run again"
     fi
     rm -rf "$INIT_DIR"
     changed "$R$STATE: initialised with the factory root${BUNDLE:+ and bundle}"
