@@ -154,10 +154,6 @@ def test_acl_lets_devices_read_documents_and_write_only_their_own_topics(tmp_pat
     assert rules[0] == "user ops"
     patterns = [r for r in rules if r.startswith("pattern")]
     assert patterns == [
-        "pattern read tf/acme/root/+",
-        "pattern read tf/acme/bundle",
-        "pattern read tf/acme/bundle/#",
-        "pattern read tf/acme/timestamp",
         "pattern write tf/acme/status/%u",
         "pattern write tf/acme/report/%u",
     ]
@@ -168,8 +164,11 @@ def test_acl_lets_devices_read_documents_and_write_only_their_own_topics(tmp_pat
     srv = rules[rules.index("user srv") + 1:rules.index(patterns[0])]
     assert srv == ["topic read tf/acme/#", "topic write tf/acme/timestamp", "topic write tf/acme/bundle",
                    "topic write tf/acme/bundle/group/+", "topic write tf/acme/bundle/bucket/+"]
-    # Devices get no per-device `user` block: one pattern set serves any fleet size.
-    assert "pi-01" not in "\n".join(rules)
+    # Mosquitto applies `topic` lines above every `user` line to anonymous clients only, and
+    # warns about a `pattern` without %u or %c: each device reads the documents in its own block.
+    assert rules[rules.index("user pi-01"):] == [
+        "user pi-01", "topic read tf/acme/root/+", "topic read tf/acme/bundle",
+        "topic read tf/acme/bundle/#", "topic read tf/acme/timestamp"]
 
 
 def test_config_refuses_anonymous_persists_and_fits_a_512_kib_document(tmp_path):
@@ -245,6 +244,33 @@ def test_devices_file_with_comments(tmp_path, capsys):
     doc = json.loads(broker_config(out, "--fleet", "acme", "--devices-file", devices, "--json",
                                    capsys=capsys))
     assert [i["username"] for i in doc["identities"] if i["role"] == "device"] == ["pi-01", "pi-02"]
+
+
+def test_devices_file_takes_the_id_group_lines_of_device_add_ids_file(tmp_path, capsys):
+    devices = tmp_path / "devices.txt"
+    devices.write_text("# id group\npi-01 canary\npi-02\n  esp32-a  beta  # bench\n")
+    out = tmp_path / "b"
+    doc = json.loads(broker_config(out, "--fleet", "acme", "--devices-file", devices, "--json",
+                                   capsys=capsys))
+    assert [i["username"] for i in doc["identities"] if i["role"] == "device"] == [
+        "pi-01", "pi-02", "esp32-a"]
+    # The same file adds the same devices with `device add --ids-file`.
+    assert cli.main(["device", "add", "--fleet", "acme", "--ids-file", str(devices),
+                     "--broker-dir", str(out), "--out", str(tmp_path / "creds")]) == 0
+    creds = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "creds").iterdir()}
+    assert {k: v.get("group") for k, v in creds.items()} == {
+        "pi-01": "canary", "pi-02": None, "esp32-a": "beta"}
+    assert "already known, password kept: pi-01, pi-02, esp32-a" in capsys.readouterr().err
+
+
+def test_a_devices_file_line_with_three_words_is_refused_naming_the_line(tmp_path, capsys):
+    devices = tmp_path / "devices.txt"
+    devices.write_text("pi-01 canary\npi-02 canary extra\n")
+    broker_config(tmp_path / "b", "--fleet", "acme", "--devices-file", devices, code=2,
+                  capsys=capsys)
+    assert capsys.err == (f"trustfleet: error: {devices}:2: expected `ID` or `ID GROUP`, "
+                          "got 'pi-02 canary extra'\n")
+    assert not (tmp_path / "b").exists()
 
 
 def test_rerun_keeps_passwords_drops_removed_devices_and_rotate_renews(tmp_path, capsys):
@@ -482,3 +508,132 @@ def test_mosquitto_accepts_the_builtin_password_hashes(tmp_path, private_mosquit
     c.close()
     with pytest.raises(ConnectionRefusedError):
         brokers.connect(proc, username=dev.username, password=dev.password + "x", client_id=cid)
+
+
+# --------------------------------------------------------------------------- as printed, as root
+
+
+@pytest.fixture
+def open_dir():
+    """A folder the broker's user can enter (pytest's own tmp dirs are 0700 under root)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="tf-broker-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def broker_user() -> str:
+    """What Mosquitto started as root switches to; skips (fails under CI) without root or it."""
+    import pwd
+
+    if os.geteuid() != 0:
+        skip_or_fail("Mosquitto switches users only when started as root")
+    try:
+        return pwd.getpwnam("mosquitto").pw_name
+    except KeyError:
+        skip_or_fail("no `mosquitto` system user (apt-get install mosquitto)")
+    raise AssertionError("unreachable")
+
+
+def test_as_root_mosquitto_starts_from_the_printed_command_without_user(open_dir, capsys, repo):
+    import pwd
+
+    from trustfleet_server.broker.mosquitto import mosquitto_binary, start_process, stop_process
+
+    user = pwd.getpwnam(broker_user())
+    binary = mosquitto_binary() or pytest.skip("mosquitto is not installed")
+    fleet, port = brokers.unique_fleet(), brokers.free_port()
+    out = open_dir / "broker"
+    broker_config(out, "--fleet", fleet, "--device", "pi-01", "--port", port, capsys=capsys)
+    conf = out / "mosquitto.conf"
+    assert capsys.err.rstrip().endswith(f"start with: mosquitto -c {conf}")
+    assert "warning" not in capsys.err
+    for name in ("passwords", "dynamic-security.json", "data"):
+        assert (out / name).stat().st_uid == user.pw_uid, name
+    assert (out / "secrets.json").stat().st_uid == 0
+    log = open_dir / "mosquitto.log"
+    proc = start_process([binary, "-c", str(conf)], log=log, listens=[(brokers.HOST, port)],
+                         name="mosquitto as printed")
+    try:
+        secrets = load_secrets(out)
+        dev = brokers.connect(brokers.Broker(brokers.HOST, port, "mosquitto"), username="pi-01",
+                              password=secrets["pi-01"],
+                              client_id=brokerconfig.device_client_id(fleet, "pi-01"))
+        dev.close()
+    finally:
+        stop_process(proc)
+    text = log.read_text()
+    assert "Error" not in text and "Warning" not in text, text
+
+
+def test_as_root_a_folder_the_broker_user_cannot_enter_is_named_in_one_warning(
+        open_dir, capsys):
+    user = broker_user()
+    closed = open_dir / "closed"
+    closed.mkdir(mode=0o700)
+    out = closed / "broker"
+    broker_config(out, "--fleet", "acme", "--device", "pi-01", capsys=capsys)
+    warnings = [ln for ln in capsys.err.splitlines() if "warning" in ln]
+    assert warnings == [
+        f"trustfleet: warning: Mosquitto started as root runs as {user}, which cannot enter "
+        f"{closed}: give --out a folder it can reach (or --user NAME)"], capsys.err
+
+
+def test_an_out_folder_the_tool_did_not_create_keeps_its_owner_and_mode(open_dir, capsys):
+    import pwd
+
+    user = pwd.getpwnam(broker_user())
+    mine = open_dir / "mine"
+    mine.mkdir(mode=0o711)
+    (mine / "notes.txt").write_text("mine\n")
+    before = mine.stat()
+    broker_config(mine, "--fleet", "acme", "--device", "pi-01", "--user", user.pw_name,
+                  capsys=capsys)
+    after = mine.stat()
+    assert (after.st_uid, after.st_gid, after.st_mode) == (
+        before.st_uid, before.st_gid, before.st_mode)
+    assert (mine / "notes.txt").read_text() == "mine\n"
+    assert (mine / "passwords").stat().st_uid == user.pw_uid
+    assert "warning" not in capsys.err  # 0711: the broker's user can enter it
+
+
+# --------------------------------------------------------------------------- the file-based setup
+
+
+def test_the_acl_and_password_files_load_in_mosquitto_without_warnings_and_grant_the_rules(
+        tmp_path, private_mosquitto, repo):
+    fleet, port = brokers.unique_fleet(), brokers.free_port()
+    out = tmp_path / "b"
+    broker_config(out, "--fleet", fleet, "--device", "pi-01", "--device", "pi-02",
+                  "--port", port, "--no-persistence")
+    conf = (f"listener {port} {brokers.HOST}\nallow_anonymous false\n"
+            f"password_file {out / 'passwords'}\nacl_file {out / 'acl'}\n")
+    proc = private_mosquitto(conf)
+    secrets = load_secrets(out)
+    op = brokers.connect(proc, username=brokerconfig.DEFAULT_OPERATOR,
+                         password=secrets[brokerconfig.DEFAULT_OPERATOR])
+    bundle = repo.bundle(version=3)
+    op.publish(topics.bundle(fleet), bundle, retain=True)
+    dev = brokers.connect(proc, username="pi-01", password=secrets["pi-01"])
+    dev.subscribe(topics.bundle(fleet))
+    assert [m.payload for m in dev.wait_messages(1, topic=topics.bundle(fleet))] == [bundle]
+    watcher = brokers.connect(proc, username=brokerconfig.DEFAULT_SERVER,
+                              password=secrets[brokerconfig.DEFAULT_SERVER])
+    watcher.subscribe(f"{topics.PREFIX}/{fleet}/#")
+    dev.publish(topics.status(fleet, "pi-01"), b"mine")
+    dev.publish(topics.status(fleet, "pi-02"), b"forged")
+    assert watcher.wait_messages(1, topic=topics.status(fleet, "pi-01"))
+    assert_never_delivered(watcher, dev, topics.status(fleet, "pi-02"),
+                           topics.report(fleet, "pi-01"), b"forged")
+    for c in (op, dev, watcher):
+        c.close()
+    proc.stop()
+    log = proc.stderr
+    assert "mosquitto version" in log, log
+    # (as root the test broker runs with `user root`, which Mosquitto warns about)
+    assert "ACL pattern" not in log and "Error" not in log, log

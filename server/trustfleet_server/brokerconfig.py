@@ -21,7 +21,15 @@ reports. `generate()` builds the texts; `write()` puts them in a directory:
 Identities are MQTT usernames: each device's id, one operator identity
 (`trustfleet publish`) and one server identity (`trustfleet serve`). ACL
 `pattern` rules use %u, the authenticated username, never the client id,
-which any client may choose.
+which any client may choose. Mosquitto 2 warns about a `pattern` with
+neither %u nor %c, and applies `topic` lines above the first `user` line
+to anonymous clients only, so each device reads the documents through
+`topic` lines under its own `user` line.
+
+Started as root, Mosquitto switches to its `user` (default `mosquitto`)
+before it reads the password file and the plugin's file and opens its
+database: `write` gives those to that user, and `unreachable_dir` says
+when that user cannot even enter the folder.
 
 Why the plugin and not password_file/acl_file (checked against Mosquitto
 2.0.11 in tests/test_broker_identity.py): the acl_file never checks a
@@ -50,6 +58,7 @@ import os
 import secrets
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,7 +272,7 @@ def document_topics(fleet: str) -> list[str]:
     return [f"{base}/root/+", f"{base}/bundle", f"{base}/bundle/#", f"{base}/timestamp"]
 
 
-def acl_text(fleet: str, operator: str, server: str) -> str:
+def acl_text(fleet: str, operator: str, server: str, devices: Iterable[str] = ()) -> str:
     """The Mosquitto ACL file for one fleet (what `dynsec_doc` enforces, in acl_file syntax).
 
     Anonymous clients get nothing (and are refused by allow_anonymous false).
@@ -294,13 +303,14 @@ def acl_text(fleet: str, operator: str, server: str) -> str:
         f"topic write {base}/bundle/group/+",
         f"topic write {base}/bundle/bucket/+",
         "",
-        "# Devices (username = device id) read the documents and write only their own",
-        "# status (retained, last will) and reports.",
-        *(f"pattern read {t}" for t in docs),
+        "# Devices (username = device id) write only their own status (retained, last",
+        "# will) and reports; each reads the documents under its own `user` line below.",
         f"pattern write {base}/status/%u",
         f"pattern write {base}/report/%u",
         "",
     ]
+    for device in devices:
+        lines += [f"user {device}", *(f"topic read {t}" for t in docs), ""]
     return "\n".join(lines)
 
 
@@ -391,9 +401,11 @@ def parse_listener(value: str) -> tuple[str, int | None]:
 
 
 def read_devices_file(path: str) -> list[str]:
-    """One device id per line; blank lines and '#' comments are skipped."""
-    with open(path, encoding="utf-8") as f:
-        return [ln.split("#", 1)[0].strip() for ln in f if ln.split("#", 1)[0].strip()]
+    """The device ids of `device add --ids-file`'s format: `ID` or `ID GROUP` per line, blank
+    lines and '#' comments skipped (the broker needs no group). Raises: UsageError."""
+    from trustfleet_server import provision  # it builds on this module
+
+    return [device for device, _group in provision.read_ids_file(path)]
 
 
 def load_secrets(path: Path) -> dict[tuple[str, str], str]:
@@ -478,13 +490,22 @@ def write_identities(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_t
         if os.geteuid() == 0 and owner != (0, 0):
             os.chown(files[name], *owner)
     write_atomic(files["acl"], acl_text(cfg.fleet, cfg.identity(OPERATOR).username,
-                                        cfg.identity(SERVER).username).encode(), mode=0o644)
+                                        cfg.identity(SERVER).username,
+                                        [i.username for i in cfg.devices()]).encode(), mode=0o644)
     return {k: str(v) for k, v in files.items()}, hashed_by
 
 
-def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto") -> dict:
-    """Write the files into `out` (created mode 0700). Returns their paths and how they were hashed."""
+def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | None = "auto",
+          owner: str | None = None) -> dict:
+    """Write the files into `out` (created mode 0700). Returns their paths and how they were hashed.
+
+    Run as root, the password file, the plugin's file and data/ go to `owner`
+    (default: cfg.user), the user Mosquitto switches to; so does the group of
+    `out` (mode 0750) when `out` is this tool's: made now, or holding its
+    secrets.json. A folder of the user's keeps its owner and mode.
+    """
     out = Path(out)
+    ours = not out.exists() or (out / SECRETS_NAME).is_file()
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = {
         "config": out / CONF_NAME,
@@ -501,18 +522,40 @@ def write(cfg: BrokerConfig, out: str | os.PathLike[str], *, passwd_tool: str | 
         data.mkdir(mode=0o700, exist_ok=True)
         files["data"] = data
         owned.append(data)
-    if cfg.user and os.geteuid() == 0 and cfg.user != "root":
+    owner = owner or cfg.user
+    if owner and os.geteuid() == 0 and owner != "root":
         # Mosquitto drops to `user` before it reads the password file and
         # writes its database, so those must be that user's.
         import pwd
 
         try:
-            entry = pwd.getpwnam(cfg.user)
+            entry = pwd.getpwnam(owner)
         except KeyError:
-            raise UsageError(f"--user {cfg.user!r}: no such user") from None
+            raise UsageError(f"--user {owner!r}: no such user") from None
         for p in owned:
             os.chown(p, entry.pw_uid, entry.pw_gid)
-        # The broker's group may enter the directory; secrets.json stays 0600 root.
-        os.chown(out, -1, entry.pw_gid)
-        os.chmod(out, 0o750)
+        if ours:
+            # The broker's group may enter the directory; secrets.json stays 0600 root.
+            os.chown(out, -1, entry.pw_gid)
+            os.chmod(out, 0o750)
     return {"files": {k: str(v) for k, v in files.items()}, "hashed_by": hashed_by}
+
+
+def unreachable_dir(path: str | os.PathLike[str], user: str) -> Path | None:
+    """The first folder on the way to `path` (itself included) that `user` may not enter."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    target = Path(path).resolve()
+    for folder in [*reversed(target.parents), target]:
+        st = folder.stat()
+        if st.st_uid == entry.pw_uid:
+            bit = 0o100
+        elif st.st_gid in groups:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return folder
+    return None

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from trustfleet_server import brokerconfig
 from trustfleet_server.errors import UsageError
+
+DEFAULT_BROKER_USER = "mosquitto"  # whom Mosquitto 2 switches to when started as root
 
 DESCRIPTION = """\
 Generate a Mosquitto 2.0 configuration for one fleet in DIR:
@@ -67,7 +70,8 @@ def register(sub: Any) -> None:
     devices.add_argument("--device", action="append", default=[], metavar="ID",
                          help="a device id (its MQTT username); repeat for more")
     devices.add_argument("--devices-file", metavar="FILE",
-                         help="file with one device id per line ('#' starts a comment)")
+                         help="one `ID` or `ID GROUP` per line ('#' starts a comment), the format "
+                              "of `device add --ids-file`; the broker needs only the ID")
     p.add_argument("--operator", default=brokerconfig.DEFAULT_OPERATOR, metavar="NAME",
                    help="the operator's username (default: %(default)s)")
     p.add_argument("--server", default=brokerconfig.DEFAULT_SERVER, metavar="NAME",
@@ -80,14 +84,35 @@ def register(sub: Any) -> None:
     p.add_argument("--no-persistence", action="store_true",
                    help="keep retained messages in memory only (lost on restart)")
     p.add_argument("--user", metavar="NAME",
-                   help="system user Mosquitto runs as when started as root (e.g. mosquitto);"
-                        " when run as root, the password file and data/ are given to it")
+                   help="system user Mosquitto runs as when started as root (default: its own"
+                        " default, mosquitto); when run as root, the files Mosquitto reads and"
+                        " data/ are given to it")
     p.add_argument("--dynsec-plugin", metavar="FILE",
                    help="path of mosquitto_dynamic_security.so (default: found under /usr/lib)")
     p.add_argument("--rotate", action="store_true",
                    help="new passwords for every identity, even those in an existing secrets.json")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
+
+
+def _broker_user(user: str | None) -> tuple[str | None, str | None]:
+    """Who gets the files Mosquitto reads, and a warning when nobody can.
+
+    Only root hands files over. Started as root without a `user` line,
+    Mosquitto 2 switches to `mosquitto`: that user, when this machine has it.
+    """
+    if os.geteuid() != 0:
+        return None, None
+    if user:
+        return user, None
+    import pwd
+
+    try:
+        pwd.getpwnam(DEFAULT_BROKER_USER)
+    except KeyError:
+        return None, (f"no user {DEFAULT_BROKER_USER!r} here, which Mosquitto started as root"
+                      " switches to: it could not read its files; give --user NAME")
+    return DEFAULT_BROKER_USER, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +131,16 @@ def run(args: argparse.Namespace) -> int:
         args.fleet, devices, operator=args.operator, server=args.server, host=host, port=port,
         tls_cert=args.tls_cert, tls_key=args.tls_key, persistence=not args.no_persistence,
         user=args.user, previous=previous, dynsec_plugin=args.dynsec_plugin)
-    result = brokerconfig.write(cfg, out)
+    owner, owner_note = _broker_user(args.user)
+    result = brokerconfig.write(cfg, out, owner=owner)
+    if owner_note:
+        print(f"trustfleet: warning: {owner_note}", file=sys.stderr)
+    elif owner and owner != "root":
+        blocked = brokerconfig.unreachable_dir(out, owner)
+        if blocked is not None:
+            print(f"trustfleet: warning: Mosquitto started as root runs as {owner}, which cannot"
+                  f" enter {blocked}: give --out a folder it can reach (or --user NAME)",
+                  file=sys.stderr)
     if not Path(cfg.dynsec_plugin).is_file():
         print(f"trustfleet: warning: {cfg.dynsec_plugin} is not here: Mosquitto will not start"
               " without its dynamic security plugin; give --dynsec-plugin FILE", file=sys.stderr)

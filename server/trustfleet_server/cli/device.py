@@ -99,7 +99,8 @@ def register(sub: Any) -> None:
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--id", dest="device_id", metavar="ID", help="the device id (its MQTT username)")
     ids.add_argument("--ids-file", metavar="FILE",
-                     help="one `ID` or `ID GROUP` per line ('#' starts a comment)")
+                     help="one `ID` or `ID GROUP` per line ('#' starts a comment); the same "
+                          "file serves `broker-config --devices-file`")
     p.add_argument("--group", metavar="G", help="rollout group of --id (goes into its credentials)")
     p.add_argument("--broker-dir", required=True, type=Path, metavar="DIR",
                    help="directory written by `trustfleet broker-config`")
