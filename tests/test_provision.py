@@ -387,17 +387,19 @@ def test_device_add_acl_lets_a_device_read_documents_and_write_only_its_own_topi
     lines = [ln.strip() for ln in acl.splitlines() if ln.strip() and not ln.startswith("#")]
     device_rules = [ln for ln in lines if ln.startswith("pattern ")]
     base = f"{topics.PREFIX}/{FLEET}"
-    assert set(device_rules) == {
-        f"pattern read {base}/root/+", f"pattern read {base}/bundle",
-        f"pattern read {base}/bundle/#", f"pattern read {base}/timestamp",
-        f"pattern write {base}/status/%u", f"pattern write {base}/report/%u"}
-    # No rule names the device: its rights come from the patterns (%u = its username) only.
-    assert "esp-01" not in acl
-    # `topic` rules belong to the operator and the server, under their `user` lines.
+    # Writes: its own topics only (%u = its username).
+    assert set(device_rules) == {f"pattern write {base}/status/%u",
+                                 f"pattern write {base}/report/%u"}
+    # Reads: the documents, under its own `user` line (Mosquitto 2 warns about a pattern
+    # without %u or %c, and gives top-level `topic` lines to anonymous clients only).
+    block = lines[lines.index("user esp-01"):][:5]
+    assert block == ["user esp-01", f"topic read {base}/root/+", f"topic read {base}/bundle",
+                     f"topic read {base}/bundle/#", f"topic read {base}/timestamp"]
     users = [ln for ln in lines if ln.startswith("user ")]
-    assert users == [f"user {brokerconfig.DEFAULT_OPERATOR}", f"user {brokerconfig.DEFAULT_SERVER}"]
+    assert users == [f"user {brokerconfig.DEFAULT_OPERATOR}", f"user {brokerconfig.DEFAULT_SERVER}",
+                     "user pi-01", "user esp-01"]
     assert acl == brokerconfig.acl_text(FLEET, brokerconfig.DEFAULT_OPERATOR,
-                                        brokerconfig.DEFAULT_SERVER)
+                                        brokerconfig.DEFAULT_SERVER, ["pi-01", "esp-01"])
 
 
 def test_device_add_twice_keeps_the_password(broker_dir, capsys):
