@@ -274,7 +274,6 @@ class Agent:
         if self.phase == TRIAL:
             return None, self._refuse_busy()
         self._known_active_digest()  # before the inactive slot is written over
-        self._slots_touched = True
         return self.inactive_slot(), None
 
     def _known_active_digest(self):
@@ -555,10 +554,9 @@ def _sha256_of(doc):
         h.update(doc)
         return h.digest()
     at = 0
-    while at < doc.size:
+    while True:
         piece = doc.read_at(at, 512)
         if not piece:
-            break
+            return h.digest()
         h.update(piece)
         at += len(piece)
-    return h.digest()
