@@ -400,12 +400,24 @@ def parse_listener(value: str) -> tuple[str, int | None]:
     return host, port
 
 
-def read_devices_file(path: str) -> list[str]:
-    """The device ids of `device add --ids-file`'s format: `ID` or `ID GROUP` per line, blank
-    lines and '#' comments skipped (the broker needs no group). Raises: UsageError."""
-    from trustfleet_server import provision  # it builds on this module
+def read_ids_file(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
+    """Lines "ID" or "ID GROUP"; blank lines and '#' comments skipped. Raises: UsageError."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            words = raw.split("#", 1)[0].split()
+            if not words:
+                continue
+            if len(words) > 2:
+                raise UsageError(f"{path}:{n}: expected `ID` or `ID GROUP`, got {raw.strip()!r}")
+            out.append((words[0], words[1] if len(words) == 2 else None))
+    return out
 
-    return [device for device, _group in provision.read_ids_file(path)]
+
+def read_devices_file(path: str) -> list[str]:
+    """The device ids of `device add --ids-file`'s format (read_ids_file; the broker needs no
+    group). Raises: UsageError."""
+    return [device for device, _group in read_ids_file(path)]
 
 
 def load_secrets(path: Path) -> dict[tuple[str, str], str]:

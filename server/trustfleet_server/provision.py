@@ -148,18 +148,8 @@ def check_name(value: str, what: str) -> str:
         raise ProvisionError(str(exc)) from None
 
 
-def read_ids_file(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
-    """Lines "ID" or "ID GROUP"; blank lines and '#' comments skipped. Raises: ProvisionError."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            words = raw.split("#", 1)[0].split()
-            if not words:
-                continue
-            if len(words) > 2:
-                raise ProvisionError(f"{path}:{n}: expected `ID` or `ID GROUP`, got {raw.strip()!r}")
-            out.append((words[0], words[1] if len(words) == 2 else None))
-    return out
+# Lines "ID" or "ID GROUP" (device add --ids-file, broker-config --devices-file).
+read_ids_file = brokerconfig.read_ids_file
 
 
 def add_devices(broker_dir: str | os.PathLike[str], fleet: str,
