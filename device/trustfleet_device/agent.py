@@ -201,40 +201,24 @@ class Agent:
     def trusted_time(self, clock):
         """max(clock, vouched time, last timestamp, firmware build time, persisted clock reading)."""
         s = self.state
-        t = clock
-        for other in (s["time"], s["vouched"], s["last_timestamp"], self.config.firmware_time):
-            if other > t:
-                t = other
-        return t
+        return max(clock, s["time"], s["vouched"], s["last_timestamp"], self.config.firmware_time)
 
     def time_bound(self, state=None):
         """The latest time a timestamp may teach: max_time_lead past what the offline keys vouch for."""
         s = self.state if state is None else state
-        base = s["vouched"]
-        if base < self.config.firmware_time:
-            base = self.config.firmware_time
-        return base + self.root.time_lead
+        return max(s["vouched"], self.config.firmware_time) + self.root.time_lead
 
     def _vouch(self, new_state, issued_at, clock):
         """An offline-signed issued_at moves vouched time, by at most max_time_lead past now."""
         most = self.trusted_time(clock) + self.root.time_lead
-        t = issued_at if issued_at < most else most
-        if t > new_state["vouched"]:
-            new_state["vouched"] = t
+        new_state["vouched"] = max(new_state["vouched"], min(issued_at, most))
 
     def _note_clock(self, new_state, clock):
         """Persist a clock reading now and then, only when it is at most max_time_lead past
         authenticated time (an NTP liar's far future would otherwise stay, refusing every
         bundle as expired); a reading further ahead still counts, but only while it lasts."""
-        known = new_state["time"]
-        for other in (new_state["vouched"], new_state["last_timestamp"], self.config.firmware_time):
-            if other > known:
-                known = other
-        base = new_state["last_timestamp"]
-        if base < new_state["vouched"]:
-            base = new_state["vouched"]
-        if base < self.config.firmware_time:
-            base = self.config.firmware_time
+        base = max(new_state["last_timestamp"], new_state["vouched"], self.config.firmware_time)
+        known = max(new_state["time"], base)
         if known + _CLOCK_SAVE_STEP < clock <= base + self.root.time_lead:
             new_state["time"] = clock
 
@@ -262,8 +246,7 @@ class Agent:
         p = self.pending
         if p is None or p[2] is None:
             return None
-        wait = p[2] - self.trusted_time(clock)
-        return wait if wait > 0 else 0
+        return max(p[2] - self.trusted_time(clock), 0)
 
     def busy(self):
         """True while a trial waits for its health check: the inactive slot is then the way back."""
@@ -371,7 +354,7 @@ class Agent:
             if now >= p[1] and self.config.on_unreachable != KEEP_ON_UNREACHABLE:
                 return self._revert(UNREACHABLE + ": " + detail, None)
             p[2] = now + p[3]
-            p[3] = p[3] * 2 if p[3] * 2 < _RETRY_CAP else _RETRY_CAP
+            p[3] = min(p[3] * 2, _RETRY_CAP)
             return []
         if not ok:
             return self._revert("health check failed: %s" % detail)
