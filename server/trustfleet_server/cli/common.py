@@ -142,21 +142,21 @@ RAW = argparse.RawDescriptionHelpFormatter
 CREATES_DB = ("serve", "rollout start", "publish")
 
 
-def db_argument(p: argparse.ArgumentParser, create: bool | None = None) -> None:
+def db_argument(p: argparse.ArgumentParser, create: bool | None = None, required: bool = True) -> None:
     """--db; `create` (default: the command is in CREATES_DB) lets the command create the store."""
     if create is None:
         create = p.prog.split(" ", 1)[-1] in CREATES_DB
     what = "created if missing" if create else "must exist: serve, rollout start or publish --db create it"
-    p.add_argument("--db", required=True, metavar="PATH_OR_URL", type=lambda text: fleetdb.Target.of(text, create),
+    p.add_argument("--db", required=required, metavar="PATH_OR_URL", type=lambda text: fleetdb.Target.of(text, create),
                    help=f"fleet store: a SQLite file ({what}) or a postgresql:// URL")
 
 
-def fleet_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--fleet", required=True, help="fleet name (as in the root)")
+def fleet_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--fleet", required=required, help="fleet name (as in the root)")
 
 
-def root_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, action="append", required=True, metavar="ROOT",
+def root_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--root", type=Path, action="append", required=required, metavar="ROOT",
                    help="trusted root (signed); repeat to walk a rotation chain, oldest first")
 
 
