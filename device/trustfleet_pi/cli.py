@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pem", type=Path, help="PEM bundle to write")
     p.add_argument("--pins", type=Path, help="pins JSON to write")
     p.set_defaults(func=cmd_export)
+
+    p = command("completion", "print the bash or zsh completion script, generated from this parser by "
+                "shtab: source <(trustfleet-agent completion bash)")
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell the script is for: bash or zsh")
+    p.set_defaults(func=lambda args: print(importlib.import_module("shtab").complete(parser, shell=args.shell),
+                                           end=""))
     return parser
 
 

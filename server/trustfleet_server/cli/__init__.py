@@ -24,8 +24,10 @@ from trustfleet_server.cli import (
     broker,
     brokerconfig,
     bundle,
+    completion,
     demo,
     device,
+    doctor,
     export,
     fleet,
     keys,
@@ -40,7 +42,7 @@ from trustfleet_server.errors import OperatorError
 
 # In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
 GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, simulate, broker, brokerconfig,
-          device, board)
+          device, board, doctor, completion)
 
 
 def package_version() -> str:
