@@ -436,3 +436,26 @@ def test_outside_a_checkout_without_from_it_asks_for_a_package_before_writing_an
         "install-pi.sh: error: no package to install: give --from PATH (a wheel or a checkout) "
         "or --from-index")
     assert snapshot(root) == before
+
+
+def test_trustfleet_install_root_is_the_default_root_and_a_linked_tools_folder_finds_its_checkout(
+        root, docs, credentials, tmp_path, no_index):
+    # As the README runs it: `sh tools/install-pi.sh` from a working folder whose tools/ is a
+    # link into the checkout, with the install root from the environment (an OS image).
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tools").symlink_to(REPO / "tools")
+    venv = root / "opt" / "trustfleet"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    before = snapshot(root)
+    env = dict(no_index, TRUSTFLEET_INSTALL_ROOT=str(root))
+    proc = subprocess.run([SH, "tools/install-pi.sh", "--credentials", str(credentials),
+                           "--broker", BROKER, "--factory-root", str(docs["root"]), "--no-user"],
+                          cwd=work, env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"installing the trustfleet agent into {root}\n" in proc.stdout
+    assert f"package: the checkout {REPO}\n" in proc.stdout  # the link's target, not work/
+    assert one_error_line(proc.stderr).startswith(f"install-pi.sh: error: pip install {REPO} failed: ")
+    assert snapshot(root) == before
