@@ -84,14 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_verify)
 
     p = bsub.add_parser("inspect", help="show what a document contains (does not verify)")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", type=Path, help="a bundle, root or timestamp, signed or not")
+    p.add_argument("--json", action="store_true", help="print what it holds as JSON")
     p.set_defaults(func=common.cmd_inspect)
 
     p = bsub.add_parser("diff", help="show what changed between two bundles")
-    p.add_argument("a", type=Path)
-    p.add_argument("b", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("a", type=Path, metavar="OLD", help="the earlier bundle (signed or not)")
+    p.add_argument("b", type=Path, metavar="NEW", help="the later bundle (signed or not)")
+    p.add_argument("--json", action="store_true", help='print {"changes": [...]} as JSON')
     p.set_defaults(func=cmd_diff)
 
     ts = sub.add_parser("timestamp", help="create signed timestamps",
@@ -111,7 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sign a --time more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of this "
                         f"machine's clock (devices move their time to it, up to the root's "
                         f"max_time_lead past what the offline keys vouch for)")
-    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="where to write the signed timestamp")
+    p.add_argument("--json", action="store_true",
+                   help="print {out, time, epoch, bundle, bundle_version, kid, bytes} as JSON")
     p.set_defaults(func=cmd_timestamp)
 
 
@@ -221,5 +223,10 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
                          f"if that is meant")
     signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
     write_atomic(args.out, signed)
-    print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
+    if args.json:
+        print(json.dumps({"out": str(args.out), "time": times.iso(when), "epoch": when,
+                          "bundle": str(args.bundle), "bundle_version": b.version,
+                          "kid": keys.kid_hex(key), "bytes": len(signed)}))
+    else:
+        print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
     return 0

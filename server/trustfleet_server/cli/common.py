@@ -64,7 +64,8 @@ def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False, root: b
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
     p.add_argument("file", type=Path, help="unsigned payload or signed document")
     p.add_argument("-o", "--out", type=Path, help="output file (default: replace the input)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print {out, type, kid, signatures, bytes} as JSON")
 
 
 def cmd_sign(args: argparse.Namespace) -> int:

@@ -107,6 +107,9 @@ def register(sub: Any) -> None:
     p.add_argument("--out", type=Path, metavar="PATH",
                    help="credentials file (mode 0600) for --id; a directory of <ID>.json for "
                         "--ids-file. Without it the credentials are printed.")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: ids added and kept, the files written and updated, "
+                        "counts (and the credentials when --out is not given)")
     p.set_defaults(func=cmd_add)
 
     p = dsub.add_parser("provision", help="stage an ESP32's files and copy them with mpremote",
@@ -115,7 +118,8 @@ def register(sub: Any) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", required=True, help="the board's serial port (mpremote connect PORT)")
     p.add_argument("--fleet", required=True)
-    p.add_argument("--id", dest="device_id", required=True, metavar="ID")
+    p.add_argument("--id", dest="device_id", required=True, metavar="ID",
+                   help="the device id (its MQTT username, as given to device add)")
     p.add_argument("--group", metavar="G", help="rollout group (config.json `group`)")
     p.add_argument("--root", required=True, type=Path, metavar="ROOT.cose",
                    help="the fleet's signed root: the board's factory trust")
@@ -132,7 +136,7 @@ def register(sub: Any) -> None:
                         f"copied to /{provision.BROKER_CA}")
     p.add_argument("--broker-tls", action=argparse.BooleanOptionalAction, default=None,
                    help="TLS to the broker (default: with --broker-ca or on port 8883)")
-    p.add_argument("--wifi-ssid", metavar="SSID")
+    p.add_argument("--wifi-ssid", metavar="SSID", help="the Wi-Fi network the board joins (config.json)")
     p.add_argument("--wifi-password-file", type=Path, metavar="FILE",
                    help="file holding the Wi-Fi password (never on the command line)")
     p.add_argument("--endpoint", action="append", default=[], metavar="HOST[:PORT]",
@@ -180,11 +184,19 @@ def cmd_add(args: argparse.Namespace) -> int:
         for c, path in zip(result.credentials, targets, strict=True):
             write_atomic(path, (json.dumps(c.to_json(), indent=2) + "\n").encode(), mode=0o600)
             written.append(str(path))
-            print(f"{c.device_id}: {path}")
+            if not args.json:
+                print(f"{c.device_id}: {path}")
     else:
-        for c in result.credentials:
-            print(json.dumps(c.to_json()))
+        if not args.json:
+            for c in result.credentials:
+                print(json.dumps(c.to_json()))
         _note("stdout holds the device's password: keep it out of logs and shell history")
+    if args.json:
+        print(json.dumps({
+            "fleet": args.fleet, "added": result.added, "kept": result.kept, "written": written,
+            "updated": {name: str(path) for name, path in result.files.items()}, "hashed_by": result.hashed_by,
+            "counts": {"added": len(result.added), "kept": len(result.kept), "written": len(written)},
+            **({} if args.out is not None else {"credentials": [c.to_json() for c in result.credentials]})}))
     if result.added:
         _note(f"added {', '.join(result.added)}")
     if result.kept:

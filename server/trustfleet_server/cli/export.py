@@ -9,6 +9,7 @@ bundle or NSC file cannot be expressed or is malformed), 2 usage.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "builds only")
     p.add_argument("--cleartext-permitted", choices=("true", "false"),
                    help="base-config cleartextTrafficPermitted (default: not set)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_export_nsc)
 
     p = esub.add_parser(
@@ -76,10 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write the TrustKit configuration for the bundle's pin-sets.",
         epilog=TRUSTKIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", metavar="BUNDLE_OR_SPEC", type=Path, help=SOURCE_HELP)
-    p.add_argument("--format", choices=("plist", "json", "android"), default="plist")
+    p.add_argument("--format", choices=("plist", "json", "android"), default="plist",
+                   help="plist (default), json or android: see formats below")
     p.add_argument("-o", "--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--swizzle", action="store_true",
                    help="set TSKSwizzleNetworkDelegates = true (default false)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_export_trustkit)
 
     group = sub.add_parser("import", help="import pins from a mobile app configuration",
@@ -97,6 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expires", help="expiry for a <pin-set> without expiration "
                                      "(date or duration like 180d; default: refuse)")
     p.set_defaults(func=cmd_import_nsc)
+
+
+JSON_HELP = ("print one JSON object: what was written where (out, certificates), the counts and the "
+             "warnings; without -o it holds the document as `text`")
 
 
 def _emit(text: str, out: Path | None) -> None:
@@ -133,8 +141,16 @@ def cmd_export_nsc(args: argparse.Namespace) -> int:
         args.raw_dir.mkdir(parents=True, exist_ok=True)
         for r in result.raw:
             write_atomic(args.raw_dir / f"{r.name}.pem", r.pem)
-    _emit(result.text, args.out)
-    if args.out is not None:
+    if args.out is not None or not args.json:
+        _emit(result.text, args.out)
+    if args.json:
+        certificates = [str(args.raw_dir / f"{r.name}.pem") for r in result.raw] if args.raw_dir else []
+        print(json.dumps({"format": "nsc", "out": None if args.out is None else str(args.out),
+                          "domain_configs": result.pinsets, "raw_resources": len(result.raw),
+                          "raw_dir": None if args.raw_dir is None else str(args.raw_dir),
+                          "certificates": certificates, "warnings": warnings + result.warnings,
+                          **({"text": result.text} if args.out is None else {})}))
+    elif args.out is not None:
         raw = f", {len(result.raw)} certificate(s) in {args.raw_dir}" if args.raw_dir else ""
         print(f"wrote {args.out}: {result.pinsets} domain-config(s){raw}", file=sys.stderr)
     return 0
@@ -151,8 +167,14 @@ def cmd_export_trustkit(args: argparse.Namespace) -> int:
     else:
         result = mobile.trustkit_plist(payload, swizzle=args.swizzle, now=now)
     _warn(result.warnings)
-    _emit(result.text, args.out)
-    if args.out is not None:
+    if args.out is not None or not args.json:
+        _emit(result.text, args.out)
+    if args.json:
+        print(json.dumps({"format": f"trustkit-{args.format}",
+                          "out": None if args.out is None else str(args.out),
+                          "pinned_domains": result.pinsets, "warnings": warnings + result.warnings,
+                          **({"text": result.text} if args.out is None else {})}))
+    elif args.out is not None:
         print(f"wrote {args.out}: {result.pinsets} pinned domain(s) ({args.format})", file=sys.stderr)
     return 0
 

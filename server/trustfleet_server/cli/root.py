@@ -35,8 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_role_arguments(p, required=True)
     p.add_argument("--expires", default="365d", help="expiry: date or duration (default 365d)")
     _add_lead_argument(p, "absent: devices use 30d")
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="where to write the unsigned root (sign it next: root sign)")
+    p.add_argument("--json", action="store_true",
+                   help="print {out, version, signed, roles, max_time_lead} as JSON")
     p.set_defaults(func=cmd_create)
 
     p = rsub.add_parser("sign", help="add ONE signature to a root (run once per key)",
@@ -52,22 +54,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_role_arguments(p, required=False)
     p.add_argument("--remove-key", action="append", default=[], metavar="ROLE=KID",
                    help="remove a key from a role (kid hex prefix, at least 8 characters)")
-    p.add_argument("--expires", default="365d")
+    p.add_argument("--expires", default="365d",
+                   help="expiry of the new root: date or duration from now (default 365d)")
     _add_lead_argument(p, "default: the current root's")
-    p.add_argument("-o", "--out", type=Path, required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="where to write the next root, unsigned (sign it with old and new root keys)")
+    p.add_argument("--json", action="store_true",
+                   help="print {out, version, signed, roles, max_time_lead} as JSON")
     p.set_defaults(func=cmd_rotate)
 
     p = rsub.add_parser("verify", help="verify a root, or a rotation chain",
                         description="With one file: check it is signed by a threshold of its own "
                                     "root keys. With several, oldest first: check each rotation.")
-    p.add_argument("files", type=Path, nargs="+")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("files", type=Path, nargs="+", metavar="ROOT",
+                   help="signed root, or a rotation chain oldest first")
+    p.add_argument("--json", action="store_true",
+                   help="print {valid, version, fleet, expires, expired} as JSON (errors too)")
     p.set_defaults(func=cmd_verify)
 
     p = rsub.add_parser("inspect", help="show a root's keys and thresholds")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", type=Path, help="a root, signed or not (signatures are not checked)")
+    p.add_argument("--json", action="store_true", help="print what it holds as JSON")
     p.set_defaults(func=common.cmd_inspect)
 
 

@@ -77,11 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "health checks) over MQTT, multiplexed with asyncio, and report "
                                    "convergence, states, versions and the faults applied.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", type=int, required=True, metavar="N")
+    p.add_argument("--devices", type=int, required=True, metavar="N", help="how many devices to simulate")
     p.add_argument("--broker", required=True, metavar="URL|embedded|mosquitto",
                    help="mqtt://host:port, or start a broker: embedded (in this process) or "
                         "mosquitto (a private one on a free port)")
-    p.add_argument("--fleet", required=True)
+    p.add_argument("--fleet", required=True, help="fleet name (as in the root)")
     p.add_argument("--root", type=Path, required=True, metavar="ROOT.cose", help="the factory root")
     p.add_argument("--initial", type=Path, metavar="BUNDLE",
                    help="a signed bundle already installed on every device (factory image)")
@@ -105,22 +105,35 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stay until --timeout (or Ctrl-C) even after converging, e.g. next to `serve`")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     f = p.add_argument_group("faults")
-    f.add_argument("--offline", default="0", metavar="SHARE")
-    f.add_argument("--offline-for", default="10s", metavar="DURATION")
-    f.add_argument("--clock-skew", type=int, default=0, metavar="SECONDS")
-    f.add_argument("--stuck-2000", default="0", metavar="SHARE")
-    f.add_argument("--power-cut", default="0", metavar="SHARE")
-    f.add_argument("--health-fail", default="0", metavar="SHARE")
-    f.add_argument("--health-fail-group", metavar="GROUP")
-    f.add_argument("--duplicate", default="0", metavar="SHARE")
-    f.add_argument("--reorder", default="0", metavar="SHARE")
-    f.add_argument("--broker-restart-at", metavar="DURATION")
+    f.add_argument("--offline", default="0", metavar="SHARE",
+                   help="share of devices powered off when the new bundle arrives (0.1 or 10%%)")
+    f.add_argument("--offline-for", default="10s", metavar="DURATION",
+                   help="how long --offline devices stay off after the bundle first arrives (default 10s)")
+    f.add_argument("--clock-skew", type=int, default=0, metavar="SECONDS",
+                   help="every device clock off by a random amount within +-SECONDS (default 0)")
+    f.add_argument("--stuck-2000", default="0", metavar="SHARE",
+                   help="share of devices whose clock reads 2000-01-01")
+    f.add_argument("--power-cut", default="0", metavar="SHARE",
+                   help="share of devices losing power at a random step of the first install")
+    f.add_argument("--health-fail", default="0", metavar="SHARE",
+                   help="share of devices whose health check fails (they revert the bundle)")
+    f.add_argument("--health-fail-group", metavar="GROUP",
+                   help="every device of this rollout group fails its health check")
+    f.add_argument("--duplicate", default="0", metavar="SHARE",
+                   help="share of messages handed over again")
+    f.add_argument("--reorder", default="0", metavar="SHARE",
+                   help="share of messages delivered after newer ones")
+    f.add_argument("--broker-restart-at", metavar="DURATION",
+                   help="restart the broker this long after the new bundle first arrives "
+                        "(embedded or mosquitto only)")
     f.add_argument("--broker-restart-signal", choices=("term", "kill"), default="term",
                    help="term: clean stop (default); kill: kill -9, state not saved")
     f.add_argument("--republish", action="store_true",
                    help="after the restart, publish the --publish bundle again (as serve does)")
-    f.add_argument("--loss", default="0", metavar="SHARE")
-    f.add_argument("--latency", default="0s", metavar="DURATION")
+    f.add_argument("--loss", default="0", metavar="SHARE",
+                   help="chance each message is lost, either way; a loss cuts the connection")
+    f.add_argument("--latency", default="0s", metavar="DURATION",
+                   help="delay added to every message, either way (default 0s)")
     p.set_defaults(func=cmd_simulate)
 
 
