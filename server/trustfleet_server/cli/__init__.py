@@ -42,7 +42,7 @@ from trustfleet_server.errors import OperatorError
 
 # In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
 GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, simulate, broker, brokerconfig,
-          device, board, doctor, completion)
+          device, board, doctor)
 
 
 def package_version() -> str:
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
+    completion.register(sub, build_parser)
     demo.register(sub, main)
     return parser
 

@@ -8,6 +8,7 @@ that take a path complete file names.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 SHELLS = ("bash", "zsh")
@@ -20,16 +21,15 @@ install:
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction, build_parser: Callable[[], argparse.ArgumentParser]) -> None:
+    """`build_parser` makes the whole `trustfleet` parser (passed in: a group never imports cli/__init__)."""
     p = sub.add_parser("completion", help="print the bash or zsh completion script",
                        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shell", choices=SHELLS, help="the shell the script is for: bash or zsh")
-    p.set_defaults(func=cmd_completion)
+    p.set_defaults(func=lambda args: cmd_completion(args, build_parser))
 
 
-def cmd_completion(args: argparse.Namespace) -> int:
-    from trustfleet_server.cli import build_parser
-
+def cmd_completion(args: argparse.Namespace, build_parser: Callable[[], argparse.ArgumentParser]) -> int:
     print(script(build_parser(), args.shell), end="")
     return 0
 
