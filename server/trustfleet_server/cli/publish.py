@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
 
@@ -30,14 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "one of the --root chain or exactly the next version; a bundle "
                                    "must be signed by a threshold of bundle keys and unexpired.",
                        epilog=PUBLISH_EPILOG, formatter_class=common.RAW)
-    p.add_argument("--broker", required=True, metavar="URL",
-                   help="mqtt://[user[:password]@]host[:port] or mqtts://...")
+    common.broker_argument(p)
     common.root_argument(p)
     p.add_argument("--to", default="fleet", metavar="TARGET",
                    help="where bundles go: fleet (default), group:NAME or bucket:N (0-99)")
     p.add_argument("--db", metavar="PATH_OR_URL",
                    help="fleet store: record the bundle versions published, the history rollouts "
                         "and device statuses are checked against")
+    common.configured(p, "db", "db", "--db", False, lambda s: s.as_list()[0])
     p.add_argument("--json", action="store_true", help="print what was published as JSON")
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="signed root, bundle or timestamp")
     p.set_defaults(func=cmd_publish)
@@ -48,11 +49,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     plan = publish.plan_publish(args.root, args.files, args.to, int(time.time()))
     from trustfleet_server.serve.link import publish_retained
 
-    protocol = publish_retained(url, [(p["topic"], p["raw"]) for p in plan])
-    if args.db:
-        fleet = documents.load_root_chain(args.root).fleet
-        with fleetdb.open_db(args.db) as db:
-            publish.record_history(db, fleet, plan, int(time.time()))
+    # The store opens before anything is published: a typo in --db publishes nothing.
+    with fleetdb.open_db(args.db) if args.db else contextlib.nullcontext() as db:
+        protocol = publish_retained(url, [(p["topic"], p["raw"]) for p in plan])
+        if db is not None:
+            publish.record_history(db, documents.load_root_chain(args.root).fleet, plan, int(time.time()))
     for p in plan:
         del p["raw"]
     if args.json:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from trustfleet_server import documents, keys, mqtturl, times
 from trustfleet_server.cli import common
@@ -36,12 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Ingest device statuses and reports into the fleet store, publish "
                                    "signed timestamps on a schedule, and drive staged rollouts.",
                        epilog=SERVE_EPILOG, formatter_class=common.RAW)
-    p.add_argument("--broker", required=True, metavar="URL", help="mqtt://... or mqtts://...")
+    common.broker_argument(p)
     common.fleet_argument(p)
     common.root_argument(p)
     common.db_argument(p)
-    p.add_argument("--timestamp-key", type=Path, metavar="KEY",
-                   help="the online timestamp key (PKCS#8 PEM); without it no timestamps are published")
+    common.key_argument(p, "timestamp", required=False, option="--timestamp-key",
+                        help="the online timestamp key (PKCS#8 PEM); without it no timestamps are published")
     p.add_argument("--passphrase-file", help=f"passphrase of the timestamp key (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--timestamp-every", default="300", metavar="DURATION",
                    help="seconds (or 5m, 1h) between timestamps (default 300)")
