@@ -191,7 +191,8 @@ def test_a_failing_hook_is_reported_and_does_not_revert(repo, tmp_path):
     assert result["installed"] is True and result["hook"]["returncode"] == 3
     assert "failed with exit 3: reload failed: app not running" in proc.stderr
     assert "the install stays committed" in proc.stderr
-    assert "compact anchor(s) hold no certificate" in proc.stderr
+    assert "1 compact anchor(s) cannot be written as PEM" in proc.stderr
+    assert not (tmp_path / "ca.pem").exists(), "no empty CA file"
     status = json.loads(agent("status", "--state", tmp_path / "state", "--json", code=0).stdout)
     assert (status["version"], status["state"]) == (1, "ok")
 
@@ -246,7 +247,7 @@ def test_usage_errors_show_no_traceback(repo, tmp_path):
     assert "cannot read" in agent("install", "--config", tmp_path / "none.toml",
                                   tmp_path / "x.cose", code=2).stderr
     agent("check", code=2)
-    assert "does not exist" in agent("export", "--state", tmp_path / "nope", "--pem",
+    assert "no such state directory" in agent("export", "--state", tmp_path / "nope", "--pem",
                                      tmp_path / "a.pem", code=2).stderr
     for command in ("check", "export", "install", "init"):
         assert "examples:" in agent(command, "--help", code=0).stdout

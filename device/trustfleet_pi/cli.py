@@ -1,12 +1,18 @@
 """`trustfleet-agent`: the CPython device agent (Raspberry Pi).
 
-Exit codes: 0 done (check: the server is accepted; run: stopped by SIGTERM
-or SIGINT), 1 the document was refused (check: the server is rejected;
-run: the device failed while running, e.g. its state directory became
-unwritable), with the reason on one line, 2 usage error, unusable state
-directory or config file (run: also no [mqtt] table, or an mqtts:// broker
-and no installed bundle to check it with), or (check) no TLS connection
-could be made.
+Exit codes (the same table as `trustfleet`):
+  0    done (check: the server is accepted; run: stopped by SIGTERM or SIGINT)
+  1    refused, with the reason on one line: the document was refused (also an
+       empty file or another kind of document), the install was reverted, check:
+       the server is rejected, export: nothing could be written as PEM, run: the
+       device failed while running (e.g. its state directory became unwritable)
+  2    usage error: a missing or unreadable file, a folder given as a file, an
+       unusable state directory or config file (run: also no [mqtt] table, or an
+       mqtts:// broker and no installed bundle to check it with), check: no TLS
+       connection could be made
+  130  interrupted (Ctrl-C) while it waited (a health check, a TLS connection)
+Errors are one line on stderr: "trustfleet-agent: error: ..." (2) or
+"trustfleet-agent: refused: ..." (1); `--json` output goes to stdout only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import trustfleet_device
-from trustfleet_device import trust, x509
+from trustfleet_device import cbor, cose, policy, trust, x509
 from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.agent import Config
 from trustfleet_device.documents import Bundle
@@ -37,6 +43,7 @@ from trustfleet_pi import export as exports
 from trustfleet_pi import tls
 from trustfleet_pi.config import ConfigError, MqttConfig, PiConfig, load_config
 from trustfleet_pi.local import LocalDevice
+from trustfleet_pi.oserrors import plain_oserror, plain_reason
 
 DEFAULT_STATE = Path("/var/lib/trustfleet")
 
@@ -168,6 +175,36 @@ def _read(path: Path) -> bytes:
     return read_capped(path, DEFAULT.max_document)
 
 
+def _read_document(path: Path, kind: str) -> bytes:
+    """A signed document's bytes, with one clear line for what is plainly not one.
+
+    Raises: OSError (a missing file, a folder), BundleError (empty, PEM or text, or a
+    signed trustfleet document of another kind: a root given as a bundle).
+    """
+    raw = _read(path)
+    if not raw.strip():
+        raise BundleError(f"{path}: the file is empty; expected a signed {kind} (.cose)")
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        raise BundleError(f"{path}: is a PEM file (a key or certificate), not a signed {kind} "
+                          "(.cose)")
+    other = _kind_of(raw)
+    if other is not None and other != kind:
+        raise BundleError(f"{path}: is a signed {other}, not a {kind}")
+    return raw
+
+
+def _kind_of(raw: bytes) -> str | None:
+    """The "type" of a trustfleet COSE document (root, bundle, timestamp), read unverified;
+    None when that cannot be told (the verifier then says why it refuses)."""
+    try:
+        payload = cose.parse(raw, DEFAULT).unverified_payload
+        value = cbor.decode(payload, DEFAULT) if payload is not None else None
+    except (BundleError, ValueError, TypeError, IndexError):
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    return kind if kind in ("root", "bundle", "timestamp") else None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -215,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="the fleet's signed root document")
     p.add_argument("--bundle", type=Path, help="factory bundle to install right away")
     p.add_argument("--force", action="store_true", help="re-initialise an existing state directory")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the state directory, root version and install")
     p.set_defaults(func=cmd_init)
 
     p = command("install", "install a signed bundle from a file (same path as network delivery)",
@@ -229,32 +268,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-deadline", type=_seconds, metavar="SECONDS",
                    help="how long the trial may wait for reachable endpoints before it is "
                         "reverted (default: every endpoint's timeout + 30, at least 120)")
-    p.add_argument("file", type=Path)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", type=Path, metavar="BUNDLE", help="the signed bundle (.cose) to install")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: installed, version, reverted, health, status")
     p.set_defaults(func=cmd_install)
 
     p = command("status", "show the installed store and its freshness")
-    p.add_argument("--state", type=Path, required=True)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--state", type=Path, required=True, help="state directory")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
     p.set_defaults(func=cmd_status)
 
     p = command("clear-bad", "let a version reverted as bad be installed again", CLEAR_BAD_EPILOG)
-    p.add_argument("version", type=_version, metavar="VERSION")
+    p.add_argument("version", type=_version, metavar="VERSION",
+                   help="the bundle version to clear (see `status`: refused as bad)")
     p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
     p.add_argument("--config", type=Path, help="agent.toml (state_dir)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: cleared, detail, bad, status")
     p.set_defaults(func=cmd_clear_bad)
 
     p = command("check", "connect to a TLS server and judge it with the installed store",
                 CHECK_EPILOG)
-    p.add_argument("target", metavar="HOST[:PORT]")
+    p.add_argument("target", metavar="HOST[:PORT]",
+                   help="the TLS server to connect to (default port 443)")
     p.add_argument("--state", type=Path,
                    help=f"state directory (default: state_dir from --config, else {DEFAULT_STATE})")
     p.add_argument("--config", type=Path, help="agent.toml (managed, user_anchors, state_dir)")
     p.add_argument("--servername", metavar="NAME", help="name to send (SNI) and check (default: HOST)")
     p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="for the TCP connection and the handshake (default 10)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print the verdict, path, pins and timing as one JSON object")
     p.set_defaults(func=cmd_check)
 
     p = command("run", "the long-running agent: receive bundles over MQTT until SIGTERM",
@@ -268,8 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path,
                    help=f"state directory (default: state_dir from --config, else {DEFAULT_STATE})")
     p.add_argument("--config", type=Path, help="agent.toml ([export] gives the default paths)")
-    p.add_argument("--pem", type=Path, help="PEM bundle to write")
-    p.add_argument("--pins", type=Path, help="pins JSON to write")
+    p.add_argument("--pem", metavar="FILE",
+                   help=f"PEM bundle to write (a folder: {exports.PEM_NAME} in it)")
+    p.add_argument("--pins", metavar="FILE",
+                   help=f"pins JSON to write (a folder: {exports.PINS_NAME} in it)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object: the files written, their paths and counts")
     p.set_defaults(func=cmd_export)
 
     p = command("completion", "print the bash or zsh completion script, generated from this parser by "
@@ -298,6 +346,19 @@ def _state(args: argparse.Namespace, cfg: PiConfig, default: Path | None = None)
     return state
 
 
+def _initialised(state: Path) -> Path:
+    """`state` as an initialised state directory, else one clear line (exit 2)."""
+    if not state.exists():
+        raise UsageError(f"{state}: no such state directory; set one up with "
+                         f"`trustfleet-agent init --state {state} --root root.cose`")
+    if not state.is_dir():
+        raise UsageError(f"{state}: is a file, not a state directory")
+    if not (state / "root.cose").exists():
+        raise UsageError(f"{state}: not initialised (no root.cose); run `trustfleet-agent init "
+                         f"--state {state} --root root.cose` first")
+    return state
+
+
 def _core_config(args: argparse.Namespace, cfg: PiConfig) -> Config:
     # Without --config, the same Config() as before config files existed.
     conf = cfg.core_config() if getattr(args, "config", None) else Config()
@@ -317,19 +378,37 @@ def _warn(text: str) -> None:
 def cmd_init(args: argparse.Namespace) -> int:
     cfg = _config(args)
     state = _state(args, cfg)
+    if state.exists() and not state.is_dir():
+        raise UsageError(f"{state}: is a file, not a folder: give a state directory")
     if (state / "root.cose").exists() and not args.force:
-        print(f"trustfleet-agent: error: {state} is already initialised (use --force)", file=sys.stderr)
-        return 2
-    LocalDevice.initialise(state, _read(args.root), _core_config(args, cfg))
-    print(f"initialised {state}")
-    if args.bundle:
-        return _install(args, cfg, state, args.bundle, as_json=False)
-    return 0
+        raise UsageError(f"{state} is already initialised (use --force)")
+    conf = _core_config(args, cfg)
+    root_raw = _read_document(args.root, "root")
+    root = policy.load_trusted_root(root_raw, conf.limits, conf.fleet)  # before any folder is made
+    bundle_raw = _read_document(args.bundle, "bundle") if args.bundle else None
+    try:
+        LocalDevice.initialise(state, root_raw, conf)
+    except OSError as exc:
+        raise UsageError(f"cannot set up the state directory: {plain_oserror(exc, state)}") from None
+    out: dict[str, Any] = {"initialised": str(state), "root_version": root.version,
+                           "fleet": root.fleet, "install": None}
+    if not args.json:
+        print(f"initialised {state}")
+    code = 0
+    if bundle_raw is not None:
+        code, out["install"] = _install(args, cfg, state, bundle_raw, as_json=args.json)
+    if args.json:
+        print(json.dumps(out))
+    return code
 
 
 def cmd_install(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    return _install(args, cfg, _state(args, cfg), args.file, args.json)
+    state = _initialised(_state(args, cfg))
+    code, result = _install(args, cfg, state, _read_document(args.file, "bundle"), args.json)
+    if args.json:
+        print(json.dumps(result))
+    return code
 
 
 class _Recorder:
@@ -375,15 +454,16 @@ def _settle(device: LocalDevice, outcome: Any, health: _Recorder) -> Any:
     return outcome
 
 
-def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
-             as_json: bool) -> int:
+def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, raw: bytes,
+             as_json: bool) -> tuple[int, dict[str, Any]]:
+    """Install `raw`; prints the text lines unless as_json. Returns (exit code, JSON result)."""
     endpoints = list(getattr(args, "endpoint", None) or cfg.endpoints)
     timeout = getattr(args, "health_timeout", None) or cfg.health_timeout
     anchors = cfg.user_anchor_ders()
     health = _Recorder(tls.health_check_for(endpoints, timeout, managed=cfg.managed,
                                             user_anchors=anchors))
     device = LocalDevice(state, _core_config(args, cfg), health)
-    outcome = _settle(device, device.install(_read(file)), health)
+    outcome = _settle(device, device.install(raw), health)
     marked_bad = outcome.reverted is not None and outcome.reverted in device.bad_versions()
     result: dict[str, Any] = {
         "installed": outcome.committed is not None, "version": outcome.committed,
@@ -395,7 +475,7 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
     if outcome.committed is not None:
         result.update(_after_commit(device, cfg, anchors, state, outcome.committed, notes))
     if as_json:
-        print(json.dumps(result))
+        pass  # the caller prints the JSON
     elif result["installed"]:
         print(f"installed bundle v{outcome.committed}")
         if endpoints and health.answer:
@@ -410,7 +490,7 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, file: Path,
         print(f"refused: {result['reason']}", file=sys.stderr)
     for note in notes:
         _warn(note)
-    return 0 if result["installed"] else 1
+    return (0 if result["installed"] else 1), result
 
 
 def _after_commit(device: LocalDevice, cfg: PiConfig, anchors: list[bytes], state: Path,
@@ -422,11 +502,14 @@ def _after_commit(device: LocalDevice, cfg: PiConfig, anchors: list[bytes], stat
             store = tls.store_for(device, managed=cfg.managed, user_anchors=anchors)
             done = exports.export(store, cfg.export_pem, cfg.export_pins)
             out["export"] = _export_summary(done)
-            if done.pem is not None:
+            if done.pem_refused is not None:
+                notes.append(f"export: {done.pem_path} not written: {done.pem_refused} (the install "
+                             "stays committed)")
+            elif done.pem is not None:
                 notes.extend(f"export: {n}" for n in done.pem.notes())
         except OSError as exc:
-            out["export"] = {"ok": False, "error": str(exc)}
-            notes.append(f"export failed (the install stays committed): {exc}")
+            out["export"] = {"ok": False, "error": plain_oserror(exc)}
+            notes.append(f"export failed (the install stays committed): {plain_oserror(exc)}")
     if cfg.post_commit:
         hook = exports.run_hook(cfg.post_commit, version=version, state_dir=state,
                                 pem_path=cfg.export_pem, pins_path=cfg.export_pins,
@@ -439,11 +522,13 @@ def _after_commit(device: LocalDevice, cfg: PiConfig, anchors: list[bytes], stat
 
 
 def _export_summary(done: exports.ExportResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"ok": True}
+    out: dict[str, Any] = {"ok": done.pem_refused is None}
     if done.pem is not None:
-        out.update(pem=str(done.pem_path), certificates=done.pem.certificates,
-                   compact_skipped=len(done.pem.compact),
+        out.update(pem=str(done.pem_path), pem_written=done.pem_written,
+                   certificates=done.pem.certificates, compact_skipped=len(done.pem.compact),
                    distrusted_skipped=len(done.pem.distrusted))
+        if done.pem_refused is not None:
+            out["error"] = f"{done.pem_path} not written: {done.pem_refused}"
     if done.pins_path is not None:
         out["pins"] = str(done.pins_path)
     return out
@@ -453,7 +538,7 @@ def _export_summary(done: exports.ExportResult) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = LocalDevice(args.state, Config()).status()
+    status = LocalDevice(_initialised(args.state), Config()).status()
     if args.json:
         print(json.dumps(status))
     else:
@@ -471,7 +556,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_clear_bad(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    state = _state(args, cfg)
+    state = _initialised(_state(args, cfg))
     device = LocalDevice(state, _core_config(args, cfg))
     version = args.version
     if version not in device.bad_versions():
@@ -501,13 +586,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     name = args.servername or host
-    device = LocalDevice(state, _core_config(args, cfg))
+    device = LocalDevice(_initialised(state), _core_config(args, cfg))
     ctx = tls.context_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
     started = time.perf_counter()
     try:
         decision = tls.probe(ctx, host, port, args.timeout, name)
     except OSError as exc:
-        _warn(f"error: no TLS connection to {host}:{port}: {exc}")
+        _warn(f"error: no TLS connection to {host}:{port}: {plain_reason(exc)}")
         return 2
     elapsed_ms = (time.perf_counter() - started) * 1000
     bundle = ctx.trust_store.bundle
@@ -541,16 +626,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     pem, pins = args.pem or cfg.export_pem, args.pins or cfg.export_pins
     if pem is None and pins is None:
         raise UsageError("nothing to export: give --pem and/or --pins (or [export] in --config)")
-    device = LocalDevice(state, _core_config(args, cfg))
+    device = LocalDevice(_initialised(state), _core_config(args, cfg))
     store = tls.store_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
     done = exports.export(store, pem, pins)
+    version = store.bundle.version
+    if args.json:
+        summary = _export_summary(done)
+        print(json.dumps({"state": str(state), "bundle_version": version,
+                          "pinsets": len(store.bundle.pinsets), **summary}))
+    else:
+        if done.pem_written and done.pem is not None:
+            print(f"wrote {done.pem_path}: {done.pem.certificates} certificate(s) from bundle "
+                  f"v{version}")
+        if done.pins_path is not None:
+            print(f"wrote {done.pins_path}: {len(store.bundle.pinsets)} pin-set(s) from bundle "
+                  f"v{version}")
+    if done.pem_refused is not None:
+        _warn(f"refused: {done.pem_path} not written: {done.pem_refused}")
+        return 1
     if done.pem is not None:
-        print(f"wrote {done.pem_path}: {done.pem.certificates} certificate(s) from bundle "
-              f"v{store.bundle.version}")
         for note in done.pem.notes():
             _warn(f"export: {note}")
-    if done.pins_path is not None:
-        print(f"wrote {done.pins_path}: {len(store.bundle.pinsets)} pin-set(s)")
     return 0
 
 
@@ -626,8 +722,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     status = device.status()
+    held = "no bundle yet" if status["version"] is None else f"bundle v{status['version']}"
     _warn(f"started: device {cfg.device_id} of {cfg.fleet}, state {status['state']}, "
-          f"bundle v{status['version']}, broker {settings.url()}")
+          f"{held}, broker {settings.url()}")
     try:
         transport.run(stop)
     except DeviceError as exc:
@@ -638,13 +735,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every error is one line on stderr and an exit code (module docstring)."""
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("trustfleet-agent: interrupted", file=sys.stderr)
+        return 130
     except BundleError as exc:
         print(f"trustfleet-agent: refused: {exc}", file=sys.stderr)
         return 1
-    except (DeviceError, OSError, ConfigError, UsageError) as exc:
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        print(f"trustfleet-agent: error: {plain_oserror(exc)}", file=sys.stderr)
+        return 2
+    except (DeviceError, ConfigError, UsageError) as exc:
         print(f"trustfleet-agent: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # a caller mistake the parser could not see (e.g. an IP as name)

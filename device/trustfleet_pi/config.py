@@ -49,6 +49,7 @@ name. Credentials in the URL are refused (they would end up in logs).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ from cryptography.hazmat.primitives import serialization
 
 from trustfleet_device import topics
 from trustfleet_device.agent import Config
+from trustfleet_pi.oserrors import plain_reason
 from trustfleet_pi.tls import is_ip, parse_endpoint
 
 MAX_CONFIG_BYTES = 64 * 1024
@@ -122,7 +124,7 @@ class MqttConfig:
                 raw = f.read(MAX_PASSWORD_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"mqtt.password_file: cannot read {self.password_file}: "
-                              f"{exc.strerror or exc}") from None
+                              f"{plain_reason(exc)}") from None
         if len(raw) > MAX_PASSWORD_BYTES:
             raise ConfigError(f"mqtt.password_file: {self.password_file} is over "
                               f"{MAX_PASSWORD_BYTES} bytes")
@@ -174,7 +176,7 @@ class PiConfig:
             try:
                 certs = x509.load_pem_x509_certificates(path.read_bytes())
             except OSError as exc:
-                raise ConfigError(f"user_anchors: cannot read {path}: {exc.strerror or exc}") from None
+                raise ConfigError(f"user_anchors: cannot read {path}: {plain_reason(exc)}") from None
             except ValueError:
                 raise ConfigError(f"user_anchors: {path} holds no PEM certificate") from None
             out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
@@ -192,12 +194,14 @@ def load_config(path: str | Path) -> PiConfig:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot read: {plain_reason(exc)}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text); give the agent.toml") from None
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, path)
 
@@ -218,7 +222,7 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> PiConfig:
     for table, known in _TABLES.items():
         value = data.get(table, {})
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {table} must be a table ([{table}])")
+            raise ConfigError(f"{where}: {table} must be a table ([{table}]), not {_shown(value)}")
         _refuse_unknown(value, known, where, table + ".")
     health = _Reader(data.get("health", {}), where, "health.", base)
     cfg.endpoints = health.strings("endpoints")
@@ -230,7 +234,8 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> PiConfig:
     cfg.health_timeout = health.seconds("timeout", DEFAULT_HEALTH_TIMEOUT)
     cfg.on_unreachable = health.text("on_unreachable") or "revert"
     if cfg.on_unreachable not in ON_UNREACHABLE:
-        raise ConfigError(f"{where}: health.on_unreachable must be \"revert\" or \"keep\"")
+        raise ConfigError(f"{where}: health.on_unreachable must be \"revert\" or \"keep\", "
+                          f"not {_shown(cfg.on_unreachable)}")
     export = _Reader(data.get("export", {}), where, "export.", base)
     cfg.export_pem = export.path("pem")
     cfg.export_pins = export.path("pins")
@@ -305,7 +310,7 @@ def _protocol(r: _Reader) -> str:
     if v == 5 and not isinstance(v, bool):
         return "5"  # `protocol = 5` reads naturally in TOML
     if not isinstance(v, str) or v not in PROTOCOLS:
-        raise ConfigError(f"{r.where}: mqtt.protocol must be \"3.1.1\" or \"5\", not {v!r}")
+        raise ConfigError(f"{r.where}: mqtt.protocol must be \"3.1.1\" or \"5\", not {_shown(v)}")
     return v
 
 
@@ -314,6 +319,21 @@ def _refuse_unknown(table: dict[str, Any], known: tuple[str, ...], where: str, p
         if key not in known:
             raise ConfigError(f"{where}: unknown key '{prefix}{key}' (known: "
                               f"{', '.join(prefix + k for k in known)})")
+
+
+def _shown(value: Any) -> str:
+    """A config value as it would be written in TOML, cut short."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, dict):
+        text = "a table"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_shown(v) for v in value) + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _Reader:
@@ -326,7 +346,9 @@ class _Reader:
         self.base = base
 
     def _fail(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {self.prefix}{key} must be {expected}")
+        """`key must be <expected>, not <the value given>` (as it reads in TOML)."""
+        return ConfigError(f"{self.where}: {self.prefix}{key} must be {expected}, "
+                           f"not {_shown(self.table.get(key))}")
 
     def text(self, key: str) -> str | None:
         v = self.table.get(key)
@@ -343,7 +365,7 @@ class _Reader:
     def strings(self, key: str) -> list[str]:
         v = self.table.get(key, [])
         if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v):
-            raise self._fail(key, "a list of non-empty strings")
+            raise self._fail(key, 'a list of non-empty strings (e.g. ["a", "b"])')
         return list(v)
 
     def path(self, key: str) -> Path | None:
@@ -362,7 +384,7 @@ class _Reader:
     def seconds(self, key: str, default: float) -> float:
         v = self.table.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 3600:
-            raise self._fail(key, "a number of seconds from 0 to 3600 (not 0)")
+            raise self._fail(key, "a number of seconds, more than 0 and at most 3600")
         return float(v)
 
     def time(self, key: str) -> int:

@@ -6,6 +6,9 @@ the directory), so a reader sees the old file or the new one:
   REQUESTS_CA_BUNDLE). Only whole-certificate anchors can be exported: a
   compact anchor (subject + SPKI) holds no certificate. Anchors whose key
   the bundle distrusts are left out, since evaluate() would refuse them.
+  When no certificate is left, the PEM file is NOT written (an empty CA
+  file makes every TLS client that reads it fail): ExportResult.pem_refused
+  says why, and an earlier file at that path stays as it was.
   Enterprise anchors are included only when the store uses them (managed
   device, bundle policy allows). The PEM file carries no pins.
 - the pins as JSON: {"version", "pinsets": [{"domain",
@@ -33,6 +36,8 @@ from trustfleet_device._cpython.files import write_atomic
 from trustfleet_pi.tls import in_memory
 
 FULL_FORM_HINT = 'use form = "full" in the bundle spec for anchors that must be exported'
+PEM_NAME = "ca-bundle.pem"  # the file written into a folder given as the PEM target
+PINS_NAME = "pins.json"
 _HOOK_OUTPUT_SHOWN = 300
 
 
@@ -55,6 +60,29 @@ class PemExport:
             out.append(f"{len(self.distrusted)} anchor(s) left out: their key is distrusted by the "
                        "bundle")
         return out
+
+    def refusal(self) -> str | None:
+        """Why no PEM file can be written (no certificate left), else None."""
+        if self.certificates:
+            return None
+        if self.compact:
+            return (f"{len(self.compact)} compact anchor(s) cannot be written as PEM: a compact "
+                    "anchor is a subject and a key, not a certificate; for whole certificates "
+                    'build the bundle with form = "full" in its spec\'s [[anchors]]')
+        if self.distrusted:
+            return f"every anchor's key is distrusted by the bundle ({len(self.distrusted)})"
+        return "the bundle has no anchor to write"
+
+
+def target(path: str | os.PathLike[str] | None, default_name: str) -> Path | None:
+    """Where to write: a folder (an existing one, or a path ending in "/") means the default
+    file name inside it."""
+    if path is None:
+        return None
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or Path(text).is_dir():
+        return Path(text) / default_name
+    return Path(text)
 
 
 def pem_export(store: trust.TrustStore) -> PemExport:
@@ -100,20 +128,28 @@ class ExportResult:
     pem: PemExport | None = None
     pem_path: Path | None = None
     pins_path: Path | None = None
+    pem_refused: str | None = None  # why the PEM file was not written (no certificate to write)
+
+    @property
+    def pem_written(self) -> bool:
+        return self.pem is not None and self.pem_refused is None
 
 
 def export(store: trust.TrustStore, pem_path: str | os.PathLike[str] | None,
            pins_path: str | os.PathLike[str] | None) -> ExportResult:
-    """Write the configured exports. Raises: OSError."""
+    """Write the configured exports (a folder as a path: the default name in it); the pins
+    are written even when the PEM file is refused. Raises: OSError."""
     result = ExportResult()
     if pem_path is not None:
         result.pem = pem_export(store)
-        result.pem_path = Path(pem_path)
-        write_atomic(result.pem_path, result.pem.text.encode("ascii"))
+        result.pem_path = target(pem_path, PEM_NAME)
+        result.pem_refused = result.pem.refusal()
     if pins_path is not None:
-        result.pins_path = Path(pins_path)
+        result.pins_path = target(pins_path, PINS_NAME)
         text = json.dumps(pins_document(store), indent=2) + "\n"
         write_atomic(result.pins_path, text.encode("ascii"))
+    if result.pem_path is not None and result.pem is not None and result.pem_refused is None:
+        write_atomic(result.pem_path, result.pem.text.encode("ascii"))
     return result
 
 
