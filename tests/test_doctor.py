@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ import pytest
 from support import brokers
 from support import fleetkit as fk
 from trustfleet_server import cli, keys
+from trustfleet_server.broker.mosquitto import config_text
 from trustfleet_server.cli import doctor
 from trustfleet_server.fleet import db as fleetdb
 
@@ -278,3 +281,25 @@ def test_the_config_in_use_supplies_what_doctor_checks(operator, mosquitto, tmp_
     code, out, _ = run(capsys, "doctor", "--key", f"bundle={d / 't1.pem'}")
     assert code == 1
     assert "is not a bundle key of root v1" in lines(out)["key bundle"]
+
+
+def test_broker_credentials_are_used_and_a_wrong_password_fails(operator, private_mosquitto, tmp_path, capsys):
+    """A Mosquitto that refuses anonymous clients: the URL's user and password get in, a wrong one is
+    refused with a fix that names the password variable."""
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    pwfile = tmp_path / "passwords"
+    subprocess.run([passwd, "-b", "-c", str(pwfile), "ops", "s3cret"], check=True, capture_output=True)
+    pwfile.chmod(0o644)  # Mosquitto, started as root, reads it as the user it switches to
+    tmp_path.chmod(0o755)
+    port = brokers.free_port()
+    broker = private_mosquitto(config_text(port, extra=["allow_anonymous false", f"password_file {pwfile}"]))
+    code, out, _ = run(capsys, "doctor", "--broker", f"mqtt://ops:s3cret@127.0.0.1:{broker.port}")
+    assert code == 0, out
+    assert lines(out)["broker"] == f"ok    broker        mqtt://ops@127.0.0.1:{broker.port} reachable (MQTT 5)"
+    code, out, _ = run(capsys, "doctor", "--broker", f"mqtt://ops:wrong@127.0.0.1:{broker.port}")
+    assert code == 1
+    line = lines(out)["broker"]
+    assert line.startswith(f"fail  broker        mqtt://ops@127.0.0.1:{broker.port} refused the connection: ")
+    assert "wrong" not in line and "s3cret" not in line
+    assert line.endswith("; fix: check the user name and password (TRUSTFLEET_MQTT_PASSWORD holds the password) "
+                         "and the broker's ACL")
