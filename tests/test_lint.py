@@ -234,7 +234,7 @@ def test_codes_are_stable_and_documented():
 
 def test_json_report_has_counts_and_one_object_per_finding(pki, capsys):
     _, report = run_lint(capsys, pki, _bad_specs(pki)["TF102"])
-    assert set(report) == {"file", "kind", "checked_at", "horizon_days", "chains", "strict", "ok",
+    assert set(report) == {"file", "kind", "checked_at", "horizon_days", "chains", "strict", "allowed", "ok",
                            "errors", "warnings", "findings", "notes"}
     assert report["kind"] == "spec" and report["checked_at"] == "2026-01-01T00:00:00Z"
     assert report["horizon_days"] == 400 and (report["errors"], report["warnings"]) == (1, 0)
@@ -299,10 +299,10 @@ def _build(pki, text, *extra):
     return proc, out
 
 
-def test_bundle_build_prints_lint_findings_as_warnings(pki):
+def test_bundle_build_prints_an_overridden_error_as_allowed(pki):
     proc, out = _build(pki, _bad_specs(pki)["TF101"], "--json")
     assert proc.returncode == 0 and out.exists()
-    assert proc.stderr.startswith(f"warning: TF101 [error] pinsets[0] {DOMAIN}: ")
+    assert proc.stderr.startswith(f"allowed: TF101 [error] pinsets[0] {DOMAIN}: ")
     assert proc.stderr.rstrip().endswith(f"; fix: {lint.RULES['TF101'].fix}")
     assert [f["code"] for f in json.loads(proc.stdout)["lint"]] == ["TF101"]
 
@@ -321,13 +321,33 @@ def test_bundle_build_refuses_an_error_level_finding_and_writes_nothing(pki, cod
     assert proc.returncode == 1 and not out.exists()
     lines = proc.stderr.splitlines()
     assert lines[0].startswith(f"error: {code} [error] ")
-    assert lines[-1].startswith("trustfleet: refused: 1 lint error(s); nothing written")
+    assert lines[-1] == (f"trustfleet: refused: 1 lint error(s); nothing written (fix the spec, or "
+                         f"--allow {code} to build it anyway; docs/lints.md)")
 
 
-def test_bundle_build_keeps_the_explicit_single_pin_override_as_a_warning(pki):
+@pytest.mark.parametrize("code", ["TF106", "TF110"])
+def test_bundle_build_allow_names_the_rule_it_lets_pass(pki, code):
+    proc, out = _build(pki, _bad_specs(pki)[code], "--allow", code.lower(), "--json")
+    assert proc.returncode == 0 and out.exists(), proc.stderr
+    assert proc.stderr.startswith(f"allowed: {code} [error] ")
+    assert [f["code"] for f in json.loads(proc.stdout)["lint"]] == [code]
+
+
+def test_bundle_build_allow_of_another_rule_still_refuses(pki):
+    proc, out = _build(pki, _bad_specs(pki)["TF106"], "--allow", "TF110")
+    assert proc.returncode == 1 and not out.exists()
+
+
+def test_bundle_build_allow_of_an_unknown_rule_is_a_usage_error(pki):
+    proc, out = _build(pki, _bad_specs(pki)["TF106"], "--allow", "TF999")
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.startswith("trustfleet: error: --allow TF999: no such lint rule; rules: TF101, ")
+
+
+def test_bundle_build_keeps_the_explicit_single_pin_override_as_allowed(pki):
     proc, out = _build(pki, _bad_specs(pki)["TF101"])
     assert proc.returncode == 0 and out.exists()
-    assert proc.stderr.startswith("warning: TF101 [error] ") and "allow_single_pin" in proc.stderr
+    assert proc.stderr.startswith("allowed: TF101 [error] ") and "allow_single_pin" in proc.stderr
 
 
 def test_bundle_build_strict_passes_a_clean_spec(pki):
@@ -379,3 +399,12 @@ def test_classify_needs_a_verified_signature_not_just_a_name(pki):
     impostor = fk.make_cert("Stand-in Public Root", keys.generate_key())
     fake_roots = lint.PublicRoots([impostor])
     assert [o["owner"] for o in lint.classify(subjects, fake_roots)] == ["yours", "yours"]
+
+
+def test_lint_allow_passes_an_error_and_says_which(capsys, pki):
+    text = _bad_specs(pki)["TF106"]
+    code, out = run_lint(capsys, pki, text)
+    assert code == 1 and not out["ok"]
+    code, out = run_lint(capsys, pki, text, "--allow", "TF106")
+    assert code == 0 and out["ok"] and out["allowed"] == ["TF106"]
+    assert [f["code"] for f in out["findings"]] == ["TF106"]  # still reported

@@ -464,10 +464,23 @@ def counts(findings: Iterable[Finding]) -> dict[str, int]:
     return out
 
 
-def blocks_build(finding: Finding, payload: Mapping[str, Any], *, strict: bool) -> bool:
+def check_allow(codes: Sequence[str]) -> frozenset[str]:
+    """The --allow codes, upper-cased. Raises: UsageError for a code that is not a rule."""
+    out = frozenset(c.strip().upper() for c in codes)
+    unknown = sorted(out - set(RULES))
+    if unknown:
+        raise UsageError(f"--allow {unknown[0]}: no such lint rule; rules: {', '.join(sorted(RULES))}")
+    return out
+
+
+def blocks_build(finding: Finding, payload: Mapping[str, Any], *, strict: bool,
+                 allow: frozenset[str] = frozenset()) -> bool:
     """Does this finding stop `bundle build`? Every error does (every finding with strict),
-    except TF101 on a pin-set whose spec says allow_single_pin: that is the operator's
-    explicit override, and the build keeps it (lint still reports it)."""
+    except a code the operator allowed by name (--allow TF106) and TF101 on a pin-set whose
+    spec says allow_single_pin: those are explicit overrides, and the build keeps them (lint
+    still reports them)."""
+    if finding.code in allow:
+        return False
     if strict:
         return True
     if finding.severity != ERROR:
@@ -481,9 +494,10 @@ def blocks_build(finding: Finding, payload: Mapping[str, Any], *, strict: bool) 
     return True
 
 
-def failed(findings: Sequence[Finding], *, strict: bool) -> bool:
-    """True when the findings should fail the command: any error, or any finding with strict."""
-    return any(strict or f.severity == ERROR for f in findings)
+def failed(findings: Sequence[Finding], *, strict: bool, allow: frozenset[str] = frozenset()) -> bool:
+    """True when the findings should fail the command: any error, or any finding with strict,
+    leaving out the codes in `allow`."""
+    return any((strict or f.severity == ERROR) and f.code not in allow for f in findings)
 
 
 # --------------------------------------------------------------------------- inputs

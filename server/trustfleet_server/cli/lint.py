@@ -68,14 +68,15 @@ def cmd_lint(args: argparse.Namespace) -> int:
                                  pinset_chains=pinset_chains, public_roots=roots,
                                  allow_future=args.allow_future,
                                  time_lead=lint.root_time_lead(args.lint_root))
-    failed = lint.failed(findings, strict=args.strict)
+    allow = lint.check_allow(args.allow)
+    failed = lint.failed(findings, strict=args.strict, allow=allow)
     totals = lint.counts(findings)
     if args.json:
         print(json.dumps({
             "file": str(args.target), "kind": kind,
             "checked_at": times.iso(now),
             "horizon_days": horizon // 86400, "chains": [c.name for c in chains],
-            "strict": args.strict, "ok": not failed,
+            "strict": args.strict, "allowed": sorted(allow), "ok": not failed,
             "errors": totals[lint.ERROR], "warnings": totals[lint.WARNING],
             "findings": [f.as_dict() for f in findings], "notes": notes,
         }, indent=2, ensure_ascii=False))
