@@ -485,7 +485,8 @@ def test_fleet_watch_redraws_in_place_on_a_terminal(env, capsys, monkeypatch):
         db.update_rollout(1, lambda r: rollout.abort(r, int(time.time()), "test"))
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     code, out, _ = run_cli(capsys, "fleet", "watch", "--db", env.db, "--fleet", env.fleet)
-    assert code == 1 and "\x1b[2K" in out and "aborted" in out and "[......" in out
+    # rich's live region (cursor hidden while it redraws in place) with a bar per wave
+    assert code == 1 and "\x1b[?25l" in out and "aborted" in out and "━" in out
 
 
 # --------------------------------------------------------------------------- other brokers

@@ -393,6 +393,12 @@ class WaveProgress:
     excluded: int = 0  # suspect (claims a version never published) or quarantined: not counted
     failing: list[dict] = field(default_factory=list)
     deadline_at: int | None = None
+    # "live": counted now from the devices' statuses; "recorded": the counts stored when the
+    # wave ended (fleetdb.record_wave); "not recorded": it ended before the store kept results
+    # (schema v2) or was never reached, so there are no counts to show.
+    source: str = "live"
+    ended: int | None = None  # when the wave moved on, halted or was aborted
+    reason: str | None = None  # why it ended (the gate's note, the halt or abort reason)
 
     @property
     def counted(self) -> int:
@@ -453,9 +459,57 @@ def wave_progress(r: Rollout, devices: Iterable[Mapping[str, Any]], now: int, in
 
 
 def progress(r: Rollout, devices: Iterable[Mapping[str, Any]], now: int) -> list[WaveProgress]:
-    """Progress of every wave (for `rollout status` and `fleet watch`)."""
+    """Progress of every wave, every one counted now from the devices (see `history`)."""
     devices = list(devices)
     return [wave_progress(r, devices, now, i) for i in range(len(r.waves))]
+
+
+ENDED = {DONE: "passed", HALTED: "halted", ABORTED: "aborted"}
+NOT_REACHED = "not reached"
+
+
+def wave_ended(r: Rollout, index: int) -> bool:
+    """Whether wave `index` of `r` has ended: passed, or the one the rollout stopped on."""
+    return 0 <= index < r.current or (index == r.current and r.state in FINAL)
+
+
+def ended_wave(old: Rollout, new: Rollout, devices: Iterable[Mapping[str, Any]], now: int,
+               note: str | None = None) -> WaveProgress | None:
+    """The result of the wave `old` was on, when `new` leaves it (moved on, done, halted or
+    aborted), counted from the same devices and time the decision was made on; None when no
+    wave ends (nothing published yet, still on it, or already final)."""
+    if old.current < 0 or old.state in FINAL:
+        return None
+    if new.current == old.current and new.state not in FINAL:
+        return None
+    p = wave_progress(old, list(devices), now, old.current)
+    p.status = ENDED.get(new.state, "passed")
+    p.source, p.ended = "recorded", now
+    p.reason = new.halt_reason if new.state in (HALTED, ABORTED) else note
+    return p
+
+
+def history(r: Rollout, devices: Iterable[Mapping[str, Any]], now: int,
+            recorded: Mapping[int, WaveProgress]) -> list[WaveProgress]:
+    """Every wave as `rollout status` shows it: an ended wave as recorded when it ended
+    (`recorded`, by wave index), the running (or paused) wave and the waves still to come
+    counted live, and the waves a finished rollout never reached as "not reached"."""
+    devices = list(devices)
+    out = []
+    for i, w in enumerate(r.waves):
+        if wave_ended(r, i):
+            p = recorded.get(i)
+            if p is None:  # ended before results were recorded: no counts to show
+                status = "passed" if i < r.current else ENDED[r.state]
+                p = WaveProgress(i, w.name, status, source="not recorded", ended=None,
+                                 failing=list(r.failing) if status != "passed" else [],
+                                 reason=r.halt_reason if status != "passed" else None)
+            out.append(p)
+        elif r.state in FINAL:
+            out.append(WaveProgress(i, w.name, NOT_REACHED, source="not recorded"))
+        else:
+            out.append(wave_progress(r, devices, now, i))
+    return out
 
 
 # --------------------------------------------------------------------------- step

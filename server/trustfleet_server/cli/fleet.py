@@ -1,14 +1,15 @@
-"""`trustfleet fleet status|watch|device|events|prune`: what the fleet runs, from the statuses `trustfleet serve`
+"""`trustfleet fleet status|devices|watch|device|events|prune`: what the fleet runs, from the statuses `trustfleet serve`
 ingested; `prune` applies report retention (the options of common.retention_arguments, which
 `serve` takes too)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import time
 
-from trustfleet_server import fleetops, render, rollout, times
+from trustfleet_device import status as status_schema
+from trustfleet_server import fleetops, render, rollout, terminal, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -18,7 +19,9 @@ FLEET_EPILOG = """\
 examples:
   trustfleet fleet status --db fleet.db --fleet acme
   trustfleet fleet status --db postgresql://trustfleet@db/fleet --fleet acme --json
+  trustfleet fleet devices --db fleet.db --fleet acme --version 7 --state stale
   trustfleet fleet watch --db fleet.db --fleet acme     # exit 0 when done, 1 halted/aborted
+  trustfleet fleet watch --db fleet.db --fleet acme --json | jq .state
   trustfleet fleet prune --db fleet.db --per-device 200 --max-age 7d
 """
 DEVICE_EPILOG = """\
@@ -44,15 +47,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the whole summary as JSON")
     p.set_defaults(func=cmd_fleet_status)
 
+    p = fsub.add_parser("devices", help="one row per device: version, state, group, bucket, last seen, "
+                                        "last refusal or revert",
+                        description="Every device of the fleet, one row each, filtered by version,\n"
+                                    "state and group (the filters combine). States are the names\n"
+                                    f"`fleet status` uses: {', '.join(DEVICE_STATES)};\n"
+                                    "a device can be in several (ok,fail-open). On a terminal a table;\n"
+                                    "otherwise a header and one tab-separated line per device.",
+                        epilog=FLEET_EPILOG, formatter_class=common.RAW)
+    common.db_argument(p)
+    common.fleet_argument(p)
+    p.add_argument("--version", dest="device_version", type=_version, metavar="N", default=argparse.SUPPRESS,
+                   help="only devices running bundle vN (`none`: devices without a bundle)")
+    p.add_argument("--state", metavar="STATE", help=f"only devices in this state: {', '.join(DEVICE_STATES)}")
+    p.add_argument("--group", metavar="GROUP", help="only devices of this rollout group (`none`: no group)")
+    p.add_argument("--silent-after", default="24h", metavar="DURATION",
+                   help="a device not heard from for this long is `silent` (default 24h)")
+    p.add_argument("--json", action="store_true", help="print {fleet, devices: [...]} as JSON")
+    p.set_defaults(func=cmd_fleet_devices)
+
     p = fsub.add_parser("watch", help="live rollout progress, one bar per wave",
-                        description="Follow the fleet's latest rollout: a progress bar per wave, "
-                                    "redrawn in place on a terminal, one line per change otherwise. "
-                                    "Exits 0 when it is done, 1 when halted or aborted.",
+                        description="Follow the fleet's latest rollout: a progress bar per wave,\n"
+                                    "redrawn in place on a terminal; otherwise each line that changed,\n"
+                                    "in full and stamped with the time (--json: one JSON object per\n"
+                                    "change). Exits 0 when it is done, 1 when halted or aborted.",
                         epilog=FLEET_EPILOG, formatter_class=common.RAW)
     common.db_argument(p)
     common.fleet_argument(p)
     p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one object per change (the rollout and its waves, as rollout "
+                        "status --json)")
     p.set_defaults(func=cmd_fleet_watch)
 
     p = fsub.add_parser("device", help="set one device aside: quarantine, release or forget (audited)",
@@ -60,7 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "never count it), release it, or forget its row (it comes back "
                                     "if it publishes again). Each is an audit event: who, when, why.",
                         epilog=DEVICE_EPILOG, formatter_class=common.RAW)
-    p.add_argument("action", choices=fleetops.DEVICE_ACTIONS)
+    p.add_argument("action", choices=fleetops.DEVICE_ACTIONS,
+                   help="quarantine (rollouts skip it), release (count it again) or forget (delete its row)")
     p.add_argument("device", metavar="ID", help="device id")
     common.db_argument(p)
     common.fleet_argument(p)
@@ -139,6 +166,46 @@ def cmd_fleet_events(args: argparse.Namespace) -> int:
     return 0
 
 
+DEVICE_STATES = (*status_schema.STATES, *render.EXTRA_STATES)
+
+
+def _version(text: str) -> int | None:
+    """--version: N, vN or none. Raises: argparse.ArgumentTypeError."""
+    if text.lower() == "none":
+        return None
+    digits = text[1:] if text[:1] in "vV" else text
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a bundle version like 7 or v7 (or none), got {text!r}")
+    return int(digits)
+
+
+def cmd_fleet_devices(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet)
+    if args.state is not None and args.state not in DEVICE_STATES:
+        raise UsageError(f"--state: unknown state {args.state!r}; one of {', '.join(DEVICE_STATES)}")
+    now = int(time.time())
+    silent = int(times.positive_seconds(args.silent_after, "--silent-after"))
+    with fleetdb.open_db(args.db) as db:
+        db.require_fleet(fleet)
+        devices = db.devices(fleet)
+    rows = [render.device_row(d, now, silent) for d in devices]
+    if "device_version" in vars(args):  # given (None: devices without a bundle)
+        rows = [r for r in rows if r["version"] == args.device_version]
+    if args.state is not None:
+        rows = [r for r in rows if args.state in r["states"]]
+    if args.group is not None:
+        group = None if args.group.lower() == "none" else args.group
+        rows = [r for r in rows if r["group"] == group]
+    if args.json:
+        common.print_json({"fleet": fleet, "time": now, "devices": rows})
+    elif terminal.is_terminal():
+        terminal.print_table(render.DEVICE_COLUMNS, [render.device_cells(r) for r in rows],
+                             title=f"fleet {fleet}: {len(rows)} of {len(devices)} device(s)")
+    else:
+        print("\n".join(render.plain_lines(render.DEVICE_COLUMNS, [render.device_cells(r) for r in rows])))
+    return 0
+
+
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     fleet = fleetops.check_fleet(args.fleet)
     now = int(time.time())
@@ -148,39 +215,67 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         s = fleetops.fleet_summary(db, fleet, now, silent, args.limit)
     if args.json:
         common.print_json(s)
-        return 0
-    print("\n".join(render.render_summary(s, now)))
+    elif terminal.is_terminal():
+        terminal.print_summary(s, now)
+    else:
+        print("\n".join(render.render_summary(s, now)))
     return 0
 
 
 def cmd_fleet_watch(args: argparse.Namespace) -> int:
+    """Follow the rollout until it is final: rich bars on a terminal, else a full line per wave
+    whose line changed (the deadline as a time, so a line changes only when something happens),
+    or with --json one JSON object per change."""
     fleet = fleetops.check_fleet(args.fleet)
-    tty = sys.stdout.isatty()
-    shown: list[str] = []
+    if args.interval <= 0:
+        raise UsageError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+    tty = terminal.is_terminal() and not args.json
     try:
         with fleetdb.open_db(args.db) as db:
             db.require_fleet(fleet)
-            while True:
-                now = int(time.time())
-                r = fleetops.find_rollout(db, fleet, args.id)
-                lines = render.render_rollout(r, rollout.progress(r, db.devices(fleet), now), now, tty)
-                if tty:
-                    if shown:  # back to the first line drawn, and clear below it
-                        sys.stdout.write(f"\x1b[{len(shown)}F\x1b[J")
-                    sys.stdout.write("".join(f"\x1b[2K{line}\n" for line in lines))
-                    sys.stdout.flush()
-                    shown = lines
-                else:
-                    # Plain output: print the lines that changed (deadlines tick, so drop them).
-                    stable = [line.split(", deadline in")[0] for line in lines]
-                    for line, old in zip(stable, shown + [None] * len(stable), strict=False):
-                        if line != old:
-                            print(f"{iso(now)} {line.strip()}", flush=True)
-                    shown = stable
-                if r.state in rollout.FINAL:
-                    return 0 if r.state == rollout.DONE else 1
-                time.sleep(args.interval)
+            if tty:
+                with terminal.live() as update:
+                    return _watch(db, fleet, args, lambda r, waves, now: update(
+                        terminal.rollout_view(r, waves, now)))
+            return _watch(db, fleet, args, _json_update() if args.json else _plain_update())
     except KeyboardInterrupt:
-        if tty:
-            print()
         return 130
+
+
+def _watch(db: fleetdb.FleetDB, fleet: str, args: argparse.Namespace, show) -> int:
+    """Show the rollout every --interval until it is final; 0 done, 1 halted or aborted."""
+    while True:
+        now = int(time.time())
+        r = fleetops.find_rollout(db, fleet, args.id)
+        show(r, rollout.history(r, db.devices(fleet), now, db.wave_results(r.id)), now)
+        if r.state in rollout.FINAL:
+            return 0 if r.state == rollout.DONE else 1
+        time.sleep(args.interval)
+
+
+def _plain_update():
+    """Plain output: each line that changed, whole, stamped with the time."""
+    shown: list[str] = []
+
+    def show(r: rollout.Rollout, waves: list[rollout.WaveProgress], now: int) -> None:
+        nonlocal shown
+        lines = render.render_rollout(r, waves, now, tty=False, absolute=True)
+        for line, old in zip(lines, shown + [None] * len(lines), strict=False):
+            if line != old:
+                print(f"{iso(now)} {line.strip()}", flush=True)
+        shown = lines
+    return show
+
+
+def _json_update():
+    """JSON Lines: the rollout and its waves, one object each time something but the clock changed."""
+    last: str | None = None
+
+    def show(r: rollout.Rollout, waves: list[rollout.WaveProgress], now: int) -> None:
+        nonlocal last
+        body = render.rollout_json(r, waves)
+        key = json.dumps(body, sort_keys=True, default=str)
+        if key != last:
+            print(json.dumps({"time": now, **body}, default=str), flush=True)
+            last = key
+    return show

@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from trustfleet_server import fleetops, mqtturl, render, rollout, times
+from trustfleet_server import fleetops, mqtturl, render, rollout, terminal, times
 from trustfleet_server.cli import common
+from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.times import iso
 
@@ -16,6 +17,7 @@ examples:
   trustfleet rollout start --db fleet.db --fleet acme --root root.cose --bundle bundle-v8.cose
   trustfleet rollout start ... --groups canary,beta,all --success 0.95 --wave-deadline 30m
   trustfleet rollout status --db fleet.db --fleet acme
+  trustfleet rollout list --db fleet.db --state halted
   trustfleet rollout pause --db fleet.db --fleet acme
   trustfleet rollout abort --db fleet.db --fleet acme --broker mqtt://broker   # clear topics now
 
@@ -50,7 +52,7 @@ going back:
 """
 
 def register(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("rollout", help="staged rollouts: start, status, pause, resume, abort",
+    group = sub.add_parser("rollout", help="staged rollouts: start, status, list, pause, resume, abort",
                            description="Staged rollouts of a signed bundle, wave by wave, gated on "
                                        "device reports. `trustfleet serve` carries them out.",
                            epilog=ROLLOUT_EPILOG, formatter_class=common.RAW)
@@ -82,12 +84,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the new rollout (or the dry run) as JSON")
     p.set_defaults(func=cmd_rollout_start)
 
-    p = rsub.add_parser("status", help="show the latest (or a given) rollout and its waves")
+    p = rsub.add_parser("status", help="show the latest (or a given) rollout and its waves",
+                        description="A rollout and its waves: each ended wave as recorded when it "
+                                    "ended (moved on, halted, aborted), the running wave counted "
+                                    "now from the devices' statuses.")
     common.db_argument(p)
     common.fleet_argument(p)
     p.add_argument("--id", type=int, help="rollout id (default: the latest of the fleet)")
     p.add_argument("--json", action="store_true", help="rollout, per-wave progress and events as JSON")
     p.set_defaults(func=cmd_rollout_status)
+
+    p = rsub.add_parser("list", help="every rollout, newest first",
+                        description="Every rollout of the store (or of one fleet), newest first: id, "
+                                    "fleet, version, state, waves passed of all, started, finished "
+                                    "and the halt or abort reason.")
+    common.db_argument(p)
+    common.fleet_argument(p, required=False, help="only this fleet's rollouts (default: every fleet)")
+    p.add_argument("--state", metavar="STATE",
+                   help=f"only rollouts in this state: {', '.join(rollout.STATES)}")
+    p.add_argument("--json", action="store_true", help="print {rollouts: [...]} as JSON")
+    p.set_defaults(func=cmd_rollout_list)
 
     for name, helptext in (("pause", "stop advancing; published waves stay"),
                            ("resume", "continue a paused rollout"),
@@ -99,10 +115,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "abort":
             p.add_argument("--reason", default="aborted by the operator",
                            help="recorded with the rollout and shown by `rollout status`")
-            p.add_argument("--broker", metavar="URL",
-                           help="clear the wave topics now (else `serve` clears them on its next step)")
+            common.broker_argument(p, required=False,
+                                   help="clear the wave topics now (else `serve` clears them on its next step)")
         p.add_argument("--json", action="store_true", help="print the rollout as JSON")
         p.set_defaults(func=cmd_rollout_change, action=name)
+
+
+def cmd_rollout_list(args: argparse.Namespace) -> int:
+    fleet = fleetops.check_fleet(args.fleet) if args.fleet else None
+    if args.state is not None and args.state not in rollout.STATES:
+        raise UsageError(f"--state: unknown state {args.state!r}; one of {', '.join(rollout.STATES)}")
+    with fleetdb.open_db(args.db) as db:
+        if fleet is not None:
+            db.require_fleet(fleet)
+        rows = [render.rollout_row(r) for r in db.all_rollouts(fleet, args.state)]
+    if args.json:
+        common.print_json({"rollouts": rows})
+    elif terminal.is_terminal():
+        terminal.print_table(render.ROLLOUT_COLUMNS, [render.rollout_cells(r) for r in rows])
+    else:
+        print("\n".join(render.plain_lines(render.ROLLOUT_COLUMNS, [render.rollout_cells(r) for r in rows])))
+    return 0
 
 
 def cmd_rollout_start(args: argparse.Namespace) -> int:
@@ -166,10 +199,13 @@ def cmd_rollout_status(args: argparse.Namespace) -> int:
     with fleetdb.open_db(args.db) as db:
         db.require_fleet(fleet)
         r = fleetops.find_rollout(db, fleet, args.id)
-        waves = rollout.progress(r, db.devices(fleet), now)
+        waves = rollout.history(r, db.devices(fleet), now, db.wave_results(r.id))
         events = db.events(r.id, 10)
     if args.json:
         common.print_json(render.rollout_json(r, waves, events))
+        return 0
+    if terminal.is_terminal():
+        terminal.print_rollout(r, waves, now, events)
         return 0
     print("\n".join(render.render_rollout(r, waves, now, tty=False)))
     if events:

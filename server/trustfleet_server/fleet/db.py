@@ -35,7 +35,11 @@ Rollouts are stored whole (rollout.Rollout) with an optimistic lock
 revision read, so two `serve` workers, or a worker and the CLI, never act on
 the same decision twice. The topics a rollout may have written are kept
 apart (`add_published` before publishing, `remove_published` after
-clearing), so an abort that races a wave still clears everything.
+clearing), so an abort that races a wave still clears everything. When a wave
+ends (it passed, the rollout halted or was aborted on it) its result is kept in
+tf_wave_results, written with the rollout's new state (`save_rollout(...,
+ended)`): the counts and failing devices the decision was made on, which
+`rollout status` shows afterwards instead of counting again.
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
            "SCHEMA_VERSION", "SchemaError", "StatusError", "Target", "is_postgres", "open_db"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
 # .quarantined, tf_device_events (audited quarantine/forget). _MIGRATIONS upgrades v1 in place.
+# v3: tf_wave_results (each wave's counts and failing devices when it ended); waves that ended
+# in a v2 store have none and show as "not recorded".
 
 
 class SchemaError(FleetDBError):
@@ -196,6 +202,23 @@ CREATE TABLE IF NOT EXISTS tf_device_events (
     why TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tf_device_events_device ON tf_device_events (fleet, device_id, id);
+CREATE TABLE IF NOT EXISTS tf_wave_results (
+    rollout_id BIGINT NOT NULL REFERENCES tf_rollouts (id),
+    wave INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    members INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    pending INTEGER NOT NULL,
+    offline INTEGER NOT NULL,
+    silent INTEGER NOT NULL,
+    excluded INTEGER NOT NULL,
+    failing TEXT NOT NULL DEFAULT '[]',
+    reason TEXT,
+    PRIMARY KEY (rollout_id, wave)
+);
 """
 
 # Schema upgrades, by the version they upgrade from. Tables new in a version are created by
@@ -214,6 +237,7 @@ _MIGRATIONS = {
         "GROUP BY fleet, version",
         _SUSPECT_FROM_HISTORY,
     ),
+    2: (),  # tf_wave_results is a new table (_TABLES); ended waves of v2 have no results to fill
 }
 
 # Status field -> tf_devices column: the field's own name, except these (GROUP is an SQL
@@ -820,8 +844,10 @@ class FleetDB(sql.Connection):
                        (rollout_id, revision))
             return cur.rowcount == 1
 
-    def save_rollout(self, r: ro.Rollout, expected_revision: int) -> bool:
-        """Write the rollout's state (not its published topics) if still at `expected_revision`.
+    def save_rollout(self, r: ro.Rollout, expected_revision: int,
+                     ended: ro.WaveProgress | None = None) -> bool:
+        """Write the rollout's state (not its published topics) if still at `expected_revision`,
+        with the result of the wave it left (`ended`, rollout.ended_wave) in the same transaction.
 
         Returns False when it changed in between (nothing written).
         """
@@ -831,7 +857,45 @@ class FleetDB(sql.Connection):
                             "revision = revision + 1 WHERE id = ? AND revision = ?",
                        (r.current, r.state, r.wave_started, r.paused_at, r.finished, r.halt_reason,
                         json.dumps(list(r.failing)), r.id, expected_revision))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            if ended is not None:
+                self._exec(cur, "INSERT INTO tf_wave_results (rollout_id, wave, name, outcome, time, "
+                                "members, succeeded, failed, pending, offline, silent, excluded, "
+                                "failing, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                                "ON CONFLICT (rollout_id, wave) DO NOTHING",
+                           (r.id, ended.index, ended.name, ended.status, ended.ended or 0,
+                            ended.members, ended.succeeded, ended.failed, ended.pending, ended.offline,
+                            ended.silent, ended.excluded, json.dumps(ended.failing),
+                            None if ended.reason is None else ended.reason[:2000]))
+            return True
+
+    def wave_results(self, rollout_id: int) -> dict[int, ro.WaveProgress]:
+        """The results recorded for the rollout's ended waves, by wave index."""
+        with self._tx("reading wave results") as cur:
+            self._exec(cur, "SELECT wave, name, outcome, time, members, succeeded, failed, pending, "
+                            "offline, silent, excluded, failing, reason FROM tf_wave_results "
+                            "WHERE rollout_id = ? ORDER BY wave", (rollout_id,))
+            rows = self.rows(cur)
+        return {r["wave"]: ro.WaveProgress(
+            r["wave"], r["name"], r["outcome"], members=r["members"], succeeded=r["succeeded"],
+            failed=r["failed"], pending=r["pending"], offline=r["offline"], silent=r["silent"],
+            excluded=r["excluded"], failing=json.loads(r["failing"]), source="recorded",
+            ended=r["time"], reason=r["reason"]) for r in rows}
+
+    def all_rollouts(self, fleet: str | None = None, state: str | None = None) -> list[ro.Rollout]:
+        """Every rollout (of one fleet, in one state, or all), newest first."""
+        where, params = [], []
+        if fleet is not None:
+            where.append("fleet = ?")
+            params.append(fleet)
+        if state is not None:
+            where.append("state = ?")
+            params.append(state)
+        clause = ("WHERE " + " AND ".join(where) + " ") if where else ""
+        with self._tx("listing rollouts") as cur:
+            self._exec(cur, _ROLLOUT_SELECT + clause + "ORDER BY id DESC", params)
+            return [_rollout_from_row(r) for r in self.rows(cur)]
 
     def update_rollout(self, rollout_id: int, change: Any, tries: int = 5) -> ro.Rollout:
         """Read, apply change(rollout) -> rollout, save; retried when the revision moved.
@@ -843,7 +907,10 @@ class FleetDB(sql.Connection):
         for _ in range(tries):
             r = self.rollout(rollout_id)
             new = change(r)
-            if self.save_rollout(new, r.revision):
+            ended = None
+            if new.state in ro.FINAL and r.state not in ro.FINAL:  # an abort: the wave's result now
+                ended = ro.ended_wave(r, new, self.devices(r.fleet), new.finished or int(time.time()))
+            if self.save_rollout(new, r.revision, ended):
                 return self.rollout(rollout_id)
         raise RolloutConflict(f"rollout {rollout_id} keeps changing; try again")
 

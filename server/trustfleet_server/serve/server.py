@@ -27,7 +27,9 @@ timestamps share one thread and one database connection:
   and the valid bundle retained on `tf/<fleet>/bundle`.
 - Rollouts: every few seconds `rollout.step` runs on the stored devices;
   the worker claims the rollout's revision before it acts (fleetdb), records
-  wave topics before publishing them, and saves the new state after.
+  wave topics before publishing them, and saves the new state after, with
+  the result of a wave that ended (rollout.ended_wave: the counts it was
+  decided on) in the same transaction.
 - SIGTERM/SIGINT: finish the current step, flush the queue, disconnect.
   On MQTT 5 the disconnect ends the session, so the broker stops handing
   this worker its share of the shared subscriptions. The client id is
@@ -809,11 +811,15 @@ class FleetServer:
         if r is None:
             return
         now = self._now()
-        new, actions = rollout.step(r, self.db.devices(self.fleet), now)
+        devices = self.db.devices(self.fleet)
+        new, actions = rollout.step(r, devices, now)
         if any(a[0] == "publish_wave" for a in actions):
             problem = self._bundle_problem(r, now)
             if problem:
                 new, actions = rollout.halt(r, now, problem)
+        # The wave's result as decided now (counts, failing devices), kept with the rollout.
+        note = next((a[1] for a in actions if a[0] == "note"), None)
+        ended = rollout.ended_wave(r, new, devices, now, note)
         if not actions and new == r:
             return
         if not self.db.claim_rollout(r.id, r.revision):
@@ -824,7 +830,7 @@ class FleetServer:
         gone = [t for t in r.published if t not in new.published]
         if gone:
             self.db.remove_published(r.id, gone)
-        if not self.db.save_rollout(new, r.revision + 1):
+        if not self.db.save_rollout(new, r.revision + 1, ended):
             log.info("rollout %s changed while it was being stepped; looking again", r.id)
 
     def _bundle_problem(self, r: rollout.Rollout, now: int) -> str | None:
