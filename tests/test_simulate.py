@@ -21,8 +21,10 @@ import pytest
 from cryptography import x509
 
 from support import brokers
-from support.environment import skip_or_fail
+from support.environment import require_tool, skip_or_fail
 from support.fleetkit import Repo, compact_anchor, pin, pinset
+from support.readme_pki import HOST as README_HOST
+from support.readme_pki import make_certs
 from trustfleet_device import topics
 from trustfleet_server import cli, mqtturl
 from trustfleet_server.broker.mosquitto import mosquitto_binary, port_open
@@ -236,12 +238,19 @@ def test_health_fail_group_reverts_the_whole_group(embedded, fleet):
 
 
 @pytest.mark.timeout(90)
-def test_a_bad_bundle_fails_the_real_health_check_everywhere(embedded, fleet):
-    """No fault injected: the trial store itself refuses the sample chain (wrong pin)."""
+def test_a_bad_bundle_fails_the_real_health_check_everywhere_and_does_not_converge(embedded, fleet):
+    """No fault injected: the trial store itself refuses the sample chain (wrong pin). Every
+    device settled, but none reached v2: that is not convergence, and the report says why."""
     report = run(fleet, url_of(embedded), devices=20, publish=fleet.bundle(2, bad=True))
-    assert_converged(report)
+    assert not report.converged and report.committed == 0 and report.refused == 20
     assert report.states == {"reverted": 20}
     assert all(d.version == 1 and d.bad == [2] for d in report.devices)
+    reason = report.why["reason"]
+    assert reason.startswith("20 of 20 devices reverted v2: their health check judged the sample "
+                             f"chain of {SAMPLE_HOST} (samples/server-chain.pem) for {SAMPLE_HOST} "
+                             "with the new store and it was refused (TLS to ")
+    assert "give the simulated servers your chain with --chain FILE" in reason
+    assert report.why["by_reason"] == {"reverted v2": 20}
 
 
 @pytest.mark.timeout(90)
@@ -317,6 +326,51 @@ def test_cli_prints_one_json_report(fleet, tmp_path, capsys):
     assert report["faults"]["power_cut"]["cuts"] == 3
     assert report["faults"]["broker_restart"]["restarts"] == 1
     assert report["peak_rss_kb"]["total"] > 0
+
+
+def simulate_json(capsys, *argv: str) -> tuple[int, dict]:
+    code = cli.main(["simulate", *argv, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+@pytest.mark.timeout(90)
+def test_cli_a_bundle_whose_anchors_miss_the_sample_chain_exits_1_and_says_why(tmp_path, capsys):
+    """As the README's own root and bundle: no initial bundle, anchors and pins of the acme
+    certificates (openssl-made, as the README test makes them), and the default health check
+    judges the sample chain of another host."""
+    certs = make_certs(require_tool("openssl", "apt-get install openssl"), tmp_path)
+    acme_root, backup = (x509.load_pem_x509_certificate((certs / f"{name}.pem").read_bytes())
+                         for name in ("acme-root-ca", "acme-backup-ca"))
+    now = int(time.time())
+    repo = Repo(fleet=brokers.unique_fleet("sim"), now=now)
+    (tmp_path / "root.cose").write_bytes(repo.root_raw)
+    (tmp_path / "bundle-v1.cose").write_bytes(repo.bundle(
+        1, anchors=[compact_anchor(acme_root)],
+        pinsets=[pinset(README_HOST, [pin(acme_root), pin(backup)], expires=now + 180 * DAY)]))
+    base = ["--devices", "30", "--broker", "embedded", "--fleet", repo.fleet,
+            "--root", str(tmp_path / "root.cose"), "--publish", str(tmp_path / "bundle-v1.cose")]
+    code, report = simulate_json(capsys, *base)
+    assert code == 1
+    assert (report["converged"], report["committed"], report["refused_by_health_check"]) == (False, 0, 30)
+    reason = report["not_converged"]["reason"]
+    assert reason.startswith(f"30 of 30 devices reverted v1: their health check judged the sample "
+                             f"chain of {SAMPLE_HOST}")
+    assert "give the simulated servers your chain with --chain FILE" in reason and "\n" not in reason
+
+    code = cli.main(["simulate", *base])  # the text report says it too
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "NOT converged: 0/30 devices run v1" in out
+    assert [ln for ln in out.splitlines() if ln.startswith("why not converged: ")] == [
+        f"why not converged: {reason}"]
+    assert "stays on vNone" not in out
+
+    # The devices given the chain the bundle pins converge.
+    code, report = simulate_json(capsys, *base, "--chain", str(certs / "api-chain.pem"),
+                                 "--endpoint", README_HOST)
+    assert code == 0, report["not_converged"]
+    assert (report["converged"], report["committed"], report["refused_by_health_check"]) == (True, 30, 0)
 
 
 def test_cli_refuses_a_bundle_of_another_root(fleet, tmp_path, capsys):

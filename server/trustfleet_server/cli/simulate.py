@@ -64,10 +64,15 @@ from elsewhere (`trustfleet publish`, a rollout driven by `trustfleet serve`). T
 ends when every device runs the target version (--until-version, else the newest one
 any device verified) or reverted it as bad, or at --timeout (exit 1). Convergence is
 judged after the faults end: after a broker restart, every device must be back online
-on a new connection. A run that does not converge says why (JSON: not_converged, with
-the unsettled devices, their state and faults).
+on a new connection. Converged (exit 0) means every device runs the target, except
+those a --health-fail fault made revert it; a device whose own health check refused
+the new store did not converge (exit 1). A run that does not converge says why (JSON:
+not_converged, with the unsettled devices, their state and faults).
 Health check: each device's trial store judges --chain for --endpoint (default: the
-sample chain of api.demo-fleet.example shipped in trustfleet_server/samples).
+sample chain of api.demo-fleet.example shipped in trustfleet_server/samples); for your
+own bundle give your server's chain:
+  trustfleet simulate --devices 1000 --broker embedded --fleet acme --root root.cose \\
+      --publish bundle-v1.cose --chain certs/api-chain.pem --endpoint api.acme.example
 """
 
 

@@ -6,6 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from trustfleet_server.sim.config import FLAG_NAMES
+from trustfleet_server.sim.config import HEALTH_FAIL as HEALTH_FAIL_FLAG
+
 
 @dataclass
 class Progress:
@@ -25,6 +28,7 @@ class Progress:
     elapsed: float = 0.0
     last_error: str | None = None
     oldest_connect: float | None = None   # wall time of the oldest connection still up
+    refusal: str | None = None   # the first health check a trial store itself refused
 
     @classmethod
     def add(cls, snaps: list[dict], elapsed: float = 0.0) -> Progress:
@@ -55,7 +59,8 @@ class Progress:
                    sum(s["off"] for s in snaps), versions, states, sorted(verified), dict(settled),
                    commits, first, min(t0s) if t0s else None, counters, elapsed,
                    next((s["last_error"] for s in snaps if s.get("last_error")), None),
-                   min(connects) if connects else None)
+                   min(connects) if connects else None,
+                   next((s["refusal"] for s in snaps if s.get("refusal")), None))
 
     def target(self, until: int | None) -> int | None:
         if until is not None:
@@ -116,6 +121,8 @@ class Report:
     last_commit: float | None = None
     reverted: list[dict] = field(default_factory=list)
     why: dict | None = None   # set when not converged: which devices, in what state, after which fault
+    refused: int = 0   # devices that reverted the target with no health-fail fault injected
+    refusal: str | None = None   # the first such health check's reason
 
     def by_fault(self, name: str) -> list[DeviceResult]:
         return [d for d in self.devices if name in d.faults]
@@ -124,7 +131,8 @@ class Report:
         return {"devices": len(self.devices), "processes": self.processes, "broker": self.broker,
                 "target_version": self.target, "converged": self.converged,
                 "convergence_s": _round(self.convergence_s), "from_publish_s": _round(self.from_publish_s),
-                "committed": self.committed, "online": self.online, "states": self.states,
+                "committed": self.committed, "refused_by_health_check": self.refused,
+                "online": self.online, "states": self.states,
                 "versions": self.versions, "faults": self.faults, "reverted": self.reverted[:50],
                 "not_converged": self.why,
                 "elapsed_s": _round(self.elapsed_s), "peak_rss_kb": self.peak_rss_kb}
@@ -156,17 +164,20 @@ def render(report: Report) -> list[str]:
         text = (", ".join(f"{k} {v}" for k, v in value.items() if v is not None)
                 if isinstance(value, dict) else str(value))
         lines.append(f"fault {name}: {text}")
-    for r in report.reverted[:10]:
-        lines.append(f"  reverted: {r['device']} ({r['group'] or 'no group'}) stays on v{r['version']}")
-    if len(report.reverted) > 10:
-        lines.append(f"  ... and {len(report.reverted) - 10} more reverted")
+    shown = [] if report.refused else report.reverted  # else listed below, with the reason
+    for r in shown[:10]:
+        was = f"v{r['version']}" if r["version"] is not None else "no bundle"
+        lines.append(f"  reverted: {r['device']} ({r['group'] or 'no group'}) stays on {was}")
+    if len(shown) > 10:
+        lines.append(f"  ... and {len(shown) - 10} more reverted")
     if report.why:
         lines.append(f"why not converged: {report.why['reason']}")
-        for d in report.why["devices"][:10]:
+        limit = 3 if len(report.why["by_reason"]) == 1 else 10  # one reason: a few examples do
+        for d in report.why["devices"][:limit]:
             lines.append(f"  {d['device']}: {d['why']}"
                          + (f" (faults: {', '.join(d['faults'])})" if d["faults"] else ""))
-        if report.why["unsettled"] > 10:
-            lines.append(f"  ... and {report.why['unsettled'] - 10} more")
+        if report.why["unsettled"] > limit:
+            lines.append(f"  ... and {report.why['unsettled'] - limit} more")
     rss = report.peak_rss_kb
     mem = f"peak RSS {rss['total'] / 1024:.0f} MB (coordinator {rss['coordinator'] / 1024:.0f} MB"
     if "workers" in rss:
@@ -181,6 +192,10 @@ def render(report: Report) -> list[str]:
 # --------------------------------------------------------------------------- why not converged
 
 
+# The injected fault: a revert it causes is the expected end of that device's run.
+HEALTH_FAIL = FLAG_NAMES[HEALTH_FAIL_FLAG]
+
+
 def unsettled_reason(d: DeviceResult, target: int | None) -> str | None:
     """Why this device does not count as settled on `target` at the end (None: it does)."""
     if d.bricked:
@@ -191,9 +206,15 @@ def unsettled_reason(d: DeviceResult, target: int | None) -> str | None:
         return "no bundle newer than the factory image reached it"
     if d.state == "trial":
         return f"still on trial of a bundle (store v{d.version})"
-    if (d.version or 0) >= target or target in d.bad:
+    if (d.version or 0) >= target:
         return None
+    if target in d.bad:
+        return None if HEALTH_FAIL in d.faults else refused_reason(target)
     return f"still on v{d.version}: never received or never installed v{target}"
+
+
+def refused_reason(target: int) -> str:
+    return f"reverted v{target}: its health check refused the new store"
 
 
 def explain(report: Report, cause: str, pending: list[str]) -> dict:

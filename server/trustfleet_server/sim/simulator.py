@@ -54,10 +54,14 @@ placed relative to t0:
 Convergence is measured after the faults end: the run ends when every
 scheduled fault has happened and then, on a snapshot taken after the last
 one, every device is online on a connection made after it, idle, and either
-runs the target (or newer) or has reverted it and marked it bad;
-convergence time is from t0 to the last commit of the target. A run that
-does not converge says why in `Report.why` (JSON `not_converged`): the
-cause, the faults still pending and each unsettled device's state.
+runs the target (or newer) or has reverted it and marked it bad. Settled is
+not yet converged: a device that reverted the target although no health-fail
+fault was injected did not reach it (its health check refused the new store,
+e.g. the chain it judged does not match the bundle's anchors or pins), and
+the run is not converged. Convergence time is from t0 to the last commit of
+the target. A run that does not converge says why in `Report.why` (JSON
+`not_converged`): the cause, the faults still pending and each unsettled
+device's state.
 """
 
 from __future__ import annotations
@@ -77,9 +81,9 @@ from typing import Any
 from trustfleet_server.broker.aioclient import AioClient, ClientError
 from trustfleet_server.errors import UsageError
 from trustfleet_server.sim.brokers import BrokerHandle
-from trustfleet_server.sim.config import SimConfig, flag_names
+from trustfleet_server.sim.config import SAMPLE_CHAIN, SAMPLE_HOST, SimConfig, flag_names
 from trustfleet_server.sim.links import LocalLink, ProcessLink
-from trustfleet_server.sim.report import DeviceResult, Progress, Report, explain
+from trustfleet_server.sim.report import HEALTH_FAIL, DeviceResult, Progress, Report, explain
 
 MANY_DEVICES = 2000                # above this, default to one worker per CPU
 
@@ -230,14 +234,32 @@ class Simulation:
             await self._abandon()
             raise
         report = await self.stop(clear)
-        report.converged = converged
+        # Settled is not converged: a device that reverted the target without an injected
+        # health-fail fault did not reach it; its health check refused the new store.
+        report.converged = converged and not report.refused
         if not converged:
             cause = (f"still running at --timeout ({timeout:g} s)" if not keep_running
                      else f"not settled at the end of --keep-running ({timeout:g} s)")
             if report.target is None:
                 cause += "; no bundle newer than the factory image reached any device"
             report.why = explain(report, cause, self.pending_faults())
+        elif report.refused:
+            report.why = explain(report, self.refused_cause(report), [])
         return report
+
+    def refused_cause(self, report: Report) -> str:
+        """Why devices reverted the target although no health-fail fault was injected: the
+        chain their health check judged does not match the bundle's anchors or pins."""
+        n = len(report.devices)
+        chain = ("the --chain given" if self.cfg.chain else
+                 f"the sample chain of {SAMPLE_HOST} (samples/{SAMPLE_CHAIN})")
+        hint = ("check --chain and --endpoint against the bundle's anchors and pins"
+                if self.cfg.chain else
+                "give the simulated servers your chain with --chain FILE (leaf first) and "
+                "--endpoint HOST")
+        return (f"{report.refused} of {n} devices reverted v{report.target}: their health check "
+                f"judged {chain} for {self.cfg.endpoint} with the new store and it was refused "
+                f"({report.refusal or 'no reason recorded'}); {hint}")
 
     async def _abandon(self) -> None:
         with contextlib.suppress(Exception):
@@ -276,6 +298,8 @@ class Simulation:
         convergence = (last - first) if (last is not None and first is not None) else None
         from_publish = (last - self.published_at) if (last is not None and self.published_at) else None
         committed = sum(1 for d in rows if target is not None and (d.version or 0) >= target)
+        refused = sum(1 for d in rows if target is not None and target in d.bad
+                      and (d.version or 0) < target and HEALTH_FAIL not in d.faults)
         rss = {"coordinator": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
         if self.processes > 1:
             rss["workers"] = [f["peak_rss_kb"] for f in finals]
@@ -287,7 +311,7 @@ class Simulation:
                       sum(1 for d in rows if d.online), dict(states), dict(versions),
                       self._faults(rows, p), p.elapsed, rss,
                       self.broker.describe() if self.broker else str(self.cfg.broker),
-                      self.processes, first, last, reverted)
+                      self.processes, first, last, reverted, refused=refused, refusal=p.refusal)
 
     def _faults(self, rows: list[DeviceResult], p: Progress) -> dict:
         f = self.cfg.faults

@@ -186,6 +186,7 @@ class Worker:
         self.t0: float | None = None
         self.counters: Counter = Counter()
         self.last_error: str | None = None
+        self.refusal: str | None = None   # the first health check the trial store itself refused
         self.stopping = False
         self._stop_event: asyncio.Event | None = None
         self._t0_event: asyncio.Event | None = None
@@ -473,7 +474,10 @@ class Worker:
         decision = trust.TrustStore(bundle).evaluate(host, self.chain, trusted_time)
         if decision.accepted():
             return True, f"{host}: {decision.result}"
-        return False, f"TLS to {host}:443 refused: {decision.reason}"
+        why = f"TLS to {host}:443 refused: {decision.reason}"
+        if self.refusal is None:
+            self.refusal = why
+        return False, why
 
     # -- figures ----------------------------------------------------------------------
 
@@ -515,7 +519,7 @@ class Worker:
                 "versions": dict(versions), "states": dict(states), "verified": sorted(verified),
                 "settled": settled, "commits": commits, "first_seen": dict(self.first_seen),
                 "t0": self.t0, "counters": dict(self.counters), "last_error": self.last_error,
-                "oldest_connect": oldest_connect}
+                "refusal": self.refusal, "oldest_connect": oldest_connect}
 
     def final(self) -> dict:
         rows = []
