@@ -303,3 +303,30 @@ def test_broker_credentials_are_used_and_a_wrong_password_fails(operator, privat
     assert "wrong" not in line and "s3cret" not in line
     assert line.endswith("; fix: check the user name and password (TRUSTFLEET_MQTT_PASSWORD holds the password) "
                          "and the broker's ACL")
+
+
+@pytest.mark.parametrize("option", ["--root", "--bundle", "--timestamp"])
+def test_a_folder_or_a_missing_file_is_a_failed_check_not_a_crash(operator, tmp_path, capsys, option):
+    name = option.lstrip("-")
+    extra = [] if option == "--root" else ["--root", operator.root]
+    code, out, _ = run(capsys, "doctor", *extra, option, tmp_path)
+    assert code == 1
+    assert lines(out)[name].startswith(f"fail  {name:<13} {tmp_path}: Is a directory; fix: ")
+    code, out, _ = run(capsys, "doctor", *extra, option, tmp_path / "nope.cose")
+    assert code == 1
+    assert lines(out)[name].startswith(f"fail  {name:<13} {tmp_path / 'nope.cose'}: No such file or directory; ")
+
+
+def test_a_file_that_is_not_a_document_is_named_once(operator, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a root\n")
+    code, out, _ = run(capsys, "doctor", "--root", notes)
+    assert code == 1
+    line = lines(out)["root"]
+    assert line.startswith(f"fail  root          {notes}: ") and line.count(str(notes)) == 1, line
+
+
+def test_a_timeout_that_is_not_positive_is_a_usage_error(capsys):
+    code, out, err = run(capsys, "doctor", "--broker", "mqtt://127.0.0.1:1883", "--timeout", "0")
+    assert code == 2
+    assert err.strip() == "trustfleet: error: --timeout: must be more than 0 seconds, got 0"

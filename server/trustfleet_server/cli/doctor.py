@@ -22,6 +22,7 @@ from trustfleet_device import policy
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import documents, keys, mqtturl, times
 from trustfleet_server.cli import common
+from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -87,6 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout: must be more than 0 seconds, got {args.timeout:g}")
     now = int(time.time())
     checks: list[Check] = [check_config()]
     checks.append(check_broker(args.broker, args.timeout))
@@ -113,6 +116,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- checks
+
+
+def reason(exc: BaseException, path: object = None) -> str:
+    """The error's words without a leading `path: ` (the check's line names the file once)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    return text.removeprefix(f"{path}: ") if path is not None else text
 
 
 def check_config(cfg: Any = None) -> Check:
@@ -178,8 +189,8 @@ def check_root(paths: list[Path], fleet: str | None, now: int) -> tuple[device_d
     shown = ", ".join(str(p) for p in paths)
     try:
         root = documents.load_root_chain(paths)
-    except TrustfleetError as exc:
-        return None, [Check("root", FAIL, f"{shown}: {exc}",
+    except (TrustfleetError, OSError) as exc:
+        return None, [Check("root", FAIL, f"{shown}: {reason(exc, shown)}",
                             "give the fleet's signed root (trustfleet root sign once per root key "
                             "until the threshold is met; trustfleet root verify shows why)")]
     what = f"root v{root.version} of fleet {root.fleet} ({shown})"
@@ -238,8 +249,8 @@ def check_key(role: str, path: Path, passphrase: bytes | None, passphrase_error:
         return Check(name, FAIL, f"{path}: not a file", f"give the {role} key's file")
     try:
         material = keys.inspect_key_file(path, passphrase)
-    except TrustfleetError as exc:
-        return Check(name, FAIL, str(exc), f"give the {role} key's PKCS#8 PEM file (trustfleet key show "
+    except (TrustfleetError, OSError) as exc:
+        return Check(name, FAIL, f"{path}: {reason(exc, path)}", f"give the {role} key's PKCS#8 PEM file (trustfleet key show "
                                            f"tells what a file holds)")
     if material.kind != keys.KIND_PRIVATE:
         return Check(name, FAIL, f"{path}: holds a {material.kind}, not a private key",
@@ -296,14 +307,14 @@ def check_bundle(path: Path, root: device_docs.Root | None, now: int) -> tuple[C
     """Verify a bundle as a device would; warn when it expires within NEAR_EXPIRY."""
     try:
         raw = documents.read_file(path)
-    except TrustfleetError as exc:
-        return Check("bundle", FAIL, str(exc), "give the latest signed bundle"), None
+    except (TrustfleetError, OSError) as exc:
+        return Check("bundle", FAIL, f"{path}: {reason(exc, path)}", "give the latest signed bundle"), None
     if root is None:
         return Check("bundle", WARN, f"{path}: not verified: no root", "pass --root ROOT.cose"), None
     try:
         b: Any = policy.verify_bundle(root, raw, now=now)
     except TrustfleetError as exc:
-        return Check("bundle", FAIL, f"{path}: {exc}",
+        return Check("bundle", FAIL, f"{path}: {reason(exc, path)}",
                      "sign it with a threshold of the root's bundle keys (trustfleet bundle verify "
                      "shows why), or build a new one"), None
     sha = documents.sha256(raw)
@@ -319,14 +330,14 @@ def check_timestamp(path: Path, root: device_docs.Root | None, bundle_sha: bytes
     """Verify a timestamp against the root and, when given, that it names the bundle."""
     try:
         raw = documents.read_file(path)
-    except TrustfleetError as exc:
-        return Check("timestamp", FAIL, str(exc), "give the latest signed timestamp")
+    except (TrustfleetError, OSError) as exc:
+        return Check("timestamp", FAIL, f"{path}: {reason(exc, path)}", "give the latest signed timestamp")
     if root is None:
         return Check("timestamp", WARN, f"{path}: not verified: no root", "pass --root ROOT.cose")
     try:
         ts = policy.verify_timestamp(root, raw)
     except TrustfleetError as exc:
-        return Check("timestamp", FAIL, f"{path}: {exc}",
+        return Check("timestamp", FAIL, f"{path}: {reason(exc, path)}",
                      "sign timestamps with the root's timestamp key (trustfleet timestamp create)")
     what = f"{path}: time {times.iso(ts.time)} for bundle v{ts.bundle_version}"
     if bundle_sha is not None and ts.bundle_sha256 != bundle_sha:
