@@ -459,3 +459,63 @@ def test_trustfleet_install_root_is_the_default_root_and_a_linked_tools_folder_f
     assert f"package: the checkout {REPO}\n" in proc.stdout  # the link's target, not work/
     assert one_error_line(proc.stderr).startswith(f"install-pi.sh: error: pip install {REPO} failed: ")
     assert snapshot(root) == before
+
+
+def stand_in_python(tmp_path: Path, pip: str) -> Path:
+    """A --venv-python whose venv's pip runs `pip` (shell code) instead; the rest is this Python."""
+    exe = tmp_path / "python3"
+    exe.write_text(f"""#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+    mkdir -p "$3/bin"
+    cat > "$3/bin/python" <<'PY'
+#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = pip ]; then {pip}; fi
+exec "{sys.executable}" "$@"
+PY
+    chmod 755 "$3/bin/python"
+    exit 0
+fi
+exec "{sys.executable}" "$@"
+""")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_ctrl_c_during_pip_removes_the_venv_it_created(root, docs, credentials, tmp_path):
+    python = stand_in_python(tmp_path, f"touch {tmp_path}/pip-started; exec sleep 60")
+    before = snapshot(root)
+    argv = [SH, str(SCRIPT), "--root", str(root), "--credentials", str(credentials),
+            "--broker", BROKER, "--factory-root", str(docs["root"]), "--no-user",
+            "--from", str(REPO), "--venv-python", str(python)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "pip-started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        assert (root / "opt/trustfleet/bin/python").exists()
+        os.killpg(proc.pid, 2)  # Ctrl-C reaches the terminal's whole foreground group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    assert proc.returncode == 130, out + err
+    assert f"removed the venv {root}/opt/trustfleet this run had created" in err
+    assert snapshot(root) == before
+
+
+def test_a_failed_venv_creation_leaves_nothing(root, docs, credentials, tmp_path):
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nif [ "$2" = venv ]; then mkdir -p "$3/bin"; '
+                      f'echo "Error: ensurepip is not available" >&2; exit 1; fi\n'
+                      f'exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    before = snapshot(root)
+    proc = run_script(root, "--credentials", credentials, "--broker", BROKER,
+                      "--factory-root", docs["root"], "--no-user", "--from", REPO,
+                      "--venv-python", python, code=1)
+    assert one_error_line(proc.stderr) == (
+        f"install-pi.sh: error: {python} -m venv {root}/opt/trustfleet failed: Error: ensurepip "
+        f"is not available; removed the venv {root}/opt/trustfleet this run had created")
+    assert snapshot(root) == before

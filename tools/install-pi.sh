@@ -9,7 +9,7 @@
 # the state directory /var/lib/trustfleet, the systemd unit, then runs
 # `trustfleet-agent init` as the service user and enables the service.
 # Running it again changes nothing that is already right. --root DIR (or
-# TRUSTFLEET_INSTALL_ROOT=DIR) installs into DIR instead of / (OS images, tests). The procedure and what must stay
+# TRUSTFLEET_INSTALL_ROOT=DIR) installs into DIR instead of / (tests). The procedure and what must stay
 # secret: docs/provisioning.md. `install-pi.sh --help` lists every option.
 set -eu
 umask 077
@@ -63,9 +63,10 @@ usage: $PROG --factory-root ROOT.cose --broker URL (--credentials FILE | --passw
                         mqtts:// broker can be checked)
   --endpoint HOST:PORT  health check of each new store (repeatable); the factory bundle
                         is installed without it (the network may not be up yet)
-  --root DIR            install into DIR instead of / (default: \$TRUSTFLEET_INSTALL_ROOT, else /),
-                        e.g. a mounted OS image; the user is created in DIR/etc/passwd when
-                        it exists and this runs as root, else skipped
+  --root DIR            install into DIR instead of / (default: \$TRUSTFLEET_INSTALL_ROOT, else /;
+                        tests: a venv is tied to its path, so use a chroot for an OS image);
+                        the user is created in DIR/etc/passwd when it exists and this runs
+                        as root, else skipped
   --from PATH           install the package from this wheel (.whl) or checkout folder
                         (default: the checkout this script is in, when it is in one)
   --from-index          install \`trustfleet\` from the package index pip is set up for
