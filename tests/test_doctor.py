@@ -330,3 +330,20 @@ def test_a_timeout_that_is_not_positive_is_a_usage_error(capsys):
     code, out, err = run(capsys, "doctor", "--broker", "mqtt://127.0.0.1:1883", "--timeout", "0")
     assert code == 2
     assert err.strip() == "trustfleet: error: --timeout: must be more than 0 seconds, got 0"
+
+
+def test_a_timestamp_older_than_the_bundles_max_timestamp_age_warns(operator, tmp_path, capsys):
+    """The bundle's policy says how old a timestamp may be before devices call their store stale
+    (the spec's default, 48 h here): one signed 3 days ago is a warning with the fix."""
+    d = operator.dir
+    old = tmp_path / "old-ts.cose"
+    three_days_ago = int(time.time()) - 3 * 86_400
+    assert cli.main(["timestamp", "create", "--bundle", str(d / "bundle.cose"), "--key", str(d / "t1.pem"),
+                     "--time", str(three_days_ago), "-o", str(old)]) == 0
+    code, out, _ = run(capsys, "doctor", "--root", operator.root, "--bundle", d / "bundle.cose", "--timestamp", old)
+    assert code == 0
+    line = lines(out)["timestamp"]
+    assert line.startswith(f"warn  timestamp     {old}: time ")
+    assert " is 72 h old, more than the bundle's max_timestamp_age (" in line, line
+    assert line.endswith("; fix: keep trustfleet serve --timestamp-key running, or trustfleet timestamp create "
+                         "and publish")

@@ -44,6 +44,14 @@ examples:
 """
 
 
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """What the timestamp check needs of the bundle given with --bundle, once it verified."""
+
+    sha256: bytes
+    max_timestamp_age: int
+
+
 @dataclass
 class Check:
     """One line of the report."""
@@ -99,12 +107,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     specs = args.key + [s for s in configured_keys() if s.partition("=")[0] not in given]
     checks.extend(check_keys(specs, args.passphrase_file, root))
     checks.append(check_store(args.db, args.fleet or (root.fleet if root else None)))
-    bundle_sha = None
+    bundle = None
     if args.bundle is not None:
-        check, bundle_sha = check_bundle(args.bundle, root, now)
+        check, bundle = check_bundle(args.bundle, root, now)
         checks.append(check)
     if args.timestamp is not None:
-        checks.append(check_timestamp(args.timestamp, root, bundle_sha, now))
+        checks.append(check_timestamp(args.timestamp, root, bundle, now))
     counts = {s: sum(c.status == s for c in checks) for s in (OK, WARN, FAIL)}
     if args.json:
         common.print_json({"ok": counts[FAIL] == 0, "counts": counts, "checks": [asdict(c) for c in checks]})
@@ -303,7 +311,7 @@ def check_store(target: str | None, fleet: str | None) -> Check:
     return Check("store", OK, f"{target} opens and is writable ({known})")
 
 
-def check_bundle(path: Path, root: device_docs.Root | None, now: int) -> tuple[Check, bytes | None]:
+def check_bundle(path: Path, root: device_docs.Root | None, now: int) -> tuple[Check, VerifiedBundle | None]:
     """Verify a bundle as a device would; warn when it expires within NEAR_EXPIRY."""
     try:
         raw = documents.read_file(path)
@@ -317,17 +325,18 @@ def check_bundle(path: Path, root: device_docs.Root | None, now: int) -> tuple[C
         return Check("bundle", FAIL, f"{path}: {reason(exc, path)}",
                      "sign it with a threshold of the root's bundle keys (trustfleet bundle verify "
                      "shows why), or build a new one"), None
-    sha = documents.sha256(raw)
+    verified = VerifiedBundle(documents.sha256(raw), b.policy.max_timestamp_age)
     left = b.expires_at - now
     what = f"{path}: bundle v{b.version} verifies, expires {times.iso(b.expires_at)}"
     if left < NEAR_EXPIRY:
         return Check("bundle", WARN, f"{what}, in {-(-left // 86_400)} day(s)",
-                     "build, sign and publish the next bundle"), sha
-    return Check("bundle", OK, what), sha
+                     "build, sign and publish the next bundle"), verified
+    return Check("bundle", OK, what), verified
 
 
-def check_timestamp(path: Path, root: device_docs.Root | None, bundle_sha: bytes | None, now: int) -> Check:
-    """Verify a timestamp against the root and, when given, that it names the bundle."""
+def check_timestamp(path: Path, root: device_docs.Root | None, bundle: VerifiedBundle | None, now: int) -> Check:
+    """Verify a timestamp against the root and, when a verified bundle is given, that it names that
+    bundle and is younger than its max_timestamp_age (else devices call their store stale)."""
     try:
         raw = documents.read_file(path)
     except (TrustfleetError, OSError) as exc:
@@ -340,10 +349,16 @@ def check_timestamp(path: Path, root: device_docs.Root | None, bundle_sha: bytes
         return Check("timestamp", FAIL, f"{path}: {reason(exc, path)}",
                      "sign timestamps with the root's timestamp key (trustfleet timestamp create)")
     what = f"{path}: time {times.iso(ts.time)} for bundle v{ts.bundle_version}"
-    if bundle_sha is not None and ts.bundle_sha256 != bundle_sha:
+    if bundle is not None and ts.bundle_sha256 != bundle.sha256:
         return Check("timestamp", FAIL, f"{what} names another bundle than --bundle",
                      "create a timestamp for the latest bundle: trustfleet timestamp create --bundle ...")
     if ts.time > now + 300:
         return Check("timestamp", WARN, f"{what}, {ts.time - now} s ahead of this machine's clock",
                      "check this machine's clock and the timestamp signer's")
+    if bundle is not None and now - ts.time > bundle.max_timestamp_age:
+        return Check("timestamp", WARN, f"{what} is {(now - ts.time) // 3600} h old, more than the bundle's "
+                                        f"max_timestamp_age ({bundle.max_timestamp_age // 3600} h): devices "
+                                        f"that have nothing newer report their store stale",
+                     "keep trustfleet serve --timestamp-key running, or trustfleet timestamp create "
+                     "and publish")
     return Check("timestamp", OK, what)
