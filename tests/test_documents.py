@@ -18,6 +18,7 @@ from trustfleet_device.errors import (
     DecodeError,
     ExpiredError,
     LimitError,
+    OlderError,
     PolicyError,
     RollbackError,
     SignatureError,
@@ -224,8 +225,8 @@ def test_rejects_unsupported_algorithm(repo, root):
 
 def test_rejects_rollback_to_older_or_equal_version(repo, root):
     raw = repo.bundle(version=5)
-    for installed in (5, 6):
-        msg = refused(RollbackError, policy.verify_bundle, root, raw, installed_version=installed)
+    for installed, error in ((5, RollbackError), (6, OlderError)):
+        msg = refused(error, policy.verify_bundle, root, raw, installed_version=installed)
         assert f"bundle version 5 is not newer than installed version {installed}" in msg
     assert policy.verify_bundle(root, raw, installed_version=4).version == 5
 

@@ -13,6 +13,9 @@ out, in order:
                                     judged at `trusted_time`, then call health()
     REPORT (dict)                -> publish or log
     REFUSED (kind, reason)       -> the document was not accepted
+    STALE (kind, reason)         -> a validly signed bundle OLDER than the
+                                    installed one (a retained copy on another
+                                    topic mid-rollout): not accepted, not reported
 
 A bundle streamed in by a transport: begin_stream() names the slot to write
 (or refuses), stream_too_large() refuses one over the size limit, and
@@ -23,7 +26,9 @@ store, waiting for the health check). Table of transitions:
 
     state  input                      -> actions                       next
     IDLE   valid newer bundle         -> WRITE_SLOT, SWITCH, HEALTH_CHECK TRIAL
-    IDLE   invalid/older/bad bundle   -> REFUSED, REPORT               IDLE
+    IDLE   invalid/same/bad bundle    -> REFUSED, REPORT               IDLE
+    IDLE   signed, older bundle       -> STALE                         IDLE
+    IDLE   the installed bundle again -> (nothing)                     IDLE
     TRIAL  health ok                  -> COMMIT, REPORT                IDLE
     TRIAL  health failed / deadline   -> REVERT, REPORT (marked bad)   IDLE
     TRIAL  health inconclusive        -> (HEALTH_CHECK again later,    TRIAL
@@ -61,7 +66,7 @@ import binascii
 import hashlib
 
 from trustfleet_device import VERSION, policy, slots
-from trustfleet_device.errors import BundleError, PolicyError, RollbackError
+from trustfleet_device.errors import BundleError, OlderError, PolicyError, RollbackError
 from trustfleet_device.limits import DEFAULT
 
 try:
@@ -73,6 +78,7 @@ except ImportError:
 HEALTH_CHECK = "health_check"
 REPORT = "report"
 REFUSED = "refused"
+STALE = "stale"
 
 IDLE = "idle"
 TRIAL = "trial"
@@ -318,6 +324,9 @@ class Agent:
                 # the timestamp names, but not the one it vouches for.
                 raise PolicyError("bundle v%d does not match the digest in the latest timestamp"
                                   % b.version)
+        except OlderError as exc:
+            # Signed, and older than the floor: a stale retained copy, not news to report.
+            return None, [(STALE, "bundle", str(exc))]
         except BundleError as exc:
             return None, self._refuse("bundle", str(exc))
         return b, None

@@ -31,6 +31,11 @@ class RollbackError(BundleError):
     """The document's version is not newer than the one already trusted."""
 
 
+class OlderError(RollbackError):
+    """A validly signed document OLDER than the one installed: a stale copy (a retained
+    message on another topic during a rollout), refused but not reported."""
+
+
 class ExpiredError(BundleError):
     """The document has expired at the trusted time."""
 

@@ -18,6 +18,7 @@ a threshold of its own root keys, and its version must be exactly one more.
 from trustfleet_device import cose, documents, p256
 from trustfleet_device.errors import (
     ExpiredError,
+    OlderError,
     PolicyError,
     RollbackError,
     SignatureError,
@@ -57,10 +58,11 @@ def check_threshold(msg, root, role_name, what):
 
 
 def check_version_newer(version, installed, what):
-    """Raise RollbackError unless version > installed."""
+    """Raise RollbackError unless version > installed (OlderError when it is lower)."""
     if installed is not None and version <= installed:
-        raise RollbackError("%s version %d is not newer than installed version %d"
-                            % (what, version, installed))
+        error = OlderError if version < installed else RollbackError
+        raise error("%s version %d is not newer than installed version %d"
+                    % (what, version, installed))
 
 
 def check_not_expired(expires, now, what):

@@ -14,7 +14,9 @@ What it decides (docs/topics.md):
 - After anything that changes the device's state it publishes the status,
   retained, and also when the state alone changed (a timestamp made the
   device behind, time made it stale); refusals and trust failures go out
-  as reports, deduplicated and rate-limited (reports.ReportQueue).
+  as reports, deduplicated and rate-limited (reports.ReportQueue). A signed
+  bundle older than the installed one (retained on the fleet topic while a
+  rollout wave delivered a newer one) is neither: it is routine, not news.
 """
 
 import hashlib

@@ -38,6 +38,7 @@ class Result:
 
     def __init__(self):
         self.refused = []     # (kind, reason)
+        self.stale = []       # (kind, reason): signed but older than installed; not reported
         self.reports = []     # report dicts, in order
         self.committed = None
         self.reverted = None
@@ -45,6 +46,8 @@ class Result:
     def reason(self):
         if self.refused:
             return self.refused[0][1]
+        if self.stale:
+            return self.stale[0][1]
         for r in self.reports:
             if r["event"] == "reverted":
                 return r["detail"]
@@ -185,6 +188,8 @@ class Device:
                 pending = self.agent.health(ok, detail, self.now()) + pending
             elif kind == core.REFUSED:
                 result.refused.append((action[1], action[2]))
+            elif kind == core.STALE:
+                result.stale.append((action[1], action[2]))
             elif kind == core.REPORT:
                 result.reports.append(action[1])
                 if action[1]["event"] == "reverted":
