@@ -535,3 +535,10 @@ def test_run_start_line_without_a_bundle_says_so_and_sigint_stops_it(repo, tmp_p
                        f"yet, broker mqtt://127.0.0.1:{port}")
     assert p.interrupt() == 0, "run documents SIGINT as a normal stop"
     assert not any("Traceback" in line or "vNone" in line for line in p.lines)
+
+
+def test_an_install_refusal_is_one_prefixed_line_and_exit_1(world, capsys):
+    assert run(capsys, "install", "--state", world.state, world.full)[0] == 0
+    code, out, err = run(capsys, "install", "--state", world.state, world.compact)
+    assert (code, out) == (1, "")
+    assert one_line(err) == f"{PREFIX}refused: bundle version 1 is not newer than installed version 2"

@@ -481,13 +481,13 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, raw: bytes,
         if endpoints and health.answer:
             print(f"  health check: {health.answer[1]}")
     elif outcome.reverted is not None and not marked_bad:
-        print(f"reverted: endpoints unreachable; v{outcome.reverted} is not marked bad "
-              f"({result.get('health') or result['reason']})", file=sys.stderr)
+        _warn(f"reverted: endpoints unreachable; v{outcome.reverted} is not marked bad "
+              f"({result.get('health') or result['reason']})")
     elif result["on_trial"]:
-        print("still on trial: endpoints unreachable; `trustfleet-agent run` keeps retrying "
-              f"({result['health']})", file=sys.stderr)
+        _warn("still on trial: endpoints unreachable; `trustfleet-agent run` keeps retrying "
+              f"({result['health']})")
     else:
-        print(f"refused: {result['reason']}", file=sys.stderr)
+        _warn(f"refused: {result['reason']}")
     for note in notes:
         _warn(note)
     return (0 if result["installed"] else 1), result
