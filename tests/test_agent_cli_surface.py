@@ -542,3 +542,62 @@ def test_an_install_refusal_is_one_prefixed_line_and_exit_1(world, capsys):
     code, out, err = run(capsys, "install", "--state", world.state, world.compact)
     assert (code, out) == (1, "")
     assert one_line(err) == f"{PREFIX}refused: bundle version 1 is not newer than installed version 2"
+
+
+# --------------------------------------------------------------------------- names and TLS in words
+
+
+@pytest.mark.parametrize("name", [".example.com", "a..b", "*.example.com", " "])
+def test_a_servername_that_is_no_host_name_is_a_usage_error(world, capsys, name):
+    assert run(capsys, "install", "--state", world.state, world.full)[0] == 0
+    code, _, err = run(capsys, "check", "--state", world.state, "localhost:1", "--servername", name)
+    assert code == 2
+    assert one_line(err) == f"{PREFIX}error: --servername {name!r}: neither a DNS name nor an IP address"
+
+
+def test_a_bad_endpoint_name_is_refused_before_the_install_and_marks_nothing_bad(world, capsys):
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["install", "--state", str(world.state), "--endpoint", "a..b:443", str(world.full)])
+    assert caught.value.code == 2
+    assert "argument --endpoint: endpoint 'a..b:443': 'a..b' is neither a DNS name nor an IP " \
+        "address" in capsys.readouterr().err
+    config = world.tmp / "agent.toml"
+    config.write_text('[health]\nendpoints = [".api.example:443"]\n')
+    code, _, err = run(capsys, "install", "--state", world.state, "--config", config, world.full)
+    assert code == 2
+    assert one_line(err) == (f"{PREFIX}error: {config}: health.endpoints: endpoint "
+                             "'.api.example:443': '.api.example' is neither a DNS name nor an IP "
+                             "address")
+    code, out, _ = run(capsys, "status", "--state", world.state, "--json")
+    assert (json.loads(out)["version"], json.loads(out)["bad"]) == (1, [])
+
+
+def test_an_unreachable_endpoint_is_said_in_plain_words(world):
+    from trustfleet_pi import tls
+    from trustfleet_pi.local import LocalDevice
+
+    port = _closed_port()
+    bundle = LocalDevice(world.state).active_bundle()
+    ok, detail = tls.health_check_for([f"127.0.0.1:{port}"], 2)(bundle, T0)
+    assert (ok, detail) == (None, f"127.0.0.1:{port} unreachable: connection refused")
+
+
+def test_a_server_that_hangs_up_during_the_handshake_is_said_in_plain_words(world, capsys):
+    assert run(capsys, "install", "--state", world.state, world.full)[0] == 0
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            conn.close()
+
+        t = threading.Thread(target=hang_up, daemon=True)
+        t.start()
+        port = server.getsockname()[1]
+        code, _, err = run(capsys, "check", "--state", world.state, f"localhost:{port}",
+                           "--timeout", "5")
+        t.join(timeout=5)
+    assert code == 2
+    assert one_line(err) == (f"{PREFIX}error: no TLS connection to localhost:{port}: the server "
+                             "closed the connection during the TLS handshake")

@@ -215,6 +215,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _endpoint(text: str) -> str:
+    try:
+        tls.parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _version(text: str) -> int:
     try:
         value = int(text, 10)
@@ -234,7 +242,7 @@ def _package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
+    parser = _Parser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}",
                         help="print the version of trustfleet-agent and exit")
@@ -260,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                 INSTALL_EPILOG)
     p.add_argument("--state", type=Path, help="state directory (default: state_dir from --config)")
     p.add_argument("--config", type=Path, help="agent.toml: endpoints, exports, post-commit hook")
-    p.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT",
+    p.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT", type=_endpoint,
                    help="health check: reach this server over TLS with the new store before "
                         "committing (repeatable; replaces [health] endpoints)")
     p.add_argument("--health-timeout", type=_seconds, metavar="SECONDS",
@@ -398,7 +406,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if bundle_raw is not None:
         code, out["install"] = _install(args, cfg, state, bundle_raw, as_json=args.json)
     if args.json:
-        print(json.dumps(out))
+        print_json(out)
     return code
 
 
@@ -407,7 +415,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     state = _initialised(_state(args, cfg))
     code, result = _install(args, cfg, state, _read_document(args.file, "bundle"), args.json)
     if args.json:
-        print(json.dumps(result))
+        print_json(result)
     return code
 
 
@@ -540,7 +548,7 @@ def _export_summary(done: exports.ExportResult) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     status = LocalDevice(_initialised(args.state), Config()).status()
     if args.json:
-        print(json.dumps(status))
+        print_json(status)
     else:
         version = "none" if status["version"] is None else f"v{status['version']}"
         print(f"state {status['state']}, bundle {version}, root v{status['root_version']}, "
@@ -568,8 +576,8 @@ def cmd_clear_bad(args: argparse.Namespace) -> int:
     result = clear(version)
     detail = "; ".join(r["detail"] for r in result.reports) or f"v{version} is no longer bad"
     if args.json:
-        print(json.dumps({"cleared": version, "detail": detail, "bad": device.bad_versions(),
-                          "status": device.status()}))
+        print_json({"cleared": version, "detail": detail, "bad": device.bad_versions(),
+                    "status": device.status()})
     else:
         print(f"cleared the bad mark of v{version}: it may be installed again ({detail})")
     return 0
@@ -586,6 +594,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     name = args.servername or host
+    if not (tls.is_ip(name) or tls.is_dns_name(name)):
+        raise UsageError(f"--servername {name!r}: neither a DNS name nor an IP address")
     device = LocalDevice(_initialised(state), _core_config(args, cfg))
     ctx = tls.context_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
     started = time.perf_counter()
@@ -597,14 +607,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     elapsed_ms = (time.perf_counter() - started) * 1000
     bundle = ctx.trust_store.bundle
     if args.json:
-        print(json.dumps({
+        print_json({
             "host": host, "port": port, "servername": name, "verdict": decision.verdict,
             "result": decision.result, "reason": decision.reason, "pinset": decision.pinset,
             "anchor": decision.anchor,
             "path": [{"subject": c.label(), "spki_sha256": _pin_of(c.spki),
                       "not_after": x509.format_time(c.not_after)} for c in decision.path],
             "report": decision.report is not None, "bundle_version": bundle.version,
-            "openssl_verifies": ctx.openssl_verifies, "elapsed_ms": round(elapsed_ms, 1)}))
+            "openssl_verifies": ctx.openssl_verifies, "elapsed_ms": round(elapsed_ms, 1)})
     else:
         print(f"{decision.verdict} ({decision.result}) {name} at {host}:{port}, "
               f"bundle v{bundle.version}, {elapsed_ms:.0f} ms")
@@ -632,8 +642,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     version = store.bundle.version
     if args.json:
         summary = _export_summary(done)
-        print(json.dumps({"state": str(state), "bundle_version": version,
-                          "pinsets": len(store.bundle.pinsets), **summary}))
+        print_json({"state": str(state), "bundle_version": version,
+                    "pinsets": len(store.bundle.pinsets), **summary})
     else:
         if done.pem_written and done.pem is not None:
             print(f"wrote {done.pem_path}: {done.pem.certificates} certificate(s) from bundle "
@@ -734,28 +744,81 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Status fields that hold epoch seconds: printed by the JSON time convention of `trustfleet`
+# (README, "Command-line conventions"): RFC 3339 UTC, the seconds beside it as `<name>_epoch`;
+# 0 (never) is null. The MQTT status message itself keeps epoch seconds (docs/topics.md).
+JSON_TIME_KEYS = frozenset({"trusted_time", "last_timestamp", "time", "since", "firmware_time"})
+
+
+def json_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in JSON_TIME_KEYS and isinstance(item, int) and not isinstance(item, bool):
+                out[key] = _iso(item) if item > 0 else None
+                out[f"{key}_epoch"] = item
+            else:
+                out[key] = json_times(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [json_times(item) for item in value]
+    return value
+
+
+def _iso(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def print_json(value: Any) -> None:
+    """One JSON object on stdout, times by the convention above."""
+    print(json.dumps(json_times(value)), flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors also as a JSON error object when the command line has --json."""
+
+    json_errors = False
+
+    def error(self, message: str):  # type: ignore[override]
+        if _Parser.json_errors:
+            _print_error(2, "usage", f"{self.prog}: {message}")
+        super().error(message)
+
+
+def _print_error(code: int, kind: str, message: str) -> None:
+    print(json.dumps({"error": {"exit": code, "kind": kind, "message": message}}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; every error is one line on stderr and an exit code (module docstring)."""
+    """Run one command; every error is one line on stderr and an exit code (module docstring), and
+    with --json also {"error": {"exit", "kind", "message"}} on stdout."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
+
+    def fail(code: int, message: str) -> int:
+        print(f"trustfleet-agent: {'refused' if code == 1 else 'error'}: {message}", file=sys.stderr)
+        if _Parser.json_errors:
+            _print_error(code, "refused" if code == 1 else "usage", message)
+        return code
+
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("trustfleet-agent: interrupted", file=sys.stderr)
+        if _Parser.json_errors:
+            _print_error(130, "interrupted", "interrupted")
         return 130
     except BundleError as exc:
-        print(f"trustfleet-agent: refused: {exc}", file=sys.stderr)
-        return 1
+        return fail(1, str(exc))
     except BrokenPipeError:
         return 0
     except OSError as exc:
-        print(f"trustfleet-agent: error: {plain_oserror(exc)}", file=sys.stderr)
-        return 2
+        return fail(2, plain_oserror(exc))
     except (DeviceError, ConfigError, UsageError) as exc:
-        print(f"trustfleet-agent: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, str(exc))
     except ValueError as exc:  # a caller mistake the parser could not see (e.g. an IP as name)
-        print(f"trustfleet-agent: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, str(exc))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,17 @@ _PLAIN = {
 }
 
 
+# OpenSSL's reason codes that mean "not a TLS server here" rather than a trust decision.
+_TLS = {
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the TLS handshake",
+    "WRONG_VERSION_NUMBER": "the server did not answer in TLS (is it the TLS port?)",
+    "RECORD_LAYER_FAILURE": "the server did not answer in TLS (is it the TLS port?)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server and the agent share no TLS version",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the TLS handshake",
+    "TLSV1_UNRECOGNIZED_NAME": "the server does not serve that name (SNI)",
+}
+
+
 def plain_oserror(exc: OSError, path: str | os.PathLike[str] | None = None) -> str:
     """One line for an OSError: the user's path (else the error's), then a plain reason."""
     named = path if path is not None else exc.filename
@@ -40,8 +51,10 @@ def plain_reason(exc: OSError) -> str:
         reason = "unknown host (DNS found no address)"
     elif isinstance(exc, TimeoutError | socket.timeout) and exc.errno is None:
         reason = "timed out"
+    elif isinstance(exc, ssl.SSLCertVerificationError):
+        reason = f"certificate verify failed: {exc.verify_message or exc.reason}"
     elif isinstance(exc, ssl.SSLError):
-        reason = f"TLS error: {exc.reason or exc.strerror or exc}"
+        reason = _TLS.get(exc.reason or "") or f"TLS error: {exc.reason or exc.strerror or exc}"
     elif exc.errno is not None and exc.strerror and exc.strerror != os.strerror(exc.errno):
         reason = exc.strerror  # already written for the user (e.g. write_atomic's)
     else:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import _ssl
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -66,6 +67,7 @@ from trustfleet_device import trust
 from trustfleet_device.documents import Bundle
 from trustfleet_device.errors import DeviceError
 from trustfleet_device.reports import ReportQueue
+from trustfleet_pi.oserrors import plain_reason
 
 DEFAULT_PORT = 443
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0+); Python has no name for it.
@@ -114,7 +116,8 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     """Split "host", "host:port" or "[v6]:port" into (host, port).
 
     Raises:
-        ValueError: not of that form, or the port is not 1..65535.
+        ValueError: not of that form, the host is neither a DNS name nor an IP address,
+            or the port is not 1..65535.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"endpoint {text!r}: expected host or host:port")
@@ -133,7 +136,25 @@ def parse_endpoint(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         raise ValueError(f"endpoint {text!r}: write an IPv6 address as [address]:port")
     if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"endpoint {text!r}: expected host:port with a port from 1 to 65535")
+    if not (is_ip(host) or is_dns_name(host)):
+        raise ValueError(f"endpoint {text!r}: {host!r} is neither a DNS name nor an IP address")
     return host, int(port)
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+
+
+def is_dns_name(name: str) -> bool:
+    """A host name TLS can send and check: dot-separated labels of letters, digits, "-" (and
+    "_"), at most 253 characters; an internationalised name counts by its IDNA form."""
+    try:
+        ascii_name = name.encode("idna").decode("ascii") if not name.isascii() else name
+    except UnicodeError:
+        return False
+    ascii_name = ascii_name[:-1] if ascii_name.endswith(".") else ascii_name
+    if not ascii_name or len(ascii_name) > 253:
+        return False
+    return all(_LABEL.match(label) for label in ascii_name.split("."))
 
 
 def is_ip(host: str) -> bool:
@@ -546,6 +567,4 @@ def health_check_for(endpoints: Iterable[str], timeout: float = 10.0, *, managed
 
 
 def _oserror_text(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+    return plain_reason(exc)
