@@ -172,9 +172,13 @@ def test_acl_lets_devices_read_documents_and_write_only_their_own_topics(tmp_pat
 
 
 def test_config_refuses_anonymous_persists_and_fits_a_512_kib_document(tmp_path):
+    from support import fleetkit as fk
+    from trustfleet_server import keys
+
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    cert.write_text("x")
-    key.write_text("x")
+    tls_key = keys.generate_key()  # broker-config checks the pair before it writes (issue 13)
+    fk.write_pem(cert, fk.make_cert("broker.example", tls_key, ca=False))
+    key.write_bytes(keys.private_key_pem(tls_key, None))
     out = tmp_path / "b"
     broker_config(out, "--fleet", "acme", "--listener", "0.0.0.0", "--tls-cert", cert,
                   "--tls-key", key)

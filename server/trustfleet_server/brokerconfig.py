@@ -65,6 +65,7 @@ from pathlib import Path
 from trustfleet_device import topics
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.limits import DEFAULT as DEFAULT_LIMITS
+from trustfleet_server import keys, x509util
 from trustfleet_server.errors import UsageError
 
 DEVICE = "device"
@@ -403,21 +404,55 @@ def parse_listener(value: str) -> tuple[str, int | None]:
 def read_ids_file(path: str | os.PathLike[str]) -> list[tuple[str, str | None]]:
     """Lines "ID" or "ID GROUP"; blank lines and '#' comments skipped. Raises: UsageError."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            words = raw.split("#", 1)[0].split()
-            if not words:
-                continue
-            if len(words) > 2:
-                raise UsageError(f"{path}:{n}: expected `ID` or `ID GROUP`, got {raw.strip()!r}")
-            out.append((words[0], words[1] if len(words) == 2 else None))
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file; expected `ID` or `ID GROUP` lines") from None
+    for n, raw in enumerate(lines, 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) > 2:
+            raise UsageError(f"{path}:{n}: expected `ID` or `ID GROUP`, got {raw.strip()!r}")
+        out.append((words[0], words[1] if len(words) == 2 else None))
     return out
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Refuse a --tls-cert that holds no certificate, a --tls-key that holds no private key, or a
+    pair that does not match, before anything is written: Mosquitto would fail only at start.
+    Raises: UsageError naming the file."""
+    for path in (cert, key):
+        if Path(path).is_dir():
+            raise UsageError(f"{path}: is a folder; give a PEM file")
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+    chain = x509util.load_certificates(cert)
+    material = keys.inspect_key_file(key)
+    if material.kind != keys.KIND_PRIVATE:
+        raise UsageError(f"{key}: expected the certificate's private key, found a {material.kind}")
+    if material.locked:
+        raise UsageError(f"{key}: the key is encrypted; Mosquitto needs it unencrypted")
+    if keys.spki_der(material.public_key) != keys.spki_der(chain[0].public_key()):
+        raise UsageError(f"{key}: not the private key of the first certificate in {cert}")
 
 
 def read_devices_file(path: str) -> list[str]:
     """The device ids of `device add --ids-file`'s format (read_ids_file; the broker needs no
     group). Raises: UsageError."""
     return [device for device, _group in read_ids_file(path)]
+
+
+def check_same_fleet(path: Path, fleet: str) -> None:
+    """Refuse to rewrite a broker folder made for another fleet: a typo in --fleet would drop its
+    devices' identities. Raises: UsageError."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no folder yet, or load_secrets says what is wrong with it
+    old = doc.get("fleet") if isinstance(doc, dict) else None
+    if isinstance(old, str) and old != fleet:
+        raise UsageError(f"{path} is fleet {old!r}, not {fleet!r}: give that fleet's name, or another --out")
 
 
 def load_secrets(path: Path) -> dict[tuple[str, str], str]:

@@ -12,8 +12,9 @@ hint for finding the key; verification never trusts it beyond that.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from trustfleet_device import cbor, cose, documents, policy
 from trustfleet_device._cpython.files import read_capped
-from trustfleet_device.errors import DecodeError, PolicyError, TrustfleetError
+from trustfleet_device.errors import DecodeError, LimitError, PolicyError, TrustfleetError
 from trustfleet_device.limits import DEFAULT, Limits
 from trustfleet_server import keys
-from trustfleet_server.errors import UsageError
+from trustfleet_server.errors import OperatorError, UsageError
 
 PROTECTED_ES256 = cose.PROTECTED_ES256  # {alg: ES256}
 
@@ -66,12 +67,17 @@ def read_document(raw: bytes, limits: Limits = DEFAULT) -> Document:
     if len(raw) > limits.max_document:
         raise DecodeError(f"document is {len(raw)} bytes, limit is {limits.max_document}")
     message = None
-    if raw[:1] in (b"\xd8", b"\xd2"):  # tag 98 (0xd8 0x62) or tag 18 (0xd2)
-        message = cose.parse(raw, limits)
-        payload = message.unverified_payload
-    else:
-        payload = raw
-    value = cbor.decode(payload, limits)
+    try:
+        if raw[:1] in (b"\xd8", b"\xd2"):  # tag 98 (0xd8 0x62) or tag 18 (0xd2)
+            message = cose.parse(raw, limits)
+            payload = message.unverified_payload
+        else:
+            payload = raw
+        value = cbor.decode(payload, limits)
+    except LimitError:
+        raise
+    except DecodeError as exc:
+        raise DecodeError(f"not a trustfleet document ({exc})") from None
     doc_type = value.get("type") if isinstance(value, dict) else None
     if doc_type not in KNOWN_TYPES:
         raise DecodeError(f"not a trustfleet document (type {doc_type!r})")
@@ -146,16 +152,47 @@ def sha256(raw: bytes) -> bytes:
 
 
 def read_file(path: Path) -> bytes:
-    """A document file. Raises: OSError, LimitError (past the device's document size limit)."""
-    return read_capped(path, DEFAULT.max_document)
+    """A document file. Raises: OSError, LimitError (past the device's document size limit),
+    UsageError (the file is empty)."""
+    raw = read_capped(path, DEFAULT.max_document)
+    if not raw:
+        raise UsageError(f"{path}: the file is empty")
+    return raw
+
+
+@contextlib.contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """Put `path` in front of a refusal (a TrustfleetError, not an OperatorError) raised inside:
+    say which file is bad."""
+    try:
+        yield
+    except TrustfleetError as exc:
+        if not isinstance(exc, OperatorError) and not str(exc).startswith(f"{path}: "):
+            exc.args = (f"{path}: {exc}", *exc.args[1:])
+        raise
+
+
+def read_document_file(path: Path, expect: str | None = None) -> tuple[bytes, Document]:
+    """A document file and what it holds; `expect` ("root", "bundle", "timestamp") refuses another
+    type. Raises: OSError, UsageError (empty), DecodeError naming `path`."""
+    raw = read_file(path)
+    with naming(path):
+        doc = read_document(raw)
+        if expect is not None and doc.doc_type != expect:
+            raise DecodeError(f"is a {doc.doc_type}, not a {expect}")
+    return raw, doc
 
 
 def load_root_chain(paths: Sequence[Path]) -> documents.Root:
     """The first root is trusted as given (self-consistent); later ones must chain from it.
 
-    Raises: TrustfleetError when a root does not verify.
+    Raises: TrustfleetError naming the file when a root does not read or verify.
     """
-    root = policy.load_trusted_root(read_file(paths[0]))
+    raw, _ = read_document_file(paths[0], "root")
+    with naming(paths[0]):
+        root = policy.load_trusted_root(raw)
     for p in paths[1:]:
-        root = policy.verify_root_update(root, read_file(p))
+        raw, _ = read_document_file(p, "root")
+        with naming(p):
+            root = policy.verify_root_update(root, raw)
     return root

@@ -631,8 +631,7 @@ def load_bundle_payload(path: Path) -> tuple[dict, list[str]]:
     try:
         doc = documents.read_document(documents.read_file(path))
     except DecodeError as exc:
-        raise DecodeError(f"{path}: not a trustfleet bundle ({exc}); a bundle spec must end "
-                          "in .toml") from None
+        raise DecodeError(f"{path}: {exc}; a bundle spec must end in .toml") from None
     if doc.doc_type != "bundle":
         raise ExportRefused(f"{path}: is a {doc.doc_type}, not a bundle")
     return cbor.decode(doc.payload), []

@@ -135,7 +135,12 @@ def read_secrets(broker_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ProvisionError(f"{path} does not exist: create the broker directory first with "
                              f"`trustfleet broker-config --fleet FLEET --out {broker_dir}`") from None
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
+    except NotADirectoryError:
+        raise ProvisionError(f"{broker_dir}: is a file, not the folder `trustfleet broker-config` "
+                             f"wrote") from None
+    except OSError as exc:
+        raise ProvisionError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, AttributeError, TypeError) as exc:
         raise ProvisionError(f"{path}: not a secrets file written by broker-config ({exc})") from None
     return doc
 

@@ -296,16 +296,18 @@ def load_spec(path: Path, *, version: int | None = None, now: int | None = None,
         spec = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file; expected a TOML bundle spec") from None
     _check_keys(spec, TOP_KEYS, str(path))
     base = path.parent
     report = BuildReport()
-    fleet = _require(spec, "fleet", "spec")
+    fleet = _require(spec, "fleet", f"{path}: spec")
     if not isinstance(fleet, str) or not fleet:
         raise SpecError("fleet: expected a non-empty string")
-    version = parse_version(version if version is not None else _require(spec, "version", "spec"),
+    version = parse_version(version if version is not None else _require(spec, "version", f"{path}: spec"),
                             "--version" if version is not None else "version")
     issued_at = parse_time(spec["issued_at"], "issued_at") if "issued_at" in spec else int(now or time.time())
-    expires_at = parse_time(_require(spec, "expires", "spec"), "expires", issued_at)
+    expires_at = parse_time(_require(spec, "expires", f"{path}: spec"), "expires", issued_at)
     if expires_at <= issued_at:
         raise SpecError("expires: the bundle would already be expired at issue time")
     policy = _check_keys(spec.get("policy", {}), POLICY_KEYS, "policy")

@@ -127,6 +127,8 @@ def parse_certificates(
         The certificates and how many were skipped.
     """
     if not keys.looks_like_pem(data):
+        if not data.strip():
+            raise CertificateFileError(f"{name}: not a PEM file or a DER certificate (the file is empty)")
         return [
             _parse_one(
                 name, x509.load_der_x509_certificate, data, "not a PEM file or a DER certificate"
@@ -163,7 +165,8 @@ def _parse_one(name: str, loader: Any, data: bytes, what: str) -> x509.Certifica
         cert.public_key()
         _ = cert.subject, cert.issuer, cert.not_valid_after_utc
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise CertificateFileError(f"{name}: {what} ({exc})") from None
+        detail = "" if "error parsing asn1" in str(exc) else f" ({exc})"  # the parser's internals help no one
+        raise CertificateFileError(f"{name}: {what}{detail}") from None
     return cert
 
 

@@ -121,11 +121,14 @@ def run(args: argparse.Namespace) -> int:
         if not 0 < args.port < 65536:
             raise UsageError(f"--port {args.port}: must be 1 to 65535")
         port = args.port
+    if args.tls_cert and args.tls_key:
+        brokerconfig.check_tls_files(args.tls_cert, args.tls_key)
     for path in (args.tls_cert, args.tls_key):
         if path and not Path(path).is_file():
             raise UsageError(f"{path}: no such file")
     devices = brokerconfig.read_devices_file(args.devices_file) if args.devices_file else args.device
     out = Path(args.out)
+    brokerconfig.check_same_fleet(out / brokerconfig.SECRETS_NAME, args.fleet)
     previous = {} if args.rotate else brokerconfig.load_secrets(out / brokerconfig.SECRETS_NAME)
     cfg = brokerconfig.generate(
         args.fleet, devices, operator=args.operator, server=args.server, host=host, port=port,

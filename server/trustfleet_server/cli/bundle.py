@@ -167,10 +167,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                  if args.installed_version is not None else None)
     raw = None
     result = {"valid": False, "version": None, "reason": None, "file": str(args.file)}
+    root = documents.load_root_chain(args.root)  # a bad root is refused, not a verdict on the bundle
     try:
         raw = documents.read_file(args.file)
-        root = documents.load_root_chain(args.root)
-        b = policy.verify_bundle(root, raw, installed_version=installed, now=now)
+        with documents.naming(args.file):
+            b = policy.verify_bundle(root, raw, installed_version=installed, now=now)
     except TrustfleetError as exc:
         result["reason"] = str(exc)
         if raw is not None:
@@ -200,8 +201,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     infos = []
     for path in (args.a, args.b):
-        raw = documents.read_file(path)
-        infos.append(describe.describe(documents.read_document(raw), raw))
+        raw, doc = documents.read_document_file(path, "bundle")
+        infos.append(describe.describe(doc, raw))
     changes = describe.diff(*infos)
     if args.json:
         print(json.dumps({"changes": changes}))
@@ -221,7 +222,8 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
         raise UsageError(f"--time {times.iso(when)} is {when - now} s ahead of this machine's clock "
                          f"({times.iso(now)}): devices would move their time to it; pass --allow-future "
                          f"if that is meant")
-    signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
+    with documents.naming(args.bundle):
+        signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
     write_atomic(args.out, signed)
     if args.json:
         print(json.dumps({"out": str(args.out), "time": times.iso(when), "epoch": when,

@@ -71,7 +71,7 @@ def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False, root: b
 def cmd_sign(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
     key = keys.load_private_key(args.key, passphrase)
-    raw = documents.read_file(args.file)
+    raw, _ = documents.read_document_file(args.file, args.command)  # `root sign` signs roots only
     check_not_future(raw, args.file, getattr(args, "allow_future", False))
     if getattr(args, "sign_root", None):
         doc = documents.read_document(raw)
@@ -127,8 +127,9 @@ def check_not_future(raw: bytes, path: Path, allow: bool, now: int | None = None
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    raw = documents.read_file(args.file)
-    info = describe.describe(documents.read_document(raw), raw)
+    # `root inspect` shows roots; `bundle inspect` any document (timestamps too)
+    raw, doc = documents.read_document_file(args.file, "root" if args.command == "root" else None)
+    info = describe.describe(doc, raw)
     print(json.dumps(info, indent=2) if args.json else describe.render(info))
     return 0
 

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device._cpython.files import read_capped, write_atomic
-from trustfleet_device.limits import DEFAULT as LIMITS
 from trustfleet_pi.tls import is_ip, parse_endpoint
-from trustfleet_server import provision, spec
+from trustfleet_server import documents, provision, spec
 from trustfleet_server.errors import UsageError
 
 DESCRIPTION = """\
@@ -225,6 +224,8 @@ def _read_password(path: Path) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8") from None
+    if not text.strip():
+        raise UsageError(f"{path}: the file is empty; for an open network leave out --wifi-password-file")
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -255,8 +256,8 @@ def _settings(args: argparse.Namespace) -> provision.BoardSettings:
     creds = provision.device_credentials(args.broker_dir, args.fleet, args.device_id, args.group)
     return provision.BoardSettings(
         credentials=creds, broker_host=host, broker_port=args.broker_port,
-        root=read_capped(args.root, LIMITS.max_document),
-        bundle=read_capped(args.bundle, LIMITS.max_document) if args.bundle else None,
+        root=documents.read_document_file(args.root, "root")[0],
+        bundle=documents.read_document_file(args.bundle, "bundle")[0] if args.bundle else None,
         endpoints=tuple(args.endpoint), wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
         firmware_time=_firmware_time(args.firmware_time), ntp_host=args.ntp_host,
         broker_ca=broker_ca, broker_tls=args.broker_tls)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from trustfleet_device._cpython.files import read_capped, write_atomic
-from trustfleet_server import mobile, spec, x509util
+from trustfleet_server import documents, mobile, spec, x509util
 from trustfleet_server.errors import UsageError
 
 SOURCE_HELP = ("a bundle (unsigned payload or signed COSE document; signatures are NOT checked: "
@@ -187,7 +187,8 @@ def cmd_import_nsc(args: argparse.Namespace) -> int:
         if default_expires <= now:
             raise UsageError("--expires: the date is in the past")
     raw = read_capped(args.file, mobile.MAX_NSC_BYTES)
-    result = mobile.read_nsc(raw, default_expires=default_expires)
+    with documents.naming(args.file):
+        result = mobile.read_nsc(raw, default_expires=default_expires)
     _warn(result.warnings)
     if not result.pinsets:
         print(f"warning: {args.file}: no pin-set found", file=sys.stderr)

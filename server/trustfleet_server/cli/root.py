@@ -124,8 +124,9 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    raw = documents.read_file(args.previous)
-    old = policy.load_trusted_root(raw)
+    raw, _ = documents.read_document_file(args.previous, "root")
+    with documents.naming(args.previous):
+        old = policy.load_trusted_root(raw)
     keymap = dict(old.spki)
     roles = {name: {"keys": list(r.kids), "threshold": r.threshold} for name, r in old.roles.items()}
     roots.apply_changes(keymap, roles, add=args.key, remove=getattr(args, "remove_key", []),

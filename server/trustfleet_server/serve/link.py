@@ -120,7 +120,7 @@ class Link:
                 c.connect(self.url.host, self.url.port, KEEPALIVE)
         except (OSError, ValueError) as exc:
             self.client = None
-            raise BrokerError(f"{self.url}: cannot connect: {exc}") from None
+            raise BrokerError(f"{self.url}: cannot connect: {getattr(exc, 'strerror', None) or exc}") from None
         deadline = time.monotonic() + timeout
         while "rc" not in box and time.monotonic() < deadline:
             if c.loop(0.05) != mqtt.MQTT_ERR_SUCCESS and "rc" not in box:
