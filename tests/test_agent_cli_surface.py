@@ -207,6 +207,9 @@ def test_no_tls_connection_is_said_in_plain_words(world, capsys):
     ('[mqtt]\nbroker = "mqtt://h"\nkeepalive = "60"\n',
      'mqtt.keepalive must be a whole number from 5 to 3600, not "60"'),
     ('[mqtt]\nbroker = "mqtt://h"\nprotocol = 4\n', 'mqtt.protocol must be "3.1.1" or "5", not 4'),
+    ('device_id = "pi/1"\n', "device_id 'pi/1' may hold only letters, digits, '-', '_' and '.'"),
+    ('fleet = "acme sensors"\n',
+     "fleet 'acme sensors' may hold only letters, digits, '-', '_' and '.'"),
 ])
 def test_a_config_value_of_the_wrong_type_says_what_is_expected_and_what_was_given(
         world, capsys, text, message):
@@ -218,6 +221,16 @@ def test_a_config_value_of_the_wrong_type_says_what_is_expected_and_what_was_giv
     code, _, err = run(capsys, "clear-bad", "1", "--state", world.state, "--config", config)
     assert code == 2
     assert one_line(err) == f"{PREFIX}error: {config}: {message}"
+
+
+def test_an_unreadable_enterprise_anchor_names_the_config_file(world, capsys):
+    config = world.tmp / "agent.toml"
+    config.write_text('managed = true\nuser_anchors = ["ent.pem"]\n')
+    code, _, err = run(capsys, "export", "--state", world.state, "--config", config, "--pins",
+                       world.tmp / "p.json")
+    assert code == 2
+    assert one_line(err) == (f"{PREFIX}error: {config}: user_anchors: cannot read "
+                             f"{world.tmp / 'ent.pem'}: no such file or folder")
 
 
 def test_a_binary_file_as_config_is_not_a_toml_file(world, capsys):
@@ -383,6 +396,9 @@ BAD_INPUT: dict[str, list[tuple[str, Row]]] = {
                            NO_STATE)),
         ("blank-state", (lambda w: ["--state", _not_initialised(w), "--pem", w.tmp / "a.pem"], 2,
                          BLANK)),
+        ("no-bundle", (lambda w: ["--state", _bare_state(w), "--pem", w.tmp / "a.pem"], 2,
+                       lambda w: f"error: {w.tmp / 'bare'} has no bundle installed: nothing to "
+                                 "export (install one with `trustfleet-agent install`)")),
         ("pem-under-a-file", (lambda w: ["--state", w.state, "--pins", w.root / "pins.json"], 2,
                               lambda w: f"error: {w.root / 'pins.json'}: cannot create it: "
                                         f"{w.root} is a file, not a folder")),
@@ -590,7 +606,9 @@ def test_a_server_that_hangs_up_during_the_handshake_is_said_in_plain_words(worl
 
         def hang_up() -> None:
             conn, _ = server.accept()
-            conn.close()
+            with conn:
+                conn.settimeout(WAIT)
+                conn.recv(16_384)  # the ClientHello, read: the close is a clean FIN, not a reset
 
         t = threading.Thread(target=hang_up, daemon=True)
         t.start()

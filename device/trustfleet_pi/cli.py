@@ -637,6 +637,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if pem is None and pins is None:
         raise UsageError("nothing to export: give --pem and/or --pins (or [export] in --config)")
     device = LocalDevice(_initialised(state), _core_config(args, cfg))
+    if device.active_bundle() is None:
+        raise UsageError(f"{state} has no bundle installed: nothing to export (install one with "
+                         "`trustfleet-agent install`)")
     store = tls.store_for(device, managed=cfg.managed, user_anchors=cfg.user_anchor_ders())
     done = exports.export(store, pem, pins)
     version = store.bundle.version

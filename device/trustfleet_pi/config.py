@@ -172,13 +172,15 @@ class PiConfig:
         if not self.managed:
             return []
         out = []
+        where = self.path if self.path is not None else "config"
         for path in self.user_anchors:
             try:
                 certs = x509.load_pem_x509_certificates(path.read_bytes())
             except OSError as exc:
-                raise ConfigError(f"user_anchors: cannot read {path}: {plain_reason(exc)}") from None
+                raise ConfigError(f"{where}: user_anchors: cannot read {path}: "
+                                  f"{plain_reason(exc)}") from None
             except ValueError:
-                raise ConfigError(f"user_anchors: {path} holds no PEM certificate") from None
+                raise ConfigError(f"{where}: user_anchors: {path} holds no PEM certificate") from None
             out.extend(c.public_bytes(serialization.Encoding.DER) for c in certs)
         return out
 
@@ -216,6 +218,12 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> PiConfig:
     cfg.state_dir = r.path("state_dir")
     cfg.device_id = r.text("device_id")
     cfg.fleet = r.text("fleet")
+    for key in ("fleet", "device_id"):
+        if getattr(cfg, key) is not None:
+            try:  # both name MQTT topics: refuse now what `run` could not use
+                topics.check_name(getattr(cfg, key), key)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
     cfg.managed = r.boolean("managed", False)
     cfg.firmware_time = r.time("firmware_time")
     cfg.user_anchors = r.paths("user_anchors")

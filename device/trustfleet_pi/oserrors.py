@@ -21,6 +21,7 @@ _PLAIN = {
     errno.EROFS: "read-only file system",
     errno.ENOSPC: "no space left on the device",
     errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "the connection was reset by the other side",
     errno.ETIMEDOUT: "timed out",
     errno.EHOSTUNREACH: "host unreachable",
     errno.ENETUNREACH: "network unreachable",
