@@ -348,3 +348,30 @@ def _waiting_on_stdin(pid: int) -> bool:
     if wchan in ("pipe_read", "anon_pipe_read", "pipe_wait", "pipe_read_wait"):
         return True
     return wchan in ("", "0") and os.uname().machine == "x86_64" and syscall[:2] == ["0", "0x0"]
+
+
+def test_ctrl_c_during_a_simulation_ends_it_quietly(materials, tmp_path):
+    """A run interrupted mid-way: exit 130, no traceback, nothing but its progress lines on stderr."""
+    argv = expand((*SIMULATE[:-1], "60s", "--root", "{root}", "--until-version", "9"), materials, tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *argv], cwd=tmp_path, env=ENV,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        err = b""
+        deadline = time.monotonic() + 30
+        while b"online 1/1" not in err and time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+            if ready:
+                err += os.read(proc.stderr.fileno(), 4096)
+        assert b"online 1/1" in err, err
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = (err + rest).decode()
+    assert proc.returncode == 130, (proc.returncode, text)
+    assert "Traceback" not in text, text
+    assert [ln for ln in text.splitlines() if ln.strip() and "online" not in ln] == [], text
+    assert list(tmp_path.iterdir()) == []
