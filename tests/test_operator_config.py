@@ -286,3 +286,17 @@ def test_publish_takes_the_configured_broker(ops, tmp_path, monkeypatch, capsys)
     code, out, err = run(capsys, "publish", ops.dir / "bundle.cose")
     assert code == 2
     assert f"127.0.0.1:{port}" in one_line(err)
+
+
+def test_signing_without_a_root_says_the_role_was_not_checked(ops, tmp_path, monkeypatch, capsys):
+    d = ops.dir
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "bundle", "sign", "--key", d / "keys/bundle.pem", d / "unsigned.cbor",
+                       "-o", tmp_path / "a.cose")
+    assert code == 0
+    assert one_line(err) == ("note: the key's role was not checked; give --root (or set root in "
+                             "trustfleet.toml) to refuse a key that is not a bundle key of the fleet's root")
+    write_config(tmp_path, f'root = "{d / "root.cose"}"\n')
+    code, _, err = run(capsys, "bundle", "sign", "--key", d / "keys/bundle.pem", d / "unsigned.cbor",
+                       "-o", tmp_path / "b.cose")
+    assert code == 0 and err == ""

@@ -3,27 +3,36 @@
 Each command group lives in its own module exposing ``register(subparsers)``
 and ``cmd_*`` handlers that parse arguments, call the library and print. The
 groups never import each other; common.py holds the options they share. This
-file only wires them together and turns typed errors into one-line messages
-and exit codes:
+file only wires them together: it reads the operator config (trustfleet.toml,
+TRUSTFLEET_*) before building the parser, and turns typed errors into one-line
+messages and exit codes (the table is in README.md, "Command-line conventions"):
 
-    0  success
-    1  the input was refused (bad document, failed verification, lint error)
-    2  usage error (argparse) or a missing/unreadable file
+    0    success
+    1    refused: a bad document, a failed verification, a lint error, a failed check
+    2    could not do the job: usage, a missing or unsuitable file, the broker or the store
+    130  interrupted (Ctrl-C)
+
+With --json, an error is also one JSON object on stdout,
+{"error": {"exit": N, "kind": "usage" | "refused" | "interrupted", "message": "..."}},
+so a script reads stdout whatever happens.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import sys
 
 import trustfleet_device
 from trustfleet_device.errors import TrustfleetError
+from trustfleet_server import config
 from trustfleet_server.cli import (
     board,
     broker,
     brokerconfig,
     bundle,
+    common,
     completion,
     demo,
     device,
@@ -53,8 +62,23 @@ def package_version() -> str:
         return trustfleet_device.VERSION
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors also as a JSON error object when the command line has --json."""
+
+    json_errors = False
+
+    def error(self, message: str):  # type: ignore[override]
+        if Parser.json_errors:
+            print_error_json(2, "usage", f"{self.prog}: {message}")
+        super().error(message)
+
+
+def print_error_json(code: int, kind: str, message: str) -> None:
+    print(json.dumps({"error": {"exit": code, "kind": kind, "message": message}}), flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="trustfleet",
         description=(
             "Build, sign and verify trustfleet documents (root, bundle, timestamp).\n"
@@ -65,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}",
                         help="print the version of trustfleet and exit")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"operator config (default: ./{config.FILE_NAME} if present, or "
+                             f"${config.CONFIG_ENV}); give it before the command")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for group in GROUPS:
         group.register(sub)
@@ -74,23 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+    def fail(code: int, kind: str, message: str) -> int:
+        print(f"trustfleet: {'refused' if code == 1 else 'error'}: {message}", file=sys.stderr)
+        if Parser.json_errors:
+            print_error_json(code, kind, message)
+        return code
+
     try:
+        explicit, argv = config.split_config_option(argv)
+        common.use_config(config.load(explicit))
+        args = build_parser().parse_args(argv)
+        common.apply_config(args)
         return int(args.func(args) or 0)
     except OperatorError as exc:
-        print(f"trustfleet: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(2, "usage", str(exc))
     except TrustfleetError as exc:
-        print(f"trustfleet: refused: {exc}", file=sys.stderr)
-        return 1
+        return fail(1, "refused", str(exc))
     except BrokenPipeError:
         return 0
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"trustfleet: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return fail(2, "usage", f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
+        if Parser.json_errors:
+            print_error_json(130, "interrupted", "interrupted")
         return 130
 
 

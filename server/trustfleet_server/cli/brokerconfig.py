@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_server import brokerconfig
+from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 
 DEFAULT_BROKER_USER = "mosquitto"  # whom Mosquitto 2 switches to when started as root
@@ -64,7 +65,7 @@ def register(sub: Any) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--fleet", required=True, help="fleet name (letters, digits, '-', '_', '.')")
+    common.fleet_argument(p, help="fleet name (letters, digits, '-', '_', '.')")
     p.add_argument("--out", required=True, metavar="DIR", help="directory to write the files to")
     devices = p.add_mutually_exclusive_group()
     devices.add_argument("--device", action="append", default=[], metavar="ID",

@@ -66,15 +66,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "one is appended, so every key can stay on its own offline machine.",
                         epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "
                                "&& trustfleet bundle sign --key k2.pem bundle.cbor")
-    common.add_sign_arguments(p, future=True, root=True)
+    common.add_sign_arguments(p, "bundle", future=True, root=True)
     p.set_defaults(func=common.cmd_sign)
 
     p = bsub.add_parser("verify", help="verify a signed bundle against a root",
                         description="Verify a signed bundle exactly as a device would: envelope, "
                                     "threshold of bundle keys from the root, schema, expiry. "
                                     "Exit 0 when valid, 1 with a one-line reason when not.")
-    p.add_argument("--root", type=Path, action="append", required=True,
-                   help="trusted root (signed); repeat to walk a rotation chain oldest first")
+    common.root_argument(p)
     p.add_argument("file", type=Path, help="signed bundle")
     p.add_argument("--at", metavar="TIME",
                    help="check expiry at this time: epoch seconds (1796515999) or an ISO date "
@@ -100,13 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = ts.add_subparsers(dest="timestamp_command", metavar="ACTION", required=True)
     p = tsub.add_parser("create", help="sign a timestamp for the latest bundle (COSE_Sign1)")
     p.add_argument("--bundle", type=Path, required=True, help="the latest signed bundle")
-    p.add_argument("--key", type=Path, required=True, help="the online timestamp key")
-    p.add_argument("--passphrase-file")
+    common.key_argument(p, "timestamp", help="the online timestamp key (PKCS#8 PEM)")
+    p.add_argument("--passphrase-file", help=f"passphrase file of the key (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--time", metavar="TIME",
                    help="timestamp time: epoch seconds (1796515999) or an ISO date (2026-12-06, "
                         "2026-12-06T00:13:19Z); default now")
-    p.add_argument("--root", type=Path, action="append", metavar="ROOT",
-                   help=common.ROOT_CHECK_HELP.format(role="timestamp keys"))
+    common.root_argument(p, required=False, help=common.ROOT_CHECK_HELP.format(role="timestamp keys"))
     p.add_argument("--allow-future", action="store_true",
                    help=f"sign a --time more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of this "
                         f"machine's clock (devices move their time to it, up to the root's "
@@ -134,13 +132,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         return 1
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    blocking = [f for f in findings if lint.blocks_build(f, payload_map, strict=args.strict)]
+    allow = lint.check_allow(args.allow)
+    blocking = [f for f in findings if lint.blocks_build(f, payload_map, strict=args.strict, allow=allow)]
     for f in findings:
-        print(lint.printable(f"{'error' if f in blocking else 'warning'}: {f.line()}"),
-              file=sys.stderr)
+        label = "error" if f in blocking else "allowed" if f.severity == lint.ERROR else "warning"
+        print(lint.printable(f"{label}: {f.line()}"), file=sys.stderr)
     if blocking:
-        reason = (f"{len(findings)} lint finding(s) with --strict; nothing written" if args.strict else
-                  f"{len(blocking)} lint error(s); nothing written (trustfleet lint --help, docs/lints.md)")
+        codes = " ".join(f"--allow {c}" for c in sorted({f.code for f in blocking}))
+        reason = (f"{len(blocking)} lint finding(s) with --strict; nothing written" if args.strict else
+                  f"{len(blocking)} lint error(s); nothing written (fix the spec, or {codes} to build "
+                  f"it anyway; docs/lints.md)")
         print(f"trustfleet: refused: {reason}", file=sys.stderr)
         if args.json:
             print(json.dumps({"out": None, "refused": reason, "lint": [f.as_dict() for f in findings]}))
@@ -226,9 +227,11 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
         signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
     write_atomic(args.out, signed)
     if args.json:
-        print(json.dumps({"out": str(args.out), "time": times.iso(when), "epoch": when,
+        print(json.dumps({"out": str(args.out), "time": times.iso(when), "time_epoch": when,
                           "bundle": str(args.bundle), "bundle_version": b.version,
                           "kid": keys.kid_hex(key), "bytes": len(signed)}))
     else:
         print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
+    if not args.root:
+        print(common.UNCHECKED_ROLE.format(role="timestamp"), file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from trustfleet_device import cbor
 from trustfleet_device import documents as device_docs
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import describe, documents, keys, lint, times
+from trustfleet_server import config, describe, documents, keys, lint, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 
@@ -33,13 +34,19 @@ def add_lint_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"pins expiring further out than this after issue are flagged (TF105; "
                         f"default {DEFAULT_HORIZON})")
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
+    p.add_argument("--allow", action="append", default=[], metavar="CODE",
+                   help="let findings of this rule pass (e.g. --allow TF106 while the backup key's "
+                        "chain is not at hand); they are still printed, marked allowed. Repeat for "
+                        "several")
     p.add_argument("--allow-future", action="store_true",
                    help=f"accept an issued_at more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of "
                         f"this machine's clock (TF111); devices then count the bundle's issued_at as "
                         f"vouched time, so only for a bundle meant to be dated ahead")
     p.add_argument("--root", dest="lint_root", type=Path, action="append", metavar="ROOT",
                    help="the fleet's signed root (repeat for a rotation chain, oldest first): pin-sets "
-                        "expiring within its max_time_lead of issue are flagged (TF112)")
+                        "expiring within its max_time_lead of issue are flagged (TF112)"
+                        + configured_hint("root"))
+    configured(p, "lint_root", "root", "--root", required=False, convert=_paths)
 
 
 ROOT_CHECK_HELP = ("the fleet's signed root (repeat for a rotation chain, oldest first): refuse a key that "
@@ -47,19 +54,26 @@ ROOT_CHECK_HELP = ("the fleet's signed root (repeat for a rotation chain, oldest
                    "here; a wrong key shows only at verify or on the devices")
 
 
-def add_sign_arguments(p: argparse.ArgumentParser, future: bool = False, root: bool = False) -> None:
-    """Options of `bundle sign` and `root sign`; `future` adds --allow-future (bundles only), `root`
-    adds --root (the key's role is checked against it)."""
+UNCHECKED_ROLE = ("note: the key's role was not checked; give --root (or set root in trustfleet.toml) "
+                  "to refuse a key that is not a {role} key of the fleet's root")
+
+
+def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = False,
+                       root: bool = False) -> None:
+    """Options of `bundle sign` and `root sign` (`role`: the key's role, for the configured key);
+    `future` adds --allow-future (bundles only), `root` adds --root (the key's role is checked against
+    it; the configured root when not given)."""
     if root:
         p.add_argument("--root", dest="sign_root", type=Path, action="append", metavar="ROOT",
                        help=ROOT_CHECK_HELP.format(role="keys for the document's role (bundle keys "
-                                                        "for a bundle)"))
+                                                        "for a bundle)") + configured_hint("root"))
+        configured(p, "sign_root", "root", "--root", required=False, convert=_paths)
     if future:
         p.add_argument("--allow-future", action="store_true",
                        help=f"sign a bundle whose issued_at is more than {lint.FUTURE_TOLERANCE // 60} "
                             f"minutes ahead of this machine's clock (devices count issued_at as vouched "
                             f"time, so a bundle dated ahead moves their time forward)")
-    p.add_argument("--key", type=Path, required=True, help="private key (PKCS#8 PEM)")
+    key_argument(p, role, help="private key (PKCS#8 PEM)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
     p.add_argument("file", type=Path, help="unsigned payload or signed document")
@@ -89,6 +103,8 @@ def cmd_sign(args: argparse.Namespace) -> int:
                           "signatures": len(doc.kids), "bytes": len(signed)}))
     else:
         print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
+    if hasattr(args, "sign_root") and not args.sign_root:
+        print(UNCHECKED_ROLE.format(role=doc.doc_type), file=sys.stderr)
     return 0
 
 
@@ -134,6 +150,63 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the operator config
+
+# The config in force (trustfleet.toml, TRUSTFLEET_*): main() loads it before it builds the parser, so
+# --help shows the configured defaults.
+_CONFIG = config.OperatorConfig()
+_MARK = "_configured__"
+
+
+def use_config(cfg: config.OperatorConfig) -> None:
+    global _CONFIG
+    _CONFIG = cfg
+
+
+def active_config() -> config.OperatorConfig:
+    return _CONFIG
+
+
+def configured_hint(name: str) -> str:
+    """' (default: VALUE, from SOURCE)' for help text when the config sets `name`, else ''."""
+    s = _CONFIG.get(name)
+    if s is None:
+        return ""
+    return f" (default: {', '.join(s.as_list())}, from {s.source})"
+
+
+def configured(p: argparse.ArgumentParser, dest: str, name: str, option: str, required: bool,
+               convert: Any) -> None:
+    """Let `dest` default to config setting `name` (converted by `convert(Setting)`), checked by
+    apply_config after parsing; `required` options with no value anywhere are a usage error."""
+    p.set_defaults(**{_MARK + dest: (name, option, required, convert)})
+
+
+def apply_config(args: argparse.Namespace) -> None:
+    """Fill options the command line left out from the config. Raises: UsageError for a required
+    option given nowhere, naming the setting and the variable that would give it."""
+    for key in [k for k in vars(args) if k.startswith(_MARK)]:
+        name, option, required, convert = getattr(args, key)
+        delattr(args, key)
+        dest = key[len(_MARK):]
+        if getattr(args, dest, None) not in (None, []):
+            continue
+        setting = _CONFIG.get(name)
+        if setting is not None:
+            setattr(args, dest, convert(setting))
+        elif required:
+            env = config.SETTINGS[name][0]
+            where = f"[keys] {name.split('.', 1)[1]}" if name.startswith("keys.") else name
+            raise UsageError(f"{option} is required: give it, or set {where} in {config.FILE_NAME} "
+                             f"or {env}")
+        else:
+            setattr(args, dest, None)
+
+
+def _paths(setting: config.Setting) -> list[Path]:
+    return [Path(v) for v in setting.as_list()]
+
+
 # --------------------------------------------------------------------------- fleet store and broker commands
 
 RAW = argparse.RawDescriptionHelpFormatter
@@ -149,21 +222,46 @@ def db_argument(p: argparse.ArgumentParser, create: bool | None = None, required
     if create is None:
         create = p.prog.split(" ", 1)[-1] in CREATES_DB
     what = "created if missing" if create else "must exist: serve, rollout start or publish --db create it"
-    p.add_argument("--db", required=required, metavar="PATH_OR_URL", type=lambda text: fleetdb.Target.of(text, create),
-                   help=f"fleet store: a SQLite file ({what}) or a postgresql:// URL")
+    p.add_argument("--db", metavar="PATH_OR_URL", type=lambda text: fleetdb.Target.of(text, create),
+                   help=f"fleet store: a SQLite file ({what}) or a postgresql:// URL" + configured_hint("db"))
+    configured(p, "db", "db", "--db", required, lambda s: fleetdb.Target.of(s.as_list()[0], create))
 
 
-def fleet_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--fleet", required=required, help="fleet name (as in the root)")
+def fleet_argument(p: argparse.ArgumentParser, required: bool = True,
+                   help: str = "fleet name (as in the root)") -> None:
+    p.add_argument("--fleet", help=help + configured_hint("fleet"))
+    configured(p, "fleet", "fleet", "--fleet", required, lambda s: s.as_list()[0])
 
 
-def root_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--root", type=Path, action="append", required=required, metavar="ROOT",
-                   help="trusted root (signed); repeat to walk a rotation chain, oldest first")
+def root_argument(p: argparse.ArgumentParser, required: bool = True, chain: bool = True,
+                  help: str = "trusted root (signed); repeat to walk a rotation chain, oldest first") -> None:
+    """--root: a chain (a list of paths) when `chain`, else one path (the newest configured root)."""
+    if chain:
+        p.add_argument("--root", type=Path, action="append", metavar="ROOT", help=help + configured_hint("root"))
+        configured(p, "root", "root", "--root", required, _paths)
+    else:
+        p.add_argument("--root", type=Path, metavar="ROOT", help=help + configured_hint("root"))
+        configured(p, "root", "root", "--root", required, lambda s: Path(s.as_list()[-1]))
+
+
+def broker_argument(p: argparse.ArgumentParser, required: bool = True, metavar: str = "URL",
+                    help: str = "the broker: mqtt://[user[:password]@]host[:port] or mqtts://...") -> None:
+    p.add_argument("--broker", metavar=metavar, help=help + configured_hint("broker"))
+    configured(p, "broker", "broker", "--broker", required, lambda s: s.as_list()[0])
+
+
+def key_argument(p: argparse.ArgumentParser, role: str, required: bool = True, option: str = "--key",
+                 help: str = "private key (PKCS#8 PEM)") -> None:
+    """A signing key of `role`; the default is the config's [keys] entry for that role."""
+    dest = option.lstrip("-").replace("-", "_")
+    p.add_argument(option, dest=dest, type=Path, metavar="KEY", help=help + configured_hint(f"keys.{role}"))
+    configured(p, dest, f"keys.{role}", option, required, lambda s: Path(s.as_list()[0]))
 
 
 def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=None, sort_keys=False, default=str))
+    """One JSON object on stdout, epoch-second fields of the fleet store written by the JSON time
+    convention (times.json_times)."""
+    print(json.dumps(times.json_times(value), indent=None, sort_keys=False, default=str), flush=True)
 
 
 def retention_arguments(p: argparse.ArgumentParser, prefix: str = "") -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from trustfleet_device._cpython.files import read_capped, write_atomic
 from trustfleet_pi.tls import is_ip, parse_endpoint
 from trustfleet_server import documents, provision, spec
+from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 
 DESCRIPTION = """\
@@ -94,7 +95,7 @@ def register(sub: Any) -> None:
                         description="Give device ids a broker identity in a broker-config "
                                     "directory.", epilog=ADD_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fleet", required=True, help="fleet name (as given to broker-config)")
+    common.fleet_argument(p, help="fleet name (as given to broker-config)")
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--id", dest="device_id", metavar="ID", help="the device id (its MQTT username)")
     ids.add_argument("--ids-file", metavar="FILE",
@@ -116,12 +117,11 @@ def register(sub: Any) -> None:
                         epilog=PROVISION_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", required=True, help="the board's serial port (mpremote connect PORT)")
-    p.add_argument("--fleet", required=True)
+    common.fleet_argument(p, help="fleet name (as in the root and given to broker-config)")
     p.add_argument("--id", dest="device_id", required=True, metavar="ID",
                    help="the device id (its MQTT username, as given to device add)")
     p.add_argument("--group", metavar="G", help="rollout group (config.json `group`)")
-    p.add_argument("--root", required=True, type=Path, metavar="ROOT.cose",
-                   help="the fleet's signed root: the board's factory trust")
+    common.root_argument(p, chain=False, help="the fleet's signed root: the board's factory trust")
     p.add_argument("--bundle", type=Path, metavar="FACTORY.cose",
                    help="a first bundle, installed from the inbox once the board is online")
     p.add_argument("--broker-dir", required=True, type=Path, metavar="DIR",

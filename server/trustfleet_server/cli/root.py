@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                "--key root=r1.pub.pem --key root=r2.pub.pem --threshold root=2 "
                                "--key bundle=b1.pub.pem --key bundle=b2.pub.pem --threshold bundle=2 "
                                "--key timestamp=t.pub.pem -o root.cbor")
-    p.add_argument("--fleet", required=True, help="fleet id (lower-case name)")
+    common.fleet_argument(p, help="fleet id (lower-case name)")
     _add_role_arguments(p, required=True)
     p.add_argument("--expires", default="365d", help="expiry: date or duration (default 365d)")
     _add_lead_argument(p, "absent: devices use 30d")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = rsub.add_parser("sign", help="add ONE signature to a root (run once per key)",
                         description="Add one signature. A rotated root needs signatures from a "
                                     "threshold of the OLD root keys and of the NEW root keys.")
-    common.add_sign_arguments(p)
+    common.add_sign_arguments(p, "root")
     p.set_defaults(func=common.cmd_sign)
 
     p = rsub.add_parser("rotate", help="make the next UNSIGNED root from the current one",
