@@ -306,3 +306,23 @@ def test_timestamp_create_then_inspect(flow):
     line = one_line(tf(d, "timestamp", "create", "--bundle", "unsigned.cbor", "--key", "t1.pem",
                        "-o", "ts2.cbor", code=2))
     assert "expected a signed bundle" in line
+
+
+def test_diff_says_absent_for_a_field_one_bundle_does_not_carry(flow):
+    d = flow.dir
+    acme = fk.chain("acme")
+    primary, backup = _b64_pins(acme)
+    (d / "v9.toml").write_text(spec_text(version=9, pinsets=f"""
+[[pinsets]]
+domain = "{acme.domain}"
+include_subdomains = true
+pins = ["{primary}", "{backup}"]
+expires = "180d"
+report_to = "https://reports.acme.example/pins"
+allow_single_pin = true
+"""))
+    tf(d, "bundle", "build", "v9.toml", "-o", "v9.cbor")
+    out = tf(d, "bundle", "diff", "unsigned.cbor", "v9.cbor").stdout.splitlines()
+    assert f"~ pin-set {acme.domain} report_to: none -> https://reports.acme.example/pins" in out
+    assert f"~ pin-set {acme.domain} allow_single_pin: absent -> True" in out
+    assert not any("None" in line for line in out)

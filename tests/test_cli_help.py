@@ -121,7 +121,7 @@ def test_timestamp_create_json(fleet, tmp_path, capsys):
     assert code == 0, err
     doc = json.loads(stdout)
     assert doc["out"] == str(out) and doc["bytes"] == out.stat().st_size
-    assert doc["time"] == "2026-12-06T00:13:19Z" and doc["epoch"] == 1796515999
+    assert doc["time"] == "2026-12-06T00:13:19Z" and doc["time_epoch"] == 1796515999
     assert doc["bundle"] == str(fleet / "bundle.cose") and doc["bundle_version"] == 3
     assert len(doc["kid"]) == 64
 

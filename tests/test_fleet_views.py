@@ -156,7 +156,7 @@ def test_fleet_watch_off_a_terminal_prints_whole_lines_and_with_json_one_object_
     assert code == 1, err
     objects = [json.loads(line) for line in out.splitlines()]
     assert [o["state"] for o in objects] == ["running", "aborted"]
-    assert all(o["id"] == r.id and "progress" in o and isinstance(o["time"], int) for o in objects)
+    assert all(o["id"] == r.id and "progress" in o and isinstance(o["time_epoch"], int) for o in objects)
 
 
 def test_fleet_watch_on_a_terminal_draws_progress_bars(capsys, fleet, monkeypatch):

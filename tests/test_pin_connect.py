@@ -188,7 +188,7 @@ def test_public_marking_defaults_to_certifi_roots(capsys, tls_server):
 def test_a_public_root_in_a_chain_file_is_public(capsys, pki, tmp_path):
     path = tmp_path / "fullchain.pem"
     path.write_bytes(pem(pki.public.leaf, pki.public.ca, pki.public.root))
-    records = json.loads(pin(capsys, path, "--json", "--public-roots", pki.roots).out)
+    records = json.loads(pin(capsys, path, "--json", "--public-roots", pki.roots).out)["certificates"]
     assert [(r["kind"], r["owner"]) for r in records] == [
         ("leaf", "yours"), ("ca", "public"), ("root", "public")]
     assert records[2]["why"] == "a public (Mozilla) root's key"
@@ -202,7 +202,7 @@ def test_a_forged_issuer_name_does_not_make_a_certificate_public(capsys, pki, tm
                          impostor_key)
     path = tmp_path / "forged.pem"
     path.write_bytes(pem(impostor, pki.public.ca))
-    records = json.loads(pin(capsys, path, "--json", "--public-roots", pki.roots).out)
+    records = json.loads(pin(capsys, path, "--json", "--public-roots", pki.roots).out)["certificates"]
     assert [r["owner"] for r in records] == ["yours", "public"]
 
 

@@ -214,7 +214,7 @@ def test_pin_of_chain_prints_one_openssl_pin_per_certificate_with_its_cn(capsys,
 
 def test_pin_json_of_chain_lists_subject_issuer_expiry_and_pin(capsys, chain):
     path, certs, singles = chain
-    records = json.loads(trustfleet_pin(capsys, path, "--json"))
+    records = json.loads(trustfleet_pin(capsys, path, "--json"))["certificates"]
     assert [r["pin_sha256"] + "\n" for r in records] == [
         openssl_cert_pin(s).decode() for s in singles
     ]

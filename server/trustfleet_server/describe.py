@@ -132,12 +132,20 @@ def render(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shown(value: Any) -> str:
+    """A field's value in a diff line: 'absent' for a field the bundle does not carry, a list as
+    its items ('none' when empty)."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return "absent" if value is None else str(value)
+
+
 def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Differences between two bundle descriptions, one line each ('+' added, '-' removed, '~' changed)."""
     out: list[str] = []
     for key in ("fleet", "version", "issued_at", "expires_at"):
         if a.get(key) != b.get(key):
-            out.append(f"~ {key}: {a.get(key)} -> {b.get(key)}")
+            out.append(f"~ {key}: {_shown(a.get(key))} -> {_shown(b.get(key))}")
     if a.get("policy") != b.get("policy"):
         out.append(f"~ policy: {a.get('policy')} -> {b.get('policy')}")
 
@@ -161,7 +169,7 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         pa, pb = pins_a[k], pins_b[k]
         for field in ("include_subdomains", "expires", "mode", "report_to", "allow_single_pin"):
             if pa.get(field) != pb.get(field):
-                out.append(f"~ pin-set {k} {field}: {pa.get(field)} -> {pb.get(field)}")
+                out.append(f"~ pin-set {k} {field}: {_shown(pa.get(field))} -> {_shown(pb.get(field))}")
         for pin in sorted(set(pa["pins"]) - set(pb["pins"])):
             out.append(f"- pin-set {k} pin sha256/{pin}")
         for pin in sorted(set(pb["pins"]) - set(pa["pins"])):

@@ -88,3 +88,27 @@ def iso(when: int | float | dt.datetime) -> str:
     if not isinstance(when, dt.datetime):
         when = dt.datetime.fromtimestamp(when, dt.UTC)
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# Fields of the fleet store's JSON output that hold epoch seconds. The JSON convention (README,
+# "Command-line conventions"): a time is an RFC 3339 UTC string; where scripts compute with it, the
+# epoch seconds stand beside it as `<name>_epoch`.
+JSON_TIME_KEYS = frozenset({"time", "first_seen", "last_seen", "started", "wave_started", "paused_at",
+                            "finished", "ended", "since"})
+
+
+def json_times(value: Any) -> Any:
+    """`value` with every JSON_TIME_KEYS field holding epoch seconds written as RFC 3339, and the
+    seconds kept beside it as `<name>_epoch`; lists and nested objects too."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in JSON_TIME_KEYS and isinstance(item, int | float) and not isinstance(item, bool):
+                out[key] = iso(item)
+                out[f"{key}_epoch"] = int(item)
+            else:
+                out[key] = json_times(item)
+        return out
+    if isinstance(value, list | tuple):
+        return [json_times(item) for item in value]
+    return value

@@ -276,6 +276,6 @@ def _json_update():
         body = render.rollout_json(r, waves)
         key = json.dumps(body, sort_keys=True, default=str)
         if key != last:
-            print(json.dumps({"time": now, **body}, default=str), flush=True)
+            common.print_json({"time": now, **body})
             last = key
     return show

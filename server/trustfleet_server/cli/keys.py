@@ -345,7 +345,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
     records = [_pin_record(s, o, i) for i, (s, o) in enumerate(zip(subjects, owners, strict=True))]
     if args.json:
         if connection is None:
-            _print_json(records)
+            _print_json({"file": str(args.target), "certificates": records})
         else:
             _print_json(
                 {
