@@ -251,3 +251,23 @@ def test_usage_errors_show_no_traceback(repo, tmp_path):
                                      tmp_path / "a.pem", code=2).stderr
     for command in ("check", "export", "install", "init"):
         assert "examples:" in agent(command, "--help", code=0).stdout
+
+
+def test_installing_the_installed_bundle_again_changes_nothing_and_an_older_one_is_refused(repo, tmp_path):
+    v1, v2 = make_bundle(repo, 1), make_bundle(repo, 2)
+    state = init(repo, tmp_path, v1, v2)
+    before = (state / "state.json").read_bytes()
+    again = tmp_path / "again.cose"
+    again.write_bytes(v2)
+    proc = agent("install", "--state", state, again, code=0)
+    assert proc.stdout.strip() == "bundle v2 is already installed (the same bundle): nothing to do"
+    assert proc.stderr == ""
+    result = json.loads(agent("install", "--state", state, again, "--json", code=0).stdout)
+    assert result["already_installed"] is True and result["installed"] is False and result["version"] == 2
+    assert (state / "state.json").read_bytes() == before
+    older = tmp_path / "older.cose"
+    older.write_bytes(v1)
+    proc = agent("install", "--state", state, older, code=1)
+    assert proc.stderr.strip() == ("trustfleet-agent: refused: bundle version 1 is not newer than "
+                                   "installed version 2")
+    assert "None" not in proc.stderr

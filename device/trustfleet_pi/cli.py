@@ -107,7 +107,7 @@ line per retry on stderr, until the trial deadline (--health-deadline);
 then the device switches back WITHOUT marking the version bad. After a
 commit the [export] files are rewritten and the [post_commit] command
 runs; their failures are reported, not reverted.
-Exit 0 installed, 1 refused or reverted (reason on stderr), 2 usage.
+Exit 0 installed (or that same bundle is installed already), 1 refused or reverted (reason on stderr), 2 usage.
 
 examples:
   trustfleet-agent install --state /var/lib/trustfleet bundle-v8.cose
@@ -473,8 +473,13 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, raw: bytes,
     device = LocalDevice(state, _core_config(args, cfg), health)
     outcome = _settle(device, device.install(raw), health)
     marked_bad = outcome.reverted is not None and outcome.reverted in device.bad_versions()
+    # The agent answers the installed bundle offered again with nothing at all (no refusal, no
+    # report): installing it again is done already.
+    same = (outcome.committed is None and outcome.reverted is None and not device.busy()
+            and outcome.reason() is None and device.active_bundle() is not None)
     result: dict[str, Any] = {
-        "installed": outcome.committed is not None, "version": outcome.committed,
+        "installed": outcome.committed is not None, "already_installed": same,
+        "version": device.active_bundle().version if same else outcome.committed,
         "reverted": outcome.reverted, "marked_bad": marked_bad, "on_trial": device.busy(),
         "reason": outcome.reason(), "status": device.status()}
     if endpoints:
@@ -484,6 +489,8 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, raw: bytes,
         result.update(_after_commit(device, cfg, anchors, state, outcome.committed, notes))
     if as_json:
         pass  # the caller prints the JSON
+    elif same:
+        print(f"bundle v{result['version']} is already installed (the same bundle): nothing to do")
     elif result["installed"]:
         print(f"installed bundle v{outcome.committed}")
         if endpoints and health.answer:
@@ -498,7 +505,7 @@ def _install(args: argparse.Namespace, cfg: PiConfig, state: Path, raw: bytes,
         _warn(f"refused: {result['reason']}")
     for note in notes:
         _warn(note)
-    return (0 if result["installed"] else 1), result
+    return (0 if result["installed"] or same else 1), result
 
 
 def _after_commit(device: LocalDevice, cfg: PiConfig, anchors: list[bytes], state: Path,

@@ -194,8 +194,8 @@ def _run(s: Step, out: Path, port: int, rogue_port: int) -> None:
     s.run("trustfleet-agent", ["check", "--state", state, server])
     s.run("trustfleet-agent", ["check", "--state", state, rogue], expect=1)
 
-    s.title("Rollback refused: the same (or an older) version never installs again")
-    s.run("trustfleet-agent", ["install", "--state", state, v1], expect=1)
+    s.title("The same bundle again changes nothing (a retained copy after a restart, a retried install)")
+    s.run("trustfleet-agent", ["install", "--state", state, v1])
 
     s.title("A bad bundle: v2 pins only the backup CA, so the health check fails and the device reverts")
     v2 = _bundle(s, out, 2, pins='["certs/demo-fleet-backup-ca.pem"]', extra="allow_single_pin = true")
@@ -214,3 +214,6 @@ def _run(s: Step, out: Path, port: int, rogue_port: int) -> None:
     s.run("trustfleet-agent", ["check", "--state", state, server])
     s.run("trustfleet-agent", ["check", "--state", state, rogue], expect=1)
     s.run("trustfleet-agent", ["status", "--state", state])
+
+    s.title("Rollback refused: an older version never installs again")
+    s.run("trustfleet-agent", ["install", "--state", state, v1], expect=1)
