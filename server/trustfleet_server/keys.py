@@ -222,8 +222,8 @@ def _prompt(text: str) -> str:
         raise UsageError(f"no passphrase given: standard input is closed (use {PASSPHRASE_HINT}, "
                          f"or run on a terminal)") from None
     except KeyboardInterrupt:
-        print("\ntrustfleet: interrupted at the passphrase prompt; nothing written", file=sys.stderr)
-        raise
+        print(file=sys.stderr)  # end the prompt's line; main() prints the message
+        raise KeyboardInterrupt("interrupted at the passphrase prompt; nothing written") from None
 
 
 def _has_terminal() -> bool:

@@ -125,9 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return fail(2, "usage", f"{where}{exc.strerror or exc}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        message = str(exc) or "interrupted"
+        print(f"trustfleet: {message}", file=sys.stderr)
         if Parser.json_errors:
-            print_error_json(130, "interrupted", "interrupted")
+            print_error_json(130, "interrupted", message)
         return 130
 
 

@@ -198,8 +198,8 @@ def config_from(args: argparse.Namespace, url) -> tuple[SimConfig, tuple[str, by
         raise UsageError(str(exc)) from None
     if args.devices < 1:
         raise UsageError("--devices must be at least 1")
-    root_raw = documents.read_file(args.root)
-    root = policy.load_trusted_root(root_raw)
+    root_raw, _ = documents.read_document_file(args.root, "root")
+    root = documents.load_root_chain([args.root])  # a refusal names the file
     if root.fleet != fleet:
         raise UsageError(f"--fleet {fleet} does not match the root's fleet {root.fleet}")
     initial = _verified_bundle(root_raw, args.initial, fleet) if args.initial else None
