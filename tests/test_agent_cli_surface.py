@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from support import fleetkit as fk
+from support.clirun import one_line, run_main
 from support.tlsagent import ENV, PKI, T0, make_bundle
 from trustfleet_pi import cli
 from trustfleet_pi.config import ConfigError, load_config
@@ -40,18 +41,9 @@ def repo() -> fk.Repo:
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:
-    """main([...]) in-process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+    return run_main(cli.main, capsys, *args)
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 class World:

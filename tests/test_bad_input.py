@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from support import fleetkit as fk
+from support.clirun import one_line, run_main
 from trustfleet_device import documents as device_docs
 from trustfleet_server import cli
 from trustfleet_server.fleet import db as fleetdb
@@ -22,18 +23,10 @@ from trustfleet_server.fleet import db as fleetdb
 EPOCH = "1796515999"  # 2026-12-06T00:13:19Z
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+def run(capsys, *args: object) -> tuple[int, str, str]:
+    return run_main(cli.main, capsys, *args)
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def tables(target: str) -> list[str]:

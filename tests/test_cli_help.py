@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from support import fleetkit as fk
+from support.clirun import run_main
 from trustfleet_server import cli
 
 # Commands that report nothing a script would parse, with the reason.
@@ -85,11 +86,7 @@ def test_help_renders_for_every_command():
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+    return run_main(cli.main, capsys, *args)
 
 
 @pytest.fixture(scope="module")

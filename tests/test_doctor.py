@@ -18,6 +18,7 @@ import pytest
 
 from support import brokers
 from support import fleetkit as fk
+from support.clirun import run_main
 from trustfleet_server import cli, keys
 from trustfleet_server.broker.mosquitto import config_text
 from trustfleet_server.cli import doctor
@@ -25,11 +26,7 @@ from trustfleet_server.fleet import db as fleetdb
 
 
 def run(capsys, *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+    return run_main(cli.main, capsys, *args)
 
 
 def lines(out: str) -> dict[str, str]:

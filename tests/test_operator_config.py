@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from support import fleetkit as fk
+from support.clirun import one_line, run_main
 from trustfleet_server import cli, config
 from trustfleet_server.errors import UsageError
 
@@ -26,18 +27,10 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return code, out, err
+def run(capsys, *args: object) -> tuple[int, str, str]:
+    return run_main(cli.main, capsys, *args)
 
 
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from typing import Any
 
 import trustfleet_device
 from trustfleet_device import cbor, cose, policy, trust, x509
+from trustfleet_device._cpython import jsonout
 from trustfleet_device._cpython.files import read_capped
 from trustfleet_device.agent import Config
 from trustfleet_device.documents import Bundle
@@ -242,7 +243,7 @@ def _package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
+    parser = jsonout.JsonErrorParser(prog="trustfleet-agent", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}",
                         help="print the version of trustfleet-agent and exit")
@@ -754,61 +755,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# Status fields that hold epoch seconds: printed by the JSON time convention of `trustfleet`
-# (README, "Command-line conventions"): RFC 3339 UTC, the seconds beside it as `<name>_epoch`;
-# 0 (never) is null. The MQTT status message itself keeps epoch seconds (docs/topics.md).
+# Status fields that hold epoch seconds, printed by the JSON time convention (jsonout); 0 (never)
+# is null. The MQTT status message itself keeps epoch seconds (docs/topics.md).
 JSON_TIME_KEYS = frozenset({"trusted_time", "last_timestamp", "time", "since", "firmware_time"})
 
 
-def json_times(value: Any) -> Any:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if key in JSON_TIME_KEYS and isinstance(item, int) and not isinstance(item, bool):
-                out[key] = _iso(item) if item > 0 else None
-                out[f"{key}_epoch"] = item
-            else:
-                out[key] = json_times(item)
-        return out
-    if isinstance(value, list | tuple):
-        return [json_times(item) for item in value]
-    return value
-
-
-def _iso(epoch: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-
 def print_json(value: Any) -> None:
-    """One JSON object on stdout, times by the convention above."""
-    print(json.dumps(json_times(value)), flush=True)
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors also as a JSON error object when the command line has --json."""
-
-    json_errors = False
-
-    def error(self, message: str):  # type: ignore[override]
-        if _Parser.json_errors:
-            _print_error(2, "usage", f"{self.prog}: {message}")
-        super().error(message)
-
-
-def _print_error(code: int, kind: str, message: str) -> None:
-    print(json.dumps({"error": {"exit": code, "kind": kind, "message": message}}), flush=True)
+    """One JSON object on stdout, times by the convention."""
+    print(json.dumps(jsonout.with_times(value, JSON_TIME_KEYS, zero_is_never=True)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every error is one line on stderr and an exit code (module docstring), and
     with --json also {"error": {"exit", "kind", "message"}} on stdout."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    _Parser.json_errors = "--json" in argv
+    jsonout.JsonErrorParser.json_errors = jsonout.wants_json(argv)
 
     def fail(code: int, message: str) -> int:
         print(f"trustfleet-agent: {'refused' if code == 1 else 'error'}: {message}", file=sys.stderr)
-        if _Parser.json_errors:
-            _print_error(code, "refused" if code == 1 else "usage", message)
+        if jsonout.JsonErrorParser.json_errors:
+            print(jsonout.error_object(code, "refused" if code == 1 else "usage", message), flush=True)
         return code
 
     try:
@@ -816,8 +782,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("trustfleet-agent: interrupted", file=sys.stderr)
-        if _Parser.json_errors:
-            _print_error(130, "interrupted", "interrupted")
+        if jsonout.JsonErrorParser.json_errors:
+            print(jsonout.error_object(130, "interrupted", "interrupted"), flush=True)
         return 130
     except BundleError as exc:
         return fail(1, str(exc))

@@ -14,6 +14,7 @@ import datetime as dt
 import re
 from typing import Any
 
+from trustfleet_device._cpython import jsonout
 from trustfleet_server.errors import UsageError
 
 _DURATION = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?$")
@@ -90,25 +91,12 @@ def iso(when: int | float | dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-# Fields of the fleet store's JSON output that hold epoch seconds. The JSON convention (README,
-# "Command-line conventions"): a time is an RFC 3339 UTC string; where scripts compute with it, the
-# epoch seconds stand beside it as `<name>_epoch`.
+# Fields of the fleet store's JSON output that hold epoch seconds (the JSON convention:
+# trustfleet_device._cpython.jsonout).
 JSON_TIME_KEYS = frozenset({"time", "first_seen", "last_seen", "started", "wave_started", "paused_at",
                             "finished", "ended", "since"})
 
 
 def json_times(value: Any) -> Any:
-    """`value` with every JSON_TIME_KEYS field holding epoch seconds written as RFC 3339, and the
-    seconds kept beside it as `<name>_epoch`; lists and nested objects too."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if key in JSON_TIME_KEYS and isinstance(item, int | float) and not isinstance(item, bool):
-                out[key] = iso(item)
-                out[f"{key}_epoch"] = int(item)
-            else:
-                out[key] = json_times(item)
-        return out
-    if isinstance(value, list | tuple):
-        return [json_times(item) for item in value]
-    return value
+    """`value` with JSON_TIME_KEYS fields as RFC 3339 and `<name>_epoch` beside them."""
+    return jsonout.with_times(value, JSON_TIME_KEYS)

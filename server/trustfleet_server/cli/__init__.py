@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import sys
 
 import trustfleet_device
+from trustfleet_device._cpython.jsonout import JsonErrorParser, error_object, wants_json
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import config
 from trustfleet_server.cli import (
@@ -62,23 +62,8 @@ def package_version() -> str:
         return trustfleet_device.VERSION
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, with usage errors also as a JSON error object when the command line has --json."""
-
-    json_errors = False
-
-    def error(self, message: str):  # type: ignore[override]
-        if Parser.json_errors:
-            print_error_json(2, "usage", f"{self.prog}: {message}")
-        super().error(message)
-
-
-def print_error_json(code: int, kind: str, message: str) -> None:
-    print(json.dumps({"error": {"exit": code, "kind": kind, "message": message}}), flush=True)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
+    parser = JsonErrorParser(
         prog="trustfleet",
         description=(
             "Build, sign and verify trustfleet documents (root, bundle, timestamp).\n"
@@ -102,12 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    JsonErrorParser.json_errors = wants_json(argv)
 
     def fail(code: int, kind: str, message: str) -> int:
         print(f"trustfleet: {'refused' if code == 1 else 'error'}: {message}", file=sys.stderr)
-        if Parser.json_errors:
-            print_error_json(code, kind, message)
+        if JsonErrorParser.json_errors:
+            print(error_object(code, kind, message), flush=True)
         return code
 
     try:
@@ -128,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         message = str(exc) or "interrupted"
         print(f"trustfleet: {message}", file=sys.stderr)
-        if Parser.json_errors:
-            print_error_json(130, "interrupted", message)
+        if JsonErrorParser.json_errors:
+            print(error_object(130, "interrupted", message), flush=True)
         return 130
 
 
