@@ -243,6 +243,39 @@ def test_a_db_that_is_not_a_store_is_refused_before_anything_happens(materials, 
 
 
 @pytest.mark.parametrize("argv", [pytest.param(a, id=c) for c, a in DB_ROWS])
+def test_another_programs_sqlite_database_is_left_byte_for_byte_alone(materials, tmp_path, capsys, argv):
+    """The commands that create a store never add trustfleet's tables (nor WAL mode) to a SQLite
+    database that is not theirs."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = tmp_path / "notes.db"
+    with sqlite3.connect(theirs) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+    conn.close()
+    before = snapshot(tmp_path, out)
+    code, _, err = run(capsys, expand(argv, materials, out, theirs))
+    assert one_line(err, code, 2, str(theirs)).endswith(
+        "a SQLite database of something else (tables: notes); nothing written: give the fleet store a "
+        "file of its own")
+    assert snapshot(tmp_path, out) == before
+
+
+def test_an_empty_file_becomes_a_store(materials, tmp_path, capsys):
+    """A 0-byte file (made by `touch`, say, to set its owner and mode) holds nothing to lose."""
+    db = tmp_path / "fleet.db"
+    db.touch()
+    code, _, err = run(capsys, expand(DB_ROWS[0][1], materials, tmp_path, db))
+    assert code == 0, err
+    from trustfleet_server.fleet import db as fleetdb
+
+    with fleetdb.open_db(db, create=False) as store:
+        assert store.fleets() == ["acme"]
+
+
+@pytest.mark.parametrize("argv", [pytest.param(a, id=c) for c, a in DB_ROWS])
 def test_an_unsupported_db_scheme_is_refused_before_anything_happens(materials, tmp_path, capsys, argv):
     out = tmp_path / "out"
     out.mkdir()

@@ -151,6 +151,8 @@ def _connect_sqlite(path: str, create: bool = True) -> Any:
         # Autocommit at the driver level: transactions are explicit (BEGIN IMMEDIATE),
         # so a reader never holds a lock and writers queue on busy_timeout.
         conn = sqlite3.connect(name, uri=uri, timeout=10.0, isolation_level=None, check_same_thread=False)
+        if create:
+            _refuse_foreign(conn, path)  # before anything is written, the journal mode included
         if create:  # persistent: a store this code made is WAL already; others are left as they are
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -158,6 +160,18 @@ def _connect_sqlite(path: str, create: bool = True) -> Any:
     except sqlite3.Error as exc:
         raise FleetDBError(f"{path}: cannot open the SQLite database: {first_line(exc)}") from None
     return conn
+
+
+def _refuse_foreign(conn: Any, path: str) -> None:
+    """A SQLite file is the operator's: trustfleet adds its tables to a new or empty file, or to its
+    own store, never to another program's database. Raises: FleetDBError naming a few of its tables."""
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                        "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    if names and "tf_meta" not in names:
+        conn.close()
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise FleetDBError(f"{path}: a SQLite database of something else (tables: {shown}); nothing "
+                           f"written: give the fleet store a file of its own")
 
 
 def _redact(url: str) -> str:
