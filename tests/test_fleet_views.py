@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import pytest
@@ -135,8 +136,11 @@ def test_fleet_watch_off_a_terminal_prints_whole_lines_and_with_json_one_object_
                                                   deadline=600))
         db.save_rollout(rollout.step(r, db.devices(F), int(time.time()))[0], r.revision)
     naps: list[float] = []
+    real_sleep = time.sleep
 
     def sleep(seconds: float) -> None:  # the second look finds the rollout aborted
+        if threading.current_thread() is not threading.main_thread():
+            return real_sleep(seconds)  # a thread another test left running: not the watch
         naps.append(seconds)
         with fleetdb.open_db(fleet) as db:
             db.update_rollout(r.id, lambda x: rollout.abort(x, int(time.time()), "enough"))
