@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from support import fleetkit as fk
-from support.clirun import one_line, run_main
+from support.clirun import make_operator, one_line, run_main
 from trustfleet_device import documents as device_docs
 from trustfleet_server import cli
 from trustfleet_server.fleet import db as fleetdb
@@ -142,19 +142,7 @@ def test_the_url_scheme_decides_the_kind_of_store(tmp_path, monkeypatch, capsys,
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory) -> SimpleNamespace:
     """Keys made by the CLI, a root (one key per role), a signed bundle and a stranger's key."""
-    d = tmp_path_factory.mktemp("operator")
-    os.environ.pop("TRUSTFLEET_PASSPHRASE", None)
-    for name in ("r1", "b1", "t1", "tls-ca"):
-        assert cli.main(["key", "generate", "--out", str(d / f"{name}.pem")]) == 0
-    assert cli.main(["root", "create", "--fleet", "acme", "--key", f"root={d / 'r1.pub.pem'}",
-                     "--key", f"bundle={d / 'b1.pub.pem'}", "--key", f"timestamp={d / 't1.pub.pem'}",
-                     "-o", str(d / "root.cbor")]) == 0
-    assert cli.main(["root", "sign", "--key", str(d / "r1.pem"), str(d / "root.cbor")]) == 0
-    acme = fk.chain("acme")
-    fk.write_pem(d / "acme.pem", acme.ca, acme.intermediate)
-    (d / "b.toml").write_text(f'fleet = "acme"\nversion = 3\nexpires = "90d"\n'
-                              f'[[anchors]]\nfiles = ["{d / "acme.pem"}"]\n')
-    assert cli.main(["bundle", "build", str(d / "b.toml"), "-o", str(d / "unsigned.cbor")]) == 0
+    d, _ = make_operator(tmp_path_factory.mktemp("operator"), root_name="root.cbor", extra_keys=("tls-ca",))
     assert cli.main(["bundle", "sign", "--key", str(d / "b1.pem"), str(d / "unsigned.cbor"),
                      "-o", str(d / "bundle.cose")]) == 0
     root = device_docs.parse_root(fk.payload_of((d / "root.cbor").read_bytes()))

@@ -7,7 +7,6 @@ a closed port), a SQLite store opened by the fleet code, and trustfleet.toml rea
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -17,8 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from support import brokers
-from support import fleetkit as fk
-from support.clirun import run_main
+from support.clirun import make_operator, run_main
 from trustfleet_server import cli, keys
 from trustfleet_server.broker.mosquitto import config_text
 from trustfleet_server.cli import doctor
@@ -46,20 +44,9 @@ def kid(path: Path) -> str:
 @pytest.fixture(scope="module")
 def operator(tmp_path_factory) -> SimpleNamespace:
     """Keys made by the CLI, a signed root (one key per role), a signed bundle, its timestamp, a store."""
-    d = tmp_path_factory.mktemp("doctor")
-    os.environ.pop("TRUSTFLEET_PASSPHRASE", None)
-    for name in ("r1", "b1", "t1", "stranger"):
-        assert cli.main(["key", "generate", "--out", str(d / f"{name}.pem")]) == 0
-    assert cli.main(["root", "create", "--fleet", "acme", "--key", f"root={d / 'r1.pub.pem'}",
-                     "--key", f"bundle={d / 'b1.pub.pem'}", "--key", f"timestamp={d / 't1.pub.pem'}",
-                     "-o", str(d / "root.cose")]) == 0
-    assert cli.main(["root", "sign", "--key", str(d / "r1.pem"), str(d / "root.cose")]) == 0
-    acme = fk.chain("acme")
-    fk.write_pem(d / "acme.pem", acme.ca, acme.intermediate)
-    (d / "b.toml").write_text(f'fleet = "acme"\nversion = 3\nexpires = "90d"\n'
-                              f'[[anchors]]\nfiles = ["{d / "acme.pem"}"]\n')
-    assert cli.main(["bundle", "build", str(d / "b.toml"), "-o", str(d / "bundle.cose")]) == 0
-    assert cli.main(["bundle", "sign", "--key", str(d / "b1.pem"), str(d / "bundle.cose")]) == 0
+    d, _ = make_operator(tmp_path_factory.mktemp("doctor"), extra_keys=("stranger",))
+    assert cli.main(["bundle", "sign", "--key", str(d / "b1.pem"), str(d / "unsigned.cbor"),
+                     "-o", str(d / "bundle.cose")]) == 0
     assert cli.main(["timestamp", "create", "--bundle", str(d / "bundle.cose"), "--key", str(d / "t1.pem"),
                      "-o", str(d / "ts.cose")]) == 0
     with fleetdb.open_db(str(d / "fleet.db")):

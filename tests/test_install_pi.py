@@ -31,6 +31,7 @@ import pytest
 
 from support.environment import require_tool, skip_or_fail
 from support.fleetkit import Repo
+from support.pivenv import stand_in_venv
 from trustfleet_pi.config import load_config
 from trustfleet_server import cli
 
@@ -109,18 +110,6 @@ def credentials(tmp_path) -> Path:
     assert cli.main(["device", "add", "--fleet", FLEET, "--id", "pi-0042", "--group", "canary",
                      "--broker-dir", str(broker), "--out", str(out)]) == 0
     return out
-
-
-def fake_venv(root: Path) -> None:
-    """/opt/trustfleet with this test's Python and package (for --skip-pip)."""
-    bindir = root / "opt" / "trustfleet" / "bin"
-    bindir.mkdir(parents=True)
-    (bindir / "python").symlink_to(sys.executable)
-    agent = bindir / "trustfleet-agent"
-    path = os.pathsep.join(str(REPO / d) for d in ("device", "server"))
-    agent.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" '
-                     '-m trustfleet_pi.cli "$@"\n')
-    agent.chmod(0o755)
 
 
 def seed_passwd(root: Path) -> None:
@@ -269,7 +258,7 @@ def test_install_with_pip_from_the_checkout_into_a_temporary_root_then_again_cha
 
 
 def test_install_without_user_or_pip_lays_out_config_secret_state_and_unit(root, docs, credentials):
-    fake_venv(root)
+    stand_in_venv(root)
     out = install(root, "--credentials", credentials, "--broker", BROKER,
                   "--factory-root", docs["root"], "--bundle", docs["bundle"],
                   "--endpoint", "api.acme.example:443", "--skip-pip", "--no-user")
@@ -283,7 +272,7 @@ def test_install_without_user_or_pip_lays_out_config_secret_state_and_unit(root,
 
 def test_second_run_changes_nothing_and_a_changed_option_rewrites_only_the_config(
         root, docs, credentials):
-    fake_venv(root)
+    stand_in_venv(root)
     args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
             "--skip-pip", "--no-user"]
     install(root, *args)
@@ -299,7 +288,7 @@ def test_second_run_changes_nothing_and_a_changed_option_rewrites_only_the_confi
 
 
 def test_a_wrong_mode_or_a_removed_file_is_put_right_on_the_next_run(root, docs, credentials):
-    fake_venv(root)
+    stand_in_venv(root)
     args = ["--credentials", credentials, "--broker", BROKER, "--factory-root", docs["root"],
             "--skip-pip", "--no-user"]
     install(root, *args)
@@ -312,7 +301,7 @@ def test_a_wrong_mode_or_a_removed_file_is_put_right_on_the_next_run(root, docs,
 
 
 def test_a_password_file_with_explicit_ids_works_without_credentials_json(root, docs, tmp_path):
-    fake_venv(root)
+    stand_in_venv(root)
     pw = tmp_path / "pw"
     pw.write_text("s3cret\n")
     install(root, "--password-file", pw, "--device-id", "pi-7", "--fleet", FLEET,
@@ -345,7 +334,7 @@ def test_a_password_file_with_explicit_ids_works_without_credentials_json(root, 
 ])
 def test_bad_input_is_refused_with_the_reason_before_anything_is_written(
         root, docs, credentials, tmp_path, args, message):
-    fake_venv(root)
+    stand_in_venv(root)
     args = [docs["root"] if a == "ROOT" else credentials if a == "CREDS" else
             a.replace("TMP", str(tmp_path)) for a in args]
     before = snapshot(root)

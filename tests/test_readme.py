@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from support.environment import require_tool
+from support.pivenv import stand_in_venv
 from support.readme_pki import HOST, make_certs
 from trustfleet_server.demo.tlsserver import LoopbackTLSServer
 
@@ -73,18 +73,6 @@ def test_blocks_are_found_and_every_substitution_is_used():
     text = "".join(b for _, b in blocks)
     for old, _new, why in SUBSTITUTIONS:
         assert old in text, f"substitution {old!r} ({why}) no longer matches the README"
-
-
-def stand_in_venv(install_root: Path) -> None:
-    """/opt/trustfleet in the install root with this test's Python and package."""
-    bindir = install_root / "opt" / "trustfleet" / "bin"
-    bindir.mkdir(parents=True)
-    (bindir / "python").symlink_to(sys.executable)
-    agent = bindir / "trustfleet-agent"
-    path = os.pathsep.join(str(REPO / d) for d in ("device", "server"))
-    agent.write_text(f'#!/bin/sh\nPYTHONPATH="{path}" exec "{sys.executable}" '
-                     '-m trustfleet_pi.cli "$@"\n')
-    agent.chmod(0o755)
 
 
 def last_command(trace: str) -> str:
