@@ -21,7 +21,10 @@ examples:
 
 On MQTT 5 brokers the ingest uses the shared subscription
 $share/trustfleet/tf/<fleet>/status/+ so several `serve` workers split the
-load; on MQTT 3.1.1 run one worker. Stop with SIGTERM or Ctrl-C.
+load; on MQTT 3.1.1 run one worker. Of several workers on one store, one at a
+time leads the fleet (a lease in the store): it alone publishes timestamps,
+steps rollouts and repairs retained documents; another takes over within 10 s
+when it dies. Stop with SIGTERM or Ctrl-C.
 Broker outages never end serve: it reconnects with backoff (1 s doubling to
 60 s) and then publishes again the retained documents the broker lost.
 A device over its limits has the excess dropped; one that keeps flooding is
@@ -120,7 +123,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                "cleared": stats.cleared, "restored": stats.restored, "rate_limited": stats.rate_limited,
                "coalesced": stats.coalesced, "dropped": stats.dropped, "fenced": stats.fenced,
                "resyncs": stats.resyncs, "protocol": stats.protocol,
-               "shared": stats.shared, "events": stats.events}
+               "shared": stats.shared, "led": stats.led, "leaderships": stats.leaderships,
+               "events": stats.events}
     if args.json:
         common.print_json(summary)
     elif args.once or duration:

@@ -40,6 +40,12 @@ ends (it passed, the rollout halted or was aborted on it) its result is kept in
 tf_wave_results, written with the rollout's new state (`save_rollout(...,
 ended)`): the counts and failing devices the decision was made on, which
 `rollout status` shows afterwards instead of counting again.
+
+Leadership: one row per fleet in tf_leases (holder, expires in ms). `acquire_lease` is
+a compare-and-set (an UPSERT whose WHERE lets only the holder renew, or anyone take an
+expired lease), the same SQL on SQLite (BEGIN IMMEDIATE) and PostgreSQL (the conflicting
+row is locked and the WHERE evaluated again), so at most one worker holds it at a time.
+`claim_rollout(..., lease=...)` also checks the lease in its transaction.
 """
 
 from __future__ import annotations
@@ -60,11 +66,12 @@ from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
            "SCHEMA_VERSION", "SchemaError", "StatusError", "Target", "is_postgres", "open_db"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
 # .quarantined, tf_device_events (audited quarantine/forget). _MIGRATIONS upgrades v1 in place.
 # v3: tf_wave_results (each wave's counts and failing devices when it ended); waves that ended
 # in a v2 store have none and show as "not recorded".
+# v4: tf_leases (which `serve` worker leads each fleet, until when: acquire_lease).
 
 
 class SchemaError(FleetDBError):
@@ -219,6 +226,11 @@ CREATE TABLE IF NOT EXISTS tf_wave_results (
     reason TEXT,
     PRIMARY KEY (rollout_id, wave)
 );
+CREATE TABLE IF NOT EXISTS tf_leases (
+    fleet TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
 """
 
 # Schema upgrades, by the version they upgrade from. Tables new in a version are created by
@@ -238,6 +250,7 @@ _MIGRATIONS = {
         _SUSPECT_FROM_HISTORY,
     ),
     2: (),  # tf_wave_results is a new table (_TABLES); ended waves of v2 have no results to fill
+    3: (),  # tf_leases is a new table (_TABLES): no worker leads until one takes the lease
 }
 
 # Status field -> tf_devices column: the field's own name, except these (GROUP is an SQL
@@ -837,12 +850,49 @@ class FleetDB(sql.Connection):
             r = self.row(cur)
         return _rollout_from_row(r) if r else None
 
-    def claim_rollout(self, rollout_id: int, revision: int) -> bool:
-        """Take the right to act on `revision` (bumps it by one). False when someone else did."""
+    def claim_rollout(self, rollout_id: int, revision: int,
+                      lease: tuple[str, str, float] | None = None) -> bool:
+        """Take the right to act on `revision` (bumps it by one). False when someone else did.
+
+        `lease` (fleet, holder, now): also False unless `holder` holds the fleet's lease at `now`.
+        """
         with self._tx("claiming a rollout", write=True) as cur:
-            self._exec(cur, "UPDATE tf_rollouts SET revision = revision + 1 WHERE id = ? AND revision = ?",
-                       (rollout_id, revision))
+            sql, params = "UPDATE tf_rollouts SET revision = revision + 1 WHERE id = ? AND revision = ?", \
+                [rollout_id, revision]
+            if lease is not None:
+                sql += " AND EXISTS (SELECT 1 FROM tf_leases WHERE fleet = ? AND holder = ? AND expires > ?)"
+                params += [lease[0], lease[1], int(lease[2] * 1000)]
+            self._exec(cur, sql, params)
             return cur.rowcount == 1
+
+    def acquire_lease(self, fleet: str, holder: str, now: float, length: float) -> bool:
+        """Take or renew the fleet's lease for `length` s from `now` (wall-clock seconds).
+
+        True when `holder` holds it afterwards: it held it already, nobody did, or the
+        last holder's lease had expired. A compare-and-set: two workers never both win.
+        """
+        at, until = int(now * 1000), int((now + length) * 1000)
+        with self._tx("taking the leader lease", write=True) as cur:
+            self._exec(cur, "INSERT INTO tf_leases (fleet, holder, expires) VALUES (?, ?, ?) "
+                            "ON CONFLICT (fleet) DO UPDATE SET holder = excluded.holder, "
+                            "expires = excluded.expires "
+                            "WHERE tf_leases.holder = excluded.holder OR tf_leases.expires <= ?",
+                       (fleet, holder, until, at))
+            self._exec(cur, "SELECT holder, expires FROM tf_leases WHERE fleet = ?", (fleet,))
+            row = cur.fetchone()
+        return row is not None and row[0] == holder and int(row[1]) == until
+
+    def release_lease(self, fleet: str, holder: str) -> None:
+        """Give the lease up (a clean exit): another worker takes it at its next try."""
+        with self._tx("releasing the leader lease", write=True) as cur:
+            self._exec(cur, "DELETE FROM tf_leases WHERE fleet = ? AND holder = ?", (fleet, holder))
+
+    def lease(self, fleet: str) -> tuple[str, float] | None:
+        """(holder, expires in wall-clock seconds) of the fleet's lease, or None (none taken)."""
+        with self._tx("reading the leader lease") as cur:
+            self._exec(cur, "SELECT holder, expires FROM tf_leases WHERE fleet = ?", (fleet,))
+            row = cur.fetchone()
+        return None if row is None else (row[0], int(row[1]) / 1000)
 
     def save_rollout(self, r: ro.Rollout, expected_revision: int,
                      ended: ro.WaveProgress | None = None) -> bool:

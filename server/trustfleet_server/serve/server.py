@@ -37,6 +37,17 @@ timestamps share one thread and one database connection:
   resumes its session on connect: a worker restarted after a crash takes
   back the dead one's session, its queued statuses and its share at once.
   A worker that never comes back loses its session after SESSION_EXPIRY s.
+- Leadership: every worker ingests, but only one per fleet, the leader, publishes
+  timestamps, steps rollouts and repairs retained documents. It holds the fleet's
+  lease in the store (fleetdb.acquire_lease, holder = the client id), LEASE_LENGTH
+  s long, renewed every LEASE_RENEW s; the others try every LEASE_TRY s, so a killed
+  leader is replaced within LEASE_LENGTH + LEASE_TRY s. A worker acts as leader only
+  while its own renewal is younger than LEASE_LENGTH - LEASE_MARGIN s (checked before
+  each leader action), and its rollout claims check the lease in the same transaction.
+  A worker that takes over from an expired holder ends the dead worker's MQTT session
+  (a clean connect under its client id), so the broker stops handing it a share of
+  the statuses, and re-reads the retained statuses before it steps a rollout. A clean
+  exit releases the lease.
 - Retained state is owned: after every connect serve compares what the
   broker holds on the document topics with what they must hold (roots it
   knows beyond its first, the fleet bundle, the running rollout's wave
@@ -100,6 +111,10 @@ RECONNECT_FIRST_MS = 1000     # reconnect delays: 1 s doubling to 60 s, equal ji
 RECONNECT_CAP_MS = 60000
 
 MAX_CLIENT_ID = 64
+LEASE_LENGTH = 6.0             # seconds a leader's lease lasts from its last renewal
+LEASE_RENEW = 2.0              # the leader renews this often
+LEASE_TRY = 1.0                # the others try to take it this often
+LEASE_MARGIN = 1.0             # a leader stops acting this long before its lease would expire
 
 _SUB_DOCS, _SUB_LIVE, _SUB_BOOT = 1, 2, 3
 
@@ -140,6 +155,8 @@ class Stats:
     resyncs: int = 0              # retained-status re-reads after a fence
     protocol: str | None = None
     shared: bool = False
+    led: bool = False             # this worker led the fleet at some point
+    leaderships: int = 0          # times it became the leader
     events: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -213,6 +230,10 @@ class FleetServer:
         self.synced = False
         self._stop = threading.Event()
         self._next_flush = self._next_step = self._next_timestamp = 0.0
+        self.leading = False
+        self._elected = False  # run() takes the lease before leader actions
+        self._lead_until = 0.0  # monotonic: act as leader until then (last renewal + length - margin)
+        self._next_lease = 0.0
         self._warned_no_bundle = False
         if timestamp_key is not None:
             self._check_timestamp_key()
@@ -235,6 +256,7 @@ class FleetServer:
         server logs it and retries), FleetStoreError.
         """
         restore = self._install_signals()
+        self._elected = True
         if once:
             self.link.session_expiry = 0  # nothing to resume: leave no session behind
             self.link.resume = False
@@ -264,14 +286,22 @@ class FleetServer:
                 if mono >= self._next_flush or self.pending() >= BATCH_MAX:
                     self._flush()
                     self._next_flush = mono + FLUSH_EVERY
-                if self._restore_due and self.link.connected and mono >= self._next_restore:
+                if (self._restore_due and self.link.connected and mono >= self._next_restore
+                        and self._leads(mono)):
                     # Needs only the store, not the statuses: at once; after a failure, next step.
                     self._restore_due = not self._guard(self._restore_retained, fatal=once)
                     self._next_restore = mono + self.step_every
+                if self.synced and self.link.connected and mono >= self._next_lease:
+                    self._lease_step(mono)
+                    if once and not self.leading:
+                        log.info("another worker leads fleet %s; --once only ingested", self.fleet)
+                        break
                 if not self.synced or not self.link.connected:
                     continue
                 if self._can_fence is not False:
                     self._guard(functools.partial(self._fence_step, mono), fatal=once)
+                if not self._leads(mono) or not self._read_done():
+                    continue
                 if mono >= self._next_step:
                     self._guard(self._drive_rollout, fatal=once)
                     self._next_step = mono + self.step_every
@@ -286,9 +316,88 @@ class FleetServer:
                     break
         finally:
             self._flush()
+            self._release_lease()
             self.link.close()
             restore()
         return self.stats
+
+    # -- leadership ------------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        """This worker's name in the lease: its MQTT client id."""
+        return self.link.client_id
+
+    def _leads(self, mono: float) -> bool:
+        """Whether this worker may act as leader now (its lease renewal is recent enough)."""
+        if self.leading and mono >= self._lead_until:
+            self._lose("its lease could not be renewed in time")
+        return self.leading
+
+    def _read_done(self) -> bool:
+        return self._boot is None or "done" in self._boot
+
+    def _lease_step(self, mono: float) -> None:
+        """Renew the lease (leader) or try to take it (the others)."""
+        previous = None
+        try:
+            if not self.leading:
+                previous = self.db.lease(self.fleet)
+            held = self.db.acquire_lease(self.fleet, self.worker_id, time.time(), LEASE_LENGTH)
+        except FleetStoreError as exc:
+            # Unknown, not lost: a leader goes on until its last renewal is too old (_leads).
+            log.warning("%s", exc)
+            self._next_lease = mono + LEASE_TRY
+            return
+        self._next_lease = mono + (LEASE_RENEW if held else LEASE_TRY)
+        if held:
+            self._lead_until = mono + LEASE_LENGTH - LEASE_MARGIN
+            if not self.leading:
+                self._gain(previous)
+        elif self.leading:
+            self._lose("another worker holds the lease")
+
+    def _gain(self, previous: tuple[str, float] | None) -> None:
+        self.leading = True
+        self.stats.led = True
+        self.stats.leaderships += 1
+        self._restore_due, self._next_restore = True, 0.0
+        self._next_step = self._next_timestamp = 0.0
+        dead = previous[0] if previous is not None and previous[0] != self.worker_id else None
+        log.info("worker %s now leads fleet %s%s", self.worker_id, self.fleet,
+                 f" (taking over from {dead}, whose lease expired)" if dead else "")
+        if dead is not None:
+            self._end_session(dead)
+            self._reread_statuses()  # what the broker queued for the dead worker is lost to us
+
+    def _lose(self, why: str) -> None:
+        self.leading = False
+        log.warning("worker %s no longer leads fleet %s: %s", self.worker_id, self.fleet, why)
+
+    def _end_session(self, client_id: str) -> None:
+        """End a dead worker's MQTT 5 session: a clean connect under its client id, then a
+        disconnect. Until then the broker hands it a share of the statuses."""
+        if not self.link.mqtt5 or not self.link.shared_subscriptions:
+            return
+        ghost = Link(self.url, client_id, None, session_expiry=0)
+        try:
+            ghost.open()
+        except BrokerError as exc:
+            log.warning("could not end the MQTT session of %s (%s); the broker keeps its share of "
+                        "the statuses until the session expires", client_id, exc)
+        finally:
+            ghost.close()
+
+    def _release_lease(self) -> None:
+        if not self.leading:
+            return
+        self.leading = False
+        try:
+            self.db.release_lease(self.fleet, self.worker_id)
+        except FleetStoreError as exc:
+            log.warning("%s; the lease expires by itself", exc)
+            return
+        log.info("worker %s released the lead of fleet %s", self.worker_id, self.fleet)
 
     def _guard(self, fn: Callable[[], Any], fatal: bool = False) -> bool:
         """Run one periodic job; a broker or database failure is logged and retried next round.
@@ -822,8 +931,13 @@ class FleetServer:
         ended = rollout.ended_wave(r, new, devices, now, note)
         if not actions and new == r:
             return
-        if not self.db.claim_rollout(r.id, r.revision):
-            return  # another worker (or the CLI) changed it: look again next round
+        lease = None
+        if self._elected:  # under run(); a step called directly acts without a lease
+            if not self._leads(time.monotonic()):
+                return
+            lease = (self.fleet, self.worker_id, time.time())
+        if not self.db.claim_rollout(r.id, r.revision, lease):
+            return  # another worker (or the CLI) changed it, or the lease is gone: look again
         for action in actions:
             self._act(r, action, now)
         # Topics the rollout no longer answers for: cleared, or (done) handed to the fleet topic.
@@ -848,7 +962,14 @@ class FleetServer:
         if kind == "publish_wave":
             wave, names = action[1], action[2]
             self.db.add_published(r.id, names)  # before publishing: an abort must find them
-            self.link.publish([(t, r.bundle) for t in names])
+            # A leader killed after publishing and before saving: its successor does not publish
+            # again what the broker already holds.
+            fresh = [t for t in names if self._held.get(t) != r.bundle]
+            if len(fresh) < len(names):
+                log.info("rollout %s: %d of the wave's topic(s) already hold v%d", r.id,
+                         len(names) - len(fresh), r.version)
+            if fresh:
+                self.link.publish([(t, r.bundle) for t in fresh])
             self.stats.waves += 1
             self._event(r, now, f"published v{r.version} for wave {wave.name} on {len(names)} topic(s)")
         elif kind == "clear_waves":
