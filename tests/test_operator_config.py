@@ -293,3 +293,35 @@ def test_signing_without_a_root_says_the_role_was_not_checked(ops, tmp_path, mon
     code, _, err = run(capsys, "bundle", "sign", "--key", d / "keys/bundle.pem", d / "unsigned.cbor",
                        "-o", tmp_path / "b.cose")
     assert code == 0 and err == ""
+
+
+def test_help_and_version_still_answer_with_a_bad_config(tmp_path, monkeypatch, capsys):
+    write_config(tmp_path, 'fleet = "acme\n')
+    monkeypatch.chdir(tmp_path)
+    for args in (["--version"], ["bundle", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(args)
+        assert exc.value.code == 0
+    out, err = capsys.readouterr()
+    assert "trustfleet" in out and err == ""
+
+
+def test_simulate_takes_fleet_and_root_from_the_config_but_never_the_broker(ops, tmp_path, monkeypatch,
+                                                                            capsys):
+    write_config(tmp_path, f'fleet = "acme"\nroot = "{ops.dir / "root.cose"}"\nbroker = "mqtt://127.0.0.1:1"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["simulate", "--devices", "2"])
+    assert exc.value.code == 2
+    assert "the following arguments are required: --broker" in capsys.readouterr().err
+    # The simulated devices' health check judges the sample chain (valid today): anchor its root.
+    samples = Path(cli.__file__).resolve().parents[1] / "samples"
+    (tmp_path / "sim.toml").write_text(f'fleet = "acme"\nversion = 4\nexpires = "90d"\n[[anchors]]\n'
+                                       f'files = ["{samples / "demo-fleet-root-ca.pem"}"]\n')
+    assert run(capsys, "bundle", "build", tmp_path / "sim.toml", "-o", tmp_path / "sim.cose")[0] == 0
+    assert run(capsys, "bundle", "sign", "--key", ops.dir / "keys/bundle.pem", tmp_path / "sim.cose")[0] == 0
+    code, out, err = run(capsys, "simulate", "--devices", "2", "--broker", "embedded", "--timeout", "30",
+                         "--publish", tmp_path / "sim.cose", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["devices"] == 2 and report["converged"] and report["versions"] == {"v4": 2}

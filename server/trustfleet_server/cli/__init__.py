@@ -97,8 +97,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         explicit, argv = config.split_config_option(argv)
-        common.use_config(config.load(explicit))
+        try:
+            common.use_config(config.load(explicit))
+            bad_config = None
+        except OperatorError as exc:  # --help and --version still answer; every command stops here
+            common.use_config(config.OperatorConfig())
+            bad_config = exc
         args = build_parser().parse_args(argv)
+        if bad_config is not None:
+            raise bad_config
         common.apply_config(args)
         return int(args.func(args) or 0)
     except OperatorError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import documents, mqtturl, spec, times
+from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.publish import bundle_topic
 from trustfleet_server.sim.brokers import open_broker
@@ -85,9 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", type=int, required=True, metavar="N", help="how many devices to simulate")
     p.add_argument("--broker", required=True, metavar="URL|embedded|mosquitto",
                    help="mqtt://host:port, or start a broker: embedded (in this process) or "
-                        "mosquitto (a private one on a free port)")
-    p.add_argument("--fleet", required=True, help="fleet name (as in the root)")
-    p.add_argument("--root", type=Path, required=True, metavar="ROOT.cose", help="the factory root")
+                        "mosquitto (a private one on a free port). Never taken from trustfleet.toml: "
+                        "a simulation does not go to the fleet's broker unless named here")
+    common.fleet_argument(p)
+    common.root_argument(p, chain=False, help="the factory root")
     p.add_argument("--initial", type=Path, metavar="BUNDLE",
                    help="a signed bundle already installed on every device (factory image)")
     p.add_argument("--publish", type=Path, metavar="BUNDLE",
