@@ -19,10 +19,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from test_serve import LiveDevice, ids_in_buckets
-
 from support import brokers
 from support.fleetkit import Repo
+from support.livedevice import LiveDevice, ids_in_buckets
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_server import cli, keys, mqtturl, rollout
