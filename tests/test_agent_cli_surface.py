@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,8 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from support import fleetkit as fk
+from support.agentproc import AgentProcess
 from support.clirun import one_line, run_main
-from support.tlsagent import ENV, PKI, T0, make_bundle
+from support.tlsagent import PKI, T0, make_bundle
 from trustfleet_pi import cli
 from trustfleet_pi.config import ConfigError, load_config
 
@@ -454,41 +452,6 @@ def test_an_interrupt_is_one_line_and_exit_130(world, capsys, monkeypatch, comma
 # --------------------------------------------------------------------------- Ctrl-C while waiting
 
 
-class Proc:
-    """The agent as a subprocess; stderr lines collected as they come."""
-
-    def __init__(self, *args: object):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "trustfleet_pi.cli", *map(str, args)],
-                                     env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_line(self, fragment: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if any(fragment in line for line in self.lines):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"no line {fragment!r}: {self.lines}")
-
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout=WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(timeout=5)
-        return code
-
 
 def _closed_port() -> int:
     with socket.socket() as s:
@@ -501,9 +464,9 @@ def test_ctrl_c_while_the_health_check_waits_exits_130_without_a_traceback(world
     config = world.tmp / "agent.toml"
     config.write_text(f'[health]\nendpoints = ["127.0.0.1:{_closed_port()}"]\ntimeout = 1\n')
     if command == "install":
-        p = Proc("install", "--state", world.state, "--config", config, world.full)
+        p = AgentProcess("install", "--state", world.state, "--config", config, world.full)
     else:
-        p = Proc("init", "--state", world.tmp / "new", "--config", config, "--root", world.root,
+        p = AgentProcess("init", "--state", world.tmp / "new", "--config", config, "--root", world.root,
                  "--bundle", world.full)
     p.wait_line("endpoint unreachable, retrying")
     assert p.interrupt() == 130
@@ -517,7 +480,7 @@ def test_ctrl_c_while_check_waits_for_the_handshake_exits_130(world, capsys):
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         server.settimeout(WAIT)
-        p = Proc("check", "--state", world.state, f"localhost:{server.getsockname()[1]}",
+        p = AgentProcess("check", "--state", world.state, f"localhost:{server.getsockname()[1]}",
                  "--timeout", "60")
         conn, _ = server.accept()  # connected; the agent now waits for a ServerHello
         with conn:
@@ -535,7 +498,7 @@ def test_run_start_line_without_a_bundle_says_so_and_sigint_stops_it(repo, tmp_p
     config.write_text(f'state_dir = "state"\ndevice_id = "pi-1"\nfleet = "{repo.fleet}"\n'
                       f'[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\n')
     assert cli.main(["init", "--config", str(config), "--root", str(tmp_path / "root.cose")]) == 0
-    p = Proc("run", "--config", config)
+    p = AgentProcess("run", "--config", config)
     p.wait_line("started:")
     started = next(line for line in p.lines if "started:" in line)
     assert "vNone" not in started

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import queue
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from support import fleetkit as fk
+from support.agentproc import AgentProcess
 from support.environment import skip_or_fail
 from support.tlsagent import ENV, T0, make_bundle
 from trustfleet_device import topics
@@ -95,34 +94,6 @@ class Watcher:
         self.c.disconnect()
 
 
-class Agent:
-    """`trustfleet-agent run --config` as a subprocess, its stderr lines collected."""
-
-    def __init__(self, config: Path):
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "trustfleet_pi.cli", "run", "--config",
-                                      str(config)], env=ENV, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=WAIT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.reader.join(timeout=5)
-
-
 def _device(tmp_path: Path, repo: fk.Repo, port: int, factory: bytes | None) -> Path:
     config = tmp_path / "agent.toml"
     config.write_text(f'state_dir = "state"\ndevice_id = "{DEVICE}"\nfleet = "{repo.fleet}"\n'
@@ -146,8 +117,8 @@ def _retain_current(watcher: Watcher, repo: fk.Repo, raw: bytes) -> None:
     watcher.put(topics.timestamp(repo.fleet), repo.timestamp(raw, time=int(time.time()) - 60))
 
 
-def _start(config: Path, watcher: Watcher, pred, what: str) -> Agent:
-    agent = Agent(config)
+def _start(config: Path, watcher: Watcher, pred, what: str) -> AgentProcess:
+    agent = AgentProcess("run", "--config", config)
     try:
         watcher.status(pred, what)
         watcher.drain(QUIET)
