@@ -32,11 +32,8 @@ from pathlib import Path
 import pytest
 
 from support import badinput
+from support.clirun import CLI_ENV
 from trustfleet_server import cli
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
-ENV.pop("TRUSTFLEET_PASSPHRASE", None)
 
 FILES = ("missing", "dir", "empty", "garbage")
 PRIVATE_KEYS = (*FILES, "cert", "pub", "rsa", "p384")
@@ -342,7 +339,7 @@ def test_ctrl_c_while_waiting_for_a_passphrase_on_a_pipe(materials, tmp_path, ar
     folder = materials["root"].parent
     before = snapshot(folder, out)
     proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *expand(argv, materials, out)],
-                            cwd=tmp_path, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            cwd=tmp_path, env=CLI_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         err = b""
@@ -385,7 +382,7 @@ def test_ctrl_c_during_a_simulation_ends_it_quietly(materials, tmp_path):
     """A run interrupted mid-way: exit 130, no traceback, its progress lines and one line saying so
     (as trustfleet-agent does)."""
     argv = expand((*SIMULATE[:-1], "60s", "--root", "{root}", "--until-version", "9"), materials, tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *argv], cwd=tmp_path, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *argv], cwd=tmp_path, env=CLI_ENV,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:

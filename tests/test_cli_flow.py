@@ -10,34 +10,19 @@ codes are part of the contract: 0 valid, 1 refused with a one-line reason,
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from support import fleetkit as fk
-
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
-ENV.pop("TRUSTFLEET_PASSPHRASE", None)
+from support.clirun import one_line, run_trustfleet
 
 
 def tf(cwd: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
     """Run `trustfleet ARGS` in cwd; require exit `code` and no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *map(str, args)], cwd=cwd,
-                          env=ENV, capture_output=True, text=True, timeout=60)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    return run_trustfleet(cwd, *args, code=code, timeout=60)
 
 
 def spec_text(version: int = 7, anchors: str = 'files = ["certs/acme-chain.pem"]',

@@ -24,29 +24,15 @@ from pathlib import Path
 import pytest
 
 from support import fleetkit as fk
+from support.clirun import CLI_ENV, one_line, run_trustfleet
 from trustfleet_server import demo
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
-ENV.pop("TRUSTFLEET_PASSPHRASE", None)
 MARKER = ".trustfleet-demo"
 
 
 def tf(cwd: Path, *args: str, code: int = 0, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """Run `trustfleet ARGS` in cwd, in a session of its own (no terminal); require exit `code`."""
-    kw.setdefault("stdin", subprocess.DEVNULL)
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *map(str, args)], cwd=cwd,
-                          env=ENV, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True, **kw)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def one_line(proc: subprocess.CompletedProcess) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    return run_trustfleet(cwd, *args, code=code, timeout=timeout, **kw)
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:
@@ -224,7 +210,7 @@ def test_ctrl_c_at_the_passphrase_prompt_is_one_line_and_writes_nothing(key_and_
                 ["bundle", "sign", "--key", "b1.pem", "--ask-passphrase", "b.cose"]):
         master, slave = os.openpty()  # a terminal for the prompt; the session has no /dev/tty
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *cmd], cwd=d, env=ENV,
+            proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", *cmd], cwd=d, env=CLI_ENV,
                                     stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     start_new_session=True)
             err = b""

@@ -3,7 +3,16 @@ the rule every error follows (one line, no traceback)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# The environment of a `trustfleet` subprocess: the checkout's packages, no passphrase.
+CLI_ENV = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
+CLI_ENV.pop("TRUSTFLEET_PASSPHRASE", None)
 
 
 def run_main(main: Callable[[list[str]], int], capsys, *args: object) -> tuple[int, str, str]:
@@ -15,8 +24,23 @@ def run_main(main: Callable[[list[str]], int], capsys, *args: object) -> tuple[i
     return code, out, err
 
 
-def one_line(err: str) -> str:
-    """The single line of `err`; more or fewer lines fail the test."""
+def run_trustfleet(cwd: Path, *args: object, code: int = 0, timeout: float = 60,
+                   **kw) -> subprocess.CompletedProcess:
+    """Run `trustfleet ARGS` in cwd as a subprocess in a session of its own (no terminal, stdin
+    closed unless `kw` says otherwise); require exit `code` and no traceback."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *map(str, args)], cwd=cwd,
+                          env=CLI_ENV, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True, **kw)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def one_line(err: str | subprocess.CompletedProcess) -> str:
+    """The single line of `err` (a process: its stderr); more or fewer lines fail the test."""
+    if isinstance(err, subprocess.CompletedProcess):
+        err = err.stderr
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     return lines[0]
