@@ -60,8 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_lint_arguments(p)  # lints run on every build (trustfleet lint --help)
     p.set_defaults(func=cmd_build)
 
-    p = bsub.add_parser("sign", help="add ONE signature to a document (run once per key)",
-                        description="Add one signature to a bundle, root or timestamp. The first "
+    p = bsub.add_parser("sign", help="add ONE signature to a bundle (run once per key)",
+                        description="Add one signature to a bundle (a root: `root sign`). The first "
                                     "signature wraps the unsigned payload in a COSE_Sign; each later "
                                     "one is appended, so every key can stay on its own offline machine.",
                         epilog="example: trustfleet bundle sign --key k1.pem bundle.cbor "

@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device import cbor
-from trustfleet_device import documents as device_docs
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import config, describe, documents, keys, lint, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -85,14 +83,11 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
 def cmd_sign(args: argparse.Namespace) -> int:
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
     key = keys.load_private_key(args.key, passphrase)
-    raw, _ = documents.read_document_file(args.file, args.command)  # `root sign` signs roots only
-    check_not_future(raw, args.file, getattr(args, "allow_future", False))
+    # `root sign` signs roots only, `bundle sign` bundles only (the only one with --root).
+    raw, doc = documents.read_document_file(args.file, args.command)
+    check_not_future(doc, args.file, getattr(args, "allow_future", False))
     if getattr(args, "sign_root", None):
-        doc = documents.read_document(raw)
-        extra: list[bytes] = []
-        if doc.doc_type == "root":  # a new root is signed by the current root's keys, or its own
-            extra = list(device_docs.parse_root(doc.payload).roles["root"].kids)
-        check_key_role(key, args.key, args.sign_root, doc.doc_type, extra)
+        check_key_role(key, args.key, args.sign_root, doc.doc_type)
     signed = documents.add_signature(raw, key)
     out = args.out or args.file
     write_atomic(out, signed)
@@ -108,32 +103,25 @@ def cmd_sign(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_key_role(key: Any, key_path: Path, root_paths: list[Path], role: str,
-                   also: list[bytes] | None = None) -> None:
-    """Refuse a key that is not one of the root's keys for `role` (or in `also`).
+def check_key_role(key: Any, key_path: Path, root_paths: list[Path], role: str) -> None:
+    """Refuse a key that is not one of the root's keys for `role`.
 
     Raises: UsageError naming the key's kid and the role; TrustfleetError when the root does
     not verify.
     """
     root = documents.load_root_chain(root_paths)
     kid = keys.kid_of(key)
-    if kid not in root.roles[role].kids and kid not in (also or []):
+    if kid not in root.roles[role].kids:
         raise UsageError(f"{key_path}: key {kid.hex()[:16]} is not a {role} key of root v{root.version} "
                          f"of fleet {root.fleet}; nothing written")
 
 
-def check_not_future(raw: bytes, path: Path, allow: bool, now: int | None = None) -> None:
+def check_not_future(doc: documents.Document, path: Path, allow: bool, now: int | None = None) -> None:
     """Refuse to sign a bundle dated more than lint.FUTURE_TOLERANCE ahead of the clock (TF111).
 
-    Raises: UsageError, unless `allow`. Documents that do not read are left to add_signature.
+    Raises: UsageError, unless `allow`.
     """
-    if allow:
-        return
-    try:
-        doc = documents.read_document(raw)
-    except TrustfleetError:
-        return
-    if doc.doc_type != "bundle":
+    if allow or doc.doc_type != "bundle":
         return
     issued_at = cbor.decode(doc.payload).get("issued_at")
     now = int(time.time()) if now is None else now
