@@ -20,7 +20,7 @@ from typing import Any
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import documents, keys, mqtturl, times
+from trustfleet_server import config, documents, keys, mqtturl, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -28,8 +28,6 @@ from trustfleet_server.fleet import db as fleetdb
 OK, WARN, FAIL = "ok", "warn", "fail"
 NEAR_EXPIRY = 30 * 86_400  # a root, bundle or key listing expiring within this is a warning
 BROKER_TIMEOUT = 3.0  # seconds for the broker check's connect and CONNACK
-CONFIG_FILE = "trustfleet.toml"
-ENV_PREFIX = "TRUSTFLEET_"
 
 EPILOG = """\
 Prints one line per check: ok, warn or fail, what was found, and for warn
@@ -134,14 +132,13 @@ def reason(exc: BaseException, path: object = None) -> str:
     return text.removeprefix(f"{path}: ") if path is not None else text
 
 
-def check_config(cfg: Any = None) -> Check:
+def check_config(cfg: config.OperatorConfig | None = None) -> Check:
     """The config in use: the file read and each setting with where it came from (TRUSTFLEET_* variable
     names, never their values' secrets: the config holds paths and names only)."""
-    active = getattr(common, "active_config", None)
-    cfg = cfg if cfg is not None else (active() if active else None)
-    if cfg is None or not cfg.settings:
-        where = f"{cfg.path} sets nothing" if cfg is not None and cfg.path else f"no {CONFIG_FILE} here"
-        return Check("config", OK, f"{where} and no {ENV_PREFIX}* settings: only the options given are checked")
+    cfg = cfg if cfg is not None else common.active_config()
+    if not cfg.settings:
+        where = f"{cfg.path} sets nothing" if cfg.path else f"no {config.FILE_NAME} here"
+        return Check("config", OK, f"{where} and no TRUSTFLEET_* settings: only the options given are checked")
     by_source: dict[str, list[str]] = {}
     for name, s in sorted(cfg.settings.items()):
         by_source.setdefault(s.source, []).append(name)
@@ -149,12 +146,9 @@ def check_config(cfg: Any = None) -> Check:
     return Check("config", OK, shown)
 
 
-def configured_keys(cfg: Any = None) -> list[str]:
+def configured_keys(cfg: config.OperatorConfig | None = None) -> list[str]:
     """ROLE=PATH for each [keys] entry of the config in use."""
-    active = getattr(common, "active_config", None)
-    cfg = cfg if cfg is not None else (active() if active else None)
-    if cfg is None:
-        return []
+    cfg = cfg if cfg is not None else common.active_config()
     return [f"{name.split('.', 1)[1]}={s.as_list()[0]}" for name, s in sorted(cfg.settings.items())
             if name.startswith("keys.")]
 
