@@ -80,7 +80,7 @@ agent.toml (every key optional; unknown keys are refused):
   command = ["systemctl", "try-reload-or-restart", "acme-app"]
   timeout = 30
   [mqtt]                                 # for `run`
-  broker = "mqtts://mqtt.acme.example:8883"
+  broker = "mqtts://mqtt.acme.example:8883"   # a cluster: brokers = ["mqtts://n1...", "mqtts://n2..."]
   username = "pi-0042"
   password_file = "/etc/trustfleet/mqtt-password"
   keepalive = 60
@@ -143,7 +143,8 @@ examples:
 
 RUN_EPILOG = """\
 Boots the device from the state directory (a trial left by a crash is
-reverted first), connects to [mqtt] broker, subscribes to the fleet's root,
+reverted first), connects to [mqtt] broker (or the first of brokers that
+answers, moving to the next node when one is lost), subscribes to the fleet's root,
 bundle (fleet, group, bucket) and timestamp topics, and installs what
 verifies, with the [health] check, [export] files and [post_commit] hook of
 `install`. It publishes its status (retained; last will "offline") and
@@ -745,7 +746,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = device.status()
     held = "no bundle yet" if status["version"] is None else f"bundle v{status['version']}"
     _warn(f"started: device {cfg.device_id} of {cfg.fleet}, state {status['state']}, "
-          f"{held}, broker {settings.url()}")
+          f"{held}, broker {', '.join(settings.url(n) for n in settings.all_servers())}")
     try:
         transport.run(stop)
     except DeviceError as exc:

@@ -30,6 +30,8 @@ apply only when `managed = true` AND the signed bundle's policy allows them.
 
     [mqtt]                                  # `trustfleet-agent run`: delivery over MQTT
     broker = "mqtts://mqtt.acme.example:8883"   # or mqtt://host[:port] (1883 / 8883 by default)
+    # or, for a clustered broker, several nodes instead of `broker` (tried in turn, see paho.py):
+    # brokers = ["mqtts://mqtt-1.acme.example", "mqtts://mqtt-2.acme.example"]
     username = "pi-0042"
     password_file = "/etc/trustfleet/mqtt-password"   # or password = "..." (not both)
     client_cert = "/etc/trustfleet/client.pem"  # TLS client certificate (mqtts only) ...
@@ -44,6 +46,8 @@ store (anchors, pins, distrust at trusted time; see tls.py), never by the
 system's CA store: the device needs a bundle (a factory bundle at `init`)
 before it can reach an mqtts:// broker, and the broker's name must be a DNS
 name. Credentials in the URL are refused (they would end up in logs).
+With `brokers`, every URL follows the same rules, and all of them are
+mqtts:// or all mqtt://: a failover must never downgrade to plain TCP.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ _TABLES = {
     "health": ("endpoints", "timeout", "on_unreachable"),
     "export": ("pem", "pins"),
     "post_commit": ("command", "timeout"),
-    "mqtt": ("broker", "username", "password", "password_file", "client_cert", "client_key",
+    "mqtt": ("broker", "brokers", "username", "password", "password_file", "client_cert", "client_key",
              "keepalive", "protocol", "group", "client_id"),
 }
 DEFAULT_KEEPALIVE = 60
@@ -107,9 +111,16 @@ class MqttConfig:
     protocol: str = "3.1.1"
     group: str | None = None
     client_id: str | None = None
+    # Every broker node as (host, port), the first being host/port; empty means just that one.
+    servers: list[tuple[str, int]] = field(default_factory=list)
 
-    def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+    def url(self, server: tuple[str, int] | None = None) -> str:
+        host, port = server if server is not None else (self.host, self.port)
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{port}"
+
+    def all_servers(self) -> list[tuple[str, int]]:
+        """The broker nodes to try, in order (one unless `brokers` lists several)."""
+        return list(self.servers) or [(self.host, self.port)]
 
     def read_password(self) -> str | None:
         """The password, read from password_file at each call (so a rotated file is picked up).
@@ -279,24 +290,49 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port or (8883 if tls else 1883), tls
 
 
-def _mqtt(r: _Reader) -> MqttConfig:
+def _broker_urls(r: _Reader) -> tuple[str, list[str]]:
+    """(the key used, its URLs) from mqtt.broker or mqtt.brokers (one of them, not both)."""
+    if "broker" in r.table and "brokers" in r.table:
+        raise ConfigError(f"{r.where}: mqtt.broker and mqtt.brokers: give one, not both "
+                          "(brokers = [...] lists every node of a cluster)")
+    if "brokers" in r.table:
+        urls = r.strings("brokers")
+        if not urls:
+            raise r._fail("brokers", 'a list of one or more broker URLs (e.g. ["mqtt://a", "mqtt://b"])')
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f"{r.where}: mqtt.brokers lists a broker twice")
+        return "brokers", urls
     url = r.text("broker")
     if url is None:
         raise ConfigError(f"{r.where}: mqtt.broker is required in [mqtt] "
-                          "(mqtt://host:port or mqtts://host:port)")
-    try:
-        host, port, tls = parse_broker_url(url)
-    except ValueError as exc:
-        raise ConfigError(f"{r.where}: mqtt.{exc}") from None
-    if tls and is_ip(host):
-        raise ConfigError(f"{r.where}: mqtt.broker: {host} is an IP address; mqtts needs the "
-                          "broker's DNS name (its certificate and pins are checked against it)")
+                          "(mqtt://host:port or mqtts://host:port, or brokers = [...] for a cluster)")
+    return "broker", [url]
+
+
+def _mqtt(r: _Reader) -> MqttConfig:
+    key, urls = _broker_urls(r)
+    servers: list[tuple[str, int]] = []
+    schemes = set()
+    for url in urls:
+        try:
+            host, port, tls = parse_broker_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{r.where}: mqtt.{key} {str(exc).removeprefix('broker ')}") from None
+        if tls and is_ip(host):
+            raise ConfigError(f"{r.where}: mqtt.{key}: {host} is an IP address; mqtts needs the "
+                              "broker's DNS name (its certificate and pins are checked against it)")
+        servers.append((host, port))
+        schemes.add(tls)
+    if len(schemes) > 1:
+        raise ConfigError(f"{r.where}: mqtt.brokers mixes mqtt:// and mqtts://; list only one kind "
+                          "(a failover must not fall back to plain TCP)")
+    url, (host, port), tls = urls[0], servers[0], schemes.pop()
     m = MqttConfig(broker=url, host=host, port=port, tls=tls, username=r.text("username"),
                    password=r.text("password"), password_file=r.path("password_file"),
                    client_cert=r.path("client_cert"), client_key=r.path("client_key"),
                    keepalive=r.integer("keepalive", DEFAULT_KEEPALIVE, 5, 3600),
                    protocol=_protocol(r), group=r.text("group"),
-                   client_id=r.text("client_id"))
+                   client_id=r.text("client_id"), servers=servers if len(servers) > 1 else [])
     if m.password is not None and m.password_file is not None:
         raise ConfigError(f"{r.where}: mqtt.password and mqtt.password_file: give one, not both")
     if (m.password is not None or m.password_file is not None) and m.username is None:

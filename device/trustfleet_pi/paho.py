@@ -39,6 +39,16 @@ newest status and a few reports wait for the next connection (a status
 is always republished on connect). A QoS 1 message not acknowledged when
 the connection drops is queued again the same way.
 
+Several brokers (`brokers = [...]`, the nodes of a cluster): one is used at
+a time, starting with the first. When an attempt ends (refused, unreachable,
+no CONNACK, or a connection that was up and is lost) the next one in the
+list is used for the next attempt, round and round. An attempt that failed
+before its CONNACK goes on to the next node at once while the round has
+nodes left untried; the backoff delay comes after a whole round failed, or
+after a connection that was up is lost (then it is the reset, short delay).
+Each node gets its own TLS context bound to its own host name, checked by
+the installed store like a single broker.
+
 Stopping (stop.set(), e.g. from SIGTERM): the worker publishes the
 offline status itself (a clean DISCONNECT suppresses the will), waits a
 moment for its PUBACK, disconnects and returns.
@@ -101,14 +111,14 @@ class PahoTransport:
     Args:
         session: a trustfleet_device.session.Session.
         settings: the [mqtt] table (config.MqttConfig).
-        tls_context: returns a fresh ssl.SSLContext for each connection (mqtts only).
+        tls_context: host -> a fresh ssl.SSLContext for a connection to it (mqtts only).
         client_factory: (client_id, protocol) -> a paho Client (tests pass a fake).
         clock: monotonic seconds. rand: [0, 1) for the jitter. log: one line per event.
         max_packet: MQTT 5 Maximum Packet Size asked of the broker (None: no limit).
     """
 
     def __init__(self, session: Any, settings: MqttConfig, *,
-                 tls_context: Callable[[], ssl.SSLContext] | None = None,
+                 tls_context: Callable[[str], ssl.SSLContext] | None = None,
                  client_factory: Callable[[str, int], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  rand: Callable[[], float] | None = None,
@@ -138,15 +148,37 @@ class PahoTransport:
         self.connects = 0           # successful CONNACKs
         self.attempts = 0
         self.last_tick = clock()
+        self.servers = settings.all_servers()
+        self.server = 0             # index in servers of the node used now (or next)
+        self.untried = len(self.servers)  # nodes left in this round of failed attempts
+
+    @property
+    def host(self) -> str:
+        return self.servers[self.server][0]
+
+    @property
+    def port(self) -> int:
+        return self.servers[self.server][1]
+
+    def url(self) -> str:
+        return self.settings.url(self.servers[self.server])
 
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: Any) -> None:
         """Connect, serve, back off, again, until stop is set. Raises: DeviceError (storage)."""
         while not stop.is_set():
+            was_up = self.connects
             self._attempt(stop)
             if stop.is_set():
                 break
+            if len(self.servers) > 1:
+                self.server = (self.server + 1) % len(self.servers)
+                self.untried -= 1
+                if self.connects == was_up and self.untried > 0:
+                    self.log(f"trying the next broker, {self.url()}")
+                    continue
+                self.untried = len(self.servers)
             delay = self.backoff.next_ms() / 1000
             self.log(f"next connection attempt in {delay:.1f} s")
             self._idle(stop, delay)
@@ -169,19 +201,19 @@ class PahoTransport:
         try:
             client = self._new_client(gen)
         except (ConfigError, TrustfleetError, OSError, ValueError) as exc:
-            self.log(f"cannot prepare the connection to {self.settings.url()}: {exc}")
+            self.log(f"cannot prepare the connection to {self.url()}: {exc}")
             return
-        self.log(f"connecting to {self.settings.url()} (MQTT {self.settings.protocol}) "
+        self.log(f"connecting to {self.url()} (MQTT {self.settings.protocol}) "
                  f"as {self.client_id}")
         connack_by = self.clock() + self.connack_timeout_s
         try:
-            client.connect(self.settings.host, self.settings.port, self.settings.keepalive,
+            client.connect(self.host, self.port, self.settings.keepalive,
                            **self._connect_args())
         except ssl.SSLCertVerificationError as exc:
             self.log(f"TLS to the broker refused: {getattr(exc, 'verify_message', exc)}")
             return
         except (OSError, ValueError) as exc:
-            self.log(f"cannot connect to {self.settings.url()}: {exc}")
+            self.log(f"cannot connect to {self.url()}: {exc}")
             return
         client.loop_start()  # paho's network thread; reconnect_on_failure=False: it ends with the connection
         failed = True
@@ -248,7 +280,8 @@ class PahoTransport:
                 return "gone"
             self.backoff.reset()  # a successful CONNACK, and nothing less, resets the backoff
             self.connects += 1
-            self.log(f"connected to {self.settings.url()}; subscribed to "
+            self.untried = len(self.servers)
+            self.log(f"connected to {self.url()}; subscribed to "
                      f"{len(self.session.subscriptions())} topics")
             waiting = [m for m in self.outbox if m[0] != self.status_topic]
             self.outbox = []
@@ -338,7 +371,7 @@ class PahoTransport:
         if s.username is not None:
             client.username_pw_set(s.username, s.read_password())
         if s.tls:
-            ctx = self.tls_context()
+            ctx = self.tls_context(self.host)
             if s.client_cert is not None:
                 ctx.load_cert_chain(s.client_cert, s.client_key)
             client.tls_set_context(ctx)
@@ -396,15 +429,16 @@ def _quietly(fn: Callable[..., Any], *args: Any) -> None:
 def broker_context(device: Any, settings: MqttConfig, *, managed: bool | None = None,
                    user_anchors: list[bytes] | None = None,
                    reports: Any = None) -> Callable[[], ssl.SSLContext]:
-    """The tls_context factory for an mqtts:// broker: the installed store, bound to its host name.
+    """The tls_context factory for an mqtts:// broker: the installed store, bound to the host name
+    of the node being connected to (host -> context).
 
     reports: the device's queue (the session's), so that a report-only pin
     mismatch of the broker goes out over the connection it let through.
     """
     from trustfleet_pi import tls
 
-    def make() -> ssl.SSLContext:
-        return tls.context_for(device, host=settings.host, managed=managed,
+    def make(host: str) -> ssl.SSLContext:
+        return tls.context_for(device, host=host, managed=managed,
                                user_anchors=user_anchors, reports=reports)
 
     return make

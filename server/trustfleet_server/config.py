@@ -8,12 +8,16 @@ the working folder (or the file `--config` / `TRUSTFLEET_CONFIG` names) and from
     fleet = "acme"
     root = "root.cose"              # or a rotation chain, oldest first: ["root-v1.cose", "root-v2.cose"]
     db = "fleet.db"                 # or "postgresql://fleet@db.acme.example/fleet"
-    broker = "mqtts://mqtt.acme.example:8883"
+    broker = "mqtts://mqtt.acme.example:8883"   # or the nodes of a cluster: ["mqtts://n1", "mqtts://n2"]
 
     [keys]                          # the key this machine signs with, per role
     root = "keys/root-1.pem"
     bundle = "keys/bundle-1.pem"
     timestamp = "keys/timestamp.pem"
+
+A list of brokers is used by `serve` (it moves to the next node when one is
+lost); the other commands take the first. TRUSTFLEET_BROKER lists them
+separated by commas.
 
 Precedence: an option on the command line, then the environment, then the file.
 Relative paths in the file are read from the file's folder, so the config works
@@ -37,11 +41,14 @@ CONFIG_ENV = "TRUSTFLEET_CONFIG"
 ROLES = ("root", "bundle", "timestamp")
 
 # setting name -> (environment variable, is a path, may be a list)
+# A list in the environment is split on os.pathsep, except where LIST_SEPARATORS says otherwise
+# (a broker URL holds ':').
+LIST_SEPARATORS = {"broker": ","}
 SETTINGS: dict[str, tuple[str, bool, bool]] = {
     "fleet": ("TRUSTFLEET_FLEET", False, False),
     "root": ("TRUSTFLEET_ROOT", True, True),
     "db": ("TRUSTFLEET_DB", True, False),
-    "broker": ("TRUSTFLEET_BROKER", False, False),
+    "broker": ("TRUSTFLEET_BROKER", False, True),
     **{f"keys.{role}": (f"TRUSTFLEET_{role.upper()}_KEY", True, False) for role in ROLES},
 }
 
@@ -142,14 +149,16 @@ def read_file(path: Path) -> dict[str, Setting]:
 
 
 def read_env(environ: dict[str, str] | os._Environ) -> dict[str, Setting]:
-    """Settings from TRUSTFLEET_* variables; TRUSTFLEET_ROOT may list a chain separated by os.pathsep."""
+    """Settings from TRUSTFLEET_* variables; TRUSTFLEET_ROOT may list a chain separated by os.pathsep,
+    TRUSTFLEET_BROKER several brokers separated by commas."""
     out: dict[str, Setting] = {}
     for name, (var, _, may_list) in SETTINGS.items():
         text = environ.get(var, "").strip()
         if not text:
             continue
-        if may_list and os.pathsep in text:
-            parts = tuple(p for p in text.split(os.pathsep) if p)
+        sep = LIST_SEPARATORS.get(name, os.pathsep)
+        if may_list and sep in text:
+            parts = tuple(p.strip() for p in text.split(sep) if p.strip())
             out[name] = Setting(parts if len(parts) > 1 else parts[0], var)
         else:
             out[name] = Setting(text, var)

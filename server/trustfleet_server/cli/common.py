@@ -16,7 +16,7 @@ from typing import Any
 
 from trustfleet_device import cbor
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_server import config, describe, documents, keys, lint, times
+from trustfleet_server import config, describe, documents, keys, lint, mqtturl, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 
@@ -233,9 +233,35 @@ def root_argument(p: argparse.ArgumentParser, required: bool = True, chain: bool
 
 
 def broker_argument(p: argparse.ArgumentParser, required: bool = True, metavar: str = "URL",
-                    help: str = "the broker: mqtt://[user[:password]@]host[:port] or mqtts://...") -> None:
-    p.add_argument("--broker", metavar=metavar, help=help + configured_hint("broker"))
-    configured(p, "broker", "broker", "--broker", required, lambda s: s.as_list()[0])
+                    help: str = "the broker: mqtt://[user[:password]@]host[:port] or mqtts://...",
+                    several: bool = False) -> None:
+    """--broker: one URL (a configured list gives its first), or with `several` a list of URLs
+    (repeat --broker, or separate them with commas; see broker_urls)."""
+    if several:
+        p.add_argument("--broker", metavar=metavar, action="append",
+                       help=help + "; repeat it (or separate URLs with commas) for the nodes of a "
+                                   "cluster" + configured_hint("broker"))
+        configured(p, "broker", "broker", "--broker", required, lambda s: s.as_list())
+    else:
+        p.add_argument("--broker", metavar=metavar, help=help + configured_hint("broker"))
+        configured(p, "broker", "broker", "--broker", required, lambda s: s.as_list()[0])
+
+
+def broker_urls(values: list[str]) -> list[mqtturl.BrokerURL]:
+    """The brokers of a several-URL --broker: each value may hold comma-separated URLs.
+
+    Raises: UsageError (a bad URL, none at all, one listed twice, or mqtt:// mixed with mqtts://,
+    which would let a failover drop TLS)."""
+    texts = [t.strip() for v in values for t in v.split(",") if t.strip()]
+    if not texts:
+        raise UsageError("--broker: give at least one broker URL")
+    urls = [mqtturl.parse(t) for t in texts]
+    if len({(u.host, u.port) for u in urls}) != len(urls):
+        raise UsageError(f"--broker: a broker is listed twice ({', '.join(texts)})")
+    if len({u.tls for u in urls}) > 1:
+        raise UsageError("--broker: mqtt:// and mqtts:// mixed; list only one kind (a failover "
+                         "must not fall back to plain TCP)")
+    return urls
 
 
 def key_argument(p: argparse.ArgumentParser, role: str, required: bool = True, option: str = "--key",

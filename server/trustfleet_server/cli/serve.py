@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from trustfleet_server import documents, keys, mqtturl, times
+from trustfleet_server import documents, keys, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -18,6 +18,7 @@ examples:
   trustfleet serve --broker mqtt://broker --fleet acme --root root.cose \\
       --db postgresql://trustfleet@db/fleet            # several workers may share one PostgreSQL
   trustfleet serve ... --once                         # one round: ingest, step, timestamp, exit
+  trustfleet serve --broker mqtt://n1:1883,mqtt://n2:1883,mqtt://n3:1883 ...   # a clustered broker
 
 On MQTT 5 brokers the ingest uses the shared subscription
 $share/trustfleet/tf/<fleet>/status/+ so several `serve` workers split the
@@ -25,6 +26,10 @@ load; on MQTT 3.1.1 run one worker. Of several workers on one store, one at a
 time leads the fleet (a lease in the store): it alone publishes timestamps,
 steps rollouts and repairs retained documents; another takes over within 10 s
 when it dies. Stop with SIGTERM or Ctrl-C.
+With several --broker URLs (the nodes of one clustered broker) serve uses one
+at a time and moves to the next when it cannot connect or loses the
+connection. On a broker without shared subscriptions (MQTT 3.1.1, e.g. NATS)
+only the leader subscribes to statuses and reports, so each is ingested once.
 Broker outages never end serve: it reconnects with backoff (1 s doubling to
 60 s) and then publishes again the retained documents the broker lost.
 A device over its limits has the excess dropped; one that keeps flooding is
@@ -38,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Ingest device statuses and reports into the fleet store, publish "
                                    "signed timestamps on a schedule, and drive staged rollouts.",
                        epilog=SERVE_EPILOG, formatter_class=common.RAW)
-    common.broker_argument(p)
+    common.broker_argument(p, several=True)
     common.fleet_argument(p)
     common.root_argument(p)
     common.db_argument(p)
@@ -102,7 +107,8 @@ def limits_from(args: argparse.Namespace) -> Limits:
 def cmd_serve(args: argparse.Namespace) -> int:
     from trustfleet_server.serve.server import FleetServer, log_to_stderr
 
-    url = mqtturl.parse(args.broker)
+    urls = common.broker_urls(args.broker)
+    url = urls[0] if len(urls) == 1 else urls
     fleet = check_fleet(args.fleet)
     key = None
     if args.timestamp_key:

@@ -3,6 +3,12 @@
 MQTT 5 first; when the broker refuses it (CONNACK "unsupported protocol
 version", or it hangs up before any CONNACK) the link falls back to 3.1.1
 and stays there. Publishes are retained at QoS 1 and wait for their PUBACKs.
+
+Several URLs (the nodes of one clustered broker): open() tries them in
+turn, starting with the node in use, or after a connection was up, with the
+next one (the node it was on may be the one that died), and uses the first
+that accepts. `url` is the node in use. The protocol chosen on the first
+connect holds for every node: they are one broker.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class Link:
     """A paho client driven by hand, with the MQTT 5 -> 3.1.1 fallback and acknowledged publishes.
 
     Args:
-        url: the broker.
+        url: the broker, or a list of the nodes of a clustered broker.
         client_id: MQTT client id (kept across reconnects, so an MQTT 5
             session with its queued QoS 1 messages survives a short outage).
         on_message: called with each paho message, in the caller's thread.
@@ -53,10 +59,14 @@ class Link:
             its share of the shared subscriptions, at once.
     """
 
-    def __init__(self, url: BrokerURL, client_id: str | None = None,
+    def __init__(self, url: BrokerURL | Sequence[BrokerURL], client_id: str | None = None,
                  on_message: Callable[[Any], None] | None = None,
                  session_expiry: int = SESSION_EXPIRY, resume: bool = False) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, BrokerURL) else list(url)
+        if not self.urls:
+            raise ValueError("Link needs at least one broker URL")
+        self.url = self.urls[0]
+        self._node = 0  # index of self.url in self.urls
         self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
         self.on_message = on_message
         self.session_expiry = session_expiry
@@ -75,7 +85,27 @@ class Link:
         return self.protocol == mqtt.MQTTv5
 
     def open(self, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Connect (MQTT 5, else 3.1.1). Raises: BrokerError."""
+        """Connect to the first node that accepts (see the module docstring). Raises: BrokerError
+        (with several nodes: what each said)."""
+        n = len(self.urls)
+        first = (self._node + 1) % n if self._ever_connected else self._node
+        errors = []
+        for i in range(n):
+            self._node = (first + i) % n
+            self.url = self.urls[self._node]
+            try:
+                self._open_node(timeout)
+                return
+            except BrokerError as exc:
+                if n == 1:
+                    raise
+                errors.append(str(exc))
+                if i + 1 < n:
+                    log.info("%s; trying the next broker node", exc)
+        raise BrokerError(f"no broker node answered: {'; '.join(errors)}")
+
+    def _open_node(self, timeout: float) -> None:
+        """Connect to self.url (MQTT 5, else 3.1.1). Raises: BrokerError."""
         if self.protocol is not None:
             try:
                 self._attempt(self.protocol, timeout)

@@ -13,8 +13,10 @@ timestamps share one thread and one database connection:
   messages to a shared subscription, so after every connect the server also
   subscribes plainly to `tf/<fleet>/status/+` to read the retained statuses,
   and drops that subscription once they are in (the first non-retained
-  message on it, or one idle second). On 3.1.1 one plain subscription does
-  both. Messages are queued and written in batches (fleetdb.ingest_statuses).
+  message on it, or one idle second). Without shared subscriptions (3.1.1,
+  e.g. NATS) one plain subscription does both, and only the leader holds it
+  (taken when it gains the lead, dropped when it loses it), so several
+  workers never write each status several times. Messages are queued and written in batches (fleetdb.ingest_statuses).
 - Nothing is stepped before that first sync: a rollout judged on an empty
   table would pass every wave.
 - Roots published on `tf/<fleet>/root/<n>` extend the trusted chain one
@@ -168,7 +170,7 @@ class FleetServer:
     """The long-running service behind `trustfleet serve`.
 
     Args:
-        url: the broker.
+        url: the broker, or the nodes of a clustered broker (serve.link.Link).
         fleet: the fleet served (must be the root's fleet).
         root_raws: the trusted root chain, oldest first (signed roots).
         db: an open fleetdb.FleetDB.
@@ -368,11 +370,31 @@ class FleetServer:
                  f" (taking over from {dead}, whose lease expired)" if dead else "")
         if dead is not None:
             self._end_session(dead)
-            self._reread_statuses()  # what the broker queued for the dead worker is lost to us
+            if self.stats.shared:
+                self._reread_statuses()  # what the broker queued for the dead worker is lost to us
+        if not self.stats.shared:
+            self._follow_statuses()
+
+    def _follow_statuses(self) -> None:
+        """No shared subscriptions: the leader alone subscribes to statuses and reports (the
+        retained statuses come first, read before the next rollout step)."""
+        if not self.link.connected:
+            return
+        now = time.monotonic()
+        self._boot = {"shared": False, "last": now, "start": now}
+        try:
+            self.link.subscribe(topics.statuses(self.fleet), _SUB_LIVE)
+            self.link.subscribe(topics.reports(self.fleet), _SUB_LIVE)
+        except BrokerError as exc:
+            log.warning("%s; connecting again", exc)
+            self.link.close()  # the next connect subscribes, as this worker leads
 
     def _lose(self, why: str) -> None:
         self.leading = False
         log.warning("worker %s no longer leads fleet %s: %s", self.worker_id, self.fleet, why)
+        if not self.stats.shared and self.link.connected:
+            self.link.unsubscribe(topics.statuses(self.fleet))
+            self.link.unsubscribe(topics.reports(self.fleet))
 
     def _end_session(self, client_id: str) -> None:
         """End a dead worker's MQTT 5 session: a clean connect under its client id, then a
@@ -440,7 +462,7 @@ class FleetServer:
         self.stats.protocol = "MQTT 5" if self.link.mqtt5 else "MQTT 3.1.1"
         shared = self.link.mqtt5 and self.link.shared_subscriptions
         self.stats.shared = shared
-        log.info("connected to %s (%s%s)", self.url, self.stats.protocol,
+        log.info("connected to %s (%s%s)", self.link.url, self.stats.protocol,
                  ", shared subscriptions" if shared else "")
         f = self.fleet
         self._held = {}  # the broker may have lost anything: read it again
@@ -454,7 +476,7 @@ class FleetServer:
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.statuses(f)}", _SUB_LIVE)
             self.link.subscribe(f"$share/{SHARE_GROUP}/{topics.reports(f)}", _SUB_LIVE)
             self.link.subscribe(topics.statuses(f), _SUB_BOOT)  # retained statuses, then dropped
-        else:
+        elif self.leading or not self._elected:  # the others wait for the lead (_follow_statuses)
             self.link.subscribe(topics.statuses(f), _SUB_LIVE)
             self.link.subscribe(topics.reports(f), _SUB_LIVE)
         self._can_fence = None  # this broker (or its config) may be new: ask again when needed
@@ -664,7 +686,7 @@ class FleetServer:
             deadline = time.monotonic() + FENCE_ANSWER_WAIT
             while not answers and time.monotonic() < deadline:
                 if not ctl.loop(0.01):
-                    raise BrokerError(f"{self.url}: connection lost waiting for the {command} answer")
+                    raise BrokerError(f"{ctl.url}: connection lost waiting for the {command} answer")
                 self.link.loop(0)  # keep reading: the broker drops what serve does not take
         except (SubscribeRefused, PublishRefused) as exc:
             raise FenceUnavailable(str(exc)) from None

@@ -1,0 +1,154 @@
+"""A three-node NATS cluster with MQTT and JetStream on loopback, for the clustered-broker tests.
+
+Each node is its own nats-server process with its own temporary JetStream
+store, a random client port, a cluster (route) port and an MQTT port, all
+on 127.0.0.1 and chosen free when the cluster is built. Every node lists
+the routes of the other two, carries a server_name (MQTT needs it, and
+JetStream in a cluster names its peers by it), and has an mqtt block that
+asks for three replicas of the MQTT streams (sessions, retained messages)
+and of their consumers, so a retained document survives the loss of the
+node that took it.
+
+A node that accepts TCP on its MQTT port is not yet serving MQTT: the
+JetStream meta group must have elected a leader and the MQTT streams must
+exist. start() waits until every node answers an MQTT CONNECT with
+"accepted". kill() is SIGKILL by PID (a crash, not a shutdown); restart()
+starts the same node again on the same ports and store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from support.brokers import HOST, Broker, free_port, mqtt_connect_probe
+from trustfleet_server.broker.mosquitto import start_process, stop_process
+
+CLUSTER_NAME = "trustfleet"
+READY_TIMEOUT = 60.0
+
+
+@dataclass
+class NatsNode:
+    """One cluster member: its ports, files and process."""
+
+    name: str
+    client_port: int
+    route_port: int
+    mqtt_port: int
+    workdir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{HOST}:{self.mqtt_port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "nats.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "nats.log"
+
+    def broker(self) -> Broker:
+        return Broker(HOST, self.mqtt_port, "nats")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int) -> str:
+    """The nats-server config of one node (see the module docstring)."""
+    routes = ", ".join(f'"nats-route://{HOST}:{p.route_port}"' for p in peers if p is not node)
+    return (
+        f"server_name: {node.name}\n"
+        f'listen: "{HOST}:{node.client_port}"\n'
+        f'jetstream {{ store_dir: "{node.workdir / "jetstream"}" }}\n'
+        f"cluster {{\n"
+        f"  name: {CLUSTER_NAME}\n"
+        f'  listen: "{HOST}:{node.route_port}"\n'
+        f"  routes: [{routes}]\n"
+        f"}}\n"
+        f"mqtt {{\n"
+        f'  listen: "{HOST}:{node.mqtt_port}"\n'
+        f"  stream_replicas: {replicas}\n"
+        f"  consumer_replicas: {replicas}\n"
+        f"}}\n"
+    )
+
+
+class NatsCluster:
+    """Three (or `size`) nats-server nodes in one cluster; start(), kill(i), restart(i), stop()."""
+
+    def __init__(self, workdir: Path, size: int = 3, replicas: int = 3) -> None:
+        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.workdir = Path(workdir)
+        self.replicas = replicas
+        self.nodes = []
+        for i in range(size):
+            d = self.workdir / f"n{i}"
+            d.mkdir(parents=True, exist_ok=True)
+            self.nodes.append(NatsNode(f"tf-n{i}", free_port(), free_port(), free_port(), d))
+        for node in self.nodes:
+            node.conf.write_text(node_conf(node, self.nodes, replicas))
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def start(self) -> NatsCluster:
+        try:
+            for node in self.nodes:
+                self._launch(node)
+            for node in self.nodes:
+                self.wait_ready(node)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self, node: NatsNode) -> None:
+        node.proc = start_process([self.binary, "-c", str(node.conf)], log=node.log,
+                                  listens=[(HOST, node.client_port)], name=node.name)
+
+    def wait_ready(self, node: NatsNode, timeout: float = READY_TIMEOUT) -> None:
+        """Until `node` accepts an MQTT CONNECT (its JetStream is up). Raises: AssertionError."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not node.running:
+                raise AssertionError(f"{node.name} exited:\n{self.log_tail(node)}")
+            if mqtt_connect_probe(HOST, node.mqtt_port, timeout=5.0) == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{node.name} did not accept MQTT within {timeout:.0f} s:\n"
+                             f"{self.log_tail(node)}")
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node i by its PID, as a crash would."""
+        node = self.nodes[i]
+        if node.running:
+            node.proc.send_signal(signal.SIGKILL)
+            node.proc.wait(10)
+
+    def restart(self, i: int) -> None:
+        node = self.nodes[i]
+        self._launch(node)
+        self.wait_ready(node)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                stop_process(node.proc)
+
+    def log_tail(self, node: NatsNode, limit: int = 3000) -> str:
+        try:
+            return node.log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return "(no log)"
