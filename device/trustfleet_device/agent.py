@@ -120,6 +120,11 @@ class Config:
 class Agent:
     """Decides what to do with documents; the caller performs the actions."""
 
+    # Where signatures and documents are checked: the policy module, or an object with its
+    # four verify/load functions (the fleet simulator's cache of verified documents, keyed
+    # by their digest; every version, time and rollback rule is still applied per device).
+    policy = policy
+
     def __init__(self, config):
         self.config = config
         self.root = None
@@ -139,7 +144,7 @@ class Agent:
 
     def boot(self, root_raw, state, slot_docs, clock):
         """Start from what storage holds. Returns actions. Raises: BundleError if the root is unusable."""
-        self.root = policy.load_trusted_root(root_raw, self.config.limits, self.config.fleet)
+        self.root = self.policy.load_trusted_root(root_raw, self.config.limits, self.config.fleet)
         self.root_raw = root_raw
         self.state = slots.copy_state(state)
         self._slot_docs = slot_docs
@@ -159,7 +164,7 @@ class Agent:
 
     def _verify(self, doc, installed_version=None, now=None):
         """Verify a bundle given as bytes (in RAM) or as a source (in flash). Raises: BundleError."""
-        return policy.verify_bundle(self.root, doc, self.config.limits, installed_version, now)
+        return self.policy.verify_bundle(self.root, doc, self.config.limits, installed_version, now)
 
     def _load_active(self, slot_docs, actions, clock):
         s = self.state
@@ -407,7 +412,7 @@ class Agent:
     def offer_root(self, raw, clock):
         """The next root version arrived. Returns actions."""
         try:
-            new_root = policy.verify_root_update(self.root, raw, self.config.limits)
+            new_root = self.policy.verify_root_update(self.root, raw, self.config.limits)
         except BundleError as exc:
             return self._refuse("root", str(exc))
         old = self.root
@@ -430,8 +435,8 @@ class Agent:
     def offer_timestamp(self, raw, clock):
         """A signed timestamp arrived. Returns actions."""
         try:
-            ts = policy.verify_timestamp(self.root, raw, self.config.limits,
-                                         last_time=self.state["last_timestamp"])
+            ts = self.policy.verify_timestamp(self.root, raw, self.config.limits,
+                                              last_time=self.state["last_timestamp"])
         except BundleError as exc:
             return self._refuse("timestamp", str(exc))
         bound = self.time_bound()

@@ -65,12 +65,14 @@ def initialise(storage, root_raw, config):
 class Device:
     """One device: agent core + store + health check + clock."""
 
+    agent_class = core.Agent  # a subclass may check documents elsewhere (Agent.policy)
+
     def __init__(self, storage, config, health_check=no_endpoints, clock=None):
         self.store = slots.Store(storage)
         self.config = config
         self.health_check = health_check
         self.clock = clock
-        self.agent = core.Agent(config)
+        self.agent = self.agent_class(config)
         root = self.store.read_root()
         if root is None:
             raise StorageError("not initialised: no root.cose")

@@ -7,8 +7,8 @@ reading the socket, so a slow consumer pushes back on the broker instead of
 growing memory.
 
 What it does: CONNECT (will, username/password, clean session, keep-alive),
-SUBSCRIBE/UNSUBSCRIBE, PUBLISH at QoS 0 and 1 (QoS 1 waits for PUBACK),
-PUBACK for incoming QoS 1, PINGREQ when idle for a keep-alive period, and
+SUBSCRIBE/UNSUBSCRIBE, PUBLISH at QoS 0 and 1 (QoS 1 waits for PUBACK;
+publish_nowait sends without waiting), PUBACK for incoming QoS 1, PINGREQ when idle for a keep-alive period, and
 closing the connection when a PINGREQ gets no answer within another period.
 What it refuses: QoS 2 in either direction (a broker that sends it is
 disconnected), packets larger than `max_packet`.
@@ -19,6 +19,12 @@ publish, read with `async for topic, payload, retain in client.messages()`
 or an `on_message(topic, payload, retain)` callback (called in the loop,
 must not block), and `await disconnect()`. `closed` and `wait_closed()`
 report the end of the connection, whoever ended it.
+
+Cost per connection, for simulators with thousands of them: `connect(subscribe=...)`
+sends CONNECT and SUBSCRIBE in one write (MQTT lets a client send before
+CONNACK); whatever is written while one chunk of received data is handled
+(the PUBACK of a message and what on_message publishes in reply) goes out
+in one write at the end of that chunk.
 """
 
 from __future__ import annotations
@@ -102,6 +108,12 @@ class AioClient:
         max_packet: largest packet accepted from the broker.
     """
 
+    __slots__ = ("client_id", "host", "port", "username", "password", "keepalive", "will", "ssl",
+                 "clean_session", "on_message", "max_queued", "timeout", "session_present",
+                 "_reader", "_transport", "_loop", "_waiters", "_next_id", "_queue", "_queue_waiter",
+                 "_paused", "_closed", "_close_reason", "_timer", "_last_tx", "_last_rx",
+                 "_ping_sent", "_drained", "_corked")
+
     def __init__(self, client_id: str, host: str = "127.0.0.1", port: int = 1883, *,
                  username: str | None = None, password: str | bytes | None = None,
                  keepalive: int = 60, will: tuple | None = None, ssl=None,
@@ -144,6 +156,7 @@ class AioClient:
         self._last_rx = 0.0
         self._ping_sent: float | None = None
         self._drained: asyncio.Future | None = None   # set while the socket buffer is full
+        self._corked: list | None = None   # writes held while a received chunk is handled
 
     # --- state ---
 
@@ -162,11 +175,16 @@ class AioClient:
 
     # --- operations ---
 
-    async def connect(self) -> bool:
+    async def connect(self, subscribe: list[tuple[str, int]] | None = None):
         """Open the connection and wait for CONNACK; returns session-present.
 
-        Raises: ConnectRefused, NotConnected, AckTimeout.
+        With `subscribe` (filter, qos) pairs, SUBSCRIBE goes out in the same write as
+        CONNECT and this returns the SUBACK codes instead (as subscribe() does).
+
+        Raises: ConnectRefused, NotConnected, AckTimeout, ValueError (subscribe as in subscribe()).
         """
+        if subscribe is not None:
+            _check_filters(subscribe)
         if not self.closed:
             raise RuntimeError("already connected")
         loop = self._loop = asyncio.get_running_loop()
@@ -185,8 +203,14 @@ class AioClient:
         self._transport = transport
         self._last_rx = loop.time()
         connack = self._expect(p.CONNACK, 0)
-        self._send(p.Connect(self.client_id, p.MQTT311, self.clean_session, self.keepalive,
-                             self.username, self.password, self.will).encode())
+        data = p.Connect(self.client_id, p.MQTT311, self.clean_session, self.keepalive,
+                         self.username, self.password, self.will).encode()
+        suback = None
+        if subscribe is not None:
+            pid = self._new_id()
+            suback = self._expect(p.SUBACK, pid)
+            data += p.Subscribe(pid, [(f, p.SubOptions(q)) for f, q in subscribe]).encode(p.MQTT311)
+        self._send(data)
         try:
             ack = await self._wait(connack, "CONNACK")
         except BaseException:
@@ -198,6 +222,8 @@ class AioClient:
         self.session_present = ack.session_present
         if self.keepalive:
             self._timer = loop.call_later(self.keepalive, self._keepalive_tick)
+        if suback is not None:
+            return (await self._wait(suback, "SUBACK")).reason_codes
         return ack.session_present
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> list[int]:
@@ -205,11 +231,7 @@ class AioClient:
 
         Raises: NotConnected, AckTimeout, ValueError (QoS not 0/1, empty list).
         """
-        if not topics:
-            raise ValueError("subscribe needs at least one (filter, qos)")
-        for filt, qos in topics:
-            if qos not in (0, 1):
-                raise ValueError(f"QoS {qos} for {filt!r} not in 0..1")
+        _check_filters(topics)
         pid = self._new_id()
         future = self._expect(p.SUBACK, pid)
         self._send(p.Subscribe(pid, [(f, p.SubOptions(q)) for f, q in topics]).encode(p.MQTT311))
@@ -240,6 +262,14 @@ class AioClient:
         future = self._expect(p.PUBACK, pid)
         self._send(p.Publish(topic, payload, 1, retain, False, pid).encode(p.MQTT311))
         await self._wait(future, "PUBACK")
+
+    def publish_nowait(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+        """Publish without waiting: at QoS 1 the broker's PUBACK is read and dropped (a
+        caller that must know it arrived uses publish()). Raises: NotConnected, ValueError."""
+        if qos not in (0, 1):
+            raise ValueError(f"QoS {qos} not in 0..1")
+        pid = self._new_id() if qos else 0
+        self._send(p.Publish(topic, payload, qos, retain, False, pid).encode(p.MQTT311))
 
     async def messages(self) -> AsyncIterator[tuple[str, bytes, bool]]:
         """Yield (topic, payload, retain) until the connection closes."""
@@ -309,7 +339,10 @@ class AioClient:
     def _send(self, data: bytes) -> None:
         if self.closed or self._transport is None:
             raise NotConnected(f"not connected ({self._close_reason or 'never connected'})")
-        self._transport.write(data)
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            self._transport.write(data)
         self._last_tx = self._loop.time()
 
     def _write_paused(self, paused: bool) -> None:
@@ -325,16 +358,21 @@ class AioClient:
         self._last_rx = self._loop.time()
         self._ping_sent = None
         reader = self._reader
+        self._corked = corked = []
         try:
             reader.feed(data)
             while not self.closed:
                 frame = reader.next_frame()
                 if frame is None:
-                    return
+                    break
                 self._handle(p.decode(*frame, p.MQTT311))
         except p.PacketError as exc:
             log.warning("%s: bad packet from %s:%d: %s", self.client_id, self.host, self.port, exc)
             self._abort(f"bad packet from the broker: {exc}")
+        finally:
+            self._corked = None
+            if corked and not self.closed:
+                self._transport.write(b"".join(corked))
 
     def _handle(self, pkt) -> None:
         kind = type(pkt)
@@ -363,7 +401,7 @@ class AioClient:
             raise p.PacketError("PUBLISH at QoS 2, which this client never subscribes with",
                                 p.QOS_NOT_SUPPORTED)
         if pkt.qos == 1:
-            self._transport.write(p.Puback(pkt.packet_id).encode(p.MQTT311))
+            self._send(p.Puback(pkt.packet_id).encode(p.MQTT311))
         if self.on_message is not None:
             try:
                 self.on_message(pkt.topic, pkt.payload, pkt.retain)
@@ -421,3 +459,11 @@ class AioClient:
         waiter = self._queue_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _check_filters(topics: list[tuple[str, int]]) -> None:
+    if not topics:
+        raise ValueError("subscribe needs at least one (filter, qos)")
+    for filt, qos in topics:
+        if qos not in (0, 1):
+            raise ValueError(f"QoS {qos} for {filt!r} not in 0..1")

@@ -47,6 +47,8 @@ faults (shares are of the fleet, 0.05 or 5%; subsets are reproducible with --see
   --health-fail 0.02                health check fails on this share ...
   --health-fail-group canary        ... or on every device of a group
   --duplicate 0.1 --reorder 0.1     messages handed over again; older documents delivered around newer
+  --forge 0.01                      these devices get each bundle first with one bit flipped (must
+                                    refuse it while the rest of the fleet holds the genuine one)
   --broker-restart-at 5s            restart the broker 5 s after the new bundle first arrives
                                     (only a broker the simulator started: embedded or mosquitto)
   --broker-restart-signal kill      ... as kill -9: nothing saved, retained messages since the
@@ -130,6 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of messages handed over again")
     f.add_argument("--reorder", default="0", metavar="SHARE",
                    help="share of messages delivered after newer ones")
+    f.add_argument("--forge", default="0", metavar="SHARE",
+                   help="share of devices handed each bundle first with one bit flipped")
     f.add_argument("--broker-restart-at", metavar="DURATION",
                    help="restart the broker this long after the new bundle first arrives "
                         "(embedded or mosquitto only)")
@@ -172,6 +176,7 @@ def faults_from(args: argparse.Namespace) -> Faults:
         health_fail_group=group,
         duplicate=share(args.duplicate, "--duplicate"),
         reorder=share(args.reorder, "--reorder"),
+        forge=share(args.forge, "--forge"),
         broker_restart_at=(times.parse_duration(args.broker_restart_at, "--broker-restart-at", strict=False)
                            if args.broker_restart_at else None),
         broker_restart_signal=args.broker_restart_signal,

@@ -15,9 +15,10 @@ SAMPLE_CHAIN = "server-chain.pem"
 KEEPALIVE = 60
 
 # Fault flags per device.
-OFFLINE, STUCK, POWER_CUT, HEALTH_FAIL, DUPLICATE, REORDER = 1, 2, 4, 8, 16, 32
+OFFLINE, STUCK, POWER_CUT, HEALTH_FAIL, DUPLICATE, REORDER, FORGE = 1, 2, 4, 8, 16, 32, 64
 FLAG_NAMES = {OFFLINE: "offline", STUCK: "stuck-2000", POWER_CUT: "power-cut",
-              HEALTH_FAIL: "health-fail", DUPLICATE: "duplicate", REORDER: "reorder"}
+              HEALTH_FAIL: "health-fail", DUPLICATE: "duplicate", REORDER: "reorder",
+              FORGE: "forge"}
 
 
 # --------------------------------------------------------------------------- samples
@@ -54,6 +55,7 @@ class Faults:
     health_fail_group: str | None = None
     duplicate: float = 0.0
     reorder: float = 0.0
+    forge: float = 0.0                     # share of devices handed a forged copy of each bundle first
     broker_restart_at: float | None = None
     broker_restart_signal: str = "term"   # "term": clean stop; "kill": kill -9, state not saved
     loss: float = 0.0                      # share of messages lost (each cuts its connection)
@@ -168,7 +170,8 @@ class Plan:
                 POWER_CUT: _subset(cfg, "power-cut", f.power_cut),
                 HEALTH_FAIL: _subset(cfg, "health-fail", f.health_fail),
                 DUPLICATE: _subset(cfg, "duplicate", f.duplicate),
-                REORDER: _subset(cfg, "reorder", f.reorder)}
+                REORDER: _subset(cfg, "reorder", f.reorder),
+                FORGE: _subset(cfg, "forge", f.forge)}
         flags = []
         for i in range(cfg.devices):
             bits = 0

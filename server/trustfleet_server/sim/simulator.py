@@ -48,6 +48,11 @@ placed relative to t0:
 - duplicate: every message is handed to the session twice at once and a
   third time a moment later; reorder: a newer bundle or timestamp is held
   back, an older one the worker has seen goes first and again after it;
+- forge: each bundle is handed to the subset first with one bit of its
+  last byte (a signature) flipped, then as it came; the forged copy must be
+  refused although the worker's other devices verified the genuine one
+  (sim/shared.py keys what it remembers by the exact bytes' digest); a
+  forged copy a device accepted is counted and makes the run fail;
 - clock skew (uniform within +-skew) and stuck-2000 (the clock reads
   2000-01-01 and counts from there; firmware_time is a month-old build).
 
@@ -237,6 +242,11 @@ class Simulation:
         # Settled is not converged: a device that reverted the target without an injected
         # health-fail fault did not reach it; its health check refused the new store.
         report.converged = converged and not report.refused
+        forged = report.faults.get("forge", {}).get("accepted", 0)
+        if forged:
+            report.converged = False
+            report.why = explain(report, f"{forged} forged bundle(s) accepted by a device", [])
+            return report
         if not converged:
             cause = (f"still running at --timeout ({timeout:g} s)" if not keep_running
                      else f"not settled at the end of --keep-running ({timeout:g} s)")
@@ -343,6 +353,10 @@ class Simulation:
         if f.reorder:
             out["reorder"] = {"devices": count("reorder"),
                               "older_first": p.counters.get("reordered", 0)}
+        if f.forge:
+            out["forge"] = {"devices": count("forge"), "forged": p.counters.get("forged", 0),
+                            "refused": p.counters.get("forged_refused", 0),
+                            "accepted": p.counters.get("forged_accepted", 0)}
         if f.broker_restart_at is not None:
             out["broker_restart"] = {"at_s": f.broker_restart_at, "signal": f.broker_restart_signal,
                                      "restarts": self.restarts,

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from trustfleet_device import agent as core
-from trustfleet_device import cbor, cose, topics, trust
+from trustfleet_device import cbor, cose, topics
 from trustfleet_device.documents import Bundle
 from trustfleet_device.session import Session
 from trustfleet_device.transports import runner
@@ -22,6 +22,7 @@ from trustfleet_server.broker.aioclient import AioClient, ClientError
 from trustfleet_server.errors import UsageError
 from trustfleet_server.sim.config import (
     DUPLICATE,
+    FORGE,
     HEALTH_FAIL,
     OFFLINE,
     POWER_CUT,
@@ -34,6 +35,7 @@ from trustfleet_server.sim.config import (
     device_id,
     sample_file,
 )
+from trustfleet_server.sim.shared import HealthChecks, SharedChecks
 
 STUCK_CLOCK = 946_684_800          # 2000-01-01T00:00:00Z: what a board without RTC battery reads
 FIRMWARE_AGE = 30 * 86_400         # simulated firmware was built a month ago
@@ -165,6 +167,12 @@ def factory_image(cfg: SimConfig) -> dict[str, bytes]:
     return dict(storage.files)
 
 
+def device_class(checks: SharedChecks) -> type:
+    """runner.Device whose agent checks documents through `checks` (Agent.policy)."""
+    agent = type("SimAgent", (core.Agent,), {"policy": checks})
+    return type("SimRunnerDevice", (runner.Device,), {"agent_class": agent})
+
+
 class Worker:
     """Devices [lo, hi) of the fleet on the running event loop."""
 
@@ -181,6 +189,9 @@ class Worker:
             self.docs.intern("bundle", cfg.initial)
         self.hint = cfg.until_version or (self.initial_version or 0) + 1
         self.chain = list(cfg.chain) if cfg.chain else list(chain_ders(sample_file(SAMPLE_CHAIN)))
+        self.checks = SharedChecks()
+        self.health = HealthChecks(cfg.endpoint, self.chain)
+        self.device_class = device_class(self.checks)
         self.devices: list[SimDevice] = []
         self.first_seen: dict[int, float] = {}
         self.t0: float | None = None
@@ -218,7 +229,7 @@ class Worker:
 
     def _boot(self, d: SimDevice, storage: MemStorage) -> None:
         d.storage = storage
-        d.device = runner.Device(storage, d.config, functools.partial(self._health, d), d.clock)
+        d.device = self.device_class(storage, d.config, functools.partial(self._health, d), d.clock)
         d.session = Session(d.device, self.cfg.fleet, d.id, d.group)
         d.version = d.installed()
 
@@ -295,8 +306,7 @@ class Worker:
                 async with self._sem:
                     if self.stopping:
                         return
-                    await client.connect()
-                    codes = await client.subscribe([(t, 1) for t in d.session.subscriptions()])
+                    codes = await client.connect(subscribe=[(t, 1) for t in d.session.subscriptions()])
                 if any(c not in (0, 1) for c in codes):
                     raise ClientError(f"subscriptions refused: {codes}")
             except (ClientError, OSError) as exc:
@@ -364,6 +374,10 @@ class Worker:
             payload = doc.raw
             if kind == "bundle" and doc.version is not None:
                 self._seen(doc.version)
+        if doc is not None and kind == "bundle" and d.flags & FORGE:
+            self._forged(d, topic, doc.raw)
+            if client is not d.client or client.closed or d.reboot is not None:
+                return
         if doc is not None and d.flags & REORDER:
             older = self.docs.older(doc)
             if older is not None:
@@ -379,6 +393,17 @@ class Worker:
             self._feed(d, kind, topic, payload)
             asyncio.get_running_loop().call_later(
                 self.rng.uniform(*REDELIVER_DELAY), self._feed_later, d, client, kind, topic, (payload,))
+
+    def _forged(self, d: SimDevice, topic: str, raw: bytes) -> None:
+        """Hand the device `raw` with one bit of its last byte flipped: it must refuse it."""
+        before, busy = d.device.active_bundle(), d.device.busy()
+        self.counters["forged"] += 1
+        self._feed(d, "bundle", topic, raw[:-1] + bytes([raw[-1] ^ 1]))
+        if d.device is not None and (d.device.active_bundle() is not before or d.device.busy() != busy):
+            self.counters["forged_accepted"] += 1
+            self.last_error = f"{d.id} accepted a forged bundle"
+        else:
+            self.counters["forged_refused"] += 1
 
     def _feed_later(self, d: SimDevice, client: AioClient, kind: str, topic: str,
                     payloads: tuple[bytes, ...]) -> None:
@@ -419,6 +444,15 @@ class Worker:
 
     def _send(self, d: SimDevice, client: AioClient | None, messages: list) -> None:
         if not messages or client is None or client.closed:
+            return
+        if not self.cfg.faults.latency:
+            # Written at once (with the PUBACK of the message being handled, if any); the
+            # broker's PUBACK is not waited for: a status lost with its connection goes out
+            # again after the reconnect (Session.connected).
+            for topic, payload, retain, qos in messages:
+                if client.closed or self._lost(client):
+                    return
+                client.publish_nowait(topic, payload, retain, qos)
             return
         task = asyncio.get_running_loop().create_task(self._publish(client, messages))
         self._tasks.add(task)
@@ -471,7 +505,7 @@ class Worker:
         host = self.cfg.endpoint
         if d.flags & HEALTH_FAIL:
             return False, f"TLS to {host}:443 failed (simulated: health-fail subset)"
-        decision = trust.TrustStore(bundle).evaluate(host, self.chain, trusted_time)
+        decision = self.health.decide(bundle, trusted_time)
         if decision.accepted():
             return True, f"{host}: {decision.result}"
         why = f"TLS to {host}:443 refused: {decision.reason}"
