@@ -16,7 +16,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[1]
@@ -607,6 +607,36 @@ def test_fast_and_pure_decoders_agree_on_mutated_encodings(value, edits):
     data = mutate(cbor.encode(value), edits)
     for tags in ((), COSE_TAGS):
         assert outcome(cbor.decode, data, tags) == outcome(cbor.decode_pure, data, tags), data.hex()
+
+
+small_limits = st.builds(
+    lambda depth, items, total, string: DEFAULT.replace(
+        max_depth=depth, max_items=items, max_total_items=total, max_string=string
+    ),
+    st.integers(min_value=0, max_value=4),
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=0, max_value=16),
+)
+
+
+def outcome_under(decode, data: bytes, tags, limits):
+    try:
+        return ("ok", shape(decode(data, limits, tags)))
+    except DecodeError as exc:
+        return ("refused", type(exc).__name__)
+
+
+@PROPERTY
+@given(values, small_limits)
+@example([[1, 2, 3, 4, 5]], DEFAULT.replace(max_items=3))  # an inner array over max_items
+def test_fast_and_pure_decoders_agree_under_small_limits(value, limits):
+    # The fast path's shortcuts (short arrays walked inline, map shapes checked once,
+    # the outer tag read by hand) must apply every cap exactly as the strict decoder does.
+    data = cbor.encode(value)
+    for tags in ((), COSE_TAGS):
+        fast = outcome_under(cbor.decode, data, tags, limits)
+        assert fast == outcome_under(cbor.decode_pure, data, tags, limits), data.hex()
 
 
 # ------------------------------------------------------------------ fuzz

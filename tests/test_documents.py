@@ -513,3 +513,56 @@ def test_an_accepted_root_prepares_its_bundle_keys_on_the_pure_path(fresh_repo, 
     monkeypatch.setattr(p256, "_q_cache", {})
     policy.load_trusted_root(r.root_raw)
     assert p256._q_cache == {}
+
+
+
+# Values for each pin-set field: the first is good, the rest are what each check refuses.
+PIN_A, PIN_B = b"\x01" * 32, b"\x02" * 32
+PINSET_VALUES = {
+    "domain": ["api.acme.example", "a", "", ".acme.example", "acme.example.", "a..b", "API.acme",
+               "a" * 253, "a" * 254, b"acme.example", None],
+    "subdomains": [False, True, 0, None],
+    "pins": [[PIN_A, PIN_B], [PIN_A], [], [PIN_A, PIN_A], [PIN_A, PIN_B[:31]], [PIN_A, "x" * 32],
+             [PIN_B[:31], PIN_A], [PIN_A, PIN_B, b"\x03" * 32], [PIN_A, PIN_B, PIN_A],
+             [bytes([i]) * 32 for i in range(9)], [bytes([i]) * 32 for i in range(17)],
+             (PIN_A, PIN_B), None],
+    "expires": [1_900_000_000, 0, -1, True, "1", None],
+    "mode": ["enforce", "report", "audit", b"enforce", None],
+    "report_to": [[], ["https://r.example/x"], ["u"] * 4, ["u"] * 5, ["x" * 512], ["x" * 513], [1],
+                  "u", None],
+    "allow_single_pin": [None, True, False, 1],
+}
+
+
+def test_pinset_fast_path_accepts_and_refuses_exactly_like_the_field_by_field_parse():
+    """parse_pinset checks the usual pin-set in one pass and leaves the rest to _pinset_fields:
+    for every change of one or two fields, with a field dropped or an unknown one added, both
+    give the same PinSet or the same error with the same message."""
+    from trustfleet_device import documents as device_docs
+
+    changes = [(k, v) for k, vs in PINSET_VALUES.items() for v in vs]
+    good = {k: vs[0] for k, vs in PINSET_VALUES.items() if vs[0] is not None}
+
+    def outcome(parse, value, caps):
+        try:
+            p = parse(dict(value), caps, 3)
+        except DecodeError as exc:
+            return type(exc).__name__, str(exc)
+        return p.domain, p.subdomains, p.pins, p.expires, p.mode, p.report_to, p.allow_single_pin
+
+    seen = set()
+    for i, (k1, v1) in enumerate(changes):
+        for k2, v2 in changes[i:]:
+            for extra in (None, "extra", *good):
+                value = dict(good)
+                value[k1] = v1
+                value[k2] = v2
+                if extra == "extra":
+                    value["extra"] = 1
+                elif extra is not None:
+                    del value[extra]
+                for caps in (limits.DEFAULT, limits.SMALL):
+                    got = outcome(device_docs.parse_pinset, value, caps)
+                    assert got == outcome(device_docs._pinset_fields, value, caps), value
+                    seen.add(len(got))
+    assert seen == {2, 7}  # both accepted and refused pin-sets were met

@@ -293,19 +293,18 @@ def sig_structure_prefix(tag, body_protected, sign_protected, external_aad, payl
     is ignored for COSE_Sign1. The payload comes last in both structures, so
     a device can hash this prefix and then stream the payload from flash.
     """
-    parts = []
+    body = _sig_bucket(body_protected)
     if tag == TAG_SIGN:
-        parts.append(cbor.head(4, 5))
-        parts.append(cbor.encode("Signature"))
-        parts.append(cbor.encode(_sig_bucket(body_protected)))
-        parts.append(cbor.encode(_sig_bucket(sign_protected)))
+        sign = _sig_bucket(sign_protected)
+        parts = (_SIGN_CONTEXT, cbor.head(2, len(body)), body, cbor.head(2, len(sign)), sign)
     else:
-        parts.append(cbor.head(4, 4))
-        parts.append(cbor.encode("Signature1"))
-        parts.append(cbor.encode(_sig_bucket(body_protected)))
-    parts.append(cbor.encode(external_aad))
-    parts.append(cbor.head(2, payload_length))
-    return b"".join(parts)
+        parts = (_SIGN1_CONTEXT, cbor.head(2, len(body)), body)
+    return b"".join(parts) + cbor.head(2, len(external_aad)) + external_aad + cbor.head(2, payload_length)
+
+
+# The Sig_structure's array head and context string, encoded once.
+_SIGN_CONTEXT = b"\x85\x69Signature"
+_SIGN1_CONTEXT = b"\x84\x6aSignature1"
 
 
 def tbs_prefix(msg, signer, external_aad=b""):

@@ -390,6 +390,56 @@ def _anchor_other(value, index):
 
 def parse_pinset(value, limits=DEFAULT, index=0):
     """Parse one pin-set map. Raises: DecodeError."""
+    # The common case in one pass, with no message built; anything it does not
+    # accept goes through _pinset_fields, which accepts exactly the same maps and
+    # names what is wrong.
+    if type(value) is dict:
+        domain = value.get("domain")
+        subdomains = value.get("subdomains")
+        pins = value.get("pins")
+        expires = value.get("expires")
+        mode = value.get("mode")
+        report_to = value.get("report_to")
+        single = value.get("allow_single_pin")
+        if (len(value) == (6 if single is None else 7)
+                and type(domain) is str and 0 < len(domain) <= MAX_DOMAIN and domain[0] != "."
+                and domain[-1] != "." and ".." not in domain and not domain.strip(_DNS_CHARS)
+                and (subdomains is True or subdomains is False)
+                and type(pins) is list and _pins_ok(pins, limits.max_pins, single)
+                and type(expires) is int and expires >= 0
+                and type(mode) is str and mode in MODES
+                and type(report_to) is list and len(report_to) <= MAX_REPORT_URIS
+                and (not report_to or _uris_ok(report_to))
+                and (single is None or single is True or single is False)):
+            return PinSet(domain, subdomains, pins, expires, mode, report_to, single is True)
+    return _pinset_fields(value, limits, index)
+
+
+def _pins_ok(pins, most, single):
+    """True for 2..most distinct 32-byte pins (or one, when allow_single_pin is true)."""
+    n = len(pins)
+    if n == 2 and most >= 2:
+        # A primary and a backup: the usual pin-set.
+        a, b = pins
+        return type(a) is bytes and type(b) is bytes and len(a) == 32 and len(b) == 32 and a != b
+    if n > most or n == 0 or (n == 1 and single is not True):
+        return False
+    for i in range(n):
+        pin = pins[i]
+        if type(pin) is not bytes or len(pin) != 32 or pins.index(pin) != i:
+            return False
+    return True
+
+
+def _uris_ok(uris):
+    for uri in uris:
+        if type(uri) is not str or len(uri) > MAX_URI:
+            return False
+    return True
+
+
+def _pinset_fields(value, limits, index):
+    """parse_pinset field by field, with the precise reason for a refusal."""
     where = "bundle.pinsets[%d]" % index
     f = Fields(value, where, PINSET_FIELDS)
     domain = f.text("domain", MAX_DOMAIN)

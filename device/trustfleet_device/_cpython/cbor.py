@@ -67,38 +67,59 @@ def _head_len(n):
     raise _NotStrict
 
 
-# Encoded text keys, for the order check. Payload keys repeat a lot
-# ("domain", "pins", ...), so this stays tiny and saves most of the work.
 _FROZENDICT = getattr(cbor2, "frozendict", dict)
 
-_KEY_CACHE = {}
-_KEY_CACHE_MAX = 512
+# Maps of the same shape repeat (every pin-set has the same keys in the same
+# order), so the order check runs once per shape: a tuple of text keys maps to
+# (bytes their encodings take, longest key in bytes). Only all-text shapes are
+# kept: a text key equals nothing but the same text, whereas True == 1.
+_SHAPES = {}
+_SHAPES_MAX = 256
 
 
-def _text_key(k, max_string):
-    raw = _KEY_CACHE.get(k)
-    if raw is None:
-        body = k.encode("utf-8")
-        if len(body) > max_string:
+def _key_shape(v, max_string):
+    """Bytes v's keys take encoded, after checking their types, sizes and strict order."""
+    total = 0
+    longest = 0
+    text = True
+    previous = None
+    for k in v:
+        tk = type(k)
+        if tk is str:
+            body = k.encode("utf-8")
+            n = len(body)
+            if n > max_string:
+                raise _NotStrict
+            if n > longest:
+                longest = n
+            key = head(3, n) + body
+        elif tk is int:
+            text = False
+            key = head(0, k) if k >= 0 else head(1, -1 - k)
+        else:
             raise _NotStrict
-        raw = head(3, len(body)) + body
-        if len(_KEY_CACHE) < _KEY_CACHE_MAX:
-            _KEY_CACHE[k] = raw
-    return raw
+        if previous is not None and key <= previous:
+            raise _NotStrict
+        previous = key
+        total += len(key)
+    if text and len(_SHAPES) < _SHAPES_MAX:
+        _SHAPES[tuple(v)] = (total, longest)
+    return total
 
 
-def _walk(value, limits, tags):
-    """Return (deterministic encoded size of value, number of items), checking every rule."""
+def _walk(value, limits, tags, depth=0, items=1):
+    """Return (deterministic encoded size of value, whether it holds a tag), checking every rule.
+
+    `value` sits at `depth`; `items` data items were counted before it (1: itself).
+    """
     max_depth = limits.max_depth
     max_items = limits.max_items
-    max_string = limits.max_string
-    items = [1]
-
-    def text_size(v):
-        n = len(v) if v.isascii() else len(v.encode("utf-8"))
-        if n > max_string:
-            raise _NotStrict
-        return n + _head_len(n)
+    # Every inline size below assumes a string under 2**32 bytes; a larger cap
+    # only sends such a string to the strict decoder.
+    max_string = limits.max_string if limits.max_string < 0x100000000 else 0xFFFFFFFF
+    # Arrays this short are walked inline (anchors): a one-byte head, and never over max_items.
+    short = 24 if max_items >= 23 else max_items + 1
+    state = [items, False]  # data items so far; whether a tag was met
 
     def size(v, depth):
         # `v` sits at `depth`, which the caller has checked against max_depth.
@@ -107,9 +128,12 @@ def _walk(value, limits, tags):
             n = len(v)
             if n > max_string:
                 raise _NotStrict
-            return n + _head_len(n)
+            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
         if t is str:
-            return text_size(v)
+            n = len(v) if v.isascii() else len(v.encode("utf-8"))
+            if n > max_string:
+                raise _NotStrict
+            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
         if t is int:
             return _head_len(v) if v >= 0 else _head_len(-1 - v)
         if t is bool or v is None:
@@ -119,7 +143,7 @@ def _walk(value, limits, tags):
             n = len(v)
             if n > max_items or (n and depth + 1 > max_depth):
                 raise _NotStrict
-            items[0] += n
+            state[0] += n
             total = _head_len(n)
             d = depth + 1
             for x in v:
@@ -128,13 +152,17 @@ def _walk(value, limits, tags):
                     m = len(x)
                     if m > max_string:
                         raise _NotStrict
-                    # max_string < 2**32, so at most a 5-byte head.
                     total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
                 elif tx is int and 0 <= x < 0x100000000:
                     total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
-                elif tx is list and d < max_depth and len(x) < 24:
+                elif tx is str and x.isascii():
+                    m = len(x)
+                    if m > max_string:
+                        raise _NotStrict
+                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                elif tx is list and len(x) < short and d < max_depth:
                     # Arrays of short arrays (anchors) dominate bundles: one level inline.
-                    items[0] += len(x)
+                    state[0] += len(x)
                     total += 1
                     for y in x:
                         ty = type(y)
@@ -155,34 +183,57 @@ def _walk(value, limits, tags):
             n = len(v)
             if n > max_items or (n and depth + 1 > max_depth):
                 raise _NotStrict
-            items[0] += 2 * n
-            total = _head_len(n)
+            state[0] += 2 * n
+            shape = _SHAPES.get(tuple(v))
+            if shape is not None and shape[1] <= max_string:
+                total = _head_len(n) + shape[0]
+            else:
+                total = _head_len(n) + _key_shape(v, max_string)
             d = depth + 1
-            previous = None
-            for k, x in v.items():
-                tk = type(k)
-                if tk is str:
-                    key = _text_key(k, max_string)
-                elif tk is int:
-                    key = head(0, k) if k >= 0 else head(1, -1 - k)
+            for x in v.values():
+                tx = type(x)
+                if tx is str and x.isascii():
+                    m = len(x)
+                    if m > max_string:
+                        raise _NotStrict
+                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                elif tx is bool:
+                    total += 1
+                elif tx is int and 0 <= x < 0x100000000:
+                    total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
+                elif tx is list and len(x) < short and d < max_depth:
+                    # Short arrays of strings (pins, URIs) inline too.
+                    state[0] += len(x)
+                    total += 1
+                    for y in x:
+                        ty = type(y)
+                        if ty is bytes:
+                            m = len(y)
+                            if m > max_string:
+                                raise _NotStrict
+                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                        elif ty is str and y.isascii():
+                            m = len(y)
+                            if m > max_string:
+                                raise _NotStrict
+                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                        else:
+                            total += size(y, d + 1)
                 else:
-                    raise _NotStrict
-                if previous is not None and key <= previous:
-                    raise _NotStrict
-                previous = key
-                total += len(key) + size(x, d)
+                    total += size(x, d)
             return total
         if t is cbor2.CBORTag:
             if v.tag not in tags or depth + 1 > max_depth:
                 raise _NotStrict
-            items[0] += 1
+            state[0] += 1
+            state[1] = True
             return _head_len(v.tag) + size(v.value, depth + 1)
         raise _NotStrict
 
-    total = size(value, 0)
-    if items[0] > limits.max_total_items:
+    total = size(value, depth)
+    if state[0] > limits.max_total_items:
         raise _NotStrict
-    return total
+    return total, state[1]
 
 
 def _convert_tags(value):
@@ -197,17 +248,51 @@ def _convert_tags(value):
     return value
 
 
+def _outer_tag(data, tags):
+    """(tag number, its head's length) when data starts with an allowed tag in shortest form, else (None, 0)."""
+    first = data[0]
+    if first >> 5 != 6:
+        return None, 0
+    ai = first & 0x1F
+    if ai < 24:
+        number, start = ai, 1
+    elif ai == 24 and len(data) > 2:
+        number, start = data[1], 2
+    elif ai == 25 and len(data) > 3:
+        number, start = (data[1] << 8) | data[2], 3
+    else:
+        return None, 0
+    if number not in tags or _head_len(number) != start:
+        return None, 0
+    return number, start
+
+
 def decode(data, limits, tags):
     """Same contract as cbor.decode. Raises: DecodeError."""
-    if len(data) <= limits.max_document:
+    if 0 < len(data) <= limits.max_document:
         try:
             fp = BytesIO(data)
+            # A tag around the whole document (COSE) is read here, so cbor2 hands back
+            # mutable lists and dicts: under a tag it builds tuples and frozendicts,
+            # which would all have to be copied.
+            number, start = _outer_tag(data, tags) if tags else (None, 0)
+            if number is not None:
+                if limits.max_depth < 1:
+                    raise _NotStrict
+                fp.seek(start)
             value = cbor2.CBORDecoder(
                 fp, allow_indefinite=False, allow_duplicate_keys=False,
                 max_depth=limits.max_depth + 2, semantic_decoders=_NO_SEMANTICS,
             ).decode()
-            if _walk(value, limits, tags) == len(data):
-                return _convert_tags(value) if tags else value
+            if number is None:
+                total, tagged = _walk(value, limits, tags)
+            else:
+                total, tagged = _walk(value, limits, tags, 1, 2)
+                total += start
+            if total == len(data):
+                if tagged:
+                    value = _convert_tags(value)
+                return value if number is None else Tag(number, value)
         except (_NotStrict, Exception):  # noqa: BLE001 - any doubt goes to the strict decoder
             pass
     return Decoder(data, limits, tags).decode_all()
