@@ -91,8 +91,26 @@ def craft_signature(d, e, k):
     return raw_signature(r, s)
 
 
+def pure_everywhere(point, digest, sig):
+    """The pure verdict, after checking that both layouts, prepared or not, give the same one."""
+    verdicts = []
+    wide = p256._WIDE
+    try:
+        for layout in (True, False):
+            p256._WIDE = layout
+            p256.clear_caches()
+            verdicts.append(p256.verify_digest_pure(point, digest, sig))
+            p256.prepare([point])  # the key is valid: verify_digest_pure did not raise
+            verdicts.append(p256.verify_digest_pure(point, digest, sig))
+    finally:
+        p256._WIDE = wide
+        p256.clear_caches()
+    assert len(set(verdicts)) == 1, verdicts
+    return verdicts[0]
+
+
 def both_paths(point, digest, sig):
-    return p256.verify_digest_pure(point, digest, sig), p256.verify_digest_fast(point, digest, sig)
+    return pure_everywhere(point, digest, sig), p256.verify_digest_fast(point, digest, sig)
 
 
 # --- Wycheproof -------------------------------------------------------------

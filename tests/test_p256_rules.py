@@ -105,17 +105,25 @@ def key_meeting(target, e, r, s):
 
 
 def pure_on_every_path(point, digest, sig):
-    """The pure verdict, after checking that both key paths agree on it.
+    """The pure verdict, after checking that every layout and key path agrees on it.
 
-    Not prepared (chunk-0 table for this call only, one long chain), and
-    prepared (full tables, the 30-doubling chain).
+    The board's layout (_WIDE False: 29-bit chunks) and CPython's (_WIDE True:
+    one wNAF, 8-bit chunks), each with the key not prepared (a table for this
+    call only, one long chain) and prepared (full tables, a short chain).
     """
-    p256.clear_caches()
-    verdicts = [p256.verify_digest_pure(point, digest, sig) for _ in range(2)]
-    assert p256.prepare([point]) == 1
-    verdicts.append(p256.verify_digest_pure(point, digest, sig))
-    p256.clear_caches()
-    assert verdicts in ([True] * 3, [False] * 3), verdicts
+    verdicts = []
+    wide = p256._WIDE
+    try:
+        for layout in (False, True):
+            p256._WIDE = layout
+            p256.clear_caches()
+            verdicts += [p256.verify_digest_pure(point, digest, sig) for _ in range(2)]
+            assert p256.prepare([point]) == 1
+            verdicts.append(p256.verify_digest_pure(point, digest, sig))
+    finally:
+        p256._WIDE = wide
+        p256.clear_caches()
+    assert verdicts in ([True] * 6, [False] * 6), verdicts
     return verdicts[0]
 
 
@@ -410,6 +418,27 @@ def test_same_x_addition_in_the_middle_of_a_position_keeps_going(key_sign, u1):
     assert both(q, e, raw(r, r - 1)) == (False, False)
 
 
+@pytest.mark.parametrize("key_sign", [1, -1], ids=["doubles", "cancels"])
+@pytest.mark.parametrize(
+    "u1, key",
+    [(1 + 2**16, 1), (2**9 - 1, 2**9), (N - 3, 1), (N - 2**8 - 1, 2**8)],
+    ids=["1+2^16", "2^9-1", "n-3", "n-2^8-1"],
+)
+def test_same_x_addition_in_the_wide_layout_keeps_going(key_sign, u1, key):
+    # Wide layout, u2 = 1: Q's one digit goes first at position 0, prepared or not; G's
+    # digit at bit b goes to position b mod 8. u1 = 1 + 2^16: G (bit 0) then 2^16*G (bit 16)
+    # after Q at position 0, so Q = G doubles and Q = -G cancels to infinity before 2^16*G
+    # arrives. u1 = 2^9 - 1: digit +1 at bit 9 (position 1, 2^8*G, doubled once: 2^9*G),
+    # then Q = +-2^9*G doubles or cancels at position 0 before -G (bit 0). u1 = n - 3 and
+    # n - 2^8 - 1 end in a digit at bit 256 (chunk 32, position 0).
+    q = mul(key, G) if key_sign == 1 else neg(mul(key, G))
+    target = mul((u1 + key_sign * key) % N, G)
+    r = target[0] % N
+    e = u1 * r % N
+    assert both(q, e, raw(r, r)) == (True, True)
+    assert both(q, e, raw(r, r - 1)) == (False, False)
+
+
 def test_add_mixed_handles_infinity_doubling_and_negation():
     def affine(jac):
         X, Y, Z = jac
@@ -450,19 +479,36 @@ def signed_by(d, e):
 
 
 def counting_builds(monkeypatch):
-    """Record (x, y, window, split) of every table build p256 does from now on."""
+    """Record the arguments of every table build p256 does from now on."""
     built = []
     real = p256._build_tables
 
-    def counting(x, y, window, split):
-        built.append((x, y, window, split))
-        return real(x, y, window, split)
+    def counting(*args):
+        built.append(args)
+        return real(*args)
 
     monkeypatch.setattr(p256, "_build_tables", counting)
     return built
 
 
+@pytest.fixture(params=[False, True], ids=["board layout", "wide layout"])
+def layout(request, monkeypatch):
+    """Run the test in one layout; return (cold build args, prepared build args, table size).
+
+    The build arguments leave out the point: (window, split) or (window, split, bits).
+    """
+    monkeypatch.setattr(p256, "_WIDE", request.param)
+    monkeypatch.setattr(p256, "_q_cache", {})
+    if request.param:
+        yield ((p256._W_COLD_WINDOW, 1, p256._W_BITS),
+               (p256._W_Q_WINDOW, p256._W_CHUNKS, p256._W_BITS), 33 * 16)
+    else:
+        yield (p256._Q_WINDOW, 1), (p256._Q_WINDOW, p256._SPLIT), 64 * 9 * 8
+    p256.clear_caches()
+
+
 def test_generator_tables_are_constants_and_never_built(monkeypatch):
+    monkeypatch.setattr(p256, "_WIDE", False)
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
@@ -472,7 +518,56 @@ def test_generator_tables_are_constants_and_never_built(monkeypatch):
     p256.clear_caches()
 
 
-def test_a_key_not_prepared_gets_a_chunk_zero_table_per_call_and_nothing_kept(monkeypatch):
+def test_wide_generator_table_is_built_once_and_survives_clear_caches(monkeypatch):
+    monkeypatch.setattr(p256, "_WIDE", True)
+    monkeypatch.setattr(p256, "_wide_g", [])
+    p256.clear_caches()
+    built = counting_builds(monkeypatch)
+    q, sig = signed_by(5, 99)
+    for _ in range(3):
+        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), sig)
+        p256.clear_caches()
+    g_builds = [b for b in built if b[:2] == G]
+    assert g_builds == [(G[0], G[1], 9, 33, 8)]
+    assert len(p256._wide_g) == 1 and len(p256._wide_g[0]) == 33 * 128
+
+
+def test_wide_generator_table_holds_the_odd_multiples_of_each_chunk_base():
+    # Chunk i, entry j is (2j + 1) * 2^(8 i) * G: every chunk's first and last
+    # entries and a spread of the others, against the reference arithmetic.
+    table = p256._g_wide()
+    picks = [(i, j) for i in range(33) for j in (0, 127)] + [(i, (37 * i) % 128) for i in range(33)]
+    for i, j in picks:
+        assert table[i * 128 + j] == mul((2 * j + 1) << (8 * i), G), (i, j)
+
+
+def test_the_wide_layout_never_runs_euclid_and_the_board_layout_always_does(monkeypatch):
+    calls = []
+    real = p256._inverse
+
+    def counting(a, m):
+        calls.append(m)
+        return real(a, m)
+
+    monkeypatch.setattr(p256, "_inverse", counting)
+    q, sig = signed_by(6, 66)
+    for wide in (True, False):
+        monkeypatch.setattr(p256, "_WIDE", wide)
+        p256.clear_caches()
+        assert p256.verify_digest_pure(encode(q), (66).to_bytes(32, "big"), sig)
+        assert p256.prepare([encode(q)]) == 1
+        assert p256.verify_digest_pure(encode(q), (66).to_bytes(32, "big"), sig)
+        if wide:
+            assert calls == []
+    # Board: s^-1 mod n per verify, two table inversions per build.
+    assert calls == [N, P, P, P, P, N]
+    p256.clear_caches()
+
+
+def test_a_key_not_prepared_gets_a_chunk_zero_table_per_call_and_nothing_kept(
+    monkeypatch, layout
+):
+    cold, _, _ = layout
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
@@ -481,7 +576,7 @@ def test_a_key_not_prepared_gets_a_chunk_zero_table_per_call_and_nothing_kept(mo
     for i in range(3):
         assert p256.verify_digest_pure(bytearray(key) if i else key, digest, sig)
         assert p256.verify_digest_fast(key, digest, sig)
-    assert built == [(q[0], q[1], p256._Q_WINDOW, 1)] * 3
+    assert [b for b in built if b[:2] != G] == [(q[0], q[1]) + cold] * 3
     assert p256._q_cache == {}
     assert list(p256._fast_cache) == [key]
     assert p256._fast_key(key) is p256._fast_key(bytearray(key))
@@ -489,16 +584,18 @@ def test_a_key_not_prepared_gets_a_chunk_zero_table_per_call_and_nothing_kept(mo
     assert p256._fast_cache == {}
 
 
-def test_a_prepared_key_is_built_once_and_clear_caches_drops_it(monkeypatch):
+def test_a_prepared_key_is_built_once_and_clear_caches_drops_it(monkeypatch, layout):
+    cold, prepared, size = layout
     p256.clear_caches()
+    p256.verify_digest_pure(encode(G), bytes(32), raw(1, 1))  # G's wide table, if any, now
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
     digest = (99).to_bytes(32, "big")
     key = encode(q)
     assert p256.prepare([bytearray(key)]) == 1
-    assert built == [(q[0], q[1], p256._Q_WINDOW, p256._SPLIT)]
+    assert built == [(q[0], q[1]) + prepared]
     assert list(p256._q_cache) == [key]
-    assert len(p256._q_cache[key]) == 64 * p256._SPLIT << (p256._Q_WINDOW - 2)
+    assert len(p256._q_cache[key]) == size
     for _ in range(3):
         assert p256.verify_digest_pure(key, digest, sig)
         assert not p256.verify_digest_pure(key, digest, raw(1, 1))
@@ -506,10 +603,10 @@ def test_a_prepared_key_is_built_once_and_clear_caches_drops_it(monkeypatch):
     p256.clear_caches()
     assert p256._q_cache == {}
     assert p256.verify_digest_pure(key, digest, sig)
-    assert built[1:] == [(q[0], q[1], p256._Q_WINDOW, 1)]
+    assert built[1:] == [(q[0], q[1]) + cold]
 
 
-def test_a_malformed_signature_builds_nothing(monkeypatch):
+def test_a_malformed_signature_builds_nothing(monkeypatch, layout):
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
@@ -518,24 +615,25 @@ def test_a_malformed_signature_builds_nothing(monkeypatch):
     assert built == [] and p256._q_cache == {}
 
 
-def test_prepared_keys_stay_however_many_other_keys_verify(monkeypatch):
+def test_prepared_keys_stay_however_many_other_keys_verify(monkeypatch, layout):
+    cold, _, _ = layout
     p256.clear_caches()
     digest = (77).to_bytes(32, "big")
     kept = [signed_by(d, 77) for d in range(21, 21 + p256._Q_CACHE_MAX)]
     assert p256.prepare([encode(q) for q, _ in kept]) == p256._Q_CACHE_MAX
     tables = dict(p256._q_cache)
     built = counting_builds(monkeypatch)
-    for d in range(40, 45):
+    for d in range(100, 105):  # not among the kept ones
         q, sig = signed_by(d, 77)
         assert p256.verify_digest_pure(encode(q), digest, sig)
     assert p256._q_cache == tables
     for q, sig in kept:
         assert p256.verify_digest_pure(encode(q), digest, sig)
-    assert all(b[3] == 1 for b in built)  # only the chunk-0 tables of the others
+    assert [b[2:] for b in built if b[:2] != G] == [cold] * 5  # only the others' own tables
     p256.clear_caches()
 
 
-def test_prepare_replaces_the_kept_set_reuses_tables_and_stops_at_the_limit(monkeypatch):
+def test_prepare_replaces_the_kept_set_reuses_tables_and_stops_at_the_limit(monkeypatch, layout):
     p256.clear_caches()
     keys = [encode(mul(d, G)) for d in range(31, 31 + p256._Q_CACHE_MAX + 2)]
     built = counting_builds(monkeypatch)
@@ -623,6 +721,7 @@ def test_micropython_build_keeps_tables_within_the_ram_budget_and_still_verifies
     # keys; the verdicts must not depend on that.
     mp = p256_as_on_micropython(monkeypatch)
     assert (mp._Q_CACHE_MAX, p256._Q_CACHE_MAX) == (2, 32)
+    assert (mp._WIDE, p256._WIDE) == (False, True)
     assert mp._G_TABLES == p256._G_TABLES
     keys = [encode(signed_by(d, 0)[0]) for d in (3, 4, 5)]
     assert mp.prepare(keys) == 2

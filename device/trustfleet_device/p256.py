@@ -112,6 +112,32 @@ _CHUNK_BITS = const(29)
 _CHUNK_MASK = const(0x1FFFFFFF)
 _G_WINDOW = const(6)
 _Q_WINDOW = const(5)
+# Wide layout, CPython only (_WIDE): memory is plentiful there and every
+# Python operation costs far more than the big-int arithmetic inside it, so
+# tables trade memory for additions and doublings. Scalars are recoded in one
+# wNAF over all 256 bits (big ints are cheap on CPython; on a 32-bit port
+# they allocate, hence the 29-bit chunks above). A digit at bit b goes in at
+# position b mod 8 of a chain of 7 doublings, from the table of 2^(8 (b // 8))
+# times the base point; 33 such chunks cover bit 256, where a wNAF of a 256-bit
+# scalar can end.
+# - G: window 9, 33 * 128 affine points (about 780 KB as ints), built once per
+#   process at the first wide verify (tens of ms), as python-ecdsa builds its
+#   generator table at first use.
+# - prepared keys: window 6, 33 * 16 = 528 points, about 95 KB per key as ints;
+#   at most _Q_CACHE_MAX (32) keys, so at most about 3 MB.
+# - any other key: the odd multiples 1, 3, .., 15 of the key (window 5, built
+#   per call, 8 points) and one chain of 256 doublings; G's digits still come
+#   from G's wide table.
+# On MicroPython nothing changes: the board keeps the small layout above.
+_WIDE = sys.implementation.name != "micropython"
+_W_BITS = const(8)
+_W_SLOT = const(7)  # position of a digit in the chain: bit & _W_SLOT
+_W_SHIFT = const(3)  # its chunk: bit >> _W_SHIFT
+_W_CHUNKS = const(33)
+_W_G_WINDOW = const(9)
+_W_Q_WINDOW = const(6)
+_W_COLD_WINDOW = const(5)
+_W_COLD_SLOTS = const(511)  # key not prepared: every bit is its own position (bit & 511 == bit)
 if sys.implementation.name == "micropython":
     _Q_CACHE_MAX = 2  # 9,216 bytes; the firmware's previous G + 2 keys held 10,896
 else:
@@ -120,6 +146,7 @@ _FAST_CACHE_MAX = const(64)
 
 _q_cache = {}
 _fast_cache = {}
+_wide_g = []  # G's wide table once built (CPython)
 
 
 def clear_caches():
@@ -146,7 +173,10 @@ def prepare(points):
             tables = _q_cache.get(key)
             if tables is None:
                 x, y = decode_point(key)
-                tables = _build_tables(x, y, _Q_WINDOW, _SPLIT)
+                if _WIDE:
+                    tables = _build_tables(x, y, _W_Q_WINDOW, _W_CHUNKS, _W_BITS)
+                else:
+                    tables = _build_tables(x, y, _Q_WINDOW, _SPLIT)
             keep[key] = tables
     _q_cache.clear()
     for key in keep:
@@ -294,6 +324,13 @@ def _inverse(a, m):
     return s1 % m
 
 
+def _invert(a, m):
+    """Return a^-1 mod m: CPython's pow (C) in the wide layout, _inverse everywhere else."""
+    if _WIDE:
+        return pow(a, -1, m)
+    return _inverse(a, m)
+
+
 def _to_affine(points, out=None):
     """Return the Jacobian points (none at infinity) as affine (x, y) with one inversion.
 
@@ -308,7 +345,7 @@ def _to_affine(points, out=None):
     for i in range(len(points)):
         acc = acc * points[i][2] % p
         prefix[i] = acc
-    inv = _inverse(acc, p)
+    inv = _invert(acc, p)
     if out is None:
         coords = [None] * len(points)
     for i in range(len(points) - 1, -1, -1):
@@ -325,11 +362,13 @@ def _to_affine(points, out=None):
     return coords if out is None else out
 
 
-def _build_tables(x, y, window, split):
+def _build_tables(x, y, window, split, bits=0):
     """Return the wNAF tables of (x, y) for `split` chunks, 64 bytes per affine point (x||y).
 
     Chunk i holds 2^(w-2) points from point index i * 2^(w-2): the odd
-    multiples 1, 3, .. (2^(w-1) - 1) of 2^(29 i)*(x, y). Bytes, not ints:
+    multiples 1, 3, .. (2^(w-1) - 1) of 2^(29 i)*(x, y). With bits (the
+    wide layout, CPython), chunk i starts at 2^(bits i)*(x, y) instead and
+    the result is a list of (x, y) int pairs, used as they are. Bytes, not ints:
     a point costs 64 bytes of heap instead of about 104 as two ints in a
     tuple, and decoding one when it is used costs far less than adding it.
     The result is allocated first, in one piece, while the heap is least cut
@@ -337,13 +376,13 @@ def _build_tables(x, y, window, split):
     they are used: on a 111,936-byte heap a late 2.3 KB block can fail.
     """
     count = 1 << (window - 2)
-    out = bytearray(64 * split * count)
+    out = None if bits else bytearray(64 * split * count)
     # Bases 2^(29 i)*P and their doubles, normalised together.
     jac = [None] * (2 * split)
     cur = (x, y, 1)
     for i in range(split):
         if i:
-            cur = _double_n(cur[0], cur[1], cur[2], _CHUNK_BITS)
+            cur = _double_n(cur[0], cur[1], cur[2], bits or _CHUNK_BITS)
         jac[2 * i] = cur
         jac[2 * i + 1] = _double(cur[0], cur[1], cur[2])
     aff = _to_affine(jac)
@@ -406,7 +445,6 @@ def _mul_add(u1, u2, q_tables, spread):
     only (a key not prepared); chunk i's digits then go in at position 29 i
     of one chain of 262 doublings, and G uses its chunk-0 table the same way.
     """
-    p = _P
     g_step = 1 << (_G_WINDOW - 2)
     q_step = 1 << (_Q_WINDOW - 2)
     g_view = memoryview(_G_TABLES)
@@ -420,6 +458,72 @@ def _mul_add(u1, u2, q_tables, spread):
         else:
             _schedule(sched, (u1 >> shift) & _CHUNK_MASK, g_view, g_step * i, _G_WINDOW, 0)
             _schedule(sched, (u2 >> shift) & _CHUNK_MASK, q_view, q_step * i, _Q_WINDOW, 0)
+    return _chain(sched)
+
+
+def _schedule_wide(sched, k, table, count, window, slots):
+    """Recode k (< n) in one width-w NAF; append the signed table points to sched.
+
+    The digit d at bit b is the point (|d| >> 1) of chunk b >> 3 of the table
+    (a list of (x, y), count points per chunk), negated when d < 0, and goes
+    to sched[b & slots]: slots 7 for the wide layout; slots 511 and count 0
+    for a table of one chunk over a full chain of 256 doublings.
+    """
+    p = _P
+    full = 1 << window
+    half = full >> 1
+    mask = full - 1
+    pos = 0
+    while k:
+        zeros = (k & -k).bit_length() - 1
+        k >>= zeros
+        pos += zeros
+        d = k & mask
+        if d > half:
+            d = full - d
+            k += d
+            x, y = table[(pos >> _W_SHIFT) * count + (d >> 1)]
+            pt = (x, p - y)
+        else:
+            k -= d
+            pt = table[(pos >> _W_SHIFT) * count + (d >> 1)]
+        lst = sched[pos & slots]
+        if lst is None:
+            sched[pos & slots] = [pt]
+        else:
+            lst.append(pt)
+
+
+def _g_wide():
+    """Return G's wide table, building it at the first call (CPython)."""
+    if not _wide_g:
+        _wide_g.append(_build_tables(_GX, _GY, _W_G_WINDOW, _W_CHUNKS, _W_BITS))
+    return _wide_g[0]
+
+
+def _mul_add_wide(u1, u2, q_tables):
+    """Return u1*G + u2*Q in Jacobian form (Z == 0 for infinity), wide layout (CPython).
+
+    q_tables is the key's wide table (prepared: one chain of 7 doublings) or
+    its 8 odd multiples only (not prepared: one chain of 256 doublings).
+    """
+    if len(q_tables) > 1 << (_W_COLD_WINDOW - 2):
+        sched = [None] * _W_BITS
+        _schedule_wide(sched, u2, q_tables, 1 << (_W_Q_WINDOW - 2), _W_Q_WINDOW, _W_SLOT)
+    else:
+        sched = [None] * 257
+        _schedule_wide(sched, u2, q_tables, 0, _W_COLD_WINDOW, _W_COLD_SLOTS)
+    _schedule_wide(sched, u1, _g_wide(), 1 << (_W_G_WINDOW - 2), _W_G_WINDOW, _W_SLOT)
+    return _chain(sched)
+
+
+def _chain(sched):
+    """Return the sum over positions i of 2^i * (the points in sched[i]), Jacobian.
+
+    One chain of doublings from the top position down, with the mixed
+    additions of each position after its doubling; Z == 0 is infinity.
+    """
+    p = _P
     X = Y = 1
     Z = 0
     for i in range(len(sched) - 1, -1, -1):
@@ -483,13 +587,18 @@ def verify_digest_pure(point, digest, sig):
     r, s = rs
     n = _N
     p = _P
-    spread = q_tables is None
-    if spread:
-        q_tables = _build_tables(x, y, _Q_WINDOW, 1)
     # SEC 1 v2, 4.1.4: e is the leftmost 256 bits of the hash, i.e. all of it.
     e = int.from_bytes(digest, "big")
-    w = _inverse(s, n)
-    X, _, Z = _mul_add(e * w % n, r * w % n, q_tables, spread)
+    w = _invert(s, n)
+    if _WIDE:
+        if q_tables is None:
+            q_tables = _build_tables(x, y, _W_COLD_WINDOW, 1, _W_BITS)
+        X, _, Z = _mul_add_wide(e * w % n, r * w % n, q_tables)
+    else:
+        spread = q_tables is None
+        if spread:
+            q_tables = _build_tables(x, y, _Q_WINDOW, 1)
+        X, _, Z = _mul_add(e * w % n, r * w % n, q_tables, spread)
     if Z == 0:
         return False
     # Accept when x(R) mod n == r without inverting Z: x(R) < p < 2n, so
