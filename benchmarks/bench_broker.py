@@ -1,25 +1,35 @@
-"""Benchmark the embedded MQTT broker against Mosquitto, in the same run.
+"""Benchmark the embedded MQTT broker against Mosquitto by the CPU each broker process uses.
 
 Usage: .venv/bin/python benchmarks/bench_broker.py [--json] [--quick] [--clients N]
+       [--rounds R] [--fanouts K]
 
-Each broker runs in its own process on a free loopback port: the embedded
-one as `trustfleet broker run`, Mosquitto from a generated config (no
-persistence, anonymous, loopback only) when a `mosquitto` binary is found.
-One asyncio load generator in this process (AioClient, one per simulated
-device) measures, per broker:
+Each broker is a private process on a free loopback port, started afresh for
+every round: the embedded one as `trustfleet broker run --port P`, Mosquitto
+as `mosquitto -c <temp conf>` (no persistence, anonymous, loopback only, no
+logging). Rounds alternate between them (embedded, Mosquitto, embedded,
+Mosquitto, ...), each round the same workloads driven by one asyncio load
+generator in this process (AioClient, one per simulated device):
 
   connect   N clients connect and subscribe to three filters, as a device
-            does (fleet bundle, its group's bundle, root/+); rate per second.
-  fan-out   one 8 KiB retained QoS 1 message to the N live subscribers: time
-            from the publish call until every subscriber has it (median and
-            worst of several rounds).
+            does (fleet bundle, its group's bundle, root/+).
+  fan-out   K publishes of one 8 KiB retained QoS 1 message to the N live
+            subscribers, each waited for until every subscriber has it.
   late      N fresh clients connect, subscribe and receive that retained
-            message (a fleet coming back after an outage); time for all.
-  memory    broker resident memory added per connected, subscribed client.
+            message (a fleet coming back after an outage).
 
-No targets and no timed asserts: figures are for docs/brokers.md and for
-spotting regressions. Both brokers face the same generator, so a slow
-machine slows both alike.
+The figure that compares the brokers is the CPU time the BROKER PROCESS used
+for each workload, read before and after it (and a 0.2 s settle): utime +
+stime from /proc/<pid>/stat (all threads; clock ticks, 10 ms at 100 Hz, so
+the fan-out is summed over K messages), and the same time on CPU from
+/proc/<pid>/task/*/schedstat in nanoseconds, which the embedded / Mosquitto
+ratio uses. The load generator uses more CPU than either broker, so wall
+times mostly measure it: they are shown as secondary information, with the
+generator's own CPU beside them. Broker memory per connected client is
+VmRSS after the connect workload minus before.
+
+Each figure is shown as min / median / max over the rounds; the CPU ratio is
+taken within each pair of rounds (embedded round i against Mosquitto round
+i). No targets: figures for docs/brokers.md.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +63,8 @@ from trustfleet_server.broker.mosquitto import (  # noqa: E402
 
 PAYLOAD = os.urandom(8192)
 FLEET = "tf/bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 0.2  # after a workload, before reading the broker's CPU: acks still in flight land
 
 
 def rss_kib(pid: int) -> int:
@@ -62,12 +75,30 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of process `pid` (every thread), in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as fh:
+        text = fh.read()
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def sched_s(pid: int) -> float:
+    """Time on CPU of every thread of `pid`, in seconds, from /proc/<pid>/task/*/schedstat (ns)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError), \
+                open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+            total += int(fh.read().split()[0])
+    return total / 1e9
+
+
 @contextlib.contextmanager
 def embedded_broker():
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO / "device"), str(REPO / "server"), os.environ.get("PYTHONPATH", "")]))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         proc = start_process(
             [sys.executable, "-m", "trustfleet_server.cli", "broker", "run", "--port", str(port)],
             log=Path(tmp) / "embedded.log", listens=[("127.0.0.1", port)], name="embedded broker", env=env)
@@ -130,38 +161,65 @@ class Fleet:
         await asyncio.gather(*(c.disconnect() for c in self.clients), return_exceptions=True)
 
 
-async def measure(port: int, pid: int, clients: int, rounds: int) -> dict:
+class Meter:
+    """Wall time, broker CPU and generator CPU over one workload."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def __enter__(self):
+        self.cpu0 = cpu_s(self.pid)
+        self.sched0 = sched_s(self.pid)
+        self.gen0 = time.process_time()
+        self.t0 = time.perf_counter()
+        return self
+
+    async def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        await asyncio.sleep(SETTLE_S)
+        return {"wall_ms": wall * 1e3, "broker_cpu_ms": (cpu_s(self.pid) - self.cpu0) * 1e3,
+                "broker_sched_ms": (sched_s(self.pid) - self.sched0) * 1e3,
+                "generator_cpu_ms": (time.process_time() - self.gen0) * 1e3}
+
+    def __exit__(self, *exc):
+        return False
+
+
+async def measure(port: int, pid: int, clients: int, fanouts: int) -> dict:
     result: dict = {}
-    base_rss = rss_kib(pid)
     pub = AioClient("bench-publisher", "127.0.0.1", port, timeout=60)
     await pub.connect()
     await pub.publish(f"{FLEET}/bundle", b"", retain=True)          # start clean
+    await asyncio.sleep(SETTLE_S)
+    base_rss = rss_kib(pid)
 
     fleet = Fleet(port, clients, "live")
-    started = time.perf_counter()
-    await fleet.connect_and_subscribe()
-    elapsed = time.perf_counter() - started
-    result["connect_subscribe_per_s"] = clients / elapsed
-    await asyncio.sleep(0.5)
+    with Meter(pid) as m:
+        await fleet.connect_and_subscribe()
+        result["connect"] = await m.stop()
     result["rss_per_client_kib"] = (rss_kib(pid) - base_rss) / clients
 
-    times = []
-    for _ in range(rounds):
-        done = fleet.expect()
-        started = time.perf_counter()
-        await pub.publish(f"{FLEET}/bundle", PAYLOAD, retain=True)
-        await asyncio.wait_for(done.wait(), 60)
-        times.append(time.perf_counter() - started)
-        await asyncio.sleep(0.05)
-    result["fanout_ms_median"] = statistics.median(times) * 1000
-    result["fanout_ms_worst"] = max(times) * 1000
+    walls = []
+    with Meter(pid) as m:
+        for _ in range(fanouts):
+            done = fleet.expect()
+            started = time.perf_counter()
+            await pub.publish(f"{FLEET}/bundle", PAYLOAD, retain=True)
+            await asyncio.wait_for(done.wait(), 60)
+            walls.append((time.perf_counter() - started) * 1e3)
+        total = await m.stop()
+    # Per message: the broker CPU and generator CPU of all K fan-outs, divided by K.
+    result["fanout"] = {"wall_ms": statistics.median(walls), "wall_ms_worst": max(walls),
+                        "broker_cpu_ms": total["broker_cpu_ms"] / fanouts,
+                        "broker_sched_ms": total["broker_sched_ms"] / fanouts,
+                        "generator_cpu_ms": total["generator_cpu_ms"] / fanouts}
 
     late = Fleet(port, clients, "late")
     done = late.expect()
-    started = time.perf_counter()
-    await late.connect_and_subscribe()
-    await asyncio.wait_for(done.wait(), 60)
-    result["late_retained_ms"] = (time.perf_counter() - started) * 1000
+    with Meter(pid) as m:
+        await late.connect_and_subscribe()
+        await asyncio.wait_for(done.wait(), 60)
+        result["late"] = await m.stop()
 
     await late.close()
     await fleet.close()
@@ -170,60 +228,116 @@ async def measure(port: int, pid: int, clients: int, rounds: int) -> dict:
     return result
 
 
-ROWS = [
-    ("connect_subscribe_per_s", "connect + subscribe (3 filters)", "/s", "{:,.0f}"),
-    ("fanout_ms_median", "fan-out 8 KiB retained QoS 1, median", "ms", "{:,.1f}"),
-    ("fanout_ms_worst", "fan-out 8 KiB retained QoS 1, worst", "ms", "{:,.1f}"),
-    ("late_retained_ms", "N late clients: connect+subscribe+retained", "ms", "{:,.0f}"),
-    ("rss_per_client_kib", "broker memory per connected client", "KiB", "{:,.1f}"),
+WORKLOADS = [
+    ("connect", "connect + subscribe (3 filters), N clients"),
+    ("fanout", "fan-out of one 8 KiB retained QoS 1 message to N"),
+    ("late", "N late clients: connect + subscribe + retained"),
 ]
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "runs": list(values)}
+
+
+def summarise(rounds: dict[str, list[dict]]) -> dict:
+    out: dict = {}
+    for name, runs in rounds.items():
+        b: dict = {}
+        for key, _ in WORKLOADS:
+            for figure in ("broker_cpu_ms", "broker_sched_ms", "wall_ms", "generator_cpu_ms"):
+                b[f"{key}_{figure}"] = spread([r[key][figure] for r in runs])
+        b["fanout_wall_ms_worst"] = spread([r["fanout"]["wall_ms_worst"] for r in runs])
+        b["rss_per_client_kib"] = spread([r["rss_per_client_kib"] for r in runs])
+        out[name] = b
+    if "embedded" in rounds and "mosquitto" in rounds:
+        pairs = list(zip(rounds["embedded"], rounds["mosquitto"], strict=True))
+        out["cpu_ratio_embedded_vs_mosquitto"] = {
+            key: spread([e[key]["broker_sched_ms"] / m[key]["broker_sched_ms"] for e, m in pairs])
+            for key, _ in WORKLOADS}
+    return out
+
+
+def cell(sp: dict, fmt: str) -> str:
+    return f"{fmt.format(sp['median'])} ({fmt.format(sp['min'])}-{fmt.format(sp['max'])})"
+
+
+def print_table(report: dict) -> None:
+    s, notes = report["summary"], report["notes"]
+    names = [n for n in ("embedded", "mosquitto") if n in s]
+    print(f"MQTT brokers, {report['clients']} clients, {report['rounds']} rounds per broker"
+          f" (alternating), {report['fanouts']} fan-outs per round, 8 KiB payload, loopback,"
+          f" {report['cpus']} CPUs, Python {report['python']}")
+    print(f"Mosquitto: {notes['mosquitto']}")
+    print("cells: median (min-max) over the rounds")
+    width = 56
+
+    def line(label, key, fmt):
+        print(f"  {label:{width - 2}}" + "".join(f"{cell(s[n][key], fmt):>26}" for n in names))
+
+    print(f"{'':{width}}" + "".join(f"{n:>26}" for n in names))
+    print("broker process CPU per workload, ms: utime+stime from /proc/<pid>/stat"
+          f" ({1000 // CLK_TCK} ms ticks), then schedstat (ns)")
+    for key, label in WORKLOADS:
+        one = " (per message)" if key == "fanout" else ""
+        line(label + one, key + "_broker_cpu_ms", "{:,.0f}" if key != "fanout" else "{:,.1f}")
+        line("  same from schedstat", key + "_broker_sched_ms", "{:,.1f}")
+    if "cpu_ratio_embedded_vs_mosquitto" in s:
+        r = s["cpu_ratio_embedded_vs_mosquitto"]
+        print("embedded / Mosquitto broker CPU (schedstat), within each pair of rounds:")
+        print("  " + "; ".join(f"{key} {cell(r[key], '{:.2f}')}x" for key, _ in WORKLOADS))
+    print("secondary: wall time, ms (bounded by the load generator), and the generator's own CPU meanwhile")
+    for key, label in WORKLOADS:
+        line("wall: " + label, key + "_wall_ms", "{:,.1f}")
+        line("  load generator CPU", key + "_generator_cpu_ms", "{:,.1f}")
+    line("wall: fan-out, worst of the round", "fanout_wall_ms_worst", "{:,.1f}")
+    print(f"{'broker memory per connected client, KiB':{width}}"
+          + "".join(f"{cell(s[n]['rss_per_client_kib'], '{:,.1f}'):>26}" for n in names))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="200 clients, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="200 clients, 3 rounds, 5 fan-outs")
     parser.add_argument("--clients", type=int, default=None, help="clients per fleet (1000)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per broker, at least 3 (5; --quick 3)")
+    parser.add_argument("--fanouts", type=int, default=None, help="fan-out messages per round (10)")
     args = parser.parse_args()
     clients = args.clients or (200 if args.quick else 1000)
-    rounds = 3 if args.quick else 7
+    rounds = args.rounds or (3 if args.quick else 5)
+    fanouts = args.fanouts or (5 if args.quick else 10)
+    if clients < 1 or rounds < 3 or fanouts < 1:
+        parser.error("--clients and --fanouts must be at least 1, --rounds at least 3")
 
-    import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 2 * clients + 100:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * clients + 1000), hard))
 
-    results: dict = {}
     notes: dict = {}
-    with embedded_broker() as (port, pid):
-        results["embedded"] = asyncio.run(measure(port, pid, clients, rounds))
+    brokers = {"embedded": embedded_broker}
     binary = shutil.which("mosquitto") or next(
-        (c for c in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(c)),
-        None)
+        (c for c in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(c)), None)
     if binary:
         notes["mosquitto"] = mosquitto_version(binary)
-        with mosquitto_broker(binary) as (port, pid):
-            results["mosquitto"] = asyncio.run(measure(port, pid, clients, rounds))
+        brokers["mosquitto"] = lambda: mosquitto_broker(binary)
     else:
         notes["mosquitto"] = "not measured (no mosquitto binary on PATH or in /usr/sbin)"
 
+    per_round: dict[str, list[dict]] = {name: [] for name in brokers}
+    for _ in range(rounds):
+        for name, start in brokers.items():
+            with start() as (port, pid):
+                per_round[name].append(asyncio.run(measure(port, pid, clients, fanouts)))
+
     report = {
-        "clients": clients, "rounds": rounds, "payload_bytes": len(PAYLOAD),
-        "python": platform.python_version(), "cpus": os.cpu_count(),
-        "results": results, "notes": notes,
+        "clients": clients, "rounds": rounds, "fanouts": fanouts, "payload_bytes": len(PAYLOAD),
+        "python": platform.python_version(), "cpus": os.cpu_count(), "clock_ticks_per_s": CLK_TCK,
+        "summary": summarise(per_round), "per_round": per_round, "notes": notes,
     }
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    names = list(results)
-    print(f"MQTT brokers, {clients} clients, {rounds} fan-out rounds, 8 KiB payload, "
-          f"loopback, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    print(f"Mosquitto: {notes['mosquitto']}")
-    width = max(len(label) for _, label, _, _ in ROWS) + 6
-    print(f"{'':{width}}" + "".join(f"{n:>14}" for n in names))
-    for key, label, unit, fmt in ROWS:
-        cells = "".join(f"{fmt.format(results[n][key]):>14}" for n in names)
-        print(f"{label + ' (' + unit + ')':{width}}{cells}")
+    else:
+        print_table(report)
     return 0
 
 
