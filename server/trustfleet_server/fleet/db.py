@@ -58,9 +58,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustfleet_device import status as schema
+from trustfleet_device import topics
 from trustfleet_server import rollout as ro
 from trustfleet_server.fleet import sql
-from trustfleet_server.fleet.messages import StatusError, normalise_report, normalise_status
+from trustfleet_server.fleet.messages import StatusError, check_status, normalise_report
 from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
@@ -270,6 +271,14 @@ _UPSERT_STATUS = (
     + " WHERE excluded.seq > tf_devices.seq OR excluded.status_time > tf_devices.status_time"
 )
 
+# The same UPSERT for many rows at once on PostgreSQL (FleetDB._copy_upsert).
+_COPY_STATUS = f"COPY tf_status_in ({', '.join(_STATUS_COLUMNS)}) FROM STDIN"
+_UPSERT_FROM_COPY = (
+    f"INSERT INTO tf_devices ({', '.join(_STATUS_COLUMNS)}) "
+    f"SELECT {', '.join(_STATUS_COLUMNS)} FROM tf_status_in "
+    + _UPSERT_STATUS[_UPSERT_STATUS.index("ON CONFLICT"):]
+)
+
 # A last will: offline, seq back to 0, everything else as last known.
 _UPSERT_OFFLINE = (
     "INSERT INTO tf_devices (fleet, device_id, grp, bucket, state, first_seen, last_seen, raw) "
@@ -287,19 +296,54 @@ _ROLLOUT_SELECT = ("SELECT id, fleet, version, bundle_sha256, bundle, waves, cur
                    "published, revision FROM tf_rollouts ")
 
 
+# How each status field becomes its column's value (_status_row).
+_AS_IS, _INTS_JSON, _TEXTS_JSON, _ZERO = 0, 1, 2, 3
+_LAYOUT = tuple((name, _INTS_JSON if kind == schema.INTS else _TEXTS_JSON if kind == schema.TEXTS
+                 else _ZERO if name in _ZERO_IF_NULL else _AS_IS)
+                for name, kind in schema.FIELDS[4:])  # after device, fleet, group and bucket
+COPY_MIN = 64  # PostgreSQL: a run of at least this many statuses goes through COPY (_copy_upsert)
+
+
 def _status_row(row: dict, now: int, newest_published: int) -> tuple:
     """The values of _STATUS_COLUMNS for a normalised status: suspect when it claims a version
     above everything the fleet published (a claim, stored, never believed by rollouts)."""
-    values = []
-    for name, _ in _FIELD_COLUMNS:
+    checked = _checked(row, row["fleet"], row["device"], row["bucket"], row["raw"], now)
+    return _with_suspect(checked, newest_published)
+
+
+def _checked(row: dict, fleet: str, device_id: str, bucket: int, raw: str, now: int) -> tuple:
+    """What a checked status needs in the store: ("status", values of _STATUS_COLUMNS without
+    suspect, claimed version), or ("offline", _UPSERT_OFFLINE's values, None) for a last will."""
+    if row["state"] == schema.OFFLINE:
+        return ("offline", (fleet, device_id, bucket, now, now, raw), None)
+    values = [device_id, fleet, row["group"], bucket]
+    append = values.append
+    for name, how in _LAYOUT:
         v = row[name]
-        if name in _JSON_FIELDS:
-            v = json.dumps(v)
-        elif name in _ZERO_IF_NULL:
-            v = v or 0
-        values.append(v)
-    suspect = int(row["version"] is not None and row["version"] > newest_published)
-    return (*values, now, now, row["raw"], suspect)
+        if how == _AS_IS:
+            append(v)
+        elif how == _ZERO:
+            append(v or 0)
+        elif not v:
+            append("[]")
+        elif how == _INTS_JSON:
+            append("[" + ", ".join(map(str, v)) + "]")  # json.dumps' text, without its encoder
+        else:
+            append(json.dumps(v))
+    values += (now, now, raw)
+    return ("status", tuple(values), row["version"])
+
+
+def _with_suspect(checked: tuple, newest_published: int) -> tuple:
+    version = checked[2]
+    return (*checked[1], int(version is not None and version > newest_published))
+
+
+def check_status_message(fleet: str, device_id: str, payload: Mapping | bytes | str, now: int) -> tuple:
+    """One status message decoded and validated once (messages.check_status) and laid out for
+    FleetDB.store_statuses, received at `now`. Raises: StatusError."""
+    row, raw = check_status(fleet, device_id, payload)
+    return _checked(row, fleet, device_id, topics.bucket(device_id), raw, now)
 
 
 def _device_dict(r: Mapping) -> dict:
@@ -337,6 +381,7 @@ class FleetDB(sql.Connection):
         self.retention = Retention() if retention is None else retention
         self._unpruned = self.retention.every  # prune on the first batch after opening
         self._touched: set[tuple[str, str]] = set()
+        self._status_in: Any = None  # the connection whose temporary COPY table exists
         try:
             if not create and not self._has_schema():
                 raise FleetDBError(f"{where}: has no trustfleet tables (serve, rollout start and "
@@ -437,39 +482,83 @@ class FleetDB(sql.Connection):
             FleetDBError: the database failed (nothing of the batch is stored).
         """
         result = IngestResult()
-        runs: list[tuple[str, list[tuple]]] = []  # consecutive (kind, rows): keeps the order
-        newest: dict[str, int] = {}
+        checked = []
         for fleet, device_id, status, now in batch:
             if not status:
                 result.ignored += 1
                 continue
             try:
-                row = normalise_status(fleet, device_id, status)
+                checked.append((fleet, check_status_message(fleet, device_id, status, now)))
             except StatusError as exc:
                 result.rejected.append((device_id, str(exc)))
-                continue
-            if row["state"] == schema.OFFLINE:
-                params = (fleet, device_id, row["bucket"], now, now, row["raw"])
-                kind = "offline"
-            else:
-                if fleet not in newest:
-                    newest[fleet] = self.newest_published(fleet) or 0
-                params, kind = _status_row(row, now, newest[fleet]), "status"
-            if runs and runs[-1][0] == kind:
+        result += self.store_statuses(checked)
+        return result
+
+    def store_statuses(self, checked: Sequence[tuple[str, tuple]]) -> IngestResult:
+        """Store checked statuses ((fleet, check_status_message(...)) each), in order, in one
+        transaction: the ordering rules above, through one UPSERT per run of statuses (COPY
+        into a temporary table first on PostgreSQL, for runs of COPY_MIN or more).
+
+        Raises:
+            FleetDBError: the database failed (nothing of the batch is stored).
+        """
+        result = IngestResult()
+        if not checked:
+            return result
+        newest: dict[str, int] = {}
+        for fleet in {fleet for fleet, c in checked if c[0] == "status"}:
+            newest[fleet] = self.newest_published(fleet) or 0
+        runs: list[tuple[str, list[tuple]]] = []  # consecutive (kind, rows): keeps the order
+        for fleet, c in checked:
+            params = _with_suspect(c, newest[fleet]) if c[0] == "status" else c[1]
+            if runs and runs[-1][0] == c[0]:
                 runs[-1][1].append(params)
             else:
-                runs.append((kind, [params]))
-        if not runs:
-            return result
-        total = sum(len(rows) for _, rows in runs)
+                runs.append((c[0], [params]))
         changed = 0
-        with self._tx("storing statuses", write=True) as cur:
-            for kind, rows in runs:
-                sql = _UPSERT_STATUS if kind == "status" else _UPSERT_OFFLINE
-                changed += self._executemany_changes(cur, sql, rows)
+        try:
+            with self._tx("storing statuses", write=True) as cur:
+                for kind, rows in runs:
+                    if kind == "status" and self.dialect == "postgresql" and len(rows) >= COPY_MIN:
+                        changed += self._copy_upsert(cur, rows)
+                    else:
+                        sql = _UPSERT_STATUS if kind == "status" else _UPSERT_OFFLINE
+                        changed += self._executemany_changes(cur, sql, rows)
+        except BaseException:
+            self._status_in = None  # a temporary table made in this transaction is gone with it
+            raise
         result.accepted += changed
-        result.ignored += total - changed
+        result.ignored += len(checked) - changed
         return result
+
+    def _copy_upsert(self, cur: Any, rows: list[tuple]) -> int:
+        """PostgreSQL: _UPSERT_STATUS for many rows as COPY into a temporary table and one
+        INSERT ... SELECT with the same conflict clause. One statement may change a row only
+        once, so a device's second status in the run starts another round (same order)."""
+        if self._status_in is not self._conn:
+            # Per connection; emptied by every commit. Made again after a reconnect.
+            cur.execute("CREATE TEMP TABLE IF NOT EXISTS tf_status_in (LIKE tf_devices INCLUDING DEFAULTS) "
+                        "ON COMMIT DELETE ROWS")
+            self._status_in = self._conn
+        changed = 0
+        rounds: list[list[tuple]] = [[]]
+        seen: set[tuple[str, str]] = set()
+        for r in rows:
+            key = (r[1], r[0])  # fleet, device_id
+            if key in seen:
+                rounds.append([])
+                seen = set()
+            seen.add(key)
+            rounds[-1].append(r)
+        for i, part in enumerate(rounds):
+            if i:
+                cur.execute("DELETE FROM tf_status_in")
+            with cur.copy(_COPY_STATUS) as copy:
+                for r in part:
+                    copy.write_row(r)
+            cur.execute(_UPSERT_FROM_COPY)
+            changed += max(cur.rowcount, 0)
+        return changed
 
     def devices(self, fleet: str) -> list[dict]:
         """Every device of the fleet as a dict of its last status (docs/topics.md fields)."""

@@ -30,6 +30,11 @@ MAX_DEPTH = 8
 MAX_VALUES = 2048     # JSON values (scalars, arrays, objects) in one message
 MAX_NUMBER = 32      # characters in one number: an int up to MAX_INT has 19 digits
 _EVENT = re.compile(r'[\[\]{},"\\]')  # what _check_shape looks at
+# A number longer than MAX_NUMBER needs a run of more than MAX_NUMBER number characters.
+_LONG_NUMBER = re.compile(r"[-+.0-9eE]{" + str(MAX_NUMBER + 1) + "}")
+_NUMBER_BYTES = bytes(0x30 if chr(i) in "-+.0123456789eE" else 0x20 for i in range(256))  # -> "0" / " "
+_LONG_RUN = b"0" * (MAX_NUMBER + 1)
+_NAME = re.compile(r"[A-Za-z0-9._-]{1," + str(topics.MAX_NAME) + "}")  # topics.check_name's rule
 
 
 def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> dict:
@@ -40,6 +45,20 @@ def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> 
     MAX_VALUES values, numbers of at most MAX_NUMBER characters and finite;
     no duplicate keys, no NaN/Infinity, no lone surrogates or NUL characters
     in strings (no database stores them). Raises: StatusError, never anything else.
+    """
+    return decode_text(payload, limit)[0]
+
+
+def decode_text(payload: bytes | str | Mapping, limit: int | None = None) -> tuple[dict, str]:
+    """decode_message's object and the JSON text it was parsed from (the payload as text, or
+    a dict's compact JSON). Raises: StatusError.
+
+    The checks cost little on an ordinary message: counts of the structural
+    characters bound the nesting and the values from above (the exact scan runs
+    only when they do not), numbers go to the C parser unless the text holds a
+    run of more than MAX_NUMBER number characters, and strings are walked for
+    lone surrogates and NUL only when a \\u escape could spell one (strict UTF-8
+    bytes cannot hold either otherwise).
     """
     limit = schema.MAX_BYTES if limit is None else limit
     if isinstance(payload, Mapping):
@@ -54,15 +73,23 @@ def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> 
     size = len(payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload)
     if size > limit:
         raise StatusError(f"message is {size} bytes, limit is {limit}")
-    if isinstance(payload, bytes):
+    strict_utf8 = isinstance(payload, bytes)
+    if strict_utf8:
+        long_numbers = _LONG_RUN in payload.translate(_NUMBER_BYTES)
         try:
             payload = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise StatusError(f"not JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    _check_shape(payload)
+    else:
+        long_numbers = _LONG_NUMBER.search(payload) is not None
+    text = payload
+    opens = text.count("[") + text.count("{")
+    if opens > MAX_DEPTH or opens + text.count(",") > MAX_VALUES:
+        _check_shape(text)  # the bounds may be reached: count exactly, outside strings
     try:
-        value = json.loads(payload, object_pairs_hook=_object, parse_constant=_constant,
-                           parse_float=_float, parse_int=_int)
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = (_DECODER_LONG if long_numbers else _DECODER).decode(text)
     except StatusError:
         raise
     except (ValueError, TypeError, OverflowError) as exc:
@@ -71,8 +98,9 @@ def decode_message(payload: bytes | str | Mapping, limit: int | None = None) -> 
         raise StatusError("JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise StatusError(f"expected a JSON object, got {type(value).__name__}")
-    _check_text(value)
-    return value
+    if not strict_utf8 or "\\u" in text:
+        _check_text(value)
+    return value, text
 
 
 def _check_shape(text: str) -> None:
@@ -134,6 +162,13 @@ def _int(text: str) -> int:
     return int(text)
 
 
+# json.loads with hooks makes a decoder per call; these are made once. _DECODER_LONG also
+# bounds each integer's length (a text without a long run of number characters needs not).
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float)
+_DECODER_LONG = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
+                                 parse_float=_float, parse_int=_int)
+
+
 def _check_text(value: object) -> None:
     """Refuse strings that are not storable text: JSON's \\u escapes can spell lone surrogates,
     which json.loads accepts and no database can store, and NUL, which PostgreSQL refuses
@@ -156,11 +191,12 @@ def _check_text(value: object) -> None:
 
 
 def _check_identity(fleet: str, device_id: str, message: Mapping) -> None:
-    try:
-        topics.check_name(fleet, "fleet")
-        topics.check_name(device_id, "device id")
-    except ValueError as exc:
-        raise StatusError(str(exc)) from None
+    if _NAME.fullmatch(fleet) is None or _NAME.fullmatch(device_id) is None:
+        try:  # the one rule is topics.check_name's; it also words the refusal
+            topics.check_name(fleet, "fleet")
+            topics.check_name(device_id, "device id")
+        except ValueError as exc:
+            raise StatusError(str(exc)) from None
     if message.get("device") not in (None, device_id):
         raise StatusError(f"device {_short(message.get('device'))} does not match the topic's {device_id!r}")
     if message.get("fleet") not in (None, fleet):
@@ -172,24 +208,83 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def check_status(fleet: str, device_id: str, status: Mapping | bytes | str) -> tuple[dict, str]:
+    """A status message checked once: (schema.validate's fields, the JSON text as received).
+
+    The text is what the store keeps as `raw`: the payload itself (a dict
+    arrives as its compact JSON), within schema.MAX_BYTES. Fleet and device
+    come from the topic; a body naming others is refused. Raises: StatusError.
+    """
+    message, text = decode_text(status)
+    _check_identity(fleet, device_id, message)
+    # Checked just now against the topic's names: schema.validate need not walk them again.
+    message.pop("device", None)
+    message.pop("fleet", None)
+    row = _plain_fields(message)
+    if row is None:
+        try:
+            row = schema.validate(message)
+        except ValueError as exc:
+            raise StatusError(str(exc)) from None
+    row["device"] = device_id
+    row["fleet"] = fleet
+    return row, text
+
+
+def _plain_fields(message: dict) -> dict | None:
+    """schema.validate's result for a status that needs no change (every text and list within
+    its bound, every integer in range, the group a valid name, no device or fleet field); None
+    for anything else, which schema.validate then checks, clips or refuses, naming the field.
+    The kinds are schema.FIELDS' and the bounds are read here at each call, as validate does."""
+    get = message.get
+    state = get("state")
+    if type(state) is not str or not 0 < len(state) <= schema.MAX_STATE or "device" in message \
+            or "fleet" in message:
+        return None
+    max_int, max_text, max_list = schema.MAX_INT, schema.MAX_TEXT, schema.MAX_LIST
+    out = {}
+    for name, kind in _PLAIN_ORDER:
+        v = get(name)
+        if v is None:
+            if kind == schema.INTS or kind == schema.TEXTS:
+                v = []
+        elif kind == schema.INT:
+            if type(v) is not int or not 0 <= v <= max_int:
+                return None
+        elif kind == schema.TEXT:
+            if type(v) is not str or len(v) > max_text:
+                return None
+        elif kind == schema.TEXTS:
+            if type(v) is not list or len(v) > max_list or \
+                    not all(type(x) is str and len(x) <= max_text for x in v):
+                return None
+        elif kind == schema.INTS:
+            if type(v) is not list or len(v) > max_list or \
+                    not all(type(x) is int and 0 <= x <= max_int for x in v):
+                return None
+        elif kind == schema.NAME:
+            if type(v) is not str or _NAME.fullmatch(v) is None:
+                return None
+        elif kind != schema.STATE:
+            return None  # a kind this shortcut does not know: validate decides
+        out[name] = v
+    return out
+
+
+# Every field validate returns, but device and fleet (checked against the topic instead).
+_PLAIN_ORDER = tuple((n, k) for n, k in schema.FIELDS if k != schema.BUCKET and n not in ("device", "fleet"))
+
+
 def normalise_status(fleet: str, device_id: str, status: Mapping | bytes | str) -> dict:
     """Check a status message; return every schema field plus `raw` (its JSON text).
 
     Fleet and device come from the topic; the bucket is computed from the
     device id (topics.bucket), never taken from the message. Raises: StatusError.
     """
-    status = decode_message(status)
-    _check_identity(fleet, device_id, status)
-    try:
-        row = schema.validate(status)
-    except ValueError as exc:
-        raise StatusError(str(exc)) from None
+    row, raw = check_status(fleet, device_id, status)
     row["fleet"] = fleet
     row["device"] = device_id
     row["bucket"] = topics.bucket(device_id)
-    raw = json.dumps(status, separators=(",", ":"), sort_keys=True)
-    if len(raw) > schema.MAX_BYTES:
-        raise StatusError(f"status is {len(raw)} bytes, limit is {schema.MAX_BYTES}")
     row["raw"] = raw
     return row
 
@@ -199,11 +294,12 @@ def normalise_report(fleet: str, device_id: str, report: Mapping | bytes | str) 
 
     A report is a JSON object (trustfleet_device.reports: str, int, bool,
     null, lists and objects) within decode_message's bounds; its kind is
-    `validation-result` or `event`, a string, clipped to 64 characters.
+    `validation-result` or `event`, a string, clipped to 64 characters. The
+    text is the payload as received (a dict as its compact JSON).
     """
-    report = decode_message(report, schema.MAX_REPORT_BYTES)
+    report, text = decode_text(report, schema.MAX_REPORT_BYTES)
     _check_identity(fleet, device_id, report)
     kind = report.get("validation-result") or report.get("event") or "report"
     if not isinstance(kind, str):
         raise StatusError("validation-result must be a string")
-    return kind[:64], json.dumps(report, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    return kind[:64], text

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -39,7 +41,7 @@ KEEPALIVE = 30
 SESSION_EXPIRY = 60
 CONNECT_TIMEOUT = 10.0
 PUBLISH_TIMEOUT = 15.0
-DRAIN_MAX = 500                # packets read per loop() before the caller's periodic work runs again
+READ_SIZE = 256 * 1024         # bytes read per loop() before the caller's periodic work runs again
 
 _UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
 
@@ -79,6 +81,9 @@ class Link:
         self._ever_connected = False
         self._acks: dict[int, Any] = {}
         self._subacks: dict[int, Any] = {}
+        self._reader_for: mqtt.Client | None = None  # the client whose socket _inbuf holds bytes of
+        self._inbuf = bytearray()
+        self._reading = False
 
     @property
     def mqtt5(self) -> bool:
@@ -189,25 +194,167 @@ class Link:
             log.exception("error handling a message on %s", msg.topic)
 
     def loop(self, timeout: float = 0.05) -> bool:
-        """Move bytes for up to `timeout` s. Returns False when the connection is gone."""
+        """Move bytes for up to `timeout` s. Returns False when the connection is gone.
+
+        Reading is done here, not by paho: one recv of up to READ_SIZE bytes per
+        call (paho reads a packet with three or more), PUBLISH packets at QoS 0
+        or 1 decoded in place and their PUBACKs sent together, in order, after
+        the chunk (_read). Every other packet (acks of our publishes and
+        subscriptions, PINGRESP, DISCONNECT, a PUBLISH with properties other than
+        subscription identifiers) goes to paho's own handler, whole. paho still
+        writes, keeps the connection alive and owns the session state.
+        """
         c = self.client
         if c is None or not self.connected:
             return False
-        rc = c.loop(timeout)
-        # paho's loop() reads one packet per call; drain what is already waiting, so a
-        # burst of statuses costs one zero-timeout poll per packet instead of a full loop.
         sock = c.socket()
-        drained = 0
-        while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and drained < DRAIN_MAX:
-            if not select.select([sock], [], [], 0)[0]:
-                break
-            rc = c.loop_read()
-            drained += 1
-        if drained and rc == mqtt.MQTT_ERR_SUCCESS and c.want_write():
-            rc = c.loop_write()  # the PUBACKs
+        if sock is None:
+            self.connected = False
+            return False
+        if self._reader_for is not c:  # a new connection: nothing half-read from the last one
+            self._reader_for, self._inbuf = c, bytearray()
+        if self._reading:
+            # Called from a message callback: the bytes after this message are half handled.
+            # Only write; the read goes on when the callback returns.
+            return self._write(c)
+        pending = sock.pending() if hasattr(sock, "pending") else 0  # TLS: decrypted, not yet read
+        try:
+            readable, _, _ = select.select([sock], [], [], 0 if pending else timeout)
+        except (OSError, ValueError, TypeError):
+            readable = []
+            rc = c._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
+        else:
+            rc = mqtt.MQTT_ERR_SUCCESS
+            if readable or pending:
+                self._reading = True
+                try:
+                    rc = self._read(c, sock)
+                finally:
+                    self._reading = False
         if rc != mqtt.MQTT_ERR_SUCCESS:
             self.connected = False
+            return False
+        return self._write(c)
+
+    def _write(self, c: mqtt.Client) -> bool:
+        rc = c.loop_write() if c.want_write() else mqtt.MQTT_ERR_SUCCESS  # PUBACKs, what paho queued
+        if rc == mqtt.MQTT_ERR_SUCCESS:
+            rc = c.loop_misc()  # keep-alive
+        if rc != mqtt.MQTT_ERR_SUCCESS or c.socket() is None:
+            self.connected = False
         return self.connected
+
+    def _read(self, c: mqtt.Client, sock: Any) -> int:
+        """Read what the socket has (up to READ_SIZE bytes, and what TLS holds decrypted) and
+        handle every whole packet in it. Returns a paho error code."""
+        buf = self._inbuf
+        got = 0
+        while got < READ_SIZE:
+            try:
+                data = sock.recv(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except OSError:
+                return c._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
+            if not data:
+                return c._loop_rc_handle(mqtt.MQTT_ERR_CONN_LOST)
+            buf += data
+            got += len(data)
+            if not (hasattr(sock, "pending") and sock.pending()):
+                break
+        if not got:
+            return mqtt.MQTT_ERR_SUCCESS
+        with c._msgtime_mutex:
+            c._last_bytes_received = time.monotonic()  # what paho's keep-alive looks at
+        mqtt5 = self.protocol == mqtt.MQTTv5
+        acks = bytearray()
+        pos, end_buf = 0, len(buf)
+        rc = mqtt.MQTT_ERR_SUCCESS
+        while end_buf - pos >= 2:
+            command = buf[pos]
+            length, i = _varint(buf, pos + 1, end_buf)
+            if length == _SHORT:
+                break  # the length itself is not all here yet
+            if length < 0:
+                rc = mqtt.MQTT_ERR_PROTOCOL
+                break
+            end = i + length
+            if end > end_buf:
+                break  # the rest of this packet comes with a later read
+            if command & 0xF4 == 0x30 and self._publish(buf, command, i, end, mqtt5, acks):  # QoS 0, 1
+                pos = end
+                continue
+            if acks:  # PUBACKs go out in the order their PUBLISHes came
+                self._queue(c, acks)
+                acks = bytearray()
+            rc = self._hand_to_paho(c, command, buf[i:end], length)
+            pos = end
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                break
+        del buf[:pos]
+        if acks:
+            self._queue(c, acks)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            return c._loop_rc_handle(rc)
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def _publish(self, buf: bytearray, command: int, i: int, end: int, mqtt5: bool,
+                 acks: bytearray) -> bool:
+        """Handle one PUBLISH (QoS 0 or 1) at buf[i:end]; False leaves it to paho (properties
+        other than subscription identifiers, a topic that is not UTF-8, a short packet)."""
+        if end - i < 2:
+            return False
+        n = (buf[i] << 8) | buf[i + 1]
+        j = i + 2 + n
+        qos = (command >> 1) & 3
+        if j + (2 if qos else 0) > end:
+            return False
+        try:
+            topic = buf[i + 2:j].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        mid = 0
+        if qos:
+            mid = (buf[j] << 8) | buf[j + 1]
+            j += 2
+        ids: list[int] = []
+        if mqtt5:
+            plen, j = _varint(buf, j, end)
+            stop = j + plen
+            if plen < 0 or stop > end:
+                return False
+            while j < stop:
+                if buf[j] != 0x0B:  # anything but a subscription identifier: paho decodes it
+                    return False
+                value, j = _varint(buf, j + 1, stop)
+                if value < 0:
+                    return False
+                ids.append(value)
+        msg = Message(topic, bytes(buf[j:end]), bool(command & 1), qos, mid, _Properties(ids))
+        self._on_message(None, None, msg)
+        if qos:
+            acks += b"\x40\x02" + mid.to_bytes(2, "big")
+        return True
+
+    @staticmethod
+    def _queue(c: mqtt.Client, data: bytearray) -> None:
+        """Queue PUBACKs (one write for many) behind whatever paho has queued."""
+        c._out_packet.append({"command": 0x40, "mid": 0, "qos": 0, "pos": 0,
+                              "to_process": len(data), "packet": bytes(data), "info": None})
+
+    @staticmethod
+    def _hand_to_paho(c: mqtt.Client, command: int, body: bytearray, length: int) -> int:
+        """Let paho handle one whole packet as if it had read it itself."""
+        c._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [],
+                        "remaining_mult": 1, "remaining_length": length, "packet": bytearray(body),
+                        "to_process": 0, "pos": 0}
+        try:
+            rc = c._packet_handle()
+        except MalformedPacket:
+            rc = mqtt.MQTT_ERR_PROTOCOL
+        c._in_packet = {"command": 0, "have_remaining": 0, "remaining_count": [], "remaining_mult": 1,
+                        "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
+        return rc
 
     def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
         """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError (SubscribeRefused
@@ -297,6 +444,45 @@ class Link:
             sock = c.socket()
             if sock is not None:
                 sock.close()
+
+
+class _Properties:
+    """The one MQTT 5 property serve reads from a PUBLISH (paho's Properties, for that use)."""
+
+    __slots__ = ("SubscriptionIdentifier",)
+
+    def __init__(self, ids: list[int]) -> None:
+        self.SubscriptionIdentifier = ids
+
+
+class Message:
+    """A received PUBLISH, with the attributes of paho's MQTTMessage that callers read."""
+
+    __slots__ = ("topic", "payload", "retain", "qos", "mid", "properties")
+
+    def __init__(self, topic: str, payload: bytes, retain: bool, qos: int, mid: int,
+                 properties: _Properties) -> None:
+        self.topic, self.payload, self.retain = topic, payload, retain
+        self.qos, self.mid, self.properties = qos, mid, properties
+
+
+_SHORT, _BAD = -1, -2
+
+
+def _varint(buf: bytearray, i: int, end: int) -> tuple[int, int]:
+    """(value, next index) of an MQTT variable byte integer at buf[i:end]; the value is _SHORT
+    when buf ends inside it, _BAD when it runs over 4 bytes."""
+    value = shift = 0
+    while i < end:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+        if shift > 21:
+            return _BAD, i
+    return _SHORT, i
 
 
 class PublishRefused(BrokerError):

@@ -59,6 +59,7 @@ timestamps share one thread and one database connection:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -83,6 +84,7 @@ from trustfleet_device.errors import BundleError
 from trustfleet_server import documents, keys, rollout, times
 from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.fleet.messages import StatusError
 from trustfleet_server.mqtturl import BrokerURL
 from trustfleet_server.serve.limits import FENCE_WINDOW, Limits
 from trustfleet_server.serve.link import Link, PublishRefused, SubscribeRefused
@@ -94,6 +96,8 @@ BOOT_IDLE = 1.0               # retained statuses are in when none came for this
 BOOT_MAX = 30.0
 FLUSH_EVERY = 0.2
 BATCH_MAX = 2000
+BATCH_MIN = 200               # ... or this many, as soon as the store is free for the next batch
+PRUNE_EVERY = 5.0             # seconds between sweeps of the per-device rate buckets
 # Flood limits (issue 10 finding 8): one device cannot starve the others or grow serve's memory.
 # Pending statuses are one per device (a newer status replaces the pending one: nothing is
 # lost, a status is the device's whole state); pending reports are capped. Each device has a
@@ -215,7 +219,12 @@ class FleetServer:
         self._not_ours: set[str] = set()  # topics the broker refused to take from serve (its ACL)
         self._restore_due = False
         self._next_restore = 0.0
-        self._statuses: dict[str, tuple[bytes, int]] = {}  # device -> newest pending status
+        self._statuses: dict[str, tuple] = {}  # device -> newest pending status, checked
+        self._first_rejected: tuple[str, str] | None = None  # malformed statuses since the last flush
+        self._rejected_since = 0
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None  # the store's thread
+        self._writing: tuple | None = None  # (future, statuses, reports) of the batch being written
+        self._next_prune = 0.0
         self._reports: collections.deque[tuple[str, bytes, int]] = collections.deque()
         self._buckets: dict[tuple[str, str], list[float]] = {}  # (kind, device) -> [tokens, at]
         self._drop_logged: dict[tuple[str, str], float] = {}
@@ -285,7 +294,8 @@ class FleetServer:
                 self.link.loop(0.05)
                 mono = time.monotonic()
                 self._check_boot(mono)
-                if mono >= self._next_flush or self.pending() >= BATCH_MAX:
+                if mono >= self._next_flush or self.pending() >= (
+                        BATCH_MIN if self._writing is None or self._writing[0].done() else BATCH_MAX):
                     self._flush()
                     self._next_flush = mono + FLUSH_EVERY
                 if (self._restore_due and self.link.connected and mono >= self._next_restore
@@ -317,7 +327,10 @@ class FleetServer:
                 if once and stepped and (timestamped or self.timestamp_key is None):
                     break
         finally:
-            self._flush()
+            self._flush(wait=True)
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
             self._release_lease()
             self.link.close()
             restore()
@@ -498,7 +511,7 @@ class FleetServer:
         b["done"] = True
         if b["shared"] and self.link.connected:
             self.link.unsubscribe(topics.statuses(self.fleet))
-        self._flush()
+        self._flush(wait=True)  # the retained statuses are stored before anything is stepped
         if not self.synced:
             log.info("read the retained statuses of fleet %s", self.fleet)
         self.synced = True
@@ -517,9 +530,7 @@ class FleetServer:
             if not self._admit(kind, arg, bool(msg.retain)):
                 return
             if kind == "status":
-                if self._statuses.pop(arg, None) is not None:
-                    self.stats.coalesced += 1
-                self._statuses[arg] = (bytes(msg.payload), self._now())
+                self._take_status(arg, msg.payload)
             elif msg.payload:
                 if len(self._reports) >= MAX_PENDING_REPORTS:
                     self.stats.dropped += 1
@@ -537,6 +548,24 @@ class FleetServer:
                 self._on_root(arg, raw)
             elif msg.topic == topics.bundle(self.fleet):
                 self._on_fleet_bundle(raw)
+
+    def _take_status(self, device: str, payload: bytes) -> None:
+        """Check a status once, as it arrives, into the row the store writes; the newest
+        pending one per device is kept (a status is the device's whole state)."""
+        if not payload:
+            self.stats.ignored += 1  # a cleared retained status: nothing to store
+            return
+        try:
+            checked = fleetdb.check_status_message(self.fleet, device, payload, self._now())
+        except StatusError as exc:
+            self.stats.rejected += 1
+            if self._first_rejected is None:
+                self._first_rejected = (device, str(exc))
+            self._rejected_since += 1
+            return
+        if self._statuses.pop(device, None) is not None:
+            self.stats.coalesced += 1
+        self._statuses[device] = checked
 
     def pending(self) -> int:
         """Statuses and reports received and not yet written."""
@@ -777,17 +806,44 @@ class FleetServer:
             return
         self._recorded = seen
 
-    def _flush(self) -> None:
-        self._prune_buckets()
-        if not self._statuses and not self._reports:
+    def _flush(self, wait: bool = False) -> None:
+        """Hand the pending statuses and reports to the store, one batch at a time.
+
+        The batch is written in a thread of its own (one transaction; the
+        driver waits for the database there, not here), so messages keep
+        being read and checked meanwhile and gather for the next batch. `wait`:
+        return only once everything pending now is stored (or failed).
+        """
+        mono = time.monotonic()
+        if mono >= self._next_prune:
+            self._prune_buckets()
+            self._next_prune = mono + PRUNE_EVERY
+        self._harvest(block=wait)
+        if self._writing is None and (self._statuses or self._reports or self._rejected_since):
+            pending_statuses, self._statuses = self._statuses, {}
+            pending_reports, self._reports = self._reports, collections.deque()
+            if self._writer is None:
+                self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tf-store")
+            job = self._writer.submit(self._write, list(pending_statuses.values()),
+                                      [(self.fleet, d, p, t) for d, p, t in pending_reports])
+            self._writing = (job, pending_statuses, pending_reports)
+            if wait:
+                self._harvest(block=True)
+
+    def _write(self, statuses: list[tuple], reports: list[tuple]) -> tuple:
+        """In the store's thread: one batch. Raises: FleetStoreError."""
+        fleet = self.fleet
+        result = self.db.store_statuses([(fleet, c) for c in statuses]) if statuses else fleetdb.IngestResult()
+        rep = self.db.add_reports(reports) if reports else fleetdb.IngestResult()
+        return result, rep
+
+    def _harvest(self, block: bool = False) -> None:
+        """Count what the batch being written did, once it is done (`block`: wait for it)."""
+        if self._writing is None or not (block or self._writing[0].done()):
             return
-        pending_statuses, self._statuses = self._statuses, {}
-        pending_reports, self._reports = self._reports, collections.deque()
-        statuses = [(self.fleet, d, p, t) for d, (p, t) in pending_statuses.items()]
-        reports = [(self.fleet, d, p, t) for d, p, t in pending_reports]
+        (job, pending_statuses, pending_reports), self._writing = self._writing, None
         try:
-            result = self.db.ingest_statuses(statuses) if statuses else fleetdb.IngestResult()
-            rep = self.db.add_reports(reports) if reports else fleetdb.IngestResult()
+            result, rep = job.result()
         except FleetStoreError as exc:
             # Keep them for the next flush: statuses are idempotent, a newer one wins.
             for d, entry in pending_statuses.items():
@@ -804,9 +860,10 @@ class FleetServer:
         self.stats.reports += rep.accepted
         rejected = result.rejected + rep.rejected
         self.stats.rejected += len(rejected)
-        if rejected:
-            device, why = rejected[0]
-            log.warning("rejected %d malformed message(s); first from %s: %s", len(rejected), device, why)
+        count, first = len(rejected) + self._rejected_since, self._first_rejected or next(iter(rejected), None)
+        self._first_rejected, self._rejected_since = None, 0
+        if first is not None:
+            log.warning("rejected %d malformed message(s); first from %s: %s", count, first[0], first[1])
 
     # -- retained state ----------------------------------------------------------------
 
