@@ -103,6 +103,8 @@ class AioClient:
         clean_session: CONNECT clean-session flag.
         on_message: optional callback(topic, payload, retain); when set,
             messages() yields nothing.
+        on_close: optional callback(), called soon (in the loop) after the
+            connection ends, whoever ended it (also settable as an attribute).
         max_queued: messages buffered for messages() before reading pauses.
         timeout: seconds to wait for the socket and for each acknowledgement.
         max_packet: largest packet accepted from the broker.
@@ -112,13 +114,14 @@ class AioClient:
                  "clean_session", "on_message", "max_queued", "timeout", "session_present",
                  "_reader", "_transport", "_loop", "_waiters", "_next_id", "_queue", "_queue_waiter",
                  "_paused", "_closed", "_close_reason", "_timer", "_last_tx", "_last_rx",
-                 "_ping_sent", "_drained", "_corked")
+                 "_ping_sent", "_drained", "_corked", "on_close")
 
     def __init__(self, client_id: str, host: str = "127.0.0.1", port: int = 1883, *,
                  username: str | None = None, password: str | bytes | None = None,
                  keepalive: int = 60, will: tuple | None = None, ssl=None,
                  clean_session: bool = True,
                  on_message: Callable[[str, bytes, bool], object] | None = None,
+                 on_close: Callable[[], object] | None = None,
                  max_queued: int = 1000, timeout: float = 10.0,
                  max_packet: int = p.DEFAULT_MAX_PACKET):
         if not 0 <= keepalive <= 0xFFFF:
@@ -138,6 +141,7 @@ class AioClient:
         self.ssl = ssl
         self.clean_session = clean_session
         self.on_message = on_message
+        self.on_close = on_close
         self.max_queued = max_queued
         self.timeout = timeout
         self.session_present = False
@@ -146,7 +150,7 @@ class AioClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict = {}          # (packet type, id) -> future
         self._next_id = 0
-        self._queue: deque = deque()
+        self._queue: deque | None = None   # made on the first message for messages()
         self._queue_waiter: asyncio.Future | None = None
         self._paused = False
         self._closed: asyncio.Future | None = None
@@ -191,7 +195,8 @@ class AioClient:
         self._closed = loop.create_future()
         self._close_reason = None
         self._reader = p.FrameReader(self._reader.max_packet)
-        self._queue.clear()
+        if self._queue:
+            self._queue.clear()
         try:
             transport, _ = await asyncio.wait_for(
                 loop.create_connection(lambda: _Protocol(self), self.host, self.port,
@@ -408,6 +413,8 @@ class AioClient:
             except Exception:
                 log.exception("%s: on_message callback failed", self.client_id)
             return
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append((pkt.topic, pkt.payload, pkt.retain))
         if len(self._queue) >= self.max_queued and not self._paused:
             self._paused = True
@@ -455,6 +462,8 @@ class AioClient:
             if not future.done():
                 future.set_exception(NotConnected(f"{self.host}:{self.port}: {reason}"))
         self._closed.set_result(None)
+        if self.on_close is not None:
+            self._loop.call_soon(self.on_close)
         self._write_paused(False)
         waiter = self._queue_waiter
         if waiter is not None and not waiter.done():

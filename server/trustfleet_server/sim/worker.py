@@ -113,7 +113,7 @@ class SimDevice:
 
     __slots__ = ("index", "id", "group", "flags", "config", "clock", "storage", "device", "session",
                  "client", "online", "off", "reboot", "version", "commits", "cuts", "after_cut",
-                 "task", "bricked", "connected_at")
+                 "task", "bricked", "connected_at", "worker")
 
     def __init__(self, index: int, ident: str, group: str | None, flags: int, config: core.Config,
                  clock: _Clock) -> None:
@@ -133,6 +133,16 @@ class SimDevice:
         self.task: asyncio.Task | None = None
         self.bricked: str | None = None
         self.connected_at = 0.0                 # wall time of the current connection's CONNACK
+        self.worker: Worker | None = None
+
+    def __call__(self, topic: str, payload: bytes, retain: bool) -> None:
+        """A message on the current connection (the device is its client's on_message: only
+        the current client is open, and a closed one delivers nothing more)."""
+        self.worker._on_message(self, self.client, topic, payload)
+
+    def closed(self) -> None:
+        """The current connection ended (its client's on_close)."""
+        self.worker._closed(self)
 
     def installed(self) -> int | None:
         b = self.device.active_bundle() if self.device is not None else None
@@ -220,6 +230,7 @@ class Worker:
             config = core.Config(fleet=self.cfg.fleet, device_id=ident, firmware_time=firmware)
             clock = _Clock(self.plan.skews[i], self._started if flags & STUCK else None)
             d = SimDevice(i, ident, self.plan.groups[i], flags, config, clock)
+            d.worker = self
             self._boot(d, MemStorage(self.image))
             self.devices.append(d)
             if len(self.devices) % 500 == 0:
@@ -278,8 +289,10 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
 
-    async def _life(self, d: SimDevice) -> None:
-        """Power on (late, for the offline subset), connect, stay connected, reconnect, reboot."""
+    async def _life(self, d: SimDevice, delay: float = 0.0) -> None:
+        """Power on (late, for the offline subset), reboot, connect (with backoff). Ends once
+        connected: the end of the connection starts the next one (_closed), so a connected
+        device holds no task."""
         if d.off:
             await self._t0_event.wait()
             if self.stopping:
@@ -287,7 +300,6 @@ class Worker:
             await self._sleep(max(0.0, self.t0 + self.cfg.faults.offline_for - time.time()))
             d.off = False
         failures = 0
-        delay = 0.0
         while not self.stopping:
             if d.reboot is not None:
                 await self._sleep(self.rng.uniform(*REBOOT_DELAY))
@@ -317,27 +329,33 @@ class Worker:
                 step = min(MAX_BACKOFF, 0.2 * 2 ** min(failures, 4))
                 delay = step / 2 + self.rng.random() * step / 2
                 continue
-            failures = 0
             d.online = True
             d.connected_at = time.time()
             self.counters["connects"] += 1
             self._send(d, client, d.session.connected())
-            await client.wait_closed()
+            if not client.closed:
+                client.on_close = d.closed
+                d.task = None   # done: nothing to wait for at stop
+                return
+            # Already cut (a loss or a power cut on a message that came with the SUBACK, or
+            # on the status): round again.
             d.online = False
             delay = 0.0 if d.reboot is not None else self.rng.uniform(0.1, 0.5)
 
+    def _closed(self, d: SimDevice) -> None:
+        """A device's connection ended (whoever ended it): reconnect, after a reboot if due."""
+        d.online = False
+        if self.stopping:
+            return
+        delay = 0.0 if d.reboot is not None else self.rng.uniform(0.1, 0.5)
+        d.task = asyncio.get_running_loop().create_task(self._life(d, delay))
+
     def _client(self, d: SimDevice) -> AioClient:
         u = self.cfg.broker
-        client: AioClient | None = None
-
-        def on_message(topic: str, payload: bytes, retain: bool) -> None:
-            self._on_message(d, client, topic, payload)
-
         ssl = True if u.tls else None
-        client = AioClient(f"tf-{self.cfg.fleet}-{d.id}", u.host, u.port, username=u.username,
-                           password=u.password, keepalive=self.cfg.keepalive, will=d.session.will(),
-                           ssl=ssl, on_message=on_message)
-        return client
+        return AioClient(f"tf-{self.cfg.fleet}-{d.id}", u.host, u.port, username=u.username,
+                         password=u.password, keepalive=self.cfg.keepalive, will=d.session.will(),
+                         ssl=ssl, on_message=d)
 
     # -- messages ---------------------------------------------------------------------
 
