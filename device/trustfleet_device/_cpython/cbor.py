@@ -71,9 +71,11 @@ _FROZENDICT = getattr(cbor2, "frozendict", dict)
 
 # Maps of the same shape repeat (every pin-set has the same keys in the same
 # order), so the order check runs once per shape: a tuple of text keys maps to
-# (bytes their encodings take, longest key in bytes). Only all-text shapes are
-# kept: a text key equals nothing but the same text, whereas True == 1.
+# (bytes their encodings take, longest key in bytes). A text key equals nothing
+# but the same text; an int key also equals True, 1.0..., so a shape of int keys
+# (COSE headers) counts only after every key is checked to be an int.
 _SHAPES = {}
+_INT_SHAPES = {}
 _SHAPES_MAX = 256
 
 
@@ -104,6 +106,8 @@ def _key_shape(v, max_string):
         total += len(key)
     if text and len(_SHAPES) < _SHAPES_MAX:
         _SHAPES[tuple(v)] = (total, longest)
+    elif not text and longest == 0 and len(_INT_SHAPES) < _SHAPES_MAX:
+        _INT_SHAPES[tuple(v)] = (total, 0)
     return total
 
 
@@ -124,20 +128,58 @@ def _walk(value, limits, tags, depth=0, items=1):
     def size(v, depth):
         # `v` sits at `depth`, which the caller has checked against max_depth.
         t = type(v)
-        if t is bytes:
+        if t is dict or t is _FROZENDICT:
+            # cbor2 returns maps under a tag as frozendicts, which keep the input order.
             n = len(v)
-            if n > max_string:
+            if n > max_items or (n and depth + 1 > max_depth):
                 raise _NotStrict
-            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
-        if t is str:
-            n = len(v) if v.isascii() else len(v.encode("utf-8"))
-            if n > max_string:
-                raise _NotStrict
-            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
-        if t is int:
-            return _head_len(v) if v >= 0 else _head_len(-1 - v)
-        if t is bool or v is None:
-            return 1
+            state[0] += 2 * n
+            keys = tuple(v)
+            shape = _SHAPES.get(keys)
+            if shape is None:
+                shape = _INT_SHAPES.get(keys)
+                if shape is not None:
+                    for k in keys:
+                        if type(k) is not int:
+                            shape = None
+                            break
+            if shape is not None and shape[1] <= max_string:
+                total = _head_len(n) + shape[0]
+            else:
+                total = _head_len(n) + _key_shape(v, max_string)
+            d = depth + 1
+            for x in v.values():
+                tx = type(x)
+                if tx is str and x.isascii():
+                    m = len(x)
+                    if m > max_string:
+                        raise _NotStrict
+                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                elif tx is bool:
+                    total += 1
+                elif tx is int and 0 <= x < 0x100000000:
+                    total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
+                elif tx is list and len(x) < short and d < max_depth:
+                    # Short arrays of strings (pins, URIs) inline too.
+                    state[0] += len(x)
+                    total += 1
+                    for y in x:
+                        ty = type(y)
+                        if ty is bytes:
+                            m = len(y)
+                            if m > max_string:
+                                raise _NotStrict
+                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                        elif ty is str and y.isascii():
+                            m = len(y)
+                            if m > max_string:
+                                raise _NotStrict
+                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
+                        else:
+                            total += size(y, d + 1)
+                else:
+                    total += size(x, d)
+            return total
         if t is list or t is tuple:
             # cbor2 returns arrays under a tag as tuples.
             n = len(v)
@@ -178,50 +220,20 @@ def _walk(value, limits, tags, depth=0, items=1):
                 else:
                     total += size(x, d)
             return total
-        if t is dict or t is _FROZENDICT:
-            # ... and maps under a tag as frozendicts, which keep the input order.
+        if t is bytes:
             n = len(v)
-            if n > max_items or (n and depth + 1 > max_depth):
+            if n > max_string:
                 raise _NotStrict
-            state[0] += 2 * n
-            shape = _SHAPES.get(tuple(v))
-            if shape is not None and shape[1] <= max_string:
-                total = _head_len(n) + shape[0]
-            else:
-                total = _head_len(n) + _key_shape(v, max_string)
-            d = depth + 1
-            for x in v.values():
-                tx = type(x)
-                if tx is str and x.isascii():
-                    m = len(x)
-                    if m > max_string:
-                        raise _NotStrict
-                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
-                elif tx is bool:
-                    total += 1
-                elif tx is int and 0 <= x < 0x100000000:
-                    total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
-                elif tx is list and len(x) < short and d < max_depth:
-                    # Short arrays of strings (pins, URIs) inline too.
-                    state[0] += len(x)
-                    total += 1
-                    for y in x:
-                        ty = type(y)
-                        if ty is bytes:
-                            m = len(y)
-                            if m > max_string:
-                                raise _NotStrict
-                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
-                        elif ty is str and y.isascii():
-                            m = len(y)
-                            if m > max_string:
-                                raise _NotStrict
-                            total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
-                        else:
-                            total += size(y, d + 1)
-                else:
-                    total += size(x, d)
-            return total
+            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
+        if t is str:
+            n = len(v) if v.isascii() else len(v.encode("utf-8"))
+            if n > max_string:
+                raise _NotStrict
+            return n + (1 if n < 24 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
+        if t is int:
+            return _head_len(v) if v >= 0 else _head_len(-1 - v)
+        if t is bool or v is None:
+            return 1
         if t is cbor2.CBORTag:
             if v.tag not in tags or depth + 1 > max_depth:
                 raise _NotStrict
