@@ -501,7 +501,7 @@ def layout(request, monkeypatch):
     monkeypatch.setattr(p256, "_q_cache", {})
     if request.param:
         yield ((p256._W_COLD_WINDOW, 1, p256._W_BITS),
-               (p256._W_Q_WINDOW, p256._W_CHUNKS, p256._W_BITS), 33 * 16)
+               (p256._W_Q_WINDOW, p256._W_CHUNKS, p256._W_BITS), 33)
     else:
         yield (p256._Q_WINDOW, 1), (p256._Q_WINDOW, p256._SPLIT), 64 * 9 * 8
     p256.clear_caches()
@@ -518,27 +518,34 @@ def test_generator_tables_are_constants_and_never_built(monkeypatch):
     p256.clear_caches()
 
 
-def test_wide_generator_table_is_built_once_and_survives_clear_caches(monkeypatch):
+def test_wide_generator_tables_are_built_once_each_and_survive_clear_caches(monkeypatch):
     monkeypatch.setattr(p256, "_WIDE", True)
-    monkeypatch.setattr(p256, "_wide_g", [])
+    monkeypatch.setattr(p256, "_wide_g", {})
     p256.clear_caches()
     built = counting_builds(monkeypatch)
     q, sig = signed_by(5, 99)
     for _ in range(3):
-        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), sig)
+        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), sig)  # not prepared
+        p256.prepare([encode(q)])
+        assert p256.verify_digest_pure(encode(q), (99).to_bytes(32, "big"), sig)  # prepared
         p256.clear_caches()
-    g_builds = [b for b in built if b[:2] == G]
-    assert g_builds == [(G[0], G[1], 9, 33, 8)]
-    assert len(p256._wide_g) == 1 and len(p256._wide_g[0]) == 33 * 128
+    assert [b for b in built if b[:2] == G] == [(G[0], G[1], 12, 1, 8), (G[0], G[1], 9, 33, 8)]
+    assert sorted(p256._wide_g) == [9, 12]
+    assert [len(c) for c in p256._wide_g[9]] == [256] * 33
+    assert [len(c) for c in p256._wide_g[12]] == [2048]
 
 
-def test_wide_generator_table_holds_the_odd_multiples_of_each_chunk_base():
-    # Chunk i, entry j is (2j + 1) * 2^(8 i) * G: every chunk's first and last
-    # entries and a spread of the others, against the reference arithmetic.
-    table = p256._g_wide()
-    picks = [(i, j) for i in range(33) for j in (0, 127)] + [(i, (37 * i) % 128) for i in range(33)]
+@pytest.mark.parametrize("window, split, picks", [
+    (9, 33, [(i, j) for i in range(33) for j in (0, 127)] + [(i, 37 * i % 128) for i in range(33)]),
+    (12, 1, [(0, j) for j in (0, 1, 2, 511, 1022, 1023)]),
+])
+def test_wide_generator_tables_hold_the_odd_multiples_of_each_chunk_base(window, split, picks):
+    # Chunk i, entry j is (2j + 1) * 2^(8 i) * G and entry -1 - j its negative: every
+    # chunk's first and last entries and a spread of the others, against the reference.
+    table = p256._g_wide(window, split)
     for i, j in picks:
-        assert table[i * 128 + j] == mul((2 * j + 1) << (8 * i), G), (i, j)
+        point = mul((2 * j + 1) << (8 * i), G)
+        assert table[i][j] == point and table[i][-1 - j] == neg(point), (i, j)
 
 
 def test_the_wide_layout_never_runs_euclid_and_the_board_layout_always_does(monkeypatch):
@@ -596,6 +603,12 @@ def test_a_prepared_key_is_built_once_and_clear_caches_drops_it(monkeypatch, lay
     assert built == [(q[0], q[1]) + prepared]
     assert list(p256._q_cache) == [key]
     assert len(p256._q_cache[key]) == size
+    if p256._WIDE:  # chunk i: (2j + 1) * 2^(8 i) * Q at j, its negative at -1 - j
+        chunks = p256._q_cache[key]
+        assert [len(c) for c in chunks] == [32] * 33
+        for i, j in ((0, 0), (0, 15), (1, 7), (32, 0), (32, 15), (17, 9)):
+            point = mul((2 * j + 1) << (8 * i), q)
+            assert chunks[i][j] == point and chunks[i][-1 - j] == neg(point)
     for _ in range(3):
         assert p256.verify_digest_pure(key, digest, sig)
         assert not p256.verify_digest_pure(key, digest, raw(1, 1))

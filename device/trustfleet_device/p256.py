@@ -120,14 +120,18 @@ _Q_WINDOW = const(5)
 # position b mod 8 of a chain of 7 doublings, from the table of 2^(8 (b // 8))
 # times the base point; 33 such chunks cover bit 256, where a wNAF of a 256-bit
 # scalar can end.
-# - G: window 9, 33 * 128 affine points (about 780 KB as ints), built once per
-#   process at the first wide verify (tens of ms), as python-ecdsa builds its
-#   generator table at first use.
-# - prepared keys: window 6, 33 * 16 = 528 points, about 95 KB per key as ints;
-#   at most _Q_CACHE_MAX (32) keys, so at most about 3 MB.
+# Every table holds its odd multiples and their negatives (a signed digit is
+# one list index), as (x, y) int pairs: about 180 bytes a point, 120 for a
+# negative (it shares x).
+# - G, prepared key's partner: window 9, 33 chunks * 128 points, about 1.3 MB;
+#   built once per process at the first wide verify (tens of ms), as
+#   python-ecdsa builds its generator table at first use.
+# - G, other keys' partner: window 12, one chunk of 1,024 points (its digits
+#   ride the long chain below), about 300 KB, built once at the first such verify.
+# - prepared keys: window 6, 33 chunks * 16 points, about 160 KB per key; at
+#   most _Q_CACHE_MAX (32) keys, so at most about 5 MB.
 # - any other key: the odd multiples 1, 3, .., 15 of the key (window 5, built
-#   per call, 8 points) and one chain of 256 doublings; G's digits still come
-#   from G's wide table.
+#   per call and dropped) and one chain of 256 doublings.
 # On MicroPython nothing changes: the board keeps the small layout above.
 _WIDE = sys.implementation.name != "micropython"
 _W_BITS = const(8)
@@ -135,6 +139,7 @@ _W_SLOT = const(7)  # position of a digit in the chain: bit & _W_SLOT
 _W_SHIFT = const(3)  # its chunk: bit >> _W_SHIFT
 _W_CHUNKS = const(33)
 _W_G_WINDOW = const(9)
+_W_G_COLD_WINDOW = const(12)
 _W_Q_WINDOW = const(6)
 _W_COLD_WINDOW = const(5)
 _W_COLD_SLOTS = const(511)  # key not prepared: every bit is its own position (bit & 511 == bit)
@@ -146,7 +151,7 @@ _FAST_CACHE_MAX = const(64)
 
 _q_cache = {}
 _fast_cache = {}
-_wide_g = []  # G's wide table once built (CPython)
+_wide_g = {}  # G's wide tables by window, once built (CPython)
 
 
 def clear_caches():
@@ -367,8 +372,9 @@ def _build_tables(x, y, window, split, bits=0):
 
     Chunk i holds 2^(w-2) points from point index i * 2^(w-2): the odd
     multiples 1, 3, .. (2^(w-1) - 1) of 2^(29 i)*(x, y). With bits (the
-    wide layout, CPython), chunk i starts at 2^(bits i)*(x, y) instead and
-    the result is a list of (x, y) int pairs, used as they are. Bytes, not ints:
+    wide layout, CPython), chunk i is built on 2^(bits i)*(x, y) instead and
+    is a list of 2^(w-1) (x, y) int pairs: the odd multiples, then their
+    negatives in reverse order. Bytes, not ints:
     a point costs 64 bytes of heap instead of about 104 as two ints in a
     tuple, and decoding one when it is used costs far less than adding it.
     The result is allocated first, in one piece, while the heap is least cut
@@ -399,7 +405,17 @@ def _build_tables(x, y, window, split, bits=0):
             cur = _add_mixed(cur[0], cur[1], cur[2], dx, dy)
             flat[i * count + j] = cur
     aff = cur = None
-    return _to_affine(flat, out)
+    if not bits:
+        return _to_affine(flat, out)
+    # Wide: one list per chunk, the odd multiples 1, 3, .. then their
+    # negatives .., -3, -1, so that a signed digit d is entry d >> 1.
+    flat = _to_affine(flat)
+    p = _P
+    chunks = [None] * split
+    for i in range(split):
+        pos = flat[i * count : (i + 1) * count]
+        chunks[i] = pos + [(x, p - y) for x, y in reversed(pos)]
+    return chunks
 
 
 def _schedule(sched, k, table, base, window, pos):
@@ -461,15 +477,14 @@ def _mul_add(u1, u2, q_tables, spread):
     return _chain(sched)
 
 
-def _schedule_wide(sched, k, table, count, window, slots):
+def _schedule_wide(sched, k, table, window, slots):
     """Recode k (< n) in one width-w NAF; append the signed table points to sched.
 
-    The digit d at bit b is the point (|d| >> 1) of chunk b >> 3 of the table
-    (a list of (x, y), count points per chunk), negated when d < 0, and goes
-    to sched[b & slots]: slots 7 for the wide layout; slots 511 and count 0
-    for a table of one chunk over a full chain of 256 doublings.
+    The digit d at bit b (odd, |d| < 2^(w-1)) is entry d >> 1 of chunk b >> 3
+    of the table (see _build_tables: negative d wraps round to the
+    negatives) and goes to sched[b & slots]: slots 7 for the wide layout,
+    511 for a full chain of 256 doublings.
     """
-    p = _P
     full = 1 << window
     half = full >> 1
     mask = full - 1
@@ -480,13 +495,9 @@ def _schedule_wide(sched, k, table, count, window, slots):
         pos += zeros
         d = k & mask
         if d > half:
-            d = full - d
-            k += d
-            x, y = table[(pos >> _W_SHIFT) * count + (d >> 1)]
-            pt = (x, p - y)
-        else:
-            k -= d
-            pt = table[(pos >> _W_SHIFT) * count + (d >> 1)]
+            d -= full
+        k -= d
+        pt = table[pos >> _W_SHIFT][d >> 1]
         lst = sched[pos & slots]
         if lst is None:
             sched[pos & slots] = [pt]
@@ -494,26 +505,31 @@ def _schedule_wide(sched, k, table, count, window, slots):
             lst.append(pt)
 
 
-def _g_wide():
-    """Return G's wide table, building it at the first call (CPython)."""
-    if not _wide_g:
-        _wide_g.append(_build_tables(_GX, _GY, _W_G_WINDOW, _W_CHUNKS, _W_BITS))
-    return _wide_g[0]
+def _g_wide(window, split):
+    """Return G's wide table for this window and number of chunks, built at its first use."""
+    table = _wide_g.get(window)
+    if table is None:
+        table = _build_tables(_GX, _GY, window, split, _W_BITS)
+        _wide_g[window] = table
+    return table
 
 
 def _mul_add_wide(u1, u2, q_tables):
     """Return u1*G + u2*Q in Jacobian form (Z == 0 for infinity), wide layout (CPython).
 
-    q_tables is the key's wide table (prepared: one chain of 7 doublings) or
-    its 8 odd multiples only (not prepared: one chain of 256 doublings).
+    q_tables is the key's wide table (prepared: 33 chunks, one chain of 7
+    doublings) or its chunk 0 only (not prepared: the odd multiples up to 15,
+    one chain of 256 doublings, every chunk index landing on chunk 0).
     """
-    if len(q_tables) > 1 << (_W_COLD_WINDOW - 2):
-        sched = [None] * _W_BITS
-        _schedule_wide(sched, u2, q_tables, 1 << (_W_Q_WINDOW - 2), _W_Q_WINDOW, _W_SLOT)
-    else:
+    if len(q_tables) == 1:
         sched = [None] * 257
-        _schedule_wide(sched, u2, q_tables, 0, _W_COLD_WINDOW, _W_COLD_SLOTS)
-    _schedule_wide(sched, u1, _g_wide(), 1 << (_W_G_WINDOW - 2), _W_G_WINDOW, _W_SLOT)
+        _schedule_wide(sched, u2, q_tables * _W_CHUNKS, _W_COLD_WINDOW, _W_COLD_SLOTS)
+        g_tables = _g_wide(_W_G_COLD_WINDOW, 1) * _W_CHUNKS
+        _schedule_wide(sched, u1, g_tables, _W_G_COLD_WINDOW, _W_COLD_SLOTS)
+    else:
+        sched = [None] * _W_BITS
+        _schedule_wide(sched, u2, q_tables, _W_Q_WINDOW, _W_SLOT)
+        _schedule_wide(sched, u1, _g_wide(_W_G_WINDOW, _W_CHUNKS), _W_G_WINDOW, _W_SLOT)
     return _chain(sched)
 
 
@@ -528,15 +544,14 @@ def _chain(sched):
     Z = 0
     for i in range(len(sched) - 1, -1, -1):
         if Z:
-            # Doubling, inlined copy of _double (hot loop).
+            # Doubling, _double inlined (hot loop), with beta = 4 X gamma here.
             delta = Z * Z % p
             gamma = Y * Y % p
-            beta = X * gamma % p
+            beta = (X * gamma << 2) % p
             alpha = 3 * (X - delta) * (X + delta) % p
-            X3 = (alpha * alpha - 8 * beta) % p
-            Z = 2 * Y * Z % p
-            Y = (alpha * (4 * beta - X3) - 8 * gamma * gamma) % p
-            X = X3
+            X = (alpha * alpha - (beta << 1)) % p
+            Z = (Y * Z << 1) % p
+            Y = (alpha * (beta - X) - (gamma * gamma << 3)) % p
         lst = sched[i]
         if lst is None:
             continue
