@@ -3,7 +3,7 @@
 Usage: .venv/bin/python benchmarks/bench_ingest.py [--json] [--quick] [--pg URL] [--runs N]
                                                   [--devices N] [--per-device K] [--only CONFIG]
 
-Input: K statuses from each of N devices (default 20,000 x 5), built as the
+Input: K statuses from each of N devices (default 10,000 x 5), built as the
 device core builds them (trustfleet_device.status.build and encode: every
 field, seq 1..K), published as the device agent publishes them: QoS 1,
 retained, on tf/<fleet>/status/<device>, one device's statuses in order.
@@ -67,7 +67,6 @@ from trustfleet_server.fleet import db as fleetdb  # noqa: E402
 TARGET = 20_000
 BATCH = 2_000
 PUBLISHERS = 2
-INFLIGHT = int(os.environ.get("H3_INFLIGHT", "20"))
 T0 = 1_800_000_000
 PG_DEFAULT = os.environ.get("TRUSTFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CONFIGS = ("pg-1", "pg-2", "pg-3", "sqlite-1")
@@ -198,6 +197,16 @@ class PostgresStore:
         conn = self.psycopg.connect(target, autocommit=True)
         return conn, lambda sql, args: conn.execute(sql.replace("?", "%s"), args).fetchone()[0]
 
+    @staticmethod
+    def named(target: str, name: str) -> str:
+        """The target with an application_name, to find the workers' server processes."""
+        return f"{target}&application_name={name}"
+
+    @staticmethod
+    def backends(conn, name: str) -> list[int]:
+        return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                                           (name,)).fetchall()]
+
     def drop(self) -> None:
         with self.psycopg.connect(self.url, autocommit=True) as c:
             for name in self.schemas:
@@ -217,6 +226,14 @@ class SQLiteStore:
     def poller(self, target: str):
         conn = sqlite3.connect(target, isolation_level=None)
         return conn, lambda sql, args: conn.execute(sql, args).fetchone()[0]
+
+    @staticmethod
+    def named(target: str, name: str) -> str:
+        return target
+
+    @staticmethod
+    def backends(conn, name: str) -> list[int]:
+        return []  # SQLite runs inside serve: its CPU is serve's
 
     def drop(self) -> None:
         pass
@@ -272,21 +289,30 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait(5)
 
 
-def e2e_run(config: str, store, devices: int, per_device: int, workdir: Path,
-            profile: Path | None = None) -> dict:
-    """One end-to-end run of `config` ("pg-2": PostgreSQL, 2 workers): rate and CPU."""
-    from support.fleetkit import Repo
+class Load:
+    """The fleet of a benchmark run: its root and the load generators' packets, made once."""
 
+    def __init__(self, devices: int, per_device: int, workdir: Path) -> None:
+        from support.fleetkit import Repo
+
+        self.fleet = f"b{uuid.uuid4().hex[:8]}"
+        self.devices, self.per_device = devices, per_device
+        self.root = workdir / "root.cose"
+        self.root.write_bytes(Repo(fleet=self.fleet).root_raw)
+        self.streams = write_streams(self.fleet, devices, per_device, workdir)
+
+
+def e2e_run(config: str, store, load: Load, workdir: Path, profile: Path | None = None) -> dict:
+    """One end-to-end run of `config` ("pg-2": PostgreSQL, 2 workers) with a fresh broker and
+    store: rate and CPU."""
     workers = int(config.split("-")[1])
-    fleet = f"b{uuid.uuid4().hex[:8]}"
-    run_dir = workdir / fleet
+    fleet, devices, per_device, streams = load.fleet, load.devices, load.per_device, load.streams
+    run = f"{fleet}-{uuid.uuid4().hex[:6]}"
+    run_dir = workdir / run
     run_dir.mkdir()
-    repo = Repo(fleet=fleet)
-    (run_dir / "root.cose").write_bytes(repo.root_raw)
-    streams = write_streams(fleet, devices, per_device, run_dir)
-    target = store.fresh()
+    target = store.named(store.fresh(), run)
     broker = PrivateMosquitto(workdir=run_dir, extra=[
-        "max_queued_messages 0", f"max_inflight_messages {INFLIGHT}", "log_dest none"]).start()
+        "max_queued_messages 0", "max_inflight_messages 20", "log_dest none"]).start()
     serves: list[subprocess.Popen] = []
     pubs: list[subprocess.Popen] = []
     poll_conn = None
@@ -296,12 +322,12 @@ def e2e_run(config: str, store, devices: int, per_device: int, workdir: Path,
         for w in range(workers):
             log = run_dir / f"serve-{w}.log"
             logs.append(log)
-            prof = ["-m", "cProfile", "-o", str(profile / f"{config}-w{w}-{fleet}.prof")] if profile else []
-            serves.append(subprocess.Popen(
-                [sys.executable, *prof, "-m", "trustfleet_server.cli", "serve", "--broker", broker.url,
-                 "--fleet", fleet, "--root",
-                 str(run_dir / "root.cose"), "--db", target, "--client-id", f"{fleet}-w{w}"],
-                stdout=subprocess.DEVNULL, stderr=open(log, "wb"), env=env))
+            prof = ["-m", "cProfile", "-o", str(profile / f"{config}-w{w}-{run}.prof")] if profile else []
+            with open(log, "wb") as err:
+                serves.append(subprocess.Popen(
+                    [sys.executable, *prof, "-m", "trustfleet_server.cli", "serve", "--broker", broker.url,
+                     "--fleet", fleet, "--root", str(load.root), "--db", target,
+                     "--client-id", f"{run}-w{w}"], stdout=subprocess.DEVNULL, stderr=err, env=env))
         deadline = time.monotonic() + 60
         while not all(READY_LINE in log.read_bytes() for log in logs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in serves):
@@ -311,12 +337,13 @@ def e2e_run(config: str, store, devices: int, per_device: int, workdir: Path,
         for i, (path, count) in enumerate(streams):
             pubs.append(subprocess.Popen(
                 [sys.executable, "-c", PUBLISHER, str(broker.port), str(path), str(count),
-                 connect_packet(f"{fleet}-load-{i}").hex()],
+                 connect_packet(f"{run}-load-{i}").hex()],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         load_cpu = -sum(_wait_line(p, "ready", 30) for p in pubs)
         poll_conn, count_rows = store.poller(target)
         query = "SELECT COUNT(*) FROM tf_devices WHERE fleet = ? AND seq = ?"
-        pids = {"broker": [broker.proc.pid], "serve": [p.pid for p in serves]}
+        pids = {"broker": [broker.proc.pid], "serve": [p.pid for p in serves],
+                "db": store.backends(poll_conn, run)}
         cpu0 = {k: sum(cpu_seconds(pid) for pid in v) for k, v in pids.items()}
         start = time.perf_counter()
         for p in pubs:
@@ -342,8 +369,9 @@ def e2e_run(config: str, store, devices: int, per_device: int, workdir: Path,
         store.drop()
         shutil.rmtree(run_dir, ignore_errors=True)
     n = devices * per_device
-    return {"msg_s": n / elapsed, "seconds": elapsed, "cpu_load": load_cpu / elapsed,
-            **{f"cpu_{k}": (cpu1[k] - cpu0[k]) / elapsed for k in cpu0}}
+    cpu = {f"cpu_{k}": (cpu1[k] - cpu0[k]) / elapsed for k in cpu0}
+    return {"msg_s": n / elapsed, "seconds": elapsed, "cpu_load": load_cpu / elapsed, **cpu,
+            "serve_us_per_msg": (cpu1["serve"] - cpu0["serve"]) / n * 1e6}
 
 
 # --------------------------------------------------------------------------- peers
@@ -415,17 +443,17 @@ def summary(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--quick", action="store_true", help="1 round, 5,000 devices")
+    parser.add_argument("--quick", action="store_true", help="1 round, 3,000 devices")
     parser.add_argument("--pg", default=PG_DEFAULT, help=f"PostgreSQL URL (default {PG_DEFAULT})")
     parser.add_argument("--runs", type=int, default=None, help="rounds (default 3; --quick 1)")
-    parser.add_argument("--devices", type=int, default=None, help="devices (default 20,000; --quick 5,000)")
+    parser.add_argument("--devices", type=int, default=None, help="devices (default 10,000; --quick 3,000)")
     parser.add_argument("--per-device", type=int, default=5, help="statuses per device (default 5)")
     parser.add_argument("--profile", type=Path, help="run the workers under cProfile, writing DIR/*.prof")
     parser.add_argument("--only", action="append", choices=CONFIGS,
                         help="end-to-end configuration to run (repeatable; default all)")
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
-    devices = args.devices or (5_000 if args.quick else 20_000)
+    devices = args.devices or (3_000 if args.quick else 10_000)
     if runs < 1 or devices < 1 or args.per_device < 1:
         parser.error("--runs, --devices and --per-device must be at least 1")
     configs = list(args.only or CONFIGS)
@@ -448,11 +476,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         sqlite_store = SQLiteStore(work)
         stores = {"sqlite": sqlite_store, "pg": pg}
+        load = Load(devices, args.per_device, work) if configs else None
         try:
             for _ in range(runs):  # round-robin: machine noise hits every configuration alike
                 for config in configs:
-                    e2e[config].append(e2e_run(config, stores[config.split("-")[0]], devices,
-                                               args.per_device, work, args.profile))
+                    e2e[config].append(e2e_run(config, stores[config.split("-")[0]], load, work,
+                                               args.profile))
                 for name, store in (("PostgreSQL", pg), ("SQLite", sqlite_store)):
                     if store is None:
                         continue
@@ -466,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     for config, rs in e2e.items():
         result["end_to_end"][config] = {
             "msg_s": summary([r["msg_s"] for r in rs]),
-            **{k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0] if k.startswith("cpu_")}}
+            **{k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0] if k.startswith("cpu_")},
+            "serve_us_per_msg": round(statistics.median(r["serve_us_per_msg"] for r in rs), 1)}
     result["peers"] = {name: summary(v) for name, v in peers.items()}
     pg1 = result["end_to_end"].get("pg-1")
     result["target_met"] = bool(pg1 and pg1["msg_s"]["median"] >= TARGET)
@@ -476,15 +506,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"status ingest end to end: {devices:,} devices x {args.per_device} statuses = "
           f"{devices * args.per_device:,} QoS 1 messages, {runs} run(s) per row (Python "
           f"{result['python']}, SQLite {result['sqlite']})")
-    print(f"{'configuration':<28} {'min':>9} {'median':>9} {'max':>9}   CPU s/s: broker serve load")
+    print(f"{'end to end, statuses/s':<28} {'min':>9} {'median':>9} {'max':>9}   "
+          f"CPU s/s: broker serve  db load   serve CPU/msg")
     names = {"pg": "PostgreSQL", "sqlite": "SQLite"}
     for config, r in result["end_to_end"].items():
         kind, workers = config.split("-")
         label = f"{names[kind]}, {workers} worker{'s' if workers != '1' else ''}"
         m = r["msg_s"]
+        db_cpu = f"{r['cpu_db']:>4.2f}" if kind == "pg" else "   -"
         print(f"{label:<28} {m['min']:>9,} {m['median']:>9,} {m['max']:>9,}   "
-              f"{r['cpu_broker']:>12.2f} {r['cpu_serve']:>5.2f} {r['cpu_load']:>4.2f}")
-    print("peers (no broker):")
+              f"{r['cpu_broker']:>15.2f} {r['cpu_serve']:>5.2f} {db_cpu} {r['cpu_load']:>4.2f}   "
+              f"{r['serve_us_per_msg']:>7.1f} us")
+    print("peers, no broker (statuses/s):")
     for name, m in result["peers"].items():
         print(f"  {name:<26} {m['min']:>9,} {m['median']:>9,} {m['max']:>9,}")
     for what, reason in result["not_measured"].items():

@@ -239,40 +239,46 @@ def _plain_fields(message: dict) -> dict | None:
     get = message.get
     state = get("state")
     if type(state) is not str or not 0 < len(state) <= schema.MAX_STATE or "device" in message \
-            or "fleet" in message:
+            or "fleet" in message or _PLAIN_ORDER[0] is not _KINDS:
         return None
     max_int, max_text, max_list = schema.MAX_INT, schema.MAX_TEXT, schema.MAX_LIST
-    out = {}
-    for name, kind in _PLAIN_ORDER:
+    for name in _PLAIN_ORDER[1][schema.INT]:
         v = get(name)
+        if v is not None and (type(v) is not int or not 0 <= v <= max_int):
+            return None
+    for name in _PLAIN_ORDER[1][schema.TEXT]:
+        v = get(name)
+        if v is not None and (type(v) is not str or len(v) > max_text):
+            return None
+    for name in _PLAIN_ORDER[1][schema.NAME]:
+        v = get(name)
+        if v is not None and (type(v) is not str or _NAME.fullmatch(v) is None):
+            return None
+    out = {name: get(name) for name in _PLAIN_ORDER[2]}
+    for name in _PLAIN_ORDER[1][schema.INTS]:
+        v = out[name]
         if v is None:
-            if kind == schema.INTS or kind == schema.TEXTS:
-                v = []
-        elif kind == schema.INT:
-            if type(v) is not int or not 0 <= v <= max_int:
-                return None
-        elif kind == schema.TEXT:
-            if type(v) is not str or len(v) > max_text:
-                return None
-        elif kind == schema.TEXTS:
-            if type(v) is not list or len(v) > max_list or \
-                    not all(type(x) is str and len(x) <= max_text for x in v):
-                return None
-        elif kind == schema.INTS:
-            if type(v) is not list or len(v) > max_list or \
-                    not all(type(x) is int and 0 <= x <= max_int for x in v):
-                return None
-        elif kind == schema.NAME:
-            if type(v) is not str or _NAME.fullmatch(v) is None:
-                return None
-        elif kind != schema.STATE:
-            return None  # a kind this shortcut does not know: validate decides
-        out[name] = v
+            out[name] = []
+        elif type(v) is not list or len(v) > max_list or \
+                not all(type(x) is int and 0 <= x <= max_int for x in v):
+            return None
+    for name in _PLAIN_ORDER[1][schema.TEXTS]:
+        v = out[name]
+        if v is None:
+            out[name] = []
+        elif type(v) is not list or len(v) > max_list or \
+                not all(type(x) is str and len(x) <= max_text for x in v):
+            return None
     return out
 
 
-# Every field validate returns, but device and fleet (checked against the topic instead).
-_PLAIN_ORDER = tuple((n, k) for n, k in schema.FIELDS if k != schema.BUCKET and n not in ("device", "fleet"))
+# What validate returns, but device and fleet (checked against the topic instead), by kind.
+_KINDS = (schema.STATE, schema.INT, schema.TEXT, schema.NAME, schema.INTS, schema.TEXTS)
+_FIELDS = tuple((n, k) for n, k in schema.FIELDS if k != schema.BUCKET and n not in ("device", "fleet"))
+# (kinds known here, {kind: names}, every name); a field of another kind: validate decides.
+_PLAIN_ORDER = (_KINDS if all(k in _KINDS for _, k in _FIELDS) else None,
+                {kind: tuple(n for n, k in _FIELDS if k == kind) for kind in _KINDS},
+                tuple(n for n, _ in _FIELDS))
 
 
 def normalise_status(fleet: str, device_id: str, status: Mapping | bytes | str) -> dict:
