@@ -214,6 +214,7 @@ class Worker:
         self._sem: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task] = set()
         self._ticker: asyncio.Task | None = None
+        self._starter: asyncio.Task | None = None
         self._started = time.time()
 
     # -- life cycle -------------------------------------------------------------------
@@ -234,9 +235,28 @@ class Worker:
             self._boot(d, MemStorage(self.image))
             self.devices.append(d)
             if len(self.devices) % 500 == 0:
-                await asyncio.sleep(0)  # let earlier devices connect meanwhile
-            d.task = asyncio.get_running_loop().create_task(self._life(d))
-        self._ticker = asyncio.get_running_loop().create_task(self._tick_all())
+                await asyncio.sleep(0)  # let the loop breathe
+        loop = asyncio.get_running_loop()
+        for d in self.devices:
+            if d.off:   # waits for t0, powered off
+                d.task = loop.create_task(self._life(d))
+        self._starter = loop.create_task(self._start_all())
+        self._ticker = loop.create_task(self._tick_all())
+
+    async def _start_all(self) -> None:
+        """Start each powered-on device's first connect, at most CONNECT_CONCURRENCY at a time
+        (a _life task ends once connected): the tasks, their frames and futures of devices
+        still waiting for their turn are never all alive at once."""
+        gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        loop = asyncio.get_running_loop()
+        for d in self.devices:
+            if d.off or d.task is not None:
+                continue
+            await gate.acquire()
+            if self.stopping:
+                return
+            d.task = loop.create_task(self._life(d))
+            d.task.add_done_callback(lambda _task: gate.release())
 
     def _boot(self, d: SimDevice, storage: MemStorage) -> None:
         d.storage = storage
@@ -253,21 +273,22 @@ class Worker:
         self.stopping = True
         self._stop_event.set()
         self._t0_event.set()
-        if self._ticker is not None:
-            self._ticker.cancel()
-        sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+        for task in (self._ticker, self._starter):
+            if task is not None:
+                task.cancel()
 
         async def bye(d: SimDevice) -> None:
             c = d.client
             if c is None or c.closed:
                 return
-            async with sem:
-                with contextlib.suppress(ClientError, OSError):
-                    if clear:
-                        await c.publish(topics.status(self.cfg.fleet, d.id), b"", True, 1)
-                    await c.disconnect()
+            with contextlib.suppress(ClientError, OSError):
+                if clear:
+                    await c.publish(topics.status(self.cfg.fleet, d.id), b"", True, 1)
+                await c.disconnect()
 
-        await asyncio.gather(*(bye(d) for d in self.devices))
+        # In batches: a coroutine and a task per device, all at once, would set the peak memory.
+        for at in range(0, len(self.devices), CONNECT_CONCURRENCY):
+            await asyncio.gather(*(bye(d) for d in self.devices[at:at + CONNECT_CONCURRENCY]))
         tasks = [d.task for d in self.devices if d.task is not None and not d.task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=10)
