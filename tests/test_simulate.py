@@ -315,7 +315,7 @@ def test_cli_prints_one_json_report(fleet, tmp_path, capsys):
                      "--publish", str(paths["v2"]), "--group-split", "canary:10%",
                      "--power-cut", "0.1", "--health-fail-group", "canary", "--duplicate", "10%",
                      "--reorder", "0.1", "--clock-skew", "600", "--stuck-2000", "0.1",
-                     "--broker-restart-at", "0s", "--timeout", "40s", "--json"])
+                     "--forge", "10%", "--broker-restart-at", "0s", "--timeout", "40s", "--json"])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads(out)
@@ -325,6 +325,8 @@ def test_cli_prints_one_json_report(fleet, tmp_path, capsys):
     assert report["versions"] == {"v1": 3, "v2": 27}
     assert report["faults"]["power_cut"]["cuts"] == 3
     assert report["faults"]["broker_restart"]["restarts"] == 1
+    forge = report["faults"]["forge"]
+    assert forge["devices"] == 3 and forge["accepted"] == 0 and forge["refused"] == forge["forged"] >= 3
     assert report["peak_rss_kb"]["total"] > 0
 
 
@@ -503,6 +505,7 @@ def test_packet_loss_and_latency_slow_the_fleet_but_it_converges(broker, fleet):
 @pytest.mark.parametrize("extra, message", [
     (["--loss", "60%"], "--loss: 60% would cut nearly every connection"),
     (["--loss", "lots"], "--loss: 'lots' is not a share"),
+    (["--forge", "150%"], "--forge: 150% is outside 0..1"),
     (["--latency", "soon"], "--latency: 'soon' is not a duration"),
     (["--broker-restart-signal", "kill"], "--broker-restart-signal: needs --broker-restart-at"),
     (["--republish"], "--republish: needs --broker-restart-at and --publish"),
