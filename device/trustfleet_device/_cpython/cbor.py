@@ -23,7 +23,6 @@ decoder instead, so both paths always give the same answer or the same
 error class.
 """
 
-from io import BytesIO
 
 import cbor2
 
@@ -283,7 +282,6 @@ def decode(data, limits, tags):
     """Same contract as cbor.decode. Raises: DecodeError."""
     if 0 < len(data) <= limits.max_document:
         try:
-            fp = BytesIO(data)
             # A tag around the whole document (COSE) is read here, so cbor2 hands back
             # mutable lists and dicts: under a tag it builds tuples and frozendicts,
             # which would all have to be copied.
@@ -291,11 +289,13 @@ def decode(data, limits, tags):
             if number is not None:
                 if limits.max_depth < 1:
                     raise _NotStrict
-                fp.seek(start)
-            value = cbor2.CBORDecoder(
-                fp, allow_indefinite=False, allow_duplicate_keys=False,
+                data_in = memoryview(data)[start:]
+            else:
+                data_in = data
+            value = cbor2.loads(
+                data_in, allow_indefinite=False, allow_duplicate_keys=False,
                 max_depth=limits.max_depth + 2, semantic_decoders=_NO_SEMANTICS,
-            ).decode()
+            )
             if number is None:
                 total, tagged = _walk(value, limits, tags)
             else:
