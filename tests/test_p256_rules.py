@@ -479,15 +479,24 @@ def signed_by(d, e):
 
 
 def counting_builds(monkeypatch):
-    """Record the arguments of every table build p256 does from now on."""
+    """Record the arguments of every table build p256 does from now on.
+
+    _build_tables(x, y, window, split[, bits]) as its arguments,
+    _odd_multiples(x, y, count) as (x, y, count, "co-Z").
+    """
     built = []
-    real = p256._build_tables
+    real_tables, real_odd = p256._build_tables, p256._odd_multiples
 
-    def counting(*args):
+    def tables(*args):
         built.append(args)
-        return real(*args)
+        return real_tables(*args)
 
-    monkeypatch.setattr(p256, "_build_tables", counting)
+    def odd(x, y, count):
+        built.append((x, y, count, "co-Z"))
+        return real_odd(x, y, count)
+
+    monkeypatch.setattr(p256, "_build_tables", tables)
+    monkeypatch.setattr(p256, "_odd_multiples", odd)
     return built
 
 
@@ -500,8 +509,7 @@ def layout(request, monkeypatch):
     monkeypatch.setattr(p256, "_WIDE", request.param)
     monkeypatch.setattr(p256, "_q_cache", {})
     if request.param:
-        yield ((p256._W_COLD_WINDOW, 1, p256._W_BITS),
-               (p256._W_Q_WINDOW, p256._W_CHUNKS, p256._W_BITS), 33)
+        yield (8, "co-Z"), (p256._W_Q_WINDOW, p256._W_CHUNKS, p256._W_BITS), 33
     else:
         yield (p256._Q_WINDOW, 1), (p256._Q_WINDOW, p256._SPLIT), 64 * 9 * 8
     p256.clear_caches()
@@ -533,6 +541,14 @@ def test_wide_generator_tables_are_built_once_each_and_survive_clear_caches(monk
     assert sorted(p256._wide_g) == [9, 12]
     assert [len(c) for c in p256._wide_g[9]] == [256] * 33
     assert [len(c) for c in p256._wide_g[12]] == [2048]
+
+
+def test_a_key_not_prepared_gets_its_odd_multiples_and_their_negatives_in_the_wide_layout():
+    q = mul(0xC0FFEE, G)
+    (chunk,) = p256._odd_multiples(q[0], q[1], 8)
+    assert chunk == [mul(k, q) for k in range(1, 16, 2)] + [neg(mul(k, q)) for k in range(15, 0, -2)]
+    (chunk,) = p256._odd_multiples(G[0], G[1], 2)
+    assert chunk == [G, mul(3, G), neg(mul(3, G)), neg(G)]
 
 
 @pytest.mark.parametrize("window, split, picks", [

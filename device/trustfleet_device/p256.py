@@ -418,6 +418,43 @@ def _build_tables(x, y, window, split, bits=0):
     return chunks
 
 
+def _odd_multiples(x, y, count):
+    """Return [[1, 3, .., 2 count - 1 times (x, y), then their negatives in reverse]] (wide).
+
+    The one-chunk table of a key that is not prepared, built for one call:
+    2P by the doubling of an affine point, which gives P with the same Z for
+    free, then each next odd multiple by a co-Z addition (Meloni: the sum
+    and 2P come out sharing a new Z), and one inversion at the end. Cheaper
+    than _build_tables' two inversions and mixed additions.
+    """
+    p = _P
+    e = y * y % p
+    ee = e * e % p
+    s = (x * e << 2) % p  # x of P with Z = 2y
+    m = 3 * (x * x % p - 1)
+    dx = (m * m - (s << 1)) % p  # 2P
+    dy = (m * (s - dx) - (ee << 3)) % p
+    z = (y << 1) % p
+    cx = s
+    cy = (ee << 3) % p  # y of P with Z = 2y
+    jac = [None] * count
+    jac[0] = (cx, cy, z)
+    for j in range(1, count):
+        t = dx - cx
+        c = t * t % p
+        w1 = dx * c % p
+        w2 = cx * c % p
+        u = dy - cy
+        dy = dy * (w1 - w2) % p  # 2P again, with the new Z
+        cx = (u * u - w1 - w2) % p
+        cy = (u * (w1 - cx) - dy) % p
+        dx = w1
+        z = z * t % p
+        jac[j] = (cx, cy, z)
+    aff = _to_affine(jac)
+    return [aff + [(ax, p - ay) for ax, ay in reversed(aff)]]
+
+
 def _schedule(sched, k, table, base, window, pos):
     """Recode k (< 2^29) in width-w NAF; append the signed table points to sched[pos + position].
 
@@ -607,7 +644,7 @@ def verify_digest_pure(point, digest, sig):
     w = _invert(s, n)
     if _WIDE:
         if q_tables is None:
-            q_tables = _build_tables(x, y, _W_COLD_WINDOW, 1, _W_BITS)
+            q_tables = _odd_multiples(x, y, 1 << (_W_COLD_WINDOW - 2))
         X, _, Z = _mul_add_wide(e * w % n, r * w % n, q_tables)
     else:
         spread = q_tables is None
