@@ -54,7 +54,9 @@ for _sub in ("device", "server"):
     sys.path.insert(0, str(REPO / _sub))
 
 from trustfleet_server.broker import AioClient  # noqa: E402
+from trustfleet_server.broker.aioclient import NotConnected  # noqa: E402
 from trustfleet_server.broker.mosquitto import (  # noqa: E402
+    MosquittoError,
     PrivateMosquitto,
     free_port,
     start_process,
@@ -94,13 +96,15 @@ def sched_s(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def embedded_broker():
+def embedded_broker(clients: int):
+    """The embedded broker with room for both fleets (its default cap is 10,000 connections)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO / "device"), str(REPO / "server"), os.environ.get("PYTHONPATH", "")]))
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as tmp:
         proc = start_process(
-            [sys.executable, "-m", "trustfleet_server.cli", "broker", "run", "--port", str(port)],
+            [sys.executable, "-m", "trustfleet_server.cli", "broker", "run", "--port", str(port),
+             "--max-connections", str(max(10000, 2 * clients + 100))],
             log=Path(tmp) / "embedded.log", listens=[("127.0.0.1", port)], name="embedded broker", env=env)
         try:
             yield port, proc.pid
@@ -314,7 +318,7 @@ def main() -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * clients + 1000), hard))
 
     notes: dict = {}
-    brokers = {"embedded": embedded_broker}
+    brokers = {"embedded": lambda: embedded_broker(clients)}
     binary = shutil.which("mosquitto") or next(
         (c for c in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(c)), None)
     if binary:
@@ -324,10 +328,14 @@ def main() -> int:
         notes["mosquitto"] = "not measured (no mosquitto binary on PATH or in /usr/sbin)"
 
     per_round: dict[str, list[dict]] = {name: [] for name in brokers}
-    for _ in range(rounds):
+    for i in range(rounds):
         for name, start in brokers.items():
-            with start() as (port, pid):
-                per_round[name].append(asyncio.run(measure(port, pid, clients, fanouts)))
+            try:
+                with start() as (port, pid):
+                    per_round[name].append(asyncio.run(measure(port, pid, clients, fanouts)))
+            except (TimeoutError, OSError, MosquittoError, NotConnected) as exc:
+                print(f"bench_broker: {name} broker, round {i + 1}: {exc}", file=sys.stderr)
+                return 1
 
     report = {
         "clients": clients, "rounds": rounds, "fanouts": fanouts, "payload_bytes": len(PAYLOAD),
