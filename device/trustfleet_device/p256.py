@@ -531,7 +531,7 @@ def _schedule_wide(sched, k, table, window, slots):
         k >>= zeros
         pos += zeros
         d = k & mask
-        if d > half:
+        if d & half:  # d > half: a negative digit
             d -= full
         k -= d
         pt = table[pos >> _W_SHIFT][d >> 1]
@@ -559,7 +559,7 @@ def _mul_add_wide(u1, u2, q_tables):
     one chain of 256 doublings, every chunk index landing on chunk 0).
     """
     if len(q_tables) == 1:
-        sched = [None] * 257
+        sched = [None] * (_W_CHUNKS << _W_SHIFT)  # positions 0 .. 263: a wNAF ends by 256
         _schedule_wide(sched, u2, q_tables * _W_CHUNKS, _W_COLD_WINDOW, _W_COLD_SLOTS)
         g_tables = _g_wide(_W_G_COLD_WINDOW, 1) * _W_CHUNKS
         _schedule_wide(sched, u1, g_tables, _W_G_COLD_WINDOW, _W_COLD_SLOTS)
@@ -577,8 +577,7 @@ def _chain(sched):
     additions of each position after its doubling; Z == 0 is infinity.
     """
     p = _P
-    X = Y = 1
-    Z = 0
+    X = Y = Z = 0  # infinity: X and Y are not read while Z == 0
     for i in range(len(sched) - 1, -1, -1):
         if Z:
             # Doubling, _double inlined (hot loop), with beta = 4 X gamma here.
