@@ -37,6 +37,13 @@ bundle keys, named when a root is accepted); any other key is verified
 with a table for chunk 0 only and one chain of 262 doublings. The result
 is checked in projective form (r*Z^2 == X), so a verify does one modular
 inversion besides table building: s^-1 mod n, by extended Euclid.
+
+On CPython (_WIDE) memory is cheap and each Python operation costs more
+than the big-int arithmetic in it, so the tables are bigger and the
+recoding is one wNAF over the whole scalar: 8-bit chunks, a chain of 7
+doublings for prepared keys, tables built at run time (G's once per
+process), inverses by the C pow(). Sizes and memory are listed with the
+constants below. The board never takes that path.
 """
 
 import hashlib
