@@ -299,13 +299,12 @@ class AioClient:
         if self.closed:
             return
         transport = self._transport
+        if self._corked:
+            transport.write(b"".join(self._corked))
+            self._corked.clear()
         transport.write(b"\xe0\x00")
         self._finish("disconnected by the client")
-        transport.close()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._closed), self.timeout)
-        except TimeoutError:
-            transport.abort()
+        transport.close()   # sends what is buffered, then closes; the client is closed already
 
     def abort(self) -> None:
         """Drop the connection without DISCONNECT (as a power loss would): the will is published."""
@@ -331,12 +330,13 @@ class AioClient:
         return future
 
     async def _wait(self, future: asyncio.Future, what: str):
+        # One timer on the future itself (cheaper than wait_for's wrapper, per connection).
+        timer = self._loop.call_later(self.timeout, _time_out, future,
+                                      f"no {what} from {self.host}:{self.port} within {self.timeout} s")
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        except TimeoutError:
-            raise AckTimeout(f"no {what} from {self.host}:{self.port} within {self.timeout} s") \
-                from None
+            return await future
         finally:
+            timer.cancel()
             for key, value in list(self._waiters.items()):
                 if value is future:
                     del self._waiters[key]
@@ -476,3 +476,8 @@ def _check_filters(topics: list[tuple[str, int]]) -> None:
     for filt, qos in topics:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos} for {filt!r} not in 0..1")
+
+
+def _time_out(future: asyncio.Future, message: str) -> None:
+    if not future.done():
+        future.set_exception(AckTimeout(message))

@@ -148,18 +148,6 @@ class SimDevice:
         b = self.device.active_bundle() if self.device is not None else None
         return b.version if b is not None else None
 
-    def settled_for(self, version: int) -> bool:
-        """Online and idle, and runs `version` (or newer) or has reverted it as bad."""
-        if self.off or not self.online or self.reboot is not None or self.device is None:
-            return False
-        device = self.device
-        if device.busy():
-            return False
-        b = device.active_bundle()
-        if b is not None and b.version >= version:
-            return True
-        return version in device.bad_versions()
-
 
 def factory_image(cfg: SimConfig) -> dict[str, bytes]:
     """The files every device leaves the factory with: root, and the initial bundle committed.
@@ -555,39 +543,55 @@ class Worker:
     # -- figures ----------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        """Counts for the progress line and the end condition (cheap: no status() calls)."""
+        """Counts for the progress line and the end condition, in one pass over the devices
+        (cheap: no status() calls; the coordinator asks ten times a second)."""
         versions: Counter = Counter()
         states: Counter = Counter()
         verified: set[int] = set()
+        idle: Counter = Counter()   # (active version, bad versions) of online, idle devices
+        commits: dict[int, list] = {}
         online = off = 0
         oldest_connect = None
         for d in self.devices:
-            online += d.online
-            if d.online and (oldest_connect is None or d.connected_at < oldest_connect):
-                oldest_connect = d.connected_at
-            off += bool(d.off or d.reboot is not None)
+            if d.online:
+                online += 1
+                if oldest_connect is None or d.connected_at < oldest_connect:
+                    oldest_connect = d.connected_at
+            rebooting = d.reboot is not None
+            if d.off or rebooting:
+                off += 1
             versions[d.version] += 1
-            if d.device is None:
-                continue
+            for v, t in d.commits.items():
+                c = commits.get(v)
+                if c is None:
+                    commits[v] = [1, t, t]
+                else:
+                    c[0] += 1
+                    if t < c[1]:
+                        c[1] = t
+                    if t > c[2]:
+                        c[2] = t
             device = d.device
-            if d.reboot is not None:
+            if device is None:
+                continue
+            busy = device.busy()
+            active = device.active_bundle()
+            if rebooting:
                 states["rebooting"] += 1
             else:
-                states["trial" if device.busy() else
-                       ("no-store" if device.active_bundle() is None else "ok")] += 1
+                states["trial" if busy else ("no-store" if active is None else "ok")] += 1
             verified.update(d.commits)
-            verified.update(device.bad_versions())
+            bad = device.bad_versions()
+            verified.update(bad)
+            if d.online and not d.off and not rebooting and not busy:
+                idle[(active.version if active is not None else None, tuple(bad))] += 1
         candidates = set(verified)
         if self.cfg.until_version is not None:
             candidates.add(self.cfg.until_version)
-        settled = {v: sum(1 for d in self.devices if d.settled_for(v)) for v in candidates}
-        commits: dict[int, list] = {}
-        for d in self.devices:
-            for v, t in d.commits.items():
-                c = commits.setdefault(v, [0, t, t])
-                c[0] += 1
-                c[1] = min(c[1], t)
-                c[2] = max(c[2], t)
+        # Settled on v: online and idle, and runs v (or newer) or has reverted it as bad.
+        settled = {v: sum(n for (active, bad), n in idle.items()
+                          if (active is not None and active >= v) or v in bad)
+                   for v in candidates}
         return {"devices": len(self.devices), "online": online, "off": off,
                 "versions": dict(versions), "states": dict(states), "verified": sorted(verified),
                 "settled": settled, "commits": commits, "first_seen": dict(self.first_seen),
