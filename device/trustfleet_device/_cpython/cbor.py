@@ -23,7 +23,6 @@ decoder instead, so both paths always give the same answer or the same
 error class.
 """
 
-
 import cbor2
 
 from trustfleet_device import cbor as _strict
@@ -158,6 +157,11 @@ def _walk(value, limits, tags, depth=0, items=1):
                     total += 1
                 elif tx is int and 0 <= x < 0x100000000:
                     total += 1 if x < 24 else 2 if x < 0x100 else 3 if x < 0x10000 else 5
+                elif tx is bytes:
+                    m = len(x)
+                    if m > max_string:
+                        raise _NotStrict
+                    total += m + (1 if m < 24 else 2 if m < 0x100 else 3 if m < 0x10000 else 5)
                 elif tx is list and len(x) < short and d < max_depth:
                     # Short arrays of strings (pins, URIs) inline too.
                     state[0] += len(x)
