@@ -228,18 +228,16 @@ class Worker:
         for d in self.devices:
             if d.off:   # waits for t0, powered off
                 d.task = loop.create_task(self._life(d))
-        self._starter = loop.create_task(self._start_all())
+        self._starter = loop.create_task(self._start_all([d for d in self.devices if not d.off]))
         self._ticker = loop.create_task(self._tick_all())
 
-    async def _start_all(self) -> None:
+    async def _start_all(self, devices: list[SimDevice]) -> None:
         """Start each powered-on device's first connect, at most CONNECT_CONCURRENCY at a time
         (a _life task ends once connected): the tasks, their frames and futures of devices
         still waiting for their turn are never all alive at once."""
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         loop = asyncio.get_running_loop()
-        for d in self.devices:
-            if d.off or d.task is not None:
-                continue
+        for d in devices:
             await gate.acquire()
             if self.stopping:
                 return
