@@ -128,15 +128,14 @@ _Q_WINDOW = const(5)
 # times the base point; 33 such chunks cover bit 256, where a wNAF of a 256-bit
 # scalar can end.
 # Every table holds its odd multiples and their negatives (a signed digit is
-# one list index), as (x, y) int pairs: about 180 bytes a point, 120 for a
-# negative (it shares x).
-# - G, prepared key's partner: window 9, 33 chunks * 128 points, about 1.3 MB;
-#   built once per process at the first wide verify (tens of ms), as
+# one list index), as (x, y) int pairs. Sizes below are tracemalloc's.
+# - G, prepared key's partner: window 9, 33 chunks * 128 points, about 1.4 MB;
+#   built once per process at its first use (about 0.1 s), as
 #   python-ecdsa builds its generator table at first use.
 # - G, other keys' partner: window 12, one chunk of 1,024 points (its digits
 #   ride the long chain below), about 300 KB, built once at the first such verify.
-# - prepared keys: window 6, 33 chunks * 16 points, about 160 KB per key; at
-#   most _Q_CACHE_MAX (32) keys, so at most about 5 MB.
+# - prepared keys: window 6, 33 chunks * 16 points, about 200 KB per key; at
+#   most _Q_CACHE_MAX (32) keys, so at most about 6.4 MB.
 # - any other key: the odd multiples 1, 3, .., 15 of the key (window 5, built
 #   per call and dropped) and one chain of 256 doublings.
 # On MicroPython nothing changes: the board keeps the small layout above.
