@@ -27,7 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from support import brokers
 from support.agentproc import AgentProcess
@@ -37,6 +40,7 @@ from support.livedevice import ids_in_buckets
 from support.natscluster import NatsCluster
 from support.waiting import wait_for
 from trustfleet_device import topics
+from trustfleet_pi import paho as pahomod
 from trustfleet_pi.config import ConfigError, MqttConfig, parse_config
 from trustfleet_pi.paho import PahoTransport
 from trustfleet_server import cli, keys, rollout
@@ -90,8 +94,8 @@ class Serve:
 class Fleet:
     """A repo, its files, a SQLite store, devices (agent processes) and serve workers."""
 
-    def __init__(self, cluster: NatsCluster, tmp_path: Path, tag: str) -> None:
-        self.cluster, self.dir = cluster, tmp_path
+    def __init__(self, cluster: NatsCluster, tmp_path: Path, tag: str, qos: int = 1) -> None:
+        self.cluster, self.dir, self.qos = cluster, tmp_path, qos
         # NATS 2.9 refuses '.' in a topic level: the fleet and device names here have none.
         self.repo = Repo(fleet=brokers.unique_fleet(tag), now=int(time.time()))
         self.fleet = self.repo.fleet
@@ -115,7 +119,7 @@ class Fleet:
         config = home / "agent.toml"
         listed = ", ".join(f'"{u}"' for u in self.urls_from(node))
         config.write_text(f'state_dir = "state"\ndevice_id = "{device_id}"\nfleet = "{self.fleet}"\n'
-                          f"[mqtt]\nbrokers = [{listed}]\nkeepalive = 5\n")
+                          f"[mqtt]\nbrokers = [{listed}]\nkeepalive = 5\nsubscribe_qos = {self.qos}\n")
         init = subprocess.run([sys.executable, "-m", "trustfleet_pi.cli", "init", "--config", str(config),
                                "--root", self.root], env=_agent_env(), capture_output=True, text=True,
                               timeout=60)
@@ -125,7 +129,7 @@ class Fleet:
     def add_serve(self, name: str, node: int) -> Serve:
         argv = ["--broker", ",".join(self.urls_from(node)), "--fleet", self.fleet, "--root", self.root,
                 "--db", self.db, "--timestamp-key", str(self.dir / "timestamp.pem"),
-                "--timestamp-every", "2", "--step-every", "1"]
+                "--timestamp-every", "2", "--step-every", "1", "--subscribe-qos", str(self.qos)]
         s = Serve(f"{name}-{self.fleet}", argv, self.dir)
         self.serves.append(s)
         return s
@@ -153,9 +157,13 @@ class Fleet:
             r["version"] == version and r["state"] == "ok" for r in rows.values())
 
     def close(self) -> dict[str, dict | None]:
+        """Stop the workers that never led first (so none takes the lead at the end), then the
+        leader, then the agents."""
+        order = sorted(self.serves, key=lambda s: "now leads" in s.log())
+        summaries = {s.name: s.stop() for s in order}
         for a in self.agents.values():
             a.stop()
-        return {s.name: s.stop() for s in self.serves}
+        return summaries
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.log()[-3000:]}" for s in self.serves) + "".join(
@@ -218,7 +226,10 @@ def test_devices_on_three_nodes_converge_and_each_status_is_ingested_once(cluste
 
 def test_a_node_killed_mid_rollout_and_the_fleet_still_converges(cluster, tmp_path, capsys):
     started = time.monotonic()
-    fleet = Fleet(cluster, tmp_path, "kill")
+    # QoS 0 subscriptions, as docs/operations.md says for NATS: a QoS 1 subscription is a
+    # JetStream consumer, and with a node down nats-server 2.9.10 refuses some new ones and
+    # stops delivering to those it had placed on the dead node.
+    fleet = Fleet(cluster, tmp_path, "kill", qos=0)
     try:
         placed = spread(fleet)
         fleet.publish_v1(node=0)
@@ -230,10 +241,14 @@ def test_a_node_killed_mid_rollout_and_the_fleet_still_converges(cluster, tmp_pa
         cluster.kill(0)  # serve's node, and two devices'
         killed = time.monotonic()
         assert fleet.rollout().state == rollout.RUNNING
-        wait_for(lambda: "connected to " + cluster.urls[1] in serve.log(), "serve on node 1", 30)
+        survivors = cluster.urls[1:]
+
+        def moved_on(lines: list[str]) -> bool:
+            return any(f"connected to {u}" in line for line in lines for u in survivors)
+        wait_for(lambda: moved_on(serve.log().splitlines()), "serve on a surviving node", 60)
         for d, node in placed.items():
             if node == 0:
-                fleet.agents[d].wait_line(f"connected to {cluster.urls[1]}")
+                wait_for(lambda d=d: moved_on(fleet.agents[d].lines), f"{d} on a surviving node", 60)
         moved = time.monotonic() - killed
         wait_for(lambda: fleet.rollout().state != rollout.RUNNING, "the rollout to end", 150, step=0.2)
         r = fleet.rollout()
@@ -242,14 +257,14 @@ def test_a_node_killed_mid_rollout_and_the_fleet_still_converges(cluster, tmp_pa
         # What node 0 took before it died is still held by the survivors.
         for node in (1, 2):
             assert brokers.retained(cluster.nodes[node].broker(), topics.bundle(fleet.fleet),
-                                    timeout=3) == fleet.repo.bundle(2)
+                                    timeout=3) == (fleet.dir / "bundle-v2.cose").read_bytes()
     except BaseException:
         print(fleet.logs())
         raise
     finally:
         summaries = fleet.close()
     s = summaries[serve.name]
-    assert s is not None and s["led"] and s["connects"] >= 2 if "connects" in s else s["led"]
+    assert s is not None and s["led"] and s["waves"] == 3, s
     with capsys.disabled():
         print(f"\nclustered broker, node killed mid-rollout: serve and devices moved in {moved:.1f} s; "
               f"{time.monotonic() - started:.1f} s in all")
@@ -374,3 +389,89 @@ def test_the_agent_tries_each_node_at_once_and_backs_off_only_after_a_full_round
     t.run(Stop())
     assert tried == ["a", "b", "c", "a", "b", "c", "a"]
     assert delays == ["c", "c"]  # the backoff after each round, never between nodes
+
+
+class _Subscriber:
+    """A paho client stand-in that connects, then refuses the second topic of the first SUBSCRIBE
+    (as a NATS node with a dead peer does at random) and grants every later one."""
+
+    def __init__(self, record: list) -> None:
+        self.record = record
+        self.mid = 0
+        self.on_connect = self.on_subscribe = self.on_disconnect = self.on_message = None
+        self.on_publish = None
+        self.subacks: list = []  # delivered later, as from the network
+
+    def will_set(self, *a, **kw):
+        pass
+
+    def connect(self, host, port, keepalive, **kw):
+        pass
+
+    def loop_start(self):
+        self.on_connect(self, None, None, ReasonCode(PacketTypes.CONNACK, "Success"), None)
+
+    def subscribe(self, subs):
+        self.mid += 1
+        self.record.append([(t, q) for t, q in subs])
+        codes = [ReasonCode(PacketTypes.SUBACK, identifier=0x80 if self.mid == 1 and i == 1 else q)
+                 for i, (_, q) in enumerate(subs)]
+        self.subacks.append((self.mid, codes))
+        return (0, self.mid)
+
+    def publish(self, topic, payload, qos=0, retain=False):
+        info = paho.MQTTMessageInfo(1000 + self.mid)
+        info.rc = paho.MQTT_ERR_SUCCESS
+        return info
+
+    def is_connected(self):
+        while self.subacks:
+            mid, codes = self.subacks.pop(0)
+            self.on_subscribe(self, None, mid, codes, None)
+        return True
+
+    def disconnect(self):
+        pass
+
+    def loop_stop(self):
+        pass
+
+
+def test_the_agent_asks_again_for_a_subscription_the_broker_refused(monkeypatch):
+    monkeypatch.setattr(pahomod, "RESUBSCRIBE_FIRST_S", 0.05)
+
+    class Session:
+        fleet, device_id = "f", "d"
+
+        def will(self):
+            return ("tf/f/status/d", b"{}", True, 1)
+
+        def subscriptions(self):
+            return ["tf/f/root/+", "tf/f/bundle", "tf/f/timestamp"]
+
+        def connected(self):
+            return []
+
+        def tick(self):
+            return []
+
+    record: list = []
+    lines: list[str] = []
+
+    give_up = time.monotonic() + 10
+
+    class Stop:
+        def is_set(self):
+            return len(record) >= 2 or time.monotonic() > give_up
+
+        def wait(self, s):
+            time.sleep(min(s, 0.01))
+            return self.is_set()
+
+    settings = _pi('brokers = ["mqtt://a", "mqtt://b"]\nsubscribe_qos = 0')
+    t = PahoTransport(Session(), settings, client_factory=lambda cid, proto: _Subscriber(record),
+                      log=lines.append, tick_s=0.01)
+    t.run(Stop())
+    assert record == [[("tf/f/root/+", 0), ("tf/f/bundle", 0), ("tf/f/timestamp", 0)],
+                      [("tf/f/bundle", 0)]], (record, lines)
+    assert "the broker refused the subscription to tf/f/bundle; asking again in 0 s" in lines

@@ -40,6 +40,7 @@ apply only when `managed = true` AND the signed bundle's policy allows them.
     protocol = "3.1.1"                      # or "5"
     group = "canary"                        # rollout group: also subscribes to its bundle topic
     client_id = "tf-acme-sensors-pi-0042"   # default: tf-<fleet>-<device_id>
+    subscribe_qos = 1                       # or 0 (a NATS cluster: docs/operations.md)
 
 With mqtts:// the broker's certificate is checked by the INSTALLED trust
 store (anchors, pins, distrust at trusted time; see tls.py), never by the
@@ -83,7 +84,7 @@ _TABLES = {
     "export": ("pem", "pins"),
     "post_commit": ("command", "timeout"),
     "mqtt": ("broker", "brokers", "username", "password", "password_file", "client_cert", "client_key",
-             "keepalive", "protocol", "group", "client_id"),
+             "keepalive", "protocol", "group", "client_id", "subscribe_qos"),
 }
 DEFAULT_KEEPALIVE = 60
 MAX_PASSWORD_BYTES = 4096
@@ -111,6 +112,7 @@ class MqttConfig:
     protocol: str = "3.1.1"
     group: str | None = None
     client_id: str | None = None
+    subscribe_qos: int = 1
     # Every broker node as (host, port), the first being host/port; empty means just that one.
     servers: list[tuple[str, int]] = field(default_factory=list)
 
@@ -332,7 +334,8 @@ def _mqtt(r: _Reader) -> MqttConfig:
                    client_cert=r.path("client_cert"), client_key=r.path("client_key"),
                    keepalive=r.integer("keepalive", DEFAULT_KEEPALIVE, 5, 3600),
                    protocol=_protocol(r), group=r.text("group"),
-                   client_id=r.text("client_id"), servers=servers if len(servers) > 1 else [])
+                   client_id=r.text("client_id"), servers=servers if len(servers) > 1 else [],
+                   subscribe_qos=r.integer("subscribe_qos", 1, 0, 1))
     if m.password is not None and m.password_file is not None:
         raise ConfigError(f"{r.where}: mqtt.password and mqtt.password_file: give one, not both")
     if (m.password is not None or m.password_file is not None) and m.username is None:

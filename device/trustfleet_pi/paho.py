@@ -23,12 +23,17 @@ Per connection, in this order:
    every attempt) or a client certificate.
 2. connect() (TCP + TLS, bounded by connect_timeout_s), then a CONNACK
    within connack_timeout_s.
-3. In on_connect, when the CONNACK says success: SUBSCRIBE (QoS 1) to every
+3. In on_connect, when the CONNACK says success: SUBSCRIBE (QoS 1, or
+   [mqtt] subscribe_qos) to every
    topic of session.subscriptions() - after EVERY connect, since the
    session is clean. The worker then resets the backoff (only here: a TCP
    or TLS connection that ends in a refused or missing CONNACK does not
    count) and publishes session.connected() plus the reports that waited.
-4. Messages until the connection is lost or stop is set.
+4. Messages until the connection is lost or stop is set. A subscription the
+   SUBACK refuses is asked again (1 s, doubling to 60 s) while the connection
+   lasts: a clustered broker that lost a node can refuse some subscriptions
+   for a while (NATS 2.9, see docs/operations.md), and MQTT 3.1.1 cannot say
+   whether a refusal is for good.
 
 Reconnecting is ours, not paho's (paho's reconnect_delay_set resets its
 delay on any connect, CONNACK or not): capped, jittered exponential
@@ -75,6 +80,8 @@ from trustfleet_pi.config import ConfigError, MqttConfig
 QUEUE_MAX = 1000          # messages from the broker not yet handled
 OUTBOX_REPORTS = 32       # reports kept while disconnected
 STOP_PUBACK_S = 3.0       # how long a clean stop waits for the offline status' PUBACK
+RESUBSCRIBE_FIRST_S = 1.0  # a refused subscription is asked again after this, doubling ...
+RESUBSCRIBE_CAP_S = 60.0   # ... up to this, for as long as the connection lasts
 
 Message = tuple[str, bytes, bool, int]  # (topic, payload, retain, qos), as the session returns
 
@@ -151,6 +158,10 @@ class PahoTransport:
         self.servers = settings.all_servers()
         self.server = 0             # index in servers of the node used now (or next)
         self.untried = len(self.servers)  # nodes left in this round of failed attempts
+        self.sub_mids: dict[int, list[str]] = {}  # SUBSCRIBE packet id -> its topics
+        self.refused: list[str] = []  # topics to subscribe to again, at resubscribe_at
+        self.resubscribe_at = 0.0
+        self.resubscribe_s = RESUBSCRIBE_FIRST_S
 
     @property
     def host(self) -> str:
@@ -251,6 +262,11 @@ class PahoTransport:
             if up and not client.is_connected():
                 self.log("disconnected: connection lost")
                 return
+            if up and self.refused and self.clock() >= self.resubscribe_at:
+                topics, self.refused = self.refused, []
+                rc, mid = client.subscribe([(t, self.settings.subscribe_qos) for t in topics])
+                if rc == paho.MQTT_ERR_SUCCESS:
+                    self.sub_mids[mid] = topics
             self._tick(client if up else None)
 
     def _until_tick(self) -> float:
@@ -275,6 +291,8 @@ class PahoTransport:
             return None  # a late event of a connection already given up
         if kind == "connack":
             ok, why = event[2], event[3]
+            self.sub_mids = {event[4]: list(self.session.subscriptions())} if ok else {}
+            self.refused, self.resubscribe_s = [], RESUBSCRIBE_FIRST_S
             if not ok:
                 self.log(f"the broker refused the connection: {why}")
                 return "gone"
@@ -290,8 +308,15 @@ class PahoTransport:
         if kind == "puback":
             self.inflight.pop(event[2], None)
         elif kind == "suback":
-            for topic in event[2]:
-                self.log(f"the broker refused the subscription to {topic}")
+            topics = self.sub_mids.pop(event[2], [])
+            refused = [t for t, rc in zip(topics, event[3], strict=False) if rc.is_failure]
+            for topic in refused:
+                self.log(f"the broker refused the subscription to {topic}; asking again in "
+                         f"{self.resubscribe_s:.0f} s")
+            if refused:
+                self.refused += refused
+                self.resubscribe_at = self.clock() + self.resubscribe_s
+                self.resubscribe_s = min(self.resubscribe_s * 2, RESUBSCRIBE_CAP_S)
         elif kind == "gone":
             self.log(f"disconnected: {event[2]}")
             return "gone"
@@ -376,18 +401,18 @@ class PahoTransport:
                 ctx.load_cert_chain(s.client_cert, s.client_key)
             client.tls_set_context(ctx)
         subs = list(self.session.subscriptions())
+        qos = s.subscribe_qos
         put = self._put
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
             ok = not rc.is_failure
-            if ok:
-                c.subscribe([(t, 1) for t in subs])
-            put(("connack", gen, ok, str(rc)))
+            sent = c.subscribe([(t, qos) for t in subs]) if ok else None
+            mid = sent[1] if isinstance(sent, tuple) else None  # paho: (rc, mid)
+            put(("connack", gen, ok, str(rc), mid))
 
         def on_subscribe(c: Any, userdata: Any, mid: int, codes: list, props: Any = None) -> None:
-            refused = [t for t, rc in zip(subs, codes, strict=False) if rc.is_failure]
-            if refused:
-                put(("suback", gen, refused))
+            if any(rc.is_failure for rc in codes):
+                put(("suback", gen, mid, list(codes)))
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             put(("message", gen, msg.topic, msg.payload))

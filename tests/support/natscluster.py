@@ -5,9 +5,14 @@ store, a random client port, a cluster (route) port and an MQTT port, all
 on 127.0.0.1 and chosen free when the cluster is built. Every node lists
 the routes of the other two, carries a server_name (MQTT needs it, and
 JetStream in a cluster names its peers by it), and has an mqtt block that
-asks for three replicas of the MQTT streams (sessions, retained messages)
-and of their consumers, so a retained document survives the loss of the
-node that took it.
+asks for three replicas of the MQTT streams (sessions, retained messages),
+so a retained document survives the loss of the node that took it, and
+one replica of their consumers (one per QoS 1 subscription; every trustfleet
+client uses a clean session, so a consumer never outlives its connection).
+With a node down, nats-server 2.9.10 refuses most new QoS 1 subscriptions
+when consumers have three replicas ("Unable to add JetStream consumer", a
+timeout), and some at random with one; QoS 0 subscriptions make no consumer
+and are unaffected (docs/operations.md, "Clustered broker").
 
 A node that accepts TCP on its MQTT port is not yet serving MQTT: the
 JetStream meta group must have elected a leader and the MQTT streams must
@@ -64,7 +69,7 @@ class NatsNode:
         return self.proc is not None and self.proc.poll() is None
 
 
-def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int) -> str:
+def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int, consumer_replicas: int) -> str:
     """The nats-server config of one node (see the module docstring)."""
     routes = ", ".join(f'"nats-route://{HOST}:{p.route_port}"' for p in peers if p is not node)
     return (
@@ -79,7 +84,7 @@ def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int) -> str:
         f"mqtt {{\n"
         f'  listen: "{HOST}:{node.mqtt_port}"\n'
         f"  stream_replicas: {replicas}\n"
-        f"  consumer_replicas: {replicas}\n"
+        f"  consumer_replicas: {consumer_replicas}\n"
         f"}}\n"
     )
 
@@ -87,7 +92,7 @@ def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int) -> str:
 class NatsCluster:
     """Three (or `size`) nats-server nodes in one cluster; start(), kill(i), restart(i), stop()."""
 
-    def __init__(self, workdir: Path, size: int = 3, replicas: int = 3) -> None:
+    def __init__(self, workdir: Path, size: int = 3, replicas: int = 3, consumer_replicas: int = 1) -> None:
         self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.workdir = Path(workdir)
         self.replicas = replicas
@@ -97,7 +102,7 @@ class NatsCluster:
             d.mkdir(parents=True, exist_ok=True)
             self.nodes.append(NatsNode(f"tf-n{i}", free_port(), free_port(), free_port(), d))
         for node in self.nodes:
-            node.conf.write_text(node_conf(node, self.nodes, replicas))
+            node.conf.write_text(node_conf(node, self.nodes, replicas, consumer_replicas))
 
     @property
     def urls(self) -> list[str]:

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seconds (or 5m, 1h) between timestamps (default 300)")
     p.add_argument("--step-every", default="5", metavar="DURATION",
                    help="seconds between rollout steps (default 5)")
+    p.add_argument("--subscribe-qos", type=int, choices=(0, 1), default=1,
+                   help="QoS of serve's subscriptions (default 1; 0 on a NATS cluster, whose QoS 1 "
+                        "subscriptions depend on one node: docs/operations.md)")
     p.add_argument("--client-id",
                    help="MQTT client id (default: tfserve-<fleet>-<host name>, stable across restarts "
                         "so a restarted worker takes back its MQTT 5 session at once; give each "
@@ -123,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with fleetdb.open_db(args.db, retention=retention) as db:
         server = FleetServer(url, fleet, [documents.read_file(p) for p in args.root], db, key, every, step,
                              client_id=args.client_id, limits=limits)
+        server.link.subscribe_qos = args.subscribe_qos
         stats = server.run(once=args.once, duration=duration)
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
                "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,

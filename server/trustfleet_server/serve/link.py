@@ -41,6 +41,10 @@ KEEPALIVE = 30
 SESSION_EXPIRY = 60
 CONNECT_TIMEOUT = 10.0
 PUBLISH_TIMEOUT = 15.0
+# MQTT 3.1.1 has one failure code for every refused subscription, so a refusal may be for a
+# while only (NATS 2.9 with a node of its cluster down refuses some, at random): ask again.
+SUBSCRIBE_TRIES_311 = 3
+SUBSCRIBE_RETRY_S = 0.5
 READ_SIZE = 256 * 1024         # bytes read per loop() before the caller's periodic work runs again
 
 _UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
@@ -69,6 +73,7 @@ class Link:
             raise ValueError("Link needs at least one broker URL")
         self.url = self.urls[0]
         self._node = 0  # index of self.url in self.urls
+        self.subscribe_qos = 1  # 0 on a NATS cluster (docs/operations.md, "Clustered broker")
         self.client_id = client_id or f"tf-{uuid.uuid4().hex[:16]}"
         self.on_message = on_message
         self.session_expiry = session_expiry
@@ -357,17 +362,32 @@ class Link:
         return rc
 
     def subscribe(self, topic: str, sub_id: int | None = None, timeout: float = CONNECT_TIMEOUT) -> None:
-        """Subscribe at QoS 1 and wait for the SUBACK. Raises: BrokerError (SubscribeRefused
-        when the SUBACK says no)."""
+        """Subscribe at QoS 1 (or subscribe_qos) and wait for the SUBACK; on MQTT 3.1.1 a refusal
+        is tried again (SUBSCRIBE_TRIES_311 in all). Raises: BrokerError (SubscribeRefused when the SUBACK says no)."""
+        tries = 1 if self.mqtt5 else SUBSCRIBE_TRIES_311
+        for attempt in range(tries):
+            try:
+                self._subscribe_once(topic, sub_id, timeout)
+                return
+            except SubscribeRefused as exc:
+                if attempt + 1 == tries:
+                    raise
+                log.info("%s; asking again", exc)
+                deadline = time.monotonic() + SUBSCRIBE_RETRY_S
+                while time.monotonic() < deadline:
+                    if not self.loop(0.05):
+                        raise BrokerError(f"{self.url}: connection lost (subscribing to {topic})") from None
+
+    def _subscribe_once(self, topic: str, sub_id: int | None, timeout: float) -> None:
         c = self._live()
         if self.mqtt5:
             props = None
             if sub_id is not None and self.subscription_ids:
                 props = Properties(PacketTypes.SUBSCRIBE)
                 props.SubscriptionIdentifier = sub_id
-            rc, mid = c.subscribe(topic, options=SubscribeOptions(qos=1), properties=props)
+            rc, mid = c.subscribe(topic, options=SubscribeOptions(qos=self.subscribe_qos), properties=props)
         else:
-            rc, mid = c.subscribe(topic, 1)
+            rc, mid = c.subscribe(topic, self.subscribe_qos)
         if rc != mqtt.MQTT_ERR_SUCCESS:
             raise BrokerError(f"{self.url}: subscribe {topic}: {mqtt.error_string(rc)}")
         self._wait(lambda: mid in self._subacks, timeout, f"no SUBACK for {topic}")
