@@ -82,7 +82,7 @@ TARGET_CHECK_RATIO = 2.0
 TARGET_BUNDLES = ("typical", "certifi")  # the typical bundle is the one that matters
 ESP32_FREE_HEAP = 100 * 1024  # ESP32 without PSRAM, see /work/shared/MICROPYTHON.md
 
-FAST_ITER, FAST_ITER_QUICK = 300, 100
+FAST_ITER, FAST_ITER_QUICK = 500, 100
 RUNS, RUNS_QUICK = 5, 3
 PURE_ITER, PURE_ITER_QUICK = 100, 20
 MPY_ROUNDS, MPY_ROUNDS_QUICK = 7, 3

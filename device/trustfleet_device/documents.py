@@ -405,7 +405,10 @@ def parse_pinset(value, limits=DEFAULT, index=0):
                 and type(domain) is str and 0 < len(domain) <= MAX_DOMAIN and domain[0] != "."
                 and domain[-1] != "." and ".." not in domain and not domain.strip(_DNS_CHARS)
                 and (subdomains is True or subdomains is False)
-                and type(pins) is list and _pins_ok(pins, limits.max_pins, single)
+                and type(pins) is list  # most often a primary and a backup pin
+                and (_pins_ok(pins, limits.max_pins, single) if len(pins) != 2 or limits.max_pins < 2
+                     else (type(pins[0]) is bytes and type(pins[1]) is bytes and len(pins[0]) == 32
+                           and len(pins[1]) == 32 and pins[0] != pins[1]))
                 and type(expires) is int and expires >= 0
                 and type(mode) is str and mode in MODES
                 and type(report_to) is list and len(report_to) <= MAX_REPORT_URIS
@@ -418,10 +421,6 @@ def parse_pinset(value, limits=DEFAULT, index=0):
 def _pins_ok(pins, most, single):
     """True for 2..most distinct 32-byte pins (or one, when allow_single_pin is true)."""
     n = len(pins)
-    if n == 2 and most >= 2:
-        # A primary and a backup: the usual pin-set.
-        a, b = pins
-        return type(a) is bytes and type(b) is bytes and len(a) == 32 and len(b) == 32 and a != b
     if n > most or n == 0 or (n == 1 and single is not True):
         return False
     for i in range(n):
