@@ -20,9 +20,13 @@ Ordering of statuses from one device (`ingest_status`, `ingest_statuses`):
 - limit: a device that restarts without a will and within the same second
   as its previous status is ignored until its next status.
 
-`ingest_statuses` writes a whole batch in one transaction (executemany of
-an UPSERT whose WHERE clause does the ordering), which is what makes
-thousands of messages a second possible on SQLite.
+`ingest_statuses` writes a whole batch in one transaction: an UPSERT whose
+WHERE clause does the ordering, by executemany, or on PostgreSQL for a run of
+COPY_MIN statuses or more, COPY into a temporary table and the same UPSERT as
+one INSERT ... SELECT. Each message is decoded and validated once
+(`check_status_message`, which serve calls as a status arrives) into the row
+written; `raw` keeps the payload as received. `store_statuses` writes rows
+checked that way.
 
 Failure reports are kept within `Retention` limits (newest N per device, newest
 N overall, a maximum age; open_db's `retention`): `add_reports` prunes, in the

@@ -16,7 +16,12 @@ timestamps share one thread and one database connection:
   message on it, or one idle second). Without shared subscriptions (3.1.1,
   e.g. NATS) one plain subscription does both, and only the leader holds it
   (taken when it gains the lead, dropped when it loses it), so several
-  workers never write each status several times. Messages are queued and written in batches (fleetdb.ingest_statuses).
+  workers never write each status several times. A status is decoded and
+  validated once, as it arrives, into the row the store writes
+  (fleetdb.check_status_message; a malformed one is counted in `rejected` and
+  dropped); the newest per device waits, and batches are written in a thread
+  of their own (fleetdb.store_statuses, one transaction each) while the next
+  one gathers. Reports are checked when their batch is written.
 - Nothing is stepped before that first sync: a rollout judged on an empty
   table would pass every wave.
 - Roots published on `tf/<fleet>/root/<n>` extend the trusted chain one
