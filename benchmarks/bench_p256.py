@@ -399,10 +399,11 @@ def print_table(report):
     ):
         r = report[key]
         verdict = "PASS" if report[met] else "FAIL"
+        every = "yes" if r["min"] >= report[target] else "no"
         print(
             f"speed-up {label}: {r['min']:.2f}x / {r['median']:.2f}x / {r['max']:.2f}x"
             f" (min / median / max over runs) against {peer}"
-            f"  -> target {report[target]:.1f}x on the median: {verdict}"
+            f"  -> target {report[target]:.1f}x on the median: {verdict} (met in every run: {every})"
         )
     check = report["cold_settings_ms"]
     print(
