@@ -24,6 +24,7 @@ starts the same node again on the same ports and store.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import signal
 import subprocess
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.brokers import HOST, Broker, free_port, mqtt_connect_probe
-from trustfleet_server.broker.mosquitto import start_process, stop_process
+from trustfleet_server.broker.mosquitto import MosquittoError, start_process, stop_process
 
 CLUSTER_NAME = "trustfleet"
 READY_TIMEOUT = 60.0
@@ -95,28 +96,47 @@ class NatsCluster:
     def __init__(self, workdir: Path, size: int = 3, replicas: int = 3, consumer_replicas: int = 1) -> None:
         self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.workdir = Path(workdir)
-        self.replicas = replicas
+        self.replicas, self.consumer_replicas = replicas, consumer_replicas
         self.nodes = []
         for i in range(size):
             d = self.workdir / f"n{i}"
             d.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(NatsNode(f"tf-n{i}", free_port(), free_port(), free_port(), d))
+            self.nodes.append(NatsNode(f"tf-n{i}", 0, 0, 0, d))
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        """Three distinct free ports per node (the OS may hand the same free port out twice)."""
+        ports: set[int] = set()
+        while len(ports) < 3 * len(self.nodes):
+            ports.add(free_port())
+        chosen = sorted(ports, key=lambda _: random.random())
+        for i, node in enumerate(self.nodes):
+            node.client_port, node.route_port, node.mqtt_port = chosen[3 * i:3 * i + 3]
         for node in self.nodes:
-            node.conf.write_text(node_conf(node, self.nodes, replicas, consumer_replicas))
+            node.conf.write_text(node_conf(node, self.nodes, self.replicas, self.consumer_replicas))
 
     @property
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
 
-    def start(self) -> NatsCluster:
-        try:
-            for node in self.nodes:
-                self._launch(node)
-            for node in self.nodes:
-                self.wait_ready(node)
-        except BaseException:
-            self.stop()
-            raise
+    def start(self, tries: int = 3) -> NatsCluster:
+        """Start every node and wait until each serves MQTT. A port taken between choosing and
+        binding it (another process on this machine) means new ports and another try."""
+        for attempt in range(tries):
+            try:
+                for node in self.nodes:
+                    self._launch(node)
+                for node in self.nodes:
+                    self.wait_ready(node)
+                return self
+            except MosquittoError as exc:
+                self.stop()
+                if "address already in use" not in str(exc) or attempt + 1 == tries:
+                    raise
+                self._choose_ports()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def _launch(self, node: NatsNode) -> None:
