@@ -13,8 +13,11 @@ subscriptions, so two serve workers share the fleet with only the leader ingesti
    on the dead node are still served by the others (JetStream replicas), and the rollout ends
    done with every device on the new bundle and in the store.
 
+Serve and agents in the second test subscribe at QoS 0, as docs/operations.md says for NATS.
+
 Also, without a broker: the agent's `brokers` list and serve's several --broker, their bad
-input, and the agent's order of attempts over the nodes.
+input, the agent's order of attempts over the nodes and its second SUBSCRIBE for a refused
+topic; and on one NATS node, the '.' in a topic level that NATS refuses.
 """
 
 from __future__ import annotations
@@ -485,3 +488,17 @@ def test_the_agent_asks_again_for_a_subscription_the_broker_refused(monkeypatch)
     assert record == [[("tf/f/root/+", 0), ("tf/f/bundle", 0), ("tf/f/timestamp", 0)],
                       [("tf/f/bundle", 0)]], (record, lines)
     assert "the broker refused the subscription to tf/f/bundle; asking again in 0 s" in lines
+
+
+def test_nats_refuses_a_dot_in_a_topic_level_as_the_docs_say(nats_mqtt):
+    """trustfleet names may hold '.', NATS 2.9 topics may not (docs/operations.md): a SUBSCRIBE
+    is refused and a PUBLISH costs the connection. Pinned so the docs change if NATS does."""
+    fleet = brokers.unique_fleet("dot").replace("-", ".")
+    c = brokers.connect(nats_mqtt)
+    try:
+        assert c.subscribe(topics.bundle(fleet), qos=0)[0].is_failure
+        assert not c.subscribe(topics.bundle(fleet.replace(".", "-")), qos=0)[0].is_failure
+        c.paho.publish(topics.status(fleet, "d"), b"{}", qos=1, retain=True)
+        assert c.wait(lambda: c.disconnects, timeout=5), "the publish did not cost the connection"
+    finally:
+        c.close()
