@@ -17,7 +17,8 @@ Serve and agents in the second test subscribe at QoS 0, as docs/operations.md sa
 
 Also, without a broker: the agent's `brokers` list and serve's several --broker, their bad
 input, the agent's order of attempts over the nodes and its second SUBSCRIBE for a refused
-topic; and on one NATS node, the '.' in a topic level that NATS refuses.
+topic; and on one NATS node, the '.' in a topic level that NATS refuses and the per-device
+ACL as NATS permissions.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from support.agentproc import AgentProcess
 from support.environment import require_tool
 from support.fleetkit import Repo
 from support.livedevice import ids_in_buckets
-from support.natscluster import NatsCluster
+from support.natscluster import NatsCluster, acl_authorization
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_pi import paho as pahomod
@@ -173,9 +174,9 @@ class Fleet:
             f"\n--- {d}\n" + "\n".join(a.lines[-15:]) for d, a in self.agents.items())
 
 
-def retained_qos0(broker: brokers.Broker, topic: str) -> bytes | None:
+def retained_qos0(broker: brokers.Broker, topic: str, **login: str) -> bytes | None:
     """What a new QoS 0 subscriber on `broker` gets on `topic` (None: nothing within 3 s)."""
-    c = brokers.connect(broker, timeout=10)
+    c = brokers.connect(broker, timeout=10, **login)
     try:
         assert not c.subscribe(topic, qos=0)[0].is_failure
         got = c.wait_messages(1, topic, timeout=3)
@@ -502,3 +503,57 @@ def test_nats_refuses_a_dot_in_a_topic_level_as_the_docs_say(nats_mqtt):
         assert c.wait(lambda: c.disconnects, timeout=5), "the publish did not cost the connection"
     finally:
         c.close()
+
+
+def test_nats_permissions_carry_the_per_device_acl_but_not_the_client_id(tmp_path):
+    """acl_authorization's block (the one docs/operations.md shows) on a real nats-server:
+    a device publishes only its own status and report and reads only the documents; what it
+    may not publish is acknowledged but dropped (no retained copy, nothing delivered). NATS
+    does not tie a client id to a user: another device may take over a device's session."""
+    require_tool("nats-server", "apt-get install nats-server", ["/usr/sbin/nats-server"])
+    fleet = brokers.unique_fleet("acl")
+    auth = acl_authorization(fleet, {"dev1": "p1", "dev2": "p2"}, ("serve", "s"))
+    node = NatsCluster(tmp_path / "nats", size=1, replicas=1, authorization=auth,
+                       login=("serve", "s")).start()
+    b = node.nodes[0].broker()
+    clients = []
+    try:
+        def login(user: str, password: str, **kw):
+            c = brokers.connect(b, username=user, password=password, **kw)
+            clients.append(c)
+            return c
+        serve = login("serve", "s")
+        assert not serve.publish(topics.bundle(fleet), b"B1", retain=True).is_failure
+        for t in (topics.statuses(fleet), topics.reports(fleet)):
+            assert not serve.subscribe(t, qos=0)[0].is_failure
+        assert serve.subscribe(topics.timestamp(fleet), qos=1)[0].is_failure  # QoS 1: refused
+        dev1 = login("dev1", "p1", client_id=f"tf-{fleet}-dev1",
+                     will=(topics.status(fleet, "dev1"), b'{"state": "offline"}', 1, True))
+        assert not dev1.subscribe(topics.bundle(fleet), qos=0)[0].is_failure
+        assert [m.payload for m in dev1.wait_messages(1, topics.bundle(fleet))] == [b"B1"]
+        assert dev1.subscribe(topics.statuses(fleet), qos=0)[0].is_failure  # others' statuses
+        dev1.publish(topics.status(fleet, "dev1"), b"own", retain=True)
+        dev1.publish(topics.report(fleet, "dev1"), b"report")
+        dev1.publish(topics.status(fleet, "dev2"), b"forged", retain=True)  # acknowledged ...
+        dev1.publish(topics.bundle(fleet), b"evil", retain=True)
+        serve.wait_messages(2, timeout=3)
+        time.sleep(0.5)
+        assert [(m.topic, m.payload) for m in serve.messages] == [
+            (topics.status(fleet, "dev1"), b"own"), (topics.report(fleet, "dev1"), b"report")]
+        assert retained_qos0(b, topics.bundle(fleet), username="serve", password="s") == b"B1"
+        assert retained_qos0(b, topics.status(fleet, "dev2"), username="serve", password="s") is None
+        with pytest.raises(ConnectionRefusedError):
+            brokers.connect(b, username="dev1", password="wrong")
+        # No binding of client id to user: dev2 under dev1's id is accepted and knocks dev1 off.
+        # The per-device ACL still holds for dev2: it cannot speak for dev1.
+        dev2 = login("dev2", "p2", client_id=f"tf-{fleet}-dev1")
+        assert dev1.wait(lambda: dev1.disconnects, timeout=5)
+        dev2.publish(topics.status(fleet, "dev1"), b"impostor", retain=True)
+        dev2.publish(topics.status(fleet, "dev2"), b"dev2's own", retain=True)
+        serve.wait_messages(3, timeout=3)
+        assert [m.payload for m in serve.messages[2:]] == [b"dev2's own"]
+        assert retained_qos0(b, topics.status(fleet, "dev1"), username="serve", password="s") == b"own"
+    finally:
+        for c in clients:
+            c.close()
+        node.stop()

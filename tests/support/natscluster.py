@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.brokers import HOST, Broker, free_port, mqtt_connect_probe
+from support.brokers import HOST, Broker, connect, free_port, mqtt_connect_probe
 from trustfleet_server.broker.mosquitto import MosquittoError, start_process, stop_process
 
 CLUSTER_NAME = "trustfleet"
@@ -70,18 +70,22 @@ class NatsNode:
         return self.proc is not None and self.proc.poll() is None
 
 
-def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int, consumer_replicas: int) -> str:
-    """The nats-server config of one node (see the module docstring)."""
+def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int, consumer_replicas: int,
+              authorization: str = "") -> str:
+    """The nats-server config of one node (see the module docstring); a lone node has no
+    cluster block."""
     routes = ", ".join(f'"nats-route://{HOST}:{p.route_port}"' for p in peers if p is not node)
+    cluster = (f"cluster {{\n"
+               f"  name: {CLUSTER_NAME}\n"
+               f'  listen: "{HOST}:{node.route_port}"\n'
+               f"  routes: [{routes}]\n"
+               f"}}\n") if len(peers) > 1 else ""
     return (
         f"server_name: {node.name}\n"
         f'listen: "{HOST}:{node.client_port}"\n'
         f'jetstream {{ store_dir: "{node.workdir / "jetstream"}" }}\n'
-        f"cluster {{\n"
-        f"  name: {CLUSTER_NAME}\n"
-        f'  listen: "{HOST}:{node.route_port}"\n'
-        f"  routes: [{routes}]\n"
-        f"}}\n"
+        f"{cluster}"
+        f"{authorization}"
         f"mqtt {{\n"
         f'  listen: "{HOST}:{node.mqtt_port}"\n'
         f"  stream_replicas: {replicas}\n"
@@ -90,13 +94,38 @@ def node_conf(node: NatsNode, peers: list[NatsNode], replicas: int, consumer_rep
     )
 
 
-class NatsCluster:
-    """Three (or `size`) nats-server nodes in one cluster; start(), kill(i), restart(i), stop()."""
+def acl_authorization(fleet: str, devices: dict[str, str], server: tuple[str, str]) -> str:
+    """An `authorization` block that carries trustfleet's per-device ACL (docs/operations.md):
+    each device, by user name = device id, may publish only its own status and report and
+    subscribe only to the fleet's documents; the server user may do anything under the fleet.
+    MQTT topic levels are NATS subject tokens (`/` -> `.`, `+` -> `*`, `#` -> `>`)."""
+    base = f"tf.{fleet}"
+    docs = f'["{base}.root.*", "{base}.bundle", "{base}.bundle.*.*", "{base}.timestamp"]'
+    users = []
+    for device, password in devices.items():
+        users.append(
+            f'  {{user: "{device}", password: "{password}", allowed_connection_types: ["MQTT"],\n'
+            f'   permissions: {{publish: {{allow: ["{base}.status.{device}", "{base}.report.{device}"]}},\n'
+            f"                 subscribe: {{allow: {docs}}}}}}}\n")
+    name, password = server
+    users.append(f'  {{user: "{name}", password: "{password}", allowed_connection_types: ["MQTT"],\n'
+                 f'   permissions: {{publish: {{allow: ["{base}.>"]}}, subscribe: {{allow: ["{base}.>"]}}}}}}\n')
+    return "authorization {\n users: [\n" + "".join(users) + " ]\n}\n"
 
-    def __init__(self, workdir: Path, size: int = 3, replicas: int = 3, consumer_replicas: int = 1) -> None:
+
+class NatsCluster:
+    """Three (or `size`) nats-server nodes in one cluster; start(), kill(i), restart(i), stop().
+
+    authorization: an `authorization { ... }` block for every node (acl_authorization), and
+    login the (user, password) start() checks readiness with (anonymous clients are refused).
+    """
+
+    def __init__(self, workdir: Path, size: int = 3, replicas: int = 3, consumer_replicas: int = 1,
+                 authorization: str = "", login: tuple[str, str] | None = None) -> None:
         self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.workdir = Path(workdir)
         self.replicas, self.consumer_replicas = replicas, consumer_replicas
+        self.authorization, self.login = authorization, login
         self.nodes = []
         for i in range(size):
             d = self.workdir / f"n{i}"
@@ -113,7 +142,8 @@ class NatsCluster:
         for i, node in enumerate(self.nodes):
             node.client_port, node.route_port, node.mqtt_port = chosen[3 * i:3 * i + 3]
         for node in self.nodes:
-            node.conf.write_text(node_conf(node, self.nodes, self.replicas, self.consumer_replicas))
+            node.conf.write_text(node_conf(node, self.nodes, self.replicas, self.consumer_replicas,
+                                           self.authorization))
 
     @property
     def urls(self) -> list[str]:
@@ -149,11 +179,20 @@ class NatsCluster:
         while time.monotonic() < deadline:
             if not node.running:
                 raise AssertionError(f"{node.name} exited:\n{self.log_tail(node)}")
-            if mqtt_connect_probe(HOST, node.mqtt_port, timeout=5.0) == 0:
+            if self._accepts(node):
                 return
             time.sleep(0.2)
         raise AssertionError(f"{node.name} did not accept MQTT within {timeout:.0f} s:\n"
                              f"{self.log_tail(node)}")
+
+    def _accepts(self, node: NatsNode) -> bool:
+        if self.login is None:
+            return mqtt_connect_probe(HOST, node.mqtt_port, timeout=5.0) == 0
+        try:
+            connect(node.broker(), username=self.login[0], password=self.login[1], timeout=5.0).close()
+        except (OSError, TimeoutError):  # ConnectionRefusedError included
+            return False
+        return True
 
     def kill(self, i: int) -> None:
         """SIGKILL node i by its PID, as a crash would."""
