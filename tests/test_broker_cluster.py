@@ -17,8 +17,8 @@ Serve and agents in the second test subscribe at QoS 0, as docs/operations.md sa
 
 Also, without a broker: the agent's `brokers` list and serve's several --broker, their bad
 input, the agent's order of attempts over the nodes and its second SUBSCRIBE for a refused
-topic; and on one NATS node, the '.' in a topic level that NATS refuses and the per-device
-ACL as NATS permissions.
+topic; and on one NATS node, the '.' in a topic level that NATS refuses, the per-device
+ACL as NATS permissions, and the ingest passing to the next leader when the leader is killed.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from support import brokers
 from support.agentproc import AgentProcess
 from support.environment import require_tool
 from support.fleetkit import Repo
-from support.livedevice import ids_in_buckets
+from support.livedevice import LiveDevice, ids_in_buckets
 from support.natscluster import NatsCluster, acl_authorization
 from support.waiting import wait_for
 from trustfleet_device import topics
@@ -557,3 +557,43 @@ def test_nats_permissions_carry_the_per_device_acl_but_not_the_client_id(tmp_pat
         for c in clients:
             c.close()
         node.stop()
+
+
+def test_without_shared_subscriptions_the_next_leader_takes_over_the_ingest(nats_mqtt, tmp_path):
+    """Two serve workers on NATS (no $share): only the leader subscribes to statuses. Kill -9 it:
+    the other takes the lease, subscribes, reads the retained statuses, and ingests what the
+    devices say next (here: v2, published after the kill)."""
+    repo = Repo(fleet=brokers.unique_fleet("lead"), now=int(time.time()))
+    fleet = repo.fleet
+    (tmp_path / "root.cose").write_bytes(repo.root_raw)
+    for v in (1, 2):
+        (tmp_path / f"bundle-v{v}.cose").write_bytes(repo.bundle(v))
+    root, db = str(tmp_path / "root.cose"), str(tmp_path / "fleet.db")
+    assert cli.main(["publish", "--broker", nats_mqtt.url, "--root", root,
+                     str(tmp_path / "bundle-v1.cose")]) == 0
+    devices = [LiveDevice(nats_mqtt, repo, f"dev-{i}") for i in range(3)]
+    argv = ["--broker", nats_mqtt.url, "--fleet", fleet, "--root", root, "--db", db,
+            "--step-every", "1", "--subscribe-qos", "0"]
+    workers = [Serve(f"w{i}-{fleet}", argv, tmp_path) for i in range(2)]
+
+    def versions() -> list:
+        with fleetdb.open_db(db) as store:
+            return sorted((d["device"], d["version"]) for d in store.devices(fleet))
+    try:
+        wait_for(lambda: versions() == [(d.id, 1) for d in devices], "v1 of every device in the store", 30)
+        wait_for(lambda: any("now leads" in w.log() for w in workers), "a leader", 15)
+        leader = next(w for w in workers if "now leads" in w.log())
+        other = next(w for w in workers if w is not leader)
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait(10)
+        wait_for(lambda: "now leads" in other.log(), "the other worker to take the lead", 15)
+        assert cli.main(["publish", "--broker", nats_mqtt.url, "--root", root,
+                         str(tmp_path / "bundle-v2.cose")]) == 0
+        wait_for(lambda: versions() == [(d.id, 2) for d in devices], "v2 of every device in the store", 30)
+    finally:
+        for d in devices:
+            d.close()
+        summaries = {w.name: w.stop() for w in workers}
+    assert summaries[leader.name] is None  # killed
+    s = summaries[other.name]
+    assert s["led"] and not s["shared"] and s["statuses"] >= 3, s
