@@ -452,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=CONFIGS,
                         help="end-to-end configuration to run (repeatable; default all)")
     args = parser.parse_args(argv)
-    runs = args.runs or (1 if args.quick else 3)
-    devices = args.devices or (3_000 if args.quick else 10_000)
+    runs = args.runs if args.runs is not None else (1 if args.quick else 3)
+    devices = args.devices if args.devices is not None else (3_000 if args.quick else 10_000)
     if runs < 1 or devices < 1 or args.per_device < 1:
         parser.error("--runs, --devices and --per-device must be at least 1")
     configs = list(args.only or CONFIGS)
