@@ -30,6 +30,7 @@ from trustfleet_device import status as schema
 from trustfleet_server import mqtturl
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.fleet import messages
+from trustfleet_server.serve import link as link_module
 from trustfleet_server.serve.link import Link
 
 F = "acme"
@@ -224,7 +225,11 @@ def publish_packet(topic: str, payload: bytes, mid: int, qos: int = 1, retain: b
     return bytes([0x30 | (qos << 1) | int(retain)]) + length + body
 
 
-def test_the_link_reads_every_message_once_in_order_and_acknowledges_them(private_mosquitto):
+@pytest.mark.parametrize("reader", ["own", "paho"])
+def test_the_link_reads_every_message_once_in_order_and_acknowledges_them(private_mosquitto, monkeypatch,
+                                                                           reader):
+    if reader == "paho":  # as with a paho that lacks what Link._read uses: paho reads
+        monkeypatch.setattr(link_module, "PAHO_INTERNALS", (*link_module.PAHO_INTERNALS, "_not_in_paho"))
     extra = "max_inflight_messages 20\nmax_queued_messages 0\n"
     broker = private_mosquitto(brokers.private_mosquitto_conf(brokers.free_port()) + extra)
     got = []
@@ -270,5 +275,6 @@ def test_the_link_reads_every_message_once_in_order_and_acknowledges_them(privat
             link.loop(0.05)
         assert got[601].retain is True and got[601].payload == b"kept"
         link.publish([("t/other", b"x")], retain=False)
+        assert link._own_reader is (reader == "own")
     finally:
         link.close()

@@ -46,6 +46,11 @@ PUBLISH_TIMEOUT = 15.0
 SUBSCRIBE_TRIES_311 = 3
 SUBSCRIBE_RETRY_S = 0.5
 READ_SIZE = 256 * 1024         # bytes read per loop() before the caller's periodic work runs again
+# What Link._read uses of paho's client beyond its API (paho-mqtt 2.1, 2.2). A client without
+# them is read by paho itself, PAHO_DRAIN_MAX packets per loop() (slower).
+PAHO_INTERNALS = ("_in_packet", "_packet_handle", "_out_packet", "_loop_rc_handle", "_msgtime_mutex",
+                  "_last_bytes_received")
+PAHO_DRAIN_MAX = 500
 
 _UNSUPPORTED_PROTOCOL = (0x84, 1)  # MQTT 5 reason code / 3.1.1 return code
 
@@ -89,6 +94,7 @@ class Link:
         self._reader_for: mqtt.Client | None = None  # the client whose socket _inbuf holds bytes of
         self._inbuf = bytearray()
         self._reading = False
+        self._own_reader = True
 
     @property
     def mqtt5(self) -> bool:
@@ -218,6 +224,9 @@ class Link:
             return False
         if self._reader_for is not c:  # a new connection: nothing half-read from the last one
             self._reader_for, self._inbuf = c, bytearray()
+            self._own_reader = all(hasattr(c, name) for name in PAHO_INTERNALS)
+        if not self._own_reader:
+            return self._paho_loop(c, timeout)
         if self._reading:
             # Called from a message callback: the bytes after this message are half handled.
             # Only write; the read goes on when the callback returns.
@@ -240,6 +249,22 @@ class Link:
             self.connected = False
             return False
         return self._write(c)
+
+    def _paho_loop(self, c: mqtt.Client, timeout: float) -> bool:
+        """paho reading, packet by packet: for a paho without the internals _read relies on."""
+        rc = c.loop(timeout)
+        sock = c.socket()
+        drained = 0
+        while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and drained < PAHO_DRAIN_MAX:
+            if not select.select([sock], [], [], 0)[0]:
+                break
+            rc = c.loop_read()
+            drained += 1
+        if drained and rc == mqtt.MQTT_ERR_SUCCESS and c.want_write():
+            rc = c.loop_write()  # the PUBACKs
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            self.connected = False
+        return self.connected
 
     def _write(self, c: mqtt.Client) -> bool:
         rc = c.loop_write() if c.want_write() else mqtt.MQTT_ERR_SUCCESS  # PUBACKs, what paho queued
