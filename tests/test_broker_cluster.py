@@ -175,8 +175,15 @@ class Fleet:
 
 
 def retained_qos0(broker: brokers.Broker, topic: str, **login: str) -> bytes | None:
-    """What a new QoS 0 subscriber on `broker` gets on `topic` (None: nothing within 3 s)."""
-    c = brokers.connect(broker, timeout=10, **login)
+    """What a new QoS 0 subscriber on `broker` gets on `topic` (None: nothing within 3 s).
+
+    A NATS node refuses connections for a few seconds after a peer died: tried for up to 30 s."""
+    def attempt() -> brokers.Client | None:
+        try:
+            return brokers.connect(broker, timeout=10, **login)
+        except (ConnectionRefusedError, TimeoutError):
+            return None
+    c = wait_for(attempt, f"{broker.port} to accept a connection", 30, step=0.5)
     try:
         assert not c.subscribe(topic, qos=0)[0].is_failure
         got = c.wait_messages(1, topic, timeout=3)
