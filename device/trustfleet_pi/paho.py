@@ -267,6 +267,9 @@ class PahoTransport:
                 rc, mid = client.subscribe([(t, self.settings.subscribe_qos) for t in topics])
                 if rc == paho.MQTT_ERR_SUCCESS:
                     self.sub_mids[mid] = topics
+                else:  # not even sent: the next try after the (doubled) delay
+                    self.refused = topics
+                    self.resubscribe_at = self.clock() + self.resubscribe_s
             self._tick(client if up else None)
 
     def _until_tick(self) -> float:

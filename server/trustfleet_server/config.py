@@ -17,7 +17,7 @@ the working folder (or the file `--config` / `TRUSTFLEET_CONFIG` names) and from
 
 A list of brokers is used by `serve` (it moves to the next node when one is
 lost); the other commands take the first. TRUSTFLEET_BROKER lists them
-separated by commas.
+separated by commas (a comma inside a URL's password is written %2C).
 
 Precedence: an option on the command line, then the environment, then the file.
 Relative paths in the file are read from the file's folder, so the config works
