@@ -225,11 +225,13 @@ def publish_packet(topic: str, payload: bytes, mid: int, qos: int = 1, retain: b
     return bytes([0x30 | (qos << 1) | int(retain)]) + length + body
 
 
-@pytest.mark.parametrize("reader", ["own", "paho"])
+@pytest.mark.parametrize("reader", ["own", "paho", "paho-untested-release"])
 def test_the_link_reads_every_message_once_in_order_and_acknowledges_them(private_mosquitto, monkeypatch,
                                                                            reader):
     if reader == "paho":  # as with a paho that lacks what Link._read uses: paho reads
         monkeypatch.setattr(link_module, "PAHO_INTERNALS", (*link_module.PAHO_INTERNALS, "_not_in_paho"))
+    if reader == "paho-untested-release":  # internals present, release not checked: paho reads
+        monkeypatch.setattr(link_module.paho_mqtt, "__version__", "3.0.0")
     extra = "max_inflight_messages 20\nmax_queued_messages 0\n"
     broker = private_mosquitto(brokers.private_mosquitto_conf(brokers.free_port()) + extra)
     got = []

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import paho.mqtt as paho_mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.exception import MalformedPacket
@@ -46,8 +47,10 @@ PUBLISH_TIMEOUT = 15.0
 SUBSCRIBE_TRIES_311 = 3
 SUBSCRIBE_RETRY_S = 0.5
 READ_SIZE = 256 * 1024         # bytes read per loop() before the caller's periodic work runs again
-# What Link._read uses of paho's client beyond its API (paho-mqtt 2.1, 2.2). A client without
-# them is read by paho itself, PAHO_DRAIN_MAX packets per loop() (slower).
+# What Link._read uses of paho's client beyond its API, and the paho releases it was checked
+# against (tests/test_ingest_fastpath.py). Another release, or a client without these
+# attributes, is read by paho itself, PAHO_DRAIN_MAX packets per loop() (slower).
+PAHO_READER_RELEASES = ("2.1.", "2.2.")
 PAHO_INTERNALS = ("_in_packet", "_packet_handle", "_out_packet", "_loop_rc_handle", "_msgtime_mutex",
                   "_last_bytes_received")
 PAHO_DRAIN_MAX = 500
@@ -224,7 +227,8 @@ class Link:
             return False
         if self._reader_for is not c:  # a new connection: nothing half-read from the last one
             self._reader_for, self._inbuf = c, bytearray()
-            self._own_reader = all(hasattr(c, name) for name in PAHO_INTERNALS)
+            self._own_reader = (paho_mqtt.__version__.startswith(PAHO_READER_RELEASES)
+                                and all(hasattr(c, name) for name in PAHO_INTERNALS))
         if not self._own_reader:
             return self._paho_loop(c, timeout)
         if self._reading:
