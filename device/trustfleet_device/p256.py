@@ -533,7 +533,7 @@ def _schedule_wide(sched, k, table, window, slots):
     mask = full - 1
     pos = 0
     while k:
-        zeros = (k & -k).bit_length() - 1
+        zeros = (k ^ (k - 1)).bit_length() - 1  # trailing zero bits of k
         k >>= zeros
         pos += zeros
         d = k & mask
