@@ -269,6 +269,11 @@ class BoardSettings:
     ntp_host: str | None = None
     broker_ca: bytes | None = None  # DER, from load_broker_ca
     broker_tls: bool | None = None  # None: TLS when there is a broker CA or the port is 8883
+    more_brokers: tuple[tuple[str, int], ...] = ()  # the other nodes of a clustered broker, in order
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every broker node as (host, port), the board tries them in this order."""
+        return [(self.broker_host, self.broker_port), *self.more_brokers]
 
     @property
     def tls(self) -> bool:
@@ -333,6 +338,8 @@ def board_config(s: BoardSettings) -> dict[str, Any]:
     cfg["managed"] = False
     cfg["firmware_time"] = s.firmware_time
     mqtt: dict[str, Any] = {"host": s.broker_host, "port": s.broker_port, "tls": s.tls}
+    if s.more_brokers:  # a clustered broker: the board goes round these (its first is host/port)
+        mqtt["hosts"] = [{"host": h, "port": p} for h, p in s.nodes()]
     if s.broker_ca is not None:
         mqtt["ca"] = "/" + BROKER_CA
     mqtt.update(user=c.username, password=c.password, keepalive=s.keepalive)

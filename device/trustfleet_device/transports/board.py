@@ -107,16 +107,27 @@ def load_config(path=CONFIG_FILE):
     return cfg
 
 
-def endpoints(cfg):
-    """[(host, port)] from "host", "host:port" or {"host": ..., "port": ...} entries."""
+def endpoints(cfg, key="endpoints", port=443):
+    """[(host, port)] from "host", "host:port" or {"host": ..., "port": ...} entries of cfg[key]."""
     out = []
-    for e in cfg.get("endpoints", ()):
+    for e in cfg.get(key, ()):
         if type(e) is dict:
-            out.append((e["host"], int(e.get("port", 443))))
+            out.append((e["host"], int(e.get("port", port))))
             continue
         i = e.find(":")
-        out.append((e, 443) if i < 0 else (e[:i], int(e[i + 1:])))
+        out.append((e, port) if i < 0 else (e[:i], int(e[i + 1:])))
     return out
+
+
+def broker_nodes(m):
+    """[(host, port)]: the broker's nodes from config's "mqtt", tried in this order.
+
+    "hosts" (a clustered broker: entries as in "endpoints", their port
+    defaulting to "port") when given, else the one "host" and "port". Port 0
+    is the client's default: 8883 with TLS, else 1883.
+    """
+    port = m.get("port", 0)
+    return endpoints(m, "hosts", port) or [(m.get("host"), port)]
 
 
 def agent_config(cfg):
@@ -405,7 +416,8 @@ def process_inbox(device, online):
 
 
 def broker_tls(m, device):
-    """The TLS context for the broker, or None for plain MQTT ("tls" false, or port not 8883).
+    """The TLS context for the broker, or None for plain MQTT ("tls" false, or without "tls"
+    the (first) node's port is not 8883; every node alike: no failover to plain TCP).
 
     Anchors: the CA certificate the provisioning wrote ("ca": a DER file),
     and the full anchors of the installed bundle, so a bundle can bring the
@@ -413,7 +425,7 @@ def broker_tls(m, device):
     mbedTLS checks the path and the host name (CERT_REQUIRED). Raises:
     OSError (the CA file), ValueError (no anchor at all: fail closed).
     """
-    if not m.get("tls", m.get("port") == 8883):
+    if not m.get("tls", broker_nodes(m)[0][1] == 8883):
         return None
     mod, ctx, native = _tls_context()
     bundle = device.active_bundle()
@@ -441,8 +453,12 @@ def make_link(device, cfg):
     The client id is tf-<fleet>-<device id>, the one broker-config lets this
     device's credentials use. Each connect builds a new TLS context, so it
     trusts what the store holds then. Bundles are streamed into the
-    inactive slot in 1 KiB pieces; a failed connect waits for the capped,
-    jittered backoff; the last will marks the device offline.
+    inactive slot in 1 KiB pieces; with several broker nodes ("hosts") a
+    failed connect goes on to the next node at once, and the capped,
+    jittered backoff comes after a whole round failed or a connection was
+    lost (Transport); every node is TLS or none is ("tls" holds for all),
+    each checked under its own host name; the last will marks the device
+    offline. "subscribe_qos": 0 for a NATS cluster (docs/operations.md).
     """
     from trustfleet_device import session
     from trustfleet_device.transports import mqtt
@@ -453,12 +469,17 @@ def make_link(device, cfg):
                            reports=getattr(device, "reports", None))
     cid = "tf-" + fleet + "-" + device_id
 
-    def client():
-        return mqtt.MQTTClient(cid, m["host"], m.get("port", 0), m.get("user"), m.get("password"),
-                               keepalive=m.get("keepalive", 60), ssl=broker_tls(m, device),
-                               timeout_s=TLS_TIMEOUT_S)
+    def factory(host, port):
+        def client():
+            log("mqtt: connecting to", host, port)
+            return mqtt.MQTTClient(cid, host, port, m.get("user"), m.get("password"),
+                                   keepalive=m.get("keepalive", 60), ssl=broker_tls(m, device),
+                                   timeout_s=TLS_TIMEOUT_S)
+        return client
 
-    return sess, mqtt.Transport(sess, client, time.ticks_ms, time.sleep_ms, log=log)
+    nodes = [factory(h, p) for h, p in broker_nodes(m)]
+    return sess, mqtt.Transport(sess, nodes, time.ticks_ms, time.sleep_ms, log=log,
+                                subscribe_qos=m.get("subscribe_qos", 1))
 
 
 # ------------------------------------------------------------------ network

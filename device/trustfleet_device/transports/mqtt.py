@@ -31,8 +31,8 @@ Per connection, in this order:
    that resets the reconnect backoff (a TCP or TLS connection alone does
    not: a broker that accepts sockets and refuses sessions must not be
    hammered).
-2. SUBSCRIBE (QoS 1) every topic of session.subscriptions(), after EVERY
-   connect: the session is clean, the broker forgot them.
+2. SUBSCRIBE (QoS 1, or subscribe_qos) every topic of session.subscriptions(),
+   after EVERY connect: the session is clean, the broker forgot them.
 3. Publish session.connected() (the retained status) and the reports that
    were waiting for a connection.
 4. poll(), again and again: read what arrived without blocking; a bundle
@@ -46,6 +46,13 @@ Per connection, in this order:
    packet closes the socket (the broker then publishes the will) and the
    next connect waits for the capped, jittered exponential backoff.
    session.tick() runs on every poll, connected or not.
+
+Several broker nodes (a clustered broker): client_factory is then a list,
+one factory per node, and one node is used at a time, the first to start
+with. When an attempt fails before its CONNACK the next node is tried at
+once while this round has nodes left untried; after a whole round failed,
+or after a connection that was up is lost, the next node waits for the
+backoff (the short, reset one after a lost connection).
 
 Outgoing messages while disconnected: the latest status replaces an older
 one and reports wait (a few at most); after a reconnect the status is
@@ -485,7 +492,10 @@ class _Payload:
 class Transport:
     """Keeps one device's MQTT session going over a umqtt.simple-style client (see the module docstring).
 
-    client_factory() returns a new, unconnected client for every attempt;
+    client_factory() returns a new, unconnected client for every attempt (a
+    list of them: one per broker node, tried in turn); subscribe_qos is the
+    QoS asked for every subscription (0 for a NATS cluster, see
+    docs/operations.md);
     clock_ms() is time.ticks_ms or any monotonic milliseconds; sleep_ms(ms)
     is what run() waits with when there is nothing to do; log(*parts) gets
     one line per event.
@@ -493,11 +503,18 @@ class Transport:
 
     def __init__(self, session, client_factory, clock_ms, sleep_ms, max_chunk=1024,
                  max_small=16384, keepalive_ms=None, read_timeout_ms=10000,
-                 ack_timeout_ms=30000, backoff=None, idle_ms=50, log=None):
+                 ack_timeout_ms=30000, backoff=None, idle_ms=50, log=None, subscribe_qos=1):
         if max_chunk < 16:
             raise ValueError("max_chunk must be at least 16 bytes")
+        if subscribe_qos not in (0, 1):
+            raise ValueError("subscribe_qos must be 0 or 1")
         self.session = session
-        self.client_factory = client_factory
+        self.factories = client_factory if type(client_factory) is list else [client_factory]
+        if not self.factories:
+            raise ValueError("no broker to connect to")
+        self.node = 0  # index in factories of the node used now (or next)
+        self.untried = len(self.factories)  # nodes left in this round of failed attempts
+        self.subscribe_qos = subscribe_qos
         self.clock_ms = clock_ms
         self.sleep_ms = sleep_ms
         self.max_chunk = max_chunk
@@ -576,13 +593,19 @@ class Transport:
 
     def _connect(self):
         try:
-            client = self.client_factory()
+            client = self.factories[self.node]()
             client.set_last_will(*self.session.will())
             client.connect(clean_session=True)
         except Exception as exc:  # umqtt raises its own MQTTException, not ours
+            self._next_node()
+            self.untried -= 1
+            if self.untried > 0:
+                self.log("mqtt: connect failed: %s; trying broker node %d now" % (exc, self.node))
+                return  # retry_from stays as it is: the next poll tries that node
             self._schedule("connect failed: %s" % (exc,))
             return
         self.backoff.reset()  # a CONNACK 0, and nothing less, resets the backoff
+        self.untried = len(self.factories)
         self.client = client
         self.sock = client.sock
         self.connects += 1
@@ -598,7 +621,7 @@ class Transport:
         try:
             for topic in self.session.subscriptions():
                 pid = self._next_pid()
-                self._write(subscribe_packet(pid, topic, 1))
+                self._write(subscribe_packet(pid, topic, self.subscribe_qos))
                 self.pending[pid] = ("sub", topic, self.last_sent)
             waiting = [m for m in self.outbox if m[0] != self.status_topic]
             self.outbox = []
@@ -606,7 +629,11 @@ class Transport:
         except OSError as exc:
             self._drop("connection lost while subscribing: %s" % (exc,))
 
+    def _next_node(self):
+        self.node = (self.node + 1) % len(self.factories)
+
     def _schedule(self, why):
+        self.untried = len(self.factories)
         delay = self.backoff.next_ms()
         self.retry_from = (self.clock_ms(), delay)
         self.log("mqtt: %s; next attempt in %d ms" % (why, delay))
@@ -624,6 +651,7 @@ class Transport:
                 sock.close()
             except OSError:
                 pass
+        self._next_node()
         self._schedule(why)
 
     def _next_pid(self):

