@@ -13,6 +13,9 @@ one broker_tls builds for a single broker, bound to that node's host name.
   once, without a backoff delay, and installs the bundle retained there.
 - The board is connected to the first node, which is then SIGKILLed: it reaches the second
   and installs the bundle published there after the kill.
+- On a three-node NATS cluster (tests/support/natscluster.py) with "subscribe_qos": 0, the
+  node the board is on is SIGKILLed: the board reaches a survivor once they accept MQTT again
+  and installs the bundle published through one of them.
 - `device provision` refuses a bad --broker-host in one line.
 
 And the same Transport on CPython against real Mosquittos: a node that refuses the CONNACK
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -34,6 +38,7 @@ import pytest
 
 from support import brokers, mpfirmware
 from support import fleetkit as fk
+from support.natscluster import NatsCluster
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_device.agent import Config
@@ -62,6 +67,8 @@ def tf(*args: str, env: dict[str, str], code: int | None = 0,
 class TwoNodes:
     """broker-config + device add; two Mosquittos on the same identities; the board's files."""
 
+    nats = None
+
     def __init__(self, tmp: Path, start_mosquitto, first_up: bool = True) -> None:
         self.dir = tmp
         self.repo = fk.Repo(fleet=brokers.unique_fleet("failover"), now=int(time.time()))
@@ -82,17 +89,23 @@ class TwoNodes:
         self.nodes = [start_mosquitto(conf) if first_up else None,
                       start_mosquitto(conf.replace(f"listener {ports[0]}", f"listener {ports[1]}"))]
         self.ports = ports
-        staging = tmp / "staging"
-        tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
-           "--fleet", self.fleet, "--id", DEVICE, "--root", str(tmp / "root.cose"),
-           "--broker-dir", str(out), "--broker-host", f"127.0.0.1:{ports[0]}",
-           "--broker-host", f"127.0.0.1:{ports[1]}", "--no-compile", "--no-broker-tls", env=self.env)
-        self.state = staging / "trustfleet"
+        self.state = self.provision(out, ports)
         self.board: subprocess.Popen | None = None
+
+    def provision(self, broker_dir: Path, ports: list[int]) -> Path:
+        """`device provision --dry-run` with one --broker-host per port; the staged state folder."""
+        staging = self.dir / "staging"
+        hosts = [a for p in ports for a in ("--broker-host", f"127.0.0.1:{p}")]
+        tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
+           "--fleet", self.fleet, "--id", DEVICE, "--root", str(self.dir / "root.cose"),
+           "--broker-dir", str(broker_dir), *hosts, "--no-compile", "--no-broker-tls", env=self.env)
+        return staging / "trustfleet"
 
     fleet = property(lambda self: self.repo.fleet)
 
     def operator(self, node):
+        if self.nats is not None:  # the cluster is anonymous, and MQTT 3.1.1 only
+            return brokers.connect(node)
         return brokers.connect(node, username="trustfleet-operator",
                                password=self.secrets["trustfleet-operator"], protocol=5)
 
@@ -109,7 +122,7 @@ class TwoNodes:
     def watch(self, node):
         """A client on `node` that collects the board's status messages (retained and live)."""
         c = self.operator(node)
-        c.subscribe(topics.status(self.fleet, DEVICE))
+        c.subscribe(topics.status(self.fleet, DEVICE), qos=0 if self.nats is not None else 1)
         return c
 
     def start_board(self, binary: str) -> None:
@@ -319,3 +332,56 @@ def test_transport_refused_by_one_node_goes_on_at_once_and_subscribes_at_qos0(
         mqtt.Transport(session, [], lambda: 0, lambda ms: None)
     with pytest.raises(ValueError):
         mqtt.Transport(session, node(closed), lambda: 0, lambda ms: None, subscribe_qos=2)
+
+
+def test_the_board_fails_over_on_a_nats_cluster_when_its_node_is_killed(
+        tmp_path, private_mosquitto, standin):
+    """Three NATS nodes (tests/support/natscluster.py), config.json listing all three and
+    "subscribe_qos": 0: the node the board is on is SIGKILLed; the survivors refuse MQTT for
+    some seconds (docs/operations.md), so the board goes round them with its backoff, and
+    installs the bundle published through a survivor after the kill."""
+    if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
+        pytest.skip("nats-server is not installed")
+    n = TwoNodes(tmp_path, private_mosquitto)  # for the identities and a provisioned state folder
+    for node in n.nodes:
+        node.stop()
+    cluster = NatsCluster(tmp_path / "nats").start()
+    n.nats = cluster
+    try:
+        ports = [node.mqtt_port for node in cluster.nodes]
+        shutil.rmtree(n.dir / "staging")
+        n.state = n.provision(n.dir / "broker", ports)
+        cfg = json.loads((n.state / "config.json").read_text())
+        for key in ("user", "password"):  # the test cluster is anonymous
+            cfg["mqtt"].pop(key)
+        cfg["mqtt"]["subscribe_qos"] = 0
+        (n.state / "config.json").write_text(json.dumps(cfg))
+        nodes = [node.broker() for node in cluster.nodes]
+        watcher = n.watch(nodes[2])
+        n.start_board(standin)
+        wait_for(lambda: _statuses(watcher), "the board's status, through the cluster", 60)
+        watcher.close()
+        t0 = time.monotonic()
+        cluster.kill(0)  # the node the board is on (the first it tries)
+
+        def publish() -> bool:
+            try:
+                n.publish_bundle(nodes[1], 2)
+            except (OSError, TimeoutError, AssertionError):
+                return False  # the survivors refuse MQTT for a few seconds after the kill
+            return True
+
+        wait_for(publish, "the bundle published through a survivor", 60)
+        run = n.board_result()
+        print(f"\nNATS node killed: v2 committed via a survivor {time.monotonic() - t0:.1f} s after "
+              f"the kill (incl. board run's linger), heap {run['heap']}")
+        assert run["ended"] == "committed", run
+        assert run["state"]["version"] == 2 and not run["state"]["trial"], run
+        assert run["heap"]["total"] is not None and run["heap"]["total"] <= HEAP, run["heap"]
+        lines = _mqtt_lines(run)
+        connected = [i for i, line in enumerate(lines) if "mqtt: connected" in line]
+        assert len(connected) >= 2, lines
+        assert any(f"connecting to 127.0.0.1 {p}" in lines[connected[-1] - 1] for p in ports[1:]), lines
+    finally:
+        n.close()
+        cluster.stop()
