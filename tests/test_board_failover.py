@@ -6,8 +6,7 @@ What runs is the unmodified device/board/main.py on the firmware stand-in (tools
 32-bit MicroPython, package frozen) capped at 87,360 B, 24 KiB under a stock ESP32's heap,
 through `trustfleet board run`, against two private Mosquittos set up by `broker-config` and
 `device add` (the same password file and ACL, one listener each: the two nodes of a cluster
-as the board sees them). Plain MQTT: the stand-in has no TLS; each node's TLS context is the
-one broker_tls builds for a single broker, bound to that node's host name.
+as the board sees them). Plain MQTT there: the stand-in has no TLS.
 
 - The first node is down (nothing listens on its port): the board goes on to the second at
   once, without a backoff delay, and installs the bundle retained there.
@@ -16,6 +15,9 @@ one broker_tls builds for a single broker, bound to that node's host name.
 - On a three-node NATS cluster (tests/support/natscluster.py) with "subscribe_qos": 0, the
   node the board is on is SIGKILLed: the board reaches a survivor once they accept MQTT again
   and installs the bundle published through one of them.
+- Over TLS on the native unix port (real mbedTLS): two nodes serving one certificate made for
+  "localhost"; the first, listed as 127.0.0.1, fails the name check, and the board goes on at
+  once to the second, listed as localhost: each node is checked under its own name.
 - `device provision` refuses a bad --broker-host in one line.
 
 And the same Transport on CPython against real Mosquittos: a node that refuses the CONNACK
@@ -29,6 +31,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -36,8 +40,9 @@ from pathlib import Path
 
 import pytest
 
-from support import brokers, mpfirmware
+from support import brokers, mpfirmware, mpunix
 from support import fleetkit as fk
+from support.environment import skip_or_fail
 from support.natscluster import NatsCluster
 from support.waiting import wait_for
 from trustfleet_device import topics
@@ -385,3 +390,78 @@ def test_the_board_fails_over_on_a_nats_cluster_when_its_node_is_killed(
     finally:
         n.close()
         cluster.stop()
+
+
+def test_over_tls_each_node_is_checked_under_its_own_name(tmp_path, private_mosquitto):
+    """The native unix port (real mbedTLS), two TLS nodes serving the same certificate, made for
+    "localhost": listed as 127.0.0.1, the first fails mbedTLS's name check (CERT_REQUIRED
+    against the provisioned CA), so the board goes on at once to the second, listed as
+    localhost, which passes under that name; v2 retained there installs."""
+    ok, binary = mpunix.available()
+    if not ok:
+        skip_or_fail(binary)
+    from trustfleet_server import keys
+
+    ca_key, leaf_key = keys.generate_key(), keys.generate_key()
+    ca = fk.make_cert("failover test CA", ca_key)
+    leaf = fk.make_cert("localhost", leaf_key, ca, ca_key, ca=False, dns="localhost")
+    fk.write_pem(tmp_path / "ca.pem", ca)
+    fk.write_pem(tmp_path / "broker.pem", leaf)
+    keys.write_private_key(tmp_path / "broker-key.pem", leaf_key)
+    repo = fk.Repo(fleet=brokers.unique_fleet("failover"), now=int(time.time()))
+    (tmp_path / "root.cose").write_bytes(repo.root_raw)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'device'}{os.pathsep}{REPO / 'server'}"}
+    tls_ports = [brokers.free_port() for _ in range(2)]
+    plain = brokers.free_port()
+    assert len({*tls_ports, plain}) == 3
+    out = tmp_path / "broker"
+    tf("broker-config", "--fleet", repo.fleet, "--out", str(out), "--listener", f"127.0.0.1:{tls_ports[0]}",
+       "--tls-cert", str(tmp_path / "broker.pem"), "--tls-key", str(tmp_path / "broker-key.pem"),
+       "--no-persistence", env=env)
+    tf("device", "add", "--fleet", repo.fleet, "--id", DEVICE, "--broker-dir", str(out),
+       "--out", str(tmp_path / f"{DEVICE}.json"), env=env)
+    secrets = {i["username"]: i["password"]
+               for i in json.loads((out / "secrets.json").read_text())["identities"]}
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"listener {tls_ports[0]}" in conf, conf
+    private_mosquitto(conf)
+    # The second node, with a plain listener too for the test's own publisher (same users, ACL).
+    private_mosquitto(conf.replace(f"listener {tls_ports[0]}", f"listener {tls_ports[1]}")
+                      + f"\nlistener {plain} 127.0.0.1\n")
+    staging = tmp_path / "staging"
+    tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
+       "--fleet", repo.fleet, "--id", DEVICE, "--root", str(tmp_path / "root.cose"),
+       "--broker-dir", str(out), "--broker-host", f"127.0.0.1:{tls_ports[0]}",
+       "--broker-host", f"localhost:{tls_ports[1]}", "--broker-ca", str(tmp_path / "ca.pem"),
+       "--no-compile", env=env)
+    cfg = json.loads((staging / "trustfleet" / "config.json").read_text())
+    assert cfg["mqtt"]["tls"] is True and cfg["mqtt"]["ca"] == "/trustfleet/broker-ca.der", cfg
+    pub = brokers.connect(brokers.Broker("127.0.0.1", plain, "mosquitto"), username="trustfleet-operator",
+                          password=secrets["trustfleet-operator"], protocol=5)
+    try:
+        raw = repo.bundle(2, anchors=[fk.full_anchor(ca)], pinsets=[])
+        rc = pub.publish(topics.bucket_bundle(repo.fleet, topics.bucket(DEVICE)), raw, qos=1, retain=True)
+        assert rc is not None and not rc.is_failure, rc
+    finally:
+        pub.close()
+    proc = tf("board", "run", "--micropython", binary, "--heap", "1000000", "--state",
+              str(staging / "trustfleet"), "--seconds", str(int(WAIT)), "--json", "--until", "committed",
+              env=env, code=None, timeout=WAIT + 60)
+    run = json.loads(proc.stdout)
+    assert run["ended"] == "committed" and run["state"]["version"] == 2, run
+    lines = _mqtt_lines(run)
+    first_connected = next(i for i, line in enumerate(lines) if "mqtt: connected" in line)
+    before = lines[:first_connected]
+    assert f"connecting to 127.0.0.1 {tls_ports[0]}" in before[0], lines
+    assert "trying broker node 1 now" in before[1], lines
+    print(f"\nTLS: {before[1]}")
+    # The first node was up and its certificate good for "localhost": the name failed it.
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with socket.create_connection(("127.0.0.1", tls_ports[0]), timeout=5) as s, \
+            ctx.wrap_socket(s, server_hostname="localhost"):
+        pass
+    with pytest.raises(ssl.SSLCertVerificationError), \
+            socket.create_connection(("127.0.0.1", tls_ports[0]), timeout=5) as s, \
+            ctx.wrap_socket(s, server_hostname="127.0.0.1"):
+        pass
+    assert f"connecting to localhost {tls_ports[1]}" in before[2] and len(before) == 3, lines

@@ -597,12 +597,14 @@ class Transport:
             client.set_last_will(*self.session.will())
             client.connect(clean_session=True)
         except Exception as exc:  # umqtt raises its own MQTTException, not ours
+            # One log line: an mbedTLS error's text can hold line breaks.
+            why = " ".join(str(exc).split()) or type(exc).__name__
             self._next_node()
             self.untried -= 1
             if self.untried > 0:
-                self.log("mqtt: connect failed: %s; trying broker node %d now" % (exc, self.node))
+                self.log("mqtt: connect failed: %s; trying broker node %d now" % (why, self.node))
                 return  # retry_from stays as it is: the next poll tries that node
-            self._schedule("connect failed: %s" % (exc,))
+            self._schedule("connect failed: %s" % (why,))
             return
         self.backoff.reset()  # a CONNACK 0, and nothing less, resets the backoff
         self.untried = len(self.factories)
