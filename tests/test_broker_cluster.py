@@ -23,8 +23,6 @@ ACL as NATS permissions, and the ingest passing to the next leader when the lead
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -42,6 +40,7 @@ from support.environment import require_tool
 from support.fleetkit import Repo
 from support.livedevice import LiveDevice, ids_in_buckets
 from support.natscluster import NatsCluster, acl_authorization
+from support.serving import ServeProcess
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_pi import paho as pahomod
@@ -69,32 +68,6 @@ def cluster(tmp_path):
 # --------------------------------------------------------------------------- the fleet
 
 
-class Serve:
-    """One `trustfleet serve` process (--json summary on stdout, log on stderr)."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
-        self.name = name
-        self.out, self.err = workdir / f"{name}.json", workdir / f"{name}.log"
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", "serve", *argv,
-                                          "--client-id", name, "--json"],
-                                         stdout=out, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-    def log(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def stop(self) -> dict | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        text = self.out.read_text()
-        return json.loads(text) if text.strip() else None
-
-
 class Fleet:
     """A repo, its files, a SQLite store, devices (agent processes) and serve workers."""
 
@@ -110,7 +83,7 @@ class Fleet:
         for v in (1, 2):
             (tmp_path / f"bundle-v{v}.cose").write_bytes(self.repo.bundle(v))
         self.agents: dict[str, AgentProcess] = {}
-        self.serves: list[Serve] = []
+        self.serves: list[ServeProcess] = []
 
     def urls_from(self, node: int) -> list[str]:
         """Every node's URL, starting with `node` (the order a client tries them)."""
@@ -130,11 +103,11 @@ class Fleet:
         assert init.returncode == 0, init.stderr
         self.agents[device_id] = AgentProcess("run", "--config", config)
 
-    def add_serve(self, name: str, node: int) -> Serve:
+    def add_serve(self, name: str, node: int) -> ServeProcess:
         argv = ["--broker", ",".join(self.urls_from(node)), "--fleet", self.fleet, "--root", self.root,
                 "--db", self.db, "--timestamp-key", str(self.dir / "timestamp.pem"),
                 "--timestamp-every", "2", "--step-every", "1", "--subscribe-qos", str(self.qos)]
-        s = Serve(f"{name}-{self.fleet}", argv, self.dir)
+        s = ServeProcess(f"{name}-{self.fleet}", argv, self.dir)
         self.serves.append(s)
         return s
 
@@ -581,7 +554,7 @@ def test_without_shared_subscriptions_the_next_leader_takes_over_the_ingest(nats
     devices = [LiveDevice(nats_mqtt, repo, f"dev-{i}") for i in range(3)]
     argv = ["--broker", nats_mqtt.url, "--fleet", fleet, "--root", root, "--db", db,
             "--step-every", "1", "--subscribe-qos", "0"]
-    workers = [Serve(f"w{i}-{fleet}", argv, tmp_path) for i in range(2)]
+    workers = [ServeProcess(f"w{i}-{fleet}", argv, tmp_path) for i in range(2)]
 
     def versions() -> list:
         with fleetdb.open_db(db) as store:

@@ -10,18 +10,15 @@ is lost, and the rollout ends done.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 from support import brokers
 from support.fleetkit import Repo
 from support.livedevice import LiveDevice, ids_in_buckets
+from support.serving import ServeProcess
 from support.waiting import wait_for
 from trustfleet_device import topics
 from trustfleet_server import cli, keys, mqtturl, rollout
@@ -133,33 +130,6 @@ def test_a_schema_v3_store_is_upgraded_to_v4_and_keeps_its_data(target):
 # --------------------------------------------------------------------------- three workers
 
 
-class Worker:
-    """One `python -m trustfleet_server.cli serve` process; stdout (--json) and stderr to files."""
-
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
-        self.name = name
-        self.out, self.err = workdir / f"{name}.json", workdir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", "serve",
-                                          *argv, "--client-id", name, "--json"],
-                                         stdout=out, stderr=err, env=env)
-
-    def log(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def stop(self) -> dict | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        text = self.out.read_text()
-        return json.loads(text) if text.strip() else None
-
-
 class Recorder:
     """Counts what reaches the fleet's bundle topics live (not retained copies): publications."""
 
@@ -211,7 +181,7 @@ def test_three_workers_one_leader_and_a_kill_9_mid_rollout_loses_nothing(private
     argv = ["--broker", b.url, "--fleet", fleet, "--root", root, "--db", db_url,
             "--timestamp-key", str(tmp_path / "timestamp.pem"), "--timestamp-every", "2",
             "--step-every", "2"]
-    workers = [Worker(f"w{i}-{fleet}"[:60], argv, tmp_path) for i in range(3)]
+    workers = [ServeProcess(f"w{i}-{fleet}"[:60], argv, tmp_path) for i in range(3)]
     try:
         wait_for(lambda: all(d.version == 1 for d in devices), "devices to install v1", 30)
 

@@ -1,10 +1,16 @@
-"""A FleetServer on a background thread, as the serve tests run it."""
+"""serve as the tests run it: a FleetServer on a background thread, or a `trustfleet serve` process."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from support.waiting import wait_for
@@ -41,3 +47,31 @@ def running(srv: Any, db: Any, what: str = "the server to connect", *, duration:
         db.close()
     assert not run.thread.is_alive(), "the server did not stop"
     assert not run.errors, run.errors
+
+
+class ServeProcess:
+    """One `python -m trustfleet_server.cli serve` process: its --json summary goes to
+    <workdir>/<name>.json and its log to <workdir>/<name>.log; the name is its client id."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.out, self.err = workdir / f"{name}.json", workdir / f"{name}.log"
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "trustfleet_server.cli", "serve", *argv,
+                                          "--client-id", name, "--json"],
+                                         stdout=out, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+    def log(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def stop(self) -> dict | None:
+        """SIGTERM, then the summary it printed (None when it printed none: killed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        text = self.out.read_text()
+        return json.loads(text) if text.strip() else None
