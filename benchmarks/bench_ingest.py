@@ -394,16 +394,9 @@ def peer_inprocess(target: str, batch: list) -> float:
 
 
 def upsert_rows(batch: list) -> list[tuple]:
-    """The UPSERT's parameters for every message, built with the store's own row builder."""
-    rows = []
-    for fleet, device, payload, now in batch:
-        body = json.loads(payload)
-        row = {name: body.get(name) for name in schema.NAMES}
-        row.update(fleet=fleet, device=device, bucket=topics.bucket(device), raw=payload.decode())
-        for name in ("bad", "reasons", "fail_open"):
-            row[name] = row[name] or []
-        rows.append(fleetdb._status_row(row, now, 0))
-    return rows
+    """The UPSERT's parameters for every message, built (untimed) by the store's own check."""
+    return [fleetdb._with_suspect(fleetdb.check_status_message(fleet, device, payload, now), 0)
+            for fleet, device, payload, now in batch]
 
 
 def peer_upsert(target: str, rows: list[tuple]) -> float:

@@ -300,19 +300,12 @@ _ROLLOUT_SELECT = ("SELECT id, fleet, version, bundle_sha256, bundle, waves, cur
                    "published, revision FROM tf_rollouts ")
 
 
-# How each status field becomes its column's value (_status_row).
+# How each status field becomes its column's value (_checked).
 _AS_IS, _INTS_JSON, _TEXTS_JSON, _ZERO = 0, 1, 2, 3
 _LAYOUT = tuple((name, _INTS_JSON if kind == schema.INTS else _TEXTS_JSON if kind == schema.TEXTS
                  else _ZERO if name in _ZERO_IF_NULL else _AS_IS)
                 for name, kind in schema.FIELDS[4:])  # after device, fleet, group and bucket
 COPY_MIN = 64  # PostgreSQL: a run of at least this many statuses goes through COPY (_copy_upsert)
-
-
-def _status_row(row: dict, now: int, newest_published: int) -> tuple:
-    """The values of _STATUS_COLUMNS for a normalised status: suspect when it claims a version
-    above everything the fleet published (a claim, stored, never believed by rollouts)."""
-    checked = _checked(row, row["fleet"], row["device"], row["bucket"], row["raw"], now)
-    return _with_suspect(checked, newest_published)
 
 
 def _checked(row: dict, fleet: str, device_id: str, bucket: int, raw: str, now: int) -> tuple:
@@ -339,6 +332,8 @@ def _checked(row: dict, fleet: str, device_id: str, bucket: int, raw: str, now: 
 
 
 def _with_suspect(checked: tuple, newest_published: int) -> tuple:
+    """The values of _STATUS_COLUMNS for a checked status: suspect when it claims a version
+    above everything the fleet published (a claim, stored, never believed by rollouts)."""
     version = checked[2]
     return (*checked[1], int(version is not None and version > newest_published))
 
