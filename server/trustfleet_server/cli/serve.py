@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from trustfleet_server import documents, keys, times
 from trustfleet_server.cli import common
@@ -10,6 +11,9 @@ from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.fleetops import check_fleet
 from trustfleet_server.serve.limits import Limits
+
+if TYPE_CHECKING:
+    from trustfleet_server.console.web import ConsoleServer
 
 SERVE_EPILOG = """\
 examples:
@@ -36,6 +40,15 @@ A device over its limits has the excess dropped; one that keeps flooding is
 disabled at the broker for --fence-for (Mosquitto's dynamic security plugin,
 as broker-config sets it up), then enabled again.
 Under systemd: tools/systemd/trustfleet-serve.service.
+
+fleet console (docs/console.md):
+  trustfleet serve ... --http 127.0.0.1:8080                  # read-only page + /metrics
+  trustfleet serve ... --http 127.0.0.1:8080 --token-file ops.tokens   # pause/resume/abort too
+  trustfleet serve ... --http 0.0.0.0:8443 --http-cert c.pem --http-key k.pem --token-file ops.tokens
+On loopback anyone on this machine may read the console; pause, resume and
+abort need an operator token (a token file holds NAME:TOKEN lines, mode 600),
+and each lands in the audit trail (`trustfleet audit`). Any other address
+needs TLS, or --http-public for plain HTTP, and a token for every request.
 """
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,6 +87,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.retention_arguments(p.add_argument_group(
         "report retention", "applied as reports arrive (as `trustfleet fleet prune` applies it at once)"),
         prefix="reports-")
+    h = p.add_argument_group("fleet console", "a web page and Prometheus /metrics (docs/console.md)")
+    h.add_argument("--http", metavar="[HOST:]PORT",
+                   help="serve the fleet console here (a bare port is on 127.0.0.1; off by default)")
+    h.add_argument("--token-file", metavar="FILE",
+                   help="operator tokens, NAME:TOKEN per line (mode 600): needed for pause, resume and "
+                        "abort, and for every request off loopback")
+    h.add_argument("--http-cert", metavar="PEM", help="serve the console over TLS with this certificate chain")
+    h.add_argument("--http-key", metavar="PEM", help="... and this private key")
+    h.add_argument("--http-public", action="store_true",
+                   help="allow plain HTTP on a non-loopback address (tokens cross the network in clear)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--once", action="store_true",
                    help="one round: read retained statuses, ingest, step the rollout, one timestamp, exit")
@@ -107,6 +130,25 @@ def limits_from(args: argparse.Namespace) -> Limits:
     return Limits(status[0], status[1], report[0], report[1], args.fence_after, fence_for)
 
 
+def console_from(args: argparse.Namespace, fleet: str) -> ConsoleServer | None:
+    """The console --http asks for, bound but not started (None without --http).
+    Raises: UsageError (a bad address, a port taken, TLS files, tokens, exposure)."""
+    from trustfleet_server import console
+    from trustfleet_server.console import web
+
+    if not args.http:
+        for flag in ("token_file", "http_cert", "http_key"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')} needs --http")
+        return None
+    bind = web.parse_bind(args.http)
+    tokens = console.load_tokens(args.token_file) if args.token_file else {}
+    tls = web.tls_context(args.http_cert, args.http_key) is not None
+    web.check_exposure(bind, tls, args.http_public, tokens)
+    settings = console.ConsoleSettings(str(args.db), fleet, tokens, public=not bind.loopback, tls=tls)
+    return web.ConsoleServer(settings, bind, args.http_cert, args.http_key)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from trustfleet_server.serve.server import FleetServer, log_to_stderr
 
@@ -122,12 +164,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     duration = times.positive_seconds(args.duration, "--duration") if args.duration else None
     limits = limits_from(args)
     retention = common.retention_from(args, prefix="reports-")
+    console = console_from(args, fleet)
     log_to_stderr(args.verbose)
     with fleetdb.open_db(args.db, retention=retention) as db:
         server = FleetServer(url, fleet, [documents.read_file(p) for p in args.root], db, key, every, step,
                              client_id=args.client_id, limits=limits)
         server.link.subscribe_qos = args.subscribe_qos
-        stats = server.run(once=args.once, duration=duration)
+        if console is not None:
+            console.settings.live = server.live
+            console.start()
+            print(f"fleet console: {console.url}", flush=True)
+        try:
+            stats = server.run(once=args.once, duration=duration)
+        finally:
+            if console is not None:
+                console.stop()
     summary = {"statuses": stats.statuses, "ignored": stats.ignored, "rejected": stats.rejected,
                "reports": stats.reports, "timestamps": stats.timestamps, "waves": stats.waves,
                "cleared": stats.cleared, "restored": stats.restored, "rate_limited": stats.rate_limited,

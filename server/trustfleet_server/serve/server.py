@@ -251,6 +251,7 @@ class FleetServer:
         self._lead_until = 0.0  # monotonic: act as leader until then (last renewal + length - margin)
         self._next_lease = 0.0
         self._warned_no_bundle = False
+        self.last_timestamp: int | None = None  # the `time` of the newest timestamp this worker published
         if timestamp_key is not None:
             self._check_timestamp_key()
 
@@ -347,6 +348,20 @@ class FleetServer:
     def worker_id(self) -> str:
         """This worker's name in the lease: its MQTT client id."""
         return self.link.client_id
+
+    def live(self) -> dict:
+        """A snapshot of this worker's state for the console and /metrics (called from their
+        thread: plain reads of values this thread replaces whole)."""
+        s = self.stats
+        return {"worker": self.worker_id, "fleet": self.fleet, "leading": self.leading,
+                "connected": self.link.connected, "broker": str(self.link.url),
+                "protocol": s.protocol, "synced": self.synced, "connects": s.connects,
+                "statuses": s.statuses, "ignored": s.ignored, "rejected": s.rejected,
+                "reports": s.reports, "rate_limited": s.rate_limited, "dropped": s.dropped,
+                "fenced": s.fenced, "waves": s.waves, "cleared": s.cleared, "restored": s.restored,
+                "timestamps": s.timestamps, "last_timestamp": self.last_timestamp,
+                "timestamp_every": self.timestamp_every if self.timestamp_key is not None else None,
+                "root_version": self.root.version}
 
     def _leads(self, mono: float) -> bool:
         """Whether this worker may act as leader now (its lease renewal is recent enough)."""
@@ -974,6 +989,7 @@ class FleetServer:
         self._warn_time_lead(now)
         self.link.publish([(topics.timestamp(self.fleet), raw)])
         self.stats.timestamps += 1
+        self.last_timestamp = now
         log.debug("published a timestamp at %d", now)
 
     def _warn_time_lead(self, now: int) -> None:
