@@ -50,6 +50,10 @@ a compare-and-set (an UPSERT whose WHERE lets only the holder renew, or anyone t
 expired lease), the same SQL on SQLite (BEGIN IMMEDIATE) and PostgreSQL (the conflicting
 row is locked and the WHERE evaluated again), so at most one worker holds it at a time.
 `claim_rollout(..., lease=...)` also checks the lease in its transaction.
+
+Audit trail: tf_audit holds who did what (publish, rollout and device actions: `add_audit`,
+read newest first by `audit_entries`). Triggers refuse UPDATE and DELETE on it (and TRUNCATE
+on PostgreSQL), so trustfleet only ever appends; whoever owns the database can still drop them.
 """
 
 from __future__ import annotations
@@ -71,12 +75,13 @@ from trustfleet_server.fleet.sql import FleetDBError, is_postgres
 __all__ = ["FleetDB", "FleetDBError", "IngestResult", "NotFound", "Retention", "RolloutConflict",
            "SCHEMA_VERSION", "SchemaError", "StatusError", "Target", "is_postgres", "open_db"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # v2: tf_published (the bundle versions the fleet published), tf_devices.suspect and
 # .quarantined, tf_device_events (audited quarantine/forget). _MIGRATIONS upgrades v1 in place.
 # v3: tf_wave_results (each wave's counts and failing devices when it ended); waves that ended
 # in a v2 store have none and show as "not recorded".
 # v4: tf_leases (which `serve` worker leads each fleet, until when: acquire_lease).
+# v5: tf_audit (the audit trail, append-only through triggers: _AUDIT_GUARD).
 
 
 class SchemaError(FleetDBError):
@@ -236,7 +241,36 @@ CREATE TABLE IF NOT EXISTS tf_leases (
     holder TEXT NOT NULL,
     expires BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tf_audit (
+    id {serial},
+    fleet TEXT NOT NULL,
+    time BIGINT NOT NULL,
+    action TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    host TEXT NOT NULL,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{{}}'
+);
+CREATE INDEX IF NOT EXISTS tf_audit_fleet ON tf_audit (fleet, id);
 """
+
+# tf_audit is append-only: these refuse UPDATE and DELETE (statements with their own ';', so run
+# one by one after _TABLES). PostgreSQL: the function is replaced, the trigger created if missing.
+_AUDIT_REFUSED = "tf_audit is append-only"
+_AUDIT_GUARD = {
+    "sqlite": tuple(
+        f"CREATE TRIGGER IF NOT EXISTS tf_audit_no_{op.lower()} BEFORE {op} ON tf_audit "
+        f"BEGIN SELECT RAISE(ABORT, '{_AUDIT_REFUSED}'); END" for op in ("UPDATE", "DELETE")),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION tf_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN RAISE EXCEPTION '{_AUDIT_REFUSED}'; END $$",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'tf_audit_append_only' "
+        "AND tgrelid = 'tf_audit'::regclass) THEN CREATE TRIGGER tf_audit_append_only "
+        "BEFORE UPDATE OR DELETE OR TRUNCATE ON tf_audit FOR EACH STATEMENT "
+        "EXECUTE FUNCTION tf_audit_refuse(); END IF; END $$",
+    ),
+}
+AUDIT_SOURCES = ("cli", "console", "serve")
 
 # Schema upgrades, by the version they upgrade from. Tables new in a version are created by
 # _TABLES (IF NOT EXISTS); columns added to existing tables, and data to fill, come here.
@@ -256,6 +290,7 @@ _MIGRATIONS = {
     ),
     2: (),  # tf_wave_results is a new table (_TABLES); ended waves of v2 have no results to fill
     3: (),  # tf_leases is a new table (_TABLES): no worker leads until one takes the lease
+    4: (),  # tf_audit is a new table (_TABLES), its triggers _AUDIT_GUARD: the trail starts empty
 }
 
 # Status field -> tf_devices column: the field's own name, except these (GROUP is an SQL
@@ -408,6 +443,8 @@ class FleetDB(sql.Connection):
             for statement in ddl.split(";"):
                 if statement.strip():
                     cur.execute(statement)
+            for statement in _AUDIT_GUARD[self.dialect]:
+                cur.execute(statement)
             self._exec(cur, "SELECT value FROM tf_meta WHERE key = 'schema_version'")
             row = cur.fetchone()
             if row is None:
@@ -437,9 +474,11 @@ class FleetDB(sql.Connection):
         return row is not None and row[0] is not None
 
     def fleets(self) -> list[str]:
-        """The fleets the store knows: any device, report, rollout, publication or device event."""
+        """The fleets the store knows: any device, report, rollout, publication, device event or
+        audit entry."""
         union = " UNION ".join(f"SELECT fleet FROM {t}" for t in (
-            "tf_devices", "tf_reports", "tf_rollouts", "tf_published", "tf_device_events"))
+            "tf_devices", "tf_reports", "tf_rollouts", "tf_published", "tf_device_events",
+            "tf_audit"))
         with self._tx("listing fleets") as cur:
             self._exec(cur, f"SELECT fleet FROM ({union}) AS f ORDER BY fleet")
             return [r[0] for r in cur.fetchall()]
@@ -666,6 +705,43 @@ class FleetDB(sql.Connection):
             rows = self.rows(cur)
         return [{"device": r["device_id"], "time": r["time"], "action": r["action"], "who": r["who"],
                  "why": r["why"]} for r in reversed(rows)]
+
+    # -- audit trail --------------------------------------------------------------
+
+    def add_audit(self, fleet: str, action: str, actor: str, host: str, source: str,
+                  detail: Mapping[str, Any], now: int) -> dict:
+        """Append an entry to the audit trail (source: "cli", "console" or "serve"); returns it
+        as audit_entries does."""
+        if source not in AUDIT_SOURCES:
+            raise ValueError(f"audit source {source!r} is not one of {', '.join(AUDIT_SOURCES)}")
+        entry = {"id": None, "time": int(now), "fleet": fleet, "action": action[:100],
+                 "actor": actor[:200], "host": host[:255], "source": source, "detail": dict(detail)}
+        with self._tx(f"recording audit entry {action}", write=True) as cur:
+            self._exec(cur, "INSERT INTO tf_audit (time, fleet, action, actor, host, source, detail) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                       (entry["time"], fleet, entry["action"], entry["actor"], entry["host"], source,
+                        json.dumps(entry["detail"], sort_keys=True)))
+            entry["id"] = cur.fetchone()[0]
+        return entry
+
+    def audit_entries(self, fleet: str | None = None, limit: int = 100, before: int | None = None,
+                      action: str | None = None) -> list[dict]:
+        """Audit entries newest first: of one fleet and one action when given, with an id below
+        `before` (the next page), at most `limit`. Each: id, time, fleet, action, actor, host,
+        source, detail (a dict)."""
+        where, params = [], []
+        for clause, value in (("fleet = ?", fleet), ("id < ?", before), ("action = ?", action)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        cond = f"WHERE {' AND '.join(where)} " if where else ""
+        with self._tx("reading the audit trail") as cur:
+            self._exec(cur, f"SELECT id, time, fleet, action, actor, host, source, detail FROM tf_audit "
+                            f"{cond}ORDER BY id DESC LIMIT ?", (*params, max(int(limit), 0)))
+            rows = self.rows(cur)
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows
 
     # -- reports ------------------------------------------------------------------
 
