@@ -8,6 +8,9 @@ machine. Timestamps, signed by one online key, may use COSE_Sign1.
 Every signature uses the protected header {alg: ES256} and carries the kid
 (SHA-256 of the key's SPKI) in the unprotected header: the kid is only a
 hint for finding the key; verification never trusts it beyond that.
+`sign --signer NAME` adds the signer's stated name to that signature's
+protected header (label "signer", not critical): covered by the signature,
+ignored by devices, read back by `signers` for the audit trail.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from trustfleet_server import keys
 from trustfleet_server.errors import OperatorError, UsageError
 
 PROTECTED_ES256 = cose.PROTECTED_ES256  # {alg: ES256}
+SIGNER_LABEL = "signer"  # protected header label: the signer's stated name (docs/format.md)
+SIGNER_MAX = 128
 
 KNOWN_TYPES = {"root": documents.parse_root, "bundle": documents.parse_bundle,
                "timestamp": documents.parse_timestamp}
@@ -85,18 +90,32 @@ def read_document(raw: bytes, limits: Limits = DEFAULT) -> Document:
     return Document(payload, doc_type, message)
 
 
-def _signature_entry(payload: bytes, body_protected: bytes, key: ec.EllipticCurvePrivateKey) -> list:
+def check_signer(name: str) -> str:
+    """A signer's stated name: 1 to SIGNER_MAX printable characters. Raises: UsageError."""
+    if not 0 < len(name) <= SIGNER_MAX or not name.isprintable() or name != name.strip():
+        raise UsageError(f"--signer {name!r}: expected 1 to {SIGNER_MAX} printable characters, "
+                         f"without leading or trailing spaces")
+    return name
+
+
+def _signature_entry(payload: bytes, body_protected: bytes, key: ec.EllipticCurvePrivateKey,
+                     signer: str | None = None) -> list:
+    protected = (PROTECTED_ES256 if signer is None
+                 else cbor.encode({cose.HDR_ALG: cose.ALG_ES256, SIGNER_LABEL: signer}))
     # The device's own Sig_structure builder, so signer and verifier cannot drift apart.
-    tbs = cose.sig_structure_prefix(cose.TAG_SIGN, body_protected, PROTECTED_ES256, b"", len(payload))
+    tbs = cose.sig_structure_prefix(cose.TAG_SIGN, body_protected, protected, b"", len(payload))
     sig = keys.sign(key, tbs + payload)
-    return [PROTECTED_ES256, {cose.HDR_KID: keys.kid_of(key)}, sig]
+    return [protected, {cose.HDR_KID: keys.kid_of(key)}, sig]
 
 
-def add_signature(raw: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    """Return `raw` (a bare payload or a COSE_Sign) with one more signature by `key`.
+def add_signature(raw: bytes, key: ec.EllipticCurvePrivateKey, signer: str | None = None) -> bytes:
+    """Return `raw` (a bare payload or a COSE_Sign) with one more signature by `key`; `signer`,
+    the signer's stated name, goes in that signature's protected header.
 
     Raises: PolicyError when this key already signed, or the input is a COSE_Sign1.
     """
+    if signer is not None:
+        check_signer(signer)
     doc = read_document(raw)
     kid = keys.kid_of(key)
     if doc.message is None:
@@ -108,7 +127,7 @@ def add_signature(raw: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
             raise PolicyError(f"key {kid.hex()[:8]} has already signed this document")
         body_protected = doc.message.protected_raw
         signatures = [[s.protected_raw, s.unprotected, s.signature] for s in doc.message.signers]
-    signatures.append(_signature_entry(doc.payload, body_protected, key))
+    signatures.append(_signature_entry(doc.payload, body_protected, key, signer))
     return cbor.encode(cbor.Tag(cose.TAG_SIGN, [body_protected, {}, doc.payload, signatures]))
 
 

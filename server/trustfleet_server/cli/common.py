@@ -74,6 +74,9 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
     key_argument(p, role, help="private key (PKCS#8 PEM)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
+    p.add_argument("--signer", metavar="NAME",
+                   help="your name, put in this signature's protected header (signed with it; "
+                        "devices ignore it, the audit trail shows it beside the key id)")
     p.add_argument("file", type=Path, help="unsigned payload or signed document")
     p.add_argument("-o", "--out", type=Path, help="output file (default: replace the input)")
     p.add_argument("--json", action="store_true",
@@ -81,6 +84,8 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    if args.signer is not None:
+        documents.check_signer(args.signer)
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
     key = keys.load_private_key(args.key, passphrase)
     # `root sign` signs roots only, `bundle sign` bundles only (the only one with --root).
@@ -88,7 +93,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     check_not_future(doc, args.file, getattr(args, "allow_future", False))
     if getattr(args, "sign_root", None):
         check_key_role(key, args.key, args.sign_root, doc.doc_type)
-    signed = documents.add_signature(raw, key)
+    signed = documents.add_signature(raw, key, args.signer)
     out = args.out or args.file
     write_atomic(out, signed)
     doc = documents.read_document(signed)
