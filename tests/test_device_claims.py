@@ -164,7 +164,7 @@ def _create_v1(target: str) -> None:
 def test_a_schema_v1_database_is_upgraded_in_place_with_history_from_its_rollouts(target):
     _create_v1(target)
     with fleetdb.open_db(target) as db:
-        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 4  # v1 -> v2 -> v3 (wave results) -> v4 (leases)
+        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 5  # v1 -> v2 -> v3 (wave results) -> v4 (leases) -> v5 (audit)
         assert [(p["version"], p["source"]) for p in db.published("claims")] == [(3, "rollout")]
         old, liar = db.device("claims", "old"), db.device("claims", "liar")
         assert old["version"] == 3 and not old["suspect"] and not old["quarantined"]
@@ -172,7 +172,7 @@ def test_a_schema_v1_database_is_upgraded_in_place_with_history_from_its_rollout
         assert db.latest_done("claims").version == 3
         db.set_quarantined("claims", "liar", True, "t", "test", 9)
     with fleetdb.open_db(target) as db:  # a second open changes nothing
-        assert db.schema_version() == 4 and db.device("claims", "liar")["quarantined"]
+        assert db.schema_version() == 5 and db.device("claims", "liar")["quarantined"]
 
 
 def test_publish_with_db_records_the_bundle_versions_rollouts_start_above(

@@ -157,7 +157,7 @@ def test_a_rollout_halted_before_wave_results_were_kept_says_so_instead_of_recou
                       json.dumps([{"device": "a", "reason": "reverted: bad pins"}]), rid))
         ingest(db, *((d, status(2, 5)) for d in "abc"))
     with fleetdb.open_db(target) as db:
-        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 4
+        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 5
         assert db.wave_results(rid) == {}
     code, out, err = run(capsys, "rollout", "status", "--db", target, "--fleet", F)
     assert code == 0, err

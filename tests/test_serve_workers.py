@@ -122,7 +122,7 @@ def test_a_schema_v3_store_is_upgraded_to_v4_and_keeps_its_data(target):
             cur.execute("DROP TABLE tf_leases")
             db._exec(cur, "UPDATE tf_meta SET value = '3' WHERE key = 'schema_version'")
     with fleetdb.open_db(target) as db:
-        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 4
+        assert db.schema_version() == fleetdb.SCHEMA_VERSION == 5
         assert db.device(F, "d1")["version"] == 1
         assert db.lease(F) is None and db.acquire_lease(F, "w1", T, 6)
 

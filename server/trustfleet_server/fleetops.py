@@ -3,6 +3,9 @@
 Start a rollout (the bundle verified against the root chain, newer than
 anything the fleet runs), pause, resume or abort one, find one, and
 summarise the fleet. `trustfleet serve` carries the rollouts out.
+Each start, pause, resume, abort and device action is appended to the audit
+trail (trustfleet_server.audit): by the CLI user unless the caller names the
+actor (the console: the operator its token names).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from pathlib import Path
 
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import RollbackError, TrustfleetError
-from trustfleet_server import documents, rollout
+from trustfleet_server import audit, documents, rollout
+from trustfleet_server.audit import operator_name  # noqa: F401  (cli.fleet's default --by)
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL
@@ -53,8 +57,10 @@ def plan_rollout(fleet: str, root_paths: Sequence[Path], bundle_path: Path, now:
         raise UsageError(str(exc)) from None
 
 
-def start_rollout(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path, now: int) -> rollout.Rollout:
-    """Store the planned rollout; `serve` publishes its first wave.
+def start_rollout(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path, now: int, *,
+                  actor: str | None = None, host: str | None = None,
+                  source: str = "cli") -> rollout.Rollout:
+    """Store the planned rollout (audited as "rollout-start"); `serve` publishes its first wave.
 
     The floor is the fleet's published history (versions recorded by rollout
     start and `publish --db`, and the newest finished rollout), never what
@@ -70,6 +76,10 @@ def start_rollout(db: fleetdb.FleetDB, plan: rollout.Rollout, bundle_path: Path,
     names = ", ".join(w.name for w in r.waves)
     db.add_event(r.id, now, f"started: v{r.version} in waves {names} (pass at "
                             f"{r.success:.2f} within {r.deadline} s, halt above {r.max_failure:.2f})")
+    audit.record(db, fleet, "rollout-start",
+                 {"rollout": r.id, "version": r.version, "sha256": r.sha256,
+                  "waves": [w.name for w in r.waves], "signers": audit.signers(r.bundle)},
+                 now, actor_name=actor, host_name=host, source=source)
     return r
 
 
@@ -114,10 +124,14 @@ def find_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None,
 
 
 def change_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None, action: str, now: int,
-                   reason: str = "", broker: BrokerURL | None = None) -> tuple[rollout.Rollout, list[str]]:
+                   reason: str = "", broker: BrokerURL | None = None, *, actor: str | None = None,
+                   host: str | None = None, source: str = "cli",
+                   detail: dict | None = None) -> tuple[rollout.Rollout, list[str]]:
     """Pause, resume or abort the fleet's active rollout; with `broker`, clear its wave topics now.
 
-    Returns the rollout and the topics cleared. Raises: UsageError, BrokerError.
+    Audited as "rollout-<action>" by `actor` from `host` (None: this command's user and host),
+    with `detail` added to the entry's. Returns the rollout and the topics cleared.
+    Raises: UsageError, BrokerError.
     """
     r = find_rollout(db, fleet, rollout_id, active_only=True)
     change = {"pause": lambda x: rollout.pause(x, now), "resume": lambda x: rollout.resume(x, now),
@@ -138,6 +152,13 @@ def change_rollout(db: fleetdb.FleetDB, fleet: str, rollout_id: int | None, acti
         db.add_event(r.id, now, f"cleared {len(r.published)} wave topic(s) from the command line")
         cleared = list(r.published)
         r = db.rollout(r.id)
+    entry = {"rollout": r.id, "version": r.version, "state": r.state, **(detail or {})}
+    if reason:
+        entry["reason"] = reason
+    if cleared:
+        entry["cleared"] = cleared
+    audit.record(db, fleet, f"rollout-{action}", entry, now, actor_name=actor, host_name=host,
+                 source=source)
     return r, cleared
 
 
@@ -154,21 +175,12 @@ def fleet_summary(db: fleetdb.FleetDB, fleet: str, now: int, silent_after: int, 
 DEVICE_ACTIONS = ("quarantine", "release", "forget")
 
 
-def operator_name() -> str:
-    """Who ran the command, for the audit trail: user@host."""
-    import getpass
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
-
-
 def device_action(db: fleetdb.FleetDB, fleet: str, device_id: str, action: str, who: str, why: str,
-                  now: int) -> dict:
-    """Quarantine, release or forget one device; returns the audit event. Raises: UsageError."""
+                  now: int, *, actor: str | None = None, host: str | None = None,
+                  source: str = "cli") -> dict:
+    """Quarantine, release or forget one device; returns the device event (tf_device_events, by
+    `who`). Also audited as "device-<action>" by `actor` (None: this command's user).
+    Raises: UsageError."""
     try:
         topics.check_name(device_id, "device id")
     except ValueError as exc:
@@ -177,7 +189,12 @@ def device_action(db: fleetdb.FleetDB, fleet: str, device_id: str, action: str, 
         raise UsageError("--reason must say why (it goes in the audit trail)")
     try:
         if action == "forget":
-            return db.forget_device(fleet, device_id, who, why, now)
-        return db.set_quarantined(fleet, device_id, action == "quarantine", who, why, now)
+            event = db.forget_device(fleet, device_id, who, why, now)
+        else:
+            event = db.set_quarantined(fleet, device_id, action == "quarantine", who, why, now)
     except fleetdb.NotFound as exc:
         raise UsageError(str(exc)) from None
+    audit.record(db, fleet, f"device-{action}", {"device": device_id, "by": event["who"],
+                                                 "reason": event["why"]},
+                 now, actor_name=actor, host_name=host, source=source)
+    return event
