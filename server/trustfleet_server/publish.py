@@ -12,7 +12,7 @@ from typing import Any
 
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import PolicyError, TrustfleetError
-from trustfleet_server import documents
+from trustfleet_server import audit, documents
 from trustfleet_server.errors import UsageError
 from trustfleet_server.times import iso
 
@@ -98,10 +98,17 @@ def plan_publish(root_paths: list[Path], files: list[Path], target: str, now: in
 
 def record_history(db: Any, fleet: str, plan: list[dict], now: int) -> list[int]:
     """Record the bundle versions of a published plan in the fleet store (FleetDB), so that
-    statuses claiming them are believed and rollouts start above them. Returns the versions."""
+    statuses claiming them are believed and rollouts start above them, and each document
+    published in the audit trail ("publish": topics, type, version, sha256, signers).
+    Returns the bundle versions."""
     versions = []
     for p in plan:
         if p["type"] == "bundle":
             db.record_published(fleet, p["version"], p["sha256"], f"publish {p['topic']}", now)
             versions.append(p["version"])
+        detail = {"topics": [p["topic"]], "type": p["type"], "version": p.get("version"),
+                  "sha256": p["sha256"], "signers": audit.signers(p["raw"])}
+        if p["type"] == "timestamp":
+            detail.update(time=p["time"], bundle_version=p["bundle_version"])
+        audit.record(db, fleet, "publish", detail, now)
     return versions

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where bundles go: fleet (default), group:NAME or bucket:N (0-99)")
     p.add_argument("--db", metavar="PATH_OR_URL",
                    help="fleet store: record the bundle versions published, the history rollouts "
-                        "and device statuses are checked against")
+                        "and device statuses are checked against, and each document in the audit "
+                        "trail (`trustfleet audit`)")
     common.configured(p, "db", "db", "--db", False, lambda s: s.as_list()[0])
     p.add_argument("--json", action="store_true", help="print what was published as JSON")
     p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="signed root, bundle or timestamp")
