@@ -24,6 +24,8 @@ F = "acme"
 class Recorder:
     """Stands in for the broker link: keeps what serve publishes."""
 
+    client_id = "recorder"  # the worker's name (serve's audit entries are by serve:<it>)
+
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
 

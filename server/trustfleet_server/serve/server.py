@@ -86,7 +86,7 @@ from trustfleet_device import policy, topics
 from trustfleet_device import status as status_schema
 from trustfleet_device.backoff import Backoff
 from trustfleet_device.errors import BundleError
-from trustfleet_server import documents, keys, rollout, times
+from trustfleet_server import audit, documents, keys, rollout, times
 from trustfleet_server.errors import BrokerError, FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.fleet.messages import StatusError
@@ -1072,12 +1072,15 @@ class FleetServer:
                 self.link.publish([(t, r.bundle) for t in fresh])
             self.stats.waves += 1
             self._event(r, now, f"published v{r.version} for wave {wave.name} on {len(names)} topic(s)")
+            self._audit("wave-publish", now, rollout=r.id, version=r.version, wave=wave.name,
+                        topics=list(names))
         elif kind == "clear_waves":
             names = action[1]
             self.link.publish([(t, b"") for t in names])
             self.db.remove_published(r.id, names)
             self.stats.cleared += len(names)
             self._event(r, now, f"cleared {len(names)} wave topic(s)")
+            self._audit("wave-clear", now, rollout=r.id, version=r.version, topics=list(names))
         elif kind == "halt":
             failing = action[2]
             listed = ", ".join(f"{f['device']} ({f['reason']})" for f in failing[:10])
@@ -1085,11 +1088,19 @@ class FleetServer:
             text = f"halted: {action[1]}" + (f"; failing: {listed}{more}" if failing else "")
             log.warning("rollout %s %s", r.id, text)
             self._event(r, now, text)
+            self._audit("rollout-halt", now, rollout=r.id, version=r.version, reason=action[1],
+                        failing=list(failing))
         elif kind == "done":
             self._event(r, now, f"done: v{r.version} is on the fleet topic")
+            self._audit("rollout-done", now, rollout=r.id, version=r.version)
             self._next_timestamp = 0.0  # announce the new bundle at once
         elif kind == "note":
             self._event(r, now, action[1])
+
+    def _audit(self, action: str, now: int, **detail: Any) -> None:
+        """An audit trail entry by this worker ("serve:<worker id>") from this host."""
+        audit.record(self.db, self.fleet, action, detail, now, actor_name=f"serve:{self.worker_id}",
+                     source="serve")
 
     def _event(self, r: rollout.Rollout, now: int, text: str) -> None:
         self.db.add_event(r.id, now, text)
