@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from trustfleet_server import times
 from trustfleet_server.demo import fleet as fleet_demo
 from trustfleet_server.demo import offline as offline_demo
+from trustfleet_server.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction, trustfleet: Callable[[list[str]], int]) -> None:
@@ -24,12 +26,19 @@ def register(sub: argparse._SubParsersAction, trustfleet: Callable[[list[str]], 
                    help="default: a private Mosquitto if installed, else the embedded broker")
     p.add_argument("--devices", type=int, default=fleet_demo.DEVICES,
                    help=f"simulated devices (default {fleet_demo.DEVICES})")
+    p.add_argument("--keep", metavar="SECONDS",
+                   help="after the last step keep the broker, devices, server and fleet console up this "
+                        "long (e.g. 300 or 5m; Enter or Ctrl-C stops sooner). Without it the demo waits "
+                        "for Enter on a terminal and stops at once otherwise (scripts, CI)")
     p.set_defaults(func=lambda args: cmd_demo(args, trustfleet))
 
 
 def cmd_demo(args: argparse.Namespace, trustfleet: Callable[[list[str]], int]) -> int:
     if args.offline:
+        if args.keep is not None:
+            raise UsageError("--keep: the offline walkthrough has nothing to keep up (no broker, no console)")
         return offline_demo.run(args.out, trustfleet)
     if args.devices < 10:
         raise SystemExit("demo: --devices must be at least 10 (the canary wave is 10 %)")
-    return fleet_demo.FleetDemo(args.out, args.broker or "auto", args.devices, trustfleet).run()
+    keep = None if args.keep is None else times.parse_duration(args.keep, "--keep", strict=False)
+    return fleet_demo.FleetDemo(args.out, args.broker or "auto", args.devices, trustfleet, keep=keep).run()

@@ -10,7 +10,9 @@ process and are printed with a trailing `&`:
   keys     root 2-of-2, bundle 2-of-2, one online timestamp key;
   bundles  built from the sample PKI shipped in trustfleet_server/samples
            (root CA, backup CA, issuing CA, a leaf for api.demo-fleet.example);
-  serve    ingest into SQLite in the demo directory, rollouts, timestamps;
+  serve    ingest into SQLite in the demo directory, rollouts, timestamps, and
+           the fleet console with /metrics on 127.0.0.1:8080 (a free port when
+           8080 is taken), its operator token in keys/console.tokens;
   devices  50 simulated agents (real verification, A/B slots, health check of
            the trial store against the sample server chain), canary 10 %;
   board    one real MicroPython board (demo/board.py): the unmodified board
@@ -22,7 +24,10 @@ process and are printed with a trailing `&`:
            fail their health check and revert, the rollout halts itself and
            names them; the rest of the fleet never sees v3.
 
-Everything is stopped at the end (devices, server, broker: its port closed).
+After the last step everything stays up (the console too) for --keep seconds,
+or on a terminal until Enter; without --keep and a terminal (scripts, CI) it
+stops at once. Ctrl-C stops it cleanly at any time. Everything is stopped at
+the end (devices, server, console, broker: its port closed).
 `trustfleet demo --offline` runs the offline walkthrough instead.
 """
 
@@ -30,12 +35,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
+import secrets
+import select
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trustfleet_device import topics
 from trustfleet_server import keys, render, rollout
@@ -43,10 +52,14 @@ from trustfleet_server.broker import mosquitto
 from trustfleet_server.demo import board as demo_board
 from trustfleet_server.demo import prepare_out
 from trustfleet_server.demo.offline import Step
+from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.sim.brokers import BrokerHandle, MosquittoHandle, open_broker
 from trustfleet_server.sim.config import SAMPLE_FILES, SAMPLE_HOST, SimConfig, sample_file
 from trustfleet_server.sim.simulator import BackgroundSimulation
+
+if TYPE_CHECKING:
+    from trustfleet_server.console.web import ConsoleServer
 
 FLEET = "demo-fleet"
 DEVICES = 50
@@ -55,6 +68,8 @@ WAVES = (rollout.Wave("canary", groups=("canary",)), rollout.Wave("50%", buckets
 STEP_EVERY = 0.5
 WAIT = 30.0
 _DEADLINE = re.compile(r", deadline in \d+s")
+CONSOLE = "127.0.0.1:8080"   # where the demo's console listens, unless the port is taken
+OPERATOR = "demo"            # the operator name of the demo's console token (in the audit trail)
 
 SPEC = """\
 fleet = "demo-fleet"
@@ -84,13 +99,15 @@ def _q(path: Path | str) -> str:
 class FleetDemo:
     """The fleet demo's steps and the background pieces it starts (and always stops)."""
 
-    def __init__(self, out: Path, broker: str, devices: int, trustfleet: Callable[[list[str]], int]) -> None:
-        self.out, self.broker_spec, self.devices = out, broker, devices
+    def __init__(self, out: Path, broker: str, devices: int, trustfleet: Callable[[list[str]], int],
+                 keep: float | None = None) -> None:
+        self.out, self.broker_spec, self.devices, self.keep = out, broker, devices, keep
         self.s = Step(out, trustfleet)
         self.broker: BrokerHandle | None = None
         self.server = None
         self.server_thread: threading.Thread | None = None
         self.server_errors: list[BaseException] = []
+        self.console: ConsoleServer | None = None
         self.sim: BackgroundSimulation | None = None
         self.board: demo_board.DemoBoard | None = None
         self.db: fleetdb.FleetDB | None = None
@@ -109,6 +126,10 @@ class FleetDemo:
     @property
     def keys(self) -> Path:
         return self.out / "keys"
+
+    @property
+    def tokens(self) -> Path:
+        return self.keys / "console.tokens"
 
     # -- the whole run ----------------------------------------------------------------
 
@@ -129,6 +150,7 @@ class FleetDemo:
             self.good_rollout()
             self.bad_rollout()
             self.fleet_table()
+            self.keep_up()
         finally:
             self.shutdown()
         closed = port is None or not self.broker.controlled or not mosquitto.port_open("127.0.0.1", port)
@@ -138,7 +160,7 @@ class FleetDemo:
         else:
             ended = f"broker stopped (port {port} {'closed' if closed else 'STILL OPEN'})"
         print(f"\ndemo finished in {time.monotonic() - started:.1f} s; devices disconnected, server "
-              f"stopped, {ended}; files in {self.out}/")
+              f"and console stopped, {ended}; files in {self.out}/")
         if threads:
             print(f"demo: threads still running: {', '.join(threads)}")
         return 0 if closed and not threads else 1
@@ -214,10 +236,16 @@ class FleetDemo:
     def start_server(self) -> None:
         from trustfleet_server.serve.server import FleetServer
 
-        self.s.title("The fleet server: ingests statuses into SQLite, publishes timestamps, drives rollouts")
+        self.s.title("The fleet server: ingests statuses into SQLite, publishes timestamps, drives rollouts, "
+                     "serves the fleet console")
+        self.write_tokens()
+        console, taken = self.bind_console()
         url = str(self.broker.url)
         print(f"$ trustfleet serve --broker {url} --fleet {FLEET} --root {self.root} --db {self.db_path} "
-              f"--timestamp-key {self.keys / 'timestamp.pem'} --step-every {STEP_EVERY} &")
+              f"--timestamp-key {self.keys / 'timestamp.pem'} --step-every {STEP_EVERY} "
+              f"--http 127.0.0.1:{console.port} --token-file {self.tokens} &")
+        if taken:
+            print(f"# {CONSOLE} is taken ({taken}): the console listens on free port {console.port} instead")
         self._quiet_logs()
         db = fleetdb.open_db(str(self.db_path))
         key = keys.load_private_key(self.keys / "timestamp.pem")
@@ -227,16 +255,44 @@ class FleetDemo:
 
         def serve() -> None:
             try:
-                self.server.run(duration=600)
+                self.server.run()
             except BaseException as exc:  # noqa: BLE001 - reported when the demo stops it
                 self.server_errors.append(exc)
             finally:
                 server_db.close()
 
+        console.settings.live = self.server.live
+        self.console = console
+        console.start()
         self.server_thread = threading.Thread(target=serve, name="trustfleet-demo-serve", daemon=True)
         self.server_thread.start()
         self.db = fleetdb.open_db(str(self.db_path))
         self.wait(lambda: self.server.synced, "the server to read the retained statuses")
+        print(f"fleet console: {console.url}  (read-only on loopback; pause, resume and abort need the "
+              f"token)\nmetrics:       {console.url}metrics\n"
+              f"operator token: {self.tokens}  ({OPERATOR}:TOKEN, mode 600)\n"
+              f"# in another terminal: curl -s {console.url}metrics | grep '^trustfleet_rollout'")
+
+    def write_tokens(self) -> None:
+        """The console's operator token, in a file only this user can read (a new one each run)."""
+        line = f"{OPERATOR}:{secrets.token_urlsafe(24)}\n"
+        fd = os.open(self.tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("# the operator token of the demo's fleet console (NAME:TOKEN), made by trustfleet demo\n")
+            f.write(line)
+
+    def bind_console(self) -> tuple[ConsoleServer, str | None]:
+        """The console bound on CONSOLE, or on a free loopback port when that one is taken:
+        (ConsoleServer, why CONSOLE was refused or None). Not started yet."""
+        from trustfleet_server import console
+        from trustfleet_server.console import web
+
+        settings = console.ConsoleSettings(str(self.db_path), FLEET, console.load_tokens(self.tokens))
+        try:
+            return web.ConsoleServer(settings, web.parse_bind(CONSOLE)), None
+        except UsageError as exc:
+            why = str(exc).rpartition(": ")[2] or "cannot listen"
+        return web.ConsoleServer(settings, web.parse_bind("127.0.0.1:0")), why
 
     def start_devices(self) -> None:
         n = self.devices
@@ -329,6 +385,36 @@ class FleetDemo:
         self.s.title("The fleet, as the server sees it")
         self.s.run("trustfleet", ["fleet", "status", "--db", _q(self.db_path), "--fleet", FLEET])
 
+    def keep_up(self) -> None:
+        """Keep everything up after the last step: --keep seconds (Enter on a terminal ends it
+        sooner), else until Enter when both stdin and stdout are a terminal, else not at all (a
+        script, CI, output captured). Ctrl-C ends it too."""
+        tty = sys.stdin is not None and sys.stdin.isatty()  # Enter can end it
+        if self.keep == 0 or (self.keep is None and not (tty and sys.stdout.isatty())):
+            return
+        if self.keep is None:
+            how = "until you press Enter (or Ctrl-C)"
+        else:
+            how = f"for {self.keep:g} s; {'Enter or ' if tty else ''}Ctrl-C stops sooner"
+        print(f"\nthe broker, devices, server and fleet console ({self.console.url}) stay up {how}",
+              flush=True)
+        deadline = None if self.keep is None else time.monotonic() + self.keep
+        board_seen = False
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                if self.board is not None and not board_seen and (why := self.board.failed()):
+                    print(f"# {demo_board.BOARD_ID}: {why}\n# the rest stays up", flush=True)
+                    board_seen = True
+                self.check_serve()
+                if tty:
+                    if select.select([sys.stdin], [], [], 0.25)[0]:
+                        sys.stdin.readline()
+                        return
+                else:
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            print("\nCtrl-C: stopping", flush=True)
+
     # -- helpers ----------------------------------------------------------------------
 
     def start_rollout(self, path: Path) -> rollout.Rollout:
@@ -377,6 +463,10 @@ class FleetDemo:
         """Stop the demo when the server (or the board run) has failed, instead of waiting on."""
         if self.board is not None and (why := self.board.failed()):
             raise SystemExit(f"demo: {demo_board.BOARD_ID}: {why}")
+        self.check_serve()
+
+    def check_serve(self) -> None:
+        """Stop the demo when the server has failed or stopped."""
         if self.server_errors:
             raise SystemExit(f"demo: the server failed: {self.server_errors[0]}")
         if self.server_thread is not None and not self.server_thread.is_alive():
@@ -398,6 +488,8 @@ class FleetDemo:
         if self.sim is not None:
             with contextlib.suppress(Exception):
                 self.sim.stop(clear=not self.broker.controlled)
+        if self.console is not None:
+            self.console.stop()
         if self.server is not None:
             self.server.stop()
         if self.server_thread is not None:
