@@ -255,19 +255,20 @@ CREATE INDEX IF NOT EXISTS tf_audit_fleet ON tf_audit (fleet, id);
 """
 
 # tf_audit is append-only: these refuse UPDATE and DELETE (statements with their own ';', so run
-# one by one after _TABLES). PostgreSQL: the function is replaced, the trigger created if missing.
+# one by one after _TABLES). PostgreSQL: function and trigger are created only when the trigger is
+# missing, so opening the store needs no ownership of them.
 _AUDIT_REFUSED = "tf_audit is append-only"
 _AUDIT_GUARD = {
     "sqlite": tuple(
         f"CREATE TRIGGER IF NOT EXISTS tf_audit_no_{op.lower()} BEFORE {op} ON tf_audit "
         f"BEGIN SELECT RAISE(ABORT, '{_AUDIT_REFUSED}'); END" for op in ("UPDATE", "DELETE")),
     "postgresql": (
-        "CREATE OR REPLACE FUNCTION tf_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS "
-        f"$$ BEGIN RAISE EXCEPTION '{_AUDIT_REFUSED}'; END $$",
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'tf_audit_append_only' "
-        "AND tgrelid = 'tf_audit'::regclass) THEN CREATE TRIGGER tf_audit_append_only "
-        "BEFORE UPDATE OR DELETE OR TRUNCATE ON tf_audit FOR EACH STATEMENT "
-        "EXECUTE FUNCTION tf_audit_refuse(); END IF; END $$",
+        "AND tgrelid = 'tf_audit'::regclass) THEN "
+        "CREATE OR REPLACE FUNCTION tf_audit_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$f$ BEGIN RAISE EXCEPTION '{_AUDIT_REFUSED}'; END $f$; "
+        "CREATE TRIGGER tf_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON tf_audit "
+        "FOR EACH STATEMENT EXECUTE FUNCTION tf_audit_refuse(); END IF; END $$",
     ),
 }
 AUDIT_SOURCES = ("cli", "console", "serve")
