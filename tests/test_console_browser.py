@@ -97,7 +97,8 @@ def table_rows(page, caption: str) -> list[list[str]]:
 
 
 def action(page, name: str, rollout_id: int):
-    """Click a rollout action button; returns the HTTP response to it."""
+    """Empty the action result, click a rollout action button; returns the HTTP response to it."""
+    page.evaluate("document.querySelector('[data-testid=\"action-result\"]').textContent = ''")
     with page.expect_response(lambda r: r.url.endswith(f"/api/rollouts/{rollout_id}/{name.lower()}")
                               and r.request.method == "POST") as info:
         page.get_by_role("button", name=name, exact=True).click()
@@ -144,7 +145,6 @@ def test_a_running_rollout_advances_on_the_page_without_a_reload(fleet, browser,
         }, 25);
     }""")
     fleet.rollout_cli("resume", rid)
-    expect(by_id(page, "rollout-state")).to_have_text("running", timeout=LONG)
     expect(by_id(page, "current-wave")).not_to_have_text(first_wave, timeout=LONG)
     shots.take(page, "moved")
     expect(by_id(page, "rollout-state")).to_have_text("done", timeout=LONG)
@@ -217,8 +217,8 @@ def test_pause_needs_the_operator_token_and_every_action_is_audited(fleet, brows
     expect(pause).to_be_enabled()
     expect(abort).to_be_enabled()
     expect(resume).to_be_disabled()
-    result = page.get_by_role("status")
-    expect(result).to_have_attribute("data-testid", "action-result")
+    result = by_id(page, "action-result")
+    expect(result).to_have_attribute("role", "status")
     token = page.get_by_label("Operator token")
     shots.take(page, "running")
 
@@ -227,13 +227,11 @@ def test_pause_needs_the_operator_token_and_every_action_is_audited(fleet, brows
         token.fill(given)
         response = action(page, "Pause", rid)
         assert response.status == 401, (step, response.status, response.text())
-        assert "error" in response.json()
-        expect(result).not_to_be_empty()
+        refusal = response.json()["error"]
+        expect(result).to_contain_text(refusal)
         shots.take(page, f"refused-{step}")
         assert fleet.rollout(rid).state == ro.RUNNING
         expect(by_id(page, "rollout-state")).to_have_text("running")
-        result_text = result.inner_text()
-        assert "paused" not in result_text.lower() or "not" in result_text.lower(), result_text
     assert audit_of(fleet, "rollout-pause", rid) == []
 
     token.fill(fleet.token)
