@@ -30,9 +30,9 @@ COLUMNS = ("id", "time", "fleet", "action", "actor", "host", "source", "detail")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="the audit trail: who published, signed, started, paused, "
                                      "resumed or aborted what, from where",
-                       description="The audit trail kept in the fleet store, newest first. On a "
-                                   "terminal a table; otherwise a header and one tab-separated line "
-                                   "per entry.",
+                       description="The audit trail kept in the fleet store, newest first.\n"
+                                   "On a terminal a table; otherwise a header and one tab-separated\n"
+                                   "line per entry.",
                        epilog=AUDIT_EPILOG, formatter_class=common.RAW)
     common.db_argument(p, create=False)
     p.add_argument("--fleet", help="only this fleet's entries")
