@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
+from support import brokers
 from support.fleetkit import Repo
+from support.livedevice import LiveDevice, ids_in_buckets
+from support.serving import ServeProcess
+from support.waiting import wait_for
 from trustfleet_server import cli, keys, mqtturl, rollout
 from trustfleet_server.console import STATES, ConsoleSettings, metrics
 from trustfleet_server.fleet import db as fleetdb
@@ -30,6 +38,7 @@ F = "acme"
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "docs" / "prometheus-rules.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
+CONSOLE_LINE = "fleet console: "
 
 # Every metric family the contract names (issue 15), as the parser names them (no _total).
 FAMILIES = {
@@ -68,6 +77,7 @@ class Recorder:
     """Stands in for serve's broker link: keeps what it publishes."""
 
     connected = False
+    client_id = "w-test"  # the worker's name in the lease and the audit trail
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
@@ -422,3 +432,126 @@ def test_the_alert_rules_parse_and_use_only_metrics_render_emits(tmp_path, repo)
     section = ops.split("## Monitoring", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"\btrustfleet_[a-z_]+", section))
     assert {n.removesuffix("_total") for n in named} == FAMILIES, named ^ FAMILIES
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def console_url(serve: ServeProcess) -> str | None:
+    """The address `serve --http` printed on stdout once its console runs."""
+    for line in serve.out.read_text(errors="replace").splitlines():
+        if line.startswith(CONSOLE_LINE):
+            return line[len(CONSOLE_LINE):].strip()
+    if serve.proc.poll() is not None:
+        raise AssertionError(f"serve exited {serve.proc.returncode}:\n{serve.log()[-3000:]}")
+    return None
+
+
+def stop_serve(serve: ServeProcess) -> None:
+    """SIGTERM (its stdout holds the console line before the summary, so not ServeProcess.stop)."""
+    if serve.proc.poll() is None:
+        serve.proc.send_signal(signal.SIGTERM)
+        try:
+            serve.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.proc.kill()
+            serve.proc.wait()
+
+
+class Scraper:
+    """Scrapes /metrics over HTTP; keeps the last scrape, for the message of a failed wait."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url + "metrics"
+        self.last = ""
+
+    def __call__(self) -> Scrape:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+            self.last = response.read().decode()
+        return Scrape(self.last)
+
+    def wait(self, predicate, what: str, timeout: float) -> Scrape:
+        try:
+            return wait_for(predicate, what, timeout, step=0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the last scrape:\n{self.last}") from None
+
+
+def test_serve_http_exports_ingest_connection_leadership_timestamps_and_a_rollout_halting(
+        private_mosquitto, tmp_path, capsys):
+    """A real `trustfleet serve --http 127.0.0.1:0` on a private Mosquitto with four real device
+    cores; /metrics scraped over HTTP while v2 rolls out in two waves and halts on the device
+    whose health check fails."""
+    broker = private_mosquitto()
+    b = brokers.Broker(broker.host, broker.port, "mosquitto")
+    repo = Repo(fleet=brokers.unique_fleet("metrics"), now=int(time.time()))
+    fleet = repo.fleet
+    root, db_path = tmp_path / "root.cose", tmp_path / "fleet.db"
+    root.write_bytes(repo.root_raw)
+    keys.write_private_key(tmp_path / "timestamp.pem", repo.keys["timestamp"][0])
+    for v in (1, 2):
+        (tmp_path / f"bundle-v{v}.cose").write_bytes(repo.bundle(v))
+    assert cli.main(["publish", "--broker", b.url, "--root", str(root), str(tmp_path / "bundle-v1.cose")]) == 0
+    low, high = ids_in_buckets(50, 2, 2)  # wave 50%: low; wave 100%: all four
+    devices = [LiveDevice(b, repo, n, fail_versions=(2,) if n == high[1] else ()) for n in low + high]
+    name = f"m-{fleet}"
+    serve = ServeProcess(name, ["--broker", b.url, "--fleet", fleet, "--root", str(root), "--db", str(db_path),
+                                "--timestamp-key", str(tmp_path / "timestamp.pem"), "--timestamp-every", "2",
+                                "--step-every", "1", "--http", "127.0.0.1:0"], tmp_path)
+    me = {"fleet": fleet, "worker": name}
+    try:
+        url = wait_for(lambda: console_url(serve), "serve to print the console's address", 30)
+        assert url.startswith("http://127.0.0.1:")
+        get_metrics = Scraper(url)
+        wait_for(lambda: all(d.version == 1 for d in devices), "the devices to install v1", 30)
+
+        def settled() -> Scrape | None:
+            m = get_metrics()
+            on_v1 = sum(m.value("trustfleet_devices", fleet=fleet, version="1", state=s) or 0 for s in STATES)
+            return m if (on_v1 == 4
+                         and m.value("trustfleet_leader", **me) == 1
+                         and m.value("trustfleet_timestamp_age_seconds", fleet=fleet) is not None) else None
+        m = get_metrics.wait(settled, "four devices on v1, leadership and a timestamp in /metrics", 30)
+        assert set(m.families) == FAMILIES
+        assert m.value("trustfleet_broker_connected", **me) == 1
+        assert m.value("trustfleet_timestamp_interval_seconds", fleet=fleet) == 2
+        assert 0 <= m.value("trustfleet_timestamp_age_seconds", fleet=fleet) < 60
+        before = m.value("trustfleet_statuses_ingested_total", **me)
+        assert before >= 4
+        assert m.value("trustfleet_statuses_rejected_total", **me) == 0
+        assert m.labelled("trustfleet_rollout_info") == []
+
+        capsys.readouterr()
+        assert cli.main(["rollout", "start", "--db", str(db_path), "--fleet", fleet, "--root", str(root),
+                         "--bundle", str(tmp_path / "bundle-v2.cose"), "--waves", "50%,100%",
+                         "--max-failure", "0.2", "--wave-deadline", "120", "--json"]) == 0, \
+            capsys.readouterr().err
+        rid = str(json.loads(capsys.readouterr().out)["id"])
+        seen_states, seen_waves = set(), set()
+
+        def halted() -> Scrape | None:
+            m = get_metrics()
+            seen_states.update(s for s in rollout.STATES
+                               if m.value("trustfleet_rollout_state", fleet=fleet, rollout=rid, state=s) == 1)
+            seen_waves.add(m.value("trustfleet_rollout_wave", fleet=fleet, rollout=rid))
+            return m if m.value("trustfleet_rollout_halted", fleet=fleet) == 1 else None
+        m = get_metrics.wait(halted, "/metrics to show the rollout halted", 60)
+        assert seen_states >= {"running", "halted"}
+        assert {0, 1} <= seen_waves  # both waves went out, and /metrics followed
+        assert m.value("trustfleet_rollout_state", fleet=fleet, rollout=rid, state="halted") == 1
+        assert m.value("trustfleet_rollout_info", fleet=fleet, rollout=rid, version="2") == 1
+        assert m.value("trustfleet_rollout_wave", fleet=fleet, rollout=rid) == 1
+        first = {o: m.value("trustfleet_rollout_wave_devices", fleet=fleet, rollout=rid, wave="0", name="50%",
+                            outcome=o) for o in metrics.OUTCOMES}
+        assert (first["members"], first["succeeded"], first["failed"]) == (2, 2, 0)
+        last = {o: m.value("trustfleet_rollout_wave_devices", fleet=fleet, rollout=rid, wave="1", name="100%",
+                           outcome=o) for o in metrics.OUTCOMES}
+        assert (last["members"], last["failed"]) == (4, 1)
+        assert m.value("trustfleet_statuses_ingested_total", **me) > before  # v2 installs, the revert
+    finally:
+        for d in devices:
+            d.close()
+        stop_serve(serve)
+    assert serve.proc.returncode == 0, serve.log()[-3000:]
