@@ -1,7 +1,7 @@
 """/metrics (console.metrics, issue 15): the Prometheus text parsed back with prometheus_client's
 own parser.
 
-On a real SQLite store: devices by version and console state (every state, fail-open and
+On a real SQLite store (and PostgreSQL for the device counts): devices by version and console state (every state, fail-open and
 offline included) and the silent ones; a rollout stepped by serve's own code (FleetServer.
 _drive_rollout, its broker link replaced by a recorder) whose wave counts move as statuses
 arrive, are kept as recorded once a wave ends, and which halts; the worker metrics from a real
@@ -100,9 +100,10 @@ def ingest(db: fleetdb.FleetDB, rows, now: int | None = None) -> None:
 # --------------------------------------------------------------------------- devices
 
 
-def test_devices_are_counted_by_version_and_console_state_and_silent_ones_apart(tmp_path):
+def test_devices_are_counted_by_version_and_console_state_and_silent_ones_apart(target):
+    """On SQLite and on PostgreSQL: the grouped query runs on both."""
     now = 1_800_000_000
-    path = tmp_path / "fleet.db"
+    path = target
     with fleetdb.open_db(path) as db:
         ingest(db, [("ok1", status("ok", 3, 1)), ("ok2", status("ok", 3, 1)),
                     ("trial1", status("trial", 3, 1)), ("behind1", status("behind", 2, 1)),
