@@ -27,8 +27,9 @@ from support.serving import ServeProcess
 from support.waiting import wait_for
 from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.errors import SignatureError
-from trustfleet_server import audit, cli, fleetops, keys, rollout
+from trustfleet_server import audit, cli, fleetops, keys, mqtturl, rollout
 from trustfleet_server.fleet import db as fleetdb
+from trustfleet_server.serve.server import FleetServer
 
 F = "acme"
 HOST = socket.gethostname()
@@ -44,13 +45,14 @@ def ok(capsys, *args: object) -> str:
     return out
 
 
-def status(version: int, seq: int) -> dict:
-    return {"state": "ok", "version": version, "floor": version, "seq": seq, "time": int(time.time()) + seq}
+def status(version: int, seq: int, **extra) -> dict:
+    return {"state": "ok", "version": version, "floor": version, "seq": seq, "time": int(time.time()) + seq,
+            **extra}
 
 
-def ingest(db: fleetdb.FleetDB, version: int, *devices: str) -> None:
+def ingest(db: fleetdb.FleetDB, version: int, *devices: str, seq: int = 1, **extra) -> None:
     now = int(time.time())
-    result = db.ingest_statuses([(F, d, status(version, 1), now) for d in devices])
+    result = db.ingest_statuses([(F, d, status(version, seq, **extra), now) for d in devices])
     assert not result.rejected, result.rejected
 
 
@@ -313,3 +315,56 @@ def test_serve_records_the_waves_it_publishes_and_clears(op, private_mosquitto, 
     assert cleared["detail"] == {"rollout": rid, "version": 4, "topics": topics_0}
     (abort,) = entries("rollout-abort")
     assert abort["source"] == "cli" and abort["id"] < cleared["id"]
+
+
+class Recorder:
+    """Stands in for serve's broker link in the step test below: keeps what serve publishes."""
+
+    client_id = "w-audit"
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        self.published.extend(messages)
+
+
+REVERTED = {"bad": [4], "last_revert": "health check failed: no key matches the pins", "event": "reverted",
+            "detail": "bundle v4: health check failed: no key matches the pins"}
+
+
+@pytest.mark.parametrize("outcome", ["halt", "done"])
+def test_serve_records_a_rollout_halting_with_its_failing_devices_or_finishing(op, target, capsys, outcome):
+    """serve's own rollout step (FleetServer._drive_rollout, the link replaced by a recorder)."""
+    root = op / "root-named.cose"
+    with fleetdb.open_db(target) as db:
+        ingest(db, 3, "a", "b")
+    rid = json.loads(ok(capsys, "rollout", "start", "--db", target, "--fleet", F, "--root", root,
+                        "--bundle", op / "bundle-v4.cose", "--waves", "100%", "--json"))["id"]
+    with fleetdb.open_db(target) as db:
+        srv = FleetServer(mqtturl.parse("mqtt://127.0.0.1:1"), F, [root.read_bytes()], db)
+        srv.link = Recorder()  # type: ignore[assignment]
+        srv._drive_rollout()  # publishes the wave
+        if outcome == "halt":
+            ingest(db, 3, "a", seq=2, **REVERTED)
+        else:
+            ingest(db, 4, "a", "b", seq=2)
+        srv._drive_rollout()
+        r = db.rollout(rid)
+        entries = db.audit_entries(F)
+    # Newest first: the wave published, the rollout halted or done, its wave topics cleared.
+    assert [e["action"] for e in entries] == ["wave-clear", f"rollout-{outcome}", "wave-publish", "rollout-start"]
+    assert {(e["actor"], e["host"], e["source"]) for e in entries[:3]} == {("serve:w-audit", HOST, "serve")}
+    wave_topics = rollout.wave_topics(F, r.waves, 0)
+    assert topics.bundle(F) in wave_topics and entries[2]["detail"]["topics"] == wave_topics
+    # Done: the fleet topic keeps the bundle, the others are cleared; halted: all are.
+    assert entries[0]["detail"]["topics"] == [t for t in wave_topics
+                                              if outcome == "halt" or t != topics.bundle(F)]
+    if outcome == "halt":
+        assert r.state == rollout.HALTED and "1 of 2 devices failed" in r.halt_reason
+        assert entries[1]["detail"] == {
+            "rollout": rid, "version": 4, "reason": r.halt_reason,
+            "failing": [{"device": "a", "reason": "marked v4 bad: health check failed: no key matches the pins"}]}
+    else:
+        assert r.state == rollout.DONE
+        assert entries[1]["detail"] == {"rollout": rid, "version": 4}
