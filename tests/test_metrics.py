@@ -1,8 +1,8 @@
 """/metrics (console.metrics, issue 15): the Prometheus text parsed back with prometheus_client's
 own parser.
 
-On a real SQLite store (and PostgreSQL for the device counts): devices by version and console state (every state, fail-open and
-offline included) and the silent ones; a rollout stepped by serve's own code (FleetServer.
+On a real SQLite store (and PostgreSQL for the device counts): devices by version and console
+state (every state, fail-open and offline included) and the silent ones; a rollout stepped by serve's own code (FleetServer.
 _drive_rollout, its broker link replaced by a recorder) whose wave counts move as statuses
 arrive, are kept as recorded once a wave ends, and which halts; the worker metrics from a real
 FleetServer.live(). End to end: a real `trustfleet serve --http` process on a private Mosquitto
