@@ -53,7 +53,8 @@ from trustfleet_server.fleet import db as fleetdb
 log = logging.getLogger("trustfleet.console")
 
 STATIC = Path(__file__).parent / "static"
-STATIC_TYPES = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
+STATIC_TYPES = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8",
+                "favicon.svg": "image/svg+xml"}
 POLL = 1.0  # seconds between two looks at the store for the event stream
 KEEPALIVE = 15.0  # seconds of quiet before the stream sends a comment (finds closed clients)
 SESSION_COOKIE = "tf_console"
@@ -127,6 +128,7 @@ def _layout(page: str, h1: str, body: str, settings: ConsoleSettings | None, cur
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{_e(h1)} · trustfleet{fleet}</title>"
             '<link rel="stylesheet" href="/static/console.css">'
+            '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
             '<script src="/static/console.js" defer></script></head>'
             f'<body data-page="{_e(page)}"{attrs}>'
             '<a class="skip" href="#main">Skip to content</a>'
@@ -240,7 +242,7 @@ def reports_page(settings: ConsoleSettings) -> str:
             + _table("Reports by kind", ("Kind", "Reports", "Devices", "Newest"), "kind-rows")
             + _table("Reports by domain", ("Host name", "Noted host name", "Kind", "Reports", "Devices",
                                            "Newest"), "domain-rows")
-            + _table("Newest reports", ("Time", "Device", "Kind", "Report"), "report-rows"))
+            + _table("Newest reports", ("Time", "Device", "Kind", "Report", "Copies"), "report-rows"))
     return _layout("reports", "Reports", body, settings, "Reports")
 
 
@@ -568,8 +570,9 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         console.check_same_origin(request)
         name = console.bearer_operator(request)
         if name is None:
-            raise Refused(401, "an operator token is needed: Authorization: Bearer <token>"
-                          if "authorization" not in request.headers else "the operator token is not valid",
+            presented = request.headers.get("authorization", "").partition(" ")[2].strip()
+            raise Refused(401, "the operator token is not valid" if presented else
+                          "an operator token is needed: Authorization: Bearer <token>",
                           {"WWW-Authenticate": 'Bearer realm="trustfleet"'})
         reason = await _reason(request)
         client = request.client.host if request.client else "unknown"

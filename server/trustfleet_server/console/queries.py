@@ -225,10 +225,18 @@ def device_detail(db: fleetdb.FleetDB, settings: ConsoleSettings, device_id: str
 
 def reports(db: fleetdb.FleetDB, settings: ConsoleSettings, now: int, recent: int = 50) -> dict:
     """Reports counted by kind and by domain, duplicates left out (db.report_overview), and the
-    newest ones."""
+    newest distinct ones: a report stored again from the same device is shown once, newest,
+    with the number of copies among those read (report_overview's rule)."""
+    newest: dict[tuple, dict] = {}
+    for r in db.reports(settings.fleet, recent * 4):
+        key = (r["device"], r["kind"], json.dumps(r["report"], sort_keys=True))
+        if key in newest:
+            newest[key]["copies"] += 1
+        elif len(newest) < recent:
+            newest[key] = {**r, "copies": 1}
     return {"fleet": settings.fleet, "time": now,
             "overview": db.report_overview(settings.fleet, 100),
-            "recent": db.reports(settings.fleet, recent)}
+            "recent": list(newest.values())}
 
 
 def audit(db: fleetdb.FleetDB, settings: ConsoleSettings, now: int, *, limit: str | None = None,

@@ -78,10 +78,17 @@
     return el("a", { href: `/devices/${encodeURIComponent(id)}` }, id);
   }
 
+  // A JSON value as short readable text: long lists show their first items and their length.
   function compact(value) {
     if (value === null || value === undefined) return "-";
-    if (typeof value !== "object") return String(value);
-    return JSON.stringify(value);
+    if (Array.isArray(value)) {
+      const shown = value.slice(0, value.length > 6 ? 3 : 6).map(compact).join(", ");
+      return value.length > 6 ? `[${shown}, … ${value.length} in all]` : `[${shown}]`;
+    }
+    if (typeof value === "object") {
+      return `{${Object.entries(value).map(([k, v]) => `${k}: ${compact(v)}`).join(", ")}}`;
+    }
+    return String(value);
   }
 
   function detailText(detail) {
@@ -172,11 +179,12 @@
       short.replaceChildren(el("p", {}, "No rollout yet."));
     } else {
       const wave = r.wave ? `, wave ${r.current_wave + 1} of ${r.waves} (${r.wave})` : "";
-      short.replaceChildren(el("p", {},
+      const parts = [el("p", {},
         el("a", { href: `/rollouts/${r.id}` }, `Rollout ${r.id}`),
         `: bundle ${version(r.version)}, `, el("strong", { class: `state state-${r.state}` }, r.state),
-        `${wave}; ${r.waves_done} of ${r.waves} waves passed.`),
-        r.halt_reason ? el("p", { class: "reason" }, r.halt_reason) : null);
+        `${wave}; ${r.waves_done} of ${r.waves} waves passed.`)];
+      if (r.halt_reason) parts.push(el("p", { class: "reason" }, r.halt_reason));
+      short.replaceChildren(...parts);
     }
     const rep = d.reports;
     const dup = rep.duplicates ? `, ${rep.duplicates} duplicates not counted` : "";
@@ -431,7 +439,7 @@
     fill("domain-rows", o.domains.map((k) => row([dash(k.hostname), dash(k.noted), k.kind, String(k.reports),
       String(k.devices), when(k.newest)])), "None.", 6);
     fill("report-rows", d.recent.map((r) => row([when(r.time), deviceLink(r.device), r.kind,
-      reportSummary(r.report)])), "None.", 4);
+      reportSummary(r.report), String(r.copies)])), "None.", 5);
   }
 
   let auditLimit = 100;
