@@ -235,6 +235,7 @@ def test_every_page_has_the_shared_structure_and_the_security_headers(served):
     assert js.status == 200 and js.headers["Content-Type"].startswith("text/javascript")
     assert call(server.url, "/static/console.css").status == 200
     assert call(server.url, "/static/../app.py").status == 404
+    assert call(server.url, "/rollouts/999").status == 404 and call(server.url, "/devices/nobody").status == 404
     missing = call(server.url, "/no/such/page")
     assert missing.status == 404 and missing.headers["Content-Security-Policy"]
     assert call(server.url, "/api/rollouts/999").json() == {"error": "no rollout 999"}
@@ -565,8 +566,9 @@ def test_hostile_text_from_devices_and_reports_comes_out_inert(served, tmp_path,
         assert b"<img" not in a.body and b"<" not in a.body and b"&" not in a.body.replace(b"\\u0026", b""), p
         assert any(HOSTILE in t for t in texts(a.json())), p  # the same text, once decoded
     # A hostile device id in the path (no device can have it: ids are topic names) is escaped.
-    page = call(server.url, "/devices/" + urllib.parse.quote(HOSTILE)).text
-    assert "<img" not in page and "Device &lt;img src=x onerror=alert(1)&gt;&quot;&#x27;&amp;" in page
+    a = call(server.url, "/devices/" + urllib.parse.quote(HOSTILE))
+    assert a.status == 404 and "<img" not in a.text
+    assert "no device &lt;img src=x onerror=alert(1)&gt;&quot;&#x27;&amp; in fleet acme" in a.text
     a = call(server.url, "/api/devices/" + urllib.parse.quote(HOSTILE))
     assert a.status == 404 and b"<img" not in a.body
     assert HOSTILE in a.json()["error"]

@@ -314,6 +314,9 @@ class Hub:
                 found, error = await self._poll(), None
             except FleetStoreError as exc:
                 found, error = ("error", str(exc)), str(exc)
+            except Exception as exc:  # noqa: BLE001 (the poll goes on; the pages say what failed)
+                log.warning("console: looking for changes failed: %s", exc)
+                found, error = ("error", repr(exc)), f"looking for changes failed: {exc}"
             if found != self._last:
                 self._last = found
                 self._seq += 1
@@ -499,12 +502,14 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return guarded(handler)
 
     async def rollout_page_handler(request: Request) -> Response:
-        return HTMLResponse(rollout_page(settings, _rollout_id(request)),
-                            headers={"Cache-Control": "no-store"})
+        rid = _rollout_id(request)
+        await console.read(queries.rollout_summary, settings, rid)  # 404 when there is none
+        return HTMLResponse(rollout_page(settings, rid), headers={"Cache-Control": "no-store"})
 
     async def device_page_handler(request: Request) -> Response:
-        return HTMLResponse(device_page(settings, request.path_params["device_id"]),
-                            headers={"Cache-Control": "no-store"})
+        device_id = request.path_params["device_id"]
+        await console.read(queries.device_detail, settings, device_id, console.now())  # or 404
+        return HTMLResponse(device_page(settings, device_id), headers={"Cache-Control": "no-store"})
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]

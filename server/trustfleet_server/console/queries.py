@@ -86,13 +86,20 @@ def actions(r: rollout.Rollout) -> dict[str, bool]:
             "abort": r.state in rollout.ACTIVE}
 
 
+def rollout_summary(db: fleetdb.FleetDB, settings: ConsoleSettings, rollout_id: int) -> dict:
+    """One rollout as `rollout list` shows it. Raises: fleetdb.NotFound (none, or of another fleet)."""
+    r = db.rollout(rollout_id)
+    if r.fleet != settings.fleet:
+        raise fleetdb.NotFound(f"no rollout {rollout_id} in fleet {settings.fleet}")
+    return render.rollout_row(r)
+
+
 def rollout_detail(db: fleetdb.FleetDB, settings: ConsoleSettings, rollout_id: int, now: int) -> dict:
     """One rollout as `rollout status --json` shows it (each ended wave as recorded, the running
     one counted now), with its halt rule, the failing devices to show, its events and the
     actions that apply. Raises: fleetdb.NotFound (none, or of another fleet)."""
+    rollout_summary(db, settings, rollout_id)
     r = db.rollout(rollout_id)
-    if r.fleet != settings.fleet:
-        raise fleetdb.NotFound(f"no rollout {rollout_id} in fleet {settings.fleet}")
     waves = rollout.history(r, db.devices(r.fleet), now, db.wave_results(r.id))
     out = render.rollout_json(r, waves, db.events(r.id, 50))
     out.update(time=now, halt_rule=rollout.halt_rule(r), failing_devices=render.failing_devices(r, waves),
