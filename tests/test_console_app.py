@@ -1,10 +1,11 @@
 """The console app over real HTTP (issue 15): a real console.web.ConsoleServer (uvicorn on a
-port of its own) in front of a real SQLite store, filled through FleetDB.ingest_statuses and
-add_reports, with rollouts started by fleetops from real signed bundles and driven by serve's
-own rollout step (FleetServer._drive_rollout, its broker link replaced by a recorder as in
-test_rollout_history). Read with urllib: every page and JSON route, the event stream, the
-token and origin rules of the actions and their audit entries, public mode (every request
-needs the token or the sign-in cookie), and hostile text coming out inert.
+port of its own) in front of a real store (SQLite, then PostgreSQL: the `target` fixture),
+filled through FleetDB.ingest_statuses and add_reports, with rollouts started by fleetops from
+real signed bundles and driven by serve's own rollout step (FleetServer._drive_rollout, its
+broker link replaced by a recorder as in test_rollout_history). Read with urllib: every page
+and JSON route, the event stream, the token and origin rules of the actions and their audit
+entries, public mode (every request needs the token or the sign-in cookie), and hostile text
+coming out inert.
 """
 
 from __future__ import annotations
@@ -141,10 +142,10 @@ def repo(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):
-    path = str(tmp_path / "fleet.db")
-    with fleetdb.open_db(path) as db:
-        yield path, db
+def store(target):
+    """The fleet store (SQLite, then PostgreSQL) and a connection of the test's own."""
+    with fleetdb.open_db(target) as db:
+        yield target, db
 
 
 def start_rollout(tmp_path, repo: Repo, db: fleetdb.FleetDB, version: int, groups: str,
