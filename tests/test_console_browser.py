@@ -66,6 +66,7 @@ def shots(request):
     yield s
     if request.session.testsfailed > failed_before:
         s.failed()
+    s.close()
 
 
 def open_page(browser: Browser, shots: Shots, fleet: ConsoleFleet, path: str, width: int = 1280):
@@ -86,7 +87,8 @@ def number(page, testid: str) -> int:
 
 def wait_drawn(page) -> None:
     """Until the page has drawn data from the server at least once (body[data-updated])."""
-    page.wait_for_function("document.body.dataset.updated !== undefined", timeout=LONG)
+    # A function, not an expression: the console's Content-Security-Policy forbids eval.
+    page.wait_for_function("() => document.body.dataset.updated !== undefined", timeout=LONG)
 
 
 def table_rows(page, caption: str) -> list[list[str]]:
@@ -353,3 +355,28 @@ def check_contents(fleet: ConsoleFleet, page, path: str) -> None:
         # The CLI's publish of v1 (publish --db) and its rollout starts are in the trail.
         expect(table.locator("tbody tr", has_text="publish").first).to_be_visible()
         expect(table.locator("tbody tr", has_text="rollout-start").first).to_be_visible()
+
+
+# --------------------------------------------------------------------------- 6. keyboard
+
+
+def test_the_keyboard_alone_reaches_the_content_and_filters_the_devices(fleet, browser, shots):
+    page = open_page(browser, shots, fleet, "/devices")
+    wait_drawn(page)
+    page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.textContent.trim()")
+    assert focused == "Skip to content", focused
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    for _ in range(20):  # from the main landmark on to the search field
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == page.get_by_label("Search devices").get_attribute("id"):
+            break
+    else:
+        raise AssertionError("Tab never reached the search field")
+    page.keyboard.type("lab-")
+    want = [d["device"] for d in fleet.device_rows() if "lab-" in d["device"]]
+    expect(by_id(page, "device-count")).to_have_text(f"{len(want)} devices", timeout=LONG)
+    shots.take(page, "typed")
+    rows = page.get_by_role("table", name="Devices").locator("tr[data-device]")
+    assert sorted(r.get_attribute("data-device") for r in rows.all()) == sorted(want)

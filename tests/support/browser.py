@@ -106,6 +106,14 @@ class Shots:
         self.pages.append(page)
         return page
 
+    def close(self) -> None:
+        """Close every tracked page. Each console page holds an event stream open, and chromium
+        opens at most 6 HTTP/1.1 connections to one host: pages left open would starve the next."""
+        for page in self.pages:
+            with contextlib.suppress(Exception):
+                page.close()
+        self.pages.clear()
+
     def failed(self) -> None:
         """Picture every tracked page still open, as the test left it."""
         for i, page in enumerate(self.pages):
