@@ -246,6 +246,7 @@ def test_pause_needs_the_operator_token_and_every_action_is_audited(fleet, brows
         entries = audit_of(fleet, f"rollout-{name.lower()}", rid)
         assert len(entries) == 1, entries
         assert entries[0]["actor"] == OPERATOR and entries[0]["source"] == "console", entries[0]
+        assert entries[0]["host"] == "127.0.0.1", entries[0]  # the browser's address
         shots.take(page, name.lower())
         if state == ro.PAUSED:
             expect(pause).to_be_disabled()
@@ -346,6 +347,10 @@ def check_contents(fleet: ConsoleFleet, page, path: str) -> None:
         expect(by_id(page, "total-devices")).to_have_text(str(len(fleet.device_rows())), timeout=LONG)
         expect(page.get_by_role("img", name="Devices by state")).to_be_visible()
         expect(page.get_by_role("table", name="Devices by version and state")).to_be_visible()
+    elif path == "/rollouts":
+        want = [[f"Rollout {r.id}", f"v{r.version}", r.state] for r in fleet.db.rollouts(FLEET)]
+        expect(page.get_by_role("table", name="Rollouts").locator("tbody tr")).to_have_count(len(want))
+        assert [row[:3] for row in table_rows(page, "Rollouts")] == want
     elif path == "/reports":
         for caption in ("Reports by kind", "Reports by domain"):
             expect(page.get_by_role("table", name=caption)).to_be_visible()
