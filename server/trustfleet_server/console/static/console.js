@@ -501,26 +501,45 @@
     }
   }
 
+  // One event stream per browser, not per tab: a browser keeps at most 6 HTTP/1.1 connections
+  // to a host, and each open stream holds one, so six console tabs would starve every other
+  // request. The tab holding the Web Lock reads /api/events and passes each update on to the
+  // other tabs (BroadcastChannel); when it closes, the lock and the stream go to another tab.
+  // Without Web Locks (plain HTTP off loopback is no secure context) each tab reads its own.
   function listen() {
     if (!window.EventSource) return;
-    const events = new EventSource("/api/events");
-    events.addEventListener("update", (e) => {
-      let d;
-      try {
-        d = JSON.parse(e.data);
-      } catch (err) {
-        return;
-      }
+    const channel = window.BroadcastChannel ? new BroadcastChannel("trustfleet-console-events") : null;
+    const handle = (d) => {
       if (d.error) {
         live(`The fleet store failed: ${d.error}`, true);
         return;
       }
       refresh(d.time);
-    });
-    events.addEventListener("error", () => {
-      if (events.readyState !== EventSource.OPEN) live("Live updates interrupted; reconnecting…", true);
-    });
-    events.addEventListener("open", () => live(""));
+    };
+    if (channel) channel.addEventListener("message", (e) => handle(e.data));
+    const read = () => {
+      const events = new EventSource("/api/events");
+      events.addEventListener("update", (e) => {
+        let d;
+        try {
+          d = JSON.parse(e.data);
+        } catch (err) {
+          return;
+        }
+        if (channel) channel.postMessage(d);
+        handle(d);
+      });
+      events.addEventListener("error", () => {
+        if (events.readyState !== EventSource.OPEN) live("Live updates interrupted; reconnecting…", true);
+      });
+      events.addEventListener("open", () => live(""));
+    };
+    if (channel && navigator.locks) {
+      // Held for the life of this page: the promise never settles.
+      navigator.locks.request("trustfleet-console-events", () => new Promise(() => read()));
+    } else {
+      read();
+    }
   }
 
   if (current.setup) current.setup();
