@@ -56,6 +56,8 @@ def fleet(tmp_path_factory, browser):
         yield f
     finally:
         f.stop()
+    # serve (and the console in it) stops cleanly on SIGTERM after all this, saying nothing alarming.
+    assert f.serve_exit == 0 and "Traceback" not in f.serve_log, (f.serve_exit, f.serve_log[-3000:])
 
 
 @pytest.fixture

@@ -67,6 +67,8 @@ class ConsoleFleet:
         self.lab: BackgroundSimulation | None = None
         self.db: fleetdb.FleetDB | None = None
         self.url = ""
+        self.serve_exit: int | None = None  # serve's exit code once stopped
+        self.serve_log = ""
 
     # -- starting ---------------------------------------------------------------------
 
@@ -258,6 +260,7 @@ class ConsoleFleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self.serve_exit, self.serve_log = proc.returncode, self.serve.log()
         text = "\n".join(line for line in self.serve.out.read_text(errors="replace").splitlines()
                          if not line.startswith(CONSOLE_LINE))
         with contextlib.suppress(ValueError):
