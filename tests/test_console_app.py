@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from support import pki
+from support.browser import Browser
 from support.fleetkit import Repo
 from trustfleet_server import fleetops, mqtturl, rollout
 from trustfleet_server.console import STATES, ConsoleSettings
@@ -553,6 +554,31 @@ def test_the_sign_in_cookie_is_secure_under_tls(store, tmp_path):
     assert e.value.code == 303
     cookie = e.value.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_the_sign_in_form_works_in_a_real_browser(store):
+    """The form posts to /login from the console's own page: the browser must say where from
+    (a Referrer-Policy of no-referrer made chromium send Origin: null, which is refused)."""
+    path, db = store
+    ingest(db, ("a", status(1)), ("b", status(1)))
+    browser = Browser()
+    server = console(path, public=True)
+    try:
+        page = browser.page(width=360)
+        page.goto(server.url + "devices")
+        assert page.url == server.url + "login?next=/devices"
+        page.get_by_label("Operator token").fill("wrong-token-0123456789")
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("That token is not valid.").wait_for()
+        page.get_by_label("Operator token").fill(TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_test_id("device-count").filter(has_text="2 devices").wait_for()
+        assert page.url == server.url + "devices"
+        page.close()
+    finally:
+        browser.close()
+        server._server.config.app.state.console.close()
+        server.stop()
 
 
 # --------------------------------------------------------------------------- hostile text

@@ -66,7 +66,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
                                "form-action 'self'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form posts say Origin: null
     "X-Frame-Options": "DENY",
 }
 NAV = (("/", "Overview"), ("/rollouts", "Rollouts"), ("/devices", "Devices"), ("/reports", "Reports"),
@@ -105,7 +105,7 @@ def error_response(request: Request, exc: Refused) -> Response:
 
 
 _STATUS_TITLES = {400: "Bad request", 401: "Sign-in needed", 403: "Refused", 404: "Not found",
-                  409: "Not possible now", 413: "Too large", 503: "Unavailable"}
+                  405: "Not allowed", 409: "Not possible now", 413: "Too large", 503: "Unavailable"}
 
 
 # --------------------------------------------------------------------------- pages
