@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
@@ -404,16 +405,24 @@ def test_the_event_stream_sends_an_update_when_a_status_changes(served):
     assert hub._task is None
 
 
-def test_stopping_the_console_ends_an_open_event_stream(store):
+@pytest.mark.parametrize("closed_first", [True, False], ids=["closed-first", "stop-only"])
+def test_stopping_the_console_ends_an_open_event_stream(store, caplog, closed_first):
+    """Console.close() ends the streams at once; a server stopped without it cancels them after
+    its grace period, and the stream still ends its body cleanly, with no error of the app."""
     path, db = store
     server = console(path)
+    uvicorn_log = logging.getLogger("uvicorn")  # configured by uvicorn: it does not propagate
+    uvicorn_log.addHandler(caplog.handler)
     try:
         s = Stream(server.url)
         s.wait(1)
     finally:
-        server._server.config.app.state.console.close()
+        if closed_first:
+            server._server.config.app.state.console.close()
         server.stop()
+        uvicorn_log.removeHandler(caplog.handler)
     assert s.closed.wait(10), "the stream stayed open after the console stopped"
+    assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
 
 
 # --------------------------------------------------------------------------- actions

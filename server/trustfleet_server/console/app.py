@@ -26,6 +26,7 @@ together and sends "update" to each open stream when it changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import html
 import ipaddress
@@ -329,6 +330,19 @@ class Hub:
             await asyncio.sleep(POLL)
 
 
+class EventStream(StreamingResponse):
+    """The event stream's response. A server stopping without Console.close() first cancels the
+    streams still open once its grace period is over; such a stream ends its body and returns,
+    instead of surfacing the cancellation as an error of the app."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def _replace(q: asyncio.Queue, item: Any) -> None:
     while not q.empty():
         q.get_nowait()
@@ -565,8 +579,8 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             finally:
                 console.hub.leave(q)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return EventStream(stream(), media_type="text/event-stream",
+                           headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     async def api_action(request: Request) -> Response:
         rid, action = _rollout_id(request), request.path_params["action"]
