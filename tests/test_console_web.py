@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 
@@ -151,7 +152,8 @@ def test_console_over_real_tls_needs_the_token_off_loopback(tmp_path):
     """Bound off loopback (0.0.0.0) with a certificate: served over TLS 1.2+, checked against its CA,
     and reading needs the operator token."""
     p = pki.pki("ec")
-    leaf = p.leaf(sans=("localhost",))
+    now = int(time.time())
+    leaf = p.leaf(sans=("localhost",), not_before=now - 3600, not_after=now + 86_400)
     cert, key = tmp_path / "console.pem", tmp_path / "console.key"
     cert.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (leaf, p.inter)))
     key.write_bytes(p.leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

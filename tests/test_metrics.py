@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -38,7 +36,6 @@ F = "acme"
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "docs" / "prometheus-rules.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
-CONSOLE_LINE = "fleet console: "
 
 # Every metric family the contract names (issue 15), as the parser names them (no _total).
 FAMILIES = {
@@ -438,27 +435,6 @@ def test_the_alert_rules_parse_and_use_only_metrics_render_emits(tmp_path, repo)
 # --------------------------------------------------------------------------- end to end
 
 
-def console_url(serve: ServeProcess) -> str | None:
-    """The address `serve --http` printed on stdout once its console runs."""
-    for line in serve.out.read_text(errors="replace").splitlines():
-        if line.startswith(CONSOLE_LINE):
-            return line[len(CONSOLE_LINE):].strip()
-    if serve.proc.poll() is not None:
-        raise AssertionError(f"serve exited {serve.proc.returncode}:\n{serve.log()[-3000:]}")
-    return None
-
-
-def stop_serve(serve: ServeProcess) -> None:
-    """SIGTERM (its stdout holds the console line before the summary, so not ServeProcess.stop)."""
-    if serve.proc.poll() is None:
-        serve.proc.send_signal(signal.SIGTERM)
-        try:
-            serve.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            serve.proc.kill()
-            serve.proc.wait()
-
-
 class Scraper:
     """Scrapes /metrics over HTTP; keeps the last scrape, for the message of a failed wait."""
 
@@ -503,7 +479,7 @@ def test_serve_http_exports_ingest_connection_leadership_timestamps_and_a_rollou
                                 "--step-every", "1", "--http", "127.0.0.1:0"], tmp_path)
     me = {"fleet": fleet, "worker": name}
     try:
-        url = wait_for(lambda: console_url(serve), "serve to print the console's address", 30)
+        url = wait_for(serve.console_url, "serve to print the console's address", 30)
         assert url.startswith("http://127.0.0.1:")
         get_metrics = Scraper(url)
         wait_for(lambda: all(d.version == 1 for d in devices), "the devices to install v1", 30)
@@ -554,5 +530,6 @@ def test_serve_http_exports_ingest_connection_leadership_timestamps_and_a_rollou
     finally:
         for d in devices:
             d.close()
-        stop_serve(serve)
+        summary = serve.stop()
     assert serve.proc.returncode == 0, serve.log()[-3000:]
+    assert summary is not None and summary["statuses"] > 0  # --json's stdout is the summary alone

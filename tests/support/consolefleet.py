@@ -24,11 +24,8 @@ device's health check fails, it reverts, and the rollout halts on its first wave
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
-import signal
-import subprocess
 from pathlib import Path
 
 from support import brokers
@@ -45,7 +42,6 @@ from trustfleet_server.sim.simulator import BackgroundSimulation
 FLEET = "console-fleet"
 OPERATOR = "alice"
 ROOT_CA, BACKUP_CA = "demo-fleet-root-ca.pem", "demo-fleet-backup-ca.pem"
-CONSOLE_LINE = "fleet console: "
 WAIT = 60.0
 
 
@@ -94,7 +90,7 @@ class ConsoleFleet:
             "--db", str(self.db_path), "--timestamp-key", str(self.keys / "timestamp.pem"),
             "--timestamp-every", "60", "--step-every", "1",
             "--http", "127.0.0.1:0", "--token-file", str(self.token_file)], self.dir)
-        self.url = wait_for(self._console_url, "serve to print the console's address", timeout=WAIT)
+        self.url = wait_for(self.serve.console_url, "serve to print the console's address", timeout=WAIT)
         self.db = fleetdb.open_db(str(self.db_path))
         self.devices = self._simulation("dev", self.n_devices, (("canary", self.canary),))
         self.lab = self._simulation("lab", self.n_lab, (("lab", 1.0),), processes=self.n_lab)
@@ -150,15 +146,6 @@ class ConsoleFleet:
     def bad(self, version: int) -> Path:
         """A bundle every device's health check fails: it pins only the backup CA's key."""
         return self.bundle(version, pins=(BACKUP_CA,), extra="allow_single_pin = true")
-
-    def _console_url(self) -> str | None:
-        for line in self.serve.out.read_text(errors="replace").splitlines():
-            if line.startswith(CONSOLE_LINE):
-                return line[len(CONSOLE_LINE):].strip()
-        if self.serve.proc.poll() is not None:
-            raise AssertionError(f"serve exited {self.serve.proc.returncode} before its console "
-                                 f"started:\n{self.serve.log()[-3000:]}")
-        return None
 
     def _simulation(self, prefix: str, n: int, groups: tuple, processes: int = 1) -> BackgroundSimulation:
         cfg = SimConfig(devices=n, broker=mqtturl.parse(self.broker_url), fleet=FLEET,
@@ -249,23 +236,12 @@ class ConsoleFleet:
     # -- stopping ---------------------------------------------------------------------
 
     def stop_serve(self) -> dict | None:
-        """SIGTERM serve and return its --json summary (printed after the console's address line)."""
+        """SIGTERM serve and return its --json summary."""
         if self.serve is None:
             return None
-        proc = self.serve.proc
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.serve_exit, self.serve_log = proc.returncode, self.serve.log()
-        text = "\n".join(line for line in self.serve.out.read_text(errors="replace").splitlines()
-                         if not line.startswith(CONSOLE_LINE))
-        with contextlib.suppress(ValueError):
-            return json.loads(text) if text.strip() else None
-        return None
+        summary = self.serve.stop()
+        self.serve_exit, self.serve_log = self.serve.proc.returncode, self.serve.log()
+        return summary
 
     def stop(self) -> None:
         for sim in (self.devices, self.lab):

@@ -15,6 +15,8 @@ from typing import Any
 
 from support.waiting import wait_for
 
+CONSOLE_LINE = "fleet console: "
+
 
 class ServerThread:
     """Runs `srv.run(duration=...)` on a daemon thread; what it raises is kept in `errors`."""
@@ -63,6 +65,16 @@ class ServeProcess:
 
     def log(self) -> str:
         return self.err.read_text(errors="replace")
+
+    def console_url(self) -> str | None:
+        """The address `serve --http` printed once its console runs (on stderr: stdout holds only
+        the --json summary); None until then. AssertionError when serve has exited."""
+        for line in self.log().splitlines():
+            if line.startswith(CONSOLE_LINE):
+                return line[len(CONSOLE_LINE):].strip()
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return None
 
     def stop(self) -> dict | None:
         """SIGTERM, then the summary it printed (None when it printed none: killed)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from trustfleet_server import documents, keys, times
@@ -173,7 +174,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if console is not None:
             console.settings.live = server.live
             console.start()
-            print(f"fleet console: {console.url}", flush=True)
+            # stdout carries only the summary under --json
+            print(f"fleet console: {console.url}", flush=True, file=sys.stderr if args.json else sys.stdout)
         try:
             stats = server.run(once=args.once, duration=duration)
         finally:

@@ -40,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -48,6 +49,7 @@ from starlette.routing import Route
 
 from trustfleet_server import fleetops, rollout
 from trustfleet_server.console import STATES, ConsoleSettings, queries
+from trustfleet_server.console import metrics as metrics_module
 from trustfleet_server.errors import FleetStoreError, UsageError
 from trustfleet_server.fleet import db as fleetdb
 
@@ -620,12 +622,6 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return json_response(await console.read(act))
 
     async def metrics(request: Request) -> Response:
-        try:
-            from trustfleet_server.console import metrics as metrics_module
-        except ImportError:
-            raise Refused(503, "metrics are not available in this build") from None
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         body = await console.read(lambda db: metrics_module.render(settings, db))
         return Response(body, headers={"Cache-Control": "no-store", "Content-Type": CONTENT_TYPE_LATEST})
 

@@ -157,6 +157,7 @@ class ConsoleServer:
     def stop(self) -> None:
         """Stop serving (open event streams are closed); safe to call twice."""
         if self._server is not None:
+            self._server.config.app.state.console.close()  # ends the event streams at once
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(5.0)
