@@ -13,13 +13,20 @@ process with the console on a free loopback port and an operator token, and simu
    token's operator from the console;
 4. the device table filters by search, state and group as the store does;
 5. every page has its navigation, heading and landmark, the overview, reports and audit pages
-   their charts and tables, and at 360 px nothing overflows sideways.
+   their charts and tables, and at 360 px nothing overflows sideways;
+6. the keyboard alone reaches the device search and filters the table;
+7. pin-failure reports made by a device core's own TLS decision (and a refused document) reach
+   the store over the broker, one of them twice: the Reports page counts them as the store does,
+   the duplicate left out and said so, and each device's page lists its reports;
+8. eight tabs in one browser share one event stream: each follows a pause and a resume without a
+   reload, also after the tab holding the stream is closed.
 
 Screenshots of each step go to $TRUSTFLEET_ARTIFACTS or test-artifacts/console/.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -27,8 +34,11 @@ import pytest
 from support.browser import Browser, Shots
 from support.consolefleet import FLEET, OPERATOR, ConsoleFleet
 from support.environment import require_tool
+from support.waiting import wait_for
+from trustfleet_device import topics, trust
 from trustfleet_server import rollout as ro
 from trustfleet_server.console import STATES
+from trustfleet_server.sim.config import SAMPLE_HOST
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
 expect = sync_api.expect
@@ -387,3 +397,145 @@ def test_the_keyboard_alone_reaches_the_content_and_filters_the_devices(fleet, b
     shots.take(page, "typed")
     rows = page.get_by_role("table", name="Devices").locator("tr[data-device]")
     assert sorted(r.get_attribute("data-device") for r in rows.all()) == sorted(want)
+
+
+# --------------------------------------------------------------------------- 7. reports
+
+
+def test_device_reports_are_counted_once_on_the_reports_and_device_pages(fleet, browser, shots):
+    assert fleet.db.report_overview(FLEET)["reports"] == 0, "the simulated devices keep no report queue"
+    first, second = sorted(d["device"] for d in fleet.device_rows() if d["device"].startswith("dev-"))[1:3]
+    bad = fleet.bad(fleet.next_version()).read_bytes()  # pins only the backup CA's key
+
+    # Each device core judges the sample server's chain with the bad bundle on trial: its TLS
+    # decision is a pin mismatch, the health check fails, the bundle is reverted and marked bad,
+    # and the session publishes the decision's TrustKit report.
+    a = fleet.reporting_device(first)
+    sent_a = a.reports_in(a.receive(topics.bundle(FLEET), bad))
+    b = fleet.reporting_device(second)
+    sent_b = b.reports_in(b.receive(topics.bundle(FLEET), bad))
+    for dev, sent in ((a, sent_a), (b, sent_b)):
+        assert [d.result for d in dev.decisions] == [trust.PIN_MISMATCH], dev.decisions
+        assert dev.device.bad_versions() and len(sent) == 1, sent
+        report = json.loads(sent[0][1])
+        assert (report["validation-result"], report["hostname"]) == (trust.PIN_MISMATCH, SAMPLE_HOST)
+        assert report == dev.decisions[0].report
+    # The second device reboots; the retained bad bundle comes again and is refused.
+    b = b.restarted()
+    refused = b.reports_in(b.receive(topics.bundle(FLEET), bad))
+    assert len(refused) == 1, refused
+    refusal = json.loads(refused[0][1])
+    assert refusal["validation-result"] == "document-refused" and "reverted as bad" in refusal["reason"], refusal
+
+    page = open_page(browser, shots, fleet, "/reports")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Reports")
+    wait_drawn(page)
+    summary = page.locator("#reports-summary")
+    expect(summary).to_have_text("No reports stored.")
+    page.evaluate("window.__marker = 1")
+    # The first device's report goes out twice (a QoS 1 redelivery): stored twice, counted once.
+    fleet.send(sent_a + sent_b + refused + sent_a)
+    o = wait_for(lambda: (lambda o: o if o["reports"] + o["duplicates"] >= 4 else None)(
+        fleet.db.report_overview(FLEET)), "four reports in the store", timeout=60)
+    assert (o["reports"], o["duplicates"], o["devices"]) == (3, 1, 2), o
+    kinds = [[k["kind"], str(k["reports"]), str(k["devices"])] for k in o["kinds"]]
+    assert kinds == [["pin-mismatch", "2", "2"], ["document-refused", "1", "1"]], kinds
+    domains = [[k["hostname"] or "-", k["noted"] or "-", k["kind"], str(k["reports"]), str(k["devices"])]
+               for k in o["domains"]]
+    assert domains == [[SAMPLE_HOST, SAMPLE_HOST.split(".", 1)[1], "pin-mismatch", "2", "2"],
+                       ["-", "bundle", "document-refused", "1", "1"]], domains
+
+    # The open page draws them without a reload, as the store counts them.
+    expect(summary).to_contain_text(f"{o['reports']} distinct reports from {o['devices']} devices", timeout=LONG)
+    expect(summary).to_contain_text(f"{o['duplicates']} duplicates")
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded"
+    expect(page.get_by_role("table", name="Reports by kind").locator("tbody tr")).to_have_count(len(kinds))
+    assert [row[:3] for row in table_rows(page, "Reports by kind")] == kinds
+    assert [row[:5] for row in table_rows(page, "Reports by domain")] == domains
+    newest = {(row[1], row[2]): row[4] for row in table_rows(page, "Newest reports")}
+    assert newest == {(first, "pin-mismatch"): "2", (second, "pin-mismatch"): "1",
+                      (second, "document-refused"): "1"}, newest
+    shots.take(page, "reports")
+
+    # Each device's page lists its stored reports in its history, newest first.
+    for device_id in (first, second):
+        dpage = open_page(browser, shots, fleet, f"/devices/{device_id}")
+        expect(dpage.get_by_role("heading", level=1)).to_have_text(f"Device {device_id}")
+        stored = [r for r in fleet.db.reports(FLEET, 50) if r["device"] == device_id]
+        rows = dpage.get_by_role("table", name="Reports", exact=True).locator("tbody tr")
+        expect(rows).to_have_count(len(stored), timeout=LONG)
+        shown = table_rows(dpage, "Reports")
+        assert [row[1] for row in shown] == [r["kind"] for r in stored], (shown, stored)
+        for row, r in zip(shown, stored, strict=True):
+            detail = SAMPLE_HOST if r["kind"] == "pin-mismatch" else "reverted as bad"
+            assert detail in row[2], row
+        shots.take(dpage, f"device-{device_id}")
+        dpage.close()
+    assert [r["kind"] for r in fleet.db.reports(FLEET, 50) if r["device"] == first] == ["pin-mismatch"] * 2
+
+
+# --------------------------------------------------------------------------- 8. many tabs
+
+
+def test_eight_tabs_share_one_event_stream_and_each_follows_the_rollout(fleet, browser, shots):
+    fleet.settle()
+    fleet.crash_lab()  # the lab wave counts nobody: the rollout runs until we act
+    rid = fleet.start_rollout(fleet.good(fleet.next_version()), "lab,all")
+    fleet.wait_rollout(rid, ro.RUNNING)
+    streams: dict[int, int] = {}  # tab -> the /api/events requests it made
+
+    def note(tab: int, request) -> None:
+        if request.url.endswith("/api/events"):
+            streams[tab] = streams.get(tab, 0) + 1
+
+    tabs = {}
+    for i in range(8):  # more tabs than chromium's six connections to one host
+        page = shots.track(browser.page())
+        page.on("request", lambda request, i=i: note(i, request))
+        page.goto(fleet.url.rstrip("/") + (f"/rollouts/{rid}" if i % 2 == 0 else "/rollouts"))
+        tabs[i] = page
+
+    def state_on(page):
+        if page.url.rstrip("/").endswith("/rollouts"):
+            row = page.get_by_role("table", name="Rollouts").locator("tbody tr").filter(
+                has=page.get_by_role("link", name=f"Rollout {rid}", exact=True))
+            return row.locator("td").nth(2)
+        return by_id(page, "rollout-state")
+
+    def follow(state: str, step: str) -> None:
+        """Every open tab shows `state` after a redraw later than `before`, in the same document."""
+        for i, page in tabs.items():
+            expect(state_on(page)).to_have_text(state, timeout=LONG)
+            page.wait_for_function("(t) => Number(document.body.dataset.updated) > t", arg=before[i],
+                                   timeout=LONG)
+            assert page.evaluate("window.__marker") == 1, f"tab {i} was reloaded"
+        shots.take(tabs[min(tabs)], step)
+
+    for page in tabs.values():
+        wait_drawn(page)
+        expect(state_on(page)).to_have_text("running")
+        page.evaluate("window.__marker = 1")
+    assert len(streams) == 1, f"tabs reading /api/events: {streams}"
+    [holder] = streams
+
+    def stamps() -> dict[int, float]:
+        """Each tab's last redraw, as the server's time (0 before one: the Rollouts list's first
+        draw has none, /api/rollouts carries no time)."""
+        out = {}
+        for i, page in tabs.items():
+            text = page.evaluate("document.body.dataset.updated")
+            out[i] = float(text) if re.fullmatch(r"\d+(\.\d+)?", text or "") else 0.0
+        return out
+
+    before = stamps()
+    fleet.rollout_cli("pause", rid)
+    follow("paused", "paused")
+
+    # The tab holding the stream goes: another takes it over, and every other tab still follows.
+    tabs.pop(holder).close()
+    before = stamps()
+    assert all(before.values()), before  # each tab redrew on an update of the stream
+    fleet.rollout_cli("resume", rid)
+    follow("running", "resumed")
+    assert set(streams) - {holder} and len(set(streams) - {holder}) == 1, f"tabs reading /api/events: {streams}"
+    fleet.rollout_cli("abort", rid)

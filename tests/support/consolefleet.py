@@ -16,6 +16,10 @@ of its own. `crash_lab()` kills those processes: the broker sends the devices' l
 store shows them offline, and a wave of the lab group counts none of them, so it neither passes
 nor fails before its deadline (600 s): a rollout that keeps running as long as a test needs.
 
+Reports: `reporting_device(id)` is a device core (support.reportingdevice) under the id of one
+of the fleet's devices that keeps the reports its own decisions make; `send(messages)` publishes
+what its session says to publish over the fleet's broker, as the device would.
+
 Bundles: `good(version)` adds the backup CA as an anchor (what the demo's v2 does);
 `bad(version)` pins only the backup CA's key, which the sample server does not use, so every
 device's health check fails, it reverts, and the rollout halts on its first wave.
@@ -29,6 +33,7 @@ import secrets
 from pathlib import Path
 
 from support import brokers
+from support.reportingdevice import ReportingDevice
 from support.serving import ServeProcess
 from support.waiting import wait_for
 from trustfleet_server import cli, mqtturl
@@ -36,7 +41,14 @@ from trustfleet_server import rollout as ro
 from trustfleet_server.console import console_state
 from trustfleet_server.demo.fleet import SPEC
 from trustfleet_server.fleet import db as fleetdb
-from trustfleet_server.sim.config import SAMPLE_FILES, SAMPLE_HOST, SimConfig, sample_file
+from trustfleet_server.sim.config import (
+    SAMPLE_CHAIN,
+    SAMPLE_FILES,
+    SAMPLE_HOST,
+    SimConfig,
+    chain_ders,
+    sample_file,
+)
 from trustfleet_server.sim.simulator import BackgroundSimulation
 
 FLEET = "console-fleet"
@@ -171,6 +183,22 @@ class ConsoleFleet:
         """`trustfleet rollout pause|resume|abort` from the command line."""
         self.trustfleet("rollout", action, "--db", str(self.db_path), "--fleet", FLEET,
                         "--id", str(rollout_id))
+
+    def reporting_device(self, device_id: str) -> ReportingDevice:
+        """A device core for `device_id` (its group as stored) on the fleet's root, whose health
+        check judges the sample server's chain for the sample host, as the simulator's do."""
+        group = (self.db.device(FLEET, device_id) or {}).get("group")
+        return ReportingDevice(FLEET, device_id, self.root.read_bytes(),
+                               chain_ders(sample_file(SAMPLE_CHAIN)), SAMPLE_HOST, group)
+
+    def send(self, messages: list[tuple]) -> None:
+        """Publish (topic, payload, retain, qos) messages over the fleet's broker, each acknowledged."""
+        client = brokers.connect(self.broker)
+        try:
+            for topic, payload, retain, qos in messages:
+                client.publish(topic, payload, qos=qos, retain=retain)
+        finally:
+            client.close()
 
     def rollout(self, rollout_id: int) -> ro.Rollout:
         return self.db.rollout(rollout_id)
