@@ -1,6 +1,7 @@
 # trustfleet — every target sets itself up from the project's own files.
 #   make test   every test (CPython, MicroPython VM, real openssl)
-#   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt)
+#   make demo   the main job: the fleet demo (broker, 50 devices, staged rollout, auto-halt) and
+#               its fleet console (KEEP=SECONDS keeps it up that long after the last step)
 #   make bench  the benchmarks, printing tables
 #   make mutate every mutant of the trusted device core (tools/mutate.py; ~35 min on 2 cores)
 #   make fuzz   a longer fuzz run of every decoder (60 s a target)
@@ -44,8 +45,9 @@ test: setup lint firmware
 mutate: setup
 	$(PY) tools/mutate.py --strict
 
+# make demo KEEP=300: keep the fleet and its console up 300 s after the last step (else until Enter)
 demo: setup-python
-	$(VENV)/bin/trustfleet demo --out demo-out
+	$(VENV)/bin/trustfleet demo --out demo-out $(if $(KEEP),--keep $(KEEP))
 
 bench: setup firmware
 	$(PY) benchmarks/bench_p256.py

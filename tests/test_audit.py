@@ -23,7 +23,7 @@ import pytest
 from support import fleetkit as fk
 from support import mpunix
 from support.clirun import make_operator, one_line, run_main
-from support.serving import ServeProcess
+from support.serving import RecordingLink, ServeProcess
 from support.waiting import wait_for
 from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.errors import SignatureError
@@ -317,17 +317,6 @@ def test_serve_records_the_waves_it_publishes_and_clears(op, private_mosquitto, 
     assert abort["source"] == "cli" and abort["id"] < cleared["id"]
 
 
-class Recorder:
-    """Stands in for serve's broker link in the step test below: keeps what serve publishes."""
-
-    client_id = "w-audit"
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        self.published.extend(messages)
-
 
 REVERTED = {"bad": [4], "last_revert": "health check failed: no key matches the pins", "event": "reverted",
             "detail": "bundle v4: health check failed: no key matches the pins"}
@@ -343,7 +332,7 @@ def test_serve_records_a_rollout_halting_with_its_failing_devices_or_finishing(o
                         "--bundle", op / "bundle-v4.cose", "--waves", "100%", "--json"))["id"]
     with fleetdb.open_db(target) as db:
         srv = FleetServer(mqtturl.parse("mqtt://127.0.0.1:1"), F, [root.read_bytes()], db)
-        srv.link = Recorder()  # type: ignore[assignment]
+        srv.link = RecordingLink("w-audit")  # type: ignore[assignment]
         srv._drive_rollout()  # publishes the wave
         if outcome == "halt":
             ingest(db, 3, "a", seq=2, **REVERTED)

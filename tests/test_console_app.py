@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import pki
 from support.browser import Browser
 from support.fleetkit import Repo
+from support.serving import RecordingLink
 from trustfleet_server import fleetops, mqtturl, rollout
 from trustfleet_server.console import STATES, ConsoleSettings
 from trustfleet_server.console.web import ConsoleServer, parse_bind
@@ -38,6 +39,7 @@ from trustfleet_server.serve.server import FleetServer
 F = "acme"
 TOKEN = "alice-token-0123456789abcdef"
 OTHER = "bob-token-0123456789abcdefgh"
+READER = "prometheus-token-0123456789ab"
 HOSTILE = '<img src=x onerror=alert(1)>"\'&'
 PAGES = {"/": "Overview", "/rollouts": "Rollouts", "/devices": "Devices", "/reports": "Reports",
          "/audit": "Audit trail"}
@@ -45,17 +47,6 @@ NAV = ["Overview", "Rollouts", "Devices", "Reports", "Audit"]
 REVERTED = {"bad": [2], "last_revert": f"health check failed: {HOSTILE}", "event": "reverted",
             "detail": f"bundle v2: health check failed: {HOSTILE}"}
 
-
-class Recorder:
-    """Stands in for serve's broker link: keeps what serve publishes."""
-
-    client_id = "recorder"  # the worker's name (serve's audit entries are by serve:<it>)
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        self.published.extend(messages)
 
 
 _seq = iter(range(1, 1_000_000))
@@ -163,13 +154,13 @@ def start_rollout(tmp_path, repo: Repo, db: fleetdb.FleetDB, version: int, group
 def serve_step(repo: Repo, db: fleetdb.FleetDB) -> None:
     """One rollout step of the real serve code."""
     s = FleetServer(mqtturl.parse("mqtt://127.0.0.1:1"), F, [repo.root_raw], db)
-    s.link = Recorder()  # type: ignore[assignment]
+    s.link = RecordingLink()  # type: ignore[assignment]
     s._drive_rollout()
 
 
 def console(path: str, public: bool = False, tls: bool = False) -> ConsoleServer:
-    settings = ConsoleSettings(path, F, {"alice": TOKEN, "bob": OTHER}, public=public, tls=tls,
-                               host="console-host")
+    settings = ConsoleSettings(path, F, {"alice": TOKEN, "bob": OTHER, "prometheus": READER},
+                               frozenset({"prometheus"}), public=public, tls=tls, host="console-host")
     return ConsoleServer(settings, parse_bind("127.0.0.1:0")).start()
 
 
@@ -441,6 +432,9 @@ def test_actions_need_the_token_refuse_other_sites_and_land_in_the_audit_trail(s
     assert a.status == 403 and "cross-site" in a.json()["error"]
     a = act(server.url, rid, "pause", TOKEN, Sec_Fetch_Site="cross-site")
     assert a.status == 403
+    a = act(server.url, rid, "pause", READER)  # a read-only token reads, but cannot act
+    assert a.status == 403 and "read-only" in a.json()["error"]
+    assert call(server.url, "/metrics", Authorization=f"Bearer {READER}").status == 200
     assert call(server.url, f"/api/rollouts/{rid}/pause", "GET").status == 405
     assert act(server.url, rid, "explode").status == 404
     assert db.rollout(rid).state == rollout.RUNNING

@@ -447,7 +447,7 @@ def test_device_reports_are_counted_once_on_the_reports_and_device_pages(fleet, 
 
     # The open page draws them without a reload, as the store counts them.
     expect(summary).to_contain_text(f"{o['reports']} distinct reports from {o['devices']} devices", timeout=LONG)
-    expect(summary).to_contain_text(f"{o['duplicates']} duplicates")
+    expect(summary).to_contain_text("1 duplicate (the same report from the same device again) is not counted")
     assert page.evaluate("window.__marker") == 1, "the page was reloaded"
     expect(page.get_by_role("table", name="Reports by kind").locator("tbody tr")).to_have_count(len(kinds))
     assert [row[:3] for row in table_rows(page, "Reports by kind")] == kinds

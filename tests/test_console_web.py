@@ -60,11 +60,18 @@ def test_token_file_names_operators_and_a_bare_token_is_the_operator(tmp_path):
     (f"alice:{TOKEN}\nbob:{TOKEN}\n", 0o600, "two operators"),
     ("# nothing\n\n", 0o600, "holds no token"),
     (f":{TOKEN}\n", 0o600, "operator name"),
+    (f"prom:{TOKEN} readonly\n", 0o600, "only 'read-only' may follow"),
 ])
 def test_token_file_problems_are_one_line(tmp_path, text, mode, says):
     with pytest.raises(UsageError) as e:
         console.load_tokens(token_file(tmp_path, text, mode))
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_read_only_token_is_named_apart(tmp_path):
+    p = token_file(tmp_path, f"alice:{TOKEN}\nprometheus:{TOKEN[::-1]} read-only\n")
+    assert console.load_tokens(p) == {"alice": TOKEN, "prometheus": TOKEN[::-1]}
+    assert console.read_only_names(p) == {"prometheus"}
 
 
 def test_missing_token_file(tmp_path):

@@ -204,10 +204,19 @@ def test_demo_metrics_show_waves_progress_and_halt_and_the_console_stays_up_with
 
         # v2: wave by wave, then done; v3: halted with failed devices, the fleet flagged halted.
         # (-1: before serve published the first wave.)
-        assert waves[0] in (-1, 0) and [w for w in waves if w >= 0] == [0, 1, 2], \
+        # A wave that passes within one rollout step shows for about half a second; a scrape on a
+        # loaded machine may miss it, so the scrapes must step forward, and the recorded result
+        # of every wave must be there at the end.
+        seen = [w for w in waves if w >= 0]
+        assert waves[0] in (-1, 0) and seen == sorted(seen) and len(seen) >= 2 and seen[-1] == 2, \
             f"the v2 rollout's waves as scraped: {waves} (see {ARTIFACT})"
         assert v2_states[0] == "running" and v2_states[-1] == "done", v2_states
         r3, samples, _ = halted
+        r2 = rollout_of(samples, 2)
+        for wave in ("0", "1", "2"):
+            done = [v for n, lab, v in samples if n == "trustfleet_rollout_wave_devices"
+                    and lab.get("rollout") == r2 and lab.get("wave") == wave and lab.get("outcome") == "succeeded"]
+            assert done and done[0] > 0, f"v2 wave {wave} has no recorded successes (see {ARTIFACT})"
         failed = [v for n, lab, v in samples if n == "trustfleet_rollout_wave_devices"
                   and lab.get("rollout") == r3 and lab.get("outcome") == "failed"]
         assert failed and sum(failed) > 0, f"no failed devices in the halted rollout (see {ARTIFACT})"

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import brokers
 from support.fleetkit import Repo
 from support.livedevice import LiveDevice, ids_in_buckets
-from support.serving import ServeProcess
+from support.serving import RecordingLink, ServeProcess
 from support.waiting import wait_for
 from trustfleet_server import cli, keys, mqtturl, rollout
 from trustfleet_server.console import STATES, ConsoleSettings, metrics
@@ -69,18 +69,6 @@ class Scrape:
 def scrape(settings: ConsoleSettings, db: fleetdb.FleetDB) -> Scrape:
     return Scrape(metrics.render(settings, db).decode())
 
-
-class Recorder:
-    """Stands in for serve's broker link: keeps what it publishes."""
-
-    connected = False
-    client_id = "w-test"  # the worker's name in the lease and the audit trail
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        self.published.extend(messages)
 
 
 def status(state: str, version: int | None, seq: int, **extra) -> dict:
@@ -203,7 +191,7 @@ def test_wave_progress_moves_with_the_statuses_and_a_halted_rollout_shows_as_hal
     settings = ConsoleSettings(str(path), F)
     with fleetdb.open_db(path) as db:
         srv = FleetServer(mqtturl.parse("mqtt://127.0.0.1:1"), F, [repo.root_raw], db)
-        srv.link = Recorder()  # type: ignore[assignment]
+        srv.link = RecordingLink("w-test")  # type: ignore[assignment]
         m = scrape(settings, db)
         assert m.value("trustfleet_rollout_info", fleet=F, rollout=str(rid), version="2") == 1
         assert m.value("trustfleet_rollout_wave", fleet=F, rollout=str(rid)) == -1  # nothing published

@@ -14,23 +14,13 @@ import time
 import pytest
 
 from support.fleetkit import Repo
+from support.serving import RecordingLink
 from trustfleet_server import cli, mqtturl, rollout
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.serve.server import FleetServer
 
 F = "acme"
 
-
-class Recorder:
-    """Stands in for the broker link: keeps what serve publishes."""
-
-    client_id = "recorder"  # the worker's name (serve's audit entries are by serve:<it>)
-
-    def __init__(self) -> None:
-        self.published: list[tuple[str, bytes]] = []
-
-    def publish(self, messages: list[tuple[str, bytes]]) -> None:
-        self.published.extend(messages)
 
 
 @pytest.fixture
@@ -62,7 +52,7 @@ def start(capsys, tmp_path, repo: Repo, db: str, version: int, *plan: str) -> in
 
 def server(repo: Repo, db: fleetdb.FleetDB) -> FleetServer:
     s = FleetServer(mqtturl.parse("mqtt://127.0.0.1:1"), F, [repo.root_raw], db)
-    s.link = Recorder()  # type: ignore[assignment]
+    s.link = RecordingLink()  # type: ignore[assignment]
     return s
 
 

@@ -18,6 +18,20 @@ from support.waiting import wait_for
 CONSOLE_LINE = "fleet console: "
 
 
+class RecordingLink:
+    """Stands in for serve's broker link (FleetServer.link) in tests that call its steps directly:
+    keeps what serve publishes. `client_id` is the worker's name in the lease and the audit trail."""
+
+    connected = False
+
+    def __init__(self, client_id: str = "recorder") -> None:
+        self.client_id = client_id
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        self.published.extend(messages)
+
+
 class ServerThread:
     """Runs `srv.run(duration=...)` on a daemon thread; what it raises is kept in `errors`."""
 

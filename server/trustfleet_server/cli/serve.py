@@ -92,8 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--http", metavar="[HOST:]PORT",
                    help="serve the fleet console here (a bare port is on 127.0.0.1; off by default)")
     h.add_argument("--token-file", metavar="FILE",
-                   help="operator tokens, NAME:TOKEN per line (mode 600): needed for pause, resume and "
-                        "abort, and for every request off loopback")
+                   help="operator tokens, NAME:TOKEN per line (mode 600; add ' read-only' for a token "
+                        "that cannot act, e.g. Prometheus's): needed for pause, resume and abort, and "
+                        "for every request off loopback")
     h.add_argument("--http-cert", metavar="PEM", help="serve the console over TLS with this certificate chain")
     h.add_argument("--http-key", metavar="PEM", help="... and this private key")
     h.add_argument("--http-public", action="store_true",
@@ -144,9 +145,11 @@ def console_from(args: argparse.Namespace, fleet: str) -> ConsoleServer | None:
         return None
     bind = web.parse_bind(args.http)
     tokens = console.load_tokens(args.token_file) if args.token_file else {}
+    read_only = console.read_only_names(args.token_file) if args.token_file else frozenset()
     tls = web.tls_context(args.http_cert, args.http_key) is not None
     web.check_exposure(bind, tls, args.http_public, tokens)
-    settings = console.ConsoleSettings(str(args.db), fleet, tokens, public=not bind.loopback, tls=tls)
+    settings = console.ConsoleSettings(str(args.db), fleet, tokens, read_only, public=not bind.loopback,
+                                       tls=tls)
     return web.ConsoleServer(settings, bind, args.http_cert, args.http_key)
 
 

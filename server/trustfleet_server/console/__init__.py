@@ -35,6 +35,7 @@ STATES = ("ok", "trial", "behind", "stale", "fail-open", "no-store", "offline")
 STATE_SQL = "CASE WHEN state <> 'offline' AND fail_open <> '[]' THEN 'fail-open' ELSE state END"
 
 MIN_TOKEN = 16  # characters: a shorter operator token is refused when the file is read
+READ_ONLY = "read-only"  # a token file line's flag: the token reads, it cannot act
 DEFAULT_OPERATOR = "operator"
 
 
@@ -52,6 +53,7 @@ class ConsoleSettings:
         connections of its own, read-mostly, beside serve's.
     fleet: the fleet shown.
     tokens: operator name -> token (load_tokens); empty: every action is refused.
+    read_only: operators whose token reads but cannot act (read_only_names).
     public: bound to a non-loopback address: reading needs a token too.
     tls: served over HTTPS (cookies get the Secure flag).
     live: serve's counters (FleetServer.live), None when no serve runs in the process.
@@ -63,6 +65,7 @@ class ConsoleSettings:
     db_target: str
     fleet: str
     tokens: dict[str, str] = dataclasses.field(default_factory=dict)
+    read_only: frozenset[str] = frozenset()
     public: bool = False
     tls: bool = False
     live: Callable[[], dict] | None = None
@@ -85,11 +88,22 @@ class ConsoleSettings:
 
 def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
     """Operator tokens from a file: one per line, `NAME:TOKEN` or a bare `TOKEN` (named
-    "operator"); blank lines and # comments are skipped.
+    "operator"), optionally followed by ` read-only` (a token that reads but cannot act, e.g.
+    Prometheus's: read_only_names lists them); blank lines and # comments are skipped.
 
     The file must not be readable by group or others (as ssh keys), and each token must be at
     least MIN_TOKEN characters. Raises: UsageError (one line naming the file and the problem).
     """
+    return {name: token for name, (token, _) in read_token_file(path).items()}
+
+
+def read_only_names(path: str | os.PathLike[str]) -> frozenset[str]:
+    """The operators of a token file whose tokens are marked read-only."""
+    return frozenset(name for name, (_, ro) in read_token_file(path).items() if ro)
+
+
+def read_token_file(path: str | os.PathLike[str]) -> dict[str, tuple[str, bool]]:
+    """name -> (token, read-only) of a token file (load_tokens has the format). Raises: UsageError."""
     p = Path(path)
     try:
         mode = p.stat().st_mode
@@ -101,14 +115,18 @@ def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise UsageError(f"--token-file {p}: readable by others (mode {stat.S_IMODE(mode):o}); "
                          f"chmod 600 {p}")
-    tokens: dict[str, str] = {}
+    tokens: dict[str, tuple[str, bool]] = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        name, sep, token = line.rpartition(":")
+        entry, _, flag = line.partition(" ")
+        flag = flag.strip()
+        if flag not in ("", READ_ONLY):
+            raise UsageError(f"--token-file {p}:{n}: after the token only {READ_ONLY!r} may follow, "
+                             f"not {flag[:40]!r}")
+        name, sep, token = entry.rpartition(":")
         name = name.strip() if sep else DEFAULT_OPERATOR
-        token = token.strip()
         if not name or len(name) > 64 or not name.isprintable():
             raise UsageError(f"--token-file {p}:{n}: the operator name must be 1-64 printable characters")
         if len(token) < MIN_TOKEN:
@@ -116,9 +134,9 @@ def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
                              f"(make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         if name in tokens:
             raise UsageError(f"--token-file {p}:{n}: operator {name} is listed twice")
-        if token in tokens.values():
+        if any(token == t for t, _ in tokens.values()):
             raise UsageError(f"--token-file {p}:{n}: the same token is given to two operators")
-        tokens[name] = token
+        tokens[name] = (token, flag == READ_ONLY)
     if not tokens:
         raise UsageError(f"--token-file {p}: holds no token")
     return tokens

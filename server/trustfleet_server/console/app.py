@@ -538,7 +538,7 @@ def create_app(settings: ConsoleSettings) -> Starlette:
         return json_response(await console.read(queries.overview, settings, console.now()))
 
     async def api_rollouts(request: Request) -> Response:
-        return json_response(await console.read(queries.rollouts, settings))
+        return json_response(await console.read(queries.rollouts, settings, console.now()))
 
     async def api_rollout(request: Request) -> Response:
         rid = _rollout_id(request)
@@ -595,6 +595,8 @@ def create_app(settings: ConsoleSettings) -> Starlette:
             raise Refused(401, "the operator token is not valid" if presented else
                           "an operator token is needed: Authorization: Bearer <token>",
                           {"WWW-Authenticate": 'Bearer realm="trustfleet"'})
+        if name in settings.read_only:
+            raise Refused(403, f"operator {name}'s token is read-only: it cannot {action} a rollout")
         reason = await _reason(request)
         client = request.client.host if request.client else "unknown"
         now = console.now()

@@ -74,9 +74,9 @@ def overview(db: fleetdb.FleetDB, settings: ConsoleSettings, now: int) -> dict:
 # --------------------------------------------------------------------------- rollouts
 
 
-def rollouts(db: fleetdb.FleetDB, settings: ConsoleSettings, limit: int = 100) -> dict:
+def rollouts(db: fleetdb.FleetDB, settings: ConsoleSettings, now: float, limit: int = 100) -> dict:
     """The fleet's rollouts, newest first, as `rollout list` shows them."""
-    return {"fleet": settings.fleet,
+    return {"fleet": settings.fleet, "time": now,
             "rollouts": [render.rollout_row(r) for r in db.rollouts(settings.fleet, limit)]}
 
 

@@ -79,6 +79,10 @@
   }
 
   // A JSON value as short readable text: long lists show their first items and their length.
+  function plural(n, word) {
+    return `${n} ${word}${n === 1 ? "" : "s"}`;
+  }
+
   function compact(value) {
     if (value === null || value === undefined) return "-";
     if (Array.isArray(value)) {
@@ -187,7 +191,7 @@
       short.replaceChildren(...parts);
     }
     const rep = d.reports;
-    const dup = rep.duplicates ? `, ${rep.duplicates} duplicates not counted` : "";
+    const dup = rep.duplicates ? `, ${plural(rep.duplicates, "duplicate")} not counted` : "";
     $("reports-short").replaceChildren(
       rep.reports ? `${rep.reports} distinct reports from ${rep.devices} devices${dup}; newest ${iso(rep.newest)}. `
         : "No reports stored. ",
@@ -422,7 +426,7 @@
       "No device events.", 4);
     fill("device-audit", d.audit.map((e) => row([when(e.time), e.action, e.actor, e.host, e.source,
       detailText(e.detail)])), "No audit entries name this device.", 6);
-    fill("device-reports", d.reports.map((r) => row([when(r.time), r.kind, el("code", {}, compact(r.report))])),
+    fill("device-reports", d.reports.map((r) => row([when(r.time), r.kind, el("code", {}, reportSummary(r.report))])),
       "No reports stored.", 3);
   }
 
@@ -430,7 +434,7 @@
 
   function drawReports(d) {
     const o = d.overview;
-    const dup = o.duplicates ? ` ${o.duplicates} duplicates (the same report from the same device again) are not counted.` : "";
+    const dup = o.duplicates ? ` ${plural(o.duplicates, "duplicate")} (the same report from the same device again) ${o.duplicates === 1 ? "is" : "are"} not counted.` : "";
     $("reports-summary").textContent = o.reports
       ? `${o.reports} distinct reports from ${o.devices} devices, newest ${iso(o.newest)}.${dup}`
       : "No reports stored.";
