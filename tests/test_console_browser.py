@@ -38,6 +38,7 @@ from support.waiting import wait_for
 from trustfleet_device import topics, trust
 from trustfleet_server import rollout as ro
 from trustfleet_server.console import STATES
+from trustfleet_server.demo.fleet import SIGNERS
 from trustfleet_server.sim.config import SAMPLE_HOST
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install -e '.[dev]')")
@@ -372,6 +373,10 @@ def check_contents(fleet: ConsoleFleet, page, path: str) -> None:
         # The CLI's publish of v1 (publish --db) and its rollout starts are in the trail.
         expect(table.locator("tbody tr", has_text="publish").first).to_be_visible()
         expect(table.locator("tbody tr", has_text="rollout-start").first).to_be_visible()
+        # ... naming who signed: the names the key holders stated with `bundle sign --signer`.
+        start = table.locator("tbody tr", has_text="rollout-start").first
+        expect(start).to_contain_text(SIGNERS["bundle-1"])
+        expect(start).to_contain_text(SIGNERS["bundle-2"])
 
 
 # --------------------------------------------------------------------------- 6. keyboard

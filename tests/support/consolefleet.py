@@ -39,7 +39,7 @@ from support.waiting import wait_for
 from trustfleet_server import cli, mqtturl
 from trustfleet_server import rollout as ro
 from trustfleet_server.console import console_state
-from trustfleet_server.demo.fleet import SPEC
+from trustfleet_server.demo.fleet import SIGNERS, SPEC
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.sim.config import (
     SAMPLE_CHAIN,
@@ -132,7 +132,8 @@ class ConsoleFleet:
                         "--threshold", "bundle=2", "--key", f"timestamp={k / 'timestamp.pub.pem'}",
                         "-o", str(self.root))
         for name in ("root-1", "root-2"):
-            self.trustfleet("root", "sign", "--key", str(k / f"{name}.pem"), str(self.root))
+            self.trustfleet("root", "sign", "--key", str(k / f"{name}.pem"), "--signer", SIGNERS[name],
+                            str(self.root))
         for name in SAMPLE_FILES:
             (self.certs / name).write_bytes(sample_file(name))
 
@@ -147,7 +148,8 @@ class ConsoleFleet:
         path = self.dir / f"bundle-v{version}.cose"
         self.trustfleet("bundle", "build", str(spec), "-o", str(path))
         for name in ("bundle-1", "bundle-2"):
-            self.trustfleet("bundle", "sign", "--key", str(self.keys / f"{name}.pem"), str(path))
+            self.trustfleet("bundle", "sign", "--key", str(self.keys / f"{name}.pem"), "--signer",
+                            SIGNERS[name], str(path))
         self.trustfleet("bundle", "verify", "--root", str(self.root), str(path))
         return path
 

@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     from trustfleet_server.console.web import ConsoleServer
 
 FLEET = "demo-fleet"
+# The names each key holder states when signing (`sign --signer`): the audit trail shows them.
+SIGNERS = {"root-1": "ada", "root-2": "grace", "bundle-1": "alan", "bundle-2": "barbara"}
 DEVICES = 50
 WAVES = (rollout.Wave("canary", groups=("canary",)), rollout.Wave("50%", buckets=50),
          rollout.Wave("100%", buckets=100))
@@ -208,7 +210,7 @@ class FleetDemo:
                              "--key", f"bundle={k / 'bundle-2.pub.pem'}", "--threshold", "bundle=2",
                              "--key", f"timestamp={k / 'timestamp.pub.pem'}", "-o", root])
         for name in ("root-1", "root-2"):
-            s.run("trustfleet", ["root", "sign", "--key", _q(k / f"{name}.pem"), root])
+            s.run("trustfleet", ["root", "sign", "--key", _q(k / f"{name}.pem"), "--signer", SIGNERS[name], root])
         s.title(f"The sample PKI (trustfleet_server/samples): the server of {SAMPLE_HOST} "
                 "chains to the Demo Fleet Root CA; the Backup CA's key is the spare pin")
         for name in SAMPLE_FILES:
@@ -229,7 +231,8 @@ class FleetDemo:
         path = self.out / f"bundle-v{version}.cose"
         self.s.run("trustfleet", ["bundle", "build", _q(spec), "-o", _q(path)])
         for name in ("bundle-1", "bundle-2"):
-            self.s.run("trustfleet", ["bundle", "sign", "--key", _q(self.keys / f"{name}.pem"), _q(path)])
+            self.s.run("trustfleet", ["bundle", "sign", "--key", _q(self.keys / f"{name}.pem"),
+                                      "--signer", SIGNERS[name], _q(path)])
         self.s.run("trustfleet", ["bundle", "verify", "--root", _q(self.root), _q(path)])
         return path
 
