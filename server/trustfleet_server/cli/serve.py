@@ -92,9 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--http", metavar="[HOST:]PORT",
                    help="serve the fleet console here (a bare port is on 127.0.0.1; off by default)")
     h.add_argument("--token-file", metavar="FILE",
-                   help="operator tokens, NAME:TOKEN per line (mode 600; add ' read-only' for a token "
-                        "that cannot act, e.g. Prometheus's): needed for pause, resume and abort, and "
-                        "for every request off loopback")
+                   help="operator tokens, NAME:TOKEN per line, mode 600 (a line ending in read-only: "
+                        "a token that reads but cannot act, e.g. Prometheus's); needed for pause, resume "
+                        "and abort, and for every request off loopback")
     h.add_argument("--http-cert", metavar="PEM", help="serve the console over TLS with this certificate chain")
     h.add_argument("--http-key", metavar="PEM", help="... and this private key")
     h.add_argument("--http-public", action="store_true",
