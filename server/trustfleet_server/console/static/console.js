@@ -425,7 +425,7 @@
     fill("device-events", d.events.map((e) => row([when(e.time), e.action, e.who, e.why])),
       "No device events.", 4);
     fill("device-audit", d.audit.map((e) => row([when(e.time), e.action, e.actor, e.host, e.source,
-      detailText(e.detail)])), "No audit entries name this device.", 6);
+      el("code", {}, detailText(e.detail))])), "No audit entries name this device.", 6);
     fill("device-reports", d.reports.map((r) => row([when(r.time), r.kind, el("code", {}, reportSummary(r.report))])),
       "No reports stored.", 3);
   }
@@ -450,7 +450,7 @@
 
   function drawAudit(d) {
     fill("audit-rows", d.entries.map((e) => row([when(e.time), e.action, e.actor, e.host, e.source,
-      detailText(e.detail)], { "data-audit": e.id })), "The audit trail is empty.", 6);
+      el("code", {}, detailText(e.detail))], { "data-audit": e.id })), "The audit trail is empty.", 6);
     const older = $("older");
     older.hidden = d.next_before === null || auditLimit >= 500;
   }
