@@ -546,18 +546,24 @@ def inspect_key_file(path: str | os.PathLike[str], passphrase: bytes | None = No
 def load_private_key(
     path: str | os.PathLike[str], passphrase: bytes | None = None
 ) -> ec.EllipticCurvePrivateKey:
-    """Load an EC P-256 private key from a PEM or DER file.
+    """Load an EC P-256 private key from a PEM or DER file, or from a token by `pkcs11:` URI.
 
     Args:
-        path: PKCS#8 or SEC1 key file, optionally encrypted.
+        path: PKCS#8 or SEC1 key file, optionally encrypted; or an RFC 7512
+            `pkcs11:` URI (see pkcs11keys: the key signs inside its token).
         passphrase: needed when the key is encrypted; ignored otherwise.
 
     Raises:
         KeyFileError: no private key in the file, it is encrypted and no
-            passphrase was given, the passphrase is wrong, or it is not P-256.
+            passphrase was given, the passphrase is wrong, or it is not P-256;
+            for a URI, pkcs11keys.Pkcs11Error (a KeyFileError).
         OSError: the file cannot be read.
     """
     name = str(path)
+    if name.startswith("pkcs11:"):
+        from trustfleet_server import pkcs11keys  # imports this module
+
+        return pkcs11keys.load_private_key(name)
     material = inspect_key_file(path, passphrase)
     if material.kind != KIND_PRIVATE:
         raise KeyFileError(f"{name}: expected a private key, found a {material.kind}")

@@ -28,6 +28,10 @@ passphrase is given) and the public key as SubjectPublicKeyInfo PEM with
 mode 0644, then prints the key id (kid): SHA-256 of the public key's DER
 SubjectPublicKeyInfo, in hex. Missing folders are created (mode 0700).
 Existing files are never overwritten without --force.
+
+With --pkcs11 URI the key pair is generated inside a PKCS#11 token
+(sensitive, not extractable, for signing only); it prints the kid and the
+URI to sign with, and --out (optional then) writes the PUBLIC key PEM.
 """
 
 GENERATE_EPILOG = """\
@@ -36,6 +40,9 @@ examples:
       writes keys/root-1.pem (encrypted) and keys/root-1.pub.pem
   trustfleet key generate --out k.pem --passphrase-file /run/secrets/k --json
       {"kid": "…", "private_key": "k.pem", "public_key": "k.pub.pem"}
+  trustfleet key generate --pkcs11 'pkcs11:token=root-a?pin-source=file:/run/pin' \
+      --label root-1 --out keys/root-1.pub.pem
+      the key stays in the token; sign with the URI it prints
 """
 
 SHOW_DESCRIPTION = """\
@@ -130,6 +137,7 @@ def _register_key(sub: Any) -> None:
     key_sub = key_parser.add_subparsers(dest="key_command", metavar="ACTION", required=True)
     _register_generate(key_sub)
     _register_show(key_sub)
+    _register_list(key_sub)
 
 
 def _register_generate(key_sub: Any) -> None:
@@ -140,7 +148,13 @@ def _register_generate(key_sub: Any) -> None:
         epilog=GENERATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", required=True, metavar="PATH", help="private key file to create")
+    parser.add_argument("--out", metavar="PATH",
+                        help="private key file to create (with --pkcs11: the public key PEM file)")
+    parser.add_argument("--pkcs11", metavar="URI",
+                        help="generate inside the PKCS#11 token this pkcs11: URI names (token=, "
+                             "module-path=, pin-source=); the private key never leaves it")
+    parser.add_argument("--label", metavar="LABEL",
+                        help="with --pkcs11: the new key's label (default: the URI's object=)")
     parser.add_argument(
         "--public-out",
         metavar="PATH",
@@ -165,6 +179,19 @@ def _register_show(key_sub: Any) -> None:
     add_passphrase_arguments(parser, purpose="of an encrypted key")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead")
     parser.set_defaults(func=cmd_key_show)
+
+
+def _register_list(key_sub: Any) -> None:
+    parser = key_sub.add_parser(
+        "list",
+        help="list the private keys on a PKCS#11 token with their kids",
+        description="List the private keys on a PKCS#11 token: label, id, kind, kid and the "
+                    "URI to sign with. object= or id= in the URI narrow the list.",
+    )
+    parser.add_argument("--pkcs11", metavar="URI", required=True,
+                        help="pkcs11: URI of the token (token=, module-path=, pin-source=)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    parser.set_defaults(func=cmd_key_list)
 
 
 def default_public_path(private_path: str) -> str:
@@ -208,6 +235,12 @@ def _file_in_the_way(path: str) -> str | None:
 
 def cmd_key_generate(args: argparse.Namespace) -> int:
     """Handle `trustfleet key generate`."""
+    if args.pkcs11 is not None:
+        return _generate_in_token(args)
+    if args.label is not None:
+        raise UsageError("--label only applies with --pkcs11")
+    if args.out is None:
+        raise UsageError("--out is required: the private key file to create")
     private_path = args.out
     public_path = args.public_out or default_public_path(private_path)
     _check_outputs(private_path, public_path, args.force)
@@ -223,6 +256,51 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         _print_json({"kid": kid, "private_key": private_path, "public_key": public_path})
     else:
         print(kid)
+    return 0
+
+
+def _generate_in_token(args: argparse.Namespace) -> int:
+    from trustfleet_server import pkcs11keys
+
+    if args.public_out is not None or args.passphrase_file or args.ask_passphrase:
+        raise UsageError("--public-out and passphrases do not apply with --pkcs11 (--out is the "
+                         "public key; the token's PIN protects the private key)")
+    if args.out is not None:
+        # Checked before the token makes a key that would then have no public key file.
+        if os.path.isdir(args.out) or args.out.endswith(("/", os.sep)):
+            raise keys.KeyFileError(f"{args.out}: is a folder; give the public key's file name")
+        if not args.force and os.path.lexists(args.out):
+            raise keys.KeyFileError(f"{args.out}: already exists; refusing to overwrite it (pass "
+                                    f"--force to replace it)")
+    made, public = pkcs11keys.generate(args.pkcs11, args.label)
+    if args.out is not None:
+        keys.write_public_key(args.out, public, overwrite=args.force)
+        print(f"wrote public key {args.out}", file=sys.stderr)
+    print(f"generated {made.kind} key {made.label!r} in the token (sensitive, not extractable)",
+          file=sys.stderr)
+    if args.json:
+        _print_json({**made.as_json(), "public_key": args.out})
+    else:
+        print(made.kid)
+        print(made.uri)
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    """Handle `trustfleet key list --pkcs11 URI`."""
+    from trustfleet_server import pkcs11keys
+
+    found = pkcs11keys.list_keys(args.pkcs11)
+    if args.json:
+        _print_json([k.as_json() for k in found])
+        return 0
+    if not found:
+        print("no private keys on the token", file=sys.stderr)
+    for k in found:
+        flags = "sensitive" if k.sensitive else "NOT sensitive"
+        flags += ", extractable" if k.extractable else ", not extractable"
+        print(f"{k.label}  id={k.id.hex() or '-'}  {k.kind}  kid={k.kid or 'unknown'}  ({flags})")
+        print(f"    {k.uri}")
     return 0
 
 
