@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,26 @@ class Token:
         path = f"pkcs11:token={self.label}" + (f";object={obj}" if obj else "") + extra
         query = f"module-path={MODULE}" + (f"&pin-source=file:{self.pin_file}" if pin else "")
         return f"{path}?{query}"
+
+    def run(self, cwd: Path, *args: object, code: int = 0, timeout: float = 120,
+            **env: str) -> subprocess.CompletedProcess:
+        """`trustfleet ARGS` as a subprocess using this token's store (plus `env`), stdin closed and
+        no terminal; require exit `code` and no traceback."""
+        proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *map(str, args)],
+                              cwd=cwd, env={**self.env, **env}, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout, start_new_session=True)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.returncode == code, f"exit {proc.returncode}, expected {code}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def python(self, script: str, *args: object) -> str:
+        """Run a Python `script` against this token's store (python-pkcs11 reads SOFTHSM2_CONF once
+        per process); its stdout."""
+        proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=self.env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
 
 def init_token(tmp: Path, label: str, conf: Path | None = None) -> Token:
