@@ -556,12 +556,12 @@ def load_private_key(
     Raises:
         KeyFileError: no private key in the file, it is encrypted and no
             passphrase was given, the passphrase is wrong, or it is not P-256;
-            for a URI, pkcs11keys.Pkcs11Error (a KeyFileError).
+            for a URI, pkcs11keys.Pkcs11Error (a UsageError, exit code 2).
         OSError: the file cannot be read.
     """
     name = str(path)
     if name.startswith("pkcs11:"):
-        from trustfleet_server import pkcs11keys  # imports this module
+        from trustfleet_server import pkcs11keys
 
         return pkcs11keys.load_private_key(name)
     material = inspect_key_file(path, passphrase)

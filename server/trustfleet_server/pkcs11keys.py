@@ -24,6 +24,8 @@ The library is python-pkcs11, imported only when a `pkcs11:` URI is used.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import os
 import secrets
 import threading
@@ -35,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
-from trustfleet_server import keys
+from trustfleet_server.errors import UsageError
 
 SCHEME = "pkcs11:"
 MODULE_ENV = "TRUSTFLEET_PKCS11_MODULE"
@@ -51,8 +53,12 @@ _TYPES = ("private", "public", "cert", "secret-key", "data")
 _P256_OID = "1.2.840.10045.3.1.7"
 
 
-class Pkcs11Error(keys.KeyFileError):
-    """A PKCS#11 key cannot be used: module, token, PIN or key (exit code 2)."""
+class Pkcs11Error(UsageError):
+    """A PKCS#11 key cannot be used: module, token, PIN or key (exit code 2).
+
+    keys.load_private_key dispatches `pkcs11:` URIs here, so this module does
+    not import `keys` (no import circle).
+    """
 
 
 def is_uri(text: object) -> bool:
@@ -253,8 +259,7 @@ def read_pin(uri: Uri) -> str:
     value = os.environ.get(PIN_ENV)
     if value:
         return value
-    if keys._has_terminal():
-        import getpass
+    if _has_terminal():
         try:
             pin = getpass.getpass("PKCS#11 PIN: ")
         except EOFError:
@@ -262,6 +267,27 @@ def read_pin(uri: Uri) -> str:
         if pin:
             return pin
     raise Pkcs11Error(f"no PKCS#11 PIN given: use {PIN_HINT}, or run on a terminal")
+
+
+def _has_terminal() -> bool:
+    """Whether getpass can read without echo (as keys._has_terminal)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def kid_hex(public: ec.EllipticCurvePublicKey) -> str:
+    """The kid as `key show` prints it: SHA-256 of the DER SubjectPublicKeyInfo, hex."""
+    return hashlib.sha256(public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+def describe(public: ec.EllipticCurvePublicKey) -> str:
+    """"EC P-256" for P-256, "EC <SEC name>" for other curves."""
+    return "EC P-256" if isinstance(public.curve, ec.SECP256R1) else f"EC {public.curve.name}"
 
 
 def _pin_from_file(source: str) -> str:
@@ -481,7 +507,8 @@ def load_private_key(text: str) -> Pkcs11PrivateKey:
         if public is None:
             raise Pkcs11Error(f"{name}: no EC public key or certificate with the same id on the "
                               f"token, so its kid cannot be known")
-        keys.check_p256(name, public)
+        if describe(public) != "EC P-256":
+            raise Pkcs11Error(f"{name}: expected an EC P-256 key, found {describe(public)}")
     except BaseException:
         session.close()
         raise
@@ -519,10 +546,10 @@ def _flag(obj: Any, attribute: Any) -> bool | None:
 def _token_key(session: Any, token: Any, private: Any, uri: Uri) -> TokenKey:
     pkcs11 = _pkcs11()
     public = public_key_of(session, private) if _key_kind(private) == "EC" else None
-    kind = keys.describe_key(public) if public is not None else _key_kind(private)
+    kind = describe(public) if public is not None else _key_kind(private)
     return TokenKey(
         label=_label(private), id=_id(private), kind=kind,
-        kid=keys.kid_hex(public) if public is not None else None,
+        kid=kid_hex(public) if public is not None else None,
         sensitive=_flag(private, pkcs11.Attribute.SENSITIVE),
         extractable=_flag(private, pkcs11.Attribute.EXTRACTABLE),
         uri=format_uri(token=token.label, serial=_serial(token), object=_label(private),
