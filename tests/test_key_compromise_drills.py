@@ -3,22 +3,30 @@
 The operator and the thief both use the real `trustfleet` CLI (one subprocess per
 command, in folders of their own); the devices are the real agent core with its store
 (transports.runner.Device over in-memory flash, the code path `trustfleet-agent` and the
-board run), on a clock that reads the test's start. Every assertion is on what the device
-decided and what it stored (its root, its state, its active bundle, after a reboot too),
-never on what the operator's tools printed.
+board run), on a clock that reads the test's start. In the stolen bundle key drill one more
+device follows the fleet over a private Mosquitto (support.livedevice: the core behind its own
+MQTT session) while the operator uses `trustfleet publish` and the thief, who can write to the
+broker, publishes what he likes. Every assertion is on what the device decided and what it
+stored (its root, its state, its active bundle, after a reboot too), never on what the
+operator's tools printed.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from support import brokers
 from support import fleetkit as fk
 from support.clirun import run_trustfleet
 from support.devices import Clock
+from support.livedevice import LiveDevice
+from support.waiting import wait_for
 from trustfleet_device import agent as core
+from trustfleet_device import topics
 from trustfleet_device.transports import runner
 from trustfleet_device.transports.storage import MemStorage
 
@@ -104,7 +112,17 @@ def start() -> int:
     return int(time.time())
 
 
-def test_stolen_bundle_key_is_rotated_out_and_its_bundles_are_refused(tmp_path, start):
+def last_event(live: LiveDevice, event: str, fragment: str) -> tuple[str, str]:
+    """Wait until the live device's last event is `event` with `fragment` in its detail."""
+    def seen():
+        with live.lock:
+            last = live.session.last
+        return last if last and last[0] == event and fragment in last[1] else None
+    return wait_for(seen, f"{live.id}: {event} ({fragment})")
+
+
+def test_stolen_bundle_key_is_rotated_out_and_its_bundles_are_refused(tmp_path, start,
+                                                                     private_mosquitto):
     op, thief = tmp_path / "operator", tmp_path / "thief"
     op.mkdir()
     thief.mkdir()
@@ -160,6 +178,19 @@ def test_stolen_bundle_key_is_rotated_out_and_its_bundles_are_refused(tmp_path, 
         assert again.status()["version"] == 4 and again.status()["state"] == "ok"
         assert again.store.read_root() == root2
         refuses(again, "bundle", evil5, "needs 2")
+
+    # The same story, from the factory root on, for a device that follows the fleet's broker.
+    broker = private_mosquitto()
+    url = f"mqtt://{broker.host}:{broker.port}"
+    field = LiveDevice(broker, SimpleNamespace(fleet=FLEET, root_raw=fleet.root_raw), "field-1")
+    thief_link = brokers.connect(broker)
+    try:
+        tf(op, "publish", "--broker", url, "--root", "root.cbor", "v1.cbor")
+        wait_for(lambda: field.version == 1, "the field device on v1")
+        _over_the_broker(op, thief, kids, url, field, thief_link)
+    finally:
+        thief_link.close()
+        field.close()
 
 
 def test_stolen_timestamp_key_moves_time_only_within_the_bound_and_rotation_resets_it(tmp_path, start):
@@ -299,3 +330,24 @@ def test_one_stolen_root_key_is_not_enough_with_a_threshold(tmp_path, start):
     refuses(victim, "root", rescue, "has 0 valid root signature(s), needs 1")
     victim = lone.reboot(victim)
     assert victim.root_version() == 2 and victim.status()["version"] == 2
+
+
+def _over_the_broker(op: Path, thief: Path, kids: dict[str, str], url: str, field: LiveDevice,
+                     thief_link: brokers.Client) -> None:
+    """The stolen bundle key drill as a device on the broker lives it: the thief publishes
+    straight to the bundle topic (or with `trustfleet publish`, which cannot tell his bundle
+    from the operator's before the rotation), the operator publishes root v2 and bundle v4."""
+    topic = topics.bundle(FLEET)
+    thief_link.publish(topic, (thief / "evil2.cbor").read_bytes(), retain=True)
+    last_event(field, "refused", "has 1 valid bundle signature(s), needs 2")
+    tf(thief, "publish", "--broker", url, "--root", "root.cbor", "evil3.cbor")
+    wait_for(lambda: field.version == 3, "the field device on the thief's v3")
+    tf(op, "publish", "--broker", url, "--root", "root.cbor", "root2.cbor", "v4.cbor")
+    wait_for(lambda: field.version == 4 and field.device.root_version() == 2,
+             "the field device on root v2 and bundle v4")
+    thief_link.publish(topic, (thief / "evil5.cbor").read_bytes(), retain=True)
+    last_event(field, "refused", "has 0 valid bundle signature(s), needs 2")
+    with field.lock:
+        assert field.version == 4 and field.device.store.read_root() == (op / "root2.cbor").read_bytes()
+        assert set(field.device.agent.root.roles["bundle"].kids) == {bytes.fromhex(kids["b3"]),
+                                                                     bytes.fromhex(kids["b4"])}
