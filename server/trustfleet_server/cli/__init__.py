@@ -28,6 +28,7 @@ from trustfleet_device._cpython.jsonout import JsonErrorParser, error_object, wa
 from trustfleet_device.errors import TrustfleetError
 from trustfleet_server import config
 from trustfleet_server.cli import (
+    airgap,
     audit,
     board,
     broker,
@@ -51,8 +52,8 @@ from trustfleet_server.cli import (
 from trustfleet_server.errors import OperatorError
 
 # In `trustfleet --help` order. `demo` comes last: its steps run this CLI's main().
-GROUPS = (keys, root, bundle, lint, export, publish, serve, rollout, fleet, audit, simulate, broker,
-          brokerconfig, device, board, doctor)
+GROUPS = (keys, root, bundle, airgap, lint, export, publish, serve, rollout, fleet, audit, simulate,
+          broker, brokerconfig, device, board, doctor)
 
 
 def package_version() -> str:

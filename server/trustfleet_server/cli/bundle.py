@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from trustfleet_device import documents as device_docs
 from trustfleet_device import policy
 from trustfleet_device._cpython.files import write_atomic
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import describe, documents, keys, lint, spec, times
+from trustfleet_server import describe, documents, keys, lint, signreq, spec, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 
@@ -98,8 +99,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "latest bundle version and digest without downloading it.")
     tsub = ts.add_subparsers(dest="timestamp_command", metavar="ACTION", required=True)
     p = tsub.add_parser("create", help="sign a timestamp for the latest bundle (COSE_Sign1)")
-    p.add_argument("--bundle", type=Path, required=True, help="the latest signed bundle")
-    common.key_argument(p, "timestamp", help="the online timestamp key (PKCS#8 PEM)")
+    p.add_argument("--bundle", type=Path, help="the latest signed bundle")
+    common.key_argument(p, "timestamp", required=False, help="the online timestamp key (PKCS#8 PEM)")
+    p.add_argument("--request", type=Path, metavar="REQUEST",
+                   help="sign on an offline machine instead: write a signing request (no key needed; "
+                        "see trustfleet sign-request); with --attach, the request that was signed")
+    p.add_argument("--attach", type=Path, metavar="SIGFILE",
+                   help="with --request: write the timestamp signed by this signature file of "
+                        "trustfleet sign-request, after checking it verifies and is by a timestamp "
+                        "key of --root")
     p.add_argument("--passphrase-file", help=f"passphrase file of the key (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--time", metavar="TIME",
                    help="timestamp time: epoch seconds (1796515999) or an ISO date (2026-12-06, "
@@ -109,7 +117,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"sign a --time more than {lint.FUTURE_TOLERANCE // 60} minutes ahead of this "
                         f"machine's clock (devices move their time to it, up to the root's "
                         f"max_time_lead past what the offline keys vouch for)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="where to write the signed timestamp")
+    p.add_argument("-o", "--out", type=Path, help="where to write the signed timestamp")
     p.add_argument("--json", action="store_true",
                    help="print {out, time, epoch, bundle, bundle_version, kid, bytes} as JSON")
     p.set_defaults(func=cmd_timestamp)
@@ -213,6 +221,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_timestamp(args: argparse.Namespace) -> int:
+    if args.attach is not None:
+        return _attach_timestamp(args)
+    for option, value in (("--bundle", args.bundle), ("--key", args.key or args.request),
+                          ("-o/--out", args.out or args.request)):
+        if value is None:
+            raise UsageError(f"{option} is required")
+    if args.request is not None:
+        return _request_timestamp(args)
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
     if args.root:
@@ -234,4 +250,56 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
         print(f"timestamp {times.iso(when)} for bundle v{b.version} -> {args.out}")
     if not args.root:
         print(common.UNCHECKED_ROLE.format(role="timestamp"), file=sys.stderr)
+    return 0
+
+
+def _moment(args: argparse.Namespace) -> int:
+    """--time (default now). Raises: UsageError when ahead of the clock without --allow-future."""
+    now = int(time.time())
+    when = times.parse_moment(args.time, "--time") if args.time else now
+    if when > now + lint.FUTURE_TOLERANCE and not args.allow_future:
+        raise UsageError(f"--time {times.iso(when)} is {when - now} s ahead of this machine's clock "
+                         f"({times.iso(now)}): devices would move their time to it; pass --allow-future "
+                         f"if that is meant")
+    return when
+
+
+def _request_timestamp(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        raise UsageError("--request: writes a signing request only; -o belongs to the --attach step")
+    when = _moment(args)
+    with documents.naming(args.bundle):
+        req, b = signreq.timestamp_request(documents.read_file(args.bundle), when, str(args.bundle))
+    write_atomic(args.request, signreq.encode_request(req))
+    if args.json:
+        print(json.dumps({"request": str(args.request), "type": "timestamp", "role": "timestamp",
+                          "time": times.iso(when), "time_epoch": when, "sha256": req.sha256.hex()}))
+    else:
+        print(f"signing request for a timestamp {times.iso(when)} of bundle v{b.version} (a timestamp "
+              f"key signs) -> {args.request}")
+    return 0
+
+
+def _attach_timestamp(args: argparse.Namespace) -> int:
+    if args.request is None or args.out is None or not args.root:
+        raise UsageError("--attach: give --request (the signed request), -o and --root")
+    if args.bundle is not None or args.time is not None:
+        raise UsageError("--attach: the request holds the timestamp; leave out --bundle and --time")
+    req = signreq.read_request(args.request)
+    if req.doc_type != "timestamp":
+        raise UsageError(f"{args.request}: is a {req.doc_type} request; attach it with "
+                         f"`{req.doc_type} sign --attach`")
+    root = documents.load_root_chain(args.root)
+    s = signreq.read_signature(args.attach)
+    signed = signreq.attach_sign1(req, s, signreq.role_keys(root, "timestamp"),
+                                  f"a timestamp key of root v{root.version} of fleet {root.fleet}",
+                                  str(args.attach))
+    t = device_docs.parse_timestamp(req.payload)
+    write_atomic(args.out, signed)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "time": times.iso(t.time), "time_epoch": t.time,
+                          "bundle_version": t.bundle_version, "kid": s.kid.hex(), "bytes": len(signed)}))
+    else:
+        print(f"timestamp {times.iso(t.time)} for bundle v{t.bundle_version}, signed by "
+              f"{s.kid.hex()[:16]}... -> {args.out}")
     return 0

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from trustfleet_device import cbor
+from trustfleet_device import documents as device_docs
 from trustfleet_device._cpython.files import write_atomic
-from trustfleet_server import config, describe, documents, keys, lint, mqtturl, times
+from trustfleet_server import config, describe, documents, keys, lint, mqtturl, signreq, times
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 
@@ -71,9 +72,21 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
                        help=f"sign a bundle whose issued_at is more than {lint.FUTURE_TOLERANCE // 60} "
                             f"minutes ahead of this machine's clock (devices count issued_at as vouched "
                             f"time, so a bundle dated ahead moves their time forward)")
-    key_argument(p, role, help="private key (PKCS#8 PEM)")
+    key_argument(p, role, required=False, help="private key (PKCS#8 PEM)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
+    airgap = p.add_mutually_exclusive_group()
+    airgap.add_argument("--request", type=Path, metavar="OUT",
+                        help="sign on an offline machine instead: write a signing request to OUT "
+                             "(no key needed here; see trustfleet review and trustfleet sign-request)")
+    airgap.add_argument("--attach", type=Path, metavar="SIGFILE",
+                        help="add the signature file of trustfleet sign-request, after checking it is "
+                             "for this document, verifies and is by a key of the right role")
+    if not root:
+        p.add_argument("--root", dest="attach_root", type=Path, action="append", metavar="ROOT",
+                       help="with --attach: the current signed root (repeat for a chain, oldest "
+                            "first), whose root keys may also sign this next root; without it only "
+                            "this root's own root keys may")
     p.add_argument("--signer", metavar="NAME",
                    help="your name, put in this signature's protected header (signed with it; "
                         "devices ignore it, the audit trail shows it beside the key id)")
@@ -84,6 +97,14 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    if args.request is not None or args.attach is not None:
+        return _cmd_sign_airgap(args)
+    if getattr(args, "attach_root", None):
+        raise UsageError("--root: only with --attach (a local root sign checks nothing against it)")
+    if args.key is None:
+        env = config.SETTINGS[f"keys.{args.command}"][0]
+        raise UsageError(f"--key is required: give it, or set [keys] {args.command} in "
+                         f"{config.FILE_NAME} or {env}")
     if args.signer is not None:
         documents.check_signer(args.signer)
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
@@ -105,6 +126,56 @@ def cmd_sign(args: argparse.Namespace) -> int:
         print(f"signed {doc.doc_type} with {kid[:16]}...; it now has {len(doc.kids)} signature(s) -> {out}")
     if hasattr(args, "sign_root") and not args.sign_root:
         print(UNCHECKED_ROLE.format(role=doc.doc_type), file=sys.stderr)
+    return 0
+
+
+def _cmd_sign_airgap(args: argparse.Namespace) -> int:
+    """`sign --request OUT` and `sign --attach SIGFILE` (signreq)."""
+    what = "--request" if args.request is not None else "--attach"
+    if args.signer is not None or args.ask_passphrase or args.passphrase_file:
+        raise UsageError(f"{what}: --signer and passphrases belong to trustfleet sign-request, on the "
+                         f"machine holding the key")
+    raw, doc = documents.read_document_file(args.file, args.command)
+    check_not_future(doc, args.file, getattr(args, "allow_future", False))
+    if args.request is not None:
+        with documents.naming(args.file):
+            req = signreq.make_request(raw)
+        write_atomic(args.request, signreq.encode_request(req))
+        if args.json:
+            print(json.dumps({"request": str(args.request), "type": req.doc_type, "role": req.role,
+                              "sha256": req.sha256.hex()}))
+        else:
+            print(f"signing request for {req.doc_type} {args.file} (a {req.role} key signs; payload "
+                  f"sha256 {req.sha256.hex()[:16]}...) -> {args.request}")
+            print(f"next, offline: trustfleet review {args.request.name}; trustfleet sign-request "
+                  f"{args.request.name} --key KEY -o SIGFILE; then here: --attach SIGFILE")
+        return 0
+    s = signreq.read_signature(args.attach)
+    if doc.doc_type == "root":
+        this = device_docs.parse_root(doc.payload)
+        allowed = signreq.role_keys(this, "root")
+        who = f"a root key of this root (v{this.version})"
+        if args.attach_root:
+            previous = documents.load_root_chain(args.attach_root)
+            allowed.update(signreq.role_keys(previous, "root"))
+            who = f"a root key of this root (v{this.version}) or of root v{previous.version}"
+    else:
+        if not args.sign_root:
+            raise UsageError("--attach: give --root (or set root in trustfleet.toml): the signature "
+                             "is checked against the root's bundle keys")
+        root = documents.load_root_chain(args.sign_root)
+        allowed = signreq.role_keys(root, doc.doc_type)
+        who = f"a {doc.doc_type} key of root v{root.version} of fleet {root.fleet}"
+    signed = signreq.attach(raw, s, allowed, who, str(args.attach))
+    out = args.out or args.file
+    write_atomic(out, signed)
+    doc = documents.read_document(signed)
+    if args.json:
+        print(json.dumps({"out": str(out), "type": doc.doc_type, "kid": s.kid.hex(),
+                          "signatures": len(doc.kids), "bytes": len(signed)}))
+    else:
+        print(f"attached {s.kid.hex()[:16]}...'s signature to the {doc.doc_type}; it now has "
+              f"{len(doc.kids)} signature(s) -> {out}")
     return 0
 
 
