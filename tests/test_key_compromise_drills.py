@@ -163,6 +163,14 @@ def test_stolen_bundle_key_is_rotated_out_and_its_bundles_are_refused(tmp_path, 
         assert device.root_version() == 2 and device.store.read_root() == root2
         assert set(device.agent.root.roles["bundle"].kids) == {bytes.fromhex(kids["b3"]),
                                                                bytes.fromhex(kids["b4"])}
+    # Until the operator's bundle arrives, a running device keeps the thief's v3 in use; one that
+    # restarts checks its store against root v2 and drops it (and v1, signed by the same keys).
+    assert early.active_bundle().version == 3
+    early = fleet.reboot(early)
+    assert [r["event"] for r in early.boot_result.reports] == ["store-invalid"]
+    assert "0 valid bundle signature(s)" in early.boot_result.reports[0]["detail"]
+    status = early.status()
+    assert (status["state"], status["version"], status["floor"]) == ("no-store", None, 3)
     copy_in(op, thief, "root2.cbor")
     evil5 = build_bundle(thief, 5, "evil5.cbor", "b1.pem", "b2.pem", anchor="evil")
     for device in (early, late):
