@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ with token.open(user_pin=sys.argv[3]) as s:
     print(json.dumps(out))
 """
 
+# The CLI as if python-pkcs11 were not installed (an import of it fails).
+WITHOUT_PKCS11 = ("import sys; sys.modules['pkcs11'] = None; from trustfleet_server import cli; "
+                  "sys.exit(cli.main(sys.argv[1:]))")
+
 
 @pytest.fixture
 def token(tmp_path) -> softhsm.Token:
@@ -69,7 +74,7 @@ def test_key_generate_in_the_token_prints_its_kid_and_uri_and_key_list_shows_it(
     second = token.run(tmp_path, "key", "generate", "--pkcs11", token.uri("bundle-a")).stdout.split()
     assert len(second) == 2 and len(second[0]) == 64 and "object=bundle-a" in second[1]
 
-    listed = json.loads(token.run(tmp_path, "key", "list", "--pkcs11", token.uri(), "--json").stdout)
+    listed = json.loads(token.run(tmp_path, "key", "list", "--pkcs11", token.uri(), "--json").stdout)["keys"]
     assert {k["label"]: k["kid"] for k in listed} == {"root-a": made["kid"], "bundle-a": second[0]}
     text = token.run(tmp_path, "key", "list", "--pkcs11", token.uri()).stdout
     assert made["kid"] in text and "not extractable" in text
@@ -79,7 +84,7 @@ def test_key_generate_in_the_token_prints_its_kid_and_uri_and_key_list_shows_it(
                              "root-a", code=2))
     assert "labelled 'root-a' exists already" in err
     assert len(json.loads(token.run(tmp_path, "key", "list", "--pkcs11", token.uri(),
-                                    "--json").stdout)) == 2
+                                    "--json").stdout)["keys"]) == 2
 
 
 def test_the_private_key_is_not_extractable(token, tmp_path):
@@ -148,7 +153,7 @@ def test_root_and_bundle_signed_by_token_and_file_keys_verify_on_the_device(toke
     assert b.version == 3
     # Both signatures count: the token key's kid is one of the two.
     kids = {bytes(s[1][cose.HDR_KID]) for s in fk.open_sign(bundle.read_bytes())[3]}
-    listed = json.loads(op.run("key", "list", "--pkcs11", token.uri("bundle-a"), "--json").stdout)
+    listed = json.loads(op.run("key", "list", "--pkcs11", token.uri("bundle-a"), "--json").stdout)["keys"]
     assert bytes.fromhex(listed[0]["kid"]) in kids and len(kids) == 2
     # Without the token's signature the bundle falls short of its threshold on the device.
     only_file = fk.drop_signature(bundle.read_bytes(), 0)
@@ -174,7 +179,7 @@ def test_a_timestamp_signed_in_the_token_verifies_on_the_device(token, tmp_path)
 
 
 def generate_kid(op: Operator, label: str) -> str:
-    listed = json.loads(op.run("key", "list", "--pkcs11", op.token.uri(label), "--json").stdout)
+    listed = json.loads(op.run("key", "list", "--pkcs11", op.token.uri(label), "--json").stdout)["keys"]
     return listed[0]["kid"]
 
 
@@ -235,6 +240,12 @@ def test_refusals_are_one_line_with_exit_2(token, tmp_path):
     assert "does not exist" in refused("pkcs11:token=ops-a;object=root-a?module-path=/no/such.so")
     assert "unknown path attribute 'colour'" in refused(token.uri("root-a", extra=";colour=red"))
     assert "pin-source" in refused(f"{base}&pin-source=file:{tmp_path / 'absent.pin'}")
+    # Without python-pkcs11 installed: one line naming the extra to install.
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_PKCS11, "root", "sign", "--key", base, unsigned],
+                          env=token.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pip install 'trustfleet[pkcs11]'" in one_line(proc.stderr)
     # The right PIN from the environment signs.
     token.run(tmp_path, "root", "sign", "--key", base, unsigned, TRUSTFLEET_PKCS11_PIN=softhsm.USER_PIN)
     assert policy.load_trusted_root(unsigned.read_bytes()).version == 1
@@ -247,7 +258,7 @@ def test_a_non_ec_key_in_the_token_is_refused(token, tmp_path):
     util = softhsm.require()
     subprocess.run([util, "--import", rsa_pem, "--token", "ops-a", "--label", "old-rsa", "--id",
                     "0a0b", "--pin", softhsm.USER_PIN], env=token.env, check=True, capture_output=True)
-    listed = json.loads(token.run(tmp_path, "key", "list", "--pkcs11", token.uri(), "--json").stdout)
+    listed = json.loads(token.run(tmp_path, "key", "list", "--pkcs11", token.uri(), "--json").stdout)["keys"]
     assert [(k["label"], k["kind"], k["kid"]) for k in listed] == [("old-rsa", "RSA", None)]
     err = one_line(token.run(tmp_path, "timestamp", "create", "--bundle", tmp_path / "none.cose",
                              "--key", token.uri("old-rsa"), "-o", tmp_path / "ts.cose", code=2))

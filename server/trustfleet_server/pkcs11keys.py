@@ -522,6 +522,7 @@ def load_private_key(text: str) -> Pkcs11PrivateKey:
 class TokenKey:
     """One private key on a token, as `key list --pkcs11` shows it."""
 
+    token: str
     label: str
     id: bytes
     kind: str  # "EC P-256", "RSA", ...
@@ -531,7 +532,7 @@ class TokenKey:
     uri: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"label": self.label, "id": self.id.hex(), "kind": self.kind, "kid": self.kid,
+        return {"token": self.token, "label": self.label, "id": self.id.hex(), "kind": self.kind, "kid": self.kid,
                 "sensitive": self.sensitive, "extractable": self.extractable, "uri": self.uri}
 
 
@@ -548,7 +549,7 @@ def _token_key(session: Any, token: Any, private: Any, uri: Uri) -> TokenKey:
     public = public_key_of(session, private) if _key_kind(private) == "EC" else None
     kind = describe(public) if public is not None else _key_kind(private)
     return TokenKey(
-        label=_label(private), id=_id(private), kind=kind,
+        token=token.label, label=_label(private), id=_id(private), kind=kind,
         kid=kid_hex(public) if public is not None else None,
         sensitive=_flag(private, pkcs11.Attribute.SENSITIVE),
         extractable=_flag(private, pkcs11.Attribute.EXTRACTABLE),

@@ -190,7 +190,7 @@ def _register_list(key_sub: Any) -> None:
     )
     parser.add_argument("--pkcs11", metavar="URI", required=True,
                         help="pkcs11: URI of the token (token=, module-path=, pin-source=)")
-    parser.add_argument("--json", action="store_true", help="print a JSON list instead")
+    parser.add_argument("--json", action="store_true", help='print {"keys": [...]} as JSON instead')
     parser.set_defaults(func=cmd_key_list)
 
 
@@ -292,7 +292,7 @@ def cmd_key_list(args: argparse.Namespace) -> int:
 
     found = pkcs11keys.list_keys(args.pkcs11)
     if args.json:
-        _print_json([k.as_json() for k in found])
+        _print_json({"keys": [k.as_json() for k in found]})
         return 0
     if not found:
         print("no private keys on the token", file=sys.stderr)
