@@ -223,12 +223,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_timestamp(args: argparse.Namespace) -> int:
     if args.attach is not None:
         return _attach_timestamp(args)
-    for option, value in (("--bundle", args.bundle), ("--key", args.key or args.request),
-                          ("-o/--out", args.out or args.request)):
-        if value is None:
-            raise UsageError(f"{option} is required")
+    if args.bundle is None:
+        raise UsageError("--bundle is required")
     if args.request is not None:
         return _request_timestamp(args)
+    if args.key is None:
+        raise common.missing_key("timestamp")
+    if args.out is None:
+        raise UsageError("-o/--out is required")
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False)
     key = keys.load_private_key(args.key, passphrase)
     if args.root:

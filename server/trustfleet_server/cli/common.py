@@ -102,9 +102,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if getattr(args, "attach_root", None):
         raise UsageError("--root: only with --attach (a local root sign checks nothing against it)")
     if args.key is None:
-        env = config.SETTINGS[f"keys.{args.command}"][0]
-        raise UsageError(f"--key is required: give it, or set [keys] {args.command} in "
-                         f"{config.FILE_NAME} or {env}")
+        raise missing_key(args.command)
     if args.signer is not None:
         documents.check_signer(args.signer)
     passphrase = keys.read_passphrase(args.passphrase_file, confirm=False, ask=args.ask_passphrase)
@@ -127,6 +125,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if hasattr(args, "sign_root") and not args.sign_root:
         print(UNCHECKED_ROLE.format(role=doc.doc_type), file=sys.stderr)
     return 0
+
+
+def missing_key(role: str) -> UsageError:
+    """The error for a --key given nowhere (optional when signing goes through a request)."""
+    env = config.SETTINGS[f"keys.{role}"][0]
+    return UsageError(f"--key is required: give it, or set [keys] {role} in {config.FILE_NAME} or {env}")
 
 
 def _cmd_sign_airgap(args: argparse.Namespace) -> int:
