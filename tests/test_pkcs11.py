@@ -25,6 +25,7 @@ from support import fleetkit as fk
 from support.clirun import one_line
 from trustfleet_device import cbor, cose, policy, topics
 from trustfleet_device.errors import BundleError
+from trustfleet_server import pkcs11keys
 
 # Reads the key's flags in its own process (python-pkcs11 and SoftHSM2 read the conf once), then
 # asks for CKA_VALUE, which a sensitive key must refuse.
@@ -263,3 +264,21 @@ def test_a_non_ec_key_in_the_token_is_refused(token, tmp_path):
     err = one_line(token.run(tmp_path, "timestamp", "create", "--bundle", tmp_path / "none.cose",
                              "--key", token.uri("old-rsa"), "-o", tmp_path / "ts.cose", code=2))
     assert "expected an EC P-256 key, found a RSA key" in err
+
+
+def test_uris_are_read_as_rfc_7512_says():
+    uri = pkcs11keys.parse_uri("pkcs11:token=Ops%20A;object=root%2d1;id=%01%ff;slot-id=7;type=private"
+                               "?module-path=/opt/hsm/lib.so&pin-source=file:/run/pin")
+    assert (uri.token, uri.object, uri.id, uri.slot_id, uri.type) == ("Ops A", "root-1", b"\x01\xff", 7,
+                                                                      "private")
+    assert (uri.module_path, uri.pin_source) == ("/opt/hsm/lib.so", "file:/run/pin")
+    made = pkcs11keys.format_uri(token="Ops A", object="root 1", id=b"\x01\xff", module_path="/m.so")
+    back = pkcs11keys.parse_uri(made)
+    assert (back.token, back.object, back.id, back.module_path) == ("Ops A", "root 1", b"\x01\xff", "/m.so")
+    for bad, said in (("pkcs11:token=a;token=b", "given twice"), ("pkcs11:slot-id=x", "decimal"),
+                      ("pkcs11:type=secret", "type must be"), ("pkcs11:colour=red", "unknown path"),
+                      ("pkcs11:token=a?pin-value=1234", "pin-value is refused"),
+                      ("pkcs11:token=a?module-name=softhsm2", "module-name is not supported")):
+        with pytest.raises(pkcs11keys.Pkcs11Error, match=said) as caught:
+            pkcs11keys.parse_uri(bad)
+        assert "1234" not in str(caught.value)

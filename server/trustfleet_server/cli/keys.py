@@ -1,4 +1,4 @@
-"""`trustfleet key generate|show` and `trustfleet pin`: key files and SPKI pins.
+"""`trustfleet key generate|show|list` and `trustfleet pin`: key files, token keys and SPKI pins.
 
 Handlers only parse arguments, call `keys` / `x509util` (and, for
 `pin --connect`, one TLS handshake with verification off) and print. stdout
