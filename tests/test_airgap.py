@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from support import fleetkit as fk
+from support import softhsm
 from support.clirun import one_line, run_trustfleet
 from trustfleet_device import cbor, cose, policy
 from trustfleet_server import audit, keys
@@ -294,3 +295,33 @@ def test_attach_refuses_another_document_another_roles_key_a_bad_signature_and_a
         "timestamp", "create", "--request", "ts.req", "--attach", sig_v3.name, "--root", "root.cose",
         "-o", "ts.cose")
     assert "--signer" in one_line(c.offline(on / "ts.req", c.grace, "t1", "grace", code=2))
+
+
+def test_an_offline_signer_with_a_pkcs11_token_signs_a_request_with_a_key_that_never_leaves_it(cer):
+    """The offline side's key may be a SoftHSM2 token key (a pkcs11: URI), beside a file key."""
+    c, on = cer, cer.online
+    hsm = on.parent / "hsm"
+    hsm.mkdir()
+    token = softhsm.init_token(hsm, "offline-b")
+    token.run(hsm, "key", "generate", "--pkcs11", token.uri(), "--label", "b-token", "--out",
+              "b-token.pub.pem")
+    carry(hsm / "b-token.pub.pem", on)
+    tf(on, "root", "create", "--fleet", F, "--key", "root=r1.pub.pem", "--key", "bundle=b1.pub.pem",
+       "--key", "bundle=b-token.pub.pem", "--threshold", "bundle=2", "--key", "timestamp=t1.pub.pem",
+       "-o", "root-hsm.cose")
+    tf(on, "root", "sign", "--request", "root-hsm.req", "root-hsm.cose")
+    tf(on, "root", "sign", "--attach", c.offline(on / "root-hsm.req", c.ada, "r1").name, "root-hsm.cose")
+    tf(on, "bundle", "sign", "--request", "b.req", "unsigned.cbor")
+    tf(on, "bundle", "sign", "--attach", c.offline(on / "b.req", c.ada, "b1", "ada").name, "--root",
+       "root-hsm.cose", "unsigned.cbor", "-o", "bundle.cose")
+    carry(on / "b.req", hsm)
+    token.run(hsm, "review", "b.req")
+    token.run(hsm, "sign-request", "b.req", "--key", token.uri("b-token"), "--signer", "hopper",
+              "-o", "b-token.sig")
+    tf(on, "bundle", "sign", "--attach", carry(hsm / "b-token.sig", on).name, "--root", "root-hsm.cose",
+       "bundle.cose")
+    raw = (on / "bundle.cose").read_bytes()
+    b = policy.verify_bundle(policy.load_trusted_root((on / "root-hsm.cose").read_bytes()), raw)
+    assert b.version == 3
+    assert [s["name"] for s in audit.signers(raw)] == ["ada", "hopper"]
+    assert [p.name for p in hsm.glob("*.pem")] == ["b-token.pub.pem"]  # no private key file
