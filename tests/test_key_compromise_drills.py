@@ -13,6 +13,7 @@ operator's tools printed.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -359,3 +360,12 @@ def _over_the_broker(op: Path, thief: Path, kids: dict[str, str], url: str, fiel
         assert field.version == 4 and field.device.store.read_root() == (op / "root2.cbor").read_bytes()
         assert set(field.device.agent.root.roles["bundle"].kids) == {bytes.fromhex(kids["b3"]),
                                                                      bytes.fromhex(kids["b4"])}
+
+
+def test_operations_guide_names_each_drill_test():
+    """docs/operations.md walks through each drill and names its test here, and only these."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = text.split("## Key-compromise drills", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    drills = {n for n in globals() if n.startswith("test_") and n != "test_operations_guide_names_each_drill_test"}
+    assert named == drills
