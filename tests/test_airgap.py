@@ -20,7 +20,7 @@ from support import fleetkit as fk
 from support import softhsm
 from support.clirun import one_line, run_trustfleet
 from trustfleet_device import cbor, cose, policy
-from trustfleet_server import audit, keys
+from trustfleet_server import audit, keys, signreq
 
 F = "acme"
 
@@ -120,6 +120,7 @@ def test_a_root_its_rotation_a_2_of_2_bundle_and_a_timestamp_signed_offline_pass
     assert shown["summary"]["roles"]["bundle"]["threshold"] == 2
     text = tf(c.ada, "review", "root.req").stdout
     assert "a root key signs this root" in text and "bundle     2 of 2" in text
+    assert f"{kid(c.ada, 'r1').hex()}  root" in text  # whole kids, to compare with the key's
 
     bundle = signed_bundle(c)
     raw = bundle.read_bytes()
@@ -223,6 +224,11 @@ def test_review_and_sign_request_refuse_an_altered_request_in_one_line_and_write
         assert not (c.ada / f"{name}.sig").exists()
     (c.ada / "junk.req").write_text("not json")
     assert "not a signing request" in one_line(tf(c.ada, "review", "junk.req", code=2))
+    (c.ada / "huge.req").write_bytes(b" " * (signreq.MAX_FILE + 1))
+    assert "not a signing request" in one_line(tf(c.ada, "review", "huge.req", code=2))
+    req = carry(on / "b.req", c.ada, "v2.req")
+    _edit(req, lambda v: v.update(version=2))
+    assert "version 2" in one_line(tf(c.ada, "review", req.name, code=2))
     carry(on / "b.req", c.ada)
     assert "--signer" in one_line(tf(c.ada, "sign-request", "b.req", "--key", "b1.pem", "--signer",
                                      " ada", "-o", "x.sig", code=2))

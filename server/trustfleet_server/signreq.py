@@ -23,7 +23,7 @@ from typing import Any
 from trustfleet_device import cbor, cose
 from trustfleet_device import documents as device_docs
 from trustfleet_device._cpython.files import read_capped
-from trustfleet_device.errors import PolicyError, TrustfleetError
+from trustfleet_device.errors import LimitError, PolicyError, TrustfleetError
 from trustfleet_server import describe, documents, keys
 from trustfleet_server.errors import UsageError
 
@@ -133,7 +133,10 @@ def encode_request(req: Request) -> bytes:
 
 
 def _read_json(path: Path, fmt: str, what: str) -> dict[str, Any]:
-    raw = read_capped(path, MAX_FILE)
+    try:
+        raw = read_capped(path, MAX_FILE)
+    except LimitError:
+        raise UsageError(f"{path}: over {MAX_FILE} bytes: not a {what}") from None
     try:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -293,8 +296,12 @@ def request_text(req: Request) -> str:
     """The plain-text review of a checked request."""
     info = {**req.summary, "type": req.doc_type, "signed": False, "signers": [],
             "bytes": len(req.payload), "sha256": req.sha256.hex()}
-    return "\n".join([
-        f"signing request: a {req.role} key signs this {req.doc_type} ({req.envelope})",
-        f"payload sha256 {req.sha256.hex()}",
-        *(line for line in describe.render(info).splitlines() if "unsigned payload" not in line),
-    ])
+    lines = [f"signing request: a {req.role} key signs this {req.doc_type} ({req.envelope})",
+             f"payload sha256 {req.sha256.hex()}",
+             *(line for line in describe.render(info).splitlines() if "unsigned payload" not in line)]
+    if req.doc_type == "root":  # whole kids, to compare with `key list` or the key files' kids
+        lines.append("  keys:")
+        for kid in req.summary["keys"]:
+            roles = [name for name, role in req.summary["roles"].items() if kid in role["keys"]]
+            lines.append(f"    {kid}  {', '.join(roles)}")
+    return "\n".join(lines)
