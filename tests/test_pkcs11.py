@@ -282,3 +282,15 @@ def test_uris_are_read_as_rfc_7512_says():
         with pytest.raises(pkcs11keys.Pkcs11Error, match=said) as caught:
             pkcs11keys.parse_uri(bad)
         assert "1234" not in str(caught.value)
+
+
+def test_doctor_checks_a_token_key_without_opening_the_token(token, tmp_path):
+    """`doctor` takes a pkcs11: URI as a key: it checks the URI and the module, and does not ask
+    for the PIN (no pin-source here, no terminal: opening the token would fail)."""
+    ok = token.run(tmp_path, "doctor", "--key", f"bundle={token.uri('bundle-a', pin=False)}", "--json")
+    checks = {c["check"]: c for c in json.loads(ok.stdout)["checks"]}
+    assert checks["key bundle"]["status"] == "ok" and "PKCS#11 token" in checks["key bundle"]["message"]
+    bad = token.run(tmp_path, "doctor", "--key", "bundle=pkcs11:token=x?module-path=/nonexistent/p11.so",
+                    "--json", code=1)
+    checks = {c["check"]: c for c in json.loads(bad.stdout)["checks"]}
+    assert checks["key bundle"]["status"] == "fail" and "no such file" in checks["key bundle"]["message"]

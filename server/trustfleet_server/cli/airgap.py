@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="example: trustfleet review bundle.req && trustfleet sign-request "
                               "bundle.req --key b1.pem --signer ada -o bundle-ada.sig")
     p.add_argument("request", type=Path, metavar="REQUEST", help="the signing request")
-    p.add_argument("--key", required=True, metavar="KEY", help="private key (PKCS#8 PEM)")
+    p.add_argument("--key", required=True, metavar="KEY", help="private key: a PKCS#8 PEM file or a pkcs11: URI (docs/operations.md)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
     p.add_argument("--signer", metavar="NAME",

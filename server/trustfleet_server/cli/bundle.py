@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = ts.add_subparsers(dest="timestamp_command", metavar="ACTION", required=True)
     p = tsub.add_parser("create", help="sign a timestamp for the latest bundle (COSE_Sign1)")
     p.add_argument("--bundle", type=Path, help="the latest signed bundle")
-    common.key_argument(p, "timestamp", required=False, help="the online timestamp key (PKCS#8 PEM)")
+    common.key_argument(p, "timestamp", required=False, help="the online timestamp key: a PKCS#8 PEM file or a pkcs11: URI")
     p.add_argument("--request", type=Path, metavar="REQUEST",
                    help="sign on an offline machine instead: write a signing request (no key needed; "
                         "see trustfleet sign-request); with --attach, the request that was signed")

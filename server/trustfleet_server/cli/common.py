@@ -72,7 +72,7 @@ def add_sign_arguments(p: argparse.ArgumentParser, role: str, future: bool = Fal
                        help=f"sign a bundle whose issued_at is more than {lint.FUTURE_TOLERANCE // 60} "
                             f"minutes ahead of this machine's clock (devices count issued_at as vouched "
                             f"time, so a bundle dated ahead moves their time forward)")
-    key_argument(p, role, required=False, help="private key (PKCS#8 PEM)")
+    key_argument(p, role, required=False, help="private key: a PKCS#8 PEM file or a pkcs11: URI (docs/operations.md)")
     p.add_argument("--passphrase-file", help=f"passphrase file (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--ask-passphrase", action="store_true", help="prompt for the passphrase")
     airgap = p.add_mutually_exclusive_group()
@@ -345,7 +345,7 @@ def broker_urls(values: list[str]) -> list[mqtturl.BrokerURL]:
 
 
 def key_argument(p: argparse.ArgumentParser, role: str, required: bool = True, option: str = "--key",
-                 help: str = "private key (PKCS#8 PEM)") -> None:
+                 help: str = "private key: a PKCS#8 PEM file or a pkcs11: URI") -> None:
     """A signing key of `role`; the default is the config's [keys] entry for that role."""
     dest = option.lstrip("-").replace("-", "_")
     p.add_argument(option, dest=dest, type=Path, metavar="KEY", help=help + configured_hint(f"keys.{role}"))

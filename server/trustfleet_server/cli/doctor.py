@@ -20,7 +20,7 @@ from typing import Any
 from trustfleet_device import documents as device_docs
 from trustfleet_device import policy
 from trustfleet_device.errors import TrustfleetError
-from trustfleet_server import config, documents, keys, mqtturl, times
+from trustfleet_server import config, documents, keys, mqtturl, pkcs11keys, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -235,10 +235,26 @@ def check_keys(specs: list[str], passphrase_file: str | None, root: device_docs.
     return checks
 
 
+def check_token_key(name: str, text: str) -> Check:
+    """A key in a PKCS#11 token: the URI parses and its module is there. The token is not opened
+    (that asks for its PIN): signing does that."""
+    try:
+        uri = pkcs11keys.parse_uri(text)
+        module = pkcs11keys.module_path(uri)
+    except UsageError as exc:
+        return Check(name, FAIL, str(exc), "fix the pkcs11: URI (docs/operations.md, PKCS#11)")
+    if not Path(module).is_file():
+        return Check(name, FAIL, f"PKCS#11 module {module}: no such file",
+                     f"install the token's PKCS#11 module, or give module-path= or ${pkcs11keys.MODULE_ENV}")
+    return Check(name, OK, f"in a PKCS#11 token, module {module} (the token opens when signing)")
+
+
 def check_key(role: str, path: Path, passphrase: bytes | None, passphrase_error: str | None,
               root: device_docs.Root | None) -> Check:
     """One signing key: exists, a file of mode 0600, a P-256 private key, and one of the root's `role` keys."""
     name = f"key {role}"
+    if pkcs11keys.is_uri(str(path)):
+        return check_token_key(name, str(path))
     try:
         info = path.stat()
     except FileNotFoundError:

@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.root_argument(p)
     common.db_argument(p)
     common.key_argument(p, "timestamp", required=False, option="--timestamp-key",
-                        help="the online timestamp key (PKCS#8 PEM); without it no timestamps are published")
+                        help="the online timestamp key, a PKCS#8 PEM file or a pkcs11: URI; without it no timestamps "
+                             "are published")
     p.add_argument("--passphrase-file", help=f"passphrase of the timestamp key (else ${keys.PASSPHRASE_ENV})")
     p.add_argument("--timestamp-every", default="300", metavar="DURATION",
                    help="seconds (or 5m, 1h) between timestamps (default 300)")
