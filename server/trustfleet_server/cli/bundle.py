@@ -235,12 +235,7 @@ def cmd_timestamp(args: argparse.Namespace) -> int:
     key = keys.load_private_key(args.key, passphrase)
     if args.root:
         common.check_key_role(key, args.key, args.root, "timestamp")
-    now = int(time.time())
-    when = times.parse_moment(args.time, "--time") if args.time else now
-    if when > now + lint.FUTURE_TOLERANCE and not args.allow_future:
-        raise UsageError(f"--time {times.iso(when)} is {when - now} s ahead of this machine's clock "
-                         f"({times.iso(now)}): devices would move their time to it; pass --allow-future "
-                         f"if that is meant")
+    when = _moment(args)
     with documents.naming(args.bundle):
         signed, b = documents.sign_timestamp(documents.read_file(args.bundle), when, key, str(args.bundle))
     write_atomic(args.out, signed)
