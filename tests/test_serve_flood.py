@@ -170,7 +170,9 @@ class FloodProcess:
     def __init__(self, sec: SecuredFleet, device: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(flooder.__file__)), sec.proc.host, str(sec.proc.port), sec.fleet,
-             device, "--username", device, "--password", sec.secrets[device],
+             # --password=...: a generated secret may begin with "-", which argparse would take
+             # for an option (seen: "argument --password: expected one argument")
+             device, "--username", device, f"--password={sec.secrets[device]}",
              "--client-id", sec.client_id(device)],
             stdout=subprocess.PIPE, text=True)
 
