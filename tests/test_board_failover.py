@@ -42,6 +42,7 @@ import pytest
 
 from support import brokers, mpfirmware, mpunix
 from support import fleetkit as fk
+from support.clirun import run_cli
 from support.environment import skip_or_fail
 from support.natscluster import NatsCluster
 from support.waiting import wait_for
@@ -59,15 +60,6 @@ WAIT = 90.0
 HEAP = 111_936 - 24 * 1024  # the stand-in's cap in test_board_fleet, 24 KiB under an ESP32's
 
 
-def tf(*args: str, env: dict[str, str], code: int | None = 0,
-       timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    if code is not None:
-        assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
 
 class TwoNodes:
     """broker-config + device add; two Mosquittos on the same identities; the board's files."""
@@ -83,9 +75,9 @@ class TwoNodes:
         while ports[1] == ports[0]:
             ports[1] = brokers.free_port()
         out = tmp / "broker"
-        tf("broker-config", "--fleet", self.fleet, "--out", str(out), "--listener",
+        run_cli("broker-config", "--fleet", self.fleet, "--out", str(out), "--listener",
            f"127.0.0.1:{ports[0]}", "--no-persistence", env=self.env)
-        tf("device", "add", "--fleet", self.fleet, "--id", DEVICE, "--broker-dir", str(out),
+        run_cli("device", "add", "--fleet", self.fleet, "--id", DEVICE, "--broker-dir", str(out),
            "--out", str(tmp / f"{DEVICE}.json"), env=self.env)
         self.secrets = {i["username"]: i["password"]
                         for i in json.loads((out / "secrets.json").read_text())["identities"]}
@@ -101,7 +93,7 @@ class TwoNodes:
         """`device provision --dry-run` with one --broker-host per port; the staged state folder."""
         staging = self.dir / "staging"
         hosts = [a for p in ports for a in ("--broker-host", f"127.0.0.1:{p}")]
-        tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
+        run_cli("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
            "--fleet", self.fleet, "--id", DEVICE, "--root", str(self.dir / "root.cose"),
            "--broker-dir", str(broker_dir), *hosts, "--no-compile", "--no-broker-tls", env=self.env)
         return staging / "trustfleet"
@@ -158,6 +150,14 @@ def standin() -> str:
     return mpfirmware.require().binary
 
 
+def _committed_v2(run: dict) -> list[str]:
+    """The board run committed v2 (not on trial) within HEAP; its MQTT log lines."""
+    assert run["ended"] == "committed", run
+    assert run["state"]["version"] == 2 and not run["state"]["trial"], run
+    assert run["heap"]["total"] is not None and run["heap"]["total"] <= HEAP, run["heap"]
+    return _mqtt_lines(run)
+
+
 def _mqtt_lines(run: dict) -> list[str]:
     return [line for line in run["log"] if "mqtt:" in line]
 
@@ -180,10 +180,7 @@ def test_the_board_skips_a_dead_first_node_at_once(tmp_path, private_mosquitto, 
         run = n.board_result()
         print(f"\nfirst node down: v2 committed via the second in {time.monotonic() - t0:.1f} s "
               f"(board run), heap {run['heap']}")
-        assert run["ended"] == "committed", run
-        assert run["state"]["version"] == 2 and not run["state"]["trial"], run
-        assert run["heap"]["total"] is not None and run["heap"]["total"] <= HEAP, run["heap"]
-        lines = _mqtt_lines(run)
+        lines = _committed_v2(run)
         first_connected = next(i for i, line in enumerate(lines) if "mqtt: connected" in line)
         before = lines[:first_connected]
         # Refused by the first node, the board tried the second straight away: no backoff wait.
@@ -214,10 +211,7 @@ def test_the_board_fails_over_when_its_node_is_killed(tmp_path, private_mosquitt
         run = n.board_result()
         print(f"\nfirst node killed: v2 committed via the second {time.monotonic() - t0:.1f} s "
               f"after the kill (incl. board run's linger), heap {run['heap']}")
-        assert run["ended"] == "committed", run
-        assert run["state"]["version"] == 2 and not run["state"]["trial"], run
-        assert run["heap"]["total"] is not None and run["heap"]["total"] <= HEAP, run["heap"]
-        lines = _mqtt_lines(run)
+        lines = _committed_v2(run)
         connected = [i for i, line in enumerate(lines) if "mqtt: connected" in line]
         assert len(connected) >= 2, lines
         assert any(f"connecting to 127.0.0.1 {n.ports[1]}" in line
@@ -243,9 +237,9 @@ def test_provision_refuses_a_bad_broker_host_in_one_line(tmp_path, value, why):
     base = ["device", "provision", "--port", "unused", "--dry-run", "--staging", str(tmp_path / "s"),
             "--fleet", fleet, "--id", DEVICE, "--root", str(tmp_path / "root.cose"),
             "--broker-dir", str(tmp_path / "nowhere"), "--no-compile"]
-    proc = tf(*base, "--broker-host", "broker.example", "--broker-host", value, env=env, code=2)
+    proc = run_cli(*base, "--broker-host", "broker.example", "--broker-host", value, env=env, code=2)
     assert proc.stderr.strip().count("\n") == 0 and why in proc.stderr, proc.stderr
-    twice = tf(*base, "--broker-host", "broker.example", "--broker-host", "broker.example:8883",
+    twice = run_cli(*base, "--broker-host", "broker.example", "--broker-host", "broker.example:8883",
                env=env, code=2)
     assert "the same node is given twice" in twice.stderr and twice.stderr.strip().count("\n") == 0
 
@@ -380,10 +374,7 @@ def test_the_board_fails_over_on_a_nats_cluster_when_its_node_is_killed(
         run = n.board_result()
         print(f"\nNATS node killed: v2 committed via a survivor {time.monotonic() - t0:.1f} s after "
               f"the kill (incl. board run's linger), heap {run['heap']}")
-        assert run["ended"] == "committed", run
-        assert run["state"]["version"] == 2 and not run["state"]["trial"], run
-        assert run["heap"]["total"] is not None and run["heap"]["total"] <= HEAP, run["heap"]
-        lines = _mqtt_lines(run)
+        lines = _committed_v2(run)
         connected = [i for i, line in enumerate(lines) if "mqtt: connected" in line]
         assert len(connected) >= 2, lines
         assert any(f"connecting to 127.0.0.1 {p}" in lines[connected[-1] - 1] for p in ports[1:]), lines
@@ -415,10 +406,10 @@ def test_over_tls_each_node_is_checked_under_its_own_name(tmp_path, private_mosq
     plain = brokers.free_port()
     assert len({*tls_ports, plain}) == 3
     out = tmp_path / "broker"
-    tf("broker-config", "--fleet", repo.fleet, "--out", str(out), "--listener", f"127.0.0.1:{tls_ports[0]}",
+    run_cli("broker-config", "--fleet", repo.fleet, "--out", str(out), "--listener", f"127.0.0.1:{tls_ports[0]}",
        "--tls-cert", str(tmp_path / "broker.pem"), "--tls-key", str(tmp_path / "broker-key.pem"),
        "--no-persistence", env=env)
-    tf("device", "add", "--fleet", repo.fleet, "--id", DEVICE, "--broker-dir", str(out),
+    run_cli("device", "add", "--fleet", repo.fleet, "--id", DEVICE, "--broker-dir", str(out),
        "--out", str(tmp_path / f"{DEVICE}.json"), env=env)
     secrets = {i["username"]: i["password"]
                for i in json.loads((out / "secrets.json").read_text())["identities"]}
@@ -429,7 +420,7 @@ def test_over_tls_each_node_is_checked_under_its_own_name(tmp_path, private_mosq
     private_mosquitto(conf.replace(f"listener {tls_ports[0]}", f"listener {tls_ports[1]}")
                       + f"\nlistener {plain} 127.0.0.1\n")
     staging = tmp_path / "staging"
-    tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
+    run_cli("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
        "--fleet", repo.fleet, "--id", DEVICE, "--root", str(tmp_path / "root.cose"),
        "--broker-dir", str(out), "--broker-host", f"127.0.0.1:{tls_ports[0]}",
        "--broker-host", f"localhost:{tls_ports[1]}", "--broker-ca", str(tmp_path / "ca.pem"),
@@ -444,7 +435,7 @@ def test_over_tls_each_node_is_checked_under_its_own_name(tmp_path, private_mosq
         assert rc is not None and not rc.is_failure, rc
     finally:
         pub.close()
-    proc = tf("board", "run", "--micropython", binary, "--heap", "1000000", "--state",
+    proc = run_cli("board", "run", "--micropython", binary, "--heap", "1000000", "--state",
               str(staging / "trustfleet"), "--seconds", str(int(WAIT)), "--json", "--until", "committed",
               env=env, code=None, timeout=WAIT + 60)
     run = json.loads(proc.stdout)

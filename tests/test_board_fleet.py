@@ -36,6 +36,7 @@ import pytest
 
 from support import brokers, mpunix
 from support import fleetkit as fk
+from support.clirun import run_cli
 from support.environment import skip_or_fail
 from support.waiting import wait_for
 from trustfleet_device import topics
@@ -49,15 +50,6 @@ WAIT = 90.0
 # runs in 24 KiB less, the margin issue 11 asks for at every step's worst point.
 HEAP = {"native-tls": 1_000_000, "standin-plain": 111_936 - 24 * 1024}
 
-
-def tf(*args: str, env: dict[str, str] | None = None, code: int | None = 0,
-       timeout: float = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    if code is not None:
-        assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def micropython_for(kind: str) -> str:
@@ -97,9 +89,9 @@ class BoardFleet:
             # The health-check endpoint: a leaf for localhost under the same CA.
             self.endpoint = LoopbackTLSServer(fk.pem(leaf) + fk.pem(self.ca), _key_pem(leaf_key)).start()
         out = tmp / "broker"
-        tf("broker-config", "--fleet", self.fleet, "--out", str(out), "--listener",
+        run_cli("broker-config", "--fleet", self.fleet, "--out", str(out), "--listener",
            f"127.0.0.1:{self.port}", *tls_args, "--no-persistence", env=self.env)
-        tf("device", "add", "--fleet", self.fleet, "--id", DEVICE, "--broker-dir", str(out),
+        run_cli("device", "add", "--fleet", self.fleet, "--id", DEVICE, "--broker-dir", str(out),
            "--out", str(tmp / f"{DEVICE}.json"), env=self.env)
         self.secrets = {i["username"]: i["password"]
                         for i in json.loads((out / "secrets.json").read_text())["identities"]}
@@ -107,7 +99,7 @@ class BoardFleet:
         # The board's files as provisioning stages them; the staged trustfleet/ folder is
         # what the board's flash partition starts with.
         staging = tmp / "staging"
-        tf("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
+        run_cli("device", "provision", "--port", "unused", "--dry-run", "--staging", str(staging),
            "--fleet", self.fleet, "--id", DEVICE, "--root", str(tmp / "root.cose"),
            "--broker-dir", str(out), "--broker-host", "localhost" if tls else "127.0.0.1",
            "--broker-port", str(self.port), "--no-compile",
@@ -144,7 +136,7 @@ class BoardFleet:
         return path
 
     def rollout(self, bundle: Path) -> None:
-        tf("rollout", "start", "--db", str(self.dir / "fleet.db"), "--fleet", self.fleet, "--bundle",
+        run_cli("rollout", "start", "--db", str(self.dir / "fleet.db"), "--fleet", self.fleet, "--bundle",
            str(bundle), "--root", str(self.dir / "root.cose"), "--waves", "100%", "--allow-empty-waves",
            "--wave-deadline", "120", env=self.env)
 
@@ -161,11 +153,11 @@ class BoardFleet:
                   seconds: float = WAIT) -> dict:
         args = ["board", "run", "--micropython", binary, "--heap", str(heap), "--state", str(self.state),
                 "--seconds", str(int(seconds)), "--json", *(["--until", until] if until else [])]
-        proc = tf(*args, env=self.env, code=None, timeout=WAIT + 60)
+        proc = run_cli(*args, env=self.env, code=None, timeout=WAIT + 60)
         return json.loads(proc.stdout)
 
     def fleet_status(self) -> dict:
-        return json.loads(tf("fleet", "status", "--db", str(self.dir / "fleet.db"), "--fleet", self.fleet,
+        return json.loads(run_cli("fleet", "status", "--db", str(self.dir / "fleet.db"), "--fleet", self.fleet,
                              "--json", env=self.env).stdout)
 
     def close(self) -> None:

@@ -37,6 +37,18 @@ def run_trustfleet(cwd: Path, *args: object, code: int = 0, timeout: float = 60,
     return proc
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, code: int | None = 0,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+    """`trustfleet ARGS` as a subprocess in this directory with `env` (None: this process's);
+    require exit `code` (None: any) and no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "trustfleet_server.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if code is not None:
+        assert proc.returncode == code, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
 def one_line(err: str | subprocess.CompletedProcess) -> str:
     """The single line of `err` (a process: its stderr); more or fewer lines fail the test."""
     if isinstance(err, subprocess.CompletedProcess):
