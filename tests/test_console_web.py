@@ -71,7 +71,7 @@ def test_token_file_problems_are_one_line(tmp_path, text, mode, says):
 def test_a_read_only_token_is_named_apart(tmp_path):
     p = token_file(tmp_path, f"alice:{TOKEN}\nprometheus:{TOKEN[::-1]} read-only\n")
     assert console.load_tokens(p) == {"alice": TOKEN, "prometheus": TOKEN[::-1]}
-    assert console.read_only_names(p) == {"prometheus"}
+    assert console.read_token_file(p) == {"alice": (TOKEN, False), "prometheus": (TOKEN[::-1], True)}
 
 
 def test_missing_token_file(tmp_path):

@@ -16,7 +16,6 @@ from pathlib import Path
 from trustfleet_device import policy, topics
 from trustfleet_device.errors import RollbackError, TrustfleetError
 from trustfleet_server import audit, documents, rollout
-from trustfleet_server.audit import operator_name  # noqa: F401  (cli.fleet's default --by)
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.mqtturl import BrokerURL

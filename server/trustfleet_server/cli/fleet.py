@@ -9,7 +9,7 @@ import json
 import time
 
 from trustfleet_device import status as status_schema
-from trustfleet_server import fleetops, render, rollout, terminal, times
+from trustfleet_server import audit, fleetops, render, rollout, terminal, times
 from trustfleet_server.cli import common
 from trustfleet_server.errors import UsageError
 from trustfleet_server.fleet import db as fleetdb
@@ -136,7 +136,7 @@ def cmd_fleet_prune(args: argparse.Namespace) -> int:
 
 def cmd_fleet_device(args: argparse.Namespace) -> int:
     fleet = fleetops.check_fleet(args.fleet)
-    who = args.by or fleetops.operator_name()
+    who = args.by or audit.operator_name()
     with fleetdb.open_db(args.db) as db:
         db.require_fleet(fleet)
         event = fleetops.device_action(db, fleet, args.device, args.action, who, args.reason,

@@ -145,9 +145,10 @@ def console_from(args: argparse.Namespace, fleet: str) -> ConsoleServer | None:
                 raise UsageError(f"--{flag.replace('_', '-')} needs --http")
         return None
     bind = web.parse_bind(args.http)
-    tokens = console.load_tokens(args.token_file) if args.token_file else {}
-    read_only = console.read_only_names(args.token_file) if args.token_file else frozenset()
-    tls = web.tls_context(args.http_cert, args.http_key) is not None
+    entries = console.read_token_file(args.token_file) if args.token_file else {}
+    tokens = {name: token for name, (token, _) in entries.items()}
+    read_only = frozenset(name for name, (_, ro) in entries.items() if ro)
+    tls = bool(args.http_cert or args.http_key)  # ConsoleServer loads and checks them before binding
     web.check_exposure(bind, tls, args.http_public, tokens)
     settings = console.ConsoleSettings(str(args.db), fleet, tokens, read_only, public=not bind.loopback,
                                        tls=tls)

@@ -53,7 +53,7 @@ class ConsoleSettings:
         connections of its own, read-mostly, beside serve's.
     fleet: the fleet shown.
     tokens: operator name -> token (load_tokens); empty: every action is refused.
-    read_only: operators whose token reads but cannot act (read_only_names).
+    read_only: operators whose token reads but cannot act (read_token_file).
     public: bound to a non-loopback address: reading needs a token too.
     tls: served over HTTPS (cookies get the Secure flag).
     live: serve's counters (FleetServer.live), None when no serve runs in the process.
@@ -87,23 +87,18 @@ class ConsoleSettings:
 
 
 def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Operator tokens from a file: one per line, `NAME:TOKEN` or a bare `TOKEN` (named
-    "operator"), optionally followed by ` read-only` (a token that reads but cannot act, e.g.
-    Prometheus's: read_only_names lists them); blank lines and # comments are skipped.
+    """Operator name -> token of a token file (read_token_file has the format)."""
+    return {name: token for name, (token, _) in read_token_file(path).items()}
+
+
+def read_token_file(path: str | os.PathLike[str]) -> dict[str, tuple[str, bool]]:
+    """name -> (token, read-only) of a token file: one per line, `NAME:TOKEN` or a bare `TOKEN`
+    (named "operator"), optionally followed by ` read-only` (a token that reads but cannot act,
+    e.g. Prometheus's); blank lines and # comments are skipped.
 
     The file must not be readable by group or others (as ssh keys), and each token must be at
     least MIN_TOKEN characters. Raises: UsageError (one line naming the file and the problem).
     """
-    return {name: token for name, (token, _) in read_token_file(path).items()}
-
-
-def read_only_names(path: str | os.PathLike[str]) -> frozenset[str]:
-    """The operators of a token file whose tokens are marked read-only."""
-    return frozenset(name for name, (_, ro) in read_token_file(path).items() if ro)
-
-
-def read_token_file(path: str | os.PathLike[str]) -> dict[str, tuple[str, bool]]:
-    """name -> (token, read-only) of a token file (load_tokens has the format). Raises: UsageError."""
     p = Path(path)
     try:
         mode = p.stat().st_mode

@@ -27,15 +27,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from trustfleet_server import rollout as ro
-from trustfleet_server.console import STATE_SQL, STATES, ConsoleSettings
+from trustfleet_server.console import STATES, ConsoleSettings, queries
 from trustfleet_server.fleet.db import FleetDB
 
 ROLLOUTS = 5  # rollouts exported per fleet, newest first
 OUTCOMES = ("members", "succeeded", "failed", "pending", "offline", "silent", "excluded")
 
-_DEVICES_SQL = (f"SELECT version, {STATE_SQL} AS cstate, COUNT(*) AS n, "
-                "SUM(CASE WHEN state <> 'offline' AND last_seen < ? THEN 1 ELSE 0 END) AS silent "
-                f"FROM tf_devices WHERE fleet = ? GROUP BY version, {STATE_SQL}")
 
 
 def render(settings: ConsoleSettings, db: FleetDB) -> bytes:
@@ -67,16 +64,13 @@ class FleetCollector(Collector):
 
     def _devices(self, now: int) -> Iterator[Metric]:
         fleet = self.settings.fleet
-        db = self.db
-        with db._tx("counting devices for /metrics") as cur:
-            db._exec(cur, _DEVICES_SQL, (now - self.settings.silent_after, fleet))
-            rows = db.rows(cur)
+        rows = queries.state_counts(self.db, fleet, now - self.settings.silent_after)
         counts: dict[str, dict[str, int]] = {}
         silent = 0
         for r in rows:
             version = "none" if r["version"] is None else str(r["version"])
             by_state = counts.setdefault(version, dict.fromkeys(STATES, 0))
-            by_state[r["cstate"]] = by_state.get(r["cstate"], 0) + int(r["n"])
+            by_state[r["cstate"]] = by_state.get(r["cstate"], 0) + int(r["count"])
             silent += int(r["silent"] or 0)
         devices = GaugeMetricFamily(
             "trustfleet_devices",

@@ -35,14 +35,23 @@ def _rows(db: fleetdb.FleetDB, what: str, sql: str, params: tuple = ()) -> list[
 # --------------------------------------------------------------------------- overview
 
 
+def state_counts(db: fleetdb.FleetDB, fleet: str, silent_before: int) -> list[dict]:
+    """Devices by version and console state (STATE_SQL), one grouped query for the overview and
+    /metrics: rows {version, cstate, count, silent}, silent = not offline and last seen before
+    `silent_before`."""
+    return _rows(db, "counting devices by state",
+                 f"SELECT version, {STATE_SQL} AS cstate, COUNT(*) AS count, "
+                 "SUM(CASE WHEN state <> 'offline' AND last_seen < ? THEN 1 ELSE 0 END) AS silent "
+                 f"FROM tf_devices WHERE fleet = ? GROUP BY version, {STATE_SQL}",
+                 (silent_before, fleet))
+
+
 def overview(db: fleetdb.FleetDB, settings: ConsoleSettings, now: int) -> dict:
     """Devices by version and console state (STATES), the counts `fleet status` lists, the
     reports in short, the newest rollout in short, and serve's live counters when it runs here."""
     fleet = settings.fleet
     s = fleetops.fleet_summary(db, fleet, now, settings.silent_after, 0)
-    rows = _rows(db, "counting devices by state",
-                 f"SELECT version, {STATE_SQL} AS cstate, COUNT(*) AS count FROM tf_devices "
-                 "WHERE fleet = ? GROUP BY 1, 2", (fleet,))
+    rows = state_counts(db, fleet, now - settings.silent_after)
     by_state = dict.fromkeys(STATES, 0)
     versions: dict[Any, dict[str, int]] = {}
     for r in rows:
