@@ -80,6 +80,9 @@ class SimConfig:
         id_prefix: device ids are <prefix>-<00000>.
         seed: makes the fault subsets and clock skews reproducible.
         until_version: the target; None means the newest version any device verified.
+        health_address: (host, port) of a live TLS server: each health check is then a real
+            handshake with it, checked as `endpoint` by the trial store (trustfleet_pi.tls.probe),
+            instead of judging `chain` without sockets.
     """
 
     devices: int
@@ -95,6 +98,7 @@ class SimConfig:
     seed: int = 1
     until_version: int | None = None
     keepalive: int = KEEPALIVE
+    health_address: tuple[str, int] | None = None
 
 
 def parse_share(text: str, option: str) -> float:

@@ -40,6 +40,10 @@ async def _serve(cfg: SimConfig, lo: int, hi: int, conn: Any) -> None:
             cmd, arg = await inbox.get()
             if cmd == "snapshot":
                 conn.send(("snapshot", worker.snapshot()))
+            elif cmd == "rows":
+                conn.send(("rows", worker.rows()))
+            elif cmd == "probe":
+                conn.send(("probe", worker.probe(*arg)))
             elif cmd == "stop":
                 final = await worker.stop(clear=bool(arg))
                 with contextlib.suppress(OSError):
@@ -61,6 +65,12 @@ class LocalLink:
 
     async def snapshot(self) -> dict:
         return self.worker.snapshot()
+
+    async def rows(self) -> list[tuple]:
+        return self.worker.rows()
+
+    async def probe(self, host: str, port: int, servername: str) -> list[tuple]:
+        return self.worker.probe(host, port, servername)
 
     async def stop(self, clear: bool) -> dict:
         return await self.worker.stop(clear)
@@ -109,6 +119,19 @@ class ProcessLink:
     async def snapshot(self) -> dict:
         self.conn.send(("snapshot", None))
         kind, value = await self._recv(self.TIMEOUT)
+        return value
+
+    async def rows(self) -> list[tuple]:
+        return await self._ask("rows", None)
+
+    async def probe(self, host: str, port: int, servername: str) -> list[tuple]:
+        return await self._ask("probe", (host, port, servername))
+
+    async def _ask(self, cmd: str, arg: Any) -> Any:
+        self.conn.send((cmd, arg))
+        kind, value = await self._recv(self.TIMEOUT)
+        if kind != cmd:
+            raise UsageError(f"worker {self.lo}..{self.hi - 1}: {kind!r} answered {cmd!r}")
         return value
 
     async def stop(self, clear: bool) -> dict:

@@ -97,6 +97,7 @@ class DeviceResult:
     cuts: int
     after_cut: list[tuple[Any, Any]]
     bricked: str | None
+    events: list[tuple] = field(default_factory=list)   # newest refusals and reverts (worker.py)
 
 
 @dataclass

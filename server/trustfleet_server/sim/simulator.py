@@ -288,8 +288,7 @@ class Simulation:
     def _report(self, finals: list[dict]) -> Report:
         p = Progress.add([f["snapshot"] for f in finals], time.time() - self.started_at)
         target = p.target(self.cfg.until_version)
-        rows = [DeviceResult(r[0], r[1], flag_names(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
-                for f in finals for r in f["rows"]]
+        rows = [device_result(r) for f in finals for r in f["rows"]]
         states: Counter = Counter()
         reverted = []
         for d in rows:
@@ -322,6 +321,16 @@ class Simulation:
                       self._faults(rows, p), p.elapsed, rss,
                       self.broker.describe() if self.broker else str(self.cfg.broker),
                       self.processes, first, last, reverted, refused=refused, refusal=p.refusal)
+
+    async def devices(self) -> list[DeviceResult]:
+        """Every device as it is now (a status() call each: for tests, not a progress line)."""
+        parts = await asyncio.gather(*(link.rows() for link in self.links))
+        return [device_result(r) for rows in parts for r in rows]
+
+    async def probe(self, host: str, port: int, servername: str) -> list[tuple[str, bool, str]]:
+        """Every device connects to host:port over TLS with its installed store (worker.probe)."""
+        parts = await asyncio.gather(*(link.probe(host, port, servername) for link in self.links))
+        return [row for rows in parts for row in rows]
 
     def _faults(self, rows: list[DeviceResult], p: Progress) -> dict:
         f = self.cfg.faults
@@ -376,6 +385,12 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
+def device_result(r: tuple) -> DeviceResult:
+    """A worker's row (worker.rows) as a DeviceResult."""
+    return DeviceResult(r[0], r[1], flag_names(r[2]), r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                        r[10], r[11])
+
+
 # --------------------------------------------------------------------------- callers
 
 
@@ -411,6 +426,12 @@ class BackgroundSimulation:
 
     def publish(self, topic: str, raw: bytes) -> None:
         self._call(self.sim.publish(topic, raw), 30)
+
+    def devices(self) -> list[DeviceResult]:
+        return self._call(self.sim.devices(), 60)
+
+    def probe(self, host: str, port: int, servername: str) -> list[tuple[str, bool, str]]:
+        return self._call(self.sim.probe(host, port, servername), 120)
 
     def stop(self, clear: bool = False) -> Report:
         """Disconnect every device, stop the loop and join its thread (idempotent)."""

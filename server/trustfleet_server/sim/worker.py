@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from trustfleet_device import agent as core
-from trustfleet_device import cbor, cose, topics
+from trustfleet_device import cbor, cose, topics, trust
 from trustfleet_device.documents import Bundle
 from trustfleet_device.session import Session
 from trustfleet_device.transports import runner
@@ -46,6 +46,7 @@ MAX_BACKOFF = 2.0
 REBOOT_DELAY = (0.1, 0.4)
 REDELIVER_DELAY = (0.05, 0.4)
 MAX_DOCS = 64                      # documents a worker remembers for re-delivery
+HEALTH_TIMEOUT = 5.0               # a live health check's TCP and TLS handshake (health_address)
 
 
 # --------------------------------------------------------------------------- one worker's devices
@@ -165,10 +166,28 @@ def factory_image(cfg: SimConfig) -> dict[str, bytes]:
     return dict(storage.files)
 
 
+MAX_EVENTS = 8                     # refusals and reverts each device remembers (the newest)
+
+
+def _run_noting(self: runner.Device, actions: list) -> runner.Result:
+    """runner.Device.run that also keeps the newest refusals and reverts in `self.events`:
+    ("refused", kind, reason) and ("reverted", version, detail)."""
+    result = runner.Device.run(self, actions)
+    noted = [("refused", kind, reason) for kind, reason in result.refused]
+    noted += [("reverted", r.get("version"), r.get("detail", "")) for r in result.reports
+              if r.get("event") == "reverted"]
+    if noted:
+        events = getattr(self, "events", None) or []
+        self.events = (events + noted)[-MAX_EVENTS:]
+    return result
+
+
 def device_class(checks: SharedChecks) -> type:
-    """runner.Device whose agent checks documents through `checks` (Agent.policy)."""
+    """runner.Device whose agent checks documents through `checks` (Agent.policy) and that
+    remembers its newest refusals and reverts (`events`)."""
     agent = type("SimAgent", (core.Agent,), {"policy": checks})
-    return type("SimRunnerDevice", (runner.Device,), {"agent_class": agent})
+    return type("SimRunnerDevice", (runner.Device,), {"agent_class": agent, "events": None,
+                                                       "run": _run_noting})
 
 
 class Worker:
@@ -525,11 +544,14 @@ class Worker:
         before, _ = d.after_cut[-1]
         d.after_cut[-1] = (before, d.version)
 
-    def _health(self, d: SimDevice, bundle: Bundle, trusted_time: int) -> tuple[bool, str]:
-        """The trial store judges the endpoint's chain at the device's trusted time."""
+    def _health(self, d: SimDevice, bundle: Bundle, trusted_time: int) -> tuple[bool | None, str]:
+        """The trial store judges the endpoint's chain at the device's trusted time: the fixed
+        chain, or (cfg.health_address) a real TLS handshake with the live server there."""
         host = self.cfg.endpoint
         if d.flags & HEALTH_FAIL:
             return False, f"TLS to {host}:443 failed (simulated: health-fail subset)"
+        if self.cfg.health_address is not None:
+            return self._live_health(d, bundle, trusted_time)
         decision = self.health.decide(bundle, trusted_time)
         if decision.accepted():
             return True, f"{host}: {decision.result}"
@@ -537,6 +559,50 @@ class Worker:
         if self.refusal is None:
             self.refusal = why
         return False, why
+
+    def _live_health(self, d: SimDevice, bundle: Bundle, trusted_time: int) -> tuple[bool | None, str]:
+        """The Pi agent's own health check (trustfleet_pi.tls.probe): a TLS handshake with the
+        server at cfg.health_address, checked as cfg.endpoint by the trial store. Blocking, on
+        this worker's loop: meant for test fleets on loopback, not for thousands of devices."""
+        from trustfleet_pi import tls as pitls
+
+        host, port = self.cfg.health_address
+        where = f"{self.cfg.endpoint} ({host}:{port})"
+        try:
+            # The device's own report queue: a refused pin is reported as the board would.
+            ctx = pitls.TrustContext(trust.TrustStore(bundle), lambda: trusted_time,
+                                     reports=d.session.reports if d.session is not None else None)
+            decision = pitls.probe(ctx, host, port, HEALTH_TIMEOUT, servername=self.cfg.endpoint)
+        except OSError as exc:  # no certificate was judged: asked again later, never marked bad
+            return None, f"{where} unreachable: {exc}"
+        if decision.accepted():
+            return True, f"{where}: {decision.result}"
+        why = f"TLS to {where} refused: {decision.reason}"
+        if self.refusal is None:
+            self.refusal = why
+        return False, why
+
+    def probe(self, host: str, port: int, servername: str) -> list[tuple[str, bool, str]]:
+        """Every device connects to host:port over TLS with its installed store, checked as
+        `servername`, at its trusted time: (device id, accepted, result or reason) each."""
+        from trustfleet_pi import tls as pitls
+
+        out = []
+        for d in self.devices:
+            active = d.device.active_bundle() if d.device is not None else None
+            if active is None:
+                out.append((d.id, False, "no trust store installed"))
+                continue
+            now = d.device.trusted_time()
+            try:
+                ctx = pitls.TrustContext(trust.TrustStore(active), lambda now=now: now)
+                decision = pitls.probe(ctx, host, port, HEALTH_TIMEOUT, servername=servername)
+            except OSError as exc:
+                out.append((d.id, False, f"unreachable: {exc}"))
+                continue
+            out.append((d.id, decision.accepted(),
+                         decision.result if decision.accepted() else decision.reason))
+        return out
 
     # -- figures ----------------------------------------------------------------------
 
@@ -596,15 +662,20 @@ class Worker:
                 "t0": self.t0, "counters": dict(self.counters), "last_error": self.last_error,
                 "refusal": self.refusal, "oldest_connect": oldest_connect}
 
-    def final(self) -> dict:
+    def rows(self) -> list[tuple]:
+        """One row per device (what DeviceResult holds), as it is now."""
         rows = []
         for d in self.devices:
             if d.device is None:
-                state, bad = "bricked", []
+                state, bad, events = "bricked", [], []
             else:
                 state = d.device.status()["state"]
                 bad = d.device.bad_versions()
+                events = list(d.device.events or ())
             rows.append((d.id, d.group, d.flags, d.online, state, d.installed() if d.device else None,
-                         bad, dict(d.commits), d.cuts, list(d.after_cut), d.bricked))
-        return {"rows": rows, "snapshot": self.snapshot(),
+                         bad, dict(d.commits), d.cuts, list(d.after_cut), d.bricked, events))
+        return rows
+
+    def final(self) -> dict:
+        return {"rows": self.rows(), "snapshot": self.snapshot(),
                 "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
