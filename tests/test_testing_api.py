@@ -8,14 +8,13 @@ real `trustfleet` commands on the fleet's files.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from support.clirun import run_main, run_trustfleet
 from trustfleet_device import cbor, cose
 from trustfleet_server import cli
-from trustfleet_server.testing import Fleet, FleetState, Refusal, TLSServer, WaitTimeout
+from trustfleet_server.testing import Chain, Fleet, FleetState, Refusal, TLSServer, WaitTimeout
 
 
 @pytest.fixture
@@ -53,7 +52,9 @@ def test_refusals_and_reverts_are_typed_with_their_reasons(fleet):
         assert len(failing) == 3 and {d.id for d in s.reverted} == {d.id for d in failing}
         assert all(d.reverts[0].version == 1 and "health-fail" in d.reverts[0].reason
                    for d in failing)
-        assert not s.converged and s.versions == {1: 3, None: 3}
+        assert s.versions == {1: 3, None: 3}
+        # An injected health-fail revert counts as settled, as `trustfleet simulate` counts it.
+        assert s.converged and all(s.unsettled(d) is None for d in s.devices)
         # One bundle key where the root asks for two: refused by every device, and why.
         fleet.publish(fleet.bundle(2, signers=fleet.keys["bundle"][:1]))
         s = fleet.wait(lambda s: all(d.refusals for d in s.devices), 30, "refusals")
@@ -61,7 +62,9 @@ def test_refusals_and_reverts_are_typed_with_their_reasons(fleet):
         refusal = s.devices[0].refusals[-1]
         assert isinstance(refusal, Refusal) and refusal.kind == "bundle"
         assert "signature" in refusal.reason, refusal
-        assert s.versions == {1: 3, None: 3}
+        assert s.versions == {1: 3, None: 3} and s.target == 2 and not s.converged
+        assert all("never received or never installed v2" in s.unsettled(d) for d in s.devices
+                   if d.version == 1)
     finally:
         server.stop()
 
@@ -74,6 +77,11 @@ def test_a_failed_wait_says_what_the_fleet_looks_like(fleet):
         fleet.wait(lambda s: s.versions.get(2) == 4, timeout=0.3, what="v2 everywhere")
     assert isinstance(info.value, AssertionError) and isinstance(info.value.state, FleetState)
     assert "v2 everywhere" in str(info.value) and "versions v1: 4" in str(info.value)
+    # A device off the target says why, in the simulator's words.
+    fleet.publish(fleet.bundle(2, anchors=[Chain.create("api.elsewhere.example").root]))
+    with pytest.raises(WaitTimeout) as info:
+        fleet.wait(lambda s: s.converged, timeout=2)
+    assert "reverted v2: its health check refused the new store" in str(info.value)
 
 
 def test_close_removes_only_what_the_fleet_made(tmp_path):
@@ -106,7 +114,3 @@ def test_the_cli_simulator_and_the_api_agree(fleet, tmp_path):
     assert report["versions"] == {f"v{v}": n for v, n in s.versions.items()}
     assert report["faults"]["stuck_2000"]["devices"] == sum("stuck-2000" in d.faults for d in s.devices)
     assert report["faults"]["power_cut"]["devices"] == sum("power-cut" in d.faults for d in s.devices)
-
-
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trustfleet_server import rollout as ro
-from trustfleet_server.sim.report import DeviceResult
+from trustfleet_server.sim.report import DeviceResult, unsettled_reason
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,14 @@ class DeviceState:
     bad: tuple[int, ...]
     refusals: tuple[Refusal, ...]
     reverts: tuple[Revert, ...]
+    bricked: str | None = None   # why it could not boot, when state is "bricked"
 
     @classmethod
     def of(cls, d: DeviceResult) -> DeviceState:
         refusals = tuple(Refusal(e[1], e[2]) for e in d.events if e[0] == "refused")
         reverts = tuple(Revert(e[1], e[2]) for e in d.events if e[0] == "reverted")
         return cls(d.id, d.group, tuple(d.faults), d.online, d.state, d.version, tuple(d.bad),
-                   refusals, reverts)
+                   refusals, reverts, d.bricked)
 
     def runs(self, version: int) -> bool:
         """Runs `version` or newer, online and not on trial."""
@@ -131,9 +132,15 @@ class FleetState:
 
     @property
     def converged(self) -> bool:
-        """Every device is online, not on trial, and runs the last published version (or newer)."""
+        """Every device is online, not on trial, and runs the last published version or newer,
+        or (an injected health-fail fault) has reverted it and marked it bad. The rule is
+        `trustfleet simulate`'s own (sim.report.unsettled_reason), so the two never disagree."""
         return (self.target is not None and bool(self.devices)
-                and all(d.runs(self.target) for d in self.devices))
+                and all(self.unsettled(d) is None for d in self.devices))
+
+    def unsettled(self, d: DeviceState) -> str | None:
+        """Why `d` does not count towards convergence on the target (None: it does)."""
+        return unsettled_reason(d, self.target)
 
     @property
     def reverted(self) -> tuple[DeviceState, ...]:
@@ -172,13 +179,12 @@ class FleetState:
             parts.append(f"rollout {r.id} of v{r.version}: {r.state}"
                          + (f" at wave {r.wave}" if r.wave and not r.final else "")
                          + (f" ({r.halt_reason})" if r.halt_reason else ""))
-        lagging = [d for d in self.devices if self.target is None or not d.runs(self.target)]
+        lagging = [d for d in self.devices if self.unsettled(d) is not None]
         for d in lagging[:limit]:
             why = d.reverts[-1].reason if d.reverts else (d.refusals[-1].reason if d.refusals else "")
-            parts.append(f"{d.id}: {'online' if d.online else 'offline'}, {d.state}, "
-                         f"{'no store' if d.version is None else f'v{d.version}'}"
+            parts.append(f"{d.id}: {self.unsettled(d)}"
                          + (f", faults {','.join(d.faults)}" if d.faults else "")
-                         + (f": {why}" if why else ""))
+                         + (f"; last: {why}" if why else ""))
         if len(lagging) > limit:
-            parts.append(f"... and {len(lagging) - limit} more not on the target")
+            parts.append(f"... and {len(lagging) - limit} more unsettled")
         return "; ".join(parts[:1]) + ("\n  " + "\n  ".join(parts[1:]) if parts[1:] else "")
