@@ -16,11 +16,13 @@ signature, add a signature by any key (also one that already signed).
     policy.verify_bundle(root, drop_signature(raw))   # SignatureError
 
 Times are fixed (NOW) so that messages and expiry checks are reproducible.
+What users' tests need (a fleet, chains with live validity, a broker, devices)
+is the public trustfleet_server.testing; this module keeps what only our suite
+needs: fixed-time certificates and the attacker's tools on signed bytes.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import functools
 import hashlib
@@ -30,13 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from trustfleet_device import cbor, cose
 from trustfleet_device import documents as device_docs
 from trustfleet_server import documents, keys
+
+# Pins and encodings are the public testing API's (users' tests get the same functions).
+from trustfleet_server.testing.pki import b64, der, pem, pin, spki  # noqa: F401 - re-exported
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
@@ -45,25 +50,6 @@ ES256 = {cose.HDR_ALG: cose.ALG_ES256}
 
 
 # --------------------------------------------------------------------------- certificates
-
-
-def spki(obj: Any) -> bytes:
-    """DER SubjectPublicKeyInfo of a certificate, private key or public key."""
-    if isinstance(obj, x509.Certificate):
-        obj = obj.public_key()
-    if hasattr(obj, "private_bytes"):
-        obj = obj.public_key()
-    return obj.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def pin(obj: Any) -> bytes:
-    """The 32-byte SPKI SHA-256 pin of a certificate or key."""
-    return hashlib.sha256(spki(obj)).digest()
-
-
-def b64(raw: bytes) -> str:
-    """Standard base64, the form `trustfleet pin` prints and a spec's pins use."""
-    return base64.b64encode(raw).decode("ascii")
 
 
 def _name(cn: str) -> x509.Name:
@@ -117,14 +103,6 @@ def chain(name: str = "acme") -> Chain:
     leaf = make_cert(domain, leaf_key, intermediate, int_key, ca=False,
                      not_after=NOW + 90 * DAY, dns=domain)
     return Chain(domain, ca, intermediate, leaf, keys.generate_key())
-
-
-def der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def full_anchor(cert: x509.Certificate) -> bytes:

@@ -11,9 +11,12 @@ import functools
 import hashlib
 
 from cryptography import x509 as cx509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+
+from trustfleet_server.testing.pki import der, pin  # noqa: F401 - re-exported
+from trustfleet_server.testing.pki import spki as spki_der
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
@@ -46,24 +49,6 @@ def name(cn: str) -> cx509.Name:
 
 def at(ts: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
-
-
-def der(cert: cx509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def spki_der(obj) -> bytes:
-    if isinstance(obj, cx509.Certificate):
-        obj = obj.public_key()
-    if hasattr(obj, "private_bytes"):
-        obj = obj.public_key()
-    return obj.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def pin(obj) -> bytes:
-    """SPKI SHA-256 of a certificate or key."""
-    return hashlib.sha256(spki_der(obj)).digest()
 
 
 def _sign_hash(signer_key, hash_alg):
