@@ -8,9 +8,10 @@ fleet described in the report (the plugin's "trustfleet fleet" section).
 
 from __future__ import annotations
 
+import re
 import sys
 
-from support.userfleet import docs_examples, outcome_count, run_user_pytest, write_user_tests
+from support.userfleet import REPO, docs_examples, outcome_count, run_user_pytest, write_user_tests
 
 
 def test_the_docs_have_three_examples_of_at_most_15_lines():
@@ -46,3 +47,10 @@ def test_each_example_fails_when_what_it_checks_is_broken(tmp_path):
     assert out.count("trustfleet fleet") >= 3, out[-4000:]
     assert "rollout 1 of v2: done" in out
     assert "no key matches the pins" in out   # each device's refusal of the moved server
+
+
+def test_the_readmes_fleet_test_is_one_of_the_docs_examples():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    body = text.split("## Simulated fleets in your tests\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    assert len(blocks) == 1 and blocks[0] in docs_examples()

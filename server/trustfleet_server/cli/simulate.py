@@ -76,6 +76,9 @@ sample chain of api.demo-fleet.example shipped in trustfleet_server/samples); fo
 own bundle give your server's chain:
   trustfleet simulate --devices 1000 --broker embedded --fleet acme --root root.cose \\
       --publish bundle-v1.cose --chain certs/api-chain.pem --endpoint api.acme.example
+
+In your own tests: pip install 'trustfleet[testing]' gives pytest fixtures (tf_fleet,
+tf_devices, ...) over this same simulator, with typed results (docs/testing.md).
 """
 
 
