@@ -126,6 +126,18 @@ def test_command_groups_do_not_import_each_other():
                 f"{name} imports the command module {dep}"
 
 
+def test_nothing_but_the_testing_package_imports_it_and_only_its_plugin_imports_pytest():
+    """trustfleet_server.testing (trustfleet[testing]) sits on the library: the library, the CLI
+    and the device never depend on it, and pytest is needed only by the plugin module."""
+    testing = "trustfleet_server.testing"
+    for name in MODULES:
+        deps = imports_of(name)
+        if not (name == testing or name.startswith(testing + ".")):
+            assert not [d for d in deps if d == testing or d.startswith(testing + ".")], name
+        if name != testing + ".plugin":
+            assert "pytest" not in {d.split(".")[0] for d in deps}, name
+
+
 def test_cli_common_holds_no_command_group():
     assert not {d for d in first_party(imports_of(CLI_SHARED)) if layer(d) == "cli"}
 
