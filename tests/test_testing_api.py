@@ -8,12 +8,15 @@ real `trustfleet` commands on the fleet's files.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
+from support import brokers
 from support.clirun import run_main, run_trustfleet
-from trustfleet_device import cbor, cose
-from trustfleet_server import cli
+from trustfleet_device import cbor, cose, topics
+from trustfleet_server import cli, mqtturl
+from trustfleet_server.sim.brokers import BrokerHandle
 from trustfleet_server.testing import Chain, Fleet, FleetState, Refusal, TLSServer, WaitTimeout
 
 
@@ -91,10 +94,37 @@ def test_close_removes_only_what_the_fleet_made(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("the user's file")
-    with Fleet.create("given-dir", broker="embedded", workdir=mine) as given:
+    with pytest.raises(FileExistsError, match="not an empty directory"):
+        Fleet.create("given-dir", broker="embedded", workdir=mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    with Fleet.create("given-dir", broker="embedded", workdir=fresh) as given:
         given.bundle(1)
-    assert (mine / "notes.txt").read_text() == "the user's file"
-    assert (mine / "root.cose").exists() and (mine / "bundle-v1.cose").exists()
+    assert (fresh / "root.cose").exists() and (fresh / "bundle-v1.cose").exists()
+
+
+def test_a_fleet_on_a_shared_broker_leaves_no_retained_message_behind(embedded_broker):
+    """On a broker it did not start, close() empties the fleet's topics (documents, statuses)."""
+    def retained(fleet: str) -> list[str]:
+        c = brokers.connect(embedded_broker)
+        try:
+            c.subscribe(f"tf/{fleet}/#")
+            time.sleep(0.5)
+            return sorted(m.topic for m in c.messages if m.payload)
+        finally:
+            c.close()
+
+    handle = BrokerHandle(mqtturl.parse(embedded_broker.url))
+    with Fleet.create("shared-broker", broker=handle) as f:
+        f.devices(3, groups={"canary": 0.34})
+        f.publish(f.bundle(1), timestamp=True)
+        f.publish(f.bundle(2), to="group:canary")
+        f.wait(lambda s: s.versions == {2: 1, 1: 2}, 30)
+        assert not f.owns_broker
+        held = retained(f.name)
+        assert topics.bundle(f.name) in held and topics.group_bundle(f.name, "canary") in held
+        assert topics.timestamp(f.name) in held and len(held) == 3 + 3   # and 3 statuses
+    assert retained(f.name) == []
 
 
 def test_the_cli_simulator_and_the_api_agree(fleet, tmp_path):

@@ -141,7 +141,7 @@ class Devices:
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
-            self.sim.stop(clear=not self.fleet.broker.controlled)
+            self.sim.stop(clear=not self.fleet.owns_broker)
         for link in self.sim.sim.links:
             link.kill()
 
@@ -226,7 +226,8 @@ class Fleet:
                 "mosquitto", "embedded", an mqtt:// URL, or a broker handle (left running
                 at close: the caller owns it).
             workdir: where the fleet's files go (default: a new temporary directory,
-                removed at close; a given directory is never removed).
+                removed at close). A given directory must be empty or not exist yet, so
+                that everything in it is the fleet's; it is kept at close.
             max_time_lead: the root's policy.max_time_lead in seconds, or None.
         """
         topics.check_name(name, "fleet")
@@ -234,9 +235,12 @@ class Fleet:
         counts = {role: max(wanted[role], (key_counts or {}).get(role, 0)) for role in ROLES}
         own_workdir = workdir is None
         path = Path(tempfile.mkdtemp(prefix=f"trustfleet-{name}-")) if own_workdir else Path(workdir)
+        if not own_workdir and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise FileExistsError(f"workdir {path} is not an empty directory; the fleet writes its "
+                                  f"keys, root and bundles there and overwrites nothing")
         handle = None
         try:
-            (path / "keys").mkdir(parents=True, exist_ok=not own_workdir)
+            (path / "keys").mkdir(parents=True)
             key_sets = {role: [keys.generate_key() for _ in range(counts[role])] for role in ROLES}
             for role, ks in key_sets.items():
                 for i, k in enumerate(ks, 1):
@@ -258,6 +262,12 @@ class Fleet:
             if own_workdir:
                 shutil.rmtree(path, ignore_errors=True)
             raise
+
+    @property
+    def owns_broker(self) -> bool:
+        """Whether the fleet started its broker (then it stops it at close; otherwise it takes
+        its retained documents and statuses off it)."""
+        return self._own_broker
 
     # -- certificates -----------------------------------------------------------------
 
@@ -486,12 +496,25 @@ class Fleet:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 self._server.stop()
+        if not self._own_broker:  # a broker others use: take the fleet's documents off it
+            with contextlib.suppress(Exception):
+                self._clear_retained()
         if self._own_broker:
             with contextlib.suppress(Exception):
                 self.broker.stop()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         logging.getLogger("trustfleet").debug("fleet %s closed", self.name)
+
+    def _clear_retained(self) -> None:
+        """Empty every document topic of the fleet the broker may retain: root v1, the fleet,
+        timestamp, group and bucket bundle topics (devices clear their own statuses)."""
+        f = self.name
+        groups = {g for d in self._devices for g, _ in d.cfg.groups}
+        names = [topics.root(f, 1), topics.bundle(f), topics.timestamp(f)]
+        names += [topics.group_bundle(f, g) for g in sorted(groups)]
+        names += [topics.bucket_bundle(f, n) for n in range(topics.BUCKETS)]
+        publish_retained(self.broker.url, [(t, b"") for t in names])
 
     def __enter__(self) -> Fleet:
         return self
