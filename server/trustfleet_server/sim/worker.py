@@ -552,10 +552,14 @@ class Worker:
             return False, f"TLS to {host}:443 failed (simulated: health-fail subset)"
         if self.cfg.health_address is not None:
             return self._live_health(d, bundle, trusted_time)
-        decision = self.health.decide(bundle, trusted_time)
+        return self._judged(self.health.decide(bundle, trusted_time), host, f"{host}:443")
+
+    def _judged(self, decision: trust.Decision, name: str, where: str) -> tuple[bool, str]:
+        """A health check's answer from the trial store's decision; the first refusal is kept
+        for the report (Report.refusal)."""
         if decision.accepted():
-            return True, f"{host}: {decision.result}"
-        why = f"TLS to {host}:443 refused: {decision.reason}"
+            return True, f"{name}: {decision.result}"
+        why = f"TLS to {where} refused: {decision.reason}"
         if self.refusal is None:
             self.refusal = why
         return False, why
@@ -575,12 +579,7 @@ class Worker:
             decision = pitls.probe(ctx, host, port, HEALTH_TIMEOUT, servername=self.cfg.endpoint)
         except OSError as exc:  # no certificate was judged: asked again later, never marked bad
             return None, f"{where} unreachable: {exc}"
-        if decision.accepted():
-            return True, f"{where}: {decision.result}"
-        why = f"TLS to {where} refused: {decision.reason}"
-        if self.refusal is None:
-            self.refusal = why
-        return False, why
+        return self._judged(decision, where, where)
 
     def probe(self, host: str, port: int, servername: str) -> list[tuple[str, bool, str]]:
         """Every device connects to host:port over TLS with its installed store, checked as
