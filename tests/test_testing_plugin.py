@@ -67,6 +67,29 @@ def test_next_test_runs_on_the_same_broker(tf_broker, tf_fleet, tf_devices):
     assert tf_fleet.wait(lambda s: s.converged, timeout=30).versions == {1: 3}
 '''
 
+INTERRUPTED = STARTED + '''
+import json
+import os
+import signal
+import time
+
+import pytest
+
+
+@pytest.mark.tf_devices(6, groups={"canary": 0.5}, processes=2)
+def test_interrupted_mid_rollout(tf_broker, tf_fleet, tf_devices):
+    tf_fleet.publish(tf_fleet.bundle(1))
+    tf_fleet.wait(lambda s: s.converged, timeout=30)
+    tf_fleet.rollout(tf_fleet.bundle(2), "canary,100%", wave_deadline=600)
+    tf_fleet.wait(lambda s: s.rollout.state == "running" and s.rollout.wave == "canary")
+    workers = [started(link.proc.pid) for link in tf_devices.sim.sim.links]
+    with open(os.environ["TF_RECORD"], "w") as f:
+        json.dump({"broker": started(tf_broker.mosquitto.proc.pid), "workers": workers,
+                   "workdir": str(tf_fleet.workdir)}, f)
+    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C
+    time.sleep(30)
+'''
+
 OPTIONS = '''
 import pytest
 
@@ -141,6 +164,25 @@ def test_failed_test_mid_rollout_leaves_no_process_and_no_file(tmp_path: Path) -
     # Both temporary directories were made in TMPDIR, so an empty TMPDIR means both are gone.
     assert {Path(recorded[d]).parent for d in ("workdir", "broker_dir")} == {tmpdir}
     assert not Path(recorded["workdir"]).exists()
+    assert not _leftovers(tmpdir), f"left in TMPDIR: {_leftovers(tmpdir)}"
+
+
+def test_ctrl_c_mid_rollout_leaves_no_process_and_no_file(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) while a rollout runs: pytest stops, and the fixtures' teardown still
+    stops the broker and both worker processes and removes every file."""
+    require_tool("mosquitto", "apt-get install mosquitto", ["/usr/sbin/mosquitto"])
+    user, tmpdir, record = tmp_path / "user", tmp_path / "tmp", tmp_path / "record.json"
+    tmpdir.mkdir()
+    _write(user, "test_interrupted.py", INTERRUPTED)
+    run = run_user_pytest(sys.executable, user, "--tf-broker", "mosquitto",
+                          env={"TMPDIR": str(tmpdir), "TF_RECORD": str(record)})
+    out = run.stdout + run.stderr
+    assert "KeyboardInterrupt" in out and run.returncode == 2, out
+    recorded = json.loads(record.read_text())
+    processes = [recorded["broker"], *recorded["workers"]]
+    alive = {pid: state for pid, start in processes
+             if (state := _still_running(pid, start)) is not None}
+    assert len(processes) == 3 and not alive, f"still there (pid: state): {alive}"
     assert not _leftovers(tmpdir), f"left in TMPDIR: {_leftovers(tmpdir)}"
 
 
