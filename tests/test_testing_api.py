@@ -144,3 +144,14 @@ def test_the_cli_simulator_and_the_api_agree(fleet, tmp_path):
     assert report["versions"] == {f"v{v}": n for v, n in s.versions.items()}
     assert report["faults"]["stuck_2000"]["devices"] == sum("stuck-2000" in d.faults for d in s.devices)
     assert report["faults"]["power_cut"]["devices"] == sum("power-cut" in d.faults for d in s.devices)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"thresholds": {"bundles": 2}}, "unknown role 'bundles'"),
+    ({"key_counts": {"signing": 3}}, "unknown role 'signing'"),
+    ({"thresholds": {"root": 0}}, "at least 1"),
+])
+def test_a_mistyped_fleet_is_refused_before_anything_starts(kw, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        Fleet.create("typo", broker="embedded", workdir=tmp_path / "fleet", **kw)
+    assert not (tmp_path / "fleet").exists()

@@ -231,6 +231,12 @@ class Fleet:
             max_time_lead: the root's policy.max_time_lead in seconds, or None.
         """
         topics.check_name(name, "fleet")
+        for given in (thresholds or {}, key_counts or {}):
+            unknown = sorted(set(given) - set(ROLES))
+            if unknown:
+                raise ValueError(f"unknown role {unknown[0]!r}: the roles are {', '.join(ROLES)}")
+        if any(not isinstance(n, int) or n < 1 for n in (thresholds or {}).values()):
+            raise ValueError(f"thresholds must be whole numbers of at least 1: {thresholds}")
         wanted = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         counts = {role: max(wanted[role], (key_counts or {}).get(role, 0)) for role in ROLES}
         own_workdir = workdir is None
