@@ -141,49 +141,49 @@ def _leftovers(tmpdir: Path) -> list[str]:
     return sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*"))
 
 
-def test_failed_test_mid_rollout_leaves_no_process_and_no_file(tmp_path: Path) -> None:
-    """A test fails while a rollout runs on 12 devices in 2 worker processes; the next test
-    still gets the session's Mosquitto, and after the run no process and no file is left."""
+def _run_on_mosquitto(tmp_path: Path, name: str, text: str) -> tuple[str, dict, Path]:
+    """Run a user's test file on a private Mosquitto with a fresh TMPDIR; (its output, what it
+    recorded of the processes and directories the fixtures made, that TMPDIR)."""
     require_tool("mosquitto", "apt-get install mosquitto", ["/usr/sbin/mosquitto"])
     user, tmpdir, record = tmp_path / "user", tmp_path / "tmp", tmp_path / "record.json"
     tmpdir.mkdir()
-    _write(user, "test_mid_rollout.py", MID_ROLLOUT)
+    _write(user, name, text)
     run = run_user_pytest(sys.executable, user, "--tf-broker", "mosquitto",
                           env={"TMPDIR": str(tmpdir), "TF_RECORD": str(record)})
-    out = run.stdout + run.stderr
-    assert (outcome_count(run, "failed"), outcome_count(run, "passed")) == (1, 1), out
-    assert "mid-rollout" in out
-    section = out.partition("- trustfleet fleet -")[2]
-    assert re.search(r"\n  rollout \d+ of v2: running at wave \w+\n", section), out
-    recorded = json.loads(record.read_text())
+    out = f"exit {run.returncode}\n{run.stdout}{run.stderr}"
+    assert record.exists(), out
+    return out, json.loads(record.read_text()), tmpdir
+
+
+def _assert_nothing_left(recorded: dict, tmpdir: Path) -> None:
+    """No recorded process exists any more (a zombie counts) and TMPDIR is empty."""
     processes = [recorded["broker"], *recorded["workers"]]
     assert len(processes) == 3
     alive = {pid: state for pid, start in processes
              if (state := _still_running(pid, start)) is not None}
     assert not alive, f"processes the fixtures started still exist (pid: state): {alive}"
-    # Both temporary directories were made in TMPDIR, so an empty TMPDIR means both are gone.
-    assert {Path(recorded[d]).parent for d in ("workdir", "broker_dir")} == {tmpdir}
     assert not Path(recorded["workdir"]).exists()
     assert not _leftovers(tmpdir), f"left in TMPDIR: {_leftovers(tmpdir)}"
+
+
+def test_failed_test_mid_rollout_leaves_no_process_and_no_file(tmp_path: Path) -> None:
+    """A test fails while a rollout runs on 12 devices in 2 worker processes; the next test
+    still gets the session's Mosquitto, and after the run no process and no file is left."""
+    out, recorded, tmpdir = _run_on_mosquitto(tmp_path, "test_mid_rollout.py", MID_ROLLOUT)
+    assert "1 failed, 1 passed" in out and "mid-rollout" in out, out
+    section = out.partition("- trustfleet fleet -")[2]
+    assert re.search(r"\n  rollout \d+ of v2: running at wave \w+\n", section), out
+    # Both temporary directories were made in TMPDIR, so an empty TMPDIR means both are gone.
+    assert {Path(recorded[d]).parent for d in ("workdir", "broker_dir")} == {tmpdir}
+    _assert_nothing_left(recorded, tmpdir)
 
 
 def test_ctrl_c_mid_rollout_leaves_no_process_and_no_file(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) while a rollout runs: pytest stops, and the fixtures' teardown still
     stops the broker and both worker processes and removes every file."""
-    require_tool("mosquitto", "apt-get install mosquitto", ["/usr/sbin/mosquitto"])
-    user, tmpdir, record = tmp_path / "user", tmp_path / "tmp", tmp_path / "record.json"
-    tmpdir.mkdir()
-    _write(user, "test_interrupted.py", INTERRUPTED)
-    run = run_user_pytest(sys.executable, user, "--tf-broker", "mosquitto",
-                          env={"TMPDIR": str(tmpdir), "TF_RECORD": str(record)})
-    out = run.stdout + run.stderr
-    assert "KeyboardInterrupt" in out and run.returncode == 2, out
-    recorded = json.loads(record.read_text())
-    processes = [recorded["broker"], *recorded["workers"]]
-    alive = {pid: state for pid, start in processes
-             if (state := _still_running(pid, start)) is not None}
-    assert len(processes) == 3 and not alive, f"still there (pid: state): {alive}"
-    assert not _leftovers(tmpdir), f"left in TMPDIR: {_leftovers(tmpdir)}"
+    out, recorded, tmpdir = _run_on_mosquitto(tmp_path, "test_interrupted.py", INTERRUPTED)
+    assert out.startswith("exit 2\n") and "KeyboardInterrupt" in out, out
+    _assert_nothing_left(recorded, tmpdir)
 
 
 def test_embedded_broker_indirect_devices_and_fleet_marker(tmp_path: Path) -> None:
