@@ -173,6 +173,8 @@ def _run_noting(self: runner.Device, actions: list) -> runner.Result:
     """runner.Device.run that also keeps the newest refusals and reverts in `self.events`:
     ("refused", kind, reason) and ("reverted", version, detail)."""
     result = runner.Device.run(self, actions)
+    if not (result.refused or result.reports):   # most runs: nothing to note, nothing built
+        return result
     noted = [("refused", kind, reason) for kind, reason in result.refused]
     noted += [("reverted", r.get("version"), r.get("detail", "")) for r in result.reports
               if r.get("event") == "reverted"]
@@ -583,19 +585,18 @@ class Worker:
 
     def probe(self, host: str, port: int, servername: str) -> list[tuple[str, bool, str]]:
         """Every device connects to host:port over TLS with its installed store, checked as
-        `servername`, at its trusted time: (device id, accepted, result or reason) each."""
+        `servername`, at its trusted time (the Pi agent's trustfleet_pi.tls.check): (device id,
+        accepted, result or reason) each."""
         from trustfleet_pi import tls as pitls
 
         out = []
         for d in self.devices:
-            active = d.device.active_bundle() if d.device is not None else None
-            if active is None:
+            if d.device is None or d.device.active_bundle() is None:
                 out.append((d.id, False, "no trust store installed"))
                 continue
-            now = d.device.trusted_time()
             try:
-                ctx = pitls.TrustContext(trust.TrustStore(active), lambda now=now: now)
-                decision = pitls.probe(ctx, host, port, HEALTH_TIMEOUT, servername=servername)
+                decision = pitls.check(host, port, d.device, HEALTH_TIMEOUT,
+                                       servername=servername, clock=d.clock)
             except OSError as exc:
                 out.append((d.id, False, f"unreachable: {exc}"))
                 continue
