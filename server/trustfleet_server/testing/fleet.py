@@ -38,7 +38,7 @@ from trustfleet_server import documents, fleetops, keys, publish, roots, spec
 from trustfleet_server.fleet import db as fleetdb
 from trustfleet_server.serve.link import publish_retained
 from trustfleet_server.sim.brokers import BrokerHandle, open_broker
-from trustfleet_server.sim.config import Faults, SimConfig
+from trustfleet_server.sim.config import Faults, SimConfig, device_id
 from trustfleet_server.sim.simulator import BackgroundSimulation
 from trustfleet_server.testing.pki import Chain, b64, pin, pins_of
 from trustfleet_server.testing.state import DeviceState, FleetState, Report, RolloutState
@@ -110,7 +110,7 @@ class Devices:
     def __init__(self, fleet: Fleet, cfg: SimConfig, processes: int) -> None:
         self.fleet, self.cfg = fleet, cfg
         self.sim = BackgroundSimulation(cfg, fleet.broker, processes)
-        self.ids = [f"{cfg.id_prefix}-{i:05d}" for i in range(cfg.devices)]
+        self.ids = [device_id(cfg, i) for i in range(cfg.devices)]
 
     def __len__(self) -> int:
         return self.cfg.devices
